@@ -1,0 +1,85 @@
+// Architectural x86-64 vCPU state, independent of any hypervisor backend.
+// Field names follow the Intel SDM / the KVM API structs they map onto
+// (kvm_regs, kvm_sregs, kvm_segment, kvm_dtable, kvm_fpu, kvm_msr_entry, kvm_cpuid_entry2),
+// so a backend (KVM now, MSHV later) converts them without guessing.
+// 64-bit registers are bigint; 16/32-bit fields are number.
+
+export interface StandardRegisters {
+  rax: bigint; rbx: bigint; rcx: bigint; rdx: bigint;
+  rsi: bigint; rdi: bigint; rsp: bigint; rbp: bigint;
+  r8: bigint; r9: bigint; r10: bigint; r11: bigint;
+  r12: bigint; r13: bigint; r14: bigint; r15: bigint;
+  rip: bigint; rflags: bigint;
+}
+
+/** A segment register with its hidden descriptor cache (SDM Vol. 3, 3.4.3). */
+export interface SegmentRegister {
+  base: bigint;
+  limit: number;
+  selector: number;
+  type: number;
+  present: number;
+  dpl: number;
+  db: number;
+  s: number;
+  l: number;
+  g: number;
+  avl: number;
+  unusable: number;
+}
+
+/** GDTR / IDTR. */
+export interface DescriptorTable {
+  base: bigint;
+  limit: number;
+}
+
+export interface SpecialRegisters {
+  cs: SegmentRegister; ds: SegmentRegister; es: SegmentRegister;
+  fs: SegmentRegister; gs: SegmentRegister; ss: SegmentRegister;
+  tr: SegmentRegister; ldt: SegmentRegister;
+  gdt: DescriptorTable; idt: DescriptorTable;
+  cr0: bigint; cr2: bigint; cr3: bigint; cr4: bigint; cr8: bigint;
+  efer: bigint;
+  apicBase: bigint;
+  /** Pending external interrupt bitmap (256 bits as 4 x u64). */
+  interruptBitmap: [bigint, bigint, bigint, bigint];
+}
+
+/** Legacy FXSAVE-area state the boot path needs (SDM Vol. 1, 10.5.1). */
+export interface FpuState {
+  /** x87 control word; 0x37f after FNINIT. */
+  fcw: number;
+  fsw: number;
+  ftwx: number;
+  lastOpcode: number;
+  lastIp: bigint;
+  lastDp: bigint;
+  /** MXCSR; 0x1f80 at reset. */
+  mxcsr: number;
+  /** 8 x87 registers, 16 bytes each (128 bytes). */
+  fpr: Uint8Array;
+  /** 16 XMM registers, 16 bytes each (256 bytes). */
+  xmm: Uint8Array;
+}
+
+export interface MsrEntry {
+  index: number;
+  data: bigint;
+}
+
+/** One CPUID leaf/subleaf result (mirrors kvm_cpuid_entry2). */
+export interface CpuIdEntry {
+  function: number;
+  index: number;
+  /** KVM_CPUID_FLAG_SIGNIFCANT_INDEX (1) when `index` selects a subleaf. */
+  flags: number;
+  eax: number;
+  ebx: number;
+  ecx: number;
+  edx: number;
+}
+
+export function emptySegment(): SegmentRegister {
+  return { base: 0n, limit: 0, selector: 0, type: 0, present: 0, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0 };
+}
