@@ -1,0 +1,1 @@
+# Power off at once: the boot-time benchmark's scenario.

@@ -1,0 +1,156 @@
+// The KVM sandbox: run a command where /dev/kvm can run stock Linux kernels.
+// - "direct": the host CPU exposes vmx or svm (real hardware virtualization) and /dev/kvm opens.
+// - "nested": otherwise (e.g. a PVM-based /dev/kvm), boot a QEMU/TCG guest with an emulated AMD
+//   SVM CPU that loads kvm-amd, shares the host's / over virtio-9p and chroots into it, so node,
+//   the repo and node_modules are the very same files; the command's I/O rides on ttyS1.
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, openSync, closeSync, constants as fsc } from 'node:fs';
+import { join } from 'node:path';
+import { ensureSandboxImages, REPO, CACHE } from './images.mjs';
+import { ensurePackages } from './deps.mjs';
+
+export const SANDBOX_PACKAGES = ['qemu-system-x86', 'linux-image-amd64', 'busybox-static', 'xz-utils'];
+
+/**
+ * Decide how to reach a KVM that runs stock kernels.
+ * @param {{cpuinfo: string, kvmUsable: boolean, force?: string}} facts
+ * @returns {{mode: 'direct'|'nested', reason: string}}
+ */
+export function chooseSandboxMode({ cpuinfo, kvmUsable, force }) {
+  if (force === 'direct' || force === 'nested') return { mode: force, reason: `forced by STV_SANDBOX=${force}` };
+  if (force) throw new Error(`STV_SANDBOX must be 'direct' or 'nested', not '${force}'`);
+  const flags = new Set();
+  for (const line of cpuinfo.split('\n')) {
+    if (/^flags\s*:/.test(line)) for (const f of line.split(':')[1].trim().split(/\s+/)) flags.add(f);
+  }
+  const hw = flags.has('vmx') ? 'vmx' : flags.has('svm') ? 'svm' : null;
+  if (hw && kvmUsable) return { mode: 'direct', reason: `host CPU has ${hw} and /dev/kvm is usable` };
+  if (hw) return { mode: 'nested', reason: `host CPU has ${hw} but /dev/kvm is not usable` };
+  return { mode: 'nested', reason: 'host CPU exposes neither vmx nor svm (this /dev/kvm cannot run stock kernels)' };
+}
+
+export function hostFacts() {
+  let kvmUsable = false;
+  try {
+    closeSync(openSync('/dev/kvm', fsc.O_RDWR));
+    kvmUsable = true;
+  } catch {
+    kvmUsable = false;
+  }
+  return { cpuinfo: readFileSync('/proc/cpuinfo', 'utf8'), kvmUsable, force: process.env.STV_SANDBOX };
+}
+
+/** POSIX shell single-quoting. */
+export function shq(s) {
+  return `'${String(s).replace(/'/g, `'\\''`)}'`;
+}
+
+/** The script the sandbox runs in the chroot: same cwd, same environment, same argv. */
+export function commandScript({ cwd, env, argv }) {
+  const lines = ['# written by scripts/kvm-sandbox', `cd ${shq(cwd)} || { echo "kvm-sandbox: no directory ${cwd} inside the sandbox" >&2; exit 125; }`];
+  for (const [k, v] of Object.entries(env)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || v === undefined) continue;
+    if (['PWD', 'OLDPWD', 'SHLVL', '_', 'TERM_PROGRAM', 'TMPDIR'].includes(k)) continue;
+    lines.push(`export ${k}=${shq(v)}`);
+  }
+  lines.push('export TMPDIR=/run/kvm-sandbox', 'export STV_IN_SANDBOX=1');
+  lines.push(`exec ${argv.map(shq).join(' ')}`);
+  return lines.join('\n') + '\n';
+}
+
+function tail(path, n) {
+  if (!existsSync(path)) return '(no console log)';
+  const lines = readFileSync(path, 'utf8').split('\n');
+  return lines.slice(-n).join('\n');
+}
+
+/**
+ * Run argv in the sandbox. Resolves to the command's exit status (or a sandbox error status:
+ * 124 timeout, 125 sandbox failure, 127 command not found inside).
+ */
+export async function runInSandbox(argv, opts = {}) {
+  const log = opts.log ?? ((m) => process.stderr.write(`kvm-sandbox: ${m}\n`));
+  const facts = opts.facts ?? hostFacts();
+  const { mode, reason } = chooseSandboxMode(facts);
+  if (mode === 'direct') {
+    if (process.env.STV_SANDBOX_VERBOSE) log(`running directly: ${reason}`);
+    return spawnWait(argv[0], argv.slice(1), { stdio: 'inherit', env: { ...process.env, STV_IN_SANDBOX: '1' } });
+  }
+  ensurePackages(SANDBOX_PACKAGES, { log });
+  const initScript = readFileSync(join(REPO, 'guest', 'sandbox-init'));
+  const img = ensureSandboxImages({ log, initScript });
+  const state = join(CACHE, 'sandbox', `run-${process.pid}-${Date.now()}`);
+  mkdirSync(state, { recursive: true });
+  writeFileSync(join(state, 'run.sh'), commandScript({ cwd: process.cwd(), env: process.env, argv }));
+  const consoleLog = join(state, 'console.log');
+  const interactive = process.stdin.isTTY && process.stdout.isTTY;
+  const mem = process.env.STV_SANDBOX_MEM ?? '8G';
+  const cpus = process.env.STV_SANDBOX_CPUS ?? '2';
+  const timeoutS = Number(process.env.STV_SANDBOX_TIMEOUT ?? 3600);
+  const append = [
+    'console=ttyS0', 'loglevel=4', 'panic=-1', 'mitigations=off', 'tsc=reliable', 'no_timer_check',
+    `stv.state=${state}`, `stv.interactive=${interactive ? 1 : 0}`,
+  ];
+  if (interactive) append.push(`stv.rows=${process.stdout.rows}`, `stv.cols=${process.stdout.columns}`);
+  const qemuArgs = [
+    '-accel', 'tcg,thread=multi,tb-size=1024', '-cpu', 'max', '-M', 'q35', '-smp', cpus, '-m', mem,
+    '-nodefaults', '-display', 'none', '-no-reboot', '-no-user-config',
+    '-kernel', img.bzImage, '-initrd', img.initramfs, '-append', append.join(' '),
+    '-serial', `file:${consoleLog}`,
+    '-chardev', 'stdio,id=cmd,signal=off', '-serial', 'chardev:cmd',
+    '-fsdev', 'local,id=hostroot,path=/,security_model=passthrough,multidevs=remap',
+    '-device', 'virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot',
+    '-device', 'virtio-rng-pci',
+  ];
+  if (process.env.STV_SANDBOX_VERBOSE) log(`booting nested sandbox (${reason}): qemu-system-x86_64 ${qemuArgs.join(' ')}`);
+  let timedOut = false;
+  const status = await spawnWait('qemu-system-x86_64', qemuArgs, {
+    stdio: [interactive ? 'inherit' : 'ignore', 'inherit', 'inherit'],
+    timeoutMs: timeoutS * 1000,
+    onTimeout: () => { timedOut = true; },
+  });
+  const rcFile = join(state, 'rc');
+  const consoleText = existsSync(consoleLog) ? readFileSync(consoleLog, 'utf8') : '';
+  const keep = () => log(`sandbox console log kept at ${consoleLog}`);
+  if (timedOut) {
+    log(`timed out after ${timeoutS} s (STV_SANDBOX_TIMEOUT); last console lines:\n${tail(consoleLog, 30)}`);
+    keep();
+    return 124;
+  }
+  if (!existsSync(rcFile)) {
+    const err = /@@sandbox:error:([^@]*)@@/.exec(consoleText);
+    const what = err ? err[1] : status === 127 ? 'qemu-system-x86_64 not found' : `the sandbox guest stopped before the command finished (QEMU exit status ${status})`;
+    log(`failed: ${what}. Last console lines:\n${tail(consoleLog, 40)}`);
+    keep();
+    return 125;
+  }
+  const rc = Number(readFileSync(rcFile, 'utf8').trim());
+  if (rc !== 0 || process.env.STV_SANDBOX_KEEP) keep();
+  else rmSync(state, { recursive: true, force: true });
+  return Number.isInteger(rc) ? rc : 125;
+}
+
+/** spawn and resolve with the exit status (signal → 128+n). */
+export function spawnWait(cmd, args, { stdio = 'inherit', env = process.env, timeoutMs, onTimeout } = {}) {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio, env });
+    let timer;
+    if (timeoutMs) {
+      timer = setTimeout(() => { onTimeout?.(); child.kill('SIGKILL'); }, timeoutMs);
+    }
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      process.stderr.write(`kvm-sandbox: cannot run ${cmd}: ${e.message}\n`);
+      resolve(e.code === 'ENOENT' ? 127 : 126);
+    });
+    child.on('exit', (code, sig) => {
+      clearTimeout(timer);
+      resolve(code ?? 128 + (sig ? (signalNumber(sig)) : 0));
+    });
+  });
+}
+
+function signalNumber(sig) {
+  const map = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGTERM: 15, SIGSEGV: 11, SIGABRT: 6 };
+  return map[sig] ?? 0;
+}
