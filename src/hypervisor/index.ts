@@ -1,0 +1,3 @@
+export * from './hypervisor.js';
+export * from './regs.js';
+export { KvmHypervisor, KvmVm, KvmVcpu, kickVcpu } from './kvm/index.js';

@@ -1,0 +1,377 @@
+// Thin libc bindings through koffi FFI (Linux x86-64, glibc).
+//
+// Every worker thread gets its own copy of this module (ES modules are per isolate), so libc and
+// the function prototypes are loaded lazily, once per thread, on first use.
+//
+// Hot-path rules: `ioctl(fd, req, 0)` (KVM_RUN) and `ioctl(fd, req, buf)` with a preallocated
+// Uint8Array pass straight through to a fixed (non-variadic) prototype: no per-call allocation
+// on our side. Typed arrays passed as `void *` are handed to C as a pointer into their own
+// backing store (the kernel writes land in the caller's buffer).
+
+import koffi from 'koffi';
+
+// ---------------------------------------------------------------------------------------------
+// Constants (asm-generic / x86-64 values, see man 2 open, mmap, eventfd, poll, errno(3)).
+
+export const O_RDONLY = 0;
+export const O_WRONLY = 1;
+export const O_RDWR = 2;
+export const O_CREAT = 0o100;
+export const O_EXCL = 0o200;
+export const O_TRUNC = 0o1000;
+export const O_APPEND = 0o2000;
+export const O_NONBLOCK = 0o4000;
+export const O_DIRECT = 0o40000;
+export const O_CLOEXEC = 0o2000000;
+
+export const PROT_NONE = 0;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const PROT_EXEC = 4;
+
+export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_FIXED = 0x10;
+export const MAP_ANONYMOUS = 0x20;
+export const MAP_NORESERVE = 0x4000;
+export const MAP_POPULATE = 0x8000;
+export const MAP_HUGETLB = 0x40000;
+/** mmap's error return, `(void *)-1`. `mmap()` below throws instead of returning it. */
+export const MAP_FAILED = -1n;
+
+export const MADV_NORMAL = 0;
+export const MADV_RANDOM = 1;
+export const MADV_SEQUENTIAL = 2;
+export const MADV_WILLNEED = 3;
+export const MADV_DONTNEED = 4;
+export const MADV_REMOVE = 9;
+export const MADV_DONTFORK = 10;
+export const MADV_DOFORK = 11;
+export const MADV_MERGEABLE = 12;
+export const MADV_UNMERGEABLE = 13;
+export const MADV_HUGEPAGE = 14;
+export const MADV_NOHUGEPAGE = 15;
+export const MADV_DONTDUMP = 16;
+
+export const EFD_SEMAPHORE = 1;
+export const EFD_NONBLOCK = O_NONBLOCK;
+export const EFD_CLOEXEC = O_CLOEXEC;
+
+export const MFD_CLOEXEC = 1;
+export const MFD_ALLOW_SEALING = 2;
+
+export const POLLIN = 0x001;
+export const POLLPRI = 0x002;
+export const POLLOUT = 0x004;
+export const POLLERR = 0x008;
+export const POLLHUP = 0x010;
+export const POLLNVAL = 0x020;
+
+export const EPERM = 1;
+export const ENOENT = 2;
+export const ESRCH = 3;
+export const EINTR = 4;
+export const EIO = 5;
+export const ENXIO = 6;
+export const E2BIG = 7;
+export const EBADF = 9;
+export const EAGAIN = 11;
+export const EWOULDBLOCK = EAGAIN;
+export const ENOMEM = 12;
+export const EACCES = 13;
+export const EFAULT = 14;
+export const EBUSY = 16;
+export const EEXIST = 17;
+export const ENODEV = 19;
+export const EINVAL = 22;
+export const ENFILE = 23;
+export const EMFILE = 24;
+export const ENOTTY = 25;
+export const ENOSPC = 28;
+export const ERANGE = 34;
+export const ENOSYS = 38;
+export const EOPNOTSUPP = 95;
+
+export const SIG_BLOCK = 0;
+export const SIG_UNBLOCK = 1;
+export const SIG_SETMASK = 2;
+/** glibc's sigset_t is 1024 bits; the kernel only looks at the first 8 bytes (_NSIG = 64). */
+export const SIGSET_SIZE = 128;
+/** Kernel sigset size, e.g. for kvm_signal_mask.len (KVM API doc 4.43). */
+export const KERNEL_SIGSET_SIZE = 8;
+export const SIGUSR1 = 10;
+export const SIGUSR2 = 12;
+/** Kernel SIGRTMIN is 32; glibc reserves 32 and 33 for NPTL, so its SIGRTMIN is 34. */
+export const SIGRTMIN = 34;
+export const SIGRTMAX = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+const codeByErrno = new Map<number, string>();
+function errnoName(errno: number): string {
+  if (codeByErrno.size === 0) {
+    for (const [name, value] of Object.entries(koffi.os.errno)) {
+      if (!codeByErrno.has(value)) codeByErrno.set(value, name);
+    }
+    codeByErrno.set(EAGAIN, 'EAGAIN');
+    codeByErrno.set(EOPNOTSUPP, 'EOPNOTSUPP');
+  }
+  return codeByErrno.get(errno) ?? `E${errno}`;
+}
+
+/** A failed libc call: `call` names it (e.g. "ioctl(KVM_CREATE_VM)"), `errno`/`code` the reason. */
+export class SysError extends Error {
+  readonly call: string;
+  readonly errno: number;
+  readonly code: string;
+  constructor(call: string, errno: number) {
+    const code = errnoName(errno);
+    super(`${call} failed: ${code} (${errno})`);
+    this.name = 'SysError';
+    this.call = call;
+    this.errno = errno;
+    this.code = code;
+  }
+}
+
+/** errno of the last FFI call made on this thread. */
+export function errno(): number {
+  return koffi.errno();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lazy, per-thread prototypes
+
+type Fn = (...args: never[]) => unknown;
+interface Libc {
+  open: (path: string, flags: number, mode: number) => number;
+  close: (fd: number) => number;
+  ioctlInt: (fd: number, req: number, arg: number | bigint) => number;
+  ioctlPtr: (fd: number, req: number, arg: Uint8Array | null) => number;
+  mmap: (addr: number, len: number, prot: number, flags: number, fd: number, off: number) => number | bigint;
+  munmap: (addr: bigint, len: number) => number;
+  madvise: (addr: bigint, len: number, advice: number) => number;
+  eventfd: (initval: number, flags: number) => number;
+  read: (fd: number, buf: Uint8Array, len: number) => number;
+  write: (fd: number, buf: Uint8Array, len: number) => number;
+  poll: (fds: Int32Array, n: number, timeout: number) => number;
+  memfdCreate: (name: string, flags: number) => number;
+  ftruncate: (fd: number, len: number) => number;
+  getpid: () => number;
+  gettid: () => number;
+  tgkill: (tgid: number, tid: number, sig: number) => number;
+  pthreadSigmask: (how: number, set: Uint8Array | null, old: Uint8Array | null) => number;
+  sigtimedwait: (set: Uint8Array, info: Uint8Array | null, timeout: Uint8Array) => number;
+  signal: (sig: number, handler: number) => number | bigint;
+}
+
+let libc: Libc | null = null;
+
+function L(): Libc {
+  if (libc !== null) return libc;
+  const lib = koffi.load('libc.so.6');
+  const f = <T extends Fn>(decl: string): T => lib.func(decl) as unknown as T;
+  libc = {
+    open: f('int open(const char *path, int flags, uint32_t mode)'),
+    close: f('int close(int fd)'),
+    // ioctl is variadic in glibc; on x86-64 SysV a fixed prototype passes the third argument in
+    // the same register (rdx), so two fixed prototypes avoid koffi's per-call variadic typing.
+    ioctlInt: f('int ioctl(int fd, unsigned long req, unsigned long arg)'),
+    ioctlPtr: f('int ioctl(int fd, unsigned long req, void *arg)'),
+    mmap: f('int64_t mmap(uintptr_t addr, size_t len, int prot, int flags, int fd, int64_t off)'),
+    munmap: f('int munmap(uint64_t addr, size_t len)'),
+    madvise: f('int madvise(uint64_t addr, size_t len, int advice)'),
+    eventfd: f('int eventfd(unsigned int initval, int flags)'),
+    read: f('long read(int fd, void *buf, size_t len)'),
+    write: f('long write(int fd, const void *buf, size_t len)'),
+    poll: f('int poll(void *fds, unsigned long nfds, int timeout)'),
+    memfdCreate: f('int memfd_create(const char *name, unsigned int flags)'),
+    ftruncate: f('int ftruncate(int fd, int64_t len)'),
+    getpid: f('int getpid()'),
+    gettid: f('int gettid()'),
+    tgkill: f('int tgkill(int tgid, int tid, int sig)'),
+    pthreadSigmask: f('int pthread_sigmask(int how, const void *set, void *old)'),
+    sigtimedwait: f('int sigtimedwait(const void *set, void *info, const void *timeout)'),
+    signal: f('intptr_t signal(int sig, intptr_t handler)'),
+  };
+  return libc;
+}
+
+function check(ret: number, call: string): number {
+  if (ret < 0) throw new SysError(call, koffi.errno());
+  return ret;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files and ioctl
+
+export function open(path: string, flags: number, mode = 0): number {
+  return check(L().open(path, flags, mode), `open(${path})`);
+}
+
+export function close(fd: number): void {
+  check(L().close(fd), 'close');
+}
+
+/**
+ * ioctl(2). `arg` is an integer (passed by value), a buffer (passed as a pointer to its bytes;
+ * the kernel reads/writes it in place) or null/undefined (0). Throws SysError naming `name`
+ * (defaults to the request number in hex). Returns the non-negative result.
+ */
+export function ioctl(fd: number, request: number, arg?: number | bigint | Uint8Array | null, name?: string): number {
+  const c = libc ?? L();
+  let ret: number;
+  if (arg === undefined || arg === null) ret = c.ioctlInt(fd, request, 0);
+  else if (typeof arg === 'number' || typeof arg === 'bigint') ret = c.ioctlInt(fd, request, arg);
+  else ret = c.ioctlPtr(fd, request, arg);
+  if (ret < 0) throw new SysError(`ioctl(${name ?? '0x' + (request >>> 0).toString(16)})`, koffi.errno());
+  return ret;
+}
+
+/**
+ * ioctl without throwing: returns the result, or `-errno` on failure. For hot paths that treat
+ * some errors (EINTR, EAGAIN) as normal outcomes (KVM_RUN).
+ */
+export function ioctlRaw(fd: number, request: number, arg: number | Uint8Array): number {
+  const c = libc ?? L();
+  const ret = typeof arg === 'number' ? c.ioctlInt(fd, request, arg) : c.ioctlPtr(fd, request, arg);
+  return ret < 0 ? -koffi.errno() : ret;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+
+/** mmap(2) with a kernel-chosen address. Returns the address; throws SysError on MAP_FAILED. */
+export function mmap(length: number, prot: number, flags: number, fd: number, offset: number): bigint {
+  const r = L().mmap(0, length, prot, flags, fd, offset);
+  if (r === -1 || r === MAP_FAILED) throw new SysError('mmap', koffi.errno());
+  return BigInt(r);
+}
+
+export function munmap(addr: bigint, length: number): void {
+  check(L().munmap(addr, length), 'munmap');
+}
+
+export function madvise(addr: bigint, length: number, advice: number): void {
+  check(L().madvise(addr, length, advice), 'madvise');
+}
+
+/**
+ * An ArrayBuffer over process memory at `addr` (e.g. an mmap done by any thread of this
+ * process). The buffer does not own the memory: it must not be used after munmap.
+ */
+export function view(addr: bigint, length: number): ArrayBuffer {
+  L();
+  return koffi.view(addr, length);
+}
+
+export function memfdCreate(name: string, flags: number): number {
+  return check(L().memfdCreate(name, flags), `memfd_create(${name})`);
+}
+
+export function ftruncate(fd: number, length: number): void {
+  check(L().ftruncate(fd, length), 'ftruncate');
+}
+
+// ---------------------------------------------------------------------------------------------
+// eventfd, read/write, poll
+
+export function eventfd(initval: number, flags: number): number {
+  return check(L().eventfd(initval, flags), 'eventfd');
+}
+
+/** read(2) into `buf` (its whole length). Returns bytes read; throws SysError (incl. EAGAIN). */
+export function read(fd: number, buf: Uint8Array): number {
+  return check(L().read(fd, buf, buf.byteLength), 'read');
+}
+
+/** write(2) of `buf` (its whole length). Returns bytes written; throws SysError (incl. EAGAIN). */
+export function write(fd: number, buf: Uint8Array): number {
+  return check(L().write(fd, buf, buf.byteLength), 'write');
+}
+
+/**
+ * poll(2). `fds` holds raw `struct pollfd` entries, two int32 per fd:
+ * `[fd, events | revents << 16]` (build with `pollFds`/`pollFdSet`, read with `pollRevents`).
+ * Returns the number of ready fds (0 on timeout); throws SysError (EINTR included).
+ */
+export function poll(fds: Int32Array, timeoutMs: number): number {
+  return check(L().poll(fds, fds.length >> 1, timeoutMs), 'poll');
+}
+
+/** A pollfd array for `n` fds (all set to -1, which poll ignores). */
+export function pollFds(n: number): Int32Array {
+  const a = new Int32Array(n * 2);
+  for (let i = 0; i < n; i++) a[i * 2] = -1;
+  return a;
+}
+
+/** Set entry `i` to watch `fd` for `events`, clearing its revents. */
+export function pollFdSet(fds: Int32Array, i: number, fd: number, events: number): void {
+  fds[i * 2] = fd;
+  fds[i * 2 + 1] = events & 0xffff;
+}
+
+/** revents of entry `i` after poll(). */
+export function pollRevents(fds: Int32Array, i: number): number {
+  return (fds[i * 2 + 1]! >>> 16) & 0xffff;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads and signals (used to kick a vCPU thread out of KVM_RUN)
+
+export function getpid(): number {
+  return L().getpid();
+}
+
+/** Kernel thread id of the calling thread (each worker_thread is its own OS thread). */
+export function gettid(): number {
+  return L().gettid();
+}
+
+export function tgkill(tgid: number, tid: number, sig: number): void {
+  check(L().tgkill(tgid, tid, sig), 'tgkill');
+}
+
+/** A zeroed glibc sigset_t. */
+export function sigsetEmpty(): Uint8Array {
+  return new Uint8Array(SIGSET_SIZE);
+}
+
+export function sigsetAdd(set: Uint8Array, sig: number): void {
+  set[(sig - 1) >> 3]! |= 1 << ((sig - 1) & 7);
+}
+
+export function sigsetDel(set: Uint8Array, sig: number): void {
+  set[(sig - 1) >> 3]! &= ~(1 << ((sig - 1) & 7));
+}
+
+export function sigsetHas(set: Uint8Array, sig: number): boolean {
+  return (set[(sig - 1) >> 3]! & (1 << ((sig - 1) & 7))) !== 0;
+}
+
+/** pthread_sigmask(3) for the calling thread. `set`/`old` are SIGSET_SIZE-byte buffers or null. */
+export function pthreadSigmask(how: number, set: Uint8Array | null, old: Uint8Array | null): void {
+  const r = L().pthreadSigmask(how, set, old);
+  if (r !== 0) throw new SysError('pthread_sigmask', r);
+}
+
+const zeroTimespec = new Uint8Array(16);
+/**
+ * sigtimedwait(2) with a zero timeout: consumes one pending signal from `set` if any.
+ * Returns the signal number, or 0 when none was pending.
+ */
+export function sigtimedwaitNow(set: Uint8Array): number {
+  const r = L().sigtimedwait(set, null, zeroTimespec);
+  if (r >= 0) return r;
+  const e = koffi.errno();
+  if (e === EAGAIN || e === EINTR) return 0;
+  throw new SysError('sigtimedwait', e);
+}
+
+/** Set the process-wide disposition of `sig` to ignore (SIG_IGN) or default (SIG_DFL). */
+export function signalDisposition(sig: number, disposition: 'ignore' | 'default'): void {
+  const r = L().signal(sig, disposition === 'ignore' ? 1 : 0);
+  if (r === -1 || r === -1n) throw new SysError('signal', koffi.errno());
+}
