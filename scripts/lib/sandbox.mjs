@@ -81,7 +81,9 @@ export async function runInSandbox(argv, opts = {}) {
   const img = ensureSandboxImages({ log, initScript });
   const state = join(CACHE, 'sandbox', `run-${process.pid}-${Date.now()}`);
   mkdirSync(state, { recursive: true });
-  writeFileSync(join(state, 'run.sh'), commandScript({ cwd: process.cwd(), env: process.env, argv }));
+  // Inside, the command's stdout is a serial tty; when ours is a pipe, ask tools not to colour.
+  const env = process.stdout.isTTY ? process.env : { ...process.env, NO_COLOR: '1' };
+  writeFileSync(join(state, 'run.sh'), commandScript({ cwd: process.cwd(), env, argv }));
   const consoleLog = join(state, 'console.log');
   const interactive = process.stdin.isTTY && process.stdout.isTTY;
   const mem = process.env.STV_SANDBOX_MEM ?? '8G';

@@ -1,0 +1,43 @@
+// Shared first steps of npm start / test / bench: install npm dependencies when missing and
+// build the TypeScript. Plain JavaScript with no dependencies, so it runs on a fresh clone.
+import { existsSync, statSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { REPO } from './images.mjs';
+
+export function log(msg) {
+  process.stderr.write(`\x1b[36m[stratovisor]\x1b[0m ${msg}\n`);
+}
+
+function newestMtime(dir) {
+  let t = 0;
+  if (!existsSync(dir)) return t;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    t = Math.max(t, e.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs);
+  }
+  return t;
+}
+
+export function ensureNodeModules() {
+  const lock = join(REPO, 'package-lock.json');
+  const marker = join(REPO, 'node_modules', '.package-lock.json');
+  if (existsSync(marker) && statSync(marker).mtimeMs >= statSync(lock).mtimeMs) return;
+  log('installing npm dependencies (npm ci)');
+  execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: REPO, stdio: ['ignore', 'inherit', 'inherit'] });
+}
+
+/** Compile with tsc; returns false (after printing the errors) when the build fails. */
+export function build({ force = false } = {}) {
+  const out = join(REPO, 'dist', '.build-stamp');
+  const srcT = Math.max(newestMtime(join(REPO, 'src')), newestMtime(join(REPO, 'test')), newestMtime(join(REPO, 'bench')), statSync(join(REPO, 'tsconfig.json')).mtimeMs);
+  if (!force && existsSync(out) && statSync(out).mtimeMs >= srcT) return true;
+  log('building (tsc)');
+  try {
+    execFileSync(join(REPO, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.json'], { cwd: REPO, stdio: 'inherit' });
+  } catch {
+    return false;
+  }
+  execFileSync('touch', [out]);
+  return true;
+}

@@ -1,0 +1,87 @@
+#!/usr/bin/env node
+// npm test: unit tests on the host (including tiny-guest KVM tests on this host's /dev/kvm),
+// then the e2e suite in one scripts/kvm-sandbox boot. Prints one closing line:
+//   "tests: N passed, N failed, N skipped".
+// Env: STV_TEST_ONLY=unit|e2e, STV_E2E_FILTER=regex on e2e file names.
+import { readdirSync, existsSync, readFileSync, mkdirSync, rmSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { ensureGuestImages, REPO, CACHE } from './lib/images.mjs';
+import { ensureNodeModules, build, log } from './lib/setup.mjs';
+import { spawnWait } from './lib/sandbox.mjs';
+
+function findTests(dir, re) {
+  const out = [];
+  if (!existsSync(dir)) return out;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) out.push(...findTests(p, re));
+    else if (re.test(e.name)) out.push(p);
+  }
+  return out.sort();
+}
+
+/** Sum the "# pass/# fail/# skipped/# todo" trailers of a TAP file written by node --test. */
+export function tapCounts(path) {
+  const c = { pass: 0, fail: 0, skipped: 0, todo: 0, cancelled: 0, found: false };
+  if (!existsSync(path)) return c;
+  for (const line of readFileSync(path, 'utf8').split('\n')) {
+    const m = /^# (pass|fail|skipped|todo|cancelled) (\d+)$/.exec(line);
+    if (m) { c[m[1]] += Number(m[2]); c.found = true; }
+  }
+  return c;
+}
+
+async function runNodeTests(label, files, { sandbox = false, env = {}, concurrency } = {}) {
+  const tap = join(CACHE, 'test-results', `${label}.tap`);
+  mkdirSync(join(CACHE, 'test-results'), { recursive: true });
+  rmSync(tap, { force: true });
+  const args = ['--test', '--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=tap', `--test-reporter-destination=${tap}`];
+  if (concurrency) args.push(`--test-concurrency=${concurrency}`);
+  args.push(...files.map((f) => relative(REPO, f)));
+  log(`${label}: ${files.length} test files${sandbox ? ' inside scripts/kvm-sandbox' : ''}`);
+  const cmd = sandbox ? [join(REPO, 'scripts', 'kvm-sandbox'), process.execPath, ...args] : [process.execPath, ...args];
+  const status = await spawnWait(cmd[0], cmd.slice(1), { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, ...env } });
+  const counts = tapCounts(tap);
+  if (status !== 0 && counts.fail === 0) {
+    // The runner itself failed (sandbox error, crash): count it, so the run cannot pass.
+    log(`${label}: exited with status ${status} without a failing test reported`);
+    counts.fail += 1;
+  }
+  return counts;
+}
+
+async function main() {
+  const only = process.env.STV_TEST_ONLY;
+  ensureNodeModules();
+  if (!build()) {
+    log('build failed');
+    process.stdout.write('tests: 0 passed, 1 failed\n');
+    process.exit(1);
+  }
+  const images = ensureGuestImages({ log });
+  const env = { STV_GUEST_BZIMAGE: images.bzImage, STV_GUEST_VMLINUX: images.vmlinux, STV_GUEST_INITRAMFS: images.initramfs };
+  const total = { pass: 0, fail: 0, skipped: 0 };
+  const add = (c) => { total.pass += c.pass; total.fail += c.fail; total.skipped += c.skipped + c.todo; };
+
+  if (only !== 'e2e') {
+    const unit = [
+      ...findTests(join(REPO, 'dist', 'src'), /\.test\.js$/),
+      ...findTests(join(REPO, 'scripts', 'test'), /\.test\.mjs$/),
+    ];
+    add(await runNodeTests('unit', unit, { env }));
+  }
+  if (only !== 'unit') {
+    const filter = process.env.STV_E2E_FILTER ? new RegExp(process.env.STV_E2E_FILTER) : null;
+    const e2e = findTests(join(REPO, 'dist', 'test', 'e2e'), /\.test\.js$/).filter((f) => !filter || filter.test(f));
+    // One sandbox boot for the whole suite; one guest at a time (the sandbox has 2 vCPUs).
+    add(await runNodeTests('e2e', e2e, { sandbox: true, env, concurrency: 1 }));
+  }
+  process.stdout.write(`\ntests: ${total.pass} passed, ${total.fail} failed, ${total.skipped} skipped\n`);
+  process.exit(total.fail ? 1 : 0);
+}
+
+main().catch((e) => {
+  log(e instanceof Error ? e.message : String(e));
+  process.stdout.write('tests: 0 passed, 1 failed\n');
+  process.exit(1);
+});

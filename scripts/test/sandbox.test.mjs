@@ -1,0 +1,86 @@
+// Unit tests of the test bench's own pieces: the sandbox's path choice, command script quoting,
+// the cpio writer and module ordering, and the vmlinux extraction's input checks.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chooseSandboxMode, commandScript, shq } from '../lib/sandbox.mjs';
+import { CpioWriter } from '../lib/cpio.mjs';
+import { parseModulesDep, resolveModules } from '../lib/modules.mjs';
+import { extractVmlinux, ImageError } from '../lib/images.mjs';
+
+const cpu = (flags) => `processor\t: 0\nflags\t\t: fpu vme ${flags}\n`;
+
+test('sandbox runs directly when the CPU has vmx and /dev/kvm is usable', () => {
+  assert.equal(chooseSandboxMode({ cpuinfo: cpu('lm vmx sse'), kvmUsable: true }).mode, 'direct');
+  assert.equal(chooseSandboxMode({ cpuinfo: cpu('lm svm sse'), kvmUsable: true }).mode, 'direct');
+});
+
+test('sandbox nests when the CPU lacks vmx/svm (PVM) even if /dev/kvm opens', () => {
+  const r = chooseSandboxMode({ cpuinfo: cpu('lm hypervisor sse'), kvmUsable: true });
+  assert.equal(r.mode, 'nested');
+  assert.match(r.reason, /neither vmx nor svm/);
+});
+
+test('sandbox nests when vmx is present but /dev/kvm is not usable', () => {
+  assert.equal(chooseSandboxMode({ cpuinfo: cpu('vmx'), kvmUsable: false }).mode, 'nested');
+});
+
+test('STV_SANDBOX forces a path and rejects unknown values', () => {
+  assert.equal(chooseSandboxMode({ cpuinfo: cpu(''), kvmUsable: false, force: 'direct' }).mode, 'direct');
+  assert.equal(chooseSandboxMode({ cpuinfo: cpu('vmx'), kvmUsable: true, force: 'nested' }).mode, 'nested');
+  assert.throws(() => chooseSandboxMode({ cpuinfo: cpu(''), kvmUsable: false, force: 'maybe' }), /STV_SANDBOX must be/);
+});
+
+test('the command script keeps cwd, environment and argv exactly', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'stv-sb-'));
+  const argv = ['sh', '-c', 'printf "%s|" "$0" "$1" "$WEIRD" "$(pwd)"', "it's", 'a "b" $c'];
+  const script = commandScript({ cwd: dir, env: { WEIRD: "x'y\"z $HOME", 'BAD-NAME': 'skip' }, argv });
+  assert.doesNotMatch(script, /BAD-NAME/);
+  const out = execFileSync('sh', ['-c', script], { encoding: 'utf8' });
+  assert.equal(out, `it's|a "b" $c|x'y"z $HOME|${dir}|`);
+  assert.equal(shq("a'b"), `'a'\\''b'`);
+});
+
+test('cpio writer output unpacks with busybox cpio', (t) => {
+  const bb = ['/bin/busybox', '/usr/bin/busybox'].find((p) => existsSync(p));
+  if (!bb) return t.skip('busybox is not installed');
+  const w = new CpioWriter();
+  w.dir('etc');
+  w.file('etc/hello', 'hello world\n', 0o644);
+  w.symlink('etc/link', 'hello');
+  w.file('init', '#!/bin/sh\n', 0o755);
+  const archive = w.finish();
+  assert.equal(archive.length % 512, 0);
+  assert.throws(() => { const x = new CpioWriter(); x.file('a', ''); x.file('a', ''); }, /duplicate entry a/);
+  const dir = mkdtempSync(join(tmpdir(), 'stv-cpio-'));
+  const r = spawnSync(bb, ['cpio', '-i', '-d'], { cwd: dir, input: archive });
+  assert.equal(r.status, 0, String(r.stderr));
+  assert.equal(readFileSync(join(dir, 'etc/hello'), 'utf8'), 'hello world\n');
+  assert.equal(readFileSync(join(dir, 'etc/link'), 'utf8'), 'hello world\n');
+});
+
+test('modules resolve dependencies first, once, and name what is missing', () => {
+  const dep = parseModulesDep([
+    'kernel/a/virtio_pci.ko: kernel/a/virtio_ring.ko kernel/a/virtio.ko',
+    'kernel/a/virtio_ring.ko:',
+    'kernel/a/virtio.ko: kernel/a/virtio_ring.ko',
+    'kernel/b/virtio-blk.ko: kernel/a/virtio_ring.ko kernel/a/virtio.ko',
+  ].join('\n'));
+  const order = resolveModules(dep, ['virtio_pci', 'virtio-blk']).map((m) => m.name);
+  assert.deepEqual(order, ['virtio_ring', 'virtio', 'virtio_pci', 'virtio_blk']);
+  assert.deepEqual(resolveModules(dep, ['virtio_pci'], new Set(['virtio'])).map((m) => m.name), ['virtio_ring', 'virtio_pci']);
+  assert.throws(() => resolveModules(dep, ['nope']), /kernel module 'nope' not found/);
+});
+
+test('vmlinux extraction rejects a non-kernel and a truncated bzImage', () => {
+  assert.throws(() => extractVmlinux(Buffer.alloc(4096)), (e) => e instanceof ImageError && /HdrS/.test(e.message));
+  const hdr = Buffer.alloc(0x300);
+  hdr.writeUInt32LE(0x53726448, 0x202);
+  hdr[0x1f1] = 4;
+  hdr.writeUInt32LE(0x100, 0x248);
+  hdr.writeUInt32LE(0x100000, 0x24c);
+  assert.throws(() => extractVmlinux(hdr), /past the end/);
+});
