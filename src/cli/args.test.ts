@@ -1,0 +1,272 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CliError, parseArgs, parseOptionList, parseSize, splitOptionList, usage, type RunArgs } from './args.js';
+
+const MIB = 1024 * 1024;
+const GIB = 1024 * MIB;
+
+function run(...argv: string[]): RunArgs {
+  const r = parseArgs(argv);
+  assert.equal(r.kind, 'run');
+  return r as RunArgs;
+}
+
+/** Assert parseArgs throws a CliError whose message matches `re`. */
+function fails(argv: string[], re: RegExp, flag?: string): void {
+  assert.throws(
+    () => parseArgs(argv),
+    (e: unknown) => {
+      assert.ok(e instanceof CliError, `expected CliError, got ${String(e)}`);
+      assert.match(e.message, re);
+      if (flag !== undefined) assert.equal(e.flag, flag);
+      return true;
+    },
+  );
+}
+
+test('minimal VM: defaults like Cloud Hypervisor', () => {
+  const r = run('--kernel', '/boot/vmlinux');
+  assert.equal(r.verbosity, 0);
+  assert.equal(r.apiSocket, undefined);
+  const c = r.config!;
+  assert.deepEqual(c.payload, { kernel: '/boot/vmlinux' });
+  assert.equal(c.cpus.boot_vcpus, 1);
+  assert.equal(c.cpus.max_vcpus, 1);
+  assert.equal(c.memory.size, 512 * MIB);
+  assert.equal(c.serial.mode, 'Null');
+  assert.equal(c.console.mode, 'Tty');
+  assert.equal(c.rng.src, '/dev/urandom');
+  assert.equal(c.disks, undefined);
+  assert.equal(c.net, undefined);
+});
+
+test('full command line', () => {
+  const r = run(
+    '--kernel', 'vmlinux',
+    '--initramfs', 'initrd.img',
+    '--cmdline', 'console=ttyS0 reboot=k panic=1',
+    '--cpus', 'boot=2,max=4',
+    '--memory', 'size=1G,shared=on,hugepages=off',
+    '--serial', 'tty',
+    '--console', 'off',
+    '--disk', 'path=a.img', 'path=b.img,readonly=on,direct=true',
+    '--disk', 'path=c.img,num_queues=2,queue_size=256,id=disk3,serial=ABC',
+    '--net', 'tap=tap0,mac=12:34:56:78:9a:bc,ip=10.0.0.1,mask=255.255.255.0,num_queues=2,queue_size=512,id=net0',
+    '--rng', 'src=/dev/random',
+    '--api-socket', '/tmp/api.sock',
+    '--event-monitor', 'path=/tmp/events',
+    '-vv', '-v',
+    '--watchdog',
+  );
+  assert.equal(r.verbosity, 3);
+  assert.deepEqual(r.apiSocket, { path: '/tmp/api.sock' });
+  assert.deepEqual(r.eventMonitor, { path: '/tmp/events' });
+  const c = r.config!;
+  assert.deepEqual(c.payload, { kernel: 'vmlinux', initramfs: 'initrd.img', cmdline: 'console=ttyS0 reboot=k panic=1' });
+  assert.equal(c.cpus.boot_vcpus, 2);
+  assert.equal(c.cpus.max_vcpus, 4);
+  assert.equal(c.memory.size, GIB);
+  assert.equal(c.memory.shared, true);
+  assert.equal(c.memory.hugepages, false);
+  assert.deepEqual(c.serial, { mode: 'Tty' });
+  assert.deepEqual(c.console, { mode: 'Off', iommu: false });
+  assert.equal(c.disks!.length, 3);
+  assert.deepEqual(
+    c.disks!.map((d) => [d.path, d.readonly, d.direct, d.num_queues, d.queue_size, d.id, d.serial]),
+    [
+      ['a.img', false, false, 1, 128, undefined, undefined],
+      ['b.img', true, true, 1, 128, undefined, undefined],
+      ['c.img', false, false, 2, 256, 'disk3', 'ABC'],
+    ],
+  );
+  const n = c.net![0]!;
+  assert.deepEqual(
+    [n.tap, n.mac, n.ip, n.mask, n.num_queues, n.queue_size, n.id],
+    ['tap0', '12:34:56:78:9a:bc', '10.0.0.1', '255.255.255.0', 2, 512, 'net0'],
+  );
+  assert.deepEqual(c.rng, { src: '/dev/random', iommu: false });
+  assert.equal(c.watchdog, true);
+});
+
+test('--flag=value form, serial/console modes, quoting', () => {
+  const r = run('--kernel=/k', '--serial=file=/tmp/serial.log', '--console', 'pty', '--cmdline=a=b c');
+  assert.deepEqual(r.config!.serial, { mode: 'File', file: '/tmp/serial.log' });
+  assert.equal(r.config!.console.mode, 'Pty');
+  assert.equal(r.config!.payload.cmdline, 'a=b c');
+  assert.deepEqual(run('--kernel', 'k', '--serial', 'socket=/run/s.sock').config!.serial, {
+    mode: 'Socket',
+    socket: '/run/s.sock',
+  });
+  assert.deepEqual(run('--kernel', 'k', '--serial', 'null').config!.serial, { mode: 'Null' });
+  assert.deepEqual(run('--kernel', 'k', '--serial', 'off').config!.serial, { mode: 'Off' });
+  assert.deepEqual(run('--kernel', 'k', '--serial', 'pty').config!.serial, { mode: 'Pty' });
+  assert.deepEqual(run('--kernel', 'k', '--console', 'file=/x,iommu=on').config!.console, {
+    mode: 'File',
+    file: '/x',
+    iommu: true,
+  });
+  // Quotes protect commas; brackets are kept together.
+  const d = run('--kernel', 'k', '--disk', 'path="/a,b.img",id=x').config!.disks![0]!;
+  assert.equal(d.path, '/a,b.img');
+  assert.deepEqual(splitOptionList('--x', 'a=[1,2],b="c,d",e'), ['a=[1,2]', 'b="c,d"', 'e']);
+  assert.deepEqual([...parseOptionList('--x', 'size=1G,shared', ['size'], ['shared'])], [
+    ['size', '1G'],
+    ['shared', ''],
+  ]);
+});
+
+test('cpus topology and memory options', () => {
+  const c = run(
+    '--kernel', 'k',
+    '--cpus', 'boot=4,topology=2:2:1:1,max_phys_bits=40,kvm_hyperv=off,nested=on',
+    '--memory', 'size=2G,hugepages=on,hugepage_size=2M,prefault=on,thp=off,mergeable=off,hotplug_size=1G',
+  ).config!;
+  assert.deepEqual(c.cpus.topology, { threads_per_core: 2, cores_per_die: 2, dies_per_package: 1, packages: 1 });
+  assert.equal(c.cpus.max_phys_bits, 40);
+  assert.equal(c.cpus.nested, true);
+  assert.equal(c.memory.hugepage_size, 2 * MIB);
+  assert.equal(c.memory.hotplug_size, GIB);
+  assert.equal(c.memory.prefault, true);
+  assert.equal(c.memory.thp, false);
+});
+
+test('sizes', () => {
+  assert.equal(parseSize('512M'), 512 * MIB);
+  assert.equal(parseSize('1G'), GIB);
+  assert.equal(parseSize('4K'), 4096);
+  assert.equal(parseSize('2T'), 2 * 1024 * GIB);
+  assert.equal(parseSize('2g'), 2 * GIB);
+  assert.equal(parseSize('268435456'), 256 * MIB);
+  assert.equal(parseSize('12Q'), undefined);
+  assert.equal(parseSize('1.5G'), undefined);
+  assert.equal(parseSize(''), undefined);
+  assert.equal(parseSize('-1'), undefined);
+  assert.equal(parseSize('99999999999T'), undefined);
+  assert.equal(run('--kernel', 'k', '--memory', 'size=536870912').config!.memory.size, 512 * MIB);
+});
+
+test('no VM options: VMM only, waiting on the API socket', () => {
+  const r = run('--api-socket', 'path=/run/sv.sock', '-v');
+  assert.equal(r.config, null);
+  assert.deepEqual(r.apiSocket, { path: '/run/sv.sock' });
+  assert.deepEqual(run('--api-socket', 'fd=3').apiSocket, { fd: 3 });
+  assert.deepEqual(run('--api-socket=/x.sock').apiSocket, { path: '/x.sock' });
+  assert.deepEqual(run('--event-monitor', 'fd=4').eventMonitor, { fd: 4 });
+  assert.equal(run('--log-file', '/tmp/log').logFile, '/tmp/log');
+  assert.deepEqual(run(), { kind: 'run', config: null, verbosity: 0 });
+});
+
+test('version and help', () => {
+  assert.deepEqual(parseArgs(['--version']), { kind: 'version' });
+  assert.deepEqual(parseArgs(['-V']), { kind: 'version' });
+  const h = parseArgs(['--kernel', 'k', '-h']);
+  assert.equal(h.kind, 'help');
+  assert.equal(parseArgs(['--help']).kind, 'help');
+  for (const flag of ['--kernel', '--cpus', '--memory', '--disk', '--net', '--serial', '--console', '--api-socket', 'remote']) {
+    assert.ok(usage.includes(flag), `usage mentions ${flag}`);
+  }
+  if (h.kind === 'help') assert.equal(h.text, usage);
+});
+
+test('remote subcommand', () => {
+  assert.deepEqual(parseArgs(['remote', '--api-socket', '/run/sv.sock', 'info']), {
+    kind: 'remote',
+    apiSocket: '/run/sv.sock',
+    command: 'info',
+    args: [],
+    json: false,
+  });
+  assert.deepEqual(parseArgs(['remote', '--api-socket=/s', 'resize', '--cpus', '4', '--json']), {
+    kind: 'remote',
+    apiSocket: '/s',
+    command: 'resize',
+    args: ['--cpus', '4'],
+    json: true,
+  });
+  assert.deepEqual(parseArgs(['remote', '--json', '--api-socket', 'path=/s', 'add-disk', 'path=/d.img']), {
+    kind: 'remote',
+    apiSocket: '/s',
+    command: 'add-disk',
+    args: ['path=/d.img'],
+    json: true,
+  });
+  assert.equal(parseArgs(['remote', '--help']).kind, 'help');
+  fails(['remote', 'info'], /remote: --api-socket <path> is required/);
+  fails(['remote', '--api-socket', '/s'], /remote: missing command/);
+  fails(['remote', '--api-socket', '/s', 'explode'], /remote: unknown command "explode"/);
+  fails(['remote', '--api-socket'], /remote: --api-socket requires a value/);
+  fails(['remote', '--api-socket', 'fd=3', 'info'], /needs a path/);
+  fails(['remote', '--bogus', 'info'], /remote: unknown flag --bogus/);
+  fails(['--kernel', 'k', 'remote'], /"remote" must be the first argument/);
+});
+
+test('error: unknown flag', () => {
+  fails(['--kernal', 'k'], /unknown flag --kernal/, '--kernal');
+  fails(['-x'], /unknown flag -x/, '-x');
+  fails(['-vq'], /unknown flag -q \(in -vq\)/);
+  fails(['--balloon', 'size=1G'], /--balloon is a Cloud Hypervisor option that stratovisor does not support/);
+  fails(['--'], /unexpected argument "--"/);
+});
+
+test('error: missing value', () => {
+  fails(['--kernel'], /--kernel requires a value/, '--kernel');
+  fails(['--kernel', '--cpus', 'boot=1'], /--kernel requires a value/, '--kernel');
+  fails(['--kernel', 'k', '--disk'], /--disk requires a value/, '--disk');
+  fails(['--kernel', 'k', '--memory', 'size'], /--memory: "size" needs a value \(size=\.\.\.\)/);
+  fails(['--kernel', 'k', '--serial', 'file='], /--serial: a path is required/);
+  fails(['--kernel', 'k', '--serial', ''], /--serial: missing mode/);
+  fails(['--kernel', 'k', '--api-socket', 'path='], /--api-socket: a path is required/);
+  fails(['--kernel', 'k', '--api-socket', ''], /--api-socket: empty value/);
+  fails(['--kernel='], /--kernel: empty path/);
+});
+
+test('error: bad number', () => {
+  fails(['--kernel', 'k', '--cpus', 'boot=two'], /--cpus: bad number "two" for boot/, '--cpus');
+  fails(['--kernel', 'k', '--cpus', 'boot=-1'], /--cpus: bad number "-1" for boot/);
+  fails(['--kernel', 'k', '--disk', 'path=a,num_queues=1.5'], /--disk: bad number "1.5" for num_queues/);
+  fails(['--kernel', 'k', '--net', 'tap=t,queue_size=0x100'], /--net: bad number "0x100" for queue_size/);
+  fails(['--kernel', 'k', '--api-socket', 'fd=x'], /--api-socket: bad number "x" for fd/);
+  fails(['--kernel', 'k', '--cpus', 'topology=2:2:1'], /--cpus: bad topology "2:2:1"/);
+});
+
+test('error: --cpus boot=0 and cpu ranges', () => {
+  fails(['--kernel', 'k', '--cpus', 'boot=0'], /--cpus: boot=0 is invalid: at least 1 vCPU is required/, '--cpus');
+  fails(['--kernel', 'k', '--cpus', 'boot=4,max=2'], /--cpus: max_vcpus \(2\) is lower than boot_vcpus \(4\)/, '--cpus');
+  fails(['--kernel', 'k', '--cpus', 'boot=300'], /--cpus: boot_vcpus 300 exceeds the limit of 254/);
+});
+
+test('error: unknown key', () => {
+  fails(['--kernel', 'k', '--memory', 'foo=1'], /--memory: unknown key "foo"/, '--memory');
+  fails(['--kernel', 'k', '--disk', 'path=a,bogus=1'], /--disk: unknown key "bogus"/);
+  fails(['--kernel', 'k', '--net', 'tapp=x'], /--net: unknown key "tapp"/);
+  fails(['--kernel', 'k', '--serial', 'vga'], /--serial: unknown key "vga"/);
+  fails(['--kernel', 'k', '--serial', 'tty=1'], /--serial: "tty" takes no value/);
+  fails(['--kernel', 'k', '--serial', 'iommu=on'], /--serial: unknown key "iommu"/);
+  fails(['--kernel', 'k', '--memory', 'size=1G,size=2G'], /--memory: "size" given more than once/);
+});
+
+test('error: bad size', () => {
+  fails(['--kernel', 'k', '--memory', 'size=12Q'], /--memory: bad size "12Q" for size/, '--memory');
+  fails(['--kernel', 'k', '--memory', 'size=1000'], /--memory: size 1000 is not a multiple of 4 KiB/);
+  fails(['--kernel', 'k', '--memory', 'size=16M'], /--memory: size .* below the minimum/);
+});
+
+test('error: other problems name their flag', () => {
+  fails(['--kernel', 'k', '--kernel', 'k2'], /--kernel given more than once/, '--kernel');
+  fails(['--kernel', 'k', '--watchdog', '--watchdog'], /--watchdog given more than once/);
+  fails(['--watchdog=on'], /--watchdog takes no value/);
+  fails(['--kernel', 'k', 'stray'], /unexpected argument "stray"/);
+  fails(['--cpus', 'boot=2'], /--kernel \(or --firmware\) is required/, '--kernel');
+  fails(['--kernel', 'k', '--serial', 'tty,off'], /--serial: only one mode may be given, got off and tty|--serial: only one mode may be given, got tty and off/);
+  fails(['--kernel', 'k', '--disk', 'path=a,readonly=maybe'], /--disk: bad value "maybe" for readonly \(expected on or off\)/);
+  fails(['--kernel', 'k', '--disk', 'readonly=on'], /--disk #1: path is required/, '--disk');
+  fails(['--kernel', 'k', '--disk', 'path=a', 'path=b,queue_size=100'], /--disk #2: queue_size must be a power of two/);
+  fails(['--kernel', 'k', '--net', 'tap=t,mac=zz'], /--net #1: mac must be a unicast MAC/);
+  fails(['--kernel', 'k', '--disk', 'path="a'], /--disk: unterminated quote/);
+  fails(['--kernel', 'k', '--disk', 'path=a]'], /--disk: unbalanced "]"/);
+  fails(['--kernel', 'k', '--api-socket', 'path=/a,fd=3'], /either path= or fd=/);
+  fails(['--firmware', 'fw', '--initramfs', 'i'], /--initramfs: initramfs requires a kernel/);
+  // As in CH, an empty value means "not given": the default source is used.
+  assert.equal(run('--kernel', 'k', '--rng', 'src=').config!.rng.src, '/dev/urandom');
+  fails(['--kernel', 'k', '--rng', 'source=/dev/random'], /--rng: unknown key "source"/);
+});

@@ -1,0 +1,197 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  MAX_VCPUS,
+  VmConfigError,
+  assertValidVmConfig,
+  createVmConfig,
+  isValidMac,
+  parseIpv4,
+  validateVmConfig,
+  type VmConfig,
+} from './config.js';
+
+const MIB = 1024 * 1024;
+
+function valid(): VmConfig {
+  return createVmConfig({ payload: { kernel: '/k', cmdline: 'console=ttyS0' } });
+}
+
+function messages(c: VmConfig): string[] {
+  return validateVmConfig(c).map((i) => `${i.path}: ${i.message}`);
+}
+
+test('defaults follow Cloud Hypervisor', () => {
+  const c = createVmConfig({ payload: { kernel: '/k' } });
+  assert.equal(c.cpus.boot_vcpus, 1);
+  assert.equal(c.cpus.max_vcpus, 1);
+  assert.equal(c.cpus.max_phys_bits, 46);
+  assert.equal(c.memory.size, 512 * MIB);
+  assert.equal(c.memory.shared, false);
+  assert.equal(c.memory.thp, true);
+  assert.deepEqual(c.serial, { mode: 'Null' });
+  assert.deepEqual(c.console, { mode: 'Tty', iommu: false });
+  assert.deepEqual(c.rng, { src: '/dev/urandom', iommu: false });
+  assert.equal(c.disks, undefined);
+  assert.deepEqual(validateVmConfig(c), []);
+  const d = createVmConfig({
+    payload: { kernel: '/k' },
+    cpus: { boot_vcpus: 4 },
+    disks: [{ path: '/d' }],
+    net: [{ tap: 'tap0' }],
+  });
+  assert.equal(d.cpus.max_vcpus, 4);
+  assert.deepEqual(d.disks, [
+    { path: '/d', readonly: false, direct: false, iommu: false, num_queues: 1, queue_size: 128, vhost_user: false },
+  ]);
+  assert.equal(d.net![0]!.num_queues, 2);
+  assert.equal(d.net![0]!.queue_size, 256);
+  assert.equal(d.net![0]!.ip, '192.168.249.1');
+  assert.equal(d.net![0]!.mask, '255.255.255.0');
+  assert.deepEqual(validateVmConfig(d), []);
+});
+
+test('explicit undefined fields do not erase defaults', () => {
+  const c = createVmConfig({ payload: { kernel: '/k' }, memory: { size: undefined, shared: true } });
+  assert.equal(c.memory.size, 512 * MIB);
+  assert.equal(c.memory.shared, true);
+});
+
+test('cpus ranges', () => {
+  const c = valid();
+  c.cpus.boot_vcpus = 0;
+  assert.deepEqual(messages(c), ['cpus.boot_vcpus: must be an integer >= 1, got 0']);
+  c.cpus.boot_vcpus = 1.5;
+  assert.match(messages(c)[0]!, /boot_vcpus: must be an integer/);
+  c.cpus.boot_vcpus = 4;
+  c.cpus.max_vcpus = 2;
+  assert.deepEqual(messages(c), ['cpus.max_vcpus: (2) is lower than boot_vcpus (4)']);
+  c.cpus.boot_vcpus = MAX_VCPUS + 1;
+  c.cpus.max_vcpus = MAX_VCPUS + 1;
+  assert.deepEqual(messages(c), ['cpus.boot_vcpus: 255 exceeds the limit of 254', 'cpus.max_vcpus: 255 exceeds the limit of 254']);
+  c.cpus.boot_vcpus = 2;
+  c.cpus.max_vcpus = 4;
+  c.cpus.topology = { threads_per_core: 2, cores_per_die: 1, dies_per_package: 1, packages: 1 };
+  assert.deepEqual(messages(c), ['cpus.topology: describes 2 vCPUs but max_vcpus is 4']);
+  c.cpus.topology.packages = 2;
+  assert.deepEqual(messages(c), []);
+  c.cpus.max_phys_bits = 60;
+  assert.match(messages(c)[0]!, /max_phys_bits: must be an integer in 32..52/);
+});
+
+test('memory size', () => {
+  const c = valid();
+  c.memory.size = 512 * MIB + 1;
+  assert.deepEqual(messages(c), [`memory.size: ${512 * MIB + 1} is not a multiple of 4 KiB`]);
+  c.memory.size = 16 * MIB;
+  assert.match(messages(c)[0]!, /below the minimum/);
+  c.memory.size = 0;
+  assert.match(messages(c)[0]!, /must be a positive integer/);
+  c.memory.size = 64 * MIB;
+  c.memory.hugepage_size = 3 * MIB;
+  assert.deepEqual(messages(c), [
+    'memory.hugepage_size: requires hugepages',
+    'memory.hugepage_size: must be a power of two >= 4 KiB, got 3145728',
+  ]);
+  c.memory.hugepages = true;
+  c.memory.hugepage_size = 2 * MIB;
+  c.memory.size = 65 * MIB;
+  assert.deepEqual(messages(c), ['memory.size: must be a multiple of hugepage_size (2097152)']);
+});
+
+test('payload, serial and console', () => {
+  const c = valid();
+  c.payload = {};
+  assert.deepEqual(messages(c), ['payload: a kernel or a firmware is required to boot']);
+  c.payload = { firmware: '/fw', initramfs: '/i' };
+  assert.deepEqual(messages(c), ['payload.initramfs: requires a kernel']);
+  c.payload = { kernel: '' };
+  assert.deepEqual(messages(c), ['payload.kernel: must be a non-empty string']);
+  const s = valid();
+  s.serial = { mode: 'File' };
+  s.console = { mode: 'Socket', iommu: false };
+  assert.deepEqual(messages(s), ['serial.file: is required', 'console.socket: is required']);
+  s.serial = { mode: 'Bogus' as never };
+  s.console = { mode: 'Off', iommu: false };
+  assert.match(messages(s)[0]!, /serial.mode: must be one of Off, Pty, Tty, File, Socket, Null, got Bogus/);
+});
+
+test('disks and net', () => {
+  const c = createVmConfig({
+    payload: { kernel: '/k' },
+    cpus: { boot_vcpus: 2 },
+    disks: [
+      { path: '/a', queue_size: 100, id: 'x' },
+      { path: '/b', num_queues: 4, id: 'x' },
+      {},
+      { vhost_user: true, path: '/c' },
+    ],
+    net: [
+      { mac: '01:00:00:00:00:01', ip: '10.0.0.300', mask: '255.0.255.0', num_queues: 3, queue_size: 1000 },
+      { tap: 'averyveryverylongname', mtu: 10, num_queues: 6 },
+    ],
+  });
+  assert.deepEqual(messages(c), [
+    'disks[0].queue_size: must be a power of two in 4..32768, got 100',
+    'disks[1].num_queues: (4) exceeds the number of boot vCPUs (2)',
+    'disks[1].id: "x" is already used by disks[0]',
+    'disks[2].path: is required',
+    'disks[3].vhost_socket: is required',
+    'disks[3]: path and vhost_socket are mutually exclusive',
+    'disks[3]: vhost_user requires shared memory (memory.shared)',
+    'net[0].ip: must be an IPv4 address, got 10.0.0.300',
+    'net[0].mask: must be an IPv4 netmask, got 255.0.255.0',
+    'net[0].mac: must be a unicast MAC address xx:xx:xx:xx:xx:xx, got 01:00:00:00:00:01',
+    'net[0].num_queues: must be an even integer >= 2 (RX/TX pairs), got 3',
+    'net[0].queue_size: must be a power of two in 2..32768, got 1000',
+    'net[1].tap: interface names are at most 15 characters',
+    'net[1].mtu: must be an integer in 68..65535, got 10',
+    'net[1].num_queues: (6) has more queue pairs than boot vCPUs (2)',
+  ]);
+});
+
+test('assertValidVmConfig throws with every issue; helpers', () => {
+  const c = valid();
+  c.cpus.boot_vcpus = 0;
+  c.memory.size = 1;
+  assert.throws(
+    () => assertValidVmConfig(c),
+    (e: unknown) => e instanceof VmConfigError && e.issues.length === 2 && /cpus.boot_vcpus/.test(e.message),
+  );
+  assert.doesNotThrow(() => assertValidVmConfig(valid()));
+  assert.deepEqual(parseIpv4('192.168.1.2'), [192, 168, 1, 2]);
+  assert.equal(parseIpv4('1.2.3'), undefined);
+  assert.equal(isValidMac('12:34:56:78:9a:bc'), true);
+  assert.equal(isValidMac('12:34:56:78:9a'), false);
+});
+
+test('untrusted shapes give errors, never a crash', () => {
+  const garbage = (v: unknown) => v as never;
+  assert.throws(
+    () => createVmConfig(garbage({ payload: { kernel: '/k' }, cpus: 4, disks: 'a', net: [null] })),
+    (e: unknown) =>
+      e instanceof VmConfigError &&
+      e.message === 'cpus: must be an object; disks: must be an array; net[0]: must be an object',
+  );
+  assert.throws(() => createVmConfig(garbage(null)), /\(config\): must be an object/);
+  assert.throws(() => createVmConfig(garbage({ cpus: { topology: 1 } })), /cpus.topology: must be an object/);
+  const c = valid();
+  const raw = c as unknown as Record<string, unknown>;
+  raw['serial'] = null;
+  raw['disks'] = [7];
+  raw['net'] = {};
+  raw['rng'] = 'x';
+  (c.cpus as unknown as Record<string, unknown>)['topology'] = 'x';
+  assert.deepEqual(messages(c), [
+    'cpus.topology: must be an object',
+    'serial: is required',
+    'disks[0]: must be an object',
+    'net: must be an array',
+    'rng: is required',
+  ]);
+  const d = valid();
+  (d as unknown as Record<string, unknown>)['cpus'] = null;
+  (d as unknown as Record<string, unknown>)['memory'] = [];
+  (d as unknown as Record<string, unknown>)['payload'] = 'k';
+  assert.deepEqual(messages(d), ['payload: is required', 'cpus: is required', 'memory: is required']);
+});

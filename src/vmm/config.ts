@@ -1,0 +1,552 @@
+// VM configuration, named after the VmConfig schema of Cloud Hypervisor's
+// OpenAPI document (/work/shared/reference/cloud-hypervisor-openapi.yaml), so
+// that an API body and the CLI produce the same object.
+//
+// `createVmConfig` fills in Cloud Hypervisor's defaults; `validateVmConfig`
+// checks types and ranges only (whether files exist is checked at load time).
+
+/** ConsoleMode enum of the OpenAPI schema. */
+export type ConsoleMode = 'Off' | 'Pty' | 'Tty' | 'File' | 'Socket' | 'Null';
+export const CONSOLE_MODES: readonly ConsoleMode[] = ['Off', 'Pty', 'Tty', 'File', 'Socket', 'Null'];
+
+export interface PayloadConfig {
+  firmware?: string;
+  kernel?: string;
+  cmdline?: string;
+  initramfs?: string;
+}
+
+export interface CpuTopology {
+  threads_per_core: number;
+  cores_per_die: number;
+  dies_per_package: number;
+  packages: number;
+}
+
+export interface CpusConfig {
+  boot_vcpus: number;
+  max_vcpus: number;
+  topology?: CpuTopology;
+  kvm_hyperv?: boolean;
+  max_phys_bits?: number;
+  nested?: boolean;
+}
+
+export interface MemoryConfig {
+  /** Bytes. */
+  size: number;
+  hotplug_size?: number;
+  hotplugged_size?: number;
+  mergeable: boolean;
+  shared: boolean;
+  hugepages: boolean;
+  hugepage_size?: number;
+  prefault: boolean;
+  thp: boolean;
+}
+
+export interface SerialConfig {
+  mode: ConsoleMode;
+  file?: string;
+  socket?: string;
+}
+
+export interface ConsoleConfig {
+  mode: ConsoleMode;
+  file?: string;
+  socket?: string;
+  iommu: boolean;
+  id?: string;
+}
+
+export interface DiskConfig {
+  path?: string;
+  readonly: boolean;
+  direct: boolean;
+  iommu: boolean;
+  num_queues: number;
+  queue_size: number;
+  vhost_user: boolean;
+  vhost_socket?: string;
+  id?: string;
+  serial?: string;
+  pci_segment?: number;
+}
+
+export interface NetConfig {
+  tap?: string;
+  ip: string;
+  mask: string;
+  mac?: string;
+  host_mac?: string;
+  mtu?: number;
+  iommu: boolean;
+  num_queues: number;
+  queue_size: number;
+  vhost_user: boolean;
+  vhost_socket?: string;
+  id?: string;
+  pci_segment?: number;
+  offload_tso: boolean;
+  offload_ufo: boolean;
+  offload_csum: boolean;
+}
+
+export interface RngConfig {
+  src: string;
+  iommu: boolean;
+  id?: string;
+}
+
+export interface VmConfig {
+  payload: PayloadConfig;
+  cpus: CpusConfig;
+  memory: MemoryConfig;
+  disks?: DiskConfig[];
+  net?: NetConfig[];
+  rng: RngConfig;
+  serial: SerialConfig;
+  console: ConsoleConfig;
+  iommu: boolean;
+  watchdog: boolean;
+  pvpanic: boolean;
+}
+
+// ---- Defaults (Cloud Hypervisor's, see its vm_config.rs and main.rs) ----
+
+export const DEFAULT_VCPUS = 1;
+export const DEFAULT_MEMORY_SIZE = 512 * 1024 * 1024;
+export const DEFAULT_MAX_PHYS_BITS = 46;
+export const DEFAULT_RNG_SOURCE = '/dev/urandom';
+/** CH: `--serial` defaults to null, `--console` (virtio-console) to tty. */
+export const DEFAULT_SERIAL_MODE: ConsoleMode = 'Null';
+export const DEFAULT_CONSOLE_MODE: ConsoleMode = 'Tty';
+export const DEFAULT_DISK_NUM_QUEUES = 1;
+export const DEFAULT_DISK_QUEUE_SIZE = 128;
+export const DEFAULT_NET_NUM_QUEUES = 2;
+export const DEFAULT_NET_QUEUE_SIZE = 256;
+export const DEFAULT_NET_IP = '192.168.249.1';
+export const DEFAULT_NET_MASK = '255.255.255.0';
+
+// ---- Limits ----
+
+/** x86_64 xAPIC: APIC IDs 0..254 (255 is broadcast), so at most 254 vCPUs with the MP table/MADT we build. */
+export const MAX_VCPUS = 254;
+export const PAGE_SIZE = 4096;
+/**
+ * Minimum guest RAM: the bzImage protected-mode kernel loads at 16 MiB by
+ * default (CONFIG_PHYSICAL_START) and needs room above it.
+ */
+export const MIN_MEMORY_SIZE = 32 * 1024 * 1024;
+/** Largest virtqueue size (virtio 1.2 section 2.7: Queue Size max 32768). */
+export const MAX_QUEUE_SIZE = 32768;
+/** Block queue size must be greater than this (Cloud Hypervisor MINIMUM_BLOCK_QUEUE_SIZE). */
+export const MIN_BLOCK_QUEUE_SIZE_EXCLUSIVE = 2;
+
+/** Every property optional, recursively (arrays of partial elements). */
+export type DeepPartial<T> = T extends (infer U)[]
+  ? DeepPartial<U>[]
+  : T extends object
+    ? { [K in keyof T]?: DeepPartial<T[K]> }
+    : T;
+
+/** An input as an API body may give it: everything optional except what the caller fills. */
+export type VmConfigInput = DeepPartial<VmConfig>;
+
+export function defaultDiskConfig(input: DeepPartial<DiskConfig> = {}): DiskConfig {
+  return {
+    readonly: false,
+    direct: false,
+    iommu: false,
+    num_queues: DEFAULT_DISK_NUM_QUEUES,
+    queue_size: DEFAULT_DISK_QUEUE_SIZE,
+    vhost_user: false,
+    ...stripUndefined(input),
+  };
+}
+
+export function defaultNetConfig(input: DeepPartial<NetConfig> = {}): NetConfig {
+  return {
+    ip: DEFAULT_NET_IP,
+    mask: DEFAULT_NET_MASK,
+    iommu: false,
+    num_queues: DEFAULT_NET_NUM_QUEUES,
+    queue_size: DEFAULT_NET_QUEUE_SIZE,
+    vhost_user: false,
+    offload_tso: true,
+    offload_ufo: true,
+    offload_csum: true,
+    ...stripUndefined(input),
+  };
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Shape problems that would make merging defaults impossible (untrusted JSON input). */
+function shapeIssues(input: unknown): VmConfigIssue[] {
+  const issues: VmConfigIssue[] = [];
+  if (!isPlainObject(input)) return [{ path: '(config)', message: 'must be an object' }];
+  for (const k of ['payload', 'cpus', 'memory', 'rng', 'serial', 'console'] as const) {
+    const v = input[k];
+    if (v !== undefined && !isPlainObject(v)) issues.push({ path: k, message: 'must be an object' });
+  }
+  const cpus = input['cpus'];
+  if (isPlainObject(cpus) && cpus['topology'] !== undefined && !isPlainObject(cpus['topology'])) {
+    issues.push({ path: 'cpus.topology', message: 'must be an object' });
+  }
+  for (const k of ['disks', 'net'] as const) {
+    const v = input[k];
+    if (v === undefined) continue;
+    if (!Array.isArray(v)) {
+      issues.push({ path: k, message: 'must be an array' });
+      continue;
+    }
+    v.forEach((e: unknown, i) => {
+      if (!isPlainObject(e)) issues.push({ path: `${k}[${i}]`, message: 'must be an object' });
+    });
+  }
+  return issues;
+}
+
+/**
+ * Build a complete VmConfig from a partial one (an API body, or the CLI's
+ * result), applying Cloud Hypervisor's defaults. Throws VmConfigError if a
+ * section has the wrong shape (not an object / array); does not otherwise
+ * validate: call validateVmConfig on the result.
+ */
+export function createVmConfig(input: VmConfigInput = {}): VmConfig {
+  const shape = shapeIssues(input);
+  if (shape.length > 0) throw new VmConfigError(shape);
+  const cpus = stripUndefined(input.cpus ?? {});
+  const boot = cpus.boot_vcpus ?? DEFAULT_VCPUS;
+  const memory = stripUndefined(input.memory ?? {});
+  const config: VmConfig = {
+    payload: { ...stripUndefined(input.payload ?? {}) },
+    cpus: {
+      ...(cpus as Partial<CpusConfig>),
+      boot_vcpus: boot,
+      max_vcpus: cpus.max_vcpus ?? boot,
+      max_phys_bits: cpus.max_phys_bits ?? DEFAULT_MAX_PHYS_BITS,
+    },
+    memory: {
+      mergeable: false,
+      shared: false,
+      hugepages: false,
+      prefault: false,
+      thp: true,
+      ...memory,
+      size: memory.size ?? DEFAULT_MEMORY_SIZE,
+    },
+    rng: { src: DEFAULT_RNG_SOURCE, iommu: false, ...stripUndefined(input.rng ?? {}) },
+    serial: { mode: DEFAULT_SERIAL_MODE, ...stripUndefined(input.serial ?? {}) },
+    console: { mode: DEFAULT_CONSOLE_MODE, iommu: false, ...stripUndefined(input.console ?? {}) },
+    iommu: input.iommu ?? false,
+    watchdog: input.watchdog ?? false,
+    pvpanic: input.pvpanic ?? false,
+  };
+  if (input.disks !== undefined) config.disks = input.disks.map((d) => defaultDiskConfig(d));
+  if (input.net !== undefined) config.net = input.net.map((n) => defaultNetConfig(n));
+  return config;
+}
+
+function stripUndefined<T extends object>(o: T): T {
+  const out = {} as T;
+  for (const k of Object.keys(o) as (keyof T)[]) {
+    if (o[k] !== undefined) out[k] = o[k];
+  }
+  return out;
+}
+
+// ---- Validation ----
+
+/** One problem found in a VmConfig; `path` is like "cpus.boot_vcpus" or "disks[1].queue_size". */
+export interface VmConfigIssue {
+  path: string;
+  message: string;
+}
+
+/** Thrown by `assertValidVmConfig`. */
+export class VmConfigError extends Error {
+  override name = 'VmConfigError';
+  constructor(readonly issues: VmConfigIssue[]) {
+    super(issues.map((i) => `${i.path}: ${i.message}`).join('; '));
+  }
+}
+
+function isInt(v: unknown): v is number {
+  return typeof v === 'number' && Number.isSafeInteger(v);
+}
+
+function isPowerOfTwo(n: number): boolean {
+  return n > 0 && (n & (n - 1)) === 0;
+}
+
+const MAC_RE = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
+
+/** Parse a dotted-quad IPv4 address; undefined if malformed. */
+export function parseIpv4(s: string): number[] | undefined {
+  const parts = s.split('.');
+  if (parts.length !== 4) return undefined;
+  const out: number[] = [];
+  for (const p of parts) {
+    if (!/^\d{1,3}$/.test(p)) return undefined;
+    const n = Number(p);
+    if (n > 255) return undefined;
+    out.push(n);
+  }
+  return out;
+}
+
+function isNetmask(s: string): boolean {
+  const b = parseIpv4(s);
+  if (b === undefined) return false;
+  const v = ((b[0]! << 24) | (b[1]! << 16) | (b[2]! << 8) | b[3]!) >>> 0;
+  // Contiguous ones followed by zeros.
+  const inv = ~v >>> 0;
+  return (inv & (inv + 1)) === 0;
+}
+
+/** A MAC address "xx:xx:xx:xx:xx:xx"; rejects multicast (I/G bit) addresses. */
+export function isValidMac(s: string): boolean {
+  if (!MAC_RE.test(s)) return false;
+  return (parseInt(s.slice(0, 2), 16) & 0x01) === 0;
+}
+
+/**
+ * Check types and ranges of a complete VmConfig. Returns every problem found
+ * (empty when valid). Does not touch the file system.
+ */
+export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
+  const issues: VmConfigIssue[] = [];
+  const bad = (path: string, message: string) => issues.push({ path, message });
+  const str = (path: string, v: unknown, required = false) => {
+    if (v === undefined) {
+      if (required) bad(path, 'is required');
+      return;
+    }
+    if (typeof v !== 'string' || v.length === 0) bad(path, 'must be a non-empty string');
+  };
+  const bool = (path: string, v: unknown) => {
+    if (v !== undefined && typeof v !== 'boolean') bad(path, 'must be a boolean');
+  };
+
+  // payload
+  const p = config.payload as PayloadConfig | undefined;
+  if (!isPlainObject(p)) {
+    bad('payload', 'is required');
+  } else {
+    str('payload.kernel', p.kernel);
+    str('payload.firmware', p.firmware);
+    str('payload.initramfs', p.initramfs);
+    if (p.cmdline !== undefined && typeof p.cmdline !== 'string') bad('payload.cmdline', 'must be a string');
+    if (p.kernel === undefined && p.firmware === undefined) {
+      bad('payload', 'a kernel or a firmware is required to boot');
+    }
+    if (p.kernel === undefined && p.firmware !== undefined) {
+      if (p.initramfs !== undefined) bad('payload.initramfs', 'requires a kernel');
+      if (p.cmdline !== undefined) bad('payload.cmdline', 'requires a kernel');
+    }
+  }
+
+  // cpus
+  const c = config.cpus;
+  if (!isPlainObject(c)) {
+    bad('cpus', 'is required');
+  } else {
+    const bootOk = isInt(c.boot_vcpus) && c.boot_vcpus >= 1;
+    if (!bootOk) bad('cpus.boot_vcpus', `must be an integer >= 1, got ${String(c.boot_vcpus)}`);
+    else if (c.boot_vcpus > MAX_VCPUS) bad('cpus.boot_vcpus', `${c.boot_vcpus} exceeds the limit of ${MAX_VCPUS}`);
+    if (!isInt(c.max_vcpus) || c.max_vcpus < 1) {
+      bad('cpus.max_vcpus', `must be an integer >= 1, got ${String(c.max_vcpus)}`);
+    } else {
+      if (c.max_vcpus > MAX_VCPUS) bad('cpus.max_vcpus', `${c.max_vcpus} exceeds the limit of ${MAX_VCPUS}`);
+      if (bootOk && c.max_vcpus < c.boot_vcpus) {
+        bad('cpus.max_vcpus', `(${c.max_vcpus}) is lower than boot_vcpus (${c.boot_vcpus})`);
+      }
+    }
+    if (c.max_phys_bits !== undefined && (!isInt(c.max_phys_bits) || c.max_phys_bits < 32 || c.max_phys_bits > 52)) {
+      bad('cpus.max_phys_bits', `must be an integer in 32..52, got ${String(c.max_phys_bits)}`);
+    }
+    if (c.topology !== undefined && !isPlainObject(c.topology)) {
+      bad('cpus.topology', 'must be an object');
+    } else if (c.topology !== undefined) {
+      const t = c.topology;
+      const fields = ['threads_per_core', 'cores_per_die', 'dies_per_package', 'packages'] as const;
+      let ok = true;
+      for (const f of fields) {
+        if (!isInt(t[f]) || t[f] < 1) {
+          bad(`cpus.topology.${f}`, `must be an integer >= 1, got ${String(t[f])}`);
+          ok = false;
+        }
+      }
+      if (ok && isInt(c.max_vcpus)) {
+        const total = t.threads_per_core * t.cores_per_die * t.dies_per_package * t.packages;
+        if (total !== c.max_vcpus) {
+          bad('cpus.topology', `describes ${total} vCPUs but max_vcpus is ${c.max_vcpus}`);
+        }
+      }
+    }
+    bool('cpus.kvm_hyperv', c.kvm_hyperv);
+    bool('cpus.nested', c.nested);
+  }
+
+  // memory
+  const m = config.memory;
+  if (!isPlainObject(m)) {
+    bad('memory', 'is required');
+  } else {
+    if (!isInt(m.size) || m.size <= 0) {
+      bad('memory.size', `must be a positive integer number of bytes, got ${String(m.size)}`);
+    } else if (m.size % PAGE_SIZE !== 0) {
+      bad('memory.size', `${m.size} is not a multiple of 4 KiB`);
+    } else if (m.size < MIN_MEMORY_SIZE) {
+      bad('memory.size', `${m.size} bytes is below the minimum of ${MIN_MEMORY_SIZE} (32 MiB)`);
+    }
+    if (m.hotplug_size !== undefined && (!isInt(m.hotplug_size) || m.hotplug_size < 0 || m.hotplug_size % PAGE_SIZE)) {
+      bad('memory.hotplug_size', 'must be a non-negative multiple of 4 KiB');
+    }
+    if (m.hugepage_size !== undefined) {
+      if (!m.hugepages) bad('memory.hugepage_size', 'requires hugepages');
+      if (!isInt(m.hugepage_size) || !isPowerOfTwo(m.hugepage_size) || m.hugepage_size < PAGE_SIZE) {
+        bad('memory.hugepage_size', `must be a power of two >= 4 KiB, got ${String(m.hugepage_size)}`);
+      } else if (isInt(m.size) && m.size % m.hugepage_size !== 0) {
+        bad('memory.size', `must be a multiple of hugepage_size (${m.hugepage_size})`);
+      }
+    }
+    for (const f of ['mergeable', 'shared', 'hugepages', 'prefault', 'thp'] as const) bool(`memory.${f}`, m[f]);
+  }
+
+  // serial / console
+  const consoleLike = (name: 'serial' | 'console', v: SerialConfig | ConsoleConfig | undefined) => {
+    if (!isPlainObject(v)) {
+      bad(name, 'is required');
+      return;
+    }
+    if (!CONSOLE_MODES.includes(v.mode)) {
+      bad(`${name}.mode`, `must be one of ${CONSOLE_MODES.join(', ')}, got ${String(v.mode)}`);
+      return;
+    }
+    if (v.mode === 'File') str(`${name}.file`, v.file, true);
+    if (v.mode === 'Socket') str(`${name}.socket`, v.socket, true);
+  };
+  consoleLike('serial', config.serial);
+  consoleLike('console', config.console);
+
+  // disks
+  const ids = new Map<string, string>();
+  const id = (path: string, v: string | undefined) => {
+    if (v === undefined) return;
+    if (typeof v !== 'string' || v.length === 0) {
+      bad(path, 'must be a non-empty string');
+      return;
+    }
+    const prev = ids.get(v);
+    if (prev !== undefined) bad(path, `"${v}" is already used by ${prev}`);
+    else ids.set(v, path.replace(/\.id$/, ''));
+  };
+  const boot = isInt(config.cpus?.boot_vcpus) ? config.cpus.boot_vcpus : undefined;
+  const list = <T>(name: string, v: T[] | undefined): T[] => {
+    if (v === undefined) return [];
+    if (!Array.isArray(v)) {
+      bad(name, 'must be an array');
+      return [];
+    }
+    return v;
+  };
+  list('disks', config.disks).forEach((d, i) => {
+    const at = `disks[${i}]`;
+    if (!isPlainObject(d)) {
+      bad(at, 'must be an object');
+      return;
+    }
+    if (d.vhost_user) {
+      str(`${at}.vhost_socket`, d.vhost_socket, true);
+      if (d.path !== undefined) bad(at, 'path and vhost_socket are mutually exclusive');
+      if (!config.memory?.shared) bad(at, 'vhost_user requires shared memory (memory.shared)');
+    } else {
+      str(`${at}.path`, d.path, true);
+    }
+    if (!isInt(d.num_queues) || d.num_queues < 1) {
+      bad(`${at}.num_queues`, `must be an integer >= 1, got ${String(d.num_queues)}`);
+    } else if (boot !== undefined && d.num_queues > boot) {
+      bad(`${at}.num_queues`, `(${d.num_queues}) exceeds the number of boot vCPUs (${boot})`);
+    }
+    if (
+      !isInt(d.queue_size) ||
+      !isPowerOfTwo(d.queue_size) ||
+      d.queue_size <= MIN_BLOCK_QUEUE_SIZE_EXCLUSIVE ||
+      d.queue_size > MAX_QUEUE_SIZE
+    ) {
+      bad(`${at}.queue_size`, `must be a power of two in 4..${MAX_QUEUE_SIZE}, got ${String(d.queue_size)}`);
+    }
+    if (d.serial !== undefined && (typeof d.serial !== 'string' || d.serial.length > 20)) {
+      bad(`${at}.serial`, 'must be a string of at most 20 bytes (VIRTIO_BLK_ID_BYTES)');
+    }
+    for (const f of ['readonly', 'direct', 'iommu', 'vhost_user'] as const) bool(`${at}.${f}`, d[f]);
+    id(`${at}.id`, d.id);
+  });
+
+  // net
+  list('net', config.net).forEach((n, i) => {
+    const at = `net[${i}]`;
+    if (!isPlainObject(n)) {
+      bad(at, 'must be an object');
+      return;
+    }
+    if (n.vhost_user) {
+      str(`${at}.vhost_socket`, n.vhost_socket, true);
+      if (!config.memory?.shared) bad(at, 'vhost_user requires shared memory (memory.shared)');
+    }
+    str(`${at}.tap`, n.tap);
+    if (typeof n.tap === 'string' && n.tap.length > 15) bad(`${at}.tap`, 'interface names are at most 15 characters');
+    if (typeof n.ip !== 'string' || parseIpv4(n.ip) === undefined) {
+      bad(`${at}.ip`, `must be an IPv4 address, got ${String(n.ip)}`);
+    }
+    if (typeof n.mask !== 'string' || !isNetmask(n.mask)) {
+      bad(`${at}.mask`, `must be an IPv4 netmask, got ${String(n.mask)}`);
+    }
+    if (n.mac !== undefined && (typeof n.mac !== 'string' || !isValidMac(n.mac))) {
+      bad(`${at}.mac`, `must be a unicast MAC address xx:xx:xx:xx:xx:xx, got ${String(n.mac)}`);
+    }
+    if (n.host_mac !== undefined && (typeof n.host_mac !== 'string' || !isValidMac(n.host_mac))) {
+      bad(`${at}.host_mac`, `must be a unicast MAC address xx:xx:xx:xx:xx:xx, got ${String(n.host_mac)}`);
+    }
+    if (n.mtu !== undefined && (!isInt(n.mtu) || n.mtu < 68 || n.mtu > 65535)) {
+      bad(`${at}.mtu`, `must be an integer in 68..65535, got ${String(n.mtu)}`);
+    }
+    // A virtio-net queue pair is one RX and one TX queue.
+    if (!isInt(n.num_queues) || n.num_queues < 2 || n.num_queues % 2 !== 0) {
+      bad(`${at}.num_queues`, `must be an even integer >= 2 (RX/TX pairs), got ${String(n.num_queues)}`);
+    } else if (boot !== undefined && n.num_queues / 2 > boot) {
+      bad(`${at}.num_queues`, `(${n.num_queues}) has more queue pairs than boot vCPUs (${boot})`);
+    }
+    if (!isInt(n.queue_size) || !isPowerOfTwo(n.queue_size) || n.queue_size < 2 || n.queue_size > MAX_QUEUE_SIZE) {
+      bad(`${at}.queue_size`, `must be a power of two in 2..${MAX_QUEUE_SIZE}, got ${String(n.queue_size)}`);
+    }
+    for (const f of ['iommu', 'vhost_user', 'offload_tso', 'offload_ufo', 'offload_csum'] as const) {
+      bool(`${at}.${f}`, n[f]);
+    }
+    id(`${at}.id`, n.id);
+  });
+
+  // rng
+  if (!isPlainObject(config.rng)) bad('rng', 'is required');
+  else {
+    str('rng.src', config.rng.src, true);
+    id('rng.id', config.rng.id);
+  }
+  if (isPlainObject(config.console)) id('console.id', config.console.id);
+
+  bool('iommu', config.iommu);
+  bool('watchdog', config.watchdog);
+  bool('pvpanic', config.pvpanic);
+  return issues;
+}
+
+/** Throw a VmConfigError listing every problem, if any. */
+export function assertValidVmConfig(config: VmConfig): void {
+  const issues = validateVmConfig(config);
+  if (issues.length > 0) throw new VmConfigError(issues);
+}
