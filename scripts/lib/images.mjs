@@ -139,7 +139,7 @@ export function ensureGuestImages({ log = () => {}, install = true } = {}) {
     bzImage: join(dir, 'bzImage'), vmlinux: join(dir, 'vmlinux'), initramfs: join(dir, 'initramfs.cpio'),
   };
   const stampFile = join(dir, 'stamp');
-  if (existsSync(stampFile) && readFileSync(stampFile, 'utf8') === stamp && Object.values(paths).every((p) => typeof p !== 'string' || existsSync(p))) {
+  if (existsSync(stampFile) && readFileSync(stampFile, 'utf8') === stamp && [paths.bzImage, paths.vmlinux, paths.initramfs].every((p) => existsSync(p))) {
     return paths;
   }
   log(`building guest images for kernel ${kernel.version} in ${dir}`);

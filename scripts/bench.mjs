@@ -1,0 +1,44 @@
+#!/usr/bin/env node
+// npm run bench: benchmarks beside QEMU in the same run, medians and ratios.
+//  1. on this host's /dev/kvm: port-I/O exits/s of a tiny guest, TypeScript backend vs a C loop
+//     doing the same ioctls (alternating, STV_BENCH_RUNS times each);
+//  2. inside one scripts/kvm-sandbox boot: QEMU (microvm, q35) and Stratovisor booting the same
+//     kernel and initramfs (bench/boot.ts).
+// Env: STV_BENCH_RUNS (5), STV_BENCH_VMMS (comma list), STV_BENCH_ONLY=pio|boot.
+import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { ensureGuestImages, REPO } from './lib/images.mjs';
+import { ensureNodeModules, build, log } from './lib/setup.mjs';
+import { runInSandbox } from './lib/sandbox.mjs';
+
+ensureNodeModules();
+if (!build()) process.exit(1);
+const images = ensureGuestImages({ log });
+const runs = Number(process.env.STV_BENCH_RUNS ?? 5);
+const only = process.env.STV_BENCH_ONLY;
+let status = 0;
+
+if (only !== 'boot') {
+  if (!existsSync('/dev/kvm')) log('pio bench skipped: no /dev/kvm on this host');
+  else {
+    const { pioExitsPerSecond, cPioExitsPerSecond } = await import(join(REPO, 'dist', 'bench', 'pio-exits.js'));
+    const { median, fmt, table } = await import(join(REPO, 'dist', 'bench', 'stats.js'));
+    const ts = [], c = [];
+    for (let i = 0; i < runs; i++) {
+      c.push(cPioExitsPerSecond(200_000) ?? NaN);
+      ts.push(await pioExitsPerSecond(200_000));
+    }
+    const mt = median(ts), mc = median(c);
+    console.log('\n' + table(['port-I/O exits (host KVM, tiny guest)', 'exits/s', 'vs C'], [
+      ['C reference (bench/c/pio_loop.c)', fmt(mc), '1.00x'],
+      ['stratovisor (TypeScript KVM backend)', fmt(mt), Number.isFinite(mc) ? `${(mt / mc).toFixed(2)}x` : 'n/a'],
+    ]) + `\n(medians of ${runs} alternating runs of 200000 exits)`);
+  }
+}
+if (only !== 'pio') {
+  process.env.STV_GUEST_BZIMAGE = images.bzImage;
+  process.env.STV_GUEST_VMLINUX = images.vmlinux;
+  process.env.STV_GUEST_INITRAMFS = images.initramfs;
+  status = await runInSandbox([process.execPath, join(REPO, 'dist', 'bench', 'boot.js')]);
+}
+process.exit(status);
