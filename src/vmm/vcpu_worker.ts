@@ -1,0 +1,81 @@
+// A vCPU thread: KVM_RUN (through the hypervisor interface) in a loop. Port and MMIO accesses to
+// devices go to the device thread through this vCPU's mailbox; ports no device claims are
+// answered here (reads all-ones, writes dropped: e.g. the 0x80 POST/io-delay port) without
+// waking anyone. Lifecycle exits are reported to the main thread.
+import { parentPort, workerData } from 'node:worker_threads';
+import { VmExitKind } from '../hypervisor/hypervisor.js';
+import { KvmVcpu } from '../hypervisor/kvm/vcpu.js';
+import { MailboxClient, MailboxOp } from './mailbox.js';
+import { RunState, type VcpuWorkerData, type VcpuEvent } from './protocol.js';
+import { DEVICE_PORTS } from './layout_ports.js';
+
+const wd = workerData as VcpuWorkerData;
+const post = (e: VcpuEvent) => parentPort!.postMessage(e);
+const vcpu = KvmVcpu.fromHandle(wd.handle);
+const id = wd.handle.id;
+const mailbox = new MailboxClient(wd.shared.mailboxes[id]!, wd.shared.doorbell);
+const state = new Int32Array(wd.runState);
+
+// Claimed port bitmap: one bit per port.
+const claimed = new Uint8Array(0x10000 >> 3);
+for (const r of DEVICE_PORTS) for (let p = r.base; p < r.base + r.length; p++) claimed[p >> 3]! |= 1 << (p & 7);
+const isClaimed = (port: number) => (claimed[port >> 3]! & (1 << (port & 7))) !== 0;
+
+function pio(op: MailboxOp, port: number, size: number, count: number, d: Uint8Array): void {
+  if (!isClaimed(port)) {
+    if (op === MailboxOp.PioRead) d.fill(0xff);
+    return;
+  }
+  if (count === 1) mailbox.access(op, port, d);
+  else for (let i = 0; i < count; i++) mailbox.access(op, port, d.subarray(i * size, (i + 1) * size)); // string I/O (rare)
+}
+
+function describe(): string {
+  try {
+    const r = vcpu.getRegs();
+    return `${JSON.stringify(vcpu.decodeExit(), (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v instanceof Uint8Array ? Array.from(v) : v))} rip=0x${r.rip.toString(16)} rsp=0x${r.rsp.toString(16)}`;
+  } catch (e) {
+    return String(e);
+  }
+}
+
+let exits = 0;
+post({ type: 'started', id });
+const e = vcpu.exit;
+loop: for (;;) {
+  const kind = vcpu.run();
+  exits++;
+  switch (kind) {
+    case VmExitKind.IoOut: pio(MailboxOp.PioWrite, e.port, e.size, e.count, e.data); break;
+    case VmExitKind.IoIn: pio(MailboxOp.PioRead, e.port, e.size, e.count, e.data); break;
+    case VmExitKind.MmioWrite: mailbox.access(MailboxOp.MmioWrite, e.addr, e.data); break;
+    case VmExitKind.MmioRead: mailbox.access(MailboxOp.MmioRead, e.addr, e.data); break;
+    case VmExitKind.Hlt: break; // only without an in-kernel LAPIC; the next run() waits
+    case VmExitKind.Intr: {
+      vcpu.takeKick();
+      let s = Atomics.load(state, 0);
+      if (s === RunState.Pause) {
+        post({ type: 'paused', id });
+        while ((s = Atomics.load(state, 0)) === RunState.Pause) Atomics.wait(state, 0, RunState.Pause);
+      }
+      if (s === RunState.Stop) break loop;
+      break;
+    }
+    case VmExitKind.Shutdown:
+      // Triple fault: a PC resets (Cloud Hypervisor and Firecracker do the same).
+      post({ type: 'reset', id, reason: 'triple fault (KVM_EXIT_SHUTDOWN)' });
+      break loop;
+    case VmExitKind.SystemEvent: {
+      const d = vcpu.decodeExit();
+      if (d.kind === 'SystemEvent' && d.type === 'reset') post({ type: 'reset', id, reason: 'system event reset' });
+      else if (d.kind === 'SystemEvent' && d.type === 'shutdown') post({ type: 'shutdown', id });
+      else post({ type: 'error', id, message: `unexpected system event: ${describe()}` });
+      break loop;
+    }
+    default:
+      post({ type: 'error', id, message: `vCPU ${id} stopped on an unhandled exit: ${describe()}` });
+      break loop;
+  }
+  if (Atomics.load(state, 0) === RunState.Stop) break;
+}
+post({ type: 'stopped', id, exits });

@@ -1,0 +1,354 @@
+// VM lifecycle: build a VM from a VmConfig (memory, in-kernel irqchip, ACPI, kernel, vCPUs),
+// run every vCPU in its own worker thread and the legacy devices in a device thread, and react
+// to what the guest asks: ACPI S5 powers off, a reset (i8042, ACPI reset register, triple fault)
+// rebuilds the VM from scratch and boots it again, as Cloud Hypervisor and Firecracker do.
+import { EventEmitter } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import { openSync, closeSync, readFileSync, statSync } from 'node:fs';
+import { totalmem } from 'node:os';
+import * as libc from '../sys/libc.js';
+import { KvmHypervisor } from '../hypervisor/kvm/kvm.js';
+import type { Hypervisor, Vm, Vcpu } from '../hypervisor/hypervisor.js';
+import type { CpuIdEntry } from '../hypervisor/regs.js';
+import { GuestMemory } from '../memory/guest_memory.js';
+import { ramRegions, lowRamEnd } from '../arch/x86_64/layout.js';
+import { loadBzImage } from '../arch/x86_64/bzimage.js';
+import { loadPvhKernel } from '../arch/x86_64/pvh.js';
+import { buildAcpiTables } from '../arch/x86_64/acpi.js';
+import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
+import { linux64BootState, pvhBootState, writeBootTables, defaultFpu, bootMsrEntries } from '../arch/x86_64/regs.js';
+import type { VmConfig } from './config.js';
+import { createMailboxes, ringDoorbell, type MailboxShared } from './mailbox.js';
+import { ByteRing } from './ring.js';
+import { IRQ_COM1 } from './layout_ports.js';
+import { RunState, type DeviceWorkerData, type DeviceEvent, type VcpuWorkerData, type VcpuEvent } from './protocol.js';
+
+/** Addresses KVM needs for its real-mode TSS and identity map on Intel (below the 4 GiB top). */
+const KVM_IDENTITY_MAP_ADDR = 0xfffbc000;
+const KVM_TSS_ADDR = 0xfffbd000;
+
+export type VmState = 'Created' | 'Running' | 'Paused' | 'Shutdown';
+
+export class VmError extends Error {
+  override name = 'VmError';
+}
+
+export interface VmExitInfo {
+  reason: 'poweroff' | 'shutdown' | 'error';
+  message?: string;
+}
+
+export interface VirtualMachineOptions {
+  /** Where serial output goes when serial mode is Tty (default fd 1). */
+  ttyFd?: number;
+  log?: (msg: string) => void;
+  hypervisor?: Hypervisor;
+}
+
+interface Running {
+  vm: Vm;
+  mem: GuestMemory;
+  vcpus: Vcpu[];
+  vcpuWorkers: Worker[];
+  deviceWorker: Worker;
+  shared: MailboxShared;
+  runState: Int32Array;
+  serialIrqfd: number;
+  serialFd: number;
+  ownsSerialFd: boolean;
+  stopping: boolean;
+}
+
+type KernelKind = 'bzImage' | 'elf';
+
+/** Read a file the user named, turning fs errors into one clear sentence. */
+function readUserFile(what: string, path: string): Uint8Array {
+  try {
+    const st = statSync(path);
+    if (!st.isFile()) throw new VmError(`${what} '${path}' is not a regular file`);
+    return readFileSync(path);
+  } catch (e) {
+    if (e instanceof VmError) throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not readable (permission denied)' : (e as Error).message;
+    throw new VmError(`${what} '${path}' ${why}`);
+  }
+}
+
+export function kernelKind(image: Uint8Array): KernelKind {
+  if (image.length >= 4 && image[0] === 0x7f && image[1] === 0x45 && image[2] === 0x4c && image[3] === 0x46) return 'elf';
+  return 'bzImage';
+}
+
+export class VirtualMachine extends EventEmitter {
+  state: VmState = 'Created';
+  readonly config: VmConfig;
+  /** Times the guest has been (re)booted. */
+  boots = 0;
+  private hv: Hypervisor | null;
+  private readonly opts: VirtualMachineOptions;
+  private run: Running | null = null;
+  private readonly input = new ByteRing(4096);
+  private kernel: Uint8Array | null = null;
+  private initramfs: Uint8Array | undefined;
+  private supportedCpuid: CpuIdEntry[] | null = null;
+  private exitResolve: ((i: VmExitInfo) => void) | null = null;
+  readonly exited: Promise<VmExitInfo>;
+
+  constructor(config: VmConfig, opts: VirtualMachineOptions = {}) {
+    super();
+    this.config = config;
+    this.opts = opts;
+    this.hv = opts.hypervisor ?? null;
+    this.exited = new Promise((r) => { this.exitResolve = r; });
+  }
+
+  private log(msg: string): void {
+    this.opts.log?.(msg);
+  }
+
+  /** Check everything the user gave before creating anything (clear errors, nothing leaked). */
+  private preflight(): void {
+    const p = this.config.payload;
+    if (!p.kernel) throw new VmError(p.firmware ? 'firmware boot is not supported yet: use --kernel' : 'no kernel given (--kernel PATH)');
+    this.kernel = readUserFile('kernel', p.kernel);
+    this.initramfs = p.initramfs ? readUserFile('initramfs', p.initramfs) : undefined;
+    const size = this.config.memory.size;
+    const host = totalmem();
+    if (size > host) {
+      throw new VmError(`memory size ${fmtBytes(size)} is more than this host has (${fmtBytes(host)})`);
+    }
+  }
+
+  /** Build the VM and start its threads. */
+  async boot(): Promise<void> {
+    if (this.state !== 'Created') throw new VmError(`cannot boot a VM in state ${this.state}`);
+    this.preflight();
+    if (!this.hv) {
+      this.hv = KvmHypervisor.open();
+      this.hv.checkRequiredExtensions();
+    }
+    this.startGuest();
+    this.state = 'Running';
+    this.emit('booted');
+  }
+
+  private startGuest(): void {
+    const hv = this.hv!;
+    const cfg = this.config;
+    const ncpu = cfg.cpus.boot_vcpus;
+    const memSize = cfg.memory.size;
+    const vm = hv.createVm();
+    let mem: GuestMemory | null = null;
+    const vcpus: Vcpu[] = [];
+    let serialIrqfd = -1;
+    let serialFd = -1;
+    let ownsSerialFd = false;
+    try {
+      vm.setIdentityMapAddress(KVM_IDENTITY_MAP_ADDR);
+      vm.setTssAddress(KVM_TSS_ADDR);
+      vm.createIrqChip();
+      vm.createPit();
+      try {
+        mem = GuestMemory.allocate(ramRegions(memSize));
+      } catch (e) {
+        throw new VmError(`cannot allocate ${fmtBytes(memSize)} of guest memory: ${(e as Error).message}`);
+      }
+      mem.regions.forEach((r, slot) => {
+        vm.setUserMemoryRegion({ slot, guestPhysAddr: BigInt(r.gpa), memorySize: r.size, userspaceAddr: r.hostAddress });
+      });
+      const acpi = buildAcpiTables({ cpus: ncpu }, mem);
+      const cmdline = cfg.payload.cmdline ?? '';
+      const kernel = this.kernel!;
+      const load = { cmdline, memSize, rsdpAddr: acpi.rsdpAddr, ...(this.initramfs ? { initramfs: this.initramfs } : {}) };
+      let boot;
+      if (kernelKind(kernel) === 'elf') {
+        const r = loadPvhKernel(mem, kernel, load);
+        boot = pvhBootState(r.entry, r.startInfoAddr);
+      } else {
+        const r = loadBzImage(mem, kernel, load);
+        boot = linux64BootState(r.entry, r.bootParamsAddr);
+      }
+      writeBootTables(mem, boot.writes);
+
+      this.supportedCpuid ??= hv.getSupportedCpuid();
+      for (let id = 0; id < ncpu; id++) {
+        const vcpu = vm.createVcpu(id);
+        vcpus.push(vcpu);
+        vcpu.setCpuid2(vcpuCpuid(this.supportedCpuid, id, ncpu));
+        vcpu.setMsrs(bootMsrEntries());
+        vcpu.setupLapicLints();
+        vcpu.setFpu(defaultFpu());
+        if (id === 0) {
+          vcpu.setSregs(boot.sregs);
+          vcpu.setRegs(boot.regs);
+        }
+      }
+
+      serialIrqfd = libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
+      vm.registerIrqfd(serialIrqfd, IRQ_COM1);
+      ({ fd: serialFd, owned: ownsSerialFd } = this.openSerialSink());
+    } catch (e) {
+      for (const v of vcpus) v.close();
+      if (serialIrqfd >= 0) libc.close(serialIrqfd);
+      vm.close();
+      mem?.free();
+      throw e;
+    }
+
+    const shared = createMailboxes(ncpu);
+    const runStateSab = new SharedArrayBuffer(4);
+    const deviceData: DeviceWorkerData = {
+      shared, input: this.input.sab, serialFd, serialIrqfd,
+      memBelow4g: lowRamEnd(memSize), memAbove4g: memSize - lowRamEnd(memSize),
+    };
+    const deviceWorker = new Worker(new URL('./device_worker.js', import.meta.url), { workerData: deviceData });
+    const run: Running = {
+      vm, mem: mem!, vcpus, vcpuWorkers: [], deviceWorker, shared, runState: new Int32Array(runStateSab),
+      serialIrqfd, serialFd, ownsSerialFd, stopping: false,
+    };
+    this.run = run;
+    this.boots++;
+    deviceWorker.on('message', (m: DeviceEvent) => this.onDeviceEvent(run, m));
+    deviceWorker.on('error', (e) => this.fail(run, `device thread failed: ${e.message}`));
+    for (const v of vcpus) {
+      const wd: VcpuWorkerData = { handle: v.handle(), shared, runState: runStateSab };
+      const w = new Worker(new URL('./vcpu_worker.js', import.meta.url), { workerData: wd });
+      w.on('message', (m: VcpuEvent) => this.onVcpuEvent(run, m));
+      w.on('error', (e) => this.fail(run, `vCPU thread failed: ${e.message}`));
+      run.vcpuWorkers.push(w);
+    }
+    this.log(`guest started: ${ncpu} vCPU(s), ${fmtBytes(memSize)}, ${kernelKind(this.kernel!)} kernel`);
+  }
+
+  private openSerialSink(): { fd: number; owned: boolean } {
+    const s = this.config.serial;
+    switch (s.mode) {
+      case 'Tty': return { fd: this.opts.ttyFd ?? 1, owned: false };
+      case 'File': {
+        if (!s.file) throw new VmError('--serial file= needs a path');
+        try {
+          return { fd: openSync(s.file, 'w'), owned: true };
+        } catch (e) {
+          throw new VmError(`cannot open serial output file '${s.file}': ${(e as Error).message}`);
+        }
+      }
+      case 'Null': case 'Off': return { fd: -1, owned: false };
+      default: throw new VmError(`serial mode ${s.mode} is not supported yet (use tty, file=, null or off)`);
+    }
+  }
+
+  /** Feed host input (e.g. stdin) to the guest's serial port. Returns bytes accepted. */
+  sendInput(bytes: Uint8Array): number {
+    const n = this.input.push(bytes);
+    if (this.run) ringDoorbell(this.run.shared.doorbell);
+    return n;
+  }
+
+  private onDeviceEvent(run: Running, m: DeviceEvent): void {
+    if (m.type === 'shutdown') void this.guestPowerOff(run);
+    else if (m.type === 'reset') void this.guestReset(run, m.reason);
+  }
+
+  private onVcpuEvent(run: Running, m: VcpuEvent): void {
+    switch (m.type) {
+      case 'shutdown': void this.guestPowerOff(run); break;
+      case 'reset': void this.guestReset(run, m.reason); break;
+      case 'error': this.fail(run, m.message); break;
+      case 'paused': this.emit('vcpu-paused', m.id); break;
+      default: break;
+    }
+  }
+
+  private async guestPowerOff(run: Running): Promise<void> {
+    if (run.stopping || this.run !== run) return;
+    this.log('guest powered off');
+    await this.stopGuest(run);
+    this.finish({ reason: 'poweroff' });
+  }
+
+  private async guestReset(run: Running, reason: string): Promise<void> {
+    if (run.stopping || this.run !== run) return;
+    this.log(`guest reset (${reason}): rebooting`);
+    this.emit('rebooting');
+    await this.stopGuest(run);
+    try {
+      this.startGuest();
+      this.emit('rebooted');
+    } catch (e) {
+      this.finish({ reason: 'error', message: `reboot failed: ${(e as Error).message}` });
+    }
+  }
+
+  private fail(run: Running, message: string): void {
+    if (run.stopping || this.run !== run) return;
+    void this.stopGuest(run).then(() => this.finish({ reason: 'error', message }));
+  }
+
+  private finish(info: VmExitInfo): void {
+    this.state = 'Shutdown';
+    this.emit('shutdown', info);
+    this.exitResolve?.(info);
+    this.exitResolve = null;
+  }
+
+  /** Stop every thread of the running guest and release its kernel objects and memory. */
+  private async stopGuest(run: Running): Promise<void> {
+    run.stopping = true;
+    Atomics.store(run.runState, 0, RunState.Stop);
+    Atomics.notify(run.runState, 0);
+    const vcpuExits = run.vcpuWorkers.map((w) => new Promise<void>((r) => w.once('exit', () => r())));
+    for (const v of run.vcpus) v.kick();
+    await Promise.all(vcpuExits);
+    const devExit = new Promise<void>((r) => run.deviceWorker.once('exit', () => r()));
+    ringDoorbell(run.shared.doorbell, true);
+    await devExit;
+    for (const v of run.vcpus) v.close();
+    try { run.vm.unregisterIrqfd(run.serialIrqfd, IRQ_COM1); } catch { /* the VM goes away next */ }
+    libc.close(run.serialIrqfd);
+    if (run.ownsSerialFd) closeSync(run.serialFd);
+    run.vm.close();
+    run.mem.free();
+    if (this.run === run) this.run = null;
+  }
+
+  pause(): void {
+    if (this.state !== 'Running' || !this.run) throw new VmError(`cannot pause a VM in state ${this.state}`);
+    Atomics.store(this.run.runState, 0, RunState.Pause);
+    for (const v of this.run.vcpus) v.kick();
+    this.state = 'Paused';
+  }
+
+  resume(): void {
+    if (this.state !== 'Paused' || !this.run) throw new VmError(`cannot resume a VM in state ${this.state}`);
+    Atomics.store(this.run.runState, 0, RunState.Run);
+    Atomics.notify(this.run.runState, 0);
+    this.state = 'Running';
+  }
+
+  /** Stop the guest from the host side (API vm.shutdown, SIGTERM). */
+  async shutdown(): Promise<void> {
+    const run = this.run;
+    if (run && !run.stopping) {
+      if (this.state === 'Paused') this.resume();
+      await this.stopGuest(run);
+      this.finish({ reason: 'shutdown' });
+    } else if (this.state !== 'Shutdown') {
+      this.finish({ reason: 'shutdown' });
+    }
+  }
+
+  /** Release the hypervisor handle (after the guest has stopped). */
+  close(): void {
+    this.hv?.close();
+    this.hv = null;
+  }
+}
+
+export function fmtBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let u = 0;
+  let v = n;
+  while (v >= 1024 && u < units.length - 1) { v /= 1024; u++; }
+  return `${Number.isInteger(v) ? v : v.toFixed(1)} ${units[u]}`;
+}
