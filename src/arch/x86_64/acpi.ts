@@ -1,0 +1,400 @@
+// ACPI tables for a hardware-reduced x86-64 guest (ACPI 6.x chapter 5).
+//
+// Layout in the reserved BIOS area (layout.ts): RSDP at RSDP_POINTER (0xE0000, where Linux also
+// scans for it), then DSDT, FADT, MADT, caller-supplied tables (e.g. MCFG) and finally the XSDT,
+// each 8-byte aligned, all below ACPI_TABLES_END. Hardware-reduced ACPI (FADT flag
+// HW_REDUCED_ACPI): no PM1/GPE blocks, no SCI, no FACS; power off through the sleep control
+// register (written with SLP_TYP from \_S5_ and SLP_EN) and reboot through the reset register,
+// both in one I/O port, ACPI_SHUTDOWN_PORT (0x3c0, like Cloud Hypervisor).
+
+import type { GuestMemory } from '../../memory/guest_memory.js';
+import * as aml from './aml.js';
+import {
+  ACPI_TABLES_END, ACPI_TABLES_START, APIC_START, IOAPIC_START, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_BUS_END,
+  PCI_ECAM_BUS_START, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START, RSDP_POINTER,
+} from './layout.js';
+
+export class AcpiError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'AcpiError';
+  }
+}
+
+// --- Power management I/O port (the device side lives in src/devices) -----------------------------
+
+/** I/O port of the FADT sleep control, sleep status and reset registers (one byte each). */
+export const ACPI_SHUTDOWN_PORT = 0x3c0;
+export const ACPI_SLEEP_CONTROL_PORT = ACPI_SHUTDOWN_PORT;
+export const ACPI_SLEEP_STATUS_PORT = ACPI_SHUTDOWN_PORT;
+export const ACPI_RESET_PORT = ACPI_SHUTDOWN_PORT;
+/** Value the guest writes to the reset register to reboot (FADT RESET_VALUE). */
+export const ACPI_RESET_VALUE = 0x01;
+/** Sleep control register (ACPI 6.x 4.8.3.7): SLP_TYP bits 4:2, SLP_EN bit 5. */
+export const SLEEP_CONTROL_SLP_EN = 0x20;
+export const SLEEP_CONTROL_SLP_TYP_SHIFT = 2;
+export const SLEEP_CONTROL_SLP_TYP_MASK = 0x1c;
+/** SLP_TYP value we advertise in \_S5_. */
+export const S5_SLEEP_TYPE = 5;
+/** Byte Linux writes to ACPI_SLEEP_CONTROL_PORT to power off: SLP_EN | (5 << 2) = 0x34. */
+export const ACPI_S5_WRITE_VALUE = SLEEP_CONTROL_SLP_EN | (S5_SLEEP_TYPE << SLEEP_CONTROL_SLP_TYP_SHIFT);
+/** Sleep status register WAK_STS (bit 7). */
+export const SLEEP_STATUS_WAK_STS = 0x80;
+
+/** COM1 as described in the DSDT. */
+export const COM1_PORT = 0x3f8;
+export const COM1_IRQ = 4;
+
+// --- Table identity ---------------------------------------------------------------------------------
+
+export const OEM_ID = 'STRATO';
+export const OEM_TABLE_ID = 'STRATOVM';
+export const OEM_REVISION = 1;
+export const CREATOR_ID = 'STRV';
+export const CREATOR_REVISION = 1;
+export const SDT_HEADER_SIZE = 36;
+export const RSDP_SIZE = 36;
+export const FADT_SIZE = 276;
+
+// FADT Flags (5.2.9 Table 5.10) and IA-PC boot architecture flags (5.2.9.3).
+export const FADT_F_RESET_REG_SUP = 1 << 10;
+export const FADT_F_HW_REDUCED_ACPI = 1 << 20;
+export const IAPC_BOOT_ARCH_VGA_NOT_PRESENT = 1 << 2;
+
+// MADT structure types (5.2.12).
+export const MADT_LOCAL_APIC = 0;
+export const MADT_IO_APIC = 1;
+export const MADT_INTERRUPT_SOURCE_OVERRIDE = 2;
+export const MADT_LOCAL_APIC_NMI = 4;
+export const MADT_LOCAL_X2APIC = 9;
+export const MADT_LOCAL_X2APIC_NMI = 0xa;
+export const MADT_PCAT_COMPAT = 1;
+
+// Generic Address Structure (5.2.3.2).
+export const GAS_SPACE_SYSTEM_IO = 1;
+export const GAS_ACCESS_BYTE = 1;
+
+function putAscii(dst: Uint8Array, off: number, s: string, len: number): void {
+  for (let i = 0; i < len; i++) dst[off + i] = i < s.length ? s.charCodeAt(i) : 0x20;
+}
+
+/** Sum of bytes mod 256 (a valid table sums to 0). */
+export function checksum(bytes: Uint8Array): number {
+  let s = 0;
+  for (let i = 0; i < bytes.length; i++) s = (s + bytes[i]!) & 0xff;
+  return s;
+}
+
+/** Fill the 36-byte System Description Table header (5.2.6) and fix the checksum (byte 9). */
+export function finishSdt(table: Uint8Array, signature: string, revision: number): Uint8Array {
+  if (signature.length !== 4) throw new AcpiError(`bad table signature "${signature}"`);
+  const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  putAscii(table, 0, signature, 4);
+  dv.setUint32(4, table.length, true);
+  table[8] = revision;
+  table[9] = 0;
+  putAscii(table, 10, OEM_ID, 6);
+  putAscii(table, 16, OEM_TABLE_ID, 8);
+  dv.setUint32(24, OEM_REVISION, true);
+  putAscii(table, 28, CREATOR_ID, 4);
+  dv.setUint32(32, CREATOR_REVISION, true);
+  table[9] = (256 - checksum(table)) & 0xff;
+  return table;
+}
+
+function gas(dv: DataView, off: number, port: number): void {
+  dv.setUint8(off, GAS_SPACE_SYSTEM_IO);
+  dv.setUint8(off + 1, 8); // bit width
+  dv.setUint8(off + 2, 0); // bit offset
+  dv.setUint8(off + 3, GAS_ACCESS_BYTE);
+  dv.setBigUint64(off + 4, BigInt(port), true);
+}
+
+/** RSDP v2 (5.2.5.3): checksum over the first 20 bytes, extended checksum over all 36. */
+export function buildRsdp(xsdtAddr: number): Uint8Array {
+  const t = new Uint8Array(RSDP_SIZE);
+  const dv = new DataView(t.buffer);
+  putAscii(t, 0, 'RSD PTR ', 8);
+  putAscii(t, 9, OEM_ID, 6);
+  t[15] = 2; // revision: ACPI 2.0+
+  dv.setUint32(16, 0, true); // RsdtAddress: none, XSDT only
+  dv.setUint32(20, RSDP_SIZE, true);
+  dv.setBigUint64(24, BigInt(xsdtAddr), true);
+  t[8] = (256 - checksum(t.subarray(0, 20))) & 0xff;
+  t[32] = (256 - checksum(t)) & 0xff;
+  return t;
+}
+
+/** XSDT (5.2.8): 64-bit pointers to every table except the DSDT. */
+export function buildXsdt(tableAddrs: readonly number[]): Uint8Array {
+  const t = new Uint8Array(SDT_HEADER_SIZE + 8 * tableAddrs.length);
+  const dv = new DataView(t.buffer);
+  tableAddrs.forEach((a, i) => dv.setBigUint64(SDT_HEADER_SIZE + 8 * i, BigInt(a), true));
+  return finishSdt(t, 'XSDT', 1);
+}
+
+/**
+ * Where the power-management registers live. Structurally compatible with the device side's
+ * `acpiPowerRegisters()` (src/devices/acpi_power.ts) so both describe the same decoder.
+ */
+export interface AcpiPowerRegisterSpec {
+  sleepControl: { address: number };
+  sleepStatus: { address: number };
+  reset: { address: number };
+  resetValue: number;
+  s5SleepType: number;
+}
+
+export const DEFAULT_POWER_REGISTERS: Readonly<AcpiPowerRegisterSpec> = Object.freeze({
+  sleepControl: { address: ACPI_SLEEP_CONTROL_PORT },
+  sleepStatus: { address: ACPI_SLEEP_STATUS_PORT },
+  reset: { address: ACPI_RESET_PORT },
+  resetValue: ACPI_RESET_VALUE,
+  s5SleepType: S5_SLEEP_TYPE,
+});
+
+/** FADT revision 6.5 (5.2.9), hardware-reduced. */
+export function buildFadt(dsdtAddr: number, power: AcpiPowerRegisterSpec = DEFAULT_POWER_REGISTERS): Uint8Array {
+  const t = new Uint8Array(FADT_SIZE);
+  const dv = new DataView(t.buffer);
+  t[45] = 0; // Preferred_PM_Profile: unspecified
+  dv.setUint16(109, IAPC_BOOT_ARCH_VGA_NOT_PRESENT, true);
+  dv.setUint32(112, FADT_F_HW_REDUCED_ACPI | FADT_F_RESET_REG_SUP, true);
+  gas(dv, 116, power.reset.address); // RESET_REG
+  t[128] = power.resetValue;
+  t[131] = 5; // FADT minor version (ACPI 6.5)
+  dv.setBigUint64(140, BigInt(dsdtAddr), true); // X_DSDT
+  gas(dv, 244, power.sleepControl.address); // SLEEP_CONTROL_REG
+  gas(dv, 256, power.sleepStatus.address); // SLEEP_STATUS_REG
+  putAscii(t, 268, 'STRATOVI', 8); // Hypervisor Vendor Identity
+  return finishSdt(t, 'FACP', 6);
+}
+
+export interface MadtOptions {
+  cpus: number;
+  /** Use Processor Local x2APIC entries (automatic when an APIC ID would be >= 255). */
+  x2apic?: boolean;
+  /** Set MADT PCAT_COMPAT (dual 8259 present). Default false: hardware-reduced guests skip the PIC. */
+  pcatCompat?: boolean;
+}
+
+/** MADT (5.2.12): one enabled local APIC per vCPU (APIC ID = index), the IOAPIC, IRQ0->GSI2, NMI on LINT1. */
+export function buildMadt(o: MadtOptions): Uint8Array {
+  if (!Number.isInteger(o.cpus) || o.cpus < 1 || o.cpus > 4096) throw new AcpiError(`invalid vCPU count ${o.cpus}`);
+  const x2 = o.x2apic === true || o.cpus > 255;
+  const parts: Uint8Array[] = [];
+  const head = new Uint8Array(SDT_HEADER_SIZE + 8);
+  const hdv = new DataView(head.buffer);
+  hdv.setUint32(36, APIC_START, true);
+  hdv.setUint32(40, o.pcatCompat === true ? MADT_PCAT_COMPAT : 0, true);
+  parts.push(head);
+  for (let i = 0; i < o.cpus; i++) {
+    if (x2) {
+      const e = new Uint8Array(16);
+      const dv = new DataView(e.buffer);
+      e[0] = MADT_LOCAL_X2APIC; e[1] = 16;
+      dv.setUint32(4, i, true); // x2APIC ID
+      dv.setUint32(8, 1, true); // flags: enabled
+      dv.setUint32(12, i, true); // ACPI processor UID
+      parts.push(e);
+    } else {
+      parts.push(Uint8Array.of(MADT_LOCAL_APIC, 8, i, i, 1, 0, 0, 0));
+    }
+  }
+  const ioapic = new Uint8Array(12);
+  const idv = new DataView(ioapic.buffer);
+  ioapic[0] = MADT_IO_APIC; ioapic[1] = 12; ioapic[2] = 0; // IOAPIC ID 0
+  idv.setUint32(4, IOAPIC_START, true);
+  idv.setUint32(8, 0, true); // GSI base
+  parts.push(ioapic);
+  // ISA IRQ 0 (PIT) is wired to IOAPIC pin 2 (KVM's default GSI routing does the same).
+  const iso = new Uint8Array(10);
+  const sdv = new DataView(iso.buffer);
+  iso[0] = MADT_INTERRUPT_SOURCE_OVERRIDE; iso[1] = 10; iso[2] = 0; iso[3] = 0;
+  sdv.setUint32(4, 2, true);
+  sdv.setUint16(8, 0, true); // flags: conforms to bus
+  parts.push(iso);
+  if (x2) {
+    const nmi = new Uint8Array(12);
+    const ndv = new DataView(nmi.buffer);
+    nmi[0] = MADT_LOCAL_X2APIC_NMI; nmi[1] = 12;
+    ndv.setUint16(2, 0, true);
+    ndv.setUint32(4, 0xffffffff, true); // all processors
+    nmi[8] = 1; // LINT1
+    parts.push(nmi);
+  } else {
+    parts.push(Uint8Array.of(MADT_LOCAL_APIC_NMI, 6, 0xff, 0, 0, 1)); // all processors, flags 0, LINT1
+  }
+  return finishSdt(aml.concat(parts), 'APIC', 5);
+}
+
+/** MCFG (PCI Firmware spec 3.0, 4.1.2): one ECAM allocation. For the later PCI work. */
+export function buildMcfg(ecamBase = PCI_ECAM_START, segment = 0, startBus = PCI_ECAM_BUS_START, endBus = PCI_ECAM_BUS_END): Uint8Array {
+  const t = new Uint8Array(SDT_HEADER_SIZE + 8 + 16);
+  const dv = new DataView(t.buffer);
+  dv.setBigUint64(44, BigInt(ecamBase), true);
+  dv.setUint16(52, segment, true);
+  t[54] = startBus;
+  t[55] = endBus;
+  return finishSdt(t, 'MCFG', 1);
+}
+
+/** \_SB_.COM1: 16550 at 0x3f8, IRQ 4. */
+export function com1Aml(): Uint8Array {
+  return aml.device('COM1', [
+    aml.name('_HID', aml.eisaId('PNP0501')),
+    aml.name('_UID', aml.integer(0)),
+    aml.name('_CRS', aml.resourceTemplate([aml.ioPort(COM1_PORT, COM1_PORT, 0, 8), aml.irqNoFlags(COM1_IRQ)])),
+  ]);
+}
+
+export interface PciHostBridgeOptions {
+  segment?: number;
+  busStart?: number;
+  busEnd?: number;
+  /** 32-bit BAR window (default PCI_MMIO32_START, PCI_MMIO32_SIZE). */
+  mmio32?: { start: number; size: number };
+  /** 64-bit BAR window, e.g. pciMmio64Window(memSize). Omitted: none. */
+  mmio64?: { start: number; size: number };
+}
+
+/**
+ * \_SB_.PCI0: a PCI Express host bridge (PNP0A08, compatible PNP0A03) whose _CRS lists the bus
+ * range, the legacy config ports 0xcf8-0xcff, the I/O window (all ports except 0xcf8-0xcff) and
+ * the memory windows. For the PCI work: pass as `sbDevices` and add `buildMcfg()` to `extraTables`.
+ */
+export function pciHostBridgeAml(o: PciHostBridgeOptions = {}): Uint8Array {
+  const busStart = o.busStart ?? PCI_ECAM_BUS_START;
+  const busEnd = o.busEnd ?? PCI_ECAM_BUS_END;
+  const m32 = o.mmio32 ?? { start: PCI_MMIO32_START, size: PCI_MMIO32_SIZE };
+  const crs: Uint8Array[] = [
+    aml.wordBusNumber(busStart, busEnd),
+    aml.ioPort(PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_ADDRESS_PORT, 1, 8),
+    aml.wordIo(0x0000, PCI_CONFIG_ADDRESS_PORT - 1),
+    aml.wordIo(PCI_CONFIG_ADDRESS_PORT + 8, 0xffff),
+    aml.dwordMemory(m32.start, m32.start + m32.size - 1),
+  ];
+  if (o.mmio64 !== undefined) {
+    crs.push(aml.qwordMemory(BigInt(o.mmio64.start), BigInt(o.mmio64.start) + BigInt(o.mmio64.size) - 1n));
+  }
+  return aml.device('PCI0', [
+    aml.name('_HID', aml.eisaId('PNP0A08')),
+    aml.name('_CID', aml.eisaId('PNP0A03')),
+    aml.name('_ADR', aml.integer(0)),
+    aml.name('_SEG', aml.integer(o.segment ?? 0)),
+    aml.name('_UID', aml.integer(0)),
+    aml.name('_BBN', aml.integer(busStart)),
+    aml.name('_CRS', aml.resourceTemplate(crs)),
+  ]);
+}
+
+export interface DsdtOptions {
+  /** Describe COM1 (default true). */
+  com1?: boolean;
+  /** Extra AML objects inside \_SB_ (e.g. a PNP0A08 PCI host bridge with _CRS). */
+  sbDevices?: readonly Uint8Array[];
+  /** SLP_TYP advertised in \\_S5_ (default S5_SLEEP_TYPE). */
+  s5SleepType?: number;
+}
+
+/** DSDT (5.2.11.1) with \_S5_ (Package {SLP_TYPa, SLP_TYPb, 0, 0}) and \_SB_ devices. */
+export function buildDsdt(o: DsdtOptions = {}): Uint8Array {
+  const sb: Uint8Array[] = [];
+  if (o.com1 !== false) sb.push(com1Aml());
+  for (const d of o.sbDevices ?? []) sb.push(d);
+  const slpTyp = o.s5SleepType ?? S5_SLEEP_TYPE;
+  if (!Number.isInteger(slpTyp) || slpTyp < 0 || slpTyp > 7) throw new AcpiError(`invalid S5 sleep type ${slpTyp}`);
+  const body = aml.concat([
+    aml.name('\\_S5_', aml.pkg([aml.integer(slpTyp), aml.integer(slpTyp), aml.integer(0), aml.integer(0)])),
+    aml.scope('\\_SB_', sb),
+  ]);
+  const t = new Uint8Array(SDT_HEADER_SIZE + body.length);
+  t.set(body, SDT_HEADER_SIZE);
+  return finishSdt(t, 'DSDT', 2);
+}
+
+export interface AcpiConfig extends DsdtOptions {
+  cpus: number;
+  x2apic?: boolean;
+  pcatCompat?: boolean;
+  /** Complete extra tables (e.g. buildMcfg()) to list in the XSDT. */
+  extraTables?: readonly Uint8Array[];
+  /** Power-management register placement (default: everything at ACPI_SHUTDOWN_PORT). */
+  power?: AcpiPowerRegisterSpec;
+}
+
+export interface AcpiResult {
+  rsdpAddr: number;
+  tables: Array<{ signature: string; addr: number; length: number }>;
+}
+
+/**
+ * Build all tables, write them into guest memory between ACPI_TABLES_START and ACPI_TABLES_END,
+ * and return the RSDP address (for boot_params.acpi_rsdp_addr / hvm_start_info.rsdp_paddr).
+ */
+export function buildAcpiTables(cfg: AcpiConfig, mem: GuestMemory): AcpiResult {
+  const tables: AcpiResult['tables'] = [];
+  let next = RSDP_POINTER + RSDP_SIZE;
+  const place = (t: Uint8Array): number => {
+    const addr = Math.ceil(next / 8) * 8;
+    if (addr + t.length > ACPI_TABLES_END) {
+      throw new AcpiError(`ACPI tables do not fit in 0x${ACPI_TABLES_START.toString(16)}-0x${ACPI_TABLES_END.toString(16)}`);
+    }
+    mem.writeBytes(addr, t);
+    tables.push({ signature: String.fromCharCode(t[0]!, t[1]!, t[2]!, t[3]!), addr, length: t.length });
+    next = addr + t.length;
+    return addr;
+  };
+  const dsdtOpts: DsdtOptions = {};
+  if (cfg.com1 !== undefined) dsdtOpts.com1 = cfg.com1;
+  if (cfg.sbDevices !== undefined) dsdtOpts.sbDevices = cfg.sbDevices;
+  const power = cfg.power ?? DEFAULT_POWER_REGISTERS;
+  dsdtOpts.s5SleepType = power.s5SleepType;
+  const madtOpts: MadtOptions = { cpus: cfg.cpus };
+  if (cfg.x2apic !== undefined) madtOpts.x2apic = cfg.x2apic;
+  if (cfg.pcatCompat !== undefined) madtOpts.pcatCompat = cfg.pcatCompat;
+  const madt = buildMadt(madtOpts); // validates cpus before anything is written
+  const dsdtAddr = place(buildDsdt(dsdtOpts));
+  const listed = [place(buildFadt(dsdtAddr, power)), place(madt)];
+  for (const t of cfg.extraTables ?? []) {
+    if (t.length < SDT_HEADER_SIZE || new DataView(t.buffer, t.byteOffset).getUint32(4, true) !== t.length || checksum(t) !== 0) {
+      throw new AcpiError('extra ACPI table has a bad header length or checksum');
+    }
+    listed.push(place(t));
+  }
+  const xsdtAddr = place(buildXsdt(listed));
+  mem.writeBytes(RSDP_POINTER, buildRsdp(xsdtAddr));
+  tables.unshift({ signature: 'RSD PTR ', addr: RSDP_POINTER, length: RSDP_SIZE });
+  return { rsdpAddr: RSDP_POINTER, tables };
+}
+
+/**
+ * Read the tables back from guest memory starting at the RSDP, verifying signatures, lengths and
+ * checksums (for tests and diagnostics). Returns signature -> table bytes (copies).
+ */
+export function readAcpiTables(mem: GuestMemory, rsdpAddr: number): Map<string, Uint8Array> {
+  const out = new Map<string, Uint8Array>();
+  const rsdp = mem.slice(rsdpAddr, RSDP_SIZE).slice();
+  if (String.fromCharCode(...rsdp.subarray(0, 8)) !== 'RSD PTR ') throw new AcpiError('no RSDP signature');
+  if (checksum(rsdp.subarray(0, 20)) !== 0) throw new AcpiError('RSDP checksum (first 20 bytes) is wrong');
+  if (checksum(rsdp) !== 0) throw new AcpiError('RSDP extended checksum is wrong');
+  out.set('RSD PTR ', rsdp);
+  const readSdt = (addr: number): Uint8Array => {
+    const len = mem.readU32(addr + 4);
+    if (len < SDT_HEADER_SIZE) throw new AcpiError(`table at 0x${addr.toString(16)} has length ${len}`);
+    const t = mem.slice(addr, len).slice();
+    const sig = String.fromCharCode(t[0]!, t[1]!, t[2]!, t[3]!);
+    if (checksum(t) !== 0) throw new AcpiError(`${sig} checksum is wrong`);
+    out.set(sig, t);
+    return t;
+  };
+  const xsdt = readSdt(Number(new DataView(rsdp.buffer).getBigUint64(24, true)));
+  const xdv = new DataView(xsdt.buffer);
+  for (let off = SDT_HEADER_SIZE; off + 8 <= xsdt.length; off += 8) {
+    const t = readSdt(Number(xdv.getBigUint64(off, true)));
+    if (String.fromCharCode(t[0]!, t[1]!, t[2]!, t[3]!) === 'FACP' && t.length >= 148) {
+      readSdt(Number(new DataView(t.buffer).getBigUint64(140, true)));
+    }
+  }
+  return out;
+}

@@ -1,0 +1,211 @@
+// x86-64 guest physical memory layout (all values are guest physical addresses, as numbers:
+// every address here is < 2^52, see src/memory/guest_memory.ts).
+//
+//   0x0000_0000  real-mode IVT / BDA (RAM, left untouched)
+//   0x0000_0500  boot GDT (BOOT_GDT_START), IDT right after (BOOT_IDT_START)
+//   0x0000_6000  PVH hvm_start_info, module list, memory map
+//   0x0000_7000  Linux zero page (boot_params)
+//   0x0000_8000  boot stack (grows down from BOOT_STACK_POINTER)
+//   0x0000_9000  PML4, 0xA000 PDPT, 0xB000..0xEFFF four page directories (identity map of 4 GiB)
+//   0x0002_0000  kernel command line (CMDLINE_MAX_SIZE)
+//   0x0009_FC00  EBDA .. 0x10_0000: reserved in the e820 map (legacy video/BIOS area)
+//   0x000E_0000  ACPI tables (RSDP first: Linux scans 0xE0000-0xFFFFF for it, ACPI 6.x 5.2.5.1)
+//   0x0010_0000  (1 MiB) protected-mode kernel / high RAM
+//   ...          RAM up to MEM_32BIT_GAP_START (3 GiB)
+//   0xC000_0000  32-bit PCI device (BAR) window, 640 MiB
+//   0xE800_0000  PCI ECAM (MMCONFIG), 256 buses x 1 MiB
+//   0xF800_0000  platform MMIO devices (virtio-mmio etc.)
+//   0xFEC0_0000  IOAPIC
+//   0xFEE0_0000  Local APIC
+//   0x1_0000_0000 RAM above 4 GiB (the rest of guest memory), then the 64-bit PCI window.
+//
+// This follows Cloud Hypervisor's arch/src/x86_64/layout.rs in spirit (hole at 3 GiB..4 GiB).
+
+import type { RegionSpec } from '../../memory/guest_memory.js';
+
+export const KiB = 1024;
+export const MiB = 1024 * KiB;
+export const GiB = 1024 * MiB;
+
+// --- Low memory boot structures -------------------------------------------------------------
+
+/** Boot GDT (null, null, __BOOT_CS 0x10, __BOOT_DS 0x18, TSS 0x20). */
+export const BOOT_GDT_START = 0x500;
+export const BOOT_GDT_MAX_SIZE = 0x40;
+/** Empty boot IDT (limit 0: any exception before the kernel loads its own IDT triple-faults). */
+export const BOOT_IDT_START = 0x540;
+
+/** PVH hvm_start_info (xen/include/public/arch-x86/hvm/start_info.h). */
+export const PVH_INFO_START = 0x6000;
+/** hvm_modlist_entry array (32 bytes each). */
+export const PVH_MODLIST_START = 0x6040;
+export const PVH_MODLIST_MAX = 6;
+/** hvm_memmap_table_entry array (24 bytes each) up to the zero page. */
+export const PVH_MEMMAP_START = 0x6100;
+export const PVH_MEMMAP_MAX_ENTRIES = Math.floor((0x7000 - PVH_MEMMAP_START) / 24);
+
+/** Linux boot_params ("zero page", Documentation/arch/x86/zero-page.rst). */
+export const ZERO_PAGE_START = 0x7000;
+export const ZERO_PAGE_SIZE = 0x1000;
+
+/** Initial stack pointer (top of 0x8000..0x8fff, 16-byte aligned minus 16). */
+export const BOOT_STACK_POINTER = 0x8ff0;
+
+/** Identity-map page tables: PML4, one PDPT, 4 page directories of 2 MiB pages = 4 GiB. */
+export const PML4_START = 0x9000;
+export const PDPTE_START = 0xa000;
+export const PDE_START = 0xb000;
+export const PDE_PAGES = 4;
+export const IDENTITY_MAP_SIZE = 4 * GiB;
+
+/** Kernel command line; the kernel's own cmdline_size limit applies as well. */
+export const CMDLINE_START = 0x20000;
+export const CMDLINE_MAX_SIZE = 0x10000;
+
+/** Extended BIOS data area start; [EBDA_START, HIGH_RAM_START) is reserved in e820. */
+export const EBDA_START = 0x9fc00;
+
+/** ACPI tables area inside the reserved BIOS area; the RSDP goes first (0xE0000, 16-aligned). */
+export const ACPI_TABLES_START = 0xe0000;
+export const RSDP_POINTER = ACPI_TABLES_START;
+export const ACPI_TABLES_END = 0xf0000;
+/** SMBIOS tables, if ever added. */
+export const SMBIOS_START = 0xf0000;
+
+/** Start of RAM above the legacy area: the protected-mode kernel loads here (boot.rst). */
+export const HIGH_RAM_START = 0x100000;
+export const KERNEL_LOAD_ADDR = HIGH_RAM_START;
+
+// --- 32-bit MMIO hole (3 GiB .. 4 GiB) ------------------------------------------------------
+
+export const MEM_32BIT_GAP_START = 3 * GiB;
+export const MEM_32BIT_GAP_SIZE = 1 * GiB;
+export const FIRST_ADDR_PAST_32BITS = 4 * GiB;
+
+/** 32-bit PCI BAR window (PCI host bridge _CRS, 32-bit memory). */
+export const PCI_MMIO32_START = MEM_32BIT_GAP_START;
+export const PCI_MMIO32_SIZE = 640 * MiB;
+
+/** PCI Express ECAM (MCFG), segment 0, buses 0..255. */
+export const PCI_ECAM_START = PCI_MMIO32_START + PCI_MMIO32_SIZE; // 0xE800_0000
+export const PCI_ECAM_SIZE = 256 * MiB;
+export const PCI_ECAM_BUS_START = 0;
+export const PCI_ECAM_BUS_END = 255;
+
+/** Platform (non-PCI) MMIO devices, e.g. virtio-mmio transports. */
+export const PLATFORM_MMIO_START = PCI_ECAM_START + PCI_ECAM_SIZE; // 0xF800_0000
+export const PLATFORM_MMIO_SIZE = 0xfec00000 - PLATFORM_MMIO_START; // 108 MiB
+
+/** IOAPIC (MADT), GSI base 0, 24 pins. */
+export const IOAPIC_START = 0xfec00000;
+export const IOAPIC_SIZE = 0x1000;
+export const IOAPIC_PINS = 24;
+/** Local APIC default base (IA32_APIC_BASE reset value, SDM Vol. 3, 11.4.4). */
+export const APIC_START = 0xfee00000;
+export const APIC_SIZE = 0x100000;
+
+/** Legacy PCI config mechanism #1 ports. */
+export const PCI_CONFIG_ADDRESS_PORT = 0xcf8;
+export const PCI_CONFIG_DATA_PORT = 0xcfc;
+
+/** Start of RAM above the hole. */
+export const RAM_64BIT_START = FIRST_ADDR_PAST_32BITS;
+
+// --- RAM regions ----------------------------------------------------------------------------
+
+function assertMemSize(memSize: number): void {
+  if (!Number.isInteger(memSize) || memSize <= 0) throw new RangeError(`invalid guest memory size ${memSize}`);
+  if (memSize % 4096 !== 0) throw new RangeError(`guest memory size 0x${memSize.toString(16)} is not a multiple of 4 KiB`);
+  if (memSize < 16 * MiB) throw new RangeError(`guest memory size ${memSize} is below the 16 MiB minimum`);
+  if (RAM_64BIT_START + memSize > 2 ** 52) throw new RangeError(`guest memory size 0x${memSize.toString(16)} exceeds the 52-bit physical address space`);
+}
+
+/**
+ * RAM regions for `memSize` bytes of guest memory: [0, min(memSize, 3 GiB)) and, if larger,
+ * the remainder at 4 GiB. Ready for `GuestMemory.allocate()`.
+ */
+export function ramRegions(memSize: number): RegionSpec[] {
+  assertMemSize(memSize);
+  const low = Math.min(memSize, MEM_32BIT_GAP_START);
+  const regs: RegionSpec[] = [{ gpa: 0, size: low }];
+  if (memSize > low) regs.push({ gpa: RAM_64BIT_START, size: memSize - low });
+  return regs;
+}
+
+/** One past the last byte of RAM below the 32-bit hole. */
+export function lowRamEnd(memSize: number): number {
+  return Math.min(memSize, MEM_32BIT_GAP_START);
+}
+
+/** One past the highest RAM address. */
+export function ramEnd(memSize: number): number {
+  return memSize <= MEM_32BIT_GAP_START ? memSize : RAM_64BIT_START + (memSize - MEM_32BIT_GAP_START);
+}
+
+/**
+ * 64-bit PCI BAR window: from the first 1 GiB boundary above RAM (and above 4 GiB) to the top of
+ * the guest physical address space given by `physAddrBits` (CPUID 0x80000008 EAX[7:0]).
+ */
+export function pciMmio64Window(memSize: number, physAddrBits = 40): { start: number; size: number } {
+  if (!Number.isInteger(physAddrBits) || physAddrBits < 36 || physAddrBits > 52) {
+    throw new RangeError(`physical address bits ${physAddrBits} outside 36..52`);
+  }
+  const start = Math.ceil(Math.max(ramEnd(memSize), RAM_64BIT_START) / GiB) * GiB;
+  const top = 2 ** physAddrBits;
+  if (start >= top) throw new RangeError(`no room for a 64-bit PCI window below 2^${physAddrBits}`);
+  return { start, size: top - start };
+}
+
+// --- e820 ------------------------------------------------------------------------------------
+
+/** e820 types (ACPI 6.x 15.1 "Address Range Types"). */
+export const E820_RAM = 1;
+export const E820_RESERVED = 2;
+export const E820_ACPI = 3;
+export const E820_NVS = 4;
+export const E820_UNUSABLE = 5;
+
+export interface E820Entry {
+  addr: number;
+  size: number;
+  type: number;
+}
+
+/**
+ * The guest e820 map. RAM: [0, EBDA_START), [1 MiB, low RAM end), [4 GiB, ...). Reserved: the
+ * EBDA/legacy BIOS area (holds our ACPI tables), the PCI ECAM window (Linux wants MMCONFIG
+ * reserved, arch/x86/pci/mmconfig-shared.c), and IOAPIC..4 GiB. The 32-bit PCI BAR window is
+ * deliberately left as a gap rather than "reserved": Linux may clip host bridge windows that
+ * overlap e820 reservations (pci=use_e820).
+ */
+export function e820Map(memSize: number): E820Entry[] {
+  assertMemSize(memSize);
+  const low = lowRamEnd(memSize);
+  const map: E820Entry[] = [
+    { addr: 0, size: EBDA_START, type: E820_RAM },
+    { addr: EBDA_START, size: HIGH_RAM_START - EBDA_START, type: E820_RESERVED },
+    { addr: HIGH_RAM_START, size: low - HIGH_RAM_START, type: E820_RAM },
+    { addr: PCI_ECAM_START, size: PCI_ECAM_SIZE, type: E820_RESERVED },
+    { addr: IOAPIC_START, size: FIRST_ADDR_PAST_32BITS - IOAPIC_START, type: E820_RESERVED },
+  ];
+  if (memSize > low) map.push({ addr: RAM_64BIT_START, size: memSize - low, type: E820_RAM });
+  return map;
+}
+
+// --- initramfs placement ---------------------------------------------------------------------
+
+/**
+ * Where to put an initramfs of `size` bytes: as high as possible below min(`addrMax` + 1, end of
+ * low RAM), page aligned (boot.rst: initrd_addr_max is the highest address the initrd may
+ * occupy). It must not overlap [0, `minAddr`) (the loaded kernel). Throws RangeError if it
+ * does not fit.
+ */
+export function initramfsAddress(size: number, memSize: number, minAddr: number, addrMax = 0xffffffff): number {
+  if (!Number.isInteger(size) || size <= 0) throw new RangeError(`invalid initramfs size ${size}`);
+  const top = Math.min(addrMax + 1, lowRamEnd(memSize));
+  const addr = Math.floor((top - size) / 4096) * 4096;
+  if (top - size < 0 || addr < minAddr) {
+    throw new RangeError(`initramfs of ${size} bytes does not fit between 0x${minAddr.toString(16)} and 0x${top.toString(16)}`);
+  }
+  return addr;
+}

@@ -1,0 +1,164 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Worker } from 'node:worker_threads';
+import { GuestMemory, GuestMemoryError, GPA_LIMIT, WINDOW_STRIDE } from './guest_memory.js';
+
+const GiB = 2 ** 30;
+
+function twoRegions(): GuestMemory {
+  // [0x0, 0x1000) and [0x1000, 0x3000) are adjacent; [0x10000, 0x11000) after a gap.
+  return GuestMemory.fromBuffers([
+    { gpa: 0, buffer: new ArrayBuffer(0x1000) },
+    { gpa: 0x1000, buffer: new ArrayBuffer(0x2000) },
+    { gpa: 0x10000n, buffer: new ArrayBuffer(0x1000) },
+  ]);
+}
+
+function throwsGme(fn: () => unknown, re: RegExp): void {
+  assert.throws(fn, (e: unknown) => e instanceof GuestMemoryError && re.test(e.message));
+}
+
+test('typed little-endian access and slices alias guest memory', () => {
+  const m = twoRegions();
+  m.writeU8(0x10, 0xab);
+  m.writeU16(0x20, 0x1234);
+  m.writeU32(0x1ffc, 0xdeadbeef);
+  m.writeU64(0x10ff8n, 0x0102030405060708n);
+  assert.equal(m.readU8(0x10), 0xab);
+  assert.equal(m.readU16(0x20), 0x1234);
+  assert.deepEqual([...m.slice(0x20, 2)], [0x34, 0x12]);
+  assert.equal(m.readU32(0x1ffc), 0xdeadbeef);
+  assert.equal(m.readU64(0x10ff8), 0x0102030405060708n);
+  assert.equal(m.readU8(0x10ff8), 8);
+  m.writeU64(0x100, -1n);
+  assert.equal(m.readU64(0x100), 0xffffffffffffffffn);
+  const s = m.slice(0x1000, 4);
+  s[0] = 7;
+  assert.equal(m.readU8(0x1000), 7);
+  const dst = new Uint8Array(4);
+  m.readBytes(0x1ffc, dst);
+  assert.deepEqual([...dst], [0xef, 0xbe, 0xad, 0xde]);
+  m.writeBytes(0x2ffe, Uint8Array.of(1, 2));
+  assert.equal(m.readU16(0x2ffe), 0x0201);
+  m.fill(0x2ffe, 2, 0);
+  assert.equal(m.readU16(0x2ffe), 0);
+  assert.equal(m.totalSize, 0x4000);
+  assert.equal(m.lastAddress, 0x11000);
+  assert.equal(m.regions.length, 3);
+  assert.equal(m.regions[2]!.gpa, 0x10000);
+});
+
+test('bounds: outside RAM, spanning regions, wrap and invalid input are rejected with the address', () => {
+  const m = twoRegions();
+  throwsGme(() => m.slice(0x3000, 1), /0x3000\+0x1 is outside guest RAM/);
+  throwsGme(() => m.readU32(0x2ffe), /0x2ffe\+0x4 is outside guest RAM/);
+  throwsGme(() => m.slice(0xff8, 16), /0xff8\+0x10 spans two RAM regions/);
+  throwsGme(() => m.readU64(0xffc), /spans two RAM regions/);
+  throwsGme(() => m.slice(0x10000, 0x1001), /outside guest RAM/);
+  // 2^64 - 8 must not wrap to a small address.
+  throwsGme(() => m.readU64(0xfffffffffffffff8n), /invalid guest physical address 18446744073709551608/);
+  throwsGme(() => m.slice(GPA_LIMIT - 4, 8), /runs past the 52-bit physical address space/);
+  throwsGme(() => m.slice(2 ** 53, 1), /invalid guest physical address/);
+  throwsGme(() => m.readU8(-1), /invalid guest physical address -1/);
+  throwsGme(() => m.readU8(1.5), /invalid guest physical address 1.5/);
+  throwsGme(() => m.slice(0, -1), /invalid guest memory access length -1/);
+  throwsGme(() => m.slice(0, Number.NaN), /invalid guest memory access length NaN/);
+  const e = (() => { try { m.slice(0x5000, 3); } catch (x) { return x as GuestMemoryError; } return undefined; })();
+  assert.ok(e);
+  assert.equal(e.gpa, 0x5000);
+  assert.equal(e.length, 3);
+  assert.equal(m.slice(0x3000, 0).length, 0); // zero-length at the end of a region
+});
+
+test('checkedRange never throws and matches slice()', () => {
+  const m = twoRegions();
+  assert.equal(m.checkedRange(0, 0x1000), true);
+  assert.equal(m.checkedRange(0x1000, 0x2000), true);
+  assert.equal(m.checkedRange(0xfff, 2), false);
+  assert.equal(m.checkedRange(0x3000, 1), false);
+  assert.equal(m.checkedRange(-1, 1), false);
+  assert.equal(m.checkedRange(0, -1), false);
+  assert.equal(m.checkedRange(Number.NaN, 1), false);
+  assert.equal(m.checkedRange(2 ** 53, 0), false);
+  assert.equal(m.checkedRange(GPA_LIMIT - 1, 2), false);
+  assert.equal(m.checkedRange(0x10000, 0x1000), true);
+});
+
+test('layout validation: overlap, unsorted and bad sizes are rejected', () => {
+  assert.throws(() => GuestMemory.fromBuffers([]), GuestMemoryError);
+  assert.throws(() => GuestMemory.fromBuffers([{ gpa: 0x1000, buffer: new ArrayBuffer(0x1000) }, { gpa: 0x1800, buffer: new ArrayBuffer(0x1000) }]), /overlaps/);
+  assert.throws(() => GuestMemory.fromBuffers([{ gpa: 0, buffer: new ArrayBuffer(0) }]), /invalid size/);
+  assert.throws(() => GuestMemory.allocate([{ gpa: 0x800, size: 0x1000 }]), /not page aligned/);
+  assert.throws(() => GuestMemory.allocate([{ gpa: 2n ** 52n, size: 0x1000 }]), /52-bit/);
+});
+
+test('mmap-backed memory: allocate, access, free', () => {
+  const m = GuestMemory.allocate([{ gpa: 0, size: 16 << 20 }, { gpa: 4 * GiB, size: 2 << 20 }]);
+  assert.notEqual(m.regions[0]!.hostAddress, 0n);
+  m.writeU64(4 * GiB + 8, 0x1122334455667788n);
+  assert.equal(m.readU64(4 * GiB + 8), 0x1122334455667788n);
+  assert.equal(m.readU32((16 << 20) - 4), 0); // fresh anonymous memory is zero
+  m.free();
+  assert.equal(m.isFreed, true);
+  throwsGme(() => m.readU8(0), /after free\(\)/);
+  assert.equal(m.checkedRange(0, 1), false);
+  m.free(); // idempotent
+});
+
+test('regions over 4 GiB use overlapping windows: any access up to 2 GiB works', () => {
+  const size = 6 * GiB; // MAP_NORESERVE: only touched pages are committed
+  const m = GuestMemory.allocate([{ gpa: 4 * GiB, size }]);
+  try {
+    assert.equal(m.regions[0]!.windows.length, 3);
+    const base = 4 * GiB;
+    for (const off of [0, WINDOW_STRIDE - 4, 2 * WINDOW_STRIDE - 4, 4 * GiB - 4, size - 8]) {
+      m.writeU64(base + off, BigInt(off) + 1n);
+      assert.equal(m.readU64(base + off), BigInt(off) + 1n, `offset ${off}`);
+    }
+    // Windows alias the same host memory.
+    const a = m.slice(base + WINDOW_STRIDE - 4, 8);
+    assert.equal(new DataView(a.buffer, a.byteOffset).getBigUint64(0, true), BigInt(WINDOW_STRIDE - 4) + 1n);
+    assert.equal(m.slice(base + 1, 2 * GiB).length, 2 * GiB);
+    assert.equal(m.checkedRange(base + size - 1, 1), true);
+    assert.equal(m.checkedRange(base + size, 1), false);
+    assert.equal(m.slice(base + size, 0).length, 0);
+    assert.equal(m.slice(base + 3 * GiB, 3 * GiB).length, 3 * GiB); // fits in window 1
+    throwsGme(() => m.slice(base + GiB, 3.5 * GiB), /larger than 2 GiB and crosses a host view window/);
+  } finally {
+    m.free();
+  }
+});
+
+function runWorker(data: unknown): Promise<{ value: bigint; error: string }> {
+  return new Promise((resolve, reject) => {
+    const w = new Worker(new URL('./attach_worker.fixture.js', import.meta.url), { workerData: data });
+    w.once('message', resolve);
+    w.once('error', reject);
+  });
+}
+
+test('describe()/attach(): a worker sees and writes the same mmap-backed memory', async () => {
+  const m = GuestMemory.allocate([{ gpa: 0, size: 1 << 20 }, { gpa: 4 * GiB, size: 1 << 20 }]);
+  try {
+    m.writeU64(4 * GiB + 0x100, 0xcafef00d12345678n);
+    const desc = m.describe();
+    assert.equal(typeof desc.regions[0]!.hostAddress, 'bigint');
+    const r = await runWorker({ desc, readAt: 4 * GiB + 0x100, writeAt: 0x200, bad: 2 << 20 });
+    assert.equal(r.value, 0xcafef00d12345678n);
+    assert.equal(r.error, 'GuestMemoryError');
+    assert.equal(m.readU32(0x200), 0xdeadbeef);
+  } finally {
+    m.free();
+  }
+});
+
+test('describe()/attach() with SharedArrayBuffer test memory; private buffers cannot be shared', async () => {
+  const sab = new SharedArrayBuffer(0x2000);
+  const m = GuestMemory.fromBuffers([{ gpa: 0x100000, buffer: sab }]);
+  m.writeU64(0x100008, 42n);
+  const r = await runWorker({ desc: m.describe(), readAt: 0x100008, writeAt: 0x100010, bad: 0 });
+  assert.equal(r.value, 42n);
+  assert.equal(m.readU32(0x100010), 0xdeadbeef);
+  assert.throws(() => twoRegions().describe(), /private ArrayBuffer/);
+  assert.throws(() => GuestMemory.attach({ regions: [{ gpa: 0, size: 0x1000, hostAddress: 0n }] }), /no host address/);
+});

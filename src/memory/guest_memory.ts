@@ -1,0 +1,380 @@
+// Guest physical memory: a sorted list of RAM regions, each backed by one host mapping.
+//
+// Addresses: guest physical addresses (GPAs) are accepted as `number` or `bigint`. x86-64
+// guests have at most 52 physical address bits (SDM Vol. 3, 4.1.4 MAXPHYADDR), so every valid
+// GPA and every `gpa + length` fits below 2^53 and is exactly representable as a JS number.
+// Internally everything is a number (faster than bigint, no allocation); a bigint argument is
+// range-checked *before* conversion so values like 2^64-16 can neither wrap nor lose precision.
+//
+// Host side: `GuestMemory.allocate()` mmaps each region MAP_SHARED|MAP_ANONYMOUS|MAP_NORESERVE
+// (the host commits pages only when touched). `describe()` returns a structured-cloneable object
+// that `GuestMemory.attach()` turns into a second GuestMemory over the *same* mapping in a worker
+// thread (koffi.view over the host address). Tests build memory from plain (Shared)ArrayBuffers.
+//
+// V8 limits a typed array to 2^32 elements (Node 20), so a region larger than 4 GiB is viewed
+// through overlapping 4 GiB windows placed every 2 GiB: any access of at most 2 GiB that lies
+// inside one region always fits inside one window. Only slice()/readBytes()/writeBytes() larger
+// than 2 GiB that straddle a window boundary are refused (with a GuestMemoryError).
+
+import * as libc from '../sys/libc.js';
+
+/** A guest physical address. Numbers must be safe integers; see the file comment. */
+export type Gpa = number | bigint;
+
+/** Exclusive upper bound of the guest physical address space (52-bit MAXPHYADDR). */
+export const GPA_LIMIT = 2 ** 52;
+const GPA_LIMIT_BIG = 1n << 52n;
+
+/** Host page size assumed for region alignment. */
+export const PAGE_SIZE = 4096;
+
+/** Window geometry for regions larger than what one typed array may cover. */
+export const WINDOW_STRIDE = 2 ** 31;
+export const WINDOW_SIZE = 2 ** 32;
+
+/** Raised for any guest memory access outside RAM, spanning regions, or otherwise invalid. */
+export class GuestMemoryError extends Error {
+  readonly gpa: Gpa;
+  readonly length: number;
+  constructor(message: string, gpa: Gpa, length: number) {
+    super(message);
+    this.name = 'GuestMemoryError';
+    this.gpa = gpa;
+    this.length = length;
+  }
+}
+
+/** One RAM region as requested by a layout. */
+export interface RegionSpec {
+  gpa: Gpa;
+  size: number;
+}
+
+/** One RAM region as seen by users of GuestMemory. */
+export interface GuestRegion {
+  readonly gpa: number;
+  readonly size: number;
+  /** Host virtual address of the region's first byte (0n for buffer-backed test memory). */
+  readonly hostAddress: bigint;
+  /** The region's bytes. For regions over 4 GiB: the first window only (see `windows`). */
+  readonly buffer: ArrayBufferLike;
+  /** Window i covers region offsets [i * WINDOW_STRIDE, min(size, i * WINDOW_STRIDE + WINDOW_SIZE)). */
+  readonly windows: readonly ArrayBufferLike[];
+}
+
+/** Structured-cloneable description of a GuestMemory, for `GuestMemory.attach()` in a worker. */
+export interface GuestMemoryDescriptor {
+  regions: Array<{
+    gpa: number;
+    size: number;
+    hostAddress: bigint;
+    /** Present for SharedArrayBuffer-backed (test) memory instead of a host address. */
+    shared?: SharedArrayBuffer;
+  }>;
+}
+
+interface Window {
+  u8: Uint8Array;
+  dv: DataView;
+}
+
+interface Region {
+  start: number;
+  end: number; // exclusive
+  hostAddress: bigint;
+  windows: Window[];
+  buffers: ArrayBufferLike[];
+}
+
+const HEX = (n: Gpa): string => `0x${n.toString(16)}`;
+
+function toGpaNumber(gpa: Gpa, length: number): number {
+  if (typeof gpa === 'number') {
+    if (Number.isInteger(gpa) && gpa >= 0 && gpa <= GPA_LIMIT) return gpa;
+  } else if (typeof gpa === 'bigint') {
+    if (gpa >= 0n && gpa <= GPA_LIMIT_BIG) return Number(gpa);
+  }
+  throw new GuestMemoryError(`invalid guest physical address ${String(gpa)} (length ${length})`, gpa, length);
+}
+
+function makeWindows(size: number, view: (offset: number, len: number) => ArrayBufferLike): { windows: Window[]; buffers: ArrayBufferLike[] } {
+  const windows: Window[] = [];
+  const buffers: ArrayBufferLike[] = [];
+  if (size <= WINDOW_SIZE) {
+    const b = view(0, size);
+    buffers.push(b);
+    windows.push({ u8: new Uint8Array(b), dv: new DataView(b) });
+    return { windows, buffers };
+  }
+  for (let off = 0; off < size; off += WINDOW_STRIDE) {
+    const len = Math.min(WINDOW_SIZE, size - off);
+    const b = view(off, len);
+    buffers.push(b);
+    windows.push({ u8: new Uint8Array(b), dv: new DataView(b) });
+  }
+  return { windows, buffers };
+}
+
+function validateLayout(specs: ReadonlyArray<{ gpa: number; size: number }>, pageAligned: boolean): void {
+  if (specs.length === 0) throw new GuestMemoryError('guest memory needs at least one region', 0, 0);
+  let prevEnd = -1;
+  for (const s of specs) {
+    if (!Number.isInteger(s.size) || s.size <= 0) {
+      throw new GuestMemoryError(`region at ${HEX(s.gpa)} has invalid size ${s.size}`, s.gpa, s.size);
+    }
+    if (s.gpa + s.size > GPA_LIMIT) {
+      throw new GuestMemoryError(`region ${HEX(s.gpa)}+${HEX(s.size)} ends beyond the 52-bit physical address space`, s.gpa, s.size);
+    }
+    if (pageAligned && (s.gpa % PAGE_SIZE !== 0 || s.size % PAGE_SIZE !== 0)) {
+      throw new GuestMemoryError(`region ${HEX(s.gpa)}+${HEX(s.size)} is not page aligned`, s.gpa, s.size);
+    }
+    if (s.gpa < prevEnd) {
+      throw new GuestMemoryError(`region at ${HEX(s.gpa)} overlaps or is not sorted after the previous region`, s.gpa, s.size);
+    }
+    prevEnd = s.gpa + s.size;
+  }
+}
+
+const NO_REGION: Region = { start: 1, end: 0, hostAddress: 0n, windows: [], buffers: [] };
+
+export class GuestMemory {
+  private regs: Region[];
+  private readonly owned: boolean;
+  private freed = false;
+  private last: Region = NO_REGION;
+  // Result of locate(); fields instead of a returned object so hot paths do not allocate.
+  private curU8: Uint8Array = new Uint8Array(0);
+  private curDv: DataView = new DataView(new ArrayBuffer(0));
+  private curOff = 0;
+
+  private constructor(regs: Region[], owned: boolean) {
+    this.regs = regs;
+    this.owned = owned;
+    if (regs.length > 0) this.last = regs[0]!;
+  }
+
+  /**
+   * mmap one shared anonymous, MAP_NORESERVE mapping per region. `layout` must be sorted,
+   * non-overlapping and page aligned (e.g. `ramRegions(memSize)` from arch/x86_64/layout).
+   */
+  static allocate(layout: ReadonlyArray<RegionSpec>): GuestMemory {
+    const specs = layout.map((r) => ({ gpa: toGpaNumber(r.gpa, r.size), size: r.size }));
+    validateLayout(specs, true);
+    const regs: Region[] = [];
+    try {
+      for (const s of specs) {
+        const host = libc.mmap(s.size, libc.PROT_READ | libc.PROT_WRITE,
+          libc.MAP_SHARED | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE, -1, 0);
+        // Push first so that a failing view still gets unmapped below.
+        const reg: Region = { start: s.gpa, end: s.gpa + s.size, hostAddress: host, windows: [], buffers: [] };
+        regs.push(reg);
+        const w = makeWindows(s.size, (off, len) => libc.view(host + BigInt(off), len));
+        reg.windows = w.windows;
+        reg.buffers = w.buffers;
+      }
+    } catch (e) {
+      for (const r of regs) libc.munmap(r.hostAddress, r.end - r.start);
+      throw e;
+    }
+    return new GuestMemory(regs, true);
+  }
+
+  /** Memory over existing buffers (tests). Buffers are used in place, not copied. */
+  static fromBuffers(regions: ReadonlyArray<{ gpa: Gpa; buffer: ArrayBufferLike }>): GuestMemory {
+    const specs = regions.map((r) => ({ gpa: toGpaNumber(r.gpa, r.buffer.byteLength), size: r.buffer.byteLength, buffer: r.buffer }));
+    validateLayout(specs, false);
+    for (const s of specs) {
+      if (s.size > WINDOW_SIZE) throw new GuestMemoryError(`buffer for region ${HEX(s.gpa)} is larger than 4 GiB`, s.gpa, s.size);
+    }
+    return new GuestMemory(specs.map((s) => {
+      const w = makeWindows(s.size, () => s.buffer);
+      return { start: s.gpa, end: s.gpa + s.size, hostAddress: 0n, windows: w.windows, buffers: w.buffers };
+    }), false);
+  }
+
+  /**
+   * Re-create a GuestMemory from `describe()` output, typically in a worker thread. The result
+   * aliases the original mapping; it does not own it (its free() only drops the views).
+   */
+  static attach(desc: GuestMemoryDescriptor): GuestMemory {
+    validateLayout(desc.regions, false);
+    return new GuestMemory(desc.regions.map((d) => {
+      let w;
+      if (d.shared !== undefined) {
+        if (d.shared.byteLength !== d.size) throw new GuestMemoryError(`shared buffer for region ${HEX(d.gpa)} has the wrong size`, d.gpa, d.size);
+        const sab = d.shared;
+        w = makeWindows(d.size, () => sab);
+      } else {
+        if (d.hostAddress === 0n) throw new GuestMemoryError(`region ${HEX(d.gpa)} has no host address to attach to`, d.gpa, d.size);
+        w = makeWindows(d.size, (off, len) => libc.view(d.hostAddress + BigInt(off), len));
+      }
+      return { start: d.gpa, end: d.gpa + d.size, hostAddress: d.hostAddress, windows: w.windows, buffers: w.buffers };
+    }), false);
+  }
+
+  /** Transferable description (plain object; bigint host addresses are structured-cloneable). */
+  describe(): GuestMemoryDescriptor {
+    this.assertLive();
+    return {
+      regions: this.regs.map((r) => {
+        const d: GuestMemoryDescriptor['regions'][number] = { gpa: r.start, size: r.end - r.start, hostAddress: r.hostAddress };
+        if (r.hostAddress === 0n) {
+          const b = r.buffers[0];
+          if (!(b instanceof SharedArrayBuffer) || r.buffers.length !== 1) {
+            throw new GuestMemoryError(`region ${HEX(r.start)} is backed by a private ArrayBuffer and cannot be shared with a worker`, r.start, r.end - r.start);
+          }
+          d.shared = b;
+        }
+        return d;
+      }),
+    };
+  }
+
+  /** The RAM regions, sorted by address. */
+  get regions(): GuestRegion[] {
+    return this.regs.map((r) => ({
+      gpa: r.start, size: r.end - r.start, hostAddress: r.hostAddress, buffer: r.buffers[0]!, windows: r.buffers.slice(),
+    }));
+  }
+
+  /** Total bytes of RAM. */
+  get totalSize(): number {
+    let t = 0;
+    for (const r of this.regs) t += r.end - r.start;
+    return t;
+  }
+
+  /** One past the highest RAM address. */
+  get lastAddress(): number {
+    return this.regs.length === 0 ? 0 : this.regs[this.regs.length - 1]!.end;
+  }
+
+  /**
+   * True when [gpa, gpa+len) lies inside one RAM region (and one view window). Never throws,
+   * never allocates: meant for device hot paths before using slice()/read*()/write*().
+   */
+  checkedRange(gpa: number, len: number): boolean {
+    if (!(gpa >= 0 && len >= 0 && gpa + len <= GPA_LIMIT && Number.isInteger(gpa) && Number.isInteger(len))) return false;
+    return this.find(gpa, len);
+  }
+
+  /** A view (no copy) of guest bytes [gpa, gpa+len). Throws GuestMemoryError when not all RAM in one region. */
+  slice(gpa: Gpa, len: number): Uint8Array {
+    const a = this.locate(gpa, len);
+    return this.curU8.subarray(a, a + len);
+  }
+
+  readU8(gpa: Gpa): number { const o = this.locate(gpa, 1); return this.curU8[o]!; }
+  readU16(gpa: Gpa): number { const o = this.locate(gpa, 2); return this.curDv.getUint16(o, true); }
+  readU32(gpa: Gpa): number { const o = this.locate(gpa, 4); return this.curDv.getUint32(o, true); }
+  readU64(gpa: Gpa): bigint { const o = this.locate(gpa, 8); return this.curDv.getBigUint64(o, true); }
+
+  writeU8(gpa: Gpa, v: number): void { const o = this.locate(gpa, 1); this.curU8[o] = v; }
+  writeU16(gpa: Gpa, v: number): void { const o = this.locate(gpa, 2); this.curDv.setUint16(o, v, true); }
+  writeU32(gpa: Gpa, v: number): void { const o = this.locate(gpa, 4); this.curDv.setUint32(o, v >>> 0, true); }
+  writeU64(gpa: Gpa, v: bigint | number): void {
+    const o = this.locate(gpa, 8);
+    this.curDv.setBigUint64(o, BigInt.asUintN(64, typeof v === 'bigint' ? v : BigInt(v)), true);
+  }
+
+  /** Copy guest bytes [gpa, gpa+dst.length) into dst. */
+  readBytes(gpa: Gpa, dst: Uint8Array): void {
+    const o = this.locate(gpa, dst.length);
+    dst.set(this.curU8.subarray(o, o + dst.length));
+  }
+
+  /** Copy src into guest memory at gpa. */
+  writeBytes(gpa: Gpa, src: Uint8Array): void {
+    const o = this.locate(gpa, src.length);
+    this.curU8.set(src, o);
+  }
+
+  /** Fill [gpa, gpa+len) with `value` (default 0). */
+  fill(gpa: Gpa, len: number, value = 0): void {
+    const o = this.locate(gpa, len);
+    this.curU8.fill(value, o, o + len);
+  }
+
+  /**
+   * Unmap owned memory (or drop the views of attached/buffer memory). Every later access throws.
+   * Views previously returned by slice() over mmapped memory must not be used afterwards, and
+   * workers attached to this memory must have stopped using it first.
+   */
+  free(): void {
+    if (this.freed) return;
+    const regs = this.regs;
+    this.regs = [];
+    this.last = NO_REGION;
+    this.curU8 = new Uint8Array(0);
+    this.curDv = new DataView(new ArrayBuffer(0));
+    this.freed = true;
+    if (this.owned) {
+      for (const r of regs) libc.munmap(r.hostAddress, r.end - r.start);
+    }
+  }
+
+  get isFreed(): boolean { return this.freed; }
+
+  private assertLive(): void {
+    if (this.freed) throw new GuestMemoryError('guest memory has been freed', 0, 0);
+  }
+
+  /** Sets cur* for [gpa, gpa+len) and returns the offset, or returns false. Inputs pre-validated. */
+  private find(gpa: number, len: number): boolean {
+    let r = this.last;
+    if (!(gpa >= r.start && gpa + len <= r.end)) {
+      const regs = this.regs;
+      let found = false;
+      for (let i = 0; i < regs.length; i++) {
+        r = regs[i]!;
+        if (gpa >= r.start && gpa + len <= r.end) { found = true; break; }
+      }
+      if (!found) return false;
+      this.last = r;
+    }
+    const off = gpa - r.start;
+    const ws = r.windows;
+    if (ws.length === 1) {
+      const w = ws[0]!;
+      this.curU8 = w.u8;
+      this.curDv = w.dv;
+      this.curOff = off;
+      return true;
+    }
+    const idx = Math.min(Math.floor(off / WINDOW_STRIDE), ws.length - 1);
+    const w = ws[idx]!;
+    const wo = off - idx * WINDOW_STRIDE;
+    if (wo + len > w.u8.length) return false;
+    this.curU8 = w.u8;
+    this.curDv = w.dv;
+    this.curOff = wo;
+    return true;
+  }
+
+  private locate(gpa: Gpa, len: number): number {
+    if (!(Number.isInteger(len) && len >= 0)) {
+      throw new GuestMemoryError(`invalid guest memory access length ${len} at ${typeof gpa === 'number' || typeof gpa === 'bigint' ? HEX(gpa) : String(gpa)}`, gpa, len);
+    }
+    const g = typeof gpa === 'number' && gpa >= 0 && gpa <= GPA_LIMIT && Number.isInteger(gpa) ? gpa : toGpaNumber(gpa, len);
+    if (g + len > GPA_LIMIT) {
+      throw new GuestMemoryError(`guest memory access ${HEX(g)}+${HEX(len)} runs past the 52-bit physical address space`, gpa, len);
+    }
+    if (this.find(g, len)) return this.curOff;
+    throw this.explain(g, len);
+  }
+
+  private explain(g: number, len: number): GuestMemoryError {
+    if (this.freed) return new GuestMemoryError(`guest memory access ${HEX(g)}+${HEX(len)} after free()`, g, len);
+    const inRam = (a: number): Region | undefined => this.regs.find((r) => a >= r.start && a < r.end);
+    const first = inRam(g);
+    const lastByte = len === 0 ? g : g + len - 1;
+    const last = inRam(lastByte);
+    if (first !== undefined && last !== undefined && first !== last) {
+      return new GuestMemoryError(`guest memory access ${HEX(g)}+${HEX(len)} spans two RAM regions`, g, len);
+    }
+    if (first !== undefined && last === first) {
+      return new GuestMemoryError(`guest memory access ${HEX(g)}+${HEX(len)} is larger than 2 GiB and crosses a host view window`, g, len);
+    }
+    return new GuestMemoryError(`guest memory access ${HEX(g)}+${HEX(len)} is outside guest RAM`, g, len);
+  }
+}

@@ -1,0 +1,1 @@
+export * from './guest_memory.js';
