@@ -1,0 +1,147 @@
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { test } from 'node:test';
+import { nextVmState, type VmAction, type VmState } from './controller.js';
+import { request, startTestServer } from './test_server.fixture.js';
+import { getValidator, listOperations, loadOpenApiDocument, openApiDocumentPath, pointerToPath, SchemaValidator, toJsonSchema, type OpenApiDocument } from './validate.js';
+import { SUPPORTED_VM_CONFIG_FIELDS, vmConfigFromBody } from './vm_config_body.js';
+
+test('the document ships in the source tree and is found from the compiled module', () => {
+  const p = openApiDocumentPath();
+  assert.ok(existsSync(p));
+  assert.match(p, /src\/api\/openapi\/cloud-hypervisor\.yaml$/);
+  // This test runs from dist/: the loader must not depend on the working directory.
+  assert.match(new URL(import.meta.url).pathname, /\/dist\/src\/api\//);
+  const doc = loadOpenApiDocument();
+  assert.equal(doc.info.title, 'Cloud Hypervisor API');
+  const ops = listOperations(doc);
+  assert.ok(ops.length >= 30);
+  const create = ops.find((o) => o.path === '/vm.create')!;
+  assert.deepEqual([create.method, create.bodySchema, create.bodyRequired], ['PUT', 'VmConfig', true]);
+  assert.deepEqual(ops.find((o) => o.path === '/vm.pause')!.responses, [204, 404, 405]);
+});
+
+test('OpenAPI 3.0 -> JSON Schema conversion', () => {
+  assert.deepEqual(toJsonSchema({ $ref: '#/components/schemas/X' }), { $ref: '#/definitions/X' });
+  assert.deepEqual(toJsonSchema({ type: 'string', nullable: true, enum: ['a'] }), { type: ['string', 'null'], enum: ['a', null] });
+  assert.deepEqual(toJsonSchema({ type: 'object', properties: { a: { type: 'integer', format: 'uint8', deprecated: true } } }), {
+    type: 'object',
+    properties: { a: { type: 'integer', format: 'uint8' } },
+    additionalProperties: false,
+  });
+  // Free-form maps keep their additionalProperties.
+  assert.deepEqual(toJsonSchema({ type: 'object', additionalProperties: { type: 'integer', format: 'int64' } }), {
+    type: 'object',
+    additionalProperties: { type: 'integer', format: 'int64' },
+  });
+  assert.throws(() => toJsonSchema({ $ref: 'other.yaml#/X' }), /unsupported \$ref/);
+});
+
+test('nullable and formats are honoured by the compiled validator', () => {
+  const doc: OpenApiDocument = {
+    openapi: '3.0.1',
+    info: { title: 't', version: '1' },
+    paths: {},
+    components: {
+      schemas: {
+        A: { type: 'object', required: ['n'], properties: { n: { type: 'integer', format: 'int16', nullable: true }, b: { $ref: '#/components/schemas/B' } } },
+        B: { type: 'string', enum: ['x', 'y'] },
+      },
+    },
+  };
+  const v = new SchemaValidator(doc);
+  assert.deepEqual(v.validate('A', { n: null }), []);
+  assert.deepEqual(v.validate('A', { n: -32768, b: 'y' }), []);
+  assert.deepEqual(v.validate('A', { n: 32768 }), [{ path: 'n', message: 'must be an integer in int16 range -32768..32767, got 32768' }]);
+  assert.deepEqual(v.validate('A', { n: 1, b: 'z', c: 1 }), [
+    { path: 'c', message: 'unknown field' },
+    { path: 'b', message: 'must be one of "x", "y", got "z"' },
+  ]);
+  assert.throws(() => v.validate('Nope', {}), /no schema Nope/);
+});
+
+test('every component schema of the document compiles', () => {
+  const v = getValidator();
+  for (const name of Object.keys(v.definitions)) v.validate(name, {});
+});
+
+test('pointerToPath', () => {
+  assert.equal(pointerToPath(''), '');
+  assert.equal(pointerToPath('/disks/0/path'), 'disks[0].path');
+  assert.equal(pointerToPath('/a~1b/c~0d', 'e'), 'a/b.c~d.e');
+});
+
+test("Stratovisor's supported VmConfig fields all exist in the document's VmConfig", () => {
+  const v = getValidator();
+  const walk = (shape: unknown, schema: { $ref?: string }, at: string) => {
+    if (shape === true) return;
+    const s = v.resolve(schema);
+    if (Array.isArray(shape)) {
+      assert.ok(s.items, `${at} is an array in the document`);
+      walk(shape[0], s.items!, `${at}[]`);
+      return;
+    }
+    for (const [k, sub] of Object.entries(shape as Record<string, unknown>)) {
+      assert.ok(s.properties?.[k], `${at}.${k} is in the document`);
+      walk(sub, s.properties![k]!, `${at}.${k}`);
+    }
+  };
+  walk(SUPPORTED_VM_CONFIG_FIELDS, { $ref: '#/definitions/VmConfig' }, 'VmConfig');
+});
+
+test('vmConfigFromBody applies defaults and reports unsupported features by path', () => {
+  const v = getValidator();
+  const r = vmConfigFromBody({ payload: { kernel: '/k' }, net: [{ tap: 't0', vhost_mode: 'Client', rate_limiter_config: { ops: { size: 1, refill_time: 1 } } }] }, v);
+  assert.deepEqual(r, { ok: false, issues: [{ path: 'net[0].rate_limiter_config', message: 'not supported yet in Stratovisor' }] });
+  const ok = vmConfigFromBody({ payload: { kernel: '/k' }, net: [{ tap: 't0', vhost_mode: 'Client' }] }, v);
+  assert.ok(ok.ok);
+  if (ok.ok) {
+    assert.equal(ok.config.net![0]!.num_queues, 2);
+    assert.equal(ok.config.memory.size, 512 * 1024 * 1024);
+    assert.equal(ok.config.serial.mode, 'Null');
+  }
+});
+
+test('deeply nested and huge values are rejected, not crashed on', async () => {
+  const t = await startTestServer();
+  try {
+    const deep = `{"payload":${'['.repeat(100000)}${']'.repeat(100000)}}`;
+    let r = await request(t.socketPath, 'PUT', 'vm.create', deep);
+    assert.equal(r.status, 400);
+    r = await request(t.socketPath, 'PUT', 'vm.create', JSON.stringify({ payload: { kernel: '/k' }, serial: { mode: 'x'.repeat(500000) } }));
+    assert.equal(r.status, 400);
+    assert.ok(r.text.length < 1000, 'the error message quotes a bounded excerpt');
+  } finally {
+    await t.close();
+  }
+});
+
+test('nextVmState: the lifecycle table', () => {
+  const states: (VmState | undefined)[] = [undefined, 'Created', 'Running', 'Paused', 'Shutdown'];
+  const actions: VmAction[] = ['create', 'boot', 'pause', 'resume', 'shutdown', 'reboot', 'power-button', 'delete', 'info', 'counters'];
+  const table: Record<string, (string | number)[]> = {
+    //               none  Created  Running    Paused     Shutdown
+    create: [        'Created', 409, 409, 409, 409],
+    boot: [          404, 'Running', 405, 405, 'Running'],
+    pause: [         404, 405, 'Paused', 405, 405],
+    resume: [        404, 405, 405, 'Running', 405],
+    shutdown: [      404, 405, 'Shutdown', 'Shutdown', 405],
+    reboot: [        404, 405, 'Running', 'Running', 405],
+    'power-button': [404, 405, 'Running', 'Paused', 405],
+    delete: [        'none', 'none', 'none', 'none', 'none'],
+    info: [          404, 'Created', 'Running', 'Paused', 'Shutdown'],
+    counters: [      404, 405, 'Running', 'Paused', 405],
+  };
+  for (const a of actions) {
+    states.forEach((s, i) => {
+      const want = table[a]![i]!;
+      let got: string | number;
+      try {
+        got = nextVmState(s, a) ?? 'none';
+      } catch (e) {
+        got = (e as { status: number }).status;
+      }
+      assert.equal(got, want, `${a} from ${String(s)}`);
+    });
+  }
+});

@@ -1,0 +1,342 @@
+// Request-body validation against Cloud Hypervisor's OpenAPI 3.0 document
+// (src/api/openapi/cloud-hypervisor.yaml), compiled with Ajv from the document itself.
+//
+// OpenAPI 3.0 schema objects are a dialect of JSON Schema (OpenAPI 3.0.3 section 4.7.24);
+// they are converted to draft-07 before compiling:
+//   - `$ref: '#/components/schemas/X'` -> `#/definitions/X` of one root schema;
+//   - `nullable: true` -> the type (and enum) also admit null;
+//   - integer formats (int8..int64, uint8..uint64) -> custom formats checking the range,
+//     as serde does when deserializing into a Rust integer of that width;
+//   - every object schema with `properties` and no `additionalProperties` gets
+//     `additionalProperties: false`: Cloud Hypervisor's config structs use
+//     `#[serde(deny_unknown_fields)]`, so unknown fields are errors;
+//   - OpenAPI-only keywords (deprecated, example, xml, readOnly, ...) are dropped.
+
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { parse as parseYaml } from 'yaml';
+
+/** A JSON value. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** A (converted or original) schema object. */
+export interface SchemaObject {
+  [key: string]: unknown;
+  type?: string | string[];
+  properties?: Record<string, SchemaObject>;
+  required?: string[];
+  items?: SchemaObject;
+  additionalProperties?: boolean | SchemaObject;
+  $ref?: string;
+  enum?: unknown[];
+  format?: string;
+  minimum?: number;
+  maximum?: number;
+  minLength?: number;
+  default?: unknown;
+  nullable?: boolean;
+}
+
+/** The parts of an OpenAPI 3.0 document Stratovisor reads. */
+export interface OpenApiDocument {
+  openapi: string;
+  info: { title: string; version: string };
+  paths: Record<string, Record<string, OpenApiOperationObject>>;
+  components: { schemas: Record<string, SchemaObject> };
+}
+
+interface OpenApiOperationObject {
+  summary?: string;
+  operationId?: string;
+  requestBody?: {
+    required?: boolean;
+    content?: Record<string, { schema?: SchemaObject }>;
+  };
+  responses?: Record<string, unknown>;
+}
+
+/** One operation (path + method) of the document. */
+export interface ApiOperation {
+  /** e.g. "/vm.create" (relative to the server URL /api/v1). */
+  path: string;
+  method: 'GET' | 'PUT' | 'POST' | 'PATCH' | 'DELETE';
+  /** Component schema name of the JSON request body, if the operation takes one. */
+  bodySchema?: string;
+  bodyRequired: boolean;
+  /** Documented response status codes, ascending. */
+  responses: number[];
+  summary?: string;
+}
+
+/** One validation problem; `path` is like "cpus.boot_vcpus" or "disks[1].path" ("" = the body). */
+export interface ValidationIssue {
+  path: string;
+  message: string;
+}
+
+const DOC_RELATIVE = 'src/api/openapi/cloud-hypervisor.yaml';
+
+/**
+ * Where the document is, resolved from this module's location: from the compiled
+ * dist/src/api/validate.js the source tree is three levels up; a copy next to the
+ * module (./openapi/) is used first if present (e.g. a bundler copied it).
+ */
+export function openApiDocumentPath(): string {
+  const candidates = [
+    new URL('./openapi/cloud-hypervisor.yaml', import.meta.url),
+    new URL(`../../../${DOC_RELATIVE}`, import.meta.url),
+  ];
+  for (const url of candidates) {
+    const p = fileURLToPath(url);
+    if (existsSync(p)) return p;
+  }
+  throw new Error(`Cloud Hypervisor OpenAPI document not found (looked for ${candidates.map((u) => fileURLToPath(u)).join(', ')})`);
+}
+
+let cachedDoc: OpenApiDocument | undefined;
+
+/** Parse the shipped OpenAPI document (cached). */
+export function loadOpenApiDocument(): OpenApiDocument {
+  if (cachedDoc === undefined) {
+    const text = readFileSync(openApiDocumentPath(), 'utf8');
+    const doc = parseYaml(text) as OpenApiDocument;
+    if (typeof doc !== 'object' || doc === null || typeof doc.paths !== 'object' || typeof doc.components?.schemas !== 'object') {
+      throw new Error('the OpenAPI document has no paths or components.schemas');
+    }
+    cachedDoc = doc;
+  }
+  return cachedDoc;
+}
+
+const SCHEMA_REF_PREFIX = '#/components/schemas/';
+
+/** Component schema name of a `$ref`, or undefined. */
+export function refName(ref: string): string | undefined {
+  return ref.startsWith(SCHEMA_REF_PREFIX) ? ref.slice(SCHEMA_REF_PREFIX.length) : undefined;
+}
+
+/** Every operation of the document, in document order. */
+export function listOperations(doc: OpenApiDocument = loadOpenApiDocument()): ApiOperation[] {
+  const out: ApiOperation[] = [];
+  for (const [path, item] of Object.entries(doc.paths)) {
+    for (const [method, op] of Object.entries(item)) {
+      const m = method.toUpperCase();
+      if (m !== 'GET' && m !== 'PUT' && m !== 'POST' && m !== 'PATCH' && m !== 'DELETE') continue;
+      const schema = op.requestBody?.content?.['application/json']?.schema;
+      const bodySchema = schema?.$ref !== undefined ? refName(schema.$ref) : undefined;
+      const responses = Object.keys(op.responses ?? {})
+        .map(Number)
+        .filter((n) => Number.isInteger(n))
+        .sort((a, b) => a - b);
+      const entry: ApiOperation = { path, method: m, bodyRequired: op.requestBody?.required === true, responses };
+      if (bodySchema !== undefined) entry.bodySchema = bodySchema;
+      if (op.summary !== undefined) entry.summary = op.summary;
+      out.push(entry);
+    }
+  }
+  return out;
+}
+
+/** Integer formats of the document, as [min, max] (int64/uint64 limited by what a JS number holds). */
+export const INTEGER_FORMATS: Readonly<Record<string, readonly [number, number]>> = {
+  int8: [-128, 127],
+  int16: [-32768, 32767],
+  int32: [-2147483648, 2147483647],
+  int64: [-(2 ** 63), 2 ** 63 - 1],
+  uint8: [0, 255],
+  uint16: [0, 65535],
+  uint32: [0, 4294967295],
+  uint64: [0, 2 ** 64 - 1],
+};
+
+const OPENAPI_ONLY_KEYWORDS = new Set(['nullable', 'deprecated', 'example', 'xml', 'externalDocs', 'readOnly', 'writeOnly', 'discriminator']);
+
+/** Convert one OpenAPI 3.0 schema object to draft-07 JSON Schema (see the file comment). */
+export function toJsonSchema(schema: SchemaObject): SchemaObject {
+  if (typeof schema !== 'object' || schema === null) return schema;
+  if (typeof schema.$ref === 'string') {
+    const name = refName(schema.$ref);
+    if (name === undefined) throw new Error(`unsupported $ref ${schema.$ref}`);
+    return { $ref: `#/definitions/${name}` };
+  }
+  const out: SchemaObject = {};
+  for (const [k, v] of Object.entries(schema)) {
+    if (OPENAPI_ONLY_KEYWORDS.has(k)) continue;
+    if (k === 'properties' && typeof v === 'object' && v !== null) {
+      const props: Record<string, SchemaObject> = {};
+      for (const [name, sub] of Object.entries(v as Record<string, SchemaObject>)) props[name] = toJsonSchema(sub);
+      out.properties = props;
+    } else if (k === 'items' || (k === 'additionalProperties' && typeof v === 'object' && v !== null)) {
+      out[k] = toJsonSchema(v as SchemaObject);
+    } else if (k === 'format') {
+      // Only the integer formats are checked; others (none in the document today) are annotations.
+      if (typeof v === 'string' && v in INTEGER_FORMATS) out.format = v;
+    } else {
+      out[k] = v;
+    }
+  }
+  if (schema.nullable === true) {
+    if (typeof out.type === 'string') out.type = [out.type, 'null'];
+    if (Array.isArray(out.enum) && !out.enum.includes(null)) out.enum = [...out.enum, null];
+  }
+  if (out.properties !== undefined && out.additionalProperties === undefined) out.additionalProperties = false;
+  return out;
+}
+
+const ROOT_ID = 'cloud-hypervisor';
+
+/** Validates request bodies against the document's component schemas. */
+export class SchemaValidator {
+  readonly doc: OpenApiDocument;
+  /** Converted component schemas, by name. */
+  readonly definitions: Record<string, SchemaObject>;
+  private readonly ajv: Ajv;
+  private readonly compiled = new Map<string, ValidateFunction>();
+
+  constructor(doc: OpenApiDocument = loadOpenApiDocument()) {
+    this.doc = doc;
+    this.definitions = {};
+    for (const [name, s] of Object.entries(doc.components.schemas)) this.definitions[name] = toJsonSchema(s);
+    this.ajv = new Ajv({ allErrors: true, strict: false, validateFormats: true });
+    for (const [name, [min, max]] of Object.entries(INTEGER_FORMATS)) {
+      this.ajv.addFormat(name, { type: 'number', validate: (n: number) => Number.isInteger(n) && n >= min && n <= max });
+    }
+    this.ajv.addSchema({ $id: ROOT_ID, definitions: this.definitions });
+  }
+
+  /** Whether the document defines a component schema of that name. */
+  has(name: string): boolean {
+    return Object.prototype.hasOwnProperty.call(this.definitions, name);
+  }
+
+  /** Resolve a converted schema's `$ref` (one level at a time) to its definition. */
+  resolve(schema: SchemaObject): SchemaObject {
+    let s = schema;
+    for (let i = 0; i < 16 && typeof s.$ref === 'string'; i++) {
+      const name = s.$ref.slice('#/definitions/'.length);
+      const d = this.definitions[name];
+      if (d === undefined) throw new Error(`unknown schema ${name}`);
+      s = d;
+    }
+    return s;
+  }
+
+  /** Problems of `value` against component schema `name` (empty when valid). */
+  validate(name: string, value: unknown): ValidationIssue[] {
+    let fn = this.compiled.get(name);
+    if (fn === undefined) {
+      if (!this.has(name)) throw new Error(`the OpenAPI document has no schema ${name}`);
+      const got = this.ajv.getSchema(`${ROOT_ID}#/definitions/${name}`);
+      if (got === undefined) throw new Error(`cannot compile schema ${name}`);
+      fn = got;
+      this.compiled.set(name, fn);
+    }
+    if (fn(value)) return [];
+    return describeErrors(fn.errors ?? [], value);
+  }
+}
+
+let cachedValidator: SchemaValidator | undefined;
+
+/** The validator for the shipped document (compiled lazily, cached). */
+export function getValidator(): SchemaValidator {
+  cachedValidator ??= new SchemaValidator();
+  return cachedValidator;
+}
+
+/** "/disks/0/path" -> "disks[0].path" (JSON Pointer, RFC 6901). */
+export function pointerToPath(pointer: string, extra?: string): string {
+  const parts = pointer === '' ? [] : pointer.slice(1).split('/').map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+  if (extra !== undefined) parts.push(extra);
+  let out = '';
+  for (const p of parts) {
+    if (/^\d+$/.test(p)) out += `[${p}]`;
+    else out += out === '' ? p : `.${p}`;
+  }
+  return out;
+}
+
+function typeName(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'array';
+  if (typeof v === 'number') return Number.isInteger(v) ? 'integer' : 'number';
+  return typeof v;
+}
+
+/** A value for an error message, cut to a readable length. */
+function shown(v: unknown): string {
+  const s = JSON.stringify(v) ?? String(v);
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
+function valueAt(root: unknown, pointer: string): unknown {
+  if (pointer === '') return root;
+  let v: unknown = root;
+  for (const raw of pointer.slice(1).split('/')) {
+    const k = raw.replace(/~1/g, '/').replace(/~0/g, '~');
+    if (typeof v !== 'object' || v === null) return undefined;
+    v = (v as Record<string, unknown>)[k];
+  }
+  return v;
+}
+
+/** Turn Ajv errors into messages that name the field and the problem (at most 10). */
+export function describeErrors(errors: readonly ErrorObject[], root: unknown): ValidationIssue[] {
+  const out: ValidationIssue[] = [];
+  const seen = new Set<string>();
+  for (const e of errors) {
+    let issue: ValidationIssue;
+    const p = e.params as Record<string, unknown>;
+    switch (e.keyword) {
+      case 'required':
+        issue = { path: pointerToPath(e.instancePath, String(p.missingProperty)), message: 'missing required field' };
+        break;
+      case 'additionalProperties':
+        issue = { path: pointerToPath(e.instancePath, String(p.additionalProperty)), message: 'unknown field' };
+        break;
+      case 'type':
+        issue = {
+          path: pointerToPath(e.instancePath),
+          message: `must be ${Array.isArray(p.type) ? p.type.join(' or ') : String(p.type)}, got ${typeName(valueAt(root, e.instancePath))}`,
+        };
+        break;
+      case 'enum':
+        issue = {
+          path: pointerToPath(e.instancePath),
+          message: `must be one of ${(p.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}, got ${shown(valueAt(root, e.instancePath))}`,
+        };
+        break;
+      case 'format': {
+        const range = INTEGER_FORMATS[String(p.format)];
+        issue = {
+          path: pointerToPath(e.instancePath),
+          message: range
+            ? `must be an integer in ${String(p.format)} range ${range[0]}..${range[1]}, got ${shown(valueAt(root, e.instancePath))}`
+            : `must match format ${String(p.format)}`,
+        };
+        break;
+      }
+      case 'minimum':
+      case 'maximum':
+        issue = {
+          path: pointerToPath(e.instancePath),
+          message: `must be ${e.keyword === 'minimum' ? '>=' : '<='} ${String(p.limit)}, got ${shown(valueAt(root, e.instancePath))}`,
+        };
+        break;
+      default:
+        issue = { path: pointerToPath(e.instancePath), message: e.message ?? `fails ${e.keyword}` };
+    }
+    const key = `${issue.path}\0${issue.message}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    out.push(issue);
+    if (out.length >= 10) break;
+  }
+  return out;
+}
+
+/** "cpus.boot_vcpus: must be integer, got string; payload: missing required field". */
+export function formatIssues(issues: readonly ValidationIssue[]): string {
+  return issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)).join('; ');
+}

@@ -1,0 +1,132 @@
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { FULL_VM, startTestServer, type TestServer } from '../api/test_server.fixture.js';
+import { apiRequest, ApiConnectionError, runRemote } from './remote.js';
+
+interface Run {
+  code: number;
+  out: string;
+  err: string;
+}
+
+async function remote(...argv: string[]): Promise<Run> {
+  let out = '';
+  let err = '';
+  const code = await runRemote(argv, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
+  return { code, out, err };
+}
+
+describe('stratovisor remote', () => {
+  let t: TestServer;
+  let sock: string;
+  before(async () => {
+    t = await startTestServer();
+    sock = t.socketPath;
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  test('ping, human-readable and --json', async () => {
+    let r = await remote('remote', '--api-socket', sock, 'ping');
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^version: \d+\.\d+\.\d+\nbuild_version: .*\npid: \d+\nfeatures: kvm, test\n$/);
+    r = await remote('--api-socket', sock, 'ping', '--json');
+    assert.equal(r.code, 0);
+    assert.equal((JSON.parse(r.out) as { pid: number }).pid, process.pid);
+  });
+
+  test('create FILE, info, boot, counters, pause, resume, reboot, power-button, shutdown, delete', async () => {
+    const file = join(t.dir, 'vm.json');
+    writeFileSync(file, JSON.stringify(FULL_VM));
+    let r = await remote('--api-socket', sock, 'create', file);
+    assert.deepEqual(r, { code: 0, out: 'VM created\n', err: '' });
+    r = await remote('--api-socket', sock, 'info');
+    assert.equal(r.code, 0);
+    assert.match(r.out, /^state: Created\ncpus: 2 \(max 2\)\nmemory: 256 MiB \(actual 256 MiB\)\nkernel: \/boot\/vmlinuz\n/);
+    assert.match(r.out, /disk disk0: \/tmp\/disk\.raw \(readonly\)\n/);
+    r = await remote('--api-socket', sock, 'info', '--json');
+    assert.equal((JSON.parse(r.out) as { state: string }).state, 'Created');
+    for (const [cmd, msg] of [
+      ['boot', 'VM booted'],
+      ['pause', 'VM paused'],
+      ['resume', 'VM resumed'],
+      ['reboot', 'VM rebooted'],
+      ['power-button', 'power button pressed'],
+    ]) {
+      r = await remote('--api-socket', sock, cmd!);
+      assert.deepEqual(r, { code: 0, out: `${msg!}\n`, err: '' }, cmd);
+    }
+    r = await remote('--api-socket', sock, 'counters');
+    assert.equal(r.out, '_disk0:\n  read_bytes: 4096\n  read_ops: 1\n  write_bytes: 0\n  write_ops: 0\n');
+    r = await remote('--api-socket', sock, 'counters', '--json');
+    assert.deepEqual(JSON.parse(r.out), { _disk0: { read_bytes: 4096, write_bytes: 0, read_ops: 1, write_ops: 0 } });
+    r = await remote('--api-socket', sock, 'shutdown');
+    assert.equal(r.out, 'VM shut down\n');
+    r = await remote('--api-socket', sock, 'delete');
+    assert.equal(r.out, 'VM deleted\n');
+    assert.equal(t.controller.state, undefined);
+  });
+
+  test('an error answer is printed with its messages, exit 1', async () => {
+    let r = await remote('--api-socket', sock, 'boot');
+    assert.equal(r.code, 1);
+    assert.equal(r.out, '');
+    assert.match(r.err, /vm\.boot failed: 404 Not Found\n {2}vm\.boot: cannot boot: the VM is not created\n$/);
+    r = await remote('--api-socket', sock, 'boot', '--json');
+    assert.equal(r.code, 1);
+    assert.deepEqual(JSON.parse(r.out), ['vm.boot: cannot boot: the VM is not created']);
+    const bad = join(t.dir, 'bad.json');
+    writeFileSync(bad, JSON.stringify({ payload: { kernel: '/k' }, cpus: { boot_vcpus: 'two', max_vcpus: 2 } }));
+    r = await remote('--api-socket', sock, 'create', bad);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /400 Bad Request\n {2}vm\.create: invalid VmConfig body\n {2}cpus\.boot_vcpus: must be integer, got string/);
+  });
+
+  test('usage errors exit 2', async () => {
+    let r = await remote('--api-socket', sock, 'create');
+    assert.equal(r.code, 2);
+    assert.match(r.err, /create takes <FILE>, got none/);
+    r = await remote('--api-socket', sock, 'boot', 'now');
+    assert.equal(r.code, 2);
+    assert.match(r.err, /boot takes no arguments/);
+    r = await remote('ping');
+    assert.equal(r.code, 2);
+    assert.match(r.err, /--api-socket <path> is required/);
+    r = await remote('--api-socket', sock, 'explode');
+    assert.equal(r.code, 2);
+    assert.match(r.err, /unknown command "explode"/);
+    r = await remote('--api-socket', sock, 'nmi');
+    assert.equal(r.code, 2);
+    assert.match(r.err, /"nmi" is not supported yet/);
+    r = await remote('--help');
+    assert.equal(r.code, 0);
+    assert.match(r.out, /Usage: stratovisor remote/);
+  });
+
+  test('missing file for create exits 1', async () => {
+    const r = await remote('--api-socket', sock, 'create', join(t.dir, 'nope.json'));
+    assert.equal(r.code, 1);
+    assert.match(r.err, /cannot read VM config .*nope\.json/);
+  });
+
+  test('no socket / stale socket / not a socket: clear errors, exit 1', async () => {
+    let r = await remote('--api-socket', join(t.dir, 'missing.sock'), 'ping');
+    assert.equal(r.code, 1);
+    assert.match(r.err, /API socket .*missing\.sock does not exist \(is stratovisor running/);
+    const notSock = join(t.dir, 'plain');
+    writeFileSync(notSock, '');
+    r = await remote('--api-socket', notSock, 'ping');
+    assert.equal(r.code, 1);
+    assert.match(r.err, /stratovisor remote: .*plain/);
+    await assert.rejects(apiRequest(join(t.dir, 'missing.sock'), 'GET', 'vmm.ping'), (e: unknown) => e instanceof ApiConnectionError && e.code === 'ENOENT');
+  });
+
+  test('shutdown-vmm', async () => {
+    const r = await remote('--api-socket', sock, 'shutdown-vmm');
+    assert.deepEqual(r, { code: 0, out: 'VMM shut down\n', err: '' });
+    assert.equal(t.controller.vmmShutdown, true);
+  });
+});
