@@ -10,7 +10,7 @@ import { Cmos } from '../devices/cmos.js';
 import { AcpiPowerDevice } from '../devices/acpi_power.js';
 import { NO_INTERRUPT } from '../devices/interrupt.js';
 import { EventFdInterrupt } from './interrupts.js';
-import { MailboxServer, MailboxOp } from './mailbox.js';
+import { MailboxServer, MailboxOp, SPIN_LIMIT } from './mailbox.js';
 import type { DeviceWorkerData, DeviceEvent } from './protocol.js';
 import { ByteRing } from './ring.js';
 import { PIO_COM1, PIO_I8042, PIO_CMOS, PIO_ACPI_POWER } from './layout_ports.js';
@@ -82,9 +82,14 @@ while (!server.stopRequested()) {
   const served = server.serve(handle);
   pumpInput();
   if (served === 0) {
-    flush();
-    // Input that the UART refused is retried when the guest drains its FIFO (the next access).
-    Atomics.wait(bell, 0, seq, 50);
+    // A vCPU that just got an answer often asks again at once (the UART's LSR, then THR):
+    // spin a little before sleeping, and write buffered output only when going to sleep.
+    // Input the UART refused is retried on the next access.
+    for (let spin = 0; spin < SPIN_LIMIT && Atomics.load(bell, 0) === seq; spin++);
+    if (Atomics.load(bell, 0) === seq) {
+      flush();
+      Atomics.wait(bell, 0, seq, 50);
+    }
   }
 }
 flush();

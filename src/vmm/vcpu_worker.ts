@@ -13,15 +13,20 @@ const wd = workerData as VcpuWorkerData;
 const post = (e: VcpuEvent) => parentPort!.postMessage(e);
 const vcpu = KvmVcpu.fromHandle(wd.handle);
 const id = wd.handle.id;
-const mailbox = new MailboxClient(wd.shared.mailboxes[id]!, wd.shared.doorbell);
 const state = new Int32Array(wd.runState);
+const mailbox = new MailboxClient(wd.shared.mailboxes[id]!, wd.shared.doorbell, state);
 
 // Claimed port bitmap: one bit per port.
 const claimed = new Uint8Array(0x10000 >> 3);
 for (const r of DEVICE_PORTS) for (let p = r.base; p < r.base + r.length; p++) claimed[p >> 3]! |= 1 << (p & 7);
 const isClaimed = (port: number) => (claimed[port >> 3]! & (1 << (port & 7))) !== 0;
 
+const tracePio = process.env.STV_TRACE_PIO === '1';
+
 function pio(op: MailboxOp, port: number, size: number, count: number, d: Uint8Array): void {
+  if (tracePio && (port < 0x3f8 || port > 0x3ff) && port !== 0x80) {
+    process.stderr.write(`vcpu${id} ${op === MailboxOp.PioRead ? 'in ' : 'out'} 0x${port.toString(16)} size ${size} ${op === MailboxOp.PioRead ? '' : Array.from(d).join(',')}\n`);
+  }
   if (!isClaimed(port)) {
     if (op === MailboxOp.PioRead) d.fill(0xff);
     return;

@@ -210,7 +210,7 @@ export class VirtualMachine extends EventEmitter {
     this.run = run;
     this.boots++;
     deviceWorker.on('message', (m: DeviceEvent) => this.onDeviceEvent(run, m));
-    deviceWorker.on('error', (e) => this.fail(run, `device thread failed: ${e.message}`));
+    deviceWorker.on('error', (e) => this.fail(run, `device thread failed: ${e.stack ?? e.message}`));
     for (const v of vcpus) {
       const wd: VcpuWorkerData = { handle: v.handle(), shared, runState: runStateSab };
       const w = new Worker(new URL('./vcpu_worker.js', import.meta.url), { workerData: wd });
@@ -281,6 +281,7 @@ export class VirtualMachine extends EventEmitter {
   }
 
   private fail(run: Running, message: string): void {
+    this.log(`error: ${message}`);
     if (run.stopping || this.run !== run) return;
     void this.stopGuest(run).then(() => this.finish({ reason: 'error', message }));
   }

@@ -1,0 +1,24 @@
+// Stratovisor command lines for e2e tests and benchmarks.
+import { join } from 'node:path';
+import { REPO } from './guest.js';
+
+export const STRATOVISOR = join(REPO, 'dist', 'src', 'cli', 'main.js');
+
+export interface StvBoot {
+  kernel: string;
+  initramfs: string;
+  cpus: number;
+  memMiB: number;
+  scenario: string;
+  extraCmdline?: string;
+  extraArgs?: string[];
+}
+
+export function stratovisorArgs(b: StvBoot): string[] {
+  const cmdline = `console=ttyS0 quiet stv.scenario=${b.scenario}${b.extraCmdline ? ' ' + b.extraCmdline : ''}`;
+  return [
+    STRATOVISOR, '--kernel', b.kernel, '--initramfs', b.initramfs, '--cmdline', cmdline,
+    '--cpus', `boot=${b.cpus}`, '--memory', `size=${b.memMiB}M`, '--serial', 'tty', '--console', 'off',
+    ...(b.extraArgs ?? []),
+  ];
+}
