@@ -16,6 +16,7 @@ import { loadBzImage } from '../arch/x86_64/bzimage.js';
 import { loadPvhKernel } from '../arch/x86_64/pvh.js';
 import { buildAcpiTables } from '../arch/x86_64/acpi.js';
 import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
+import { writeResetVectorStub } from '../arch/x86_64/reset_vector.js';
 import { linux64BootState, pvhBootState, writeBootTables, defaultFpu, bootMsrEntries } from '../arch/x86_64/regs.js';
 import type { VmConfig } from './config.js';
 import { createMailboxes, ringDoorbell, type MailboxShared } from './mailbox.js';
@@ -158,6 +159,7 @@ export class VirtualMachine extends EventEmitter {
         vm.setUserMemoryRegion({ slot, guestPhysAddr: BigInt(r.gpa), memorySize: r.size, userspaceAddr: r.hostAddress });
       });
       const acpi = buildAcpiTables({ cpus: ncpu }, mem);
+      writeResetVectorStub(mem);
       const cmdline = cfg.payload.cmdline ?? '';
       const kernel = this.kernel!;
       const load = { cmdline, memSize, rsdpAddr: acpi.rsdpAddr, ...(this.initramfs ? { initramfs: this.initramfs } : {}) };
