@@ -2,7 +2,7 @@
 // npm test: unit tests on the host (including tiny-guest KVM tests on this host's /dev/kvm),
 // then the e2e suite in one scripts/kvm-sandbox boot. Prints one closing line:
 //   "tests: N passed, N failed, N skipped".
-// Env: STV_TEST_ONLY=unit|e2e, STV_E2E_FILTER=regex on e2e file names.
+// Env: STV_TEST_ONLY=unit|e2e, STV_E2E_FILTER=regex on e2e file names, STV_TEST_NAME=regex on test names.
 import { readdirSync, existsSync, readFileSync, mkdirSync, rmSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { ensureGuestImages, REPO, CACHE } from './lib/images.mjs';
@@ -37,6 +37,7 @@ async function runNodeTests(label, files, { sandbox = false, env = {}, concurren
   rmSync(tap, { force: true });
   const args = ['--test', '--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=tap', `--test-reporter-destination=${tap}`];
   if (concurrency) args.push(`--test-concurrency=${concurrency}`);
+  if (process.env.STV_TEST_NAME) args.push(`--test-name-pattern=${process.env.STV_TEST_NAME}`);
   args.push(...files.map((f) => relative(REPO, f)));
   log(`${label}: ${files.length} test files${sandbox ? ' inside scripts/kvm-sandbox' : ''}`);
   const cmd = sandbox ? [join(REPO, 'scripts', 'kvm-sandbox'), process.execPath, ...args] : [process.execPath, ...args];

@@ -3,7 +3,7 @@
 echo "Stratovisor test guest: busybox shell. 'poweroff' or exit to stop the VM."
 cat > /etc/profile <<'PROFILE'
 export PS1='stv# '
-poweroff() { sync; command poweroff -f; }
+poweroff() { sync; echo "@@stv:poweroff@@"; command poweroff -f; }
 reboot() { sync; command reboot -f; }
 halt() { sync; command poweroff -f; }
 PROFILE
