@@ -1,6 +1,6 @@
 // The VMM's own resident memory, guest RAM excluded: the sum of Rss over /proc/PID/smaps minus
-// the mappings that hold guest RAM (an anonymous or memfd mapping the size of guest memory, up
-// to 4 MiB of alignment slack, or one named *guest-ram*).
+// the mappings that hold guest RAM (an anonymous, shared-anonymous (/dev/zero) or memfd mapping
+// the size of guest memory, up to 4 MiB of alignment slack, or one named *guest-ram*).
 import { readFileSync } from 'node:fs';
 
 export function parseSmapsRss(text: string, guestBytes: number): { totalKb: number; guestKb: number } {
@@ -12,7 +12,8 @@ export function parseSmapsRss(text: string, guestBytes: number): { totalKb: numb
     if (head) {
       const size = parseInt(head[2]!, 16) - parseInt(head[1]!, 16);
       const name = head[3] ?? '';
-      const anon = name === '' || name.startsWith('/memfd:') || name.startsWith('[anon');
+      // Private anonymous mappings have no name; shared anonymous ones show as /dev/zero (deleted).
+      const anon = name === '' || name.startsWith('/dev/zero') || name.startsWith('/memfd:') || name.startsWith('[anon');
       isGuest = name.includes('guest-ram') || (anon && size >= guestBytes && size <= guestBytes + 4 * 1024 * 1024);
       continue;
     }

@@ -3,6 +3,9 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs, CliError, type RunArgs } from './args.js';
 import { VirtualMachine } from '../vmm/vm.js';
+import { VmmCore } from '../vmm/controller.js';
+import { ApiServer } from '../api/server.js';
+import { EventMonitor, withLifecycleEvents } from '../api/events.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -12,8 +15,9 @@ function errorExit(msg: string, code = 1): never {
 }
 
 async function runVm(args: RunArgs): Promise<number> {
+  if (args.apiSocket !== undefined || args.eventMonitor !== undefined) return runVmm(args);
   const cfg = args.config;
-  if (!cfg) errorExit('no VM to run: give --kernel (waiting for vm.create on --api-socket is not supported yet)');
+  if (!cfg) errorExit('no VM to run: give --kernel (or --api-socket to wait for vm.create)');
   const log = (m: string) => { if (args.verbosity > 0) process.stderr.write(`stratovisor: ${m}\n`); };
   if (cfg.console.mode === 'Tty' || cfg.console.mode === 'File') {
     log('virtio-console is not implemented yet: --console is ignored (use --serial tty)');
@@ -49,6 +53,101 @@ async function runVm(args: RunArgs): Promise<number> {
   }
   log(`VM stopped (${info.reason})`);
   return 0;
+}
+
+/**
+ * The VMM with an API socket and/or an event monitor, as Cloud Hypervisor runs:
+ * - `--api-socket` without a VM: serve the API and wait for vm.create;
+ * - with a VM on the command line: create and boot it (through the same controller the API
+ *   uses, so the monitor sees created/booting/booted), and serve the API if asked.
+ * The process ends on vmm.shutdown (0), SIGTERM/SIGINT/SIGHUP (0), or, for a VM given on the
+ * command line, when its guest powers off (0) or fails (1). A VM created through the API
+ * stays in Shutdown after a guest power-off until vmm.shutdown.
+ */
+async function runVmm(args: RunArgs): Promise<number> {
+  const cfg = args.config;
+  if (!cfg && args.apiSocket === undefined) errorExit('no VM to run: give --kernel (or --api-socket to wait for vm.create)');
+  const log = (m: string) => { if (args.verbosity > 0) process.stderr.write(`stratovisor: ${m}\n`); };
+  const monitor = new EventMonitor(args.eventMonitor);
+  try {
+    await monitor.ready();
+  } catch (e) {
+    throw new Error(`--event-monitor: cannot open ${'path' in args.eventMonitor! ? args.eventMonitor.path : `fd ${args.eventMonitor!.fd}`}: ${(e as Error).message}`);
+  }
+  monitor.on('write-error', (e) => process.stderr.write(`stratovisor: event monitor: ${e.message}\n`));
+  monitor.emitEvent('vmm', 'starting');
+  const core = new VmmCore({ vm: { log }, monitor, log: (m) => process.stderr.write(`stratovisor: ${m}\n`) });
+  const controller = withLifecycleEvents(core, monitor);
+
+  // Host input goes to the guest's serial port when serial is tty (the terminal raw, as CH does).
+  const stdin = process.stdin;
+  let stdinAttached = false;
+  let rawSet = false;
+  core.on('vm-booted', (vm) => {
+    if (vm.config.serial.mode !== 'Tty' || stdinAttached) return;
+    stdinAttached = true;
+    if (stdin.isTTY) {
+      stdin.setRawMode(true);
+      rawSet = true;
+    }
+    // Bytes the ring cannot take now are dropped, as a UART with a full FIFO would drop them.
+    stdin.on('data', (b: Buffer) => { core.sendInput(b); });
+    stdin.on('error', () => {});
+  });
+  if (cfg && (cfg.console.mode === 'Tty' || cfg.console.mode === 'File')) {
+    log('virtio-console is not implemented yet: --console is ignored (use --serial tty)');
+  }
+
+  let server: ApiServer | undefined;
+  if (args.apiSocket !== undefined) {
+    server = await ApiServer.listen({ controller, socket: args.apiSocket, log });
+    log(`API listening on ${'path' in args.apiSocket ? args.apiSocket.path : `fd ${args.apiSocket.fd}`}`);
+  }
+
+  let exiting = false;
+  let finished: (code: number) => void = () => {};
+  const done = new Promise<number>((r) => { finished = r; });
+  const exit = async (code: number, viaApi: boolean): Promise<void> => {
+    if (exiting) return;
+    exiting = true;
+    try {
+      // vmm.shutdown has already stopped the VM and reported it.
+      if (!viaApi) {
+        await core.shutdownVmm();
+        monitor.emitEvent('vmm', 'shutdown');
+      }
+    } catch (e) {
+      process.stderr.write(`stratovisor: error: stopping the VM: ${(e as Error).message}\n`);
+      code = 1;
+    }
+    await server?.close();
+    if (rawSet && stdin.isTTY) stdin.setRawMode(false);
+    await monitor.close();
+    finished(code);
+  };
+  server?.on('vmm-shutdown', () => { void exit(0, true); });
+  const onSignal = () => { void exit(0, false); };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGHUP', onSignal);
+
+  if (cfg) {
+    // CH: a VM given on the command line ends the VMM when the guest stops.
+    core.on('guest-exit', (info) => {
+      if (info.reason === 'error') process.stderr.write(`stratovisor: error: ${info.message ?? 'the VM failed'}\n`);
+      else log('VM stopped (poweroff)');
+      void exit(info.reason === 'error' ? 1 : 0, false);
+    });
+    try {
+      await controller.createVm(cfg);
+      await controller.bootVm();
+    } catch (e) {
+      await server?.close();
+      await monitor.close();
+      throw e;
+    }
+  }
+  return done;
 }
 
 async function main(argv: string[]): Promise<number> {

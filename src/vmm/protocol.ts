@@ -17,7 +17,7 @@ export type VcpuEvent =
   | { type: 'shutdown'; id: number }
   | { type: 'reset'; id: number; reason: string }
   | { type: 'error'; id: number; message: string }
-  | { type: 'stopped'; id: number; exits: number };
+  | { type: 'stopped'; id: number; exits: number; deviceExits: number; kinds: Record<string, number> };
 
 export interface DeviceWorkerData {
   shared: MailboxShared;

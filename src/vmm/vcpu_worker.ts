@@ -3,7 +3,7 @@
 // answered here (reads all-ones, writes dropped: e.g. the 0x80 POST/io-delay port) without
 // waking anyone. Lifecycle exits are reported to the main thread.
 import { parentPort, workerData } from 'node:worker_threads';
-import { VmExitKind } from '../hypervisor/hypervisor.js';
+import { VmExitKind, VmExitKindName } from '../hypervisor/hypervisor.js';
 import { KvmVcpu } from '../hypervisor/kvm/vcpu.js';
 import { MailboxClient, MailboxOp } from './mailbox.js';
 import { RunState, type VcpuWorkerData, type VcpuEvent } from './protocol.js';
@@ -31,6 +31,7 @@ function pio(op: MailboxOp, port: number, size: number, count: number, d: Uint8A
     if (op === MailboxOp.PioRead) d.fill(0xff);
     return;
   }
+  deviceExits++;
   if (count === 1) mailbox.access(op, port, d);
   else for (let i = 0; i < count; i++) mailbox.access(op, port, d.subarray(i * size, (i + 1) * size)); // string I/O (rare)
 }
@@ -45,16 +46,21 @@ function describe(): string {
 }
 
 let exits = 0;
+/** Exits per VmExitKind, reported when the vCPU stops (shown with -v). */
+const byKind = new Float64Array(16);
+/** Port/MMIO exits that went to the device thread. */
+let deviceExits = 0;
 post({ type: 'started', id });
 const e = vcpu.exit;
 loop: for (;;) {
   const kind = vcpu.run();
   exits++;
+  byKind[kind]!++;
   switch (kind) {
     case VmExitKind.IoOut: pio(MailboxOp.PioWrite, e.port, e.size, e.count, e.data); break;
     case VmExitKind.IoIn: pio(MailboxOp.PioRead, e.port, e.size, e.count, e.data); break;
-    case VmExitKind.MmioWrite: mailbox.access(MailboxOp.MmioWrite, e.addr, e.data); break;
-    case VmExitKind.MmioRead: mailbox.access(MailboxOp.MmioRead, e.addr, e.data); break;
+    case VmExitKind.MmioWrite: deviceExits++; mailbox.access(MailboxOp.MmioWrite, e.addr, e.data); break;
+    case VmExitKind.MmioRead: deviceExits++; mailbox.access(MailboxOp.MmioRead, e.addr, e.data); break;
     case VmExitKind.Hlt: break; // only without an in-kernel LAPIC; the next run() waits
     case VmExitKind.Intr: {
       vcpu.takeKick();
@@ -83,4 +89,6 @@ loop: for (;;) {
   }
   if (Atomics.load(state, 0) === RunState.Stop) break;
 }
-post({ type: 'stopped', id, exits });
+const kinds: Record<string, number> = {};
+byKind.forEach((n, k) => { if (n) kinds[VmExitKindName[k] ?? String(k)] = n; });
+post({ type: 'stopped', id, exits, deviceExits, kinds });

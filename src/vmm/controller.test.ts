@@ -1,0 +1,121 @@
+// VmmCore's lifecycle and error codes, for everything that does not need a guest to run
+// (booting a stock kernel needs a KVM this host lacks: test/e2e/api.test.ts covers it).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { VmmCore } from './controller.js';
+import { createVmConfig, VmConfigError } from './config.js';
+import { ApiError } from '../api/controller.js';
+import { EventMonitor, withLifecycleEvents, type LifecycleEvent } from '../api/events.js';
+import { ApiServer } from '../api/server.js';
+import { request } from '../api/test_server.fixture.js';
+
+const cfg = () => createVmConfig({ payload: { kernel: '/nonexistent/stv-kernel', cmdline: 'console=ttyS0' }, memory: { size: 64 * 1024 * 1024 } });
+
+async function rejectsWith(p: Promise<unknown>, status: number, re: RegExp): Promise<void> {
+  await assert.rejects(p, (e: unknown) => {
+    assert.ok(e instanceof ApiError, `expected an ApiError, got ${String(e)}`);
+    assert.equal(e.status, status, e.message);
+    assert.match(e.message, re);
+    return true;
+  });
+}
+
+test('no VM: every VM action but create and delete answers 404; delete succeeds', async () => {
+  const core = new VmmCore();
+  assert.equal(core.vmState, undefined);
+  assert.match(core.ping().version, /^\d+\.\d+\.\d+/);
+  assert.deepEqual(core.ping().features, ['kvm']);
+  await rejectsWith(core.bootVm(), 404, /cannot boot: the VM is not created/);
+  await rejectsWith(core.pauseVm(), 404, /not created/);
+  await rejectsWith(core.resumeVm(), 404, /not created/);
+  await rejectsWith(core.shutdownVm(), 404, /not created/);
+  await rejectsWith(core.rebootVm(), 404, /not created/);
+  await rejectsWith(core.powerButton(), 404, /not created/);
+  assert.throws(() => core.info(), (e: unknown) => e instanceof ApiError && e.status === 404);
+  assert.throws(() => core.counters(), (e: unknown) => e instanceof ApiError && e.status === 404);
+  await core.deleteVm();
+  assert.equal(core.sendInput(new Uint8Array([0x61])), 0);
+});
+
+test('created: info says Created with the config; second create 409; wrong-state 405; delete forgets it', async () => {
+  const core = new VmmCore();
+  const c = cfg();
+  await core.createVm(c);
+  const info = core.info();
+  assert.equal(info.state, 'Created');
+  assert.equal(info.config, c);
+  assert.equal(info.memory_actual_size, 64 * 1024 * 1024);
+  await rejectsWith(core.createVm(cfg()), 409, /already created/);
+  await rejectsWith(core.pauseVm(), 405, /cannot pause: the VM is created \(not running\)/);
+  await rejectsWith(core.resumeVm(), 405, /not paused/);
+  await rejectsWith(core.shutdownVm(), 405, /not booted/);
+  await rejectsWith(core.rebootVm(), 405, /not booted/);
+  await rejectsWith(core.powerButton(), 405, /not booted/);
+  assert.throws(() => core.counters(), (e: unknown) => e instanceof ApiError && e.status === 405);
+  await core.deleteVm();
+  assert.equal(core.vmState, undefined);
+  assert.throws(() => core.info(), (e: unknown) => e instanceof ApiError && e.status === 404);
+  // Create again after delete.
+  await core.createVm(cfg());
+  assert.equal(core.info().state, 'Created');
+});
+
+test('an invalid configuration is refused by create (library and CLI paths skip the API validator)', async () => {
+  const core = new VmmCore();
+  const bad = cfg();
+  bad.cpus.boot_vcpus = 0;
+  await assert.rejects(core.createVm(bad), VmConfigError);
+  assert.equal(core.vmState, undefined);
+});
+
+test('a boot that fails before the guest runs leaves the VM Created, with the reason', async () => {
+  const core = new VmmCore();
+  await core.createVm(cfg());
+  await assert.rejects(core.bootVm(), /kernel '\/nonexistent\/stv-kernel' does not exist/);
+  assert.equal(core.info().state, 'Created');
+  assert.equal(core.machine, undefined);
+  // Still bootable later (same answer), deletable.
+  await assert.rejects(core.bootVm(), /does not exist/);
+  await core.deleteVm();
+});
+
+test('vmm.shutdown deletes the VM and refuses new ones', async () => {
+  const core = new VmmCore();
+  await core.createVm(cfg());
+  await core.shutdownVmm();
+  assert.equal(core.vmState, undefined);
+  await assert.rejects(core.createVm(cfg()), /shutting down/);
+});
+
+test('through the HTTP API with lifecycle events: create, info, failed boot (500, no "booted"), delete', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'stv-core-'));
+  const sock = join(dir, 'api.sock');
+  const core = new VmmCore();
+  const monitor = new EventMonitor();
+  const events: LifecycleEvent[] = [];
+  monitor.subscribe((e) => events.push(e));
+  const server = await ApiServer.listen({ controller: withLifecycleEvents(core, monitor), socket: { path: sock } });
+  try {
+    const body = JSON.stringify({ payload: { kernel: '/nonexistent/stv-kernel' }, cpus: { boot_vcpus: 1, max_vcpus: 1 }, memory: { size: 67108864 }, serial: { mode: 'Tty' }, console: { mode: 'Off' } });
+    assert.equal((await request(sock, 'PUT', 'vm.create', body)).status, 204);
+    const info = await request(sock, 'GET', 'vm.info');
+    assert.equal(info.status, 200);
+    assert.equal((info.json as { state: string }).state, 'Created');
+    const boot = await request(sock, 'PUT', 'vm.boot');
+    assert.equal(boot.status, 500);
+    assert.match(boot.text, /vm.boot failed.*does not exist/);
+    assert.equal((await request(sock, 'PUT', 'vm.pause')).status, 405);
+    assert.equal((await request(sock, 'GET', 'vm.counters')).status, 405);
+    const pb = await request(sock, 'PUT', 'vm.power-button');
+    assert.equal(pb.status, 405);
+    assert.equal((await request(sock, 'PUT', 'vm.delete')).status, 204);
+    assert.equal((await request(sock, 'GET', 'vm.info')).status, 404);
+    assert.deepEqual(events.map((e) => `${e.source}:${e.event}`), ['vm:created', 'vm:booting', 'vm:deleted']);
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,275 @@
+// The VMM core: at most one VM (its configuration and, once booted, a VirtualMachine), driven by
+// the HTTP API (src/api), the command line and the Node library through one `VmmController`.
+//
+// After Cloud Hypervisor's vmm/src/lib.rs (Vmm::vm_create / vm_boot / vm_pause / vm_resume /
+// vm_shutdown / vm_reboot / vm_delete / vmm_shutdown):
+// - vm.create stores the configuration; nothing is built until vm.boot.
+// - vm.boot builds a VirtualMachine from the stored configuration. A VirtualMachine boots once,
+//   so boot after Shutdown (allowed by CH) builds a fresh one from the same configuration.
+// - vm.reboot from the host stops the running VM and boots a fresh one (CH vm_reboot does the
+//   same: shutdown, then a new Vm from the config). A reboot the guest asks for is handled
+//   inside VirtualMachine; it is reported here as 'rebooting'/'rebooted' events.
+// - vm.shutdown stops the guest and keeps the configuration; vm.delete forgets it.
+// - A guest power-off moves the VM to Shutdown and emits a 'vm' 'shutdown' event.
+// Wrong-state requests are answered by `nextVmState` (404 not created, 405 wrong state).
+
+import { EventEmitter } from 'node:events';
+import {
+  NotImplementedError,
+  nextVmState,
+  pingResponse,
+  type VmCounters,
+  type VmInfo,
+  type VmmController,
+  type VmmPingResponse,
+  type VmState,
+} from '../api/controller.js';
+import type { EventMonitor } from '../api/events.js';
+import { assertValidVmConfig, type VmConfig } from './config.js';
+import { VirtualMachine, type VirtualMachineOptions, type VmExitInfo } from './vm.js';
+
+export interface VmmCoreOptions {
+  /** Passed to every VirtualMachine built (serial tty fd, log, hypervisor). */
+  vm?: VirtualMachineOptions;
+  /** Where guest-initiated lifecycle changes (power-off, reboot) are reported. */
+  monitor?: EventMonitor;
+  /** Diagnostics. */
+  log?: (msg: string) => void;
+  /** vmm.ping "features". */
+  features?: string[];
+  /**
+   * How long vm.pause waits for every vCPU to acknowledge that it stopped (CH waits for its
+   * vCPU threads to park). Default 10 s; after that the VM is reported paused anyway and the
+   * delay is logged.
+   */
+  pauseAckTimeoutMs?: number;
+}
+
+export interface VmmCoreEvents {
+  /** A VirtualMachine was built and booted (API boot, host reboot). */
+  'vm-booted': [VirtualMachine];
+  /** The guest stopped on its own: it powered off, or the VM failed (reason 'error'). */
+  'guest-exit': [VmExitInfo];
+  /** The guest reset itself and was booted again. */
+  'guest-rebooted': [];
+}
+
+/** Holds at most one VM and implements the API's lifecycle on real VirtualMachines. */
+export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmController {
+  private config: VmConfig | undefined;
+  private vm: VirtualMachine | undefined;
+  private state: VmState | undefined;
+  private readonly opts: VmmCoreOptions;
+  /** vmm.shutdown was requested: no new VM may be created. */
+  private shutDown = false;
+  /** VMs being stopped by the host: their own 'shutdown' event is not a guest power-off. */
+  private readonly hostStopping = new Set<VirtualMachine>();
+  private readonly vmListeners = new Map<VirtualMachine, { shutdown: (i: VmExitInfo) => void; rebooting: () => void; rebooted: () => void }>();
+
+  constructor(opts: VmmCoreOptions = {}) {
+    super();
+    this.opts = opts;
+  }
+
+  private log(msg: string): void {
+    this.opts.log?.(msg);
+  }
+
+  /** The lifecycle state (undefined: no VM created). */
+  get vmState(): VmState | undefined {
+    return this.state;
+  }
+
+  /** The VirtualMachine currently built, if any (Running or Paused; or the last one, Shutdown). */
+  get machine(): VirtualMachine | undefined {
+    return this.vm;
+  }
+
+  ping(): VmmPingResponse {
+    return pingResponse(this.opts.features ?? ['kvm']);
+  }
+
+  async createVm(config: VmConfig): Promise<void> {
+    if (this.shutDown) throw new Error('the VMM is shutting down');
+    const next = nextVmState(this.state, 'create');
+    // The API validated the body already; the library and CLI paths come through here too.
+    assertValidVmConfig(config);
+    this.config = config;
+    this.state = next;
+  }
+
+  async bootVm(): Promise<void> {
+    const next = nextVmState(this.state, 'boot');
+    await this.startFresh();
+    this.state = next;
+  }
+
+  async pauseVm(): Promise<void> {
+    const next = nextVmState(this.state, 'pause');
+    const vm = this.vm!;
+    const ncpu = vm.config.cpus.boot_vcpus;
+    const acked = new Set<number>();
+    let timer: NodeJS.Timeout | undefined;
+    let onPaused: ((id: number) => void) | undefined;
+    const allParked = new Promise<boolean>((resolve) => {
+      onPaused = (id: number) => {
+        acked.add(id);
+        if (acked.size >= ncpu) resolve(true);
+      };
+      vm.on('vcpu-paused', onPaused);
+      timer = setTimeout(() => resolve(false), this.opts.pauseAckTimeoutMs ?? 10_000);
+    });
+    try {
+      vm.pause();
+      if (!(await allParked)) this.log(`pause: only ${acked.size} of ${ncpu} vCPU(s) acknowledged in time`);
+    } finally {
+      clearTimeout(timer);
+      if (onPaused) vm.off('vcpu-paused', onPaused);
+    }
+    // The guest may have powered off while we waited.
+    if (this.vm === vm && this.state === 'Running') this.state = next;
+  }
+
+  async resumeVm(): Promise<void> {
+    const next = nextVmState(this.state, 'resume');
+    this.vm!.resume();
+    this.state = next;
+  }
+
+  async shutdownVm(): Promise<void> {
+    const next = nextVmState(this.state, 'shutdown');
+    await this.stopCurrent();
+    this.state = next;
+  }
+
+  async rebootVm(): Promise<void> {
+    const next = nextVmState(this.state, 'reboot');
+    await this.stopCurrent();
+    // Until the fresh VM runs, the VM is off: a failed boot leaves it Shutdown (bootable again).
+    this.state = 'Shutdown';
+    await this.startFresh();
+    this.state = next;
+  }
+
+  async powerButton(): Promise<void> {
+    nextVmState(this.state, 'power-button');
+    // The GED power-button device (devices/acpi_power.ts AcpiGedDevice) is not wired into the
+    // platform or the DSDT yet: the guest would never see a press.
+    throw new NotImplementedError('vm.power-button (no ACPI power button device on this platform yet)');
+  }
+
+  async deleteVm(): Promise<void> {
+    nextVmState(this.state, 'delete');
+    if (this.state === 'Running' || this.state === 'Paused') await this.stopCurrent();
+    this.releaseVm();
+    this.config = undefined;
+    this.state = undefined;
+  }
+
+  async shutdownVmm(): Promise<void> {
+    this.shutDown = true;
+    const existed = this.state !== undefined;
+    await this.deleteVm();
+    // CH vmm_shutdown deletes the VM (reporting "vm deleted") before "vmm shutdown", which the
+    // API layer reports.
+    if (existed) this.opts.monitor?.emitEvent('vm', 'deleted');
+  }
+
+  info(): VmInfo {
+    const state = nextVmState(this.state, 'info')!;
+    const config = this.config!;
+    // No balloon: the guest has all the memory it was given.
+    return { config, state, memory_actual_size: config.memory.size };
+  }
+
+  counters(): VmCounters {
+    nextVmState(this.state, 'counters');
+    // CH reports counters per virtio device (block/net/...); this platform has none yet.
+    return {};
+  }
+
+  /** Feed host input to the guest's serial port; returns bytes accepted (0 without a running VM). */
+  sendInput(bytes: Uint8Array): number {
+    const vm = this.vm;
+    if (vm === undefined || (this.state !== 'Running' && this.state !== 'Paused')) return 0;
+    return vm.sendInput(bytes);
+  }
+
+  /** Build a VirtualMachine from the stored config and boot it. */
+  private async startFresh(): Promise<void> {
+    this.releaseVm();
+    const vm = new VirtualMachine(this.config!, this.opts.vm ?? {});
+    this.attach(vm);
+    try {
+      await vm.boot();
+    } catch (e) {
+      this.detach(vm);
+      vm.close();
+      throw e;
+    }
+    this.vm = vm;
+    this.emit('vm-booted', vm);
+  }
+
+  /** Stop the guest from the host side (its threads end, memory is freed) and close it. */
+  private async stopCurrent(): Promise<void> {
+    const vm = this.vm;
+    if (vm === undefined) return;
+    // Mark first, so that the VirtualMachine's own 'shutdown' event is not taken for the guest's.
+    this.hostStopping.add(vm);
+    try {
+      await vm.shutdown();
+    } finally {
+      this.hostStopping.delete(vm);
+    }
+    this.releaseVm();
+  }
+
+  private attach(vm: VirtualMachine): void {
+    const l = {
+      shutdown: (info: VmExitInfo) => this.onVmShutdown(vm, info),
+      rebooting: () => {
+        if (this.vm === vm) this.opts.monitor?.emitEvent('vm', 'rebooting');
+      },
+      rebooted: () => {
+        if (this.vm !== vm) return;
+        this.opts.monitor?.emitEvent('vm', 'rebooted');
+        this.emit('guest-rebooted');
+      },
+    };
+    vm.on('shutdown', l.shutdown);
+    vm.on('rebooting', l.rebooting);
+    vm.on('rebooted', l.rebooted);
+    this.vmListeners.set(vm, l);
+  }
+
+  private detach(vm: VirtualMachine): void {
+    const l = this.vmListeners.get(vm);
+    if (l === undefined) return;
+    vm.off('shutdown', l.shutdown);
+    vm.off('rebooting', l.rebooting);
+    vm.off('rebooted', l.rebooted);
+    this.vmListeners.delete(vm);
+  }
+
+  /** Stop listening to the current VM and release its hypervisor handle. */
+  private releaseVm(): void {
+    const vm = this.vm;
+    if (vm === undefined) return;
+    this.detach(vm);
+    vm.close();
+    this.vm = undefined;
+  }
+
+  private onVmShutdown(vm: VirtualMachine, info: VmExitInfo): void {
+    // Host-requested stops (vm.shutdown, reboot, delete) report themselves through the API layer.
+    if (info.reason === 'shutdown' || this.hostStopping.has(vm) || this.vm !== vm) return;
+    if (this.state !== 'Running' && this.state !== 'Paused') return;
+    this.state = 'Shutdown';
+    if (info.reason === 'error') this.log(`the VM failed: ${info.message ?? 'unknown error'}`);
+    else this.log('the guest powered off');
+    this.releaseVm();
+    this.opts.monitor?.emitEvent('vm', 'shutdown', info.reason === 'error' ? { reason: 'error', message: info.message ?? '' } : { reason: 'poweroff' });
+    this.emit('guest-exit', info);
+  }
+}
