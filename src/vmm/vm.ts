@@ -58,6 +58,8 @@ interface Running {
   serialFd: number;
   ownsSerialFd: boolean;
   stopping: boolean;
+  /** Resolves when every thread has stopped and everything is released (see stopGuest). */
+  stopped: Promise<void> | null;
 }
 
 type KernelKind = 'bzImage' | 'elf';
@@ -94,6 +96,9 @@ export class VirtualMachine extends EventEmitter {
   private initramfs: Uint8Array | undefined;
   private supportedCpuid: CpuIdEntry[] | null = null;
   private exitResolve: ((i: VmExitInfo) => void) | null = null;
+  private finished = false;
+  /** Set by shutdown(): a guest reset under way must not start the guest again. */
+  private shutdownRequested = false;
   readonly exited: Promise<VmExitInfo>;
 
   constructor(config: VmConfig, opts: VirtualMachineOptions = {}) {
@@ -207,7 +212,7 @@ export class VirtualMachine extends EventEmitter {
     const deviceWorker = new Worker(new URL('./device_worker.js', import.meta.url), { workerData: deviceData });
     const run: Running = {
       vm, mem: mem!, vcpus, vcpuWorkers: [], deviceWorker, shared, runState: new Int32Array(runStateSab),
-      serialIrqfd, serialFd, ownsSerialFd, stopping: false,
+      serialIrqfd, serialFd, ownsSerialFd, stopping: false, stopped: null,
     };
     this.run = run;
     this.boots++;
@@ -275,6 +280,10 @@ export class VirtualMachine extends EventEmitter {
     this.log(`guest reset (${reason}): rebooting`);
     this.emit('rebooting');
     await this.stopGuest(run);
+    if (this.shutdownRequested) {
+      this.finish({ reason: 'shutdown' });
+      return;
+    }
     try {
       this.startGuest();
       this.emit('rebooted');
@@ -290,14 +299,21 @@ export class VirtualMachine extends EventEmitter {
   }
 
   private finish(info: VmExitInfo): void {
+    if (this.finished) return;
+    this.finished = true;
     this.state = 'Shutdown';
     this.emit('shutdown', info);
     this.exitResolve?.(info);
     this.exitResolve = null;
   }
 
-  /** Stop every thread of the running guest and release its kernel objects and memory. */
-  private async stopGuest(run: Running): Promise<void> {
+  /** Stop every thread of the running guest and release what it holds; idempotent. */
+  private stopGuest(run: Running): Promise<void> {
+    run.stopped ??= this.doStopGuest(run);
+    return run.stopped;
+  }
+
+  private async doStopGuest(run: Running): Promise<void> {
     run.stopping = true;
     Atomics.store(run.runState, 0, RunState.Stop);
     Atomics.notify(run.runState, 0);
@@ -318,6 +334,7 @@ export class VirtualMachine extends EventEmitter {
 
   pause(): void {
     if (this.state !== 'Running' || !this.run) throw new VmError(`cannot pause a VM in state ${this.state}`);
+    if (this.run.stopping) throw new VmError('cannot pause: the VM is stopping');
     Atomics.store(this.run.runState, 0, RunState.Pause);
     for (const v of this.run.vcpus) v.kick();
     this.state = 'Paused';
@@ -325,6 +342,7 @@ export class VirtualMachine extends EventEmitter {
 
   resume(): void {
     if (this.state !== 'Paused' || !this.run) throw new VmError(`cannot resume a VM in state ${this.state}`);
+    if (this.run.stopping) return; // the stop in progress wins; its Stop state must stay
     Atomics.store(this.run.runState, 0, RunState.Run);
     Atomics.notify(this.run.runState, 0);
     this.state = 'Running';
@@ -332,14 +350,11 @@ export class VirtualMachine extends EventEmitter {
 
   /** Stop the guest from the host side (API vm.shutdown, SIGTERM). */
   async shutdown(): Promise<void> {
+    this.shutdownRequested = true;
     const run = this.run;
-    if (run && !run.stopping) {
-      if (this.state === 'Paused') this.resume();
-      await this.stopGuest(run);
-      this.finish({ reason: 'shutdown' });
-    } else if (this.state !== 'Shutdown') {
-      this.finish({ reason: 'shutdown' });
-    }
+    // stopGuest() wakes paused vCPUs too (Stop + notify), and waits for a stop already under way.
+    if (run) await this.stopGuest(run);
+    this.finish({ reason: 'shutdown' });
   }
 
   /** Release the hypervisor handle (after the guest has stopped). */
