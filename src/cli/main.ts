@@ -99,10 +99,6 @@ async function runVmm(args: RunArgs): Promise<number> {
   }
 
   let server: ApiServer | undefined;
-  if (args.apiSocket !== undefined) {
-    server = await ApiServer.listen({ controller, socket: args.apiSocket, log });
-    log(`API listening on ${'path' in args.apiSocket ? args.apiSocket.path : `fd ${args.apiSocket.fd}`}`);
-  }
 
   let exiting = false;
   let finished: (code: number) => void = () => {};
@@ -125,11 +121,16 @@ async function runVmm(args: RunArgs): Promise<number> {
     await monitor.close();
     finished(code);
   };
-  server?.on('vmm-shutdown', () => { void exit(0, true); });
+  // Signal handlers go in before the socket answers: a client may signal as soon as ping works.
   const onSignal = () => { void exit(0, false); };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   process.on('SIGHUP', onSignal);
+  if (args.apiSocket !== undefined) {
+    server = await ApiServer.listen({ controller, socket: args.apiSocket, log });
+    server.on('vmm-shutdown', () => { void exit(0, true); });
+    log(`API listening on ${'path' in args.apiSocket ? args.apiSocket.path : `fd ${args.apiSocket.fd}`}`);
+  }
 
   if (cfg) {
     // CH: a VM given on the command line ends the VMM when the guest stops.
