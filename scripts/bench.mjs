@@ -4,7 +4,8 @@
 //     doing the same ioctls (alternating, STV_BENCH_RUNS times each);
 //  2. inside one scripts/kvm-sandbox boot: QEMU (microvm, q35) and Stratovisor booting the same
 //     kernel and initramfs (bench/boot.ts).
-// Env: STV_BENCH_RUNS (5), STV_BENCH_VMMS (comma list), STV_BENCH_ONLY=pio|boot.
+//  3. on the host: REST API start-to-ping time and vmm.ping latency under concurrent clients.
+// Env: STV_BENCH_RUNS (5), STV_BENCH_VMMS (comma list), STV_BENCH_ONLY=pio|api|boot.
 import { join } from 'node:path';
 import { existsSync } from 'node:fs';
 import { ensureGuestImages, REPO } from './lib/images.mjs';
@@ -18,7 +19,7 @@ const runs = Number(process.env.STV_BENCH_RUNS ?? 5);
 const only = process.env.STV_BENCH_ONLY;
 let status = 0;
 
-if (only !== 'boot') {
+if (only !== 'boot' && only !== 'api') {
   if (!existsSync('/dev/kvm')) log('pio bench skipped: no /dev/kvm on this host');
   else {
     const { pioExitsPerSecond, cPioExitsPerSecond } = await import(join(REPO, 'dist', 'bench', 'pio-exits.js'));
@@ -35,7 +36,18 @@ if (only !== 'boot') {
     ]) + `\n(medians of ${runs} alternating runs of 200000 exits)`);
   }
 }
-if (only !== 'pio') {
+if (only !== 'boot' && only !== 'pio') {
+  const { apiBench } = await import(join(REPO, 'dist', 'bench', 'api.js'));
+  const { fmt, table } = await import(join(REPO, 'dist', 'bench', 'stats.js'));
+  const a = await apiBench(runs);
+  console.log('\n' + table(['REST API (host, stratovisor --api-socket)', 'value'], [
+    ['process start to vmm.ping answered (median)', `${fmt(a.startToPingMs)} ms`],
+    [`vmm.ping round trip, ${a.clients} clients: p50`, `${fmt(a.p50Us)} us`],
+    [`vmm.ping round trip, ${a.clients} clients: p99`, `${fmt(a.p99Us)} us`],
+    ['vmm.ping throughput', `${fmt(a.requestsPerSec)} req/s`],
+  ]));
+}
+if (only !== 'pio' && only !== 'api') {
   process.env.STV_GUEST_BZIMAGE = images.bzImage;
   process.env.STV_GUEST_VMLINUX = images.vmlinux;
   process.env.STV_GUEST_INITRAMFS = images.initramfs;

@@ -1,12 +1,16 @@
 // Fuzz the API server with requests generated from the document's schemas: valid
 // bodies, bodies with one mutation that makes them invalid, malformed JSON, random
 // paths and methods, and raw garbage on the socket. The server must stay up, answer
-// every well-formed HTTP request, and answer every bad request with a 4xx.
+// every well-formed HTTP request, and answer every bad request with a 4xx. Run against the
+// server over an in-memory VMM and against the real `stratovisor --api-socket` process.
 
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { after, before, test } from 'node:test';
-import { MINIMAL_VM, request, startTestServer, type TestServer } from './test_server.fixture.js';
+import { after, before, describe, test } from 'node:test';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { MINIMAL_VM, request, startTestServer, tempDir } from './test_server.fixture.js';
 import { getValidator, INTEGER_FORMATS, listOperations, type ApiOperation, type SchemaObject } from './validate.js';
 
 /** mulberry32: a small seeded PRNG, so that a failure reproduces. */
@@ -209,9 +213,42 @@ function makeCase(ops: ApiOperation[]): Case {
   return { method: op.method, path: name, body: JSON.stringify(m.body), expect: 'bad', what: m.what };
 }
 
-let t: TestServer;
+interface Target { socketPath: string; close(): Promise<void> }
+
+/** The real VMM process (stratovisor --api-socket, VmmCore behind the server). */
+async function startVmmProcess(): Promise<Target> {
+  const socketPath = join(tempDir(), 'api.sock');
+  const child = spawn(process.execPath, [fileURLToPath(new URL('../cli/main.js', import.meta.url)), '--api-socket', `path=${socketPath}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (b: Buffer) => { stderr += b.toString(); });
+  const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+  for (let i = 0; ; i++) {
+    try {
+      if ((await request(socketPath, 'GET', 'vmm.ping')).status === 200) break;
+    } catch {
+      if (i > 1000 || child.exitCode !== null) throw new Error(`stratovisor --api-socket did not start: ${stderr}`);
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return {
+    socketPath,
+    close: async () => {
+      assert.equal(child.exitCode, null, `the VMM process died during the fuzz run: ${stderr}`);
+      await request(socketPath, 'PUT', 'vmm.shutdown');
+      assert.equal(await exited, 0, stderr);
+    },
+  };
+}
+
+const targets: Array<{ name: string; start: () => Promise<Target> }> = [
+  { name: 'the API server over an in-memory VMM', start: async () => startTestServer() },
+  { name: 'the stratovisor process', start: startVmmProcess },
+];
+
+for (const target of targets) describe(target.name, () => {
+let t: Target;
 before(async () => {
-  t = await startTestServer();
+  t = await target.start();
 });
 after(async () => {
   await t.close();
@@ -287,4 +324,5 @@ test('fuzz: 500 raw garbage / truncated HTTP messages; the server stays up', asy
   }
   await Promise.all(jobs);
   assert.equal((await request(t.socketPath, 'GET', 'vmm.ping')).status, 200);
+});
 });
