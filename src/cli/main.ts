@@ -3,11 +3,16 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs, CliError, type RunArgs } from './args.js';
 import { VirtualMachine } from '../vmm/vm.js';
-import { VmmCore } from '../vmm/controller.js';
-import { ApiServer } from '../api/server.js';
-import { EventMonitor, withLifecycleEvents } from '../api/events.js';
+// The API side (ajv, YAML, the OpenAPI document) loads only when --api-socket/--event-monitor ask
+// for it: a plain command-line VM starts without it.
+import type { ApiServer } from '../api/server.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+/** -v messages on stderr, stamped with milliseconds since the process started. */
+function verboseLog(verbosity: number): (m: string) => void {
+  return (m) => { if (verbosity > 0) process.stderr.write(`stratovisor: [${performance.now().toFixed(0)} ms] ${m}\n`); };
+}
 
 function errorExit(msg: string, code = 1): never {
   process.stderr.write(`stratovisor: error: ${msg}\n`);
@@ -18,7 +23,7 @@ async function runVm(args: RunArgs): Promise<number> {
   if (args.apiSocket !== undefined || args.eventMonitor !== undefined) return runVmm(args);
   const cfg = args.config;
   if (!cfg) errorExit('no VM to run: give --kernel (or --api-socket to wait for vm.create)');
-  const log = (m: string) => { if (args.verbosity > 0) process.stderr.write(`stratovisor: ${m}\n`); };
+  const log = verboseLog(args.verbosity);
   if (cfg.console.mode === 'Tty' || cfg.console.mode === 'File') {
     log('virtio-console is not implemented yet: --console is ignored (use --serial tty)');
   }
@@ -65,9 +70,12 @@ async function runVm(args: RunArgs): Promise<number> {
  * stays in Shutdown after a guest power-off until vmm.shutdown.
  */
 async function runVmm(args: RunArgs): Promise<number> {
+  const [{ VmmCore }, { ApiServer }, { EventMonitor, withLifecycleEvents }] = await Promise.all([
+    import('../vmm/controller.js'), import('../api/server.js'), import('../api/events.js'),
+  ]);
   const cfg = args.config;
   if (!cfg && args.apiSocket === undefined) errorExit('no VM to run: give --kernel (or --api-socket to wait for vm.create)');
-  const log = (m: string) => { if (args.verbosity > 0) process.stderr.write(`stratovisor: ${m}\n`); };
+  const log = verboseLog(args.verbosity);
   const monitor = new EventMonitor(args.eventMonitor);
   try {
     await monitor.ready();

@@ -264,6 +264,7 @@ export class VirtualMachine extends EventEmitter {
       case 'error': this.fail(run, m.message); break;
       case 'paused': this.emit('vcpu-paused', m.id); break;
       case 'stopped': this.log(`vCPU ${m.id} stopped after ${m.exits} exits (${m.deviceExits} to devices): ${JSON.stringify(m.kinds)}`); break;
+      case 'started': this.log(`vCPU ${m.id} thread running`); break;
       default: break;
     }
   }
