@@ -1,7 +1,7 @@
 // The device thread: owns the legacy devices and the port/MMIO buses, serves the vCPUs'
 // mailboxes, feeds host input to the serial port and writes its output to the configured sink.
 // Lifecycle requests from devices (ACPI S5, reset) go to the VMM's main thread as messages.
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import { writeSync } from 'node:fs';
 import { createPioBus, createMmioBus } from '../devices/bus.js';
 import { Serial } from '../devices/serial.js';
@@ -15,82 +15,86 @@ import type { DeviceWorkerData, DeviceEvent } from './protocol.js';
 import { ByteRing } from './ring.js';
 import { PIO_COM1, PIO_I8042, PIO_CMOS, PIO_ACPI_POWER } from './layout_ports.js';
 
-const data = workerData as DeviceWorkerData;
 const post = (e: DeviceEvent) => parentPort!.postMessage(e);
 
-// Serial output is batched and written when the thread has nothing else to do (or the buffer fills).
-const out = new Uint8Array(8192);
-let outLen = 0;
-function flush(): void {
-  let off = 0;
-  while (off < outLen) {
-    try {
-      off += writeSync(data.serialFd, out, off, outLen - off);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') continue;
-      data.serialFd = -1; // sink gone (closed terminal/pipe): discard from now on
-      break;
+// Spawned before the VM exists; the first message brings the devices' configuration.
+parentPort!.once('message', (data: DeviceWorkerData) => start(data));
+
+function start(data: DeviceWorkerData): void {
+  // Serial output is batched and written when the thread has nothing else to do (or the buffer fills).
+  const out = new Uint8Array(8192);
+  let outLen = 0;
+  function flush(): void {
+    let off = 0;
+    while (off < outLen) {
+      try {
+        off += writeSync(data.serialFd, out, off, outLen - off);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EAGAIN') continue;
+        data.serialFd = -1; // sink gone (closed terminal/pipe): discard from now on
+        break;
+      }
+    }
+    outLen = 0;
+  }
+
+  let powerEvent = false;
+  const serial = new Serial({
+    interrupt: data.serialIrqfd >= 0 ? new EventFdInterrupt(data.serialIrqfd) : NO_INTERRUPT,
+    sink: (bytes) => {
+      if (data.serialFd < 0) return;
+      if (outLen + bytes.length > out.length) flush();
+      out.set(bytes, outLen);
+      outLen += bytes.length;
+    },
+    inputCapacity: 64,
+  });
+  const pio = createPioBus();
+  const mmio = createMmioBus();
+  pio.insert(serial, PIO_COM1.base, PIO_COM1.length);
+  pio.insert(new I8042({ reset: () => { if (!powerEvent) { powerEvent = true; post({ type: 'reset', reason: 'i8042 reset line' }); } } }), PIO_I8042.base, PIO_I8042.length);
+  pio.insert(new Cmos({ memBelow4g: data.memBelow4g, memAbove4g: data.memAbove4g }), PIO_CMOS.base, PIO_CMOS.length);
+  pio.insert(new AcpiPowerDevice({
+    onShutdown: () => { if (!powerEvent) { powerEvent = true; post({ type: 'shutdown' }); } },
+    onReset: () => { if (!powerEvent) { powerEvent = true; post({ type: 'reset', reason: 'ACPI reset register' }); } },
+  }), PIO_ACPI_POWER.base, PIO_ACPI_POWER.length);
+
+  const server = new MailboxServer(data.shared);
+  const ring = new ByteRing(data.input);
+  const inBuf = new Uint8Array(64);
+
+  function handle(op: MailboxOp, addr: number, d: Uint8Array): void {
+    switch (op) {
+      case MailboxOp.PioRead: pio.read(addr, d); break;
+      case MailboxOp.PioWrite: pio.write(addr, d); break;
+      case MailboxOp.MmioRead: mmio.read(addr, d); break;
+      case MailboxOp.MmioWrite: mmio.write(addr, d); break;
     }
   }
-  outLen = 0;
-}
 
-let powerEvent = false;
-const serial = new Serial({
-  interrupt: data.serialIrqfd >= 0 ? new EventFdInterrupt(data.serialIrqfd) : NO_INTERRUPT,
-  sink: (bytes) => {
-    if (data.serialFd < 0) return;
-    if (outLen + bytes.length > out.length) flush();
-    out.set(bytes, outLen);
-    outLen += bytes.length;
-  },
-  inputCapacity: 64,
-});
-const pio = createPioBus();
-const mmio = createMmioBus();
-pio.insert(serial, PIO_COM1.base, PIO_COM1.length);
-pio.insert(new I8042({ reset: () => { if (!powerEvent) { powerEvent = true; post({ type: 'reset', reason: 'i8042 reset line' }); } } }), PIO_I8042.base, PIO_I8042.length);
-pio.insert(new Cmos({ memBelow4g: data.memBelow4g, memAbove4g: data.memAbove4g }), PIO_CMOS.base, PIO_CMOS.length);
-pio.insert(new AcpiPowerDevice({
-  onShutdown: () => { if (!powerEvent) { powerEvent = true; post({ type: 'shutdown' }); } },
-  onReset: () => { if (!powerEvent) { powerEvent = true; post({ type: 'reset', reason: 'ACPI reset register' }); } },
-}), PIO_ACPI_POWER.base, PIO_ACPI_POWER.length);
-
-const server = new MailboxServer(data.shared);
-const ring = new ByteRing(data.input);
-const inBuf = new Uint8Array(64);
-
-function handle(op: MailboxOp, addr: number, d: Uint8Array): void {
-  switch (op) {
-    case MailboxOp.PioRead: pio.read(addr, d); break;
-    case MailboxOp.PioWrite: pio.write(addr, d); break;
-    case MailboxOp.MmioRead: mmio.read(addr, d); break;
-    case MailboxOp.MmioWrite: mmio.write(addr, d); break;
+  function pumpInput(): void {
+    if (ring.available() === 0) return;
+    const n = ring.peek(inBuf);
+    const accepted = serial.enqueueInput(n === inBuf.length ? inBuf : inBuf.subarray(0, n));
+    if (accepted > 0) ring.consume(accepted);
   }
-}
 
-function pumpInput(): void {
-  if (ring.available() === 0) return;
-  const n = ring.peek(inBuf);
-  const accepted = serial.enqueueInput(n === inBuf.length ? inBuf : inBuf.subarray(0, n));
-  if (accepted > 0) ring.consume(accepted);
-}
-
-const bell = server.bell;
-while (!server.stopRequested()) {
-  const seq = Atomics.load(bell, 0);
-  const served = server.serve(handle);
-  pumpInput();
-  if (served === 0) {
-    // A vCPU that just got an answer often asks again at once (the UART's LSR, then THR):
-    // spin a little before sleeping, and write buffered output only when going to sleep.
-    // Input the UART refused is retried on the next access.
-    for (let spin = 0; spin < SPIN_LIMIT && Atomics.load(bell, 0) === seq; spin++);
-    if (Atomics.load(bell, 0) === seq) {
-      flush();
-      Atomics.wait(bell, 0, seq, 50);
+  const bell = server.bell;
+  while (!server.stopRequested()) {
+    const seq = Atomics.load(bell, 0);
+    const served = server.serve(handle);
+    pumpInput();
+    if (served === 0) {
+      // A vCPU that just got an answer often asks again at once (the UART's LSR, then THR):
+      // spin a little before sleeping, and write buffered output only when going to sleep.
+      // Input the UART refused is retried on the next access.
+      for (let spin = 0; spin < SPIN_LIMIT && Atomics.load(bell, 0) === seq; spin++);
+      if (Atomics.load(bell, 0) === seq) {
+        flush();
+        Atomics.wait(bell, 0, seq, 50);
+      }
     }
   }
+  flush();
+  post({ type: 'stats', pioUnhandled: pio.unhandledAccesses, mmioUnhandled: mmio.unhandledAccesses });
 }
-flush();
-post({ type: 'stats', pioUnhandled: pio.unhandledAccesses, mmioUnhandled: mmio.unhandledAccesses });

@@ -2,93 +2,99 @@
 // devices go to the device thread through this vCPU's mailbox; ports no device claims are
 // answered here (reads all-ones, writes dropped: e.g. the 0x80 POST/io-delay port) without
 // waking anyone. Lifecycle exits are reported to the main thread.
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import { VmExitKind, VmExitKindName } from '../hypervisor/hypervisor.js';
 import { KvmVcpu } from '../hypervisor/kvm/vcpu.js';
 import { MailboxClient, MailboxOp } from './mailbox.js';
 import { RunState, type VcpuWorkerData, type VcpuEvent } from './protocol.js';
 import { DEVICE_PORTS } from './layout_ports.js';
 
-const wd = workerData as VcpuWorkerData;
 const post = (e: VcpuEvent) => parentPort!.postMessage(e);
-const vcpu = KvmVcpu.fromHandle(wd.handle);
-const id = wd.handle.id;
-const state = new Int32Array(wd.runState);
-const mailbox = new MailboxClient(wd.shared.mailboxes[id]!, wd.shared.doorbell, state);
 
-// Claimed port bitmap: one bit per port.
-const claimed = new Uint8Array(0x10000 >> 3);
-for (const r of DEVICE_PORTS) for (let p = r.base; p < r.base + r.length; p++) claimed[p >> 3]! |= 1 << (p & 7);
-const isClaimed = (port: number) => (claimed[port >> 3]! & (1 << (port & 7))) !== 0;
+// The thread is spawned before the VM exists (its start-up overlaps the VM's set-up); the
+// first message brings its vCPU.
+parentPort!.once('message', (wd: VcpuWorkerData) => start(wd));
 
-const tracePio = process.env.STV_TRACE_PIO === '1';
+function start(wd: VcpuWorkerData): void {
+  const vcpu = KvmVcpu.fromHandle(wd.handle);
+  const id = wd.handle.id;
+  const state = new Int32Array(wd.runState);
+  const mailbox = new MailboxClient(wd.shared.mailboxes[id]!, wd.shared.doorbell, state);
 
-function pio(op: MailboxOp, port: number, size: number, count: number, d: Uint8Array): void {
-  if (tracePio && (port < 0x3f8 || port > 0x3ff) && port !== 0x80) {
-    process.stderr.write(`vcpu${id} ${op === MailboxOp.PioRead ? 'in ' : 'out'} 0x${port.toString(16)} size ${size} ${op === MailboxOp.PioRead ? '' : Array.from(d).join(',')}\n`);
+  // Claimed port bitmap: one bit per port.
+  const claimed = new Uint8Array(0x10000 >> 3);
+  for (const r of DEVICE_PORTS) for (let p = r.base; p < r.base + r.length; p++) claimed[p >> 3]! |= 1 << (p & 7);
+  const isClaimed = (port: number) => (claimed[port >> 3]! & (1 << (port & 7))) !== 0;
+
+  const tracePio = process.env.STV_TRACE_PIO === '1';
+
+  function pio(op: MailboxOp, port: number, size: number, count: number, d: Uint8Array): void {
+    if (tracePio && (port < 0x3f8 || port > 0x3ff) && port !== 0x80) {
+      process.stderr.write(`vcpu${id} ${op === MailboxOp.PioRead ? 'in ' : 'out'} 0x${port.toString(16)} size ${size} ${op === MailboxOp.PioRead ? '' : Array.from(d).join(',')}\n`);
+    }
+    if (!isClaimed(port)) {
+      if (op === MailboxOp.PioRead) d.fill(0xff);
+      return;
+    }
+    deviceExits++;
+    if (count === 1) mailbox.access(op, port, d);
+    else for (let i = 0; i < count; i++) mailbox.access(op, port, d.subarray(i * size, (i + 1) * size)); // string I/O (rare)
   }
-  if (!isClaimed(port)) {
-    if (op === MailboxOp.PioRead) d.fill(0xff);
-    return;
-  }
-  deviceExits++;
-  if (count === 1) mailbox.access(op, port, d);
-  else for (let i = 0; i < count; i++) mailbox.access(op, port, d.subarray(i * size, (i + 1) * size)); // string I/O (rare)
-}
 
-function describe(): string {
-  try {
-    const r = vcpu.getRegs();
-    return `${JSON.stringify(vcpu.decodeExit(), (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v instanceof Uint8Array ? Array.from(v) : v))} rip=0x${r.rip.toString(16)} rsp=0x${r.rsp.toString(16)}`;
-  } catch (e) {
-    return String(e);
+  function describe(): string {
+    try {
+      const r = vcpu.getRegs();
+      return `${JSON.stringify(vcpu.decodeExit(), (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v instanceof Uint8Array ? Array.from(v) : v))} rip=0x${r.rip.toString(16)} rsp=0x${r.rsp.toString(16)}`;
+    } catch (e) {
+      return String(e);
+    }
   }
-}
 
-let exits = 0;
-/** Exits per VmExitKind, reported when the vCPU stops (shown with -v). */
-const byKind = new Float64Array(16);
-/** Port/MMIO exits that went to the device thread. */
-let deviceExits = 0;
-post({ type: 'started', id });
-const e = vcpu.exit;
-loop: for (;;) {
-  const kind = vcpu.run();
-  exits++;
-  byKind[kind]!++;
-  switch (kind) {
-    case VmExitKind.IoOut: pio(MailboxOp.PioWrite, e.port, e.size, e.count, e.data); break;
-    case VmExitKind.IoIn: pio(MailboxOp.PioRead, e.port, e.size, e.count, e.data); break;
-    case VmExitKind.MmioWrite: deviceExits++; mailbox.access(MailboxOp.MmioWrite, e.addr, e.data); break;
-    case VmExitKind.MmioRead: deviceExits++; mailbox.access(MailboxOp.MmioRead, e.addr, e.data); break;
-    case VmExitKind.Hlt: break; // only without an in-kernel LAPIC; the next run() waits
-    case VmExitKind.Intr: {
-      vcpu.takeKick();
-      let s = Atomics.load(state, 0);
-      if (s === RunState.Pause) {
-        post({ type: 'paused', id });
-        while ((s = Atomics.load(state, 0)) === RunState.Pause) Atomics.wait(state, 0, RunState.Pause);
+  let exits = 0;
+  /** Exits per VmExitKind, reported when the vCPU stops (shown with -v). */
+  const byKind = new Float64Array(16);
+  /** Port/MMIO exits that went to the device thread. */
+  let deviceExits = 0;
+  post({ type: 'started', id });
+  const e = vcpu.exit;
+  loop: for (;;) {
+    const kind = vcpu.run();
+    exits++;
+    byKind[kind]!++;
+    switch (kind) {
+      case VmExitKind.IoOut: pio(MailboxOp.PioWrite, e.port, e.size, e.count, e.data); break;
+      case VmExitKind.IoIn: pio(MailboxOp.PioRead, e.port, e.size, e.count, e.data); break;
+      case VmExitKind.MmioWrite: deviceExits++; mailbox.access(MailboxOp.MmioWrite, e.addr, e.data); break;
+      case VmExitKind.MmioRead: deviceExits++; mailbox.access(MailboxOp.MmioRead, e.addr, e.data); break;
+      case VmExitKind.Hlt: break; // only without an in-kernel LAPIC; the next run() waits
+      case VmExitKind.Intr: {
+        vcpu.takeKick();
+        let s = Atomics.load(state, 0);
+        if (s === RunState.Pause) {
+          post({ type: 'paused', id });
+          while ((s = Atomics.load(state, 0)) === RunState.Pause) Atomics.wait(state, 0, RunState.Pause);
+        }
+        if (s === RunState.Stop) break loop;
+        break;
       }
-      if (s === RunState.Stop) break loop;
-      break;
+      case VmExitKind.Shutdown:
+        // Triple fault: a PC resets (Cloud Hypervisor and Firecracker do the same).
+        post({ type: 'reset', id, reason: 'triple fault (KVM_EXIT_SHUTDOWN)' });
+        break loop;
+      case VmExitKind.SystemEvent: {
+        const d = vcpu.decodeExit();
+        if (d.kind === 'SystemEvent' && d.type === 'reset') post({ type: 'reset', id, reason: 'system event reset' });
+        else if (d.kind === 'SystemEvent' && d.type === 'shutdown') post({ type: 'shutdown', id });
+        else post({ type: 'error', id, message: `unexpected system event: ${describe()}` });
+        break loop;
+      }
+      default:
+        post({ type: 'error', id, message: `vCPU ${id} stopped on an unhandled exit: ${describe()}` });
+        break loop;
     }
-    case VmExitKind.Shutdown:
-      // Triple fault: a PC resets (Cloud Hypervisor and Firecracker do the same).
-      post({ type: 'reset', id, reason: 'triple fault (KVM_EXIT_SHUTDOWN)' });
-      break loop;
-    case VmExitKind.SystemEvent: {
-      const d = vcpu.decodeExit();
-      if (d.kind === 'SystemEvent' && d.type === 'reset') post({ type: 'reset', id, reason: 'system event reset' });
-      else if (d.kind === 'SystemEvent' && d.type === 'shutdown') post({ type: 'shutdown', id });
-      else post({ type: 'error', id, message: `unexpected system event: ${describe()}` });
-      break loop;
-    }
-    default:
-      post({ type: 'error', id, message: `vCPU ${id} stopped on an unhandled exit: ${describe()}` });
-      break loop;
+    if (Atomics.load(state, 0) === RunState.Stop) break;
   }
-  if (Atomics.load(state, 0) === RunState.Stop) break;
+  const kinds: Record<string, number> = {};
+  byKind.forEach((n, k) => { if (n) kinds[VmExitKindName[k] ?? String(k)] = n; });
+  post({ type: 'stopped', id, exits, deviceExits, kinds });
 }
-const kinds: Record<string, number> = {};
-byKind.forEach((n, k) => { if (n) kinds[VmExitKindName[k] ?? String(k)] = n; });
-post({ type: 'stopped', id, exits, deviceExits, kinds });

@@ -144,7 +144,18 @@ export class VirtualMachine extends EventEmitter {
     const cfg = this.config;
     const ncpu = cfg.cpus.boot_vcpus;
     const memSize = cfg.memory.size;
-    const vm = hv.createVm();
+    // Spawn the threads first: their start-up (a V8 isolate each) overlaps the VM's set-up below.
+    const deviceWorker = new Worker(new URL('./device_worker.js', import.meta.url));
+    const vcpuWorkers = Array.from({ length: ncpu }, () => new Worker(new URL('./vcpu_worker.js', import.meta.url)));
+    const early = (e: Error) => this.log(`thread failed before the guest started: ${e.message}`);
+    for (const w of [deviceWorker, ...vcpuWorkers]) w.once('error', early);
+    let vm: Vm;
+    try {
+      vm = hv.createVm();
+    } catch (e) {
+      for (const w of [deviceWorker, ...vcpuWorkers]) void w.terminate();
+      throw e;
+    }
     let mem: GuestMemory | null = null;
     const vcpus: Vcpu[] = [];
     let serialIrqfd = -1;
@@ -196,6 +207,7 @@ export class VirtualMachine extends EventEmitter {
       vm.registerIrqfd(serialIrqfd, IRQ_COM1);
       ({ fd: serialFd, owned: ownsSerialFd } = this.openSerialSink());
     } catch (e) {
+      for (const w of [deviceWorker, ...vcpuWorkers]) void w.terminate();
       for (const v of vcpus) v.close();
       if (serialIrqfd >= 0) libc.close(serialIrqfd);
       vm.close();
@@ -209,7 +221,8 @@ export class VirtualMachine extends EventEmitter {
       shared, input: this.input.sab, serialFd, serialIrqfd,
       memBelow4g: lowRamEnd(memSize), memAbove4g: memSize - lowRamEnd(memSize),
     };
-    const deviceWorker = new Worker(new URL('./device_worker.js', import.meta.url), { workerData: deviceData });
+    deviceWorker.off('error', early);
+    deviceWorker.postMessage(deviceData);
     const run: Running = {
       vm, mem: mem!, vcpus, vcpuWorkers: [], deviceWorker, shared, runState: new Int32Array(runStateSab),
       serialIrqfd, serialFd, ownsSerialFd, stopping: false, stopped: null,
@@ -218,9 +231,11 @@ export class VirtualMachine extends EventEmitter {
     this.boots++;
     deviceWorker.on('message', (m: DeviceEvent) => this.onDeviceEvent(run, m));
     deviceWorker.on('error', (e) => this.fail(run, `device thread failed: ${e.stack ?? e.message}`));
-    for (const v of vcpus) {
+    for (const [i, v] of vcpus.entries()) {
       const wd: VcpuWorkerData = { handle: v.handle(), shared, runState: runStateSab };
-      const w = new Worker(new URL('./vcpu_worker.js', import.meta.url), { workerData: wd });
+      const w = vcpuWorkers[i]!;
+      w.off('error', early);
+      w.postMessage(wd);
       w.on('message', (m: VcpuEvent) => this.onVcpuEvent(run, m));
       w.on('error', (e) => this.fail(run, `vCPU thread failed: ${e.message}`));
       run.vcpuWorkers.push(w);
