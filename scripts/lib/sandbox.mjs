@@ -88,7 +88,10 @@ export async function runInSandbox(argv, opts = {}) {
   const interactive = process.stdin.isTTY && process.stdout.isTTY;
   const mem = process.env.STV_SANDBOX_MEM ?? '8G';
   const cpus = process.env.STV_SANDBOX_CPUS ?? '2';
-  const timeoutS = Number(process.env.STV_SANDBOX_TIMEOUT ?? 3600);
+  // A wedged inner guest can spin the sandbox's CPU forever: batch runs get a deadline well inside
+  // CI's 90 minutes; an interactive session (npm start) none unless asked. 0 turns it off.
+  const timeoutS = Number(process.env.STV_SANDBOX_TIMEOUT ?? (interactive ? 0 : 2400));
+  if (!Number.isFinite(timeoutS) || timeoutS < 0) throw new Error(`STV_SANDBOX_TIMEOUT must be a number of seconds, not '${process.env.STV_SANDBOX_TIMEOUT}'`);
   const append = [
     'console=ttyS0', 'loglevel=4', 'panic=-1', 'mitigations=off', 'tsc=reliable', 'no_timer_check',
     `stv.state=${state}`, `stv.interactive=${interactive ? 1 : 0}`,
@@ -108,7 +111,7 @@ export async function runInSandbox(argv, opts = {}) {
   let timedOut = false;
   const status = await spawnWait('qemu-system-x86_64', qemuArgs, {
     stdio: [interactive ? 'inherit' : 'ignore', 'inherit', 'inherit'],
-    timeoutMs: timeoutS * 1000,
+    timeoutMs: timeoutS > 0 ? timeoutS * 1000 : undefined,
     onTimeout: () => { timedOut = true; },
   });
   const rcFile = join(state, 'rc');
