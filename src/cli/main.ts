@@ -2,10 +2,11 @@
 // stratovisor: the command line, with Cloud Hypervisor's syntax (see args.ts).
 import { readFileSync } from 'node:fs';
 import { parseArgs, CliError, type RunArgs } from './args.js';
-import { VirtualMachine } from '../vmm/vm.js';
-// The API side (ajv, YAML, the OpenAPI document) loads only when --api-socket/--event-monitor ask
-// for it: a plain command-line VM starts without it.
+// The API server (ajv, YAML, the OpenAPI document) loads only when --api-socket asks for it:
+// a plain command-line VM starts without it.
 import type { ApiServer } from '../api/server.js';
+import { VmmCore } from '../vmm/controller.js';
+import { EventMonitor, withLifecycleEvents } from '../api/events.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -19,49 +20,8 @@ function errorExit(msg: string, code = 1): never {
   process.exit(code);
 }
 
-async function runVm(args: RunArgs): Promise<number> {
-  if (args.apiSocket !== undefined || args.eventMonitor !== undefined) return runVmm(args);
-  const cfg = args.config;
-  if (!cfg) errorExit('no VM to run: give --kernel (or --api-socket to wait for vm.create)');
-  const log = verboseLog(args.verbosity);
-  if (cfg.console.mode === 'Tty' || cfg.console.mode === 'File') {
-    log('virtio-console is not implemented yet: --console is ignored (use --serial tty)');
-  }
-  const vm = new VirtualMachine(cfg, { log });
-  const tty = cfg.serial.mode === 'Tty';
-  const stdin = process.stdin;
-  const restore = () => { if (tty && stdin.isTTY) stdin.setRawMode(false); };
-  try {
-    await vm.boot();
-  } catch (e) {
-    vm.close();
-    throw e;
-  }
-  if (tty) {
-    if (stdin.isTTY) stdin.setRawMode(true);
-    stdin.on('data', (b: Buffer) => {
-      // Bytes the ring cannot take now are dropped, as a UART with a full FIFO would drop them.
-      vm.sendInput(b);
-    });
-    stdin.on('error', () => {});
-  }
-  const onSignal = () => { void vm.shutdown(); };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
-  process.on('SIGHUP', onSignal);
-  const info = await vm.exited;
-  restore();
-  vm.close();
-  if (info.reason === 'error') {
-    process.stderr.write(`stratovisor: error: ${info.message ?? 'the VM failed'}\n`);
-    return 1;
-  }
-  log(`VM stopped (${info.reason})`);
-  return 0;
-}
-
 /**
- * The VMM with an API socket and/or an event monitor, as Cloud Hypervisor runs:
+ * The VMM, as Cloud Hypervisor runs it (one path for the command line, the API and both):
  * - `--api-socket` without a VM: serve the API and wait for vm.create;
  * - with a VM on the command line: create and boot it (through the same controller the API
  *   uses, so the monitor sees created/booting/booted), and serve the API if asked.
@@ -70,9 +30,6 @@ async function runVm(args: RunArgs): Promise<number> {
  * stays in Shutdown after a guest power-off until vmm.shutdown.
  */
 async function runVmm(args: RunArgs): Promise<number> {
-  const [{ VmmCore }, { ApiServer }, { EventMonitor, withLifecycleEvents }] = await Promise.all([
-    import('../vmm/controller.js'), import('../api/server.js'), import('../api/events.js'),
-  ]);
   const cfg = args.config;
   if (!cfg && args.apiSocket === undefined) errorExit('no VM to run: give --kernel (or --api-socket to wait for vm.create)');
   const log = verboseLog(args.verbosity);
@@ -135,6 +92,7 @@ async function runVmm(args: RunArgs): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGHUP', onSignal);
   if (args.apiSocket !== undefined) {
+    const { ApiServer } = await import('../api/server.js');
     server = await ApiServer.listen({ controller, socket: args.apiSocket, log });
     server.on('vmm-shutdown', () => { void exit(0, true); });
     log(`API listening on ${'path' in args.apiSocket ? args.apiSocket.path : `fd ${args.apiSocket.fd}`}`);
@@ -173,7 +131,7 @@ async function main(argv: string[]): Promise<number> {
       return runRemote(argv.slice(argv.indexOf('remote') + 1));
     }
     case 'run':
-      return runVm(parsed);
+      return runVmm(parsed);
   }
 }
 
