@@ -6,6 +6,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, openSync, closeSync, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
+import { constants as osConstants } from 'node:os';
 import { ensureSandboxImages, REPO, CACHE } from './images.mjs';
 import { ensurePackages } from './deps.mjs';
 
@@ -150,12 +151,7 @@ export function spawnWait(cmd, args, { stdio = 'inherit', env = process.env, tim
     });
     child.on('exit', (code, sig) => {
       clearTimeout(timer);
-      resolve(code ?? 128 + (sig ? (signalNumber(sig)) : 0));
+      resolve(code ?? 128 + (sig ? (osConstants.signals[sig] ?? 0) : 0));
     });
   });
-}
-
-function signalNumber(sig) {
-  const map = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGTERM: 15, SIGSEGV: 11, SIGABRT: 6 };
-  return map[sig] ?? 0;
 }
