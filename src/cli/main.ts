@@ -44,24 +44,24 @@ async function runVmm(args: RunArgs): Promise<number> {
   const core = new VmmCore({ vm: { log }, monitor, log: (m) => process.stderr.write(`stratovisor: ${m}\n`) });
   const controller = withLifecycleEvents(core, monitor);
 
-  // Host input goes to the guest's serial port when serial is tty (the terminal raw, as CH does).
+  // Host input goes to the guest's serial port when serial is tty (the terminal raw, as CH does);
+  // otherwise to virtio-console when that is tty (its I/O thread reads fd 0 itself).
   const stdin = process.stdin;
   let stdinAttached = false;
   let rawSet = false;
   core.on('vm-booted', (vm) => {
-    if (vm.config.serial.mode !== 'Tty' || stdinAttached) return;
+    const serialTty = vm.config.serial.mode === 'Tty';
+    if ((!serialTty && vm.config.console.mode !== 'Tty') || stdinAttached) return;
     stdinAttached = true;
     if (stdin.isTTY) {
       stdin.setRawMode(true);
       rawSet = true;
     }
+    if (!serialTty) return;
     // Bytes the ring cannot take now are dropped, as a UART with a full FIFO would drop them.
     stdin.on('data', (b: Buffer) => { core.sendInput(b); });
     stdin.on('error', () => {});
   });
-  if (cfg && (cfg.console.mode === 'Tty' || cfg.console.mode === 'File')) {
-    log('virtio-console is not implemented yet: --console is ignored (use --serial tty)');
-  }
 
   let server: ApiServer | undefined;
 

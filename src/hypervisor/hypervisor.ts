@@ -174,7 +174,18 @@ export interface Hypervisor {
   close(): void;
 }
 
+/**
+ * A structured-cloneable description of a VM, to drive its interrupt routing and I/O event
+ * registration from another thread (the VMM's device thread). The rebuilt Vm does not own the VM.
+ */
+export interface VmHandle {
+  backend: string;
+  fd: number;
+}
+
 export interface Vm {
+  /** A handle for `vmFromHandle` in another thread. */
+  handle(): VmHandle;
   setUserMemoryRegion(region: UserMemoryRegion): void;
   removeUserMemoryRegion(slot: number): void;
   createVcpu(id: number): Vcpu;

@@ -164,6 +164,8 @@ interface Libc {
   pthreadSigmask: (how: number, set: Uint8Array | null, old: Uint8Array | null) => number;
   sigtimedwait: (set: Uint8Array, info: Uint8Array | null, timeout: Uint8Array) => number;
   signal: (sig: number, handler: number) => number | bigint;
+  fallocate: (fd: number, mode: number, offset: number, len: number) => number;
+  flock: (fd: number, op: number) => number;
 }
 
 let libc: Libc | null = null;
@@ -194,6 +196,8 @@ function L(): Libc {
     pthreadSigmask: f('int pthread_sigmask(int how, const void *set, void *old)'),
     sigtimedwait: f('int sigtimedwait(const void *set, void *info, const void *timeout)'),
     signal: f('intptr_t signal(int sig, intptr_t handler)'),
+    fallocate: f('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
+    flock: f('int flock(int fd, int op)'),
   };
   return libc;
 }
@@ -272,6 +276,27 @@ export function memfdCreate(name: string, flags: number): number {
 
 export function ftruncate(fd: number, length: number): void {
   check(L().ftruncate(fd, length), 'ftruncate');
+}
+
+/** fallocate(2) modes (linux/falloc.h). */
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+
+/** fallocate(2). Throws SysError (EOPNOTSUPP where the file system cannot do `mode`). */
+export function fallocate(fd: number, mode: number, offset: number, length: number): void {
+  check(L().fallocate(fd, mode, offset, length), 'fallocate');
+}
+
+/** flock(2) operations. */
+export const LOCK_SH = 1;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+
+/** flock(2). With LOCK_NB, a lock held elsewhere throws SysError with errno EWOULDBLOCK. */
+export function flock(fd: number, operation: number): void {
+  check(L().flock(fd, operation), 'flock');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -374,4 +399,88 @@ export function sigtimedwaitNow(set: Uint8Array): number {
 export function signalDisposition(sig: number, disposition: 'ignore' | 'default'): void {
   const r = L().signal(sig, disposition === 'ignore' ? 1 : 0);
   if (r === -1 || r === -1n) throw new SysError('signal', koffi.errno());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Networking and scatter/gather I/O (net/tap.ts, virtio/net). Raw variants return `-errno`
+// instead of throwing, for hot paths where EAGAIN is a normal outcome.
+
+export const AF_UNIX = 1;
+export const AF_INET = 2;
+export const SOCK_STREAM = 1;
+export const SOCK_DGRAM = 2;
+export const SOCK_NONBLOCK = O_NONBLOCK;
+export const SOCK_CLOEXEC = O_CLOEXEC;
+/** Largest iovcnt readv/writev accept (UIO_MAXIOV). */
+export const IOV_MAX = 1024;
+/** sizeof(struct iovec) on x86-64: void *iov_base; size_t iov_len. */
+export const IOVEC_SIZE = 16;
+
+interface NetLibc {
+  socket: (domain: number, type: number, protocol: number) => number;
+  socketpair: (domain: number, type: number, protocol: number, sv: Int32Array) => number;
+  readv: (fd: number, iov: Uint8Array, cnt: number) => number;
+  writev: (fd: number, iov: Uint8Array, cnt: number) => number;
+  memcpy: (dst: number, src: number, n: number) => void;
+}
+
+let netLibc: NetLibc | null = null;
+
+function N(): NetLibc {
+  if (netLibc !== null) return netLibc;
+  const lib = koffi.load('libc.so.6');
+  const f = <T extends Fn>(decl: string): T => lib.func(decl) as unknown as T;
+  netLibc = {
+    socket: f('int socket(int domain, int type, int protocol)'),
+    socketpair: f('int socketpair(int domain, int type, int protocol, void *sv)'),
+    readv: f('long readv(int fd, const void *iov, int iovcnt)'),
+    writev: f('long writev(int fd, const void *iov, int iovcnt)'),
+    // Addresses as integers (host addresses fit in 47 bits, exact as JS numbers): no BigInt.
+    memcpy: f('void memcpy(uintptr_t dst, uintptr_t src, size_t n)'),
+  };
+  return netLibc;
+}
+
+export function socket(domain: number, type: number, protocol = 0): number {
+  return check(N().socket(domain, type, protocol), 'socket');
+}
+
+/** socketpair(2): returns the two connected fds. */
+export function socketpair(domain: number, type: number, protocol = 0): [number, number] {
+  const sv = new Int32Array(2);
+  check(N().socketpair(domain, type, protocol, sv), 'socketpair');
+  return [sv[0]!, sv[1]!];
+}
+
+/** read(2) of up to `len` bytes into `buf`: bytes read, or -errno. */
+export function readRaw(fd: number, buf: Uint8Array, len: number): number {
+  if (!(len >= 0 && len <= buf.byteLength)) throw new RangeError(`read: length ${len} outside a ${buf.byteLength}-byte buffer`);
+  const r = (libc ?? L()).read(fd, buf, len);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** write(2) of the first `len` bytes of `buf`: bytes written, or -errno. */
+export function writeRaw(fd: number, buf: Uint8Array, len: number): number {
+  if (!(len >= 0 && len <= buf.byteLength)) throw new RangeError(`write: length ${len} outside a ${buf.byteLength}-byte buffer`);
+  const r = (libc ?? L()).write(fd, buf, len);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** readv(2): `iov` holds `cnt` struct iovec (IOVEC_SIZE bytes each). Bytes read, or -errno. */
+export function readvRaw(fd: number, iov: Uint8Array, cnt: number): number {
+  if (!(cnt >= 0 && cnt * IOVEC_SIZE <= iov.byteLength)) throw new RangeError(`readv: ${cnt} iovecs outside a ${iov.byteLength}-byte array`);
+  const r = (netLibc ?? N()).readv(fd, iov, cnt);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** writev(2): `iov` holds `cnt` struct iovec (IOVEC_SIZE bytes each). Bytes written, or -errno. */
+export function writevRaw(fd: number, iov: Uint8Array, cnt: number): number {
+  if (!(cnt >= 0 && cnt * IOVEC_SIZE <= iov.byteLength)) throw new RangeError(`writev: ${cnt} iovecs outside a ${iov.byteLength}-byte array`);
+  const r = (netLibc ?? N()).writev(fd, iov, cnt);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** memcpy between two host addresses of this process (e.g. mmapped guest RAM and a bounce buffer). */
+export function memcpyHost(dst: number, src: number, n: number): void {
+  (netLibc ?? N()).memcpy(dst, src, n);
 }

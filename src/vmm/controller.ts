@@ -184,8 +184,8 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
 
   counters(): VmCounters {
     nextVmState(this.state, 'counters');
-    // CH reports counters per virtio device (block/net/...); this platform has none yet.
-    return {};
+    // Per virtio device, as Cloud Hypervisor reports them (device id -> counter -> value).
+    return this.vm?.counters() ?? {};
   }
 
   /** Feed host input to the guest's serial port; returns bytes accepted (0 without a running VM). */

@@ -14,6 +14,8 @@ import { MailboxServer, MailboxOp, SPIN_LIMIT } from './mailbox.js';
 import type { DeviceWorkerData, DeviceEvent } from './protocol.js';
 import { ByteRing } from './ring.js';
 import { PIO_COM1, PIO_I8042, PIO_CMOS, PIO_ACPI_POWER } from './layout_ports.js';
+import { vmFromHandle } from '../hypervisor/handle.js';
+import { setupPci } from './pci_setup.js';
 
 const post = (e: DeviceEvent) => parentPort!.postMessage(e);
 
@@ -59,6 +61,8 @@ function start(data: DeviceWorkerData): void {
     onReset: () => { if (!powerEvent) { powerEvent = true; post({ type: 'reset', reason: 'ACPI reset register' }); } },
   }), PIO_ACPI_POWER.base, PIO_ACPI_POWER.length);
 
+  const pci = setupPci(pio, mmio, vmFromHandle(data.vm), data.virtio, (m) => { if (data.verbose) process.stderr.write(`stratovisor: ${m}\n`); });
+
   const server = new MailboxServer(data.shared);
   const ring = new ByteRing(data.input);
   const inBuf = new Uint8Array(64);
@@ -96,5 +100,6 @@ function start(data: DeviceWorkerData): void {
     }
   }
   flush();
+  pci.teardown();
   post({ type: 'stats', pioUnhandled: pio.unhandledAccesses, mmioUnhandled: mmio.unhandledAccesses });
 }

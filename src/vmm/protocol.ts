@@ -1,5 +1,6 @@
 // Messages and shared data between the VMM's main thread and its vCPU and device threads.
-import type { VcpuHandle } from '../hypervisor/hypervisor.js';
+import type { VcpuHandle, VmHandle } from '../hypervisor/hypervisor.js';
+import type { VirtioPciInit } from './pci_setup.js';
 import type { MailboxShared } from './mailbox.js';
 
 export interface VcpuWorkerData {
@@ -27,6 +28,11 @@ export interface DeviceWorkerData {
   serialIrqfd: number;
   memBelow4g: number;
   memAbove4g: number;
+  /** The VM, for ioeventfd registration and MSI routing from the device thread. */
+  vm: VmHandle;
+  virtio: VirtioPciInit[];
+  /** Log PCI events (BAR moves) to stderr. */
+  verbose: boolean;
 }
 
 export type DeviceEvent =

@@ -12,9 +12,9 @@ import type { Hypervisor, Vm, Vcpu } from '../hypervisor/hypervisor.js';
 import type { CpuIdEntry } from '../hypervisor/regs.js';
 import { GuestMemory } from '../memory/guest_memory.js';
 import { ramRegions, lowRamEnd } from '../arch/x86_64/layout.js';
-import { loadBzImage } from '../arch/x86_64/bzimage.js';
-import { loadPvhKernel } from '../arch/x86_64/pvh.js';
-import { buildAcpiTables } from '../arch/x86_64/acpi.js';
+import { loadBzImage, parseBzImage } from '../arch/x86_64/bzimage.js';
+import { loadPvhKernel, parseElfKernel } from '../arch/x86_64/pvh.js';
+import { buildAcpiTables, buildMcfg, pciHostBridgeAml } from '../arch/x86_64/acpi.js';
 import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
 import { writeResetVectorStub } from '../arch/x86_64/reset_vector.js';
 import { linux64BootState, pvhBootState, writeBootTables, defaultFpu, bootMsrEntries } from '../arch/x86_64/regs.js';
@@ -22,6 +22,8 @@ import type { VmConfig } from './config.js';
 import { createMailboxes, ringDoorbell, type MailboxShared } from './mailbox.js';
 import { ByteRing } from './ring.js';
 import { IRQ_COM1 } from './layout_ports.js';
+import { VirtioManager } from './virtio_manager.js';
+import type { VirtioPciInit } from './pci_setup.js';
 import { RunState, type DeviceWorkerData, type DeviceEvent, type VcpuWorkerData, type VcpuEvent } from './protocol.js';
 
 /** Addresses KVM needs for its real-mode TSS and identity map on Intel (below the 4 GiB top). */
@@ -95,6 +97,8 @@ export class VirtualMachine extends EventEmitter {
   private kernel: Uint8Array | null = null;
   private initramfs: Uint8Array | undefined;
   private supportedCpuid: CpuIdEntry[] | null = null;
+  /** Virtio devices' host side (images, taps, files): opened at boot, kept across guest resets. */
+  private readonly virtio = new VirtioManager((m) => this.log(m));
   private exitResolve: ((i: VmExitInfo) => void) | null = null;
   private finished = false;
   /** Set by shutdown(): a guest reset under way must not start the guest again. */
@@ -118,11 +122,23 @@ export class VirtualMachine extends EventEmitter {
     const p = this.config.payload;
     if (!p.kernel) throw new VmError(p.firmware ? 'firmware boot is not supported yet: use --kernel' : 'no kernel given (--kernel PATH)');
     this.kernel = readUserFile('kernel', p.kernel);
+    // Reject a file that is not a kernel before touching the hypervisor (clear error first).
+    try {
+      if (kernelKind(this.kernel) === 'elf') parseElfKernel(this.kernel);
+      else parseBzImage(this.kernel);
+    } catch (e) {
+      throw new VmError(`kernel '${p.kernel}': ${(e as Error).message}`);
+    }
     this.initramfs = p.initramfs ? readUserFile('initramfs', p.initramfs) : undefined;
     const size = this.config.memory.size;
     const host = totalmem();
     if (size > host) {
       throw new VmError(`memory size ${fmtBytes(size)} is more than this host has (${fmtBytes(host)})`);
+    }
+    try {
+      this.virtio.open(this.config, this.opts.ttyFd ?? 1);
+    } catch (e) {
+      throw new VmError((e as Error).message);
     }
   }
 
@@ -130,11 +146,16 @@ export class VirtualMachine extends EventEmitter {
   async boot(): Promise<void> {
     if (this.state !== 'Created') throw new VmError(`cannot boot a VM in state ${this.state}`);
     this.preflight();
-    if (!this.hv) {
-      this.hv = KvmHypervisor.open();
-      this.hv.checkRequiredExtensions();
+    try {
+      if (!this.hv) {
+        this.hv = KvmHypervisor.open();
+        this.hv.checkRequiredExtensions();
+      }
+      this.startGuest();
+    } catch (e) {
+      this.virtio.close();
+      throw e;
     }
-    this.startGuest();
     this.state = 'Running';
     this.emit('booted');
   }
@@ -161,6 +182,8 @@ export class VirtualMachine extends EventEmitter {
     let serialIrqfd = -1;
     let serialFd = -1;
     let ownsSerialFd = false;
+    let virtioInits: VirtioPciInit[] = [];
+    let runRef: Running | null = null;
     try {
       vm.setIdentityMapAddress(KVM_IDENTITY_MAP_ADDR);
       vm.setTssAddress(KVM_TSS_ADDR);
@@ -174,7 +197,7 @@ export class VirtualMachine extends EventEmitter {
       mem.regions.forEach((r, slot) => {
         vm.setUserMemoryRegion({ slot, guestPhysAddr: BigInt(r.gpa), memorySize: r.size, userspaceAddr: r.hostAddress });
       });
-      const acpi = buildAcpiTables({ cpus: ncpu }, mem);
+      const acpi = buildAcpiTables({ cpus: ncpu, sbDevices: [pciHostBridgeAml()], extraTables: [buildMcfg()] }, mem);
       writeResetVectorStub(mem);
       const cmdline = cfg.payload.cmdline ?? '';
       const kernel = this.kernel!;
@@ -206,8 +229,10 @@ export class VirtualMachine extends EventEmitter {
       serialIrqfd = libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
       vm.registerIrqfd(serialIrqfd, IRQ_COM1);
       ({ fd: serialFd, owned: ownsSerialFd } = this.openSerialSink());
+      virtioInits = this.virtio.start(vm, mem, (m) => { if (runRef) this.fail(runRef, m); else this.log(`error: ${m}`); });
     } catch (e) {
       for (const w of [deviceWorker, ...vcpuWorkers]) void w.terminate();
+      void this.virtio.stop(vm);
       for (const v of vcpus) v.close();
       if (serialIrqfd >= 0) libc.close(serialIrqfd);
       vm.close();
@@ -220,6 +245,7 @@ export class VirtualMachine extends EventEmitter {
     const deviceData: DeviceWorkerData = {
       shared, input: this.input.sab, serialFd, serialIrqfd,
       memBelow4g: lowRamEnd(memSize), memAbove4g: memSize - lowRamEnd(memSize),
+      vm: vm.handle(), virtio: virtioInits, verbose: this.opts.log !== undefined,
     };
     deviceWorker.off('error', early);
     deviceWorker.postMessage(deviceData);
@@ -227,6 +253,7 @@ export class VirtualMachine extends EventEmitter {
       vm, mem: mem!, vcpus, vcpuWorkers: [], deviceWorker, shared, runState: new Int32Array(runStateSab),
       serialIrqfd, serialFd, ownsSerialFd, stopping: false, stopped: null,
     };
+    runRef = run;
     this.run = run;
     this.boots++;
     deviceWorker.on('message', (m: DeviceEvent) => this.onDeviceEvent(run, m));
@@ -258,6 +285,11 @@ export class VirtualMachine extends EventEmitter {
       case 'Null': case 'Off': return { fd: -1, owned: false };
       default: throw new VmError(`serial mode ${s.mode} is not supported yet (use tty, file=, null or off)`);
     }
+  }
+
+  /** Per-device counters of the virtio devices of the running guest. */
+  counters(): Record<string, Record<string, number>> {
+    return this.virtio.counters();
   }
 
   /** Feed host input (e.g. stdin) to the guest's serial port. Returns bytes accepted. */
@@ -317,6 +349,7 @@ export class VirtualMachine extends EventEmitter {
   private finish(info: VmExitInfo): void {
     if (this.finished) return;
     this.finished = true;
+    this.virtio.close();
     this.state = 'Shutdown';
     this.emit('shutdown', info);
     this.exitResolve?.(info);
@@ -339,6 +372,7 @@ export class VirtualMachine extends EventEmitter {
     const devExit = new Promise<void>((r) => run.deviceWorker.once('exit', () => r()));
     ringDoorbell(run.shared.doorbell, true);
     await devExit;
+    await this.virtio.stop(run.vm);
     for (const v of run.vcpus) v.close();
     try { run.vm.unregisterIrqfd(run.serialIrqfd, IRQ_COM1); } catch { /* the VM goes away next */ }
     libc.close(run.serialIrqfd);

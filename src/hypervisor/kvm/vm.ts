@@ -1,7 +1,7 @@
 // KVM VM fd: memory slots, vCPUs, irqchip, irqfd, ioeventfd, GSI routing (KVM API doc 4.x).
 
 import * as libc from '../../sys/libc.js';
-import type { IoEventAddress, IoEventOptions, IrqRoute, MsiMessage, UserMemoryRegion, Vm } from '../hypervisor.js';
+import type { IoEventAddress, IoEventOptions, IrqRoute, MsiMessage, UserMemoryRegion, Vm, VmHandle } from '../hypervisor.js';
 import * as abi from './abi.js';
 import { KvmVcpu } from './vcpu.js';
 
@@ -22,12 +22,24 @@ export class KvmVm implements Vm {
   private readonly msiBuf = new Uint8Array(L.kvm_msi.SIZE);
   private readonly msiDv = new DataView(this.msiBuf.buffer);
   private closed = false;
+  private readonly owned: boolean;
 
-  /** Use `KvmHypervisor.createVm`. */
-  constructor(fd: number, vcpuMmapSize: number, checkExtension: (cap: number) => number) {
+  /** Use `KvmHypervisor.createVm` or `KvmVm.fromHandle`. */
+  constructor(fd: number, vcpuMmapSize: number, checkExtension: (cap: number) => number, owned = true) {
     this.fd = fd;
     this.mmapSize = vcpuMmapSize;
     this.checkExt = checkExtension;
+    this.owned = owned;
+  }
+
+  /** Rebuild in another thread for irqfd/ioeventfd/routing work; does not own (close) the fd. */
+  static fromHandle(h: VmHandle): KvmVm {
+    if (h.backend !== 'kvm') throw new Error(`not a KVM VM handle: ${h.backend}`);
+    return new KvmVm(h.fd, 0, () => 0, false);
+  }
+
+  handle(): VmHandle {
+    return { backend: 'kvm', fd: this.fd };
   }
 
   /** KVM_CHECK_EXTENSION on the VM fd (KVM_CAP_CHECK_EXTENSION_VM), else on /dev/kvm. */
@@ -205,6 +217,6 @@ export class KvmVm implements Vm {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    libc.close(this.fd);
+    if (this.owned) libc.close(this.fd);
   }
 }

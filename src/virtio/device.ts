@@ -1,0 +1,77 @@
+// The contract between a virtio device model and whatever drives it (the virtio-pci transport in
+// the VMM, or a test driver). A device model owns no thread and no I/O policy it cannot be tested
+// without: the VMM's virtio worker polls the fds and calls in; tests call in directly.
+import type { GuestMemory } from '../memory/guest_memory.js';
+import type { SplitQueue } from './queue.js';
+
+/** Device IDs (virtio 1.2, 5 "Device Types"). */
+export const VirtioDeviceType = {
+  Net: 1,
+  Block: 2,
+  Console: 3,
+  Rng: 4,
+} as const;
+
+/** Device status bits (virtio 1.2, 2.1). */
+export const DeviceStatus = {
+  ACKNOWLEDGE: 1,
+  DRIVER: 2,
+  DRIVER_OK: 4,
+  FEATURES_OK: 8,
+  DEVICE_NEEDS_RESET: 0x40,
+  FAILED: 0x80,
+} as const;
+
+/** Reserved feature bits (virtio 1.2, 6). */
+export const VIRTIO_F_INDIRECT_DESC = 28n;
+export const VIRTIO_F_EVENT_IDX = 29n;
+export const VIRTIO_F_VERSION_1 = 32n;
+export const VIRTIO_F_ACCESS_PLATFORM = 33n;
+export const VIRTIO_F_RING_PACKED = 34n;
+export const VIRTIO_F_IN_ORDER = 35n;
+
+export const bit = (n: bigint): bigint => 1n << n;
+
+/** What a device needs while it is active (after DRIVER_OK, until reset). */
+export interface VirtioActivation {
+  mem: GuestMemory;
+  /** One per queue the driver enabled (index = queue index); null where not enabled. */
+  queues: ReadonlyArray<SplitQueue | null>;
+  /** Features the driver accepted (a subset of the device's features). */
+  features: bigint;
+  /** Signal "used buffers" for queue `index` (the transport maps it to the queue's MSI-X vector). */
+  notifyQueue(index: number): void;
+  /** Signal a configuration change. */
+  notifyConfig(): void;
+}
+
+/**
+ * A virtio device model. Static facts (type, features, config bytes) are readable before
+ * activation; queue processing happens after `activate`.
+ *
+ * Errors: a malformed request from the guest that the device cannot answer in-band throws a
+ * `VirtqueueError` (from queue.ts) out of `processQueue`; the driver of the device then puts the
+ * device into DEVICE_NEEDS_RESET and stops processing it until the guest resets it.
+ */
+export interface VirtioDevice {
+  readonly deviceType: number;
+  readonly numQueues: number;
+  /** Largest queue size the device supports (power of two, <= 32768). */
+  readonly queueMaxSize: number;
+  /** Device feature bits offered (VIRTIO_F_VERSION_1 is added by the transport). */
+  readonly features: bigint;
+  /** Device-specific configuration space (virtio 1.2, 4.1.4.6): read at [offset, offset+data.length). */
+  readConfig(offset: number, data: Uint8Array): void;
+  writeConfig(offset: number, data: Uint8Array): void;
+  activate(a: VirtioActivation): void;
+  /** The driver notified queue `index` (or the worker wants it looked at again). */
+  processQueue(index: number): void;
+  /** Extra host fds the driver must poll for POLLIN (tap, console input); may change after activate. */
+  pollFds?(): readonly number[];
+  /** A host fd from pollFds() is readable. */
+  onFdReady?(fd: number): void;
+  /** Back to the initial state: queues forgotten, nothing in flight. */
+  reset(): void;
+  /** Release host resources (files, taps). */
+  close(): void;
+}

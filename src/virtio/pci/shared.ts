@@ -1,0 +1,91 @@
+// State shared between a virtio-pci transport (in the device thread, where the guest's register
+// accesses arrive) and the device's I/O worker (which owns the device model and processes its
+// queues). One SharedArrayBuffer per device: Int32 words, then the device configuration bytes.
+//
+// Protocol: the transport writes queue/feature registers, then bumps CommandSeq with a Command
+// and signals the worker's control eventfd; the worker applies it and stores the same sequence
+// number in AckSeq (Atomics.notify) — a reset waits for that ack so that no queue is touched
+// after the driver sees status 0 (virtio 1.2, 2.4.1 / 4.1.4.3.2).
+
+export const Word = {
+  /** Published by the worker once the device model exists: 1 ready, -1 failed. */
+  Ready: 0,
+  DeviceFeaturesLo: 1,
+  DeviceFeaturesHi: 2,
+  NumQueues: 3,
+  QueueMax: 4,
+  DriverFeaturesLo: 5,
+  DriverFeaturesHi: 6,
+  Status: 7,
+  ConfigGeneration: 8,
+  ConfigVector: 9,
+  /** Bit 0: MSI-X enabled, bit 1: function masked. */
+  MsixControl: 10,
+  Command: 11,
+  CommandSeq: 12,
+  AckSeq: 13,
+  /** Set by the worker when the device is in the spec's error state (DEVICE_NEEDS_RESET). */
+  NeedsReset: 14,
+  /** Malformed requests seen since creation (never reset). */
+  Errors: 15,
+  ConfigLength: 16,
+  /** Device counters (bytes/ops, device-defined), worker-written. */
+  Counters: 20,
+  CounterWords: 12,
+  QueueBase: 32,
+  QueueStride: 12,
+} as const;
+
+export const CounterIndex = {
+  ReadBytes: 0, WriteBytes: 1, ReadOps: 2, WriteOps: 3, RxBytes: 4, TxBytes: 5, RxFrames: 6, TxFrames: 7,
+} as const;
+
+/** Words of one queue, relative to QueueBase + index * QueueStride. */
+export const QueueWord = {
+  Size: 0, Enable: 1, Vector: 2, DescLo: 3, DescHi: 4, AvailLo: 5, AvailHi: 6, UsedLo: 7, UsedHi: 8,
+} as const;
+
+export const Command = { None: 0, Activate: 1, Reset: 2, Stop: 3 } as const;
+
+/** Per-vector words after the queues: bit 0 masked, bit 1 pending. */
+export const VECTOR_MASKED = 1;
+export const VECTOR_PENDING = 2;
+export const VIRTIO_MSI_NO_VECTOR = 0xffff;
+
+export const CONFIG_BYTES = 256;
+
+export interface VirtioSharedLayout {
+  numQueues: number;
+  vectors: number;
+}
+
+export function vectorWord(numQueues: number, v: number): number {
+  return Word.QueueBase + numQueues * Word.QueueStride + v;
+}
+
+export function queueWord(q: number, w: number): number {
+  return Word.QueueBase + q * Word.QueueStride + w;
+}
+
+export function sharedWords(l: VirtioSharedLayout): number {
+  return vectorWord(l.numQueues, l.vectors);
+}
+
+export function createShared(l: VirtioSharedLayout): SharedArrayBuffer {
+  const sab = new SharedArrayBuffer(sharedWords(l) * 4 + CONFIG_BYTES);
+  const w = new Int32Array(sab, 0, sharedWords(l));
+  w[Word.NumQueues] = l.numQueues;
+  for (let v = 0; v < l.vectors; v++) w[vectorWord(l.numQueues, v)] = VECTOR_MASKED;
+  w[Word.ConfigVector] = VIRTIO_MSI_NO_VECTOR;
+  for (let q = 0; q < l.numQueues; q++) w[queueWord(q, QueueWord.Vector)] = VIRTIO_MSI_NO_VECTOR;
+  return sab;
+}
+
+export function sharedViews(sab: SharedArrayBuffer, l: VirtioSharedLayout): { words: Int32Array; config: Uint8Array } {
+  const n = sharedWords(l);
+  return { words: new Int32Array(sab, 0, n), config: new Uint8Array(sab, n * 4, CONFIG_BYTES) };
+}
+
+export function hi32(v: bigint): number { return Number((v >> 32n) & 0xffffffffn) | 0; }
+export function lo32(v: bigint): number { return Number(v & 0xffffffffn) | 0; }
+export function join64(lo: number, hi: number): bigint { return (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0); }

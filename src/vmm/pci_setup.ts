@@ -1,0 +1,93 @@
+// The device thread's PCI segment: host bridge, config mechanisms (0xCF8 ports and ECAM) and one
+// virtio-pci transport per device, with their notify ioeventfds and MSI-X routes kept in step
+// with what the guest programs (BAR moves, vector table writes).
+import * as libc from '../sys/libc.js';
+import type { Bus } from '../devices/bus.js';
+import type { Vm } from '../hypervisor/hypervisor.js';
+import { PciRoot, PciConfigIo, PciConfigMmio } from '../pci/bus.js';
+import { PCI_ECAM_START, PCI_ECAM_SIZE } from '../arch/x86_64/layout.js';
+import { VirtioPciTransport, BAR_SIZE, NOTIFY_OFFSET, NOTIFY_OFF_MULTIPLIER } from '../virtio/pci/transport.js';
+import { GsiRouter } from './interrupts.js';
+import { PIO_PCI_CONFIG } from './layout_ports.js';
+
+/** One virtio-pci device as the device thread builds it (structured-cloneable). */
+export interface VirtioPciInit {
+  id: string;
+  deviceType: number;
+  numQueues: number;
+  slot: number;
+  barAddr: number;
+  shared: SharedArrayBuffer;
+  queueFds: number[];
+  irqFds: number[];
+  /** GSI of each MSI-X vector (irqFds[v] is registered on gsis[v]). */
+  gsis: number[];
+  controlFd: number;
+}
+
+const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+
+export interface PciSetup {
+  root: PciRoot;
+  transports: VirtioPciTransport[];
+  /** Unregister the notify ioeventfds (before the VM goes away). */
+  teardown(): void;
+}
+
+export function setupPci(pio: Bus, mmio: Bus, vm: Vm, devices: readonly VirtioPciInit[], log: (m: string) => void): PciSetup {
+  const root = new PciRoot();
+  pio.insert(new PciConfigIo(root), PIO_PCI_CONFIG.base, PIO_PCI_CONFIG.length);
+  mmio.insert(new PciConfigMmio(root), PCI_ECAM_START, PCI_ECAM_SIZE);
+  const router = new GsiRouter(vm);
+  const transports: VirtioPciTransport[] = [];
+  const registered: Array<{ fd: number; addr: number }> = [];
+
+  const registerNotify = (d: VirtioPciInit, bar: number) => {
+    for (let q = 0; q < d.numQueues; q++) {
+      const addr = bar + NOTIFY_OFFSET + q * NOTIFY_OFF_MULTIPLIER;
+      vm.registerIoevent(d.queueFds[q]!, { space: 'mmio', addr });
+      registered.push({ fd: d.queueFds[q]!, addr });
+    }
+  };
+  const unregisterNotify = (d: VirtioPciInit, bar: number) => {
+    for (let q = 0; q < d.numQueues; q++) {
+      const addr = bar + NOTIFY_OFFSET + q * NOTIFY_OFF_MULTIPLIER;
+      const i = registered.findIndex((r) => r.fd === d.queueFds[q] && r.addr === addr);
+      if (i < 0) continue;
+      registered.splice(i, 1);
+      try { vm.unregisterIoevent(d.queueFds[q]!, { space: 'mmio', addr }); } catch { /* already gone */ }
+    }
+  };
+
+  for (const d of devices) {
+    let t: VirtioPciTransport | null = null;
+    t = new VirtioPciTransport({
+      deviceType: d.deviceType, numQueues: d.numQueues, shared: d.shared, barAddr: d.barAddr,
+      hooks: {
+        signalWorker: () => { libc.write(d.controlFd, ONE); },
+        fireVector: (v) => { libc.write(d.irqFds[v]!, ONE); },
+        routeVector: (v, msg) => { router.set(d.gsis[v]!, msg); },
+        barMoved: (from, to) => {
+          log(`${d.id}: BAR 0 moved from 0x${from.toString(16)} to 0x${to.toString(16)}`);
+          unregisterNotify(d, from);
+          mmio.remove(from);
+          mmio.insert(t!, to, BAR_SIZE);
+          registerNotify(d, to);
+        },
+        notifyQueue: (q) => { libc.write(d.queueFds[q]!, ONE); },
+      },
+    });
+    root.add(t, d.slot);
+    mmio.insert(t, d.barAddr, BAR_SIZE);
+    registerNotify(d, d.barAddr);
+    transports.push(t);
+  }
+  return {
+    root, transports,
+    teardown(): void {
+      for (const r of registered.splice(0)) {
+        try { vm.unregisterIoevent(r.fd, { space: 'mmio', addr: r.addr }); } catch { /* VM closing */ }
+      }
+    },
+  };
+}

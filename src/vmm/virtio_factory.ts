@@ -1,0 +1,47 @@
+// Build a device model from its structured-cloneable spec, inside the device's I/O worker.
+import { writeSync } from 'node:fs';
+import * as libc from '../sys/libc.js';
+import type { VirtioDevice } from '../virtio/device.js';
+import { BlockDevice } from '../virtio/block/device.js';
+import { RngDevice } from '../virtio/rng/device.js';
+import { ConsoleDevice } from '../virtio/console/device.js';
+import { NetDevice } from '../virtio/net/device.js';
+import { TUNSETOFFLOAD } from '../net/tap.js';
+import type { VirtioDeviceSpec } from './virtio_protocol.js';
+
+export function createDeviceModel(spec: VirtioDeviceSpec, id: string): VirtioDevice {
+  switch (spec.kind) {
+    case 'block':
+      return new BlockDevice({ fd: spec.fd, size: spec.size, readonly: spec.readonly, numQueues: spec.numQueues, queueSize: spec.queueSize, serial: spec.serial });
+    case 'rng':
+      return new RngDevice({ fd: spec.fd });
+    case 'console': {
+      let outFd = spec.outFd;
+      return new ConsoleDevice({
+        sink: (bytes) => { if (outFd >= 0 && !writeAll(outFd, bytes)) outFd = -1; },
+        input: spec.inFd >= 0 ? { fd: spec.inFd } : null,
+        cols: spec.cols, rows: spec.rows,
+      });
+    }
+    case 'net':
+      return new NetDevice({
+        tapFds: spec.tapFds, mac: Uint8Array.from(spec.mac), queuePairs: spec.queuePairs, queueSize: spec.queueSize,
+        ...(spec.mtu !== undefined ? { mtu: spec.mtu } : {}),
+        setOffload: (flags) => { for (const fd of spec.tapFds) libc.ioctl(fd, TUNSETOFFLOAD, flags, `TUNSETOFFLOAD(${id})`); },
+      });
+  }
+}
+
+/** Write all of `bytes` to `fd` (console sink); a vanished sink is reported by returning false. */
+export function writeAll(fd: number, bytes: Uint8Array): boolean {
+  let off = 0;
+  while (off < bytes.length) {
+    try {
+      off += writeSync(fd, bytes, off, bytes.length - off);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') continue;
+      return false;
+    }
+  }
+  return true;
+}

@@ -1,0 +1,270 @@
+// The VMM's virtio devices, main-thread side: opens what each device needs on the host (disk
+// images, locked; taps; the entropy source; the console sink) once per VM, and for every guest
+// run creates the eventfds (queue notify -> ioeventfd, MSI-X vector -> irqfd on its own GSI),
+// the shared transport state, and one I/O worker per device. The device thread gets the
+// matching VirtioPciInit list and builds the PCI side.
+import { Worker } from 'node:worker_threads';
+import { openSync, closeSync, fstatSync } from 'node:fs';
+import * as libc from '../sys/libc.js';
+import type { Vm } from '../hypervisor/hypervisor.js';
+import type { GuestMemory } from '../memory/guest_memory.js';
+import { Tap } from '../net/tap.js';
+import { VirtioDeviceType } from '../virtio/device.js';
+import { createShared, Word, Command } from '../virtio/pci/shared.js';
+import { BAR_SIZE } from '../virtio/pci/transport.js';
+import { BarAllocator } from '../pci/bus.js';
+import { PCI_MMIO32_START, PCI_MMIO32_SIZE } from '../arch/x86_64/layout.js';
+import { MSI_GSI_BASE } from './interrupts.js';
+import type { VmConfig } from './config.js';
+import type { VirtioPciInit } from './pci_setup.js';
+import type { VirtioDeviceSpec, VirtioWorkerData, VirtioWorkerEvent } from './virtio_protocol.js';
+
+export class VirtioConfigError extends Error {
+  override name = 'VirtioConfigError';
+}
+
+interface HostDevice {
+  id: string;
+  deviceType: number;
+  numQueues: number;
+  spec: VirtioDeviceSpec;
+  /** fds this manager opened for the device (closed by close()). */
+  fds: number[];
+  tap?: Tap;
+}
+
+interface RunDevice {
+  host: HostDevice;
+  worker: Worker;
+  shared: SharedArrayBuffer;
+  words: Int32Array;
+  queueFds: number[];
+  irqFds: number[];
+  gsis: number[];
+  controlFd: number;
+  exited: Promise<void>;
+}
+
+const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+
+/** A MAC address "52:54:00:xx:xx:xx" -> 6 bytes; throws on bad syntax. */
+export function parseMac(s: string): number[] {
+  const parts = s.split(':');
+  if (parts.length !== 6 || !parts.every((p) => /^[0-9a-fA-F]{2}$/.test(p))) throw new VirtioConfigError(`invalid MAC address '${s}'`);
+  return parts.map((p) => parseInt(p, 16));
+}
+
+function randomMac(): number[] {
+  const b = new Uint8Array(3);
+  crypto.getRandomValues(b);
+  return [0x52, 0x54, 0x00, b[0]!, b[1]!, b[2]!]; // locally administered (QEMU's OUI)
+}
+
+export class VirtioManager {
+  private readonly devices: HostDevice[] = [];
+  private running: RunDevice[] = [];
+  private closed = false;
+
+  constructor(private readonly log: (m: string) => void, private readonly onNeedsReset: (id: string, why: string) => void = () => {}) {}
+
+  get count(): number {
+    return this.devices.length;
+  }
+
+  /** Open every host resource the configuration names; on error nothing stays open. */
+  open(cfg: VmConfig, ttyFd: number): void {
+    try {
+      (cfg.disks ?? []).forEach((d, i) => this.openDisk(d, i));
+      (cfg.net ?? []).forEach((n, i) => this.openNet(n, i));
+      this.openConsole(cfg, ttyFd);
+      this.openRng(cfg);
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+  }
+
+  private openDisk(d: NonNullable<VmConfig['disks']>[number], i: number): void {
+    const id = d.id ?? `_disk${i}`;
+    if (d.vhost_user) throw new VirtioConfigError(`${id}: vhost-user disks are not supported`);
+    if (!d.path) throw new VirtioConfigError(`${id}: --disk needs path=`);
+    let fd: number;
+    try {
+      fd = openSync(d.path, d.readonly ? 'r' : 'r+');
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not accessible (permission denied)' : code === 'EISDIR' ? 'is a directory' : (e as Error).message;
+      throw new VirtioConfigError(`disk image '${d.path}' ${why}`);
+    }
+    const host: HostDevice = {
+      id, deviceType: VirtioDeviceType.Block, numQueues: d.num_queues, fds: [fd],
+      spec: { kind: 'block', fd, size: 0, readonly: d.readonly, numQueues: d.num_queues, queueSize: d.queue_size, serial: d.serial ?? id },
+    };
+    this.devices.push(host);
+    const st = fstatSync(fd);
+    if (!st.isFile() && !st.isBlockDevice()) throw new VirtioConfigError(`disk image '${d.path}' is not a regular file or block device`);
+    // One writer per image: an exclusive lock for read-write, shared for read-only (as QEMU's
+    // image locking does), so a second VMM cannot open the image for writing too.
+    try {
+      libc.flock(fd, (d.readonly ? libc.LOCK_SH : libc.LOCK_EX) | libc.LOCK_NB);
+    } catch (e) {
+      if (e instanceof libc.SysError && e.errno === libc.EWOULDBLOCK) {
+        throw new VirtioConfigError(`disk image '${d.path}' is locked by another process (in use by another VMM?)`);
+      }
+      throw e;
+    }
+    const size = st.isFile() ? st.size : 0;
+    if (size < 512) throw new VirtioConfigError(`disk image '${d.path}' is smaller than one 512-byte sector`);
+    (host.spec as { size: number }).size = size;
+  }
+
+  private openNet(n: NonNullable<VmConfig['net']>[number], i: number): void {
+    const id = n.id ?? `_net${i}`;
+    if (n.vhost_user) throw new VirtioConfigError(`${id}: vhost-user net is not supported`);
+    const pairs = Math.max(1, Math.floor(n.num_queues / 2));
+    const mac = n.mac ? parseMac(n.mac) : randomMac();
+    let tap: Tap;
+    try {
+      tap = Tap.open({ ...(n.tap ? { name: n.tap } : {}), queues: pairs, vnetHdr: true });
+    } catch (e) {
+      throw new VirtioConfigError(`${id}: cannot open tap${n.tap ? ` '${n.tap}'` : ''}: ${(e as Error).message}`);
+    }
+    const host: HostDevice = {
+      id, deviceType: VirtioDeviceType.Net, numQueues: pairs * 2 + (pairs > 1 ? 1 : 0), fds: [], tap,
+      spec: { kind: 'net', tapFds: [...tap.fds], mac, queuePairs: pairs, queueSize: n.queue_size, ...(n.mtu !== undefined ? { mtu: n.mtu } : {}) },
+    };
+    this.devices.push(host);
+    try {
+      tap.configure({ ip: n.ip, mask: n.mask, ...(n.host_mac ? { mac: n.host_mac } : {}) });
+    } catch (e) {
+      throw new VirtioConfigError(`${id}: cannot configure tap '${tap.name}': ${(e as Error).message}`);
+    }
+    this.log(`${id}: tap ${tap.name} ${n.ip}/${n.mask}, guest MAC ${mac.map((b) => b.toString(16).padStart(2, '0')).join(':')}`);
+  }
+
+  private openConsole(cfg: VmConfig, ttyFd: number): void {
+    const c = cfg.console;
+    let outFd = -1;
+    const fds: number[] = [];
+    switch (c.mode) {
+      case 'Off': return;
+      case 'Null': break;
+      case 'Tty': outFd = ttyFd; break;
+      case 'File':
+        if (!c.file) throw new VirtioConfigError('--console file= needs a path');
+        try {
+          outFd = openSync(c.file, 'w');
+        } catch (e) {
+          throw new VirtioConfigError(`cannot open console output file '${c.file}': ${(e as Error).message}`);
+        }
+        fds.push(outFd);
+        break;
+      default: throw new VirtioConfigError(`console mode ${c.mode} is not supported (use off, null, tty or file=)`);
+    }
+    this.devices.push({
+      id: c.id ?? '_console', deviceType: VirtioDeviceType.Console, numQueues: 2, fds,
+      // Keyboard input goes to the serial port when that is tty, else to this console.
+      spec: { kind: 'console', outFd, inFd: c.mode === 'Tty' && cfg.serial.mode !== 'Tty' ? 0 : -1, cols: 80, rows: 24 },
+    });
+  }
+
+  private openRng(cfg: VmConfig): void {
+    const src = cfg.rng.src;
+    let fd: number;
+    try {
+      fd = openSync(src, 'r');
+    } catch (e) {
+      throw new VirtioConfigError(`cannot open entropy source '${src}': ${(e as Error).message}`);
+    }
+    this.devices.push({ id: cfg.rng.id ?? '_rng0', deviceType: VirtioDeviceType.Rng, numQueues: 1, fds: [fd], spec: { kind: 'rng', fd } });
+  }
+
+  /** Start the devices for one guest run: eventfds, irqfds, workers. Returns the device thread's part. */
+  start(vm: Vm, mem: GuestMemory, onError: (m: string) => void): VirtioPciInit[] {
+    const bars = new BarAllocator(PCI_MMIO32_START, PCI_MMIO32_SIZE);
+    let gsi = MSI_GSI_BASE;
+    const inits: VirtioPciInit[] = [];
+    const memDesc = mem.describe();
+    try {
+      this.devices.forEach((h, i) => {
+        const vectors = h.numQueues + 1;
+        const shared = createShared({ numQueues: h.numQueues, vectors });
+        const eventfd = () => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
+        const r: RunDevice = {
+          host: h, shared, words: new Int32Array(shared, 0, Word.QueueBase),
+          queueFds: [], irqFds: [], gsis: [], controlFd: -1,
+          worker: null as unknown as Worker, exited: Promise.resolve(),
+        };
+        this.running.push(r);
+        r.controlFd = eventfd();
+        for (let q = 0; q < h.numQueues; q++) r.queueFds.push(eventfd());
+        for (let v = 0; v < vectors; v++) {
+          const fd = eventfd();
+          r.irqFds.push(fd);
+          r.gsis.push(gsi);
+          vm.registerIrqfd(fd, gsi++);
+        }
+        const data: VirtioWorkerData = {
+          id: h.id, spec: h.spec, numQueues: h.numQueues, shared, mem: memDesc,
+          queueFds: r.queueFds, irqFds: r.irqFds, controlFd: r.controlFd,
+        };
+        const w = new Worker(new URL('./virtio_worker.js', import.meta.url));
+        r.worker = w;
+        r.exited = new Promise<void>((res) => w.once('exit', () => res()));
+        w.on('message', (m: VirtioWorkerEvent) => {
+          if (m.type === 'needs-reset') { this.log(`${m.id}: device needs reset: ${m.message}`); this.onNeedsReset(m.id, m.message); }
+          else if (m.type === 'error') onError(`${m.id}: ${m.message}`);
+        });
+        w.on('error', (e) => onError(`${h.id} I/O thread failed: ${e.stack ?? e.message}`));
+        w.postMessage(data);
+        inits.push({
+          id: h.id, deviceType: h.deviceType, numQueues: h.numQueues, slot: i + 1, barAddr: bars.allocate(BAR_SIZE),
+          shared, queueFds: r.queueFds, irqFds: r.irqFds, gsis: r.gsis, controlFd: r.controlFd,
+        });
+      });
+    } catch (e) {
+      void this.stop(vm);
+      throw e;
+    }
+    return inits;
+  }
+
+  /** Malformed-request counts per device (vm.counters). */
+  counters(): Record<string, Record<string, number>> {
+    const out: Record<string, Record<string, number>> = {};
+    for (const r of this.running) out[r.host.id] = { malformed_requests: Atomics.load(r.words, Word.Errors), needs_reset: Atomics.load(r.words, Word.NeedsReset) };
+    return out;
+  }
+
+  /** Stop the workers of the current guest run and release its eventfds (after the vCPUs stopped). */
+  async stop(vm: Vm): Promise<void> {
+    const runs = this.running;
+    this.running = [];
+    for (const r of runs) {
+      Atomics.store(r.words, Word.Command, Command.Stop);
+      Atomics.add(r.words, Word.CommandSeq, 1);
+      try { libc.write(r.controlFd, ONE); } catch { /* closed below */ }
+    }
+    await Promise.all(runs.map((r) => Promise.race([r.exited, new Promise<void>((res) => setTimeout(res, 5000).unref())])));
+    for (const r of runs) {
+      await r.worker.terminate();
+      r.irqFds.forEach((fd, v) => {
+        try { vm.unregisterIrqfd(fd, r.gsis[v]!); } catch { /* the VM goes away next */ }
+        libc.close(fd);
+      });
+      for (const fd of r.queueFds) libc.close(fd);
+      if (r.controlFd >= 0) libc.close(r.controlFd);
+    }
+  }
+
+  /** Release host resources (images, taps, files). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const h of this.devices) {
+      for (const fd of h.fds) { try { closeSync(fd); } catch { /* already closed */ } }
+      h.tap?.close();
+    }
+    this.devices.length = 0;
+  }
+}
