@@ -97,6 +97,15 @@ export class Bus {
     this.devices.splice(i, 0, device);
   }
 
+  /** True when [base, base + length) is a valid range that overlaps no registered one. */
+  isFree(base: number, length: number): boolean {
+    const end = base + length;
+    if (!Number.isSafeInteger(base) || base < 0 || !Number.isSafeInteger(length) || length <= 0 || end > this.limit) return false;
+    const i = this.lowerBound(base);
+    if (i < this.bases.length && this.bases[i]! < end) return false;
+    return !(i > 0 && this.ends[i - 1]! > base);
+  }
+
   /** Remove the range starting exactly at `base`; returns its device. Throws if none. */
   remove(base: number): BusDevice {
     const i = this.lowerBound(base);

@@ -55,8 +55,11 @@ export interface BarInfo {
   is64: boolean;
 }
 
-/** Called after the guest moved a memory BAR (old and new addresses; the BAR's size is the same). */
-export type BarMoveHandler = (index: number, from: number, to: number) => void;
+/**
+ * Called when the guest moves a memory BAR (old and new addresses; the size is the same). Returns
+ * false when the owner refused the placement: the BAR then stays where it was.
+ */
+export type BarMoveHandler = (index: number, from: number, to: number) => boolean;
 
 interface Bar {
   size: number;
@@ -224,8 +227,8 @@ export class PciConfiguration {
       const sizing = lo === ((~(b.size - 1) & ~0xf) >>> 0) || hi === 0xffffffff;
       if (sizing || addr === b.addr || addr === 0 || addr + b.size > 2 ** 52) continue;
       const from = b.addr;
+      if (this.onBarMove && !this.onBarMove(index, from, addr)) continue;
       b.addr = addr;
-      this.onBarMove?.(index, from, addr);
     }
   }
 }

@@ -10,7 +10,7 @@ const u32 = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, 4).getUint32
 function dev(): { cfg: PciConfiguration; d: PciDevice; moves: Array<[number, number, number]> } {
   const cfg = new PciConfiguration({ vendorId: 0x1af4, deviceId: 0x1042, revisionId: 1, classCode: 0x018000, subsystemVendorId: 0x1af4, subsystemId: 0x40 });
   const moves: Array<[number, number, number]> = [];
-  cfg.onBarMove = (i, f, t) => moves.push([i, f, t]);
+  cfg.onBarMove = (i, f, t) => { moves.push([i, f, t]); return true; };
   cfg.addMemoryBar(0, 0xc0000000, 0x10000);
   return { cfg, moves, d: { readConfig: (o, data) => cfg.read(o, data), writeConfig: (o, data) => cfg.write(o, data) } };
 }

@@ -70,6 +70,8 @@ export interface VirtioDevice {
   pollFds?(): readonly number[];
   /** A host fd from pollFds() is readable. */
   onFdReady?(fd: number): void;
+  /** Monotonic counters the VMM reports in vm.counters (names as Cloud Hypervisor's). */
+  readonly counters?: Readonly<Record<string, number>>;
   /** Back to the initial state: queues forgotten, nothing in flight. */
   reset(): void;
   /** Release host resources (files, taps). */

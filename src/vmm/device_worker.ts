@@ -67,12 +67,20 @@ function start(data: DeviceWorkerData): void {
   const ring = new ByteRing(data.input);
   const inBuf = new Uint8Array(64);
 
+  let deviceErrors = 0;
   function handle(op: MailboxOp, addr: number, d: Uint8Array): void {
-    switch (op) {
-      case MailboxOp.PioRead: pio.read(addr, d); break;
-      case MailboxOp.PioWrite: pio.write(addr, d); break;
-      case MailboxOp.MmioRead: mmio.read(addr, d); break;
-      case MailboxOp.MmioWrite: mmio.write(addr, d); break;
+    try {
+      switch (op) {
+        case MailboxOp.PioRead: pio.read(addr, d); break;
+        case MailboxOp.PioWrite: pio.write(addr, d); break;
+        case MailboxOp.MmioRead: mmio.read(addr, d); break;
+        case MailboxOp.MmioWrite: mmio.write(addr, d); break;
+      }
+    } catch (e) {
+      // A device model bug or a guest access it did not expect: the access reads all-ones and
+      // the VM goes on; the first few are reported.
+      if (op === MailboxOp.PioRead || op === MailboxOp.MmioRead) d.fill(0xff);
+      if (deviceErrors++ < 10) process.stderr.write(`stratovisor: device error at ${op <= 1 ? 'port' : 'address'} 0x${addr.toString(16)}: ${(e as Error).message}\n`);
     }
   }
 

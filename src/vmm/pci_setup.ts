@@ -5,7 +5,7 @@ import * as libc from '../sys/libc.js';
 import type { Bus } from '../devices/bus.js';
 import type { Vm } from '../hypervisor/hypervisor.js';
 import { PciRoot, PciConfigIo, PciConfigMmio } from '../pci/bus.js';
-import { PCI_ECAM_START, PCI_ECAM_SIZE } from '../arch/x86_64/layout.js';
+import { PCI_ECAM_START, PCI_ECAM_SIZE, PCI_MMIO32_START, PCI_MMIO32_SIZE } from '../arch/x86_64/layout.js';
 import { VirtioPciTransport, BAR_SIZE, NOTIFY_OFFSET, NOTIFY_OFF_MULTIPLIER } from '../virtio/pci/transport.js';
 import { GsiRouter } from './interrupts.js';
 import { PIO_PCI_CONFIG } from './layout_ports.js';
@@ -26,6 +26,11 @@ export interface VirtioPciInit {
 }
 
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+/**
+ * Drivers notify with a 16-bit write of the queue index (virtio 1.2, 4.1.5.2, without
+ * VIRTIO_F_NOTIFICATION_DATA); other widths still work, through the transport's MMIO path.
+ */
+const NOTIFY_WIDTH = { len: 2 } as const;
 
 export interface PciSetup {
   root: PciRoot;
@@ -45,7 +50,7 @@ export function setupPci(pio: Bus, mmio: Bus, vm: Vm, devices: readonly VirtioPc
   const registerNotify = (d: VirtioPciInit, bar: number) => {
     for (let q = 0; q < d.numQueues; q++) {
       const addr = bar + NOTIFY_OFFSET + q * NOTIFY_OFF_MULTIPLIER;
-      vm.registerIoevent(d.queueFds[q]!, { space: 'mmio', addr });
+      vm.registerIoevent(d.queueFds[q]!, { space: 'mmio', addr }, NOTIFY_WIDTH);
       registered.push({ fd: d.queueFds[q]!, addr });
     }
   };
@@ -55,7 +60,7 @@ export function setupPci(pio: Bus, mmio: Bus, vm: Vm, devices: readonly VirtioPc
       const i = registered.findIndex((r) => r.fd === d.queueFds[q] && r.addr === addr);
       if (i < 0) continue;
       registered.splice(i, 1);
-      try { vm.unregisterIoevent(d.queueFds[q]!, { space: 'mmio', addr }); } catch { /* already gone */ }
+      try { vm.unregisterIoevent(d.queueFds[q]!, { space: 'mmio', addr }, NOTIFY_WIDTH); } catch { /* already gone */ }
     }
   };
 
@@ -68,11 +73,25 @@ export function setupPci(pio: Bus, mmio: Bus, vm: Vm, devices: readonly VirtioPc
         fireVector: (v) => { libc.write(d.irqFds[v]!, ONE); },
         routeVector: (v, msg) => { router.set(d.gsis[v]!, msg); },
         barMoved: (from, to) => {
+          // The guest may point a BAR anywhere: it only moves into the 32-bit PCI window and onto
+          // free space; otherwise the BAR stays where it was (the guest's register says
+          // otherwise, its accesses there hit nothing, as with a conflicting BAR on real hardware).
+          const inWindow = to >= PCI_MMIO32_START && to + BAR_SIZE <= PCI_MMIO32_START + PCI_MMIO32_SIZE;
+          mmio.remove(from);
+          if (!inWindow || !mmio.isFree(to, BAR_SIZE)) {
+            mmio.insert(t!, from, BAR_SIZE);
+            log(`${d.id}: BAR 0 move to 0x${to.toString(16)} refused (outside the PCI window or overlapping)`);
+            return false;
+          }
+          mmio.insert(t!, to, BAR_SIZE);
           log(`${d.id}: BAR 0 moved from 0x${from.toString(16)} to 0x${to.toString(16)}`);
           unregisterNotify(d, from);
-          mmio.remove(from);
-          mmio.insert(t!, to, BAR_SIZE);
-          registerNotify(d, to);
+          try {
+            registerNotify(d, to);
+          } catch (e) {
+            log(`${d.id}: notify ioeventfds at the new BAR failed (${(e as Error).message}); kicks take the MMIO path`);
+          }
+          return true;
         },
         notifyQueue: (q) => { libc.write(d.queueFds[q]!, ONE); },
       },
@@ -86,7 +105,7 @@ export function setupPci(pio: Bus, mmio: Bus, vm: Vm, devices: readonly VirtioPc
     root, transports,
     teardown(): void {
       for (const r of registered.splice(0)) {
-        try { vm.unregisterIoevent(r.fd, { space: 'mmio', addr: r.addr }); } catch { /* VM closing */ }
+        try { vm.unregisterIoevent(r.fd, { space: 'mmio', addr: r.addr }, NOTIFY_WIDTH); } catch { /* VM closing */ }
       }
     },
   };

@@ -10,14 +10,14 @@ import type { Vm } from '../hypervisor/hypervisor.js';
 import type { GuestMemory } from '../memory/guest_memory.js';
 import { Tap } from '../net/tap.js';
 import { VirtioDeviceType } from '../virtio/device.js';
-import { createShared, Word, Command } from '../virtio/pci/shared.js';
+import { createShared, Word, Command, postCommand } from '../virtio/pci/shared.js';
 import { BAR_SIZE } from '../virtio/pci/transport.js';
-import { BarAllocator } from '../pci/bus.js';
+import { BarAllocator, PCI_SLOTS } from '../pci/bus.js';
 import { PCI_MMIO32_START, PCI_MMIO32_SIZE } from '../arch/x86_64/layout.js';
 import { MSI_GSI_BASE } from './interrupts.js';
 import type { VmConfig } from './config.js';
 import type { VirtioPciInit } from './pci_setup.js';
-import type { VirtioDeviceSpec, VirtioWorkerData, VirtioWorkerEvent } from './virtio_protocol.js';
+import { MAX_COUNTERS, type VirtioDeviceSpec, type VirtioWorkerData, type VirtioWorkerEvent } from './virtio_protocol.js';
 
 export class VirtioConfigError extends Error {
   override name = 'VirtioConfigError';
@@ -35,7 +35,7 @@ interface HostDevice {
 
 interface RunDevice {
   host: HostDevice;
-  worker: Worker;
+  worker: Worker | null;
   shared: SharedArrayBuffer;
   words: Int32Array;
   queueFds: number[];
@@ -43,6 +43,8 @@ interface RunDevice {
   gsis: number[];
   controlFd: number;
   exited: Promise<void>;
+  counters: Float64Array;
+  counterNames: string[];
 }
 
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
@@ -78,6 +80,9 @@ export class VirtioManager {
       (cfg.net ?? []).forEach((n, i) => this.openNet(n, i));
       this.openConsole(cfg, ttyFd);
       this.openRng(cfg);
+      if (this.devices.length > PCI_SLOTS - 1) {
+        throw new VirtioConfigError(`${this.devices.length} virtio devices do not fit on PCI bus 0 (at most ${PCI_SLOTS - 1})`);
+      }
     } catch (e) {
       this.close();
       throw e;
@@ -179,11 +184,16 @@ export class VirtioManager {
     this.devices.push({ id: cfg.rng.id ?? '_rng0', deviceType: VirtioDeviceType.Rng, numQueues: 1, fds: [fd], spec: { kind: 'rng', fd } });
   }
 
-  /** Start the devices for one guest run: eventfds, irqfds, workers. Returns the device thread's part. */
+  /**
+   * Start the devices for one guest run: eventfds, irqfds, workers. Returns the device thread's
+   * part. Nothing reaches a worker (guest memory included) until every device is set up; on
+   * failure everything is undone before this returns.
+   */
   start(vm: Vm, mem: GuestMemory, onError: (m: string) => void): VirtioPciInit[] {
     const bars = new BarAllocator(PCI_MMIO32_START, PCI_MMIO32_SIZE);
     let gsi = MSI_GSI_BASE;
     const inits: VirtioPciInit[] = [];
+    const pending: Array<{ w: Worker; data: VirtioWorkerData }> = [];
     const memDesc = mem.describe();
     try {
       this.devices.forEach((h, i) => {
@@ -193,7 +203,8 @@ export class VirtioManager {
         const r: RunDevice = {
           host: h, shared, words: new Int32Array(shared, 0, Word.QueueBase),
           queueFds: [], irqFds: [], gsis: [], controlFd: -1,
-          worker: null as unknown as Worker, exited: Promise.resolve(),
+          worker: null, exited: Promise.resolve(),
+          counters: new Float64Array(new SharedArrayBuffer(MAX_COUNTERS * 8)), counterNames: [],
         };
         this.running.push(r);
         r.controlFd = eventfd();
@@ -201,38 +212,66 @@ export class VirtioManager {
         for (let v = 0; v < vectors; v++) {
           const fd = eventfd();
           r.irqFds.push(fd);
-          r.gsis.push(gsi);
-          vm.registerIrqfd(fd, gsi++);
+          vm.registerIrqfd(fd, gsi);
+          r.gsis.push(gsi++);
         }
-        const data: VirtioWorkerData = {
-          id: h.id, spec: h.spec, numQueues: h.numQueues, shared, mem: memDesc,
-          queueFds: r.queueFds, irqFds: r.irqFds, controlFd: r.controlFd,
-        };
         const w = new Worker(new URL('./virtio_worker.js', import.meta.url));
         r.worker = w;
         r.exited = new Promise<void>((res) => w.once('exit', () => res()));
         w.on('message', (m: VirtioWorkerEvent) => {
           if (m.type === 'needs-reset') { this.log(`${m.id}: device needs reset: ${m.message}`); this.onNeedsReset(m.id, m.message); }
           else if (m.type === 'error') onError(`${m.id}: ${m.message}`);
+          else if (m.type === 'counter-names') r.counterNames = m.names;
         });
         w.on('error', (e) => onError(`${h.id} I/O thread failed: ${e.stack ?? e.message}`));
-        w.postMessage(data);
+        pending.push({
+          w,
+          data: {
+            id: h.id, spec: h.spec, numQueues: h.numQueues, shared, mem: memDesc,
+            queueFds: r.queueFds, irqFds: r.irqFds, controlFd: r.controlFd, counters: r.counters.buffer as SharedArrayBuffer,
+          },
+        });
         inits.push({
           id: h.id, deviceType: h.deviceType, numQueues: h.numQueues, slot: i + 1, barAddr: bars.allocate(BAR_SIZE),
           shared, queueFds: r.queueFds, irqFds: r.irqFds, gsis: r.gsis, controlFd: r.controlFd,
         });
       });
     } catch (e) {
-      void this.stop(vm);
+      this.abort(vm);
       throw e;
     }
+    for (const p of pending) p.w.postMessage(p.data);
     return inits;
+  }
+
+  /** Undo start() at once (its workers never got guest memory, or the VM is going away now). */
+  abort(vm: Vm): void {
+    const runs = this.running;
+    this.running = [];
+    for (const r of runs) {
+      if (r.worker) void r.worker.terminate();
+      this.release(vm, r);
+    }
+  }
+
+  private release(vm: Vm, r: RunDevice): void {
+    r.irqFds.forEach((fd, v) => {
+      try { vm.unregisterIrqfd(fd, r.gsis[v]!); } catch { /* the VM goes away next */ }
+      libc.close(fd);
+    });
+    for (const fd of r.queueFds) libc.close(fd);
+    if (r.controlFd >= 0) libc.close(r.controlFd);
   }
 
   /** Malformed-request counts per device (vm.counters). */
   counters(): Record<string, Record<string, number>> {
     const out: Record<string, Record<string, number>> = {};
-    for (const r of this.running) out[r.host.id] = { malformed_requests: Atomics.load(r.words, Word.Errors), needs_reset: Atomics.load(r.words, Word.NeedsReset) };
+    for (const r of this.running) {
+      const c: Record<string, number> = {};
+      r.counterNames.forEach((n, i) => { c[n] = r.counters[i]!; });
+      c.malformed_requests = Atomics.load(r.words, Word.Errors);
+      out[r.host.id] = c;
+    }
     return out;
   }
 
@@ -241,19 +280,15 @@ export class VirtioManager {
     const runs = this.running;
     this.running = [];
     for (const r of runs) {
-      Atomics.store(r.words, Word.Command, Command.Stop);
-      Atomics.add(r.words, Word.CommandSeq, 1);
+      postCommand(r.words, Command.Stop);
       try { libc.write(r.controlFd, ONE); } catch { /* closed below */ }
     }
     await Promise.all(runs.map((r) => Promise.race([r.exited, new Promise<void>((res) => setTimeout(res, 5000).unref())])));
     for (const r of runs) {
-      await r.worker.terminate();
-      r.irqFds.forEach((fd, v) => {
-        try { vm.unregisterIrqfd(fd, r.gsis[v]!); } catch { /* the VM goes away next */ }
-        libc.close(fd);
-      });
-      for (const fd of r.queueFds) libc.close(fd);
-      if (r.controlFd >= 0) libc.close(r.controlFd);
+      // A worker that did not stop by itself (stuck in a device call) is terminated; its poll
+      // has a timeout, so this returns.
+      await r.worker?.terminate();
+      this.release(vm, r);
     }
   }
 

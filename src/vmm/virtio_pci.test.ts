@@ -11,7 +11,7 @@ import * as libc from '../sys/libc.js';
 import { GuestMemory } from '../memory/guest_memory.js';
 import { TestDriver } from '../virtio/testing/driver.js';
 import { DeviceStatus, VirtioDeviceType, VIRTIO_F_VERSION_1, VIRTIO_F_EVENT_IDX } from '../virtio/device.js';
-import { createShared, Word, Command } from '../virtio/pci/shared.js';
+import { createShared, Word, Command, postCommand } from '../virtio/pci/shared.js';
 import { VirtioPciTransport, NOTIFY_OFFSET, MSIX_TABLE_OFFSET, DEVICE_CFG_OFFSET } from '../virtio/pci/transport.js';
 import { PciRoot, PciConfigIo } from '../pci/bus.js';
 import type { VirtioWorkerData, VirtioWorkerEvent } from './virtio_protocol.js';
@@ -58,7 +58,7 @@ async function setup() {
       signalWorker: () => { libc.write(controlFd, ONE); },
       fireVector: (v) => { libc.write(irqFds[v]!, ONE); },
       routeVector: (v, msg) => { routes.set(v, msg); },
-      barMoved: () => {},
+      barMoved: () => true,
       notifyQueue: (q) => { libc.write(queueFds[q]!, ONE); },
     },
   });
@@ -68,12 +68,12 @@ async function setup() {
   worker.on('message', (m: VirtioWorkerEvent) => events.push(m));
   const data: VirtioWorkerData = {
     id: 'rng-test', spec: { kind: 'rng', fd: rngFd }, numQueues, shared, mem: mem.describe(), queueFds, irqFds, controlFd,
+    counters: new SharedArrayBuffer(128),
   };
   worker.postMessage(data);
   const words = new Int32Array(shared, 0, Word.QueueBase);
   const cleanup = async () => {
-    Atomics.store(words, Word.Command, Command.Stop);
-    Atomics.add(words, Word.CommandSeq, 1);
+    postCommand(words, Command.Stop);
     libc.write(controlFd, ONE);
     await exited;
     for (const fd of [controlFd, ...queueFds, ...irqFds]) libc.close(fd);
@@ -84,8 +84,18 @@ async function setup() {
 }
 
 /** Linux's probe order (virtio 1.2, 3.1.1) with MSI-X: vector 0 config, vector 1 queue 0. */
+/** Write 0 to device_status and poll it until it reads 0, as Linux's vp_modern_reset does. */
+function resetDevice(t: VirtioPciTransport): void {
+  wr(t, 0x14, 0, 1);
+  const until = Date.now() + 5000;
+  while (rd(t, 0x14, 1) !== 0) {
+    if (Date.now() > until) throw new Error('device_status never read 0 after a reset');
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+  }
+}
+
 function bringUp(t: VirtioPciTransport, drv: TestDriver, extraFeatures = 0n): void {
-  wr(t, 0x14, 0, 1); // reset
+  resetDevice(t);
   wr(t, 0x14, DeviceStatus.ACKNOWLEDGE, 1);
   wr(t, 0x14, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER, 1);
   wr(t, 0x00, 1, 4);
@@ -205,8 +215,8 @@ test('virtio-pci: a descriptor outside guest RAM puts the device into NEEDS_RESE
     for (let i = 0; i < 100 && !s.events.some((e) => e.type === 'needs-reset'); i++) await new Promise((r) => setTimeout(r, 10));
     assert.ok(s.events.some((e) => e.type === 'needs-reset'), 'the VMM is told');
     // Reset, then a fresh bring-up works again.
-    wr(s.t, 0x14, 0, 1);
-    assert.equal(rd(s.t, 0x14, 1), 0);
+    resetDevice(s.t);
+    assert.equal(rd(s.t, 0x14, 1) & DeviceStatus.DEVICE_NEEDS_RESET, 0, 'reset clears DEVICE_NEEDS_RESET');
     drv.reset();
     bringUp(s.t, drv);
     drv.addChain([], [32]);
@@ -249,7 +259,7 @@ test('virtio-pci: FEATURES_OK is refused for features the device does not offer 
     wr(t, 0x08, 1, 4); wr(t, 0x0c, 0, 4);
     wr(t, 0x14, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK, 1);
     assert.equal(rd(t, 0x14, 1) & DeviceStatus.FEATURES_OK, 0, 'legacy (no VERSION_1) refused');
-    wr(t, 0x14, 0, 1);
+    resetDevice(t);
     wr(t, 0x08, 1, 4); wr(t, 0x0c, 1 | (1 << 20), 4);
     wr(t, 0x14, DeviceStatus.FEATURES_OK, 1);
     assert.equal(rd(t, 0x14, 1) & DeviceStatus.FEATURES_OK, 0, 'unknown feature bit refused');

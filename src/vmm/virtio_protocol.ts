@@ -21,9 +21,14 @@ export interface VirtioWorkerData {
   irqFds: number[];
   /** The transport's wake-up eventfd (commands in the shared words). */
   controlFd: number;
+  /** Float64 slots the worker mirrors the device's counters into (names sent once, see below). */
+  counters: SharedArrayBuffer;
 }
+
+export const MAX_COUNTERS = 16;
 
 export type VirtioWorkerEvent =
   | { type: 'needs-reset'; id: string; message: string }
   | { type: 'error'; id: string; message: string }
-  | { type: 'stopped'; id: string };
+  | { type: 'stopped'; id: string }
+  | { type: 'counter-names'; id: string; names: string[] };

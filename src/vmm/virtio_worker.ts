@@ -13,7 +13,7 @@ import {
   sharedViews, queueWord, vectorWord, join64, lo32, hi32,
 } from '../virtio/pci/shared.js';
 import { createDeviceModel } from './virtio_factory.js';
-import type { VirtioWorkerData, VirtioWorkerEvent } from './virtio_protocol.js';
+import { MAX_COUNTERS, type VirtioWorkerData, type VirtioWorkerEvent } from './virtio_protocol.js';
 
 const post = (e: VirtioWorkerEvent) => parentPort!.postMessage(e);
 
@@ -21,6 +21,10 @@ parentPort!.once('message', (data: VirtioWorkerData) => {
   try {
     run(data);
   } catch (e) {
+    // Whatever failed, the transport must not wait for a device that will never be ready.
+    const w = new Int32Array(data.shared, 0, Word.QueueBase);
+    Atomics.compareExchange(w, Word.Ready, 0, -1);
+    Atomics.notify(w, Word.Ready);
     post({ type: 'error', id: data.id, message: (e as Error).stack ?? String(e) });
   }
 });
@@ -53,6 +57,15 @@ function run(data: VirtioWorkerData): void {
     config.set(tmp);
   };
   publishConfig();
+  // Counters: names once (snake_case, as Cloud Hypervisor's vm.counters), values mirrored into
+  // shared Float64 slots after every round of work.
+  const counterSrc = dev.counters;
+  const counterKeys = counterSrc ? Object.keys(counterSrc).slice(0, MAX_COUNTERS) : [];
+  const counterOut = new Float64Array(data.counters);
+  if (counterKeys.length > 0) post({ type: 'counter-names', id: data.id, names: counterKeys.map((k) => k.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())) });
+  const mirrorCounters = () => {
+    for (let i = 0; i < counterKeys.length; i++) counterOut[i] = counterSrc![counterKeys[i]!]!;
+  };
   Atomics.store(words, Word.Ready, 1);
   Atomics.notify(words, Word.Ready);
 
@@ -71,13 +84,13 @@ function run(data: VirtioWorkerData): void {
   const queueVector = new Int32Array(nq);
   const notifyQueue = (i: number) => signal(queueVector[i]!);
   const notifyConfig = () => {
+    publishConfig();
     Atomics.add(words, Word.ConfigGeneration, 1);
     signal(Atomics.load(words, Word.ConfigVector));
   };
 
   let active = false;
   const enabled = new Uint8Array(nq);
-  let lastSeq = 0;
   const scratch = new Uint8Array(8);
 
   function needsReset(why: string): void {
@@ -129,27 +142,25 @@ function run(data: VirtioWorkerData): void {
     for (let q = 0; q < nq && active; q++) if (enabled[q]) process(q);
   }
 
+  /** Apply pending commands; false when told to stop. A reset wins over an activation posted with it. */
   function control(): boolean {
-    const seq = Atomics.load(words, Word.CommandSeq);
-    if (seq === lastSeq) return true;
-    lastSeq = seq;
-    const cmd = Atomics.load(words, Word.Command);
-    let keepRunning = true;
-    if (cmd === Command.Activate) activate();
-    else if (cmd === Command.Reset) {
+    const bits = Atomics.exchange(words, Word.Command, 0);
+    if (bits === 0) return true;
+    if ((bits & Command.Reset) !== 0) {
+      const seq = Atomics.load(words, Word.ResetSeq);
       active = false;
       enabled.fill(0);
       try { dev.reset(); } catch (e) { post({ type: 'error', id: data.id, message: `reset: ${(e as Error).message}` }); }
       publishConfig();
-    } else if (cmd === Command.Stop) {
-      keepRunning = false;
+      Atomics.store(words, Word.ResetAck, seq);
+      Atomics.notify(words, Word.ResetAck);
+    } else if ((bits & Command.Activate) !== 0 && !active) {
+      activate();
     }
-    Atomics.store(words, Word.AckSeq, seq);
-    Atomics.notify(words, Word.AckSeq);
-    return keepRunning;
+    return (bits & Command.Stop) === 0;
   }
 
-  const maxFds = 1 + nq + 8;
+  const maxFds = 1 + 2 * nq + 8; // control, queues, and the device's own fds (a tap fd per queue pair, console input)
   const pfds = libc.pollFds(maxFds);
   /** Which queue (>= 0) or extra fd (-1 - k) each poll slot stands for. */
   const slotOf = new Int32Array(maxFds);
@@ -171,15 +182,15 @@ function run(data: VirtioWorkerData): void {
     }
     for (let i = n; i < maxFds; i++) libc.pollFdSet(pfds, i, -1, 0);
     try {
-      libc.poll(pfds, -1);
+      // A finite timeout brings the thread back to JavaScript now and then, so that
+      // Worker.terminate() can always stop it (it cannot interrupt a blocking poll).
+      libc.poll(pfds, 1000);
     } catch (e) {
       if (e instanceof libc.SysError && e.errno === libc.EINTR) continue;
       throw e;
     }
-    if (libc.pollRevents(pfds, 0) !== 0) {
-      drain(data.controlFd, scratch);
-      if (!control()) break;
-    }
+    if (libc.pollRevents(pfds, 0) !== 0) drain(data.controlFd, scratch);
+    if (Atomics.load(words, Word.Command) !== 0 && !control()) break;
     for (let i = 1; i < n && active; i++) {
       if (libc.pollRevents(pfds, i) === 0) continue;
       const s = slotOf[i]!;
@@ -194,6 +205,7 @@ function run(data: VirtioWorkerData): void {
         }
       }
     }
+    mirrorCounters();
   }
   // The host resources (image, tap, files) belong to the VMM and outlive this guest run (a guest
   // reboot starts new workers over the same fds): only forget the guest's state here.

@@ -232,7 +232,7 @@ export class VirtualMachine extends EventEmitter {
       virtioInits = this.virtio.start(vm, mem, (m) => { if (runRef) this.fail(runRef, m); else this.log(`error: ${m}`); });
     } catch (e) {
       for (const w of [deviceWorker, ...vcpuWorkers]) void w.terminate();
-      void this.virtio.stop(vm);
+      this.virtio.abort(vm);
       for (const v of vcpus) v.close();
       if (serialIrqfd >= 0) libc.close(serialIrqfd);
       vm.close();

@@ -99,6 +99,8 @@ export class BlockDevice implements VirtioDevice {
   readonly readonly: boolean;
 
   private fd: number;
+  /** Cloud Hypervisor's block counters (vm.counters); monotonic, reset() keeps them. */
+  readonly counters = { read_bytes: 0, write_bytes: 0, read_ops: 0, write_ops: 0 };
   private readonly config: Uint8Array;
   private readonly id = new Uint8Array(VIRTIO_BLK_ID_BYTES);
   private readonly hdr = new Uint8Array(HEADER_BYTES);
@@ -234,10 +236,18 @@ export class BlockDevice implements VirtioDevice {
       switch (type) {
         case VIRTIO_BLK_T_IN:
           status = dataOut !== 0 ? VIRTIO_BLK_S_IOERR : this.doRead(mem, c, dataIn);
-          if (status === VIRTIO_BLK_S_OK) used += dataIn;
+          if (status === VIRTIO_BLK_S_OK) {
+            used += dataIn;
+            this.counters.read_ops++;
+            this.counters.read_bytes += dataIn;
+          }
           break;
         case VIRTIO_BLK_T_OUT:
           status = dataIn !== 0 || this.readonly ? VIRTIO_BLK_S_IOERR : this.doWrite(mem, c, dataOut);
+          if (status === VIRTIO_BLK_S_OK) {
+            this.counters.write_ops++;
+            this.counters.write_bytes += dataOut;
+          }
           break;
         case VIRTIO_BLK_T_FLUSH:
           status = this.doFlush();

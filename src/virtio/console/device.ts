@@ -53,7 +53,9 @@ export class ConsoleDevice implements VirtioDevice {
   readonly deviceType = VirtioDeviceType.Console;
   readonly numQueues = 2;
   readonly queueMaxSize: number;
-  readonly features = bit(VIRTIO_CONSOLE_F_SIZE) | bit(VIRTIO_CONSOLE_F_EMERG_WRITE) | bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_F_EVENT_IDX);
+  // EMERG_WRITE is not offered: the virtio-pci transport does not forward device-configuration
+  // writes to the device's thread (writeConfig below still implements emerg_wr for other drivers).
+  readonly features = bit(VIRTIO_CONSOLE_F_SIZE) | bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_F_EVENT_IDX);
 
   private readonly sink: (bytes: Uint8Array) => void;
   private readonly inputFd: number;

@@ -111,7 +111,7 @@ export interface NetDeviceOptions {
 }
 
 /** Frame and error counts (monotonic; reset() keeps them). */
-export interface NetCounters {
+export type NetCounters = {
   txFrames: number;
   txBytes: number;
   /** Frames the tap refused (EINVAL for a bad header, EIO when the link is down, ...). */
@@ -126,7 +126,7 @@ export interface NetCounters {
   rxErrors: number;
   /** setQueueEnabled failures. */
   steeringErrors: number;
-}
+};
 
 /** Receive state of one receive queue. */
 class RxState {

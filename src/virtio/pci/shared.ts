@@ -2,10 +2,12 @@
 // accesses arrive) and the device's I/O worker (which owns the device model and processes its
 // queues). One SharedArrayBuffer per device: Int32 words, then the device configuration bytes.
 //
-// Protocol: the transport writes queue/feature registers, then bumps CommandSeq with a Command
-// and signals the worker's control eventfd; the worker applies it and stores the same sequence
-// number in AckSeq (Atomics.notify) — a reset waits for that ack so that no queue is touched
-// after the driver sees status 0 (virtio 1.2, 2.4.1 / 4.1.4.3.2).
+// Protocol: the transport writes queue/feature registers, then sets a Command bit (Atomics.or, so
+// no request can overwrite another) and signals the worker's control eventfd; the worker takes
+// all pending bits at once (Atomics.exchange). A reset also bumps ResetSeq; the worker stores it
+// in ResetAck once the device model has stopped using the queues, and only then does the
+// transport let device_status read 0, which the driver polls for (virtio 1.2, 2.4 / 4.1.4.3.2).
+// The device thread never waits for the worker.
 
 export const Word = {
   /** Published by the worker once the device model exists: 1 ready, -1 failed. */
@@ -21,9 +23,10 @@ export const Word = {
   ConfigVector: 9,
   /** Bit 0: MSI-X enabled, bit 1: function masked. */
   MsixControl: 10,
+  /** Pending Command bits. */
   Command: 11,
-  CommandSeq: 12,
-  AckSeq: 13,
+  ResetSeq: 12,
+  ResetAck: 13,
   /** Set by the worker when the device is in the spec's error state (DEVICE_NEEDS_RESET). */
   NeedsReset: 14,
   /** Malformed requests seen since creation (never reset). */
@@ -45,7 +48,14 @@ export const QueueWord = {
   Size: 0, Enable: 1, Vector: 2, DescLo: 3, DescHi: 4, AvailLo: 5, AvailHi: 6, UsedLo: 7, UsedHi: 8,
 } as const;
 
-export const Command = { None: 0, Activate: 1, Reset: 2, Stop: 3 } as const;
+export const Command = { Activate: 1, Reset: 2, Stop: 4 } as const;
+
+/** Post command bits to the worker (the caller then signals its control eventfd). Returns the reset sequence. */
+export function postCommand(words: Int32Array, bits: number): number {
+  const seq = (bits & Command.Reset) !== 0 ? (Atomics.add(words, Word.ResetSeq, 1) + 1) | 0 : Atomics.load(words, Word.ResetSeq);
+  Atomics.or(words, Word.Command, bits);
+  return seq;
+}
 
 /** Per-vector words after the queues: bit 0 masked, bit 1 pending. */
 export const VECTOR_MASKED = 1;

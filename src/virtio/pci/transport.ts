@@ -12,7 +12,7 @@ import { Msix, type MsiMessageValue } from '../../pci/msix.js';
 import { DeviceStatus, VIRTIO_F_VERSION_1, bit } from '../device.js';
 import {
   Word, QueueWord, Command, VECTOR_MASKED, VECTOR_PENDING, VIRTIO_MSI_NO_VECTOR, CONFIG_BYTES,
-  sharedViews, queueWord, vectorWord, join64,
+  sharedViews, queueWord, vectorWord, join64, postCommand,
 } from './shared.js';
 
 export const VIRTIO_PCI_VENDOR_ID = 0x1af4;
@@ -38,7 +38,8 @@ export const NOTIFY_OFF_MULTIPLIER = 4;
 export const MSIX_TABLE_OFFSET = 0x8000;
 export const MSIX_PBA_OFFSET = 0xc000;
 export const BAR_SIZE = 0x10000;
-export const MAX_QUEUES = (MSIX_TABLE_OFFSET - NOTIFY_OFFSET) / NOTIFY_OFF_MULTIPLIER;
+/** The MSI-X table (16 bytes per vector, queues + 1 vectors) must end before the PBA. */
+export const MAX_QUEUES = Math.min((MSIX_TABLE_OFFSET - NOTIFY_OFFSET) / NOTIFY_OFF_MULTIPLIER, (MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET) / 16 - 1);
 
 // Common configuration offsets (4.1.4.3).
 const CC = {
@@ -66,8 +67,8 @@ export interface VirtioPciHooks {
   fireVector(v: number): void;
   /** Vector `v` has a new message (or is masked: msg null); update the hypervisor's route. */
   routeVector(v: number, msg: MsiMessageValue | null): void;
-  /** The guest moved BAR 0 (notify ioeventfds and the MMIO range move with it). */
-  barMoved(from: number, to: number): void;
+  /** The guest moved BAR 0 (notify ioeventfds and the MMIO range move with it); false: refused. */
+  barMoved(from: number, to: number): boolean;
   /** A notify write reached the transport (no ioeventfd at that address): wake queue `q`. */
   notifyQueue(q: number): void;
 }
@@ -78,8 +79,6 @@ export interface VirtioPciOptions {
   shared: SharedArrayBuffer;
   barAddr: number;
   hooks: VirtioPciHooks;
-  /** How long a reset may wait for the worker to quiesce (ms). */
-  resetTimeoutMs?: number;
 }
 
 export class VirtioPciTransport implements PciDevice, BusDevice {
@@ -91,11 +90,13 @@ export class VirtioPciTransport implements PciDevice, BusDevice {
   private readonly cfgBytes: Uint8Array;
   private readonly hooks: VirtioPciHooks;
   private readonly msixCap: number;
-  private readonly resetTimeoutMs: number;
+  /** A reset the worker has not acknowledged yet (its ResetSeq), or -1. */
+  private resetPending = -1;
   private deviceFeatureSelect = 0;
   private driverFeatureSelect = 0;
   private queueSelect = 0;
-  private ready = false;
+  /** 0 not known yet, 1 the worker published the device, -1 it failed or never answered. */
+  private ready = 0;
   /** Reads/writes that hit nothing or had a bad width (diagnostics). */
   badAccesses = 0;
 
@@ -104,7 +105,6 @@ export class VirtioPciTransport implements PciDevice, BusDevice {
     this.numQueues = o.numQueues;
     this.vectors = o.numQueues + 1;
     this.hooks = o.hooks;
-    this.resetTimeoutMs = o.resetTimeoutMs ?? 5000;
     const v = sharedViews(o.shared, { numQueues: o.numQueues, vectors: this.vectors });
     this.words = v.words;
     this.cfgBytes = v.config;
@@ -113,7 +113,7 @@ export class VirtioPciTransport implements PciDevice, BusDevice {
       classCode: virtioClassCode(o.deviceType), subsystemVendorId: VIRTIO_PCI_VENDOR_ID, subsystemId: 0x40,
     });
     this.config.addMemoryBar(0, o.barAddr, BAR_SIZE, false);
-    this.config.onBarMove = (index, from, to) => { if (index === 0) this.hooks.barMoved(from, to); };
+    this.config.onBarMove = (index, from, to) => index !== 0 || this.hooks.barMoved(from, to);
     this.addVirtioCap(VIRTIO_PCI_CAP_COMMON_CFG, COMMON_CFG_OFFSET, COMMON_CFG_SIZE);
     this.addVirtioCap(VIRTIO_PCI_CAP_NOTIFY_CFG, NOTIFY_OFFSET, o.numQueues * NOTIFY_OFF_MULTIPLIER, NOTIFY_OFF_MULTIPLIER);
     this.addVirtioCap(VIRTIO_PCI_CAP_ISR_CFG, ISR_CFG_OFFSET, ISR_CFG_SIZE);
@@ -161,12 +161,13 @@ export class VirtioPciTransport implements PciDevice, BusDevice {
 
   private vectorChanged(v: number): void {
     const w = vectorWord(this.numQueues, v);
-    const masked = this.msix.masked(v);
-    this.hooks.routeVector(v, this.msix.enabled ? this.msix.message(v) : null);
-    if (masked) {
+    if (this.msix.masked(v)) {
+      // A masked vector never fires (its interrupts go pending), so its route can wait until it
+      // is unmasked: Linux rewrites a vector's three dwords while it is masked.
       Atomics.or(this.words, w, VECTOR_MASKED);
       return;
     }
+    this.hooks.routeVector(v, this.msix.message(v));
     Atomics.and(this.words, w, ~VECTOR_MASKED);
     // Deliver what became pending while the vector was masked (6.8.2.9); the and-clear makes
     // sure only one of the transport and the worker sends it.
@@ -206,10 +207,12 @@ export class VirtioPciTransport implements PciDevice, BusDevice {
   }
 
   /** The worker publishes features and config once its device model exists (it starts with the VM). */
-  private waitReady(): void {
-    if (this.ready) return;
-    for (let i = 0; i < 50 && Atomics.load(this.words, Word.Ready) === 0; i++) Atomics.wait(this.words, Word.Ready, 0, 100);
-    this.ready = Atomics.load(this.words, Word.Ready) !== 0;
+  private waitReady(): boolean {
+    if (this.ready === 0) {
+      for (let i = 0; i < 50 && Atomics.load(this.words, Word.Ready) === 0; i++) Atomics.wait(this.words, Word.Ready, 0, 100);
+      this.ready = Atomics.load(this.words, Word.Ready) === 1 ? 1 : -1;
+    }
+    return this.ready === 1;
   }
 
   private deviceFeatures(): bigint {
@@ -220,6 +223,10 @@ export class VirtioPciTransport implements PciDevice, BusDevice {
   }
 
   private status(): number {
+    if (this.resetPending >= 0) {
+      if (Atomics.load(this.words, Word.ResetAck) !== this.resetPending) return Atomics.load(this.words, Word.Status) || DeviceStatus.ACKNOWLEDGE;
+      this.finishReset();
+    }
     const s = Atomics.load(this.words, Word.Status);
     return Atomics.load(this.words, Word.NeedsReset) ? s | DeviceStatus.DEVICE_NEEDS_RESET : s;
   }
@@ -273,6 +280,12 @@ export class VirtioPciTransport implements PciDevice, BusDevice {
   }
 
   private writeCommon(offset: number, data: Uint8Array): void {
+    // Until the worker has acknowledged a reset, the device is still resetting: the driver must
+    // first read device_status back as 0 (2.4), so other writes are ignored.
+    if (this.resetPending >= 0) {
+      this.status();
+      if (this.resetPending >= 0) return;
+    }
     let v = 0;
     for (let i = Math.min(data.length, 4) - 1; i >= 0; i--) v = (v * 256 + data[i]!) >>> 0;
     const q = this.queueSelect;
@@ -322,7 +335,9 @@ export class VirtioPciTransport implements PciDevice, BusDevice {
   private writeStatus(v: number): void {
     if (v === 0) { this.reset(); return; }
     const old = Atomics.load(this.words, Word.Status);
-    let next = v;
+    // The driver only ever adds status bits until it resets the device (3.1.1); a write that
+    // clears some is taken as adding the new ones, so DRIVER_OK cannot be replayed.
+    let next = old | v;
     // FEATURES_OK only sticks when the driver accepted a subset of what we offer, with
     // VERSION_1 (modern only, 6.1) (3.1.1 step 5-6).
     if ((v & DeviceStatus.FEATURES_OK) !== 0 && (old & DeviceStatus.FEATURES_OK) === 0) {
@@ -332,28 +347,25 @@ export class VirtioPciTransport implements PciDevice, BusDevice {
     }
     Atomics.store(this.words, Word.Status, next);
     if ((next & DeviceStatus.DRIVER_OK) !== 0 && (old & DeviceStatus.DRIVER_OK) === 0 && (next & DeviceStatus.FEATURES_OK) !== 0) {
-      this.post(Command.Activate, false);
+      postCommand(this.words, Command.Activate);
+      this.hooks.signalWorker();
     }
   }
 
-  private post(cmd: number, wait: boolean): boolean {
-    Atomics.store(this.words, Word.Command, cmd);
-    const seq = (Atomics.add(this.words, Word.CommandSeq, 1) + 1) | 0;
-    this.hooks.signalWorker();
-    if (!wait) return true;
-    const deadline = Date.now() + this.resetTimeoutMs;
-    for (;;) {
-      const ack = Atomics.load(this.words, Word.AckSeq);
-      if (ack === seq) return true;
-      const left = deadline - Date.now();
-      if (left <= 0) return false;
-      Atomics.wait(this.words, Word.AckSeq, ack, Math.min(left, 100));
-    }
-  }
-
-  /** Device reset (2.4): the worker stops using the queues first, then every register goes back. */
+  /**
+   * Device reset (2.4). A device that was never set up resets at once; otherwise the worker is
+   * asked to stop using the queues and device_status keeps reading non-zero until it has.
+   */
   private reset(): void {
-    this.post(Command.Reset, true);
+    if (this.resetPending >= 0) return;
+    const wasUsed = Atomics.load(this.words, Word.Status) !== 0 && this.waitReady();
+    if (!wasUsed) { this.finishReset(); return; }
+    this.resetPending = postCommand(this.words, Command.Reset);
+    this.hooks.signalWorker();
+  }
+
+  private finishReset(): void {
+    this.resetPending = -1;
     const w = this.words;
     Atomics.store(w, Word.Status, 0);
     Atomics.store(w, Word.DriverFeaturesLo, 0);
@@ -367,6 +379,8 @@ export class VirtioPciTransport implements PciDevice, BusDevice {
       Atomics.store(w, queueWord(q, QueueWord.Vector), VIRTIO_MSI_NO_VECTOR);
       for (let k = QueueWord.DescLo; k <= QueueWord.UsedHi; k++) Atomics.store(w, queueWord(q, k), 0);
     }
+    // Interrupts left pending from before the reset are stale (they would be spurious).
+    for (let v = 0; v < this.vectors; v++) Atomics.and(w, vectorWord(this.numQueues, v), ~VECTOR_PENDING);
     this.deviceFeatureSelect = 0;
     this.driverFeatureSelect = 0;
     this.queueSelect = 0;
