@@ -5,21 +5,33 @@
 //  2. inside one scripts/kvm-sandbox boot: QEMU (microvm, q35) and Stratovisor booting the same
 //     kernel and initramfs (bench/boot.ts).
 //  3. on the host: REST API start-to-ping time and vmm.ping latency under concurrent clients.
-// Env: STV_BENCH_RUNS (5), STV_BENCH_VMMS (comma list), STV_BENCH_ONLY=pio|api|boot.
+//  4. in the same sandbox boot as 2: virtio I/O, QEMU q35 vs Stratovisor (bench/io.ts): disk
+//     sequential MB/s and 4 KiB random-read IOPS in the guest, TCP MB/s each way over a tap.
+// Env: STV_BENCH_RUNS (5), STV_BENCH_VMMS (comma list: qemu-microvm, qemu-q35, stratovisor),
+// STV_BENCH_ONLY=pio|api|boot|io (a comma list runs several), and for io: STV_BENCH_IO_MIB (64),
+// STV_BENCH_RAND_S (5), STV_BENCH_NET_MIB (32).
 import { join } from 'node:path';
 import { existsSync } from 'node:fs';
 import { ensureGuestImages, REPO } from './lib/images.mjs';
 import { ensureNodeModules, build, log } from './lib/setup.mjs';
-import { runInSandbox } from './lib/sandbox.mjs';
+import { runInSandbox, shq } from './lib/sandbox.mjs';
 
 ensureNodeModules();
 if (!build()) process.exit(1);
 const images = ensureGuestImages({ log });
 const runs = Number(process.env.STV_BENCH_RUNS ?? 5);
-const only = process.env.STV_BENCH_ONLY;
+const KINDS = ['pio', 'api', 'boot', 'io'];
+const only = process.env.STV_BENCH_ONLY ? process.env.STV_BENCH_ONLY.split(',') : null;
+for (const k of only ?? []) {
+  if (!KINDS.includes(k)) {
+    log(`STV_BENCH_ONLY: unknown benchmark '${k}' (known: ${KINDS.join(', ')})`);
+    process.exit(2);
+  }
+}
+const want = (k) => !only || only.includes(k);
 let status = 0;
 
-if (only !== 'boot' && only !== 'api') {
+if (want('pio')) {
   if (!existsSync('/dev/kvm')) log('pio bench skipped: no /dev/kvm on this host');
   else {
     const { pioExitsPerSecond, cPioExitsPerSecond } = await import(join(REPO, 'dist', 'bench', 'pio-exits.js'));
@@ -36,7 +48,7 @@ if (only !== 'boot' && only !== 'api') {
     ]) + `\n(medians of ${runs} alternating runs of 200000 exits)`);
   }
 }
-if (only !== 'boot' && only !== 'pio') {
+if (want('api')) {
   const { apiBench } = await import(join(REPO, 'dist', 'bench', 'api.js'));
   const { fmt, table } = await import(join(REPO, 'dist', 'bench', 'stats.js'));
   const a = await apiBench(runs);
@@ -47,10 +59,13 @@ if (only !== 'boot' && only !== 'pio') {
     ['vmm.ping throughput', `${fmt(a.requestsPerSec)} req/s`],
   ]));
 }
-if (only !== 'pio' && only !== 'api') {
+// The boot and I/O benchmarks share one sandbox boot, one after the other.
+const inSandbox = ['boot', 'io'].filter(want).map((k) => join(REPO, 'dist', 'bench', `${k}.js`));
+if (inSandbox.length) {
   process.env.STV_GUEST_BZIMAGE = images.bzImage;
   process.env.STV_GUEST_VMLINUX = images.vmlinux;
   process.env.STV_GUEST_INITRAMFS = images.initramfs;
-  status = await runInSandbox([process.execPath, join(REPO, 'dist', 'bench', 'boot.js')]);
+  const script = inSandbox.map((f) => `${shq(process.execPath)} ${shq(f)} || rc=1`).join('; ') + '; exit ${rc:-0}';
+  status = await runInSandbox(['/bin/sh', '-c', `rc=0; ${script}`]);
 }
 process.exit(status);

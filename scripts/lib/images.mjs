@@ -15,15 +15,23 @@ export const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CACHE = join(REPO, '.cache');
 const GUEST_DIR = join(REPO, 'guest');
 
-/** Modules the test guest loads: virtio over PCI, the devices, ext4 and vsock. */
+/**
+ * Modules the test guest loads: virtio over PCI, the devices, ext4 and vsock. modules.dep has no
+ * soft dependencies: ext4 and jbd2 declare `softdep pre: crypto-crc32c` (modules.softdep), which
+ * Debian builds as a module, and mounting an ext4 with metadata_csum (mke2fs's default) fails
+ * without it ("Cannot load crc32c driver"), so crc32c_generic is listed, before ext4.
+ */
 export const GUEST_MODULES = [
   'virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_console', 'virtio_rng',
-  'vmw_vsock_virtio_transport', 'ext4',
+  'vmw_vsock_virtio_transport', 'crc32c_generic', 'ext4',
 ];
-/** Modules the sandbox loads: virtio-9p for the host's root, and KVM on AMD SVM. */
-export const SANDBOX_MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'kvm_amd', 'virtio_net', 'virtio_blk', 'ext4'];
+/** Modules the sandbox loads: virtio-9p for the host's root, KVM on AMD SVM, and tun for the
+ * e2e tests' and benchmarks' tap devices. */
+export const SANDBOX_MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'kvm_amd', 'virtio_net', 'virtio_blk', 'ext4', 'tun'];
 
-export const GUEST_PACKAGES = ['linux-image-amd64', 'busybox-static', 'xz-utils', 'e2fsprogs'];
+/** gcc and libc6-dev build the guest's static C tools (guest/tools/*.c); e2fsprogs makes and
+ * inspects ext4 images (mke2fs -d, debugfs, e2fsck). */
+export const GUEST_PACKAGES = ['linux-image-amd64', 'busybox-static', 'xz-utils', 'e2fsprogs', 'gcc', 'libc6-dev'];
 
 export class ImageError extends Error {}
 
@@ -115,11 +123,35 @@ function buildInitramfs({ kernel, modules, init, extra }) {
   return { data: cpio.finish(), modules: order.map((m) => m.name) };
 }
 
+/** The guest's C tools: guest/tools/NAME.c, installed as /bin/NAME. */
+function guestToolSources() {
+  const dir = join(GUEST_DIR, 'tools');
+  return existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith('.c')).sort() : [];
+}
+
+/** Compile each guest tool with `gcc -O2 -static` (glibc static) into outDir; returns [name, path]. */
+function buildGuestTools(outDir) {
+  mkdirSync(outDir, { recursive: true });
+  return guestToolSources().map((src) => {
+    const name = src.slice(0, -2);
+    const out = join(outDir, name);
+    try {
+      execFileSync('gcc', ['-O2', '-static', '-s', '-Wall', '-o', out, join(GUEST_DIR, 'tools', src)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    } catch (e) {
+      const why = e.code === 'ENOENT' ? 'gcc is not installed (Debian packages gcc, libc6-dev)' : String(e.stderr || e.message).trim();
+      throw new ImageError(`building guest/tools/${src} with gcc -static failed: ${why}`);
+    }
+    if (!isStaticElf(out)) throw new ImageError(`guest/tools/${src}: gcc -static produced a dynamically linked binary`);
+    return [name, out];
+  });
+}
+
 function guestInputs(kernel) {
   const scen = readdirSync(join(GUEST_DIR, 'scenarios')).sort();
   return [
     fileStamp(kernel.bzImage), fileStamp(busyboxPath()), readFileSync(join(GUEST_DIR, 'init')),
     ...scen.map((s) => s + readFileSync(join(GUEST_DIR, 'scenarios', s))),
+    ...guestToolSources().map((s) => s + readFileSync(join(GUEST_DIR, 'tools', s))),
     readFileSync(fileURLToPath(import.meta.url)), readFileSync(join(REPO, 'scripts/lib/cpio.mjs')),
     GUEST_MODULES.join(','),
   ];
@@ -148,11 +180,13 @@ export function ensureGuestImages({ log = () => {}, install = true } = {}) {
   writeAtomic(paths.bzImage, bz);
   writeAtomic(paths.vmlinux, extractVmlinux(bz));
   const scenarios = readdirSync(join(GUEST_DIR, 'scenarios')).sort();
+  const tools = buildGuestTools(join(dir, 'tools'));
   const { data } = buildInitramfs({
     kernel, modules: GUEST_MODULES, init: readFileSync(join(GUEST_DIR, 'init')),
     extra: (cpio) => {
       cpio.dir('scenarios');
       for (const s of scenarios) cpio.file(`scenarios/${s}`, readFileSync(join(GUEST_DIR, 'scenarios', s)), 0o644);
+      for (const [name, path] of tools) cpio.hostFile(`bin/${name}`, path, 0o755);
     },
   });
   writeAtomic(paths.initramfs, data);

@@ -258,6 +258,17 @@ export class GuestMemory {
     return this.find(gpa, len);
   }
 
+  /**
+   * Host virtual address of guest bytes [gpa, gpa+len) for system calls that take addresses
+   * (preadv/pwritev/writev), or -1 when the range is not in one mmapped RAM region (buffers in
+   * tests have no host address). Never throws, never allocates.
+   */
+  hostAddress(gpa: number, len: number): number {
+    if (!this.checkedRange(gpa, len)) return -1;
+    const r = this.last;
+    return r.hostAddress === 0n ? -1 : Number(r.hostAddress) + (gpa - r.start);
+  }
+
   /** A view (no copy) of guest bytes [gpa, gpa+len). Throws GuestMemoryError when not all RAM in one region. */
   slice(gpa: Gpa, len: number): Uint8Array {
     const a = this.locate(gpa, len);

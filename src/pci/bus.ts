@@ -60,33 +60,58 @@ export class PciRoot {
   }
 }
 
-/** Ports 0xCF8 (CONFIG_ADDRESS, 4 bytes) .. 0xCFF (CONFIG_DATA 0xCFC-0xCFF); insert with length 8. */
-export class PciConfigIo implements BusDevice {
+/**
+ * Configuration mechanism #1 (ports 0xCF8-0xCFF) as a front end to ECAM: CONFIG_ADDRESS is
+ * latched here and a CONFIG_DATA access becomes an ECAM offset. The VMM runs one per vCPU thread
+ * (Linux takes pci_config_lock around each address/data pair), so scans of absent functions are
+ * answered without leaving the vCPU thread and present ones go to the device thread as ECAM.
+ */
+export class PciType1 {
   private address = 0;
+  /** @param slots device numbers 0..slots-1 on bus 0 are present (function 0 only). */
+  constructor(private readonly slots: number) {}
+
+  /** CONFIG_ADDRESS: only a 32-bit access at 0xCF8 reaches the register. */
+  writeAddress(portOffset: number, data: Uint8Array): void {
+    if (portOffset === 0 && data.length === 4) this.address = (new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true) & ~0x3) >>> 0;
+  }
+
+  readAddress(portOffset: number, data: Uint8Array): void {
+    if (portOffset === 0 && data.length === 4) new DataView(data.buffer, data.byteOffset, 4).setUint32(0, this.address, true);
+    else data.fill(0xff);
+  }
+
+  /**
+   * ECAM offset for a CONFIG_DATA access of `len` bytes at 0xCFC + `dataOffset`, or -1 when it
+   * targets no present function (reads all-ones, writes are dropped).
+   */
+  ecamOffset(dataOffset: number, len: number): number {
+    const a = this.address;
+    const reg = (a & 0xfc) + dataOffset;
+    const bus = (a >>> 16) & 0xff;
+    const dev = (a >>> 11) & 0x1f;
+    const fn = (a >>> 8) & 0x7;
+    if ((a & 0x80000000) === 0 || bus !== 0 || fn !== 0 || dev >= this.slots || reg + len > 256) return -1;
+    return (dev << 15) | reg;
+  }
+}
+
+/** Ports 0xCF8-0xCFF served directly against a root (tests, or a VMM without the vCPU front end). */
+export class PciConfigIo implements BusDevice {
+  private readonly type1 = new PciType1(PCI_SLOTS);
   constructor(private readonly root: PciRoot) {}
 
   read(offset: number, data: Uint8Array): void {
-    if (offset < 4) {
-      // CONFIG_ADDRESS reads back as written (Linux probes mechanism #1 this way).
-      if (offset === 0 && data.length === 4) new DataView(data.buffer, data.byteOffset, 4).setUint32(0, this.address >>> 0, true);
-      else data.fill(0xff);
-      return;
-    }
-    const a = this.address;
-    const reg = (a & 0xfc) + (offset - 4);
-    if ((a & 0x80000000) === 0 || reg + data.length > 256) { data.fill(0xff); return; }
-    this.root.read((a >> 16) & 0xff, (a >> 11) & 0x1f, (a >> 8) & 0x7, reg, data);
+    if (offset < 4) { this.type1.readAddress(offset, data); return; }
+    const e = this.type1.ecamOffset(offset - 4, data.length);
+    if (e < 0) { data.fill(0xff); return; }
+    this.root.read(0, e >> 15, 0, e & 0xfff, data);
   }
 
   write(offset: number, data: Uint8Array): void {
-    if (offset < 4) {
-      if (offset === 0 && data.length === 4) this.address = (new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true) & ~0x3) >>> 0;
-      return;
-    }
-    const a = this.address;
-    const reg = (a & 0xfc) + (offset - 4);
-    if ((a & 0x80000000) === 0 || reg + data.length > 256) return;
-    this.root.write((a >> 16) & 0xff, (a >> 11) & 0x1f, (a >> 8) & 0x7, reg, data);
+    if (offset < 4) { this.type1.writeAddress(offset, data); return; }
+    const e = this.type1.ecamOffset(offset - 4, data.length);
+    if (e >= 0) this.root.write(0, e >> 15, 0, e & 0xfff, data);
   }
 }
 

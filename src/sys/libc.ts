@@ -421,6 +421,8 @@ interface NetLibc {
   socketpair: (domain: number, type: number, protocol: number, sv: Int32Array) => number;
   readv: (fd: number, iov: Uint8Array, cnt: number) => number;
   writev: (fd: number, iov: Uint8Array, cnt: number) => number;
+  preadv: (fd: number, iov: Uint8Array, cnt: number, offset: number) => number;
+  pwritev: (fd: number, iov: Uint8Array, cnt: number, offset: number) => number;
   memcpy: (dst: number, src: number, n: number) => void;
 }
 
@@ -435,6 +437,8 @@ function N(): NetLibc {
     socketpair: f('int socketpair(int domain, int type, int protocol, void *sv)'),
     readv: f('long readv(int fd, const void *iov, int iovcnt)'),
     writev: f('long writev(int fd, const void *iov, int iovcnt)'),
+    preadv: f('long preadv(int fd, const void *iov, int iovcnt, int64_t offset)'),
+    pwritev: f('long pwritev(int fd, const void *iov, int iovcnt, int64_t offset)'),
     // Addresses as integers (host addresses fit in 47 bits, exact as JS numbers): no BigInt.
     memcpy: f('void memcpy(uintptr_t dst, uintptr_t src, size_t n)'),
   };
@@ -477,6 +481,20 @@ export function readvRaw(fd: number, iov: Uint8Array, cnt: number): number {
 export function writevRaw(fd: number, iov: Uint8Array, cnt: number): number {
   if (!(cnt >= 0 && cnt * IOVEC_SIZE <= iov.byteLength)) throw new RangeError(`writev: ${cnt} iovecs outside a ${iov.byteLength}-byte array`);
   const r = (netLibc ?? N()).writev(fd, iov, cnt);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** preadv(2) at file offset `offset` (< 2^53): bytes read, or -errno. */
+export function preadvRaw(fd: number, iov: Uint8Array, cnt: number, offset: number): number {
+  if (!(cnt >= 0 && cnt * IOVEC_SIZE <= iov.byteLength)) throw new RangeError(`preadv: ${cnt} iovecs outside a ${iov.byteLength}-byte array`);
+  const r = (netLibc ?? N()).preadv(fd, iov, cnt, offset);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** pwritev(2) at file offset `offset` (< 2^53): bytes written, or -errno. */
+export function pwritevRaw(fd: number, iov: Uint8Array, cnt: number, offset: number): number {
+  if (!(cnt >= 0 && cnt * IOVEC_SIZE <= iov.byteLength)) throw new RangeError(`pwritev: ${cnt} iovecs outside a ${iov.byteLength}-byte array`);
+  const r = (netLibc ?? N()).pwritev(fd, iov, cnt, offset);
   return r < 0 ? -koffi.errno() : r;
 }
 

@@ -4,11 +4,10 @@
 import * as libc from '../sys/libc.js';
 import type { Bus } from '../devices/bus.js';
 import type { Vm } from '../hypervisor/hypervisor.js';
-import { PciRoot, PciConfigIo, PciConfigMmio } from '../pci/bus.js';
+import { PciRoot, PciConfigMmio } from '../pci/bus.js';
 import { PCI_ECAM_START, PCI_ECAM_SIZE, PCI_MMIO32_START, PCI_MMIO32_SIZE } from '../arch/x86_64/layout.js';
 import { VirtioPciTransport, BAR_SIZE, NOTIFY_OFFSET, NOTIFY_OFF_MULTIPLIER } from '../virtio/pci/transport.js';
 import { GsiRouter } from './interrupts.js';
-import { PIO_PCI_CONFIG } from './layout_ports.js';
 
 /** One virtio-pci device as the device thread builds it (structured-cloneable). */
 export interface VirtioPciInit {
@@ -39,9 +38,8 @@ export interface PciSetup {
   teardown(): void;
 }
 
-export function setupPci(pio: Bus, mmio: Bus, vm: Vm, devices: readonly VirtioPciInit[], log: (m: string) => void): PciSetup {
+export function setupPci(mmio: Bus, vm: Vm, devices: readonly VirtioPciInit[], log: (m: string) => void): PciSetup {
   const root = new PciRoot();
-  pio.insert(new PciConfigIo(root), PIO_PCI_CONFIG.base, PIO_PCI_CONFIG.length);
   mmio.insert(new PciConfigMmio(root), PCI_ECAM_START, PCI_ECAM_SIZE);
   const router = new GsiRouter(vm);
   const transports: VirtioPciTransport[] = [];

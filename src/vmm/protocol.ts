@@ -8,6 +8,8 @@ export interface VcpuWorkerData {
   shared: MailboxShared;
   /** Int32[0]: 0 run, 1 pause, 2 stop (see RunState). */
   runState: SharedArrayBuffer;
+  /** PCI bus 0 has devices 0..pciSlots-1 (the host bridge and the virtio devices). */
+  pciSlots: number;
 }
 
 export const RunState = { Run: 0, Pause: 1, Stop: 2 } as const;

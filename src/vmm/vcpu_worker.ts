@@ -7,7 +7,9 @@ import { VmExitKind, VmExitKindName } from '../hypervisor/hypervisor.js';
 import { KvmVcpu } from '../hypervisor/kvm/vcpu.js';
 import { MailboxClient, MailboxOp } from './mailbox.js';
 import { RunState, type VcpuWorkerData, type VcpuEvent } from './protocol.js';
-import { DEVICE_PORTS } from './layout_ports.js';
+import { DEVICE_PORTS, PIO_PCI_CONFIG } from './layout_ports.js';
+import { PciType1 } from '../pci/bus.js';
+import { PCI_ECAM_START } from '../arch/x86_64/layout.js';
 
 const post = (e: VcpuEvent) => parentPort!.postMessage(e);
 
@@ -27,12 +29,32 @@ function start(wd: VcpuWorkerData): void {
   const isClaimed = (port: number) => (claimed[port >> 3]! & (1 << (port & 7))) !== 0;
 
   const tracePio = process.env.STV_TRACE_PIO === '1';
+  const pciBase = PIO_PCI_CONFIG.base;
+  const pciType1 = new PciType1(wd.pciSlots);
+
+  /** 0xCF8-0xCFF: the address latch lives here; only accesses to present functions leave the thread. */
+  function pciConfig(op: MailboxOp, port: number, d: Uint8Array): void {
+    const off = port - pciBase;
+    if (off < 4) {
+      if (op === MailboxOp.PioRead) pciType1.readAddress(off, d);
+      else pciType1.writeAddress(off, d);
+      return;
+    }
+    const e = pciType1.ecamOffset(off - 4, d.length);
+    if (e < 0) {
+      if (op === MailboxOp.PioRead) d.fill(0xff);
+      return;
+    }
+    deviceExits++;
+    mailbox.access(op === MailboxOp.PioRead ? MailboxOp.MmioRead : MailboxOp.MmioWrite, PCI_ECAM_START + e, d);
+  }
 
   function pio(op: MailboxOp, port: number, size: number, count: number, d: Uint8Array): void {
     if (tracePio && (port < 0x3f8 || port > 0x3ff) && port !== 0x80) {
       process.stderr.write(`vcpu${id} ${op === MailboxOp.PioRead ? 'in ' : 'out'} 0x${port.toString(16)} size ${size} ${op === MailboxOp.PioRead ? '' : Array.from(d).join(',')}\n`);
     }
     if (!isClaimed(port)) {
+      if (port - pciBase >>> 0 < PIO_PCI_CONFIG.length && count === 1) { pciConfig(op, port, d); return; }
       if (op === MailboxOp.PioRead) d.fill(0xff);
       return;
     }

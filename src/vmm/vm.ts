@@ -259,7 +259,7 @@ export class VirtualMachine extends EventEmitter {
     deviceWorker.on('message', (m: DeviceEvent) => this.onDeviceEvent(run, m));
     deviceWorker.on('error', (e) => this.fail(run, `device thread failed: ${e.stack ?? e.message}`));
     for (const [i, v] of vcpus.entries()) {
-      const wd: VcpuWorkerData = { handle: v.handle(), shared, runState: runStateSab };
+      const wd: VcpuWorkerData = { handle: v.handle(), shared, runState: runStateSab, pciSlots: 1 + virtioInits.length };
       const w = vcpuWorkers[i]!;
       w.off('error', early);
       w.postMessage(wd);
