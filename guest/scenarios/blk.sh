@@ -9,6 +9,7 @@ blk_main() {
   fi
   echo "@@stv:blk-sectors:$(cat /sys/block/vda/size)@@"
   echo "@@stv:blk-ro:$(cat /sys/block/vda/ro)@@"
+  echo "@@stv:blk-queues:$(ls /sys/block/vda/mq | wc -l)@@"
   if ! mount -t ext4 /dev/vda /mnt 2>/tmp/mount.err; then
     echo "@@stv:blk-error:mount -t ext4 /dev/vda failed: $(head -n 1 /tmp/mount.err)@@"
     return

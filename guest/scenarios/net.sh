@@ -16,6 +16,8 @@ net_main() {
   ip link set eth0 up || { echo "@@stv:net-error:ip link set eth0 up failed@@"; return; }
   ip addr add "$addr" dev eth0 || { echo "@@stv:net-error:ip addr add $addr dev eth0 failed@@"; return; }
   echo "@@stv:net-up:$(cat /sys/class/net/eth0/address)@@"
+  # Queue pairs in use (virtio-net MQ: the driver sets as many as CPUs, up to the device's maximum).
+  echo "@@stv:net-queues:$(ls -d /sys/class/net/eth0/queues/rx-* | wc -l)@@"
 
   n=0
   while :; do

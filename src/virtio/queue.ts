@@ -8,12 +8,20 @@
 //
 // Ordering (2.7.13, 2.7.7.2 / 2.7.10): avail.idx and used.idx, the notification fields and the
 // flags go through Atomics on a Uint16Array where the host alignment allows (always for mmapped
-// guest RAM). V8 emits a locked instruction for Atomics.store, a full barrier on x86, which gives
-// the store->load ordering needed between "publish used.idx" and "read used_event", and between
-// "write avail_event" and "re-read avail.idx". Plain stores of the used element come before the
-// Atomics.store of used.idx (x86 does not reorder stores with stores).
+// guest RAM). Guest RAM is not a SharedArrayBuffer, so V8 need not emit a locked instruction for
+// those Atomics: the store->load orderings the protocol needs (between "publish used.idx" and
+// "read used_event", and between "write avail_event" and "re-read avail.idx", the driver doing the
+// mirror image with its own full barrier) come from fullFence(), an atomic add on a real
+// SharedArrayBuffer (lock xadd: a full barrier on x86). Plain stores of the used element come
+// before the store of used.idx (x86 does not reorder stores with stores).
 
 import type { GuestMemory } from '../memory/guest_memory.js';
+
+const FENCE = new Int32Array(new SharedArrayBuffer(4));
+/** A full memory barrier (store->load ordering included). */
+export function fullFence(): void {
+  Atomics.add(FENCE, 0, 0);
+}
 
 /** Why a virtqueue (or a request on it) is unusable. */
 export type VirtqueueErrorReason =
@@ -378,6 +386,7 @@ export class SplitQueue {
     const old = this.signalledUsed;
     this.signalledUsed = now;
     if (old === now) return false; // nothing new since the last check
+    fullFence(); // used.idx is visible before the driver's flags/used_event are read
     if (!this.eventIdx) {
       return (this.availLoad(0) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
     }
@@ -409,7 +418,7 @@ export class SplitQueue {
       this.usedFlags &= ~VIRTQ_USED_F_NO_NOTIFY;
       this.usedStore(0, this.usedFlags);
     }
-    // The store above is a full barrier (see the file comment) before this load.
+    fullFence(); // the store above is visible before avail.idx is read again
     return this.hasAvailable();
   }
 }

@@ -65,7 +65,6 @@ function randomMac(): number[] {
 export class VirtioManager {
   private readonly devices: HostDevice[] = [];
   private running: RunDevice[] = [];
-  private closed = false;
 
   constructor(private readonly log: (m: string) => void, private readonly onNeedsReset: (id: string, why: string) => void = () => {}) {}
 
@@ -287,15 +286,13 @@ export class VirtioManager {
     for (const r of runs) {
       // A worker that did not stop by itself (stuck in a device call) is terminated; its poll
       // has a timeout, so this returns.
-      await r.worker?.terminate();
+      if (r.worker) await Promise.race([r.worker.terminate(), new Promise<void>((res) => setTimeout(res, 2000).unref())]);
       this.release(vm, r);
     }
   }
 
   /** Release host resources (images, taps, files). */
   close(): void {
-    if (this.closed) return;
-    this.closed = true;
     for (const h of this.devices) {
       for (const fd of h.fds) { try { closeSync(fd); } catch { /* already closed */ } }
       h.tap?.close();

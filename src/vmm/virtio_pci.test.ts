@@ -267,3 +267,48 @@ test('virtio-pci: FEATURES_OK is refused for features the device does not offer 
     await s.cleanup();
   }
 });
+
+test('virtio-pci: thousands of random guest register accesses never throw, and the device still works after a reset', async () => {
+  const s = await setup();
+  try {
+    let seed = Number(process.env.STV_FUZZ_SEED ?? Date.now() % 100000);
+    console.log(`# transport fuzz seed ${seed} (STV_FUZZ_SEED to replay)`);
+    const rnd = () => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed / 2 ** 31; };
+    const pick = <T>(a: readonly T[]): T => a[Math.floor(rnd() * a.length)]!;
+    const sizes = [1, 2, 4, 8] as const;
+    const interesting = [0, 1, 0xffffffff, 0x7fffffff, 0x80000000, 0xfee00000, 0xffff, 4, 8, 15, 0x1000];
+    for (let i = 0; i < 5000; i++) {
+      const len = pick(sizes);
+      const d = new Uint8Array(len);
+      const v = rnd() < 0.5 ? pick(interesting) : Math.floor(rnd() * 2 ** 32);
+      for (let b = 0; b < len; b++) d[b] = (v >>> (8 * (b % 4))) & 0xff;
+      const where = rnd();
+      // Common config (status included: resets, DRIVER_OK with garbage rings), notify, MSI-X,
+      // device config, unmapped parts of the BAR, and PCI configuration space.
+      const off = where < 0.45 ? Math.floor(rnd() * 0x40) : where < 0.55 ? NOTIFY_OFFSET + Math.floor(rnd() * 8)
+        : where < 0.7 ? MSIX_TABLE_OFFSET + Math.floor(rnd() * 0x40) : where < 0.8 ? DEVICE_CFG_OFFSET + Math.floor(rnd() * 0x110)
+          : Math.floor(rnd() * 0x10000);
+      if (where >= 0.9) {
+        const cfgOff = Math.floor(rnd() * 300);
+        if (rnd() < 0.5) s.t.writeConfig(cfgOff, d); else s.t.readConfig(cfgOff, d);
+      } else if (rnd() < 0.6) {
+        s.t.write(off, d);
+      } else {
+        s.t.read(off, d);
+      }
+      if (i % 500 === 0) await new Promise((r) => setImmediate(r));
+    }
+    assert.equal(s.events.filter((e) => e.type === 'error').length, 0, `worker errors: ${JSON.stringify(s.events)}`);
+    // Whatever state that left, a reset and a proper bring-up serve a request again.
+    const drv = new TestDriver(s.mem, { size: 16, base: 0x1000 });
+    drv.reset();
+    s.t.writeConfig(0x04, le(0x0006, 2)); // memory decoding and bus mastering back on
+    bringUp(s.t, drv);
+    drv.addChain([], [48]);
+    wr(s.t, NOTIFY_OFFSET, 0, 2);
+    assert.ok(waitEventfd(s.irqFds[1]!, 5000), 'queue interrupt after the fuzzing');
+    assert.equal(drv.used()[0]!.len, 48);
+  } finally {
+    await s.cleanup();
+  }
+});

@@ -39,6 +39,8 @@ export interface TapNet {
   mask: string;
   prefix: number;
   mac: string;
+  /** Queue pairs (virtio-net MQ + control queue when > 1; a multi-queue tap). */
+  queuePairs?: number;
 }
 
 export interface VirtioDevices {
@@ -87,8 +89,9 @@ export const qemuQ35: VirtioVmm = {
         '-device', `virtio-blk-pci,drive=d0,disable-legacy=on${d.disk.numQueues ? `,num-queues=${d.disk.numQueues}` : ''}`);
     }
     if (d.net) {
-      args.push('-netdev', `tap,id=n0,ifname=${d.net.tap},script=no,downscript=no,vhost=off`,
-        '-device', `virtio-net-pci,netdev=n0,mac=${d.net.mac},disable-legacy=on`);
+      const pairs = d.net.queuePairs ?? 1;
+      args.push('-netdev', `tap,id=n0,ifname=${d.net.tap},script=no,downscript=no,vhost=off${pairs > 1 ? `,queues=${pairs}` : ''}`,
+        '-device', `virtio-net-pci,netdev=n0,mac=${d.net.mac},disable-legacy=on${pairs > 1 ? `,mq=on,vectors=${2 * pairs + 2}` : ''}`);
     }
     if (d.rng) args.push('-object', 'rng-random,filename=/dev/urandom,id=rng0', '-device', 'virtio-rng-pci,rng=rng0,disable-legacy=on');
     if (d.consoleFile) {
@@ -110,9 +113,11 @@ export const stratovisor: VirtioVmm = {
       STRATOVISOR, '--kernel', b.images.bzImage, '--initramfs', b.images.initramfs, '--cmdline', cmdline,
       '--cpus', `boot=${b.cpus ?? 2}`, '--memory', `size=${b.memMiB ?? 512}M`, '--serial', 'tty',
       '--console', d.consoleFile ? `file=${d.consoleFile}` : 'off',
+      // STV_VMM_VERBOSE=1: the VMM's -v log (timestamps, devices, exit counts) lands in the console log.
+      ...(process.env.STV_VMM_VERBOSE === '1' ? ['-v'] : []),
     ];
     if (d.disk) args.push('--disk', `path=${d.disk.path}${d.disk.readonly ? ',readonly=on' : ''}${d.disk.numQueues ? `,num_queues=${d.disk.numQueues}` : ''}`);
-    if (d.net) args.push('--net', `tap=${d.net.tap},ip=${d.net.hostIp},mask=${d.net.mask},mac=${d.net.mac}`);
+    if (d.net) args.push('--net', `tap=${d.net.tap},ip=${d.net.hostIp},mask=${d.net.mask},mac=${d.net.mac}${(d.net.queuePairs ?? 1) > 1 ? `,num_queues=${2 * d.net.queuePairs!}` : ''}`);
     if (d.rng) args.push('--rng', 'src=/dev/urandom');
     return [process.execPath, args];
   },
@@ -142,7 +147,7 @@ export function deleteTap(name: string): void {
 /** Create a tap and configure its host side (what QEMU's script=no leaves to the caller). */
 export function createTap(t: TapNet): void {
   deleteTap(t.tap);
-  for (const args of [['tuntap', 'add', 'dev', t.tap, 'mode', 'tap'], ['addr', 'add', `${t.hostIp}/${t.prefix}`, 'dev', t.tap], ['link', 'set', t.tap, 'up']]) {
+  for (const args of [['tuntap', 'add', 'dev', t.tap, 'mode', 'tap', ...((t.queuePairs ?? 1) > 1 ? ['multi_queue'] : [])], ['addr', 'add', `${t.hostIp}/${t.prefix}`, 'dev', t.tap], ['link', 'set', t.tap, 'up']]) {
     const r = ipCmd(args);
     if (!r.ok) {
       deleteTap(t.tap);
@@ -326,11 +331,12 @@ export async function checkBlockReadWrite(vmm: VirtioVmm): Promise<void> {
   const dir = scratchDir(`${vmm.name}-blk`);
   try {
     const disk = await makeHostDisk(dir);
-    const run = await runVirtio(vmm, { name: `${vmm.name}-virtio-blk`, scenario: 'blk', devices: { disk: { path: disk.path } } });
+    const run = await runVirtio(vmm, { name: `${vmm.name}-virtio-blk`, scenario: 'blk', devices: { disk: { path: disk.path, numQueues: 2 } } });
     assertBooted(vmm, run);
     assertNoGuestError(run, 'blk-error');
     assert.equal(marker(run, 'blk-ro')?.data, '0', `/sys/block/vda/ro should be 0 for a read-write disk\n${explain(run)}`);
     assert.equal(Number(marker(run, 'blk-sectors')?.data), 64 * 2048, `/dev/vda should have 64 MiB in 512-byte sectors\n${explain(run)}`);
+    assert.equal(marker(run, 'blk-queues')?.data, '2', `the guest should use both request queues (num_queues=2, 2 vCPUs)\n${explain(run)}`);
     for (const [f, sum] of Object.entries(disk.files)) {
       assert.equal(keyed(run, 'blk-read', f), sum, `the guest read ${f} wrong (sha256 differs from the host's)\n${explain(run)}`);
     }
@@ -376,7 +382,7 @@ export async function checkBlockReadonly(vmm: VirtioVmm): Promise<void> {
  * 3 MiB of its own with busybox httpd, which the host fetches; both sides compare sha256.
  */
 export async function checkNet(vmm: VirtioVmm): Promise<void> {
-  const tap: TapNet = { tap: NET.tap, hostIp: NET.hostIp, mask: NET.mask, prefix: NET.prefix, mac: NET.mac };
+  const tap: TapNet = { tap: NET.tap, hostIp: NET.hostIp, mask: NET.mask, prefix: NET.prefix, mac: NET.mac, queuePairs: 2 };
   const blob = randomBytes(3 << 20);
   let verdict: string | null = null;
   const hostLog: string[] = [];
@@ -438,6 +444,7 @@ export async function checkNet(vmm: VirtioVmm): Promise<void> {
     }
     assertNoGuestError(run, 'net-error', why);
     assert.equal(marker(run, 'net-up')?.data, NET.mac, `eth0's MAC should be the one given to the VMM\n${why()}`);
+    assert.equal(marker(run, 'net-queues')?.data, '2', `eth0 should have 2 queue pairs (multi-queue, 2 vCPUs)\n${why()}`);
     assert.equal(marker(run, 'net-fetched')?.data, `${sha256(blob)}:${blob.length}`, `the guest's copy of the host's 3 MiB file differs (sha256:size)\n${why()}`);
     const serving = marker(run, 'net-serving')?.data.split(':');
     assert.equal(serving?.[1], String(3 << 20), `the guest should serve 3 MiB\n${why()}`);

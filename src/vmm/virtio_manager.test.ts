@@ -1,0 +1,64 @@
+// Host side of the virtio devices: what the user gave is checked and opened before any VM exists.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { VirtioManager, VirtioConfigError, parseMac } from './virtio_manager.js';
+import { createVmConfig, type VmConfig, type VmConfigInput } from './config.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'stv-virtio-mgr-'));
+process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+
+function cfg(disks: Array<{ path: string; readonly?: boolean }>, extra: Partial<VmConfig> = {}): VmConfig {
+  return { ...createVmConfig({ payload: { kernel: '/nonexistent' }, disks, console: { mode: 'Off' } } as VmConfigInput), ...extra };
+}
+
+function image(name: string, size = 1 << 20): string {
+  const p = join(dir, name);
+  writeFileSync(p, new Uint8Array(size));
+  return p;
+}
+
+test('a disk image opened for writing is locked: a second VMM cannot open it, read-only or not', () => {
+  const img = image('locked.img');
+  const a = new VirtioManager(() => {});
+  a.open(cfg([{ path: img }]), 1);
+  try {
+    const b = new VirtioManager(() => {});
+    assert.throws(() => b.open(cfg([{ path: img }]), 1), (e: Error) => e instanceof VirtioConfigError && /locked by another process/.test(e.message));
+    assert.throws(() => b.open(cfg([{ path: img, readonly: true }]), 1), /locked by another process/);
+    assert.equal(b.count, 0, 'nothing stays open after a failed open');
+  } finally {
+    a.close();
+  }
+  const c = new VirtioManager(() => {});
+  c.open(cfg([{ path: img }]), 1);
+  c.close();
+});
+
+test('read-only images can be shared; a writer is refused while readers hold them', () => {
+  const img = image('shared.img');
+  const r1 = new VirtioManager(() => {});
+  const r2 = new VirtioManager(() => {});
+  r1.open(cfg([{ path: img, readonly: true }]), 1);
+  r2.open(cfg([{ path: img, readonly: true }]), 1);
+  assert.throws(() => new VirtioManager(() => {}).open(cfg([{ path: img }]), 1), /locked/);
+  r1.close();
+  r2.close();
+});
+
+test('bad disk, entropy and console settings are named', () => {
+  const m = new VirtioManager(() => {});
+  assert.throws(() => m.open(cfg([{ path: join(dir, 'missing.img') }]), 1), /disk image '.*missing\.img' does not exist/);
+  assert.throws(() => m.open(cfg([{ path: dir }]), 1), /is a directory|not a regular file/);
+  assert.throws(() => m.open(cfg([{ path: image('tiny.img', 100) }]), 1), /smaller than one 512-byte sector/);
+  assert.throws(() => m.open(cfg([], { rng: { src: join(dir, 'no-such-rng'), iommu: false } }), 1), /cannot open entropy source/);
+  assert.throws(() => m.open(cfg([], { console: { mode: 'File', file: join(dir, 'no', 'such', 'dir'), iommu: false } }), 1), /cannot open console output file/);
+  assert.equal(m.count, 0);
+});
+
+test('MAC addresses are parsed strictly', () => {
+  assert.deepEqual(parseMac('52:54:00:ab:CD:0f'), [0x52, 0x54, 0x00, 0xab, 0xcd, 0x0f]);
+  for (const bad of ['52:54:00:ab:cd', '52-54-00-ab-cd-ef', '52:54:00:ab:cd:xyz', '']) assert.throws(() => parseMac(bad), /invalid MAC/);
+});
