@@ -2,20 +2,24 @@
 import { writeSync } from 'node:fs';
 import * as libc from '../sys/libc.js';
 import type { VirtioDevice } from '../virtio/device.js';
-import { BlockDevice } from '../virtio/block/device.js';
-import { RngDevice } from '../virtio/rng/device.js';
-import { ConsoleDevice } from '../virtio/console/device.js';
-import { NetDevice } from '../virtio/net/device.js';
-import { TUNSETOFFLOAD } from '../net/tap.js';
 import type { VirtioDeviceSpec } from './virtio_protocol.js';
 
-export function createDeviceModel(spec: VirtioDeviceSpec, id: string): VirtioDevice {
+/**
+ * Each I/O thread loads only its own device's module (a thread's start-up is mostly module
+ * loading, and it overlaps the guest's boot).
+ */
+export async function createDeviceModel(spec: VirtioDeviceSpec, id: string): Promise<VirtioDevice> {
   switch (spec.kind) {
-    case 'block':
+    case 'block': {
+      const { BlockDevice } = await import('../virtio/block/device.js');
       return new BlockDevice({ fd: spec.fd, size: spec.size, readonly: spec.readonly, numQueues: spec.numQueues, queueSize: spec.queueSize, serial: spec.serial });
-    case 'rng':
+    }
+    case 'rng': {
+      const { RngDevice } = await import('../virtio/rng/device.js');
       return new RngDevice({ fd: spec.fd });
+    }
     case 'console': {
+      const { ConsoleDevice } = await import('../virtio/console/device.js');
       let outFd = spec.outFd;
       return new ConsoleDevice({
         sink: (bytes) => { if (outFd >= 0 && !writeAll(outFd, bytes)) outFd = -1; },
@@ -23,12 +27,15 @@ export function createDeviceModel(spec: VirtioDeviceSpec, id: string): VirtioDev
         cols: spec.cols, rows: spec.rows,
       });
     }
-    case 'net':
+    case 'net': {
+      const { NetDevice } = await import('../virtio/net/device.js');
+      const { TUNSETOFFLOAD } = await import('../net/tap.js');
       return new NetDevice({
         tapFds: spec.tapFds, mac: Uint8Array.from(spec.mac), queuePairs: spec.queuePairs, queueSize: spec.queueSize,
         ...(spec.mtu !== undefined ? { mtu: spec.mtu } : {}),
         setOffload: (flags) => { for (const fd of spec.tapFds) libc.ioctl(fd, TUNSETOFFLOAD, flags, `TUNSETOFFLOAD(${id})`); },
       });
+    }
   }
 }
 

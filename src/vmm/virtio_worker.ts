@@ -18,32 +18,39 @@ import { MAX_COUNTERS, type VirtioWorkerData, type VirtioWorkerEvent } from './v
 const post = (e: VirtioWorkerEvent) => parentPort!.postMessage(e);
 
 parentPort!.once('message', (data: VirtioWorkerData) => {
-  try {
-    run(data);
-  } catch (e) {
-    // Whatever failed, the transport must not wait for a device that will never be ready.
-    const w = new Int32Array(data.shared, 0, Word.QueueBase);
-    Atomics.compareExchange(w, Word.Ready, 0, -1);
-    Atomics.notify(w, Word.Ready);
-    post({ type: 'error', id: data.id, message: (e as Error).stack ?? String(e) });
-  }
+  void start(data);
 });
 
-const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
-
-function run(data: VirtioWorkerData): void {
-  const nq = data.numQueues;
-  const { words, config } = sharedViews(data.shared, { numQueues: nq, vectors: data.irqFds.length });
-  let dev: VirtioDevice;
-  const mem = GuestMemory.attach(data.mem);
+async function start(data: VirtioWorkerData): Promise<void> {
+  let dev: VirtioDevice | null = null;
   try {
-    dev = createDeviceModel(data.spec, data.id);
+    dev = await createDeviceModel(data.spec, data.id);
   } catch (e) {
-    Atomics.store(words, Word.Ready, -1);
-    Atomics.notify(words, Word.Ready);
+    failReady(data);
     post({ type: 'error', id: data.id, message: `cannot create ${data.id}: ${(e as Error).message}` });
     return;
   }
+  try {
+    run(data, dev);
+  } catch (e) {
+    failReady(data);
+    post({ type: 'error', id: data.id, message: (e as Error).stack ?? String(e) });
+  }
+}
+
+/** Whatever failed, the transport must not wait for a device that will never be ready. */
+function failReady(data: VirtioWorkerData): void {
+  const w = new Int32Array(data.shared, 0, Word.QueueBase);
+  Atomics.compareExchange(w, Word.Ready, 0, -1);
+  Atomics.notify(w, Word.Ready);
+}
+
+const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+
+function run(data: VirtioWorkerData, dev: VirtioDevice): void {
+  const nq = data.numQueues;
+  const { words, config } = sharedViews(data.shared, { numQueues: nq, vectors: data.irqFds.length });
+  const mem = GuestMemory.attach(data.mem);
   if (dev.numQueues !== nq) throw new Error(`${data.id}: device has ${dev.numQueues} queues, transport ${nq}`);
   // Publish what the transport answers from: features, queue size limit, configuration bytes.
   const feats = dev.features;
