@@ -168,7 +168,13 @@ export class VirtualMachine extends EventEmitter {
     // Spawn the threads first: their start-up (a V8 isolate each) overlaps the VM's set-up below.
     const deviceWorker = new Worker(new URL('./device_worker.js', import.meta.url));
     const vcpuWorkers = Array.from({ length: ncpu }, () => new Worker(new URL('./vcpu_worker.js', import.meta.url)));
-    const early = (e: Error) => this.log(`thread failed before the guest started: ${e.message}`);
+    // A thread that fails while the VM is being built must not leave the guest waiting for it
+    // forever: remember the failure and fail the VM as soon as it exists.
+    let earlyFailure: string | null = null;
+    const early = (e: Error) => {
+      earlyFailure ??= `a VMM thread failed to start: ${e.stack ?? e.message}`;
+      this.log(earlyFailure);
+    };
     for (const w of [deviceWorker, ...vcpuWorkers]) w.once('error', early);
     let vm: Vm;
     try {
@@ -258,6 +264,7 @@ export class VirtualMachine extends EventEmitter {
     this.boots++;
     deviceWorker.on('message', (m: DeviceEvent) => this.onDeviceEvent(run, m));
     deviceWorker.on('error', (e) => this.fail(run, `device thread failed: ${e.stack ?? e.message}`));
+    deviceWorker.once('exit', (code) => { if (!run.stopping) this.fail(run, `the device thread exited unexpectedly (code ${code})`); });
     for (const [i, v] of vcpus.entries()) {
       const wd: VcpuWorkerData = { handle: v.handle(), shared, runState: runStateSab, pciSlots: 1 + virtioInits.length };
       const w = vcpuWorkers[i]!;
@@ -265,8 +272,10 @@ export class VirtualMachine extends EventEmitter {
       w.postMessage(wd);
       w.on('message', (m: VcpuEvent) => this.onVcpuEvent(run, m));
       w.on('error', (e) => this.fail(run, `vCPU thread failed: ${e.message}`));
+      w.once('exit', (code) => { if (!run.stopping) this.fail(run, `vCPU ${i} thread exited unexpectedly (code ${code})`); });
       run.vcpuWorkers.push(w);
     }
+    if (earlyFailure !== null) this.fail(run, earlyFailure);
     this.log(`guest started: ${ncpu} vCPU(s), ${fmtBytes(memSize)}, ${kernelKind(this.kernel!)} kernel`);
   }
 
