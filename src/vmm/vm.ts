@@ -60,6 +60,9 @@ interface Running {
   serialFd: number;
   ownsSerialFd: boolean;
   stopping: boolean;
+  /** Resolve when each thread has exited (made at spawn, so an early exit is not missed). */
+  vcpuExited: Promise<void>[];
+  deviceExited: Promise<void>;
   /** Resolves when every thread has stopped and everything is released (see stopGuest). */
   stopped: Promise<void> | null;
 }
@@ -168,6 +171,9 @@ export class VirtualMachine extends EventEmitter {
     // Spawn the threads first: their start-up (a V8 isolate each) overlaps the VM's set-up below.
     const deviceWorker = new Worker(new URL('./device_worker.js', import.meta.url));
     const vcpuWorkers = Array.from({ length: ncpu }, () => new Worker(new URL('./vcpu_worker.js', import.meta.url)));
+    const exitOf = (w: Worker) => new Promise<void>((r) => w.once('exit', () => r()));
+    const deviceExited = exitOf(deviceWorker);
+    const vcpuExited = vcpuWorkers.map(exitOf);
     // A thread that fails while the VM is being built must not leave the guest waiting for it
     // forever: remember the failure and fail the VM as soon as it exists.
     let earlyFailure: string | null = null;
@@ -257,7 +263,7 @@ export class VirtualMachine extends EventEmitter {
     deviceWorker.postMessage(deviceData);
     const run: Running = {
       vm, mem: mem!, vcpus, vcpuWorkers: [], deviceWorker, shared, runState: new Int32Array(runStateSab),
-      serialIrqfd, serialFd, ownsSerialFd, stopping: false, stopped: null,
+      serialIrqfd, serialFd, ownsSerialFd, stopping: false, vcpuExited, deviceExited, stopped: null,
     };
     runRef = run;
     this.run = run;
@@ -375,10 +381,10 @@ export class VirtualMachine extends EventEmitter {
     run.stopping = true;
     Atomics.store(run.runState, 0, RunState.Stop);
     Atomics.notify(run.runState, 0);
-    const vcpuExits = run.vcpuWorkers.map((w) => new Promise<void>((r) => w.once('exit', () => r())));
+    const vcpuExits = run.vcpuExited;
     for (const v of run.vcpus) v.kick();
     await Promise.all(vcpuExits);
-    const devExit = new Promise<void>((r) => run.deviceWorker.once('exit', () => r()));
+    const devExit = run.deviceExited;
     ringDoorbell(run.shared.doorbell, true);
     await devExit;
     await this.virtio.stop(run.vm);
