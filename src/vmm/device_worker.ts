@@ -2,7 +2,6 @@
 // mailboxes, feeds host input to the serial port and writes its output to the configured sink.
 // Lifecycle requests from devices (ACPI S5, reset) go to the VMM's main thread as messages.
 import { parentPort } from 'node:worker_threads';
-import { writeSync } from 'node:fs';
 import { createPioBus, createMmioBus } from '../devices/bus.js';
 import { Serial } from '../devices/serial.js';
 import { I8042 } from '../devices/i8042.js';
@@ -16,6 +15,7 @@ import { ByteRing } from './ring.js';
 import { PIO_COM1, PIO_I8042, PIO_CMOS, PIO_ACPI_POWER } from './layout_ports.js';
 import { vmFromHandle } from '../hypervisor/handle.js';
 import { setupPci } from './pci_setup.js';
+import { writeAll } from './sink.js';
 
 const post = (e: DeviceEvent) => parentPort!.postMessage(e);
 
@@ -27,16 +27,8 @@ function start(data: DeviceWorkerData): void {
   const out = new Uint8Array(8192);
   let outLen = 0;
   function flush(): void {
-    let off = 0;
-    while (off < outLen) {
-      try {
-        off += writeSync(data.serialFd, out, off, outLen - off);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'EAGAIN') continue;
-        data.serialFd = -1; // sink gone (closed terminal/pipe): discard from now on
-        break;
-      }
-    }
+    // A sink that is gone (closed terminal/pipe) is dropped: output is discarded from now on.
+    if (outLen > 0 && !writeAll(data.serialFd, out, outLen)) data.serialFd = -1;
     outLen = 0;
   }
 

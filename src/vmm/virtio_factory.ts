@@ -1,8 +1,8 @@
 // Build a device model from its structured-cloneable spec, inside the device's I/O worker.
-import { writeSync } from 'node:fs';
 import * as libc from '../sys/libc.js';
 import type { VirtioDevice } from '../virtio/device.js';
 import type { VirtioDeviceSpec } from './virtio_protocol.js';
+import { writeAll } from './sink.js';
 
 /**
  * Each I/O thread loads only its own device's module (a thread's start-up is mostly module
@@ -37,18 +37,4 @@ export async function createDeviceModel(spec: VirtioDeviceSpec, id: string): Pro
       });
     }
   }
-}
-
-/** Write all of `bytes` to `fd` (console sink); a vanished sink is reported by returning false. */
-export function writeAll(fd: number, bytes: Uint8Array): boolean {
-  let off = 0;
-  while (off < bytes.length) {
-    try {
-      off += writeSync(fd, bytes, off, bytes.length - off);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') continue;
-      return false;
-    }
-  }
-  return true;
 }

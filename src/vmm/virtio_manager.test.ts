@@ -4,7 +4,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VirtioManager, VirtioConfigError, parseMac } from './virtio_manager.js';
+import { VirtioManager, VirtioConfigError } from './virtio_manager.js';
+import { parseMac } from '../net/tap.js';
 import { createVmConfig, type VmConfig, type VmConfigInput } from './config.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'stv-virtio-mgr-'));
@@ -59,6 +60,6 @@ test('bad disk, entropy and console settings are named', () => {
 });
 
 test('MAC addresses are parsed strictly', () => {
-  assert.deepEqual(parseMac('52:54:00:ab:CD:0f'), [0x52, 0x54, 0x00, 0xab, 0xcd, 0x0f]);
+  assert.deepEqual([...parseMac('52:54:00:ab:CD:0f')], [0x52, 0x54, 0x00, 0xab, 0xcd, 0x0f]);
   for (const bad of ['52:54:00:ab:cd', '52-54-00-ab-cd-ef', '52:54:00:ab:cd:xyz', '']) assert.throws(() => parseMac(bad), /invalid MAC/);
 });

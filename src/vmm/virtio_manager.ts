@@ -8,7 +8,7 @@ import { openSync, closeSync, fstatSync } from 'node:fs';
 import * as libc from '../sys/libc.js';
 import type { Vm } from '../hypervisor/hypervisor.js';
 import type { GuestMemory } from '../memory/guest_memory.js';
-import { Tap } from '../net/tap.js';
+import { Tap, parseMac } from '../net/tap.js';
 import { VirtioDeviceType } from '../virtio/device.js';
 import { createShared, Word, Command, postCommand } from '../virtio/pci/shared.js';
 import { BAR_SIZE } from '../virtio/pci/transport.js';
@@ -48,13 +48,6 @@ interface RunDevice {
 }
 
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
-
-/** A MAC address "52:54:00:xx:xx:xx" -> 6 bytes; throws on bad syntax. */
-export function parseMac(s: string): number[] {
-  const parts = s.split(':');
-  if (parts.length !== 6 || !parts.every((p) => /^[0-9a-fA-F]{2}$/.test(p))) throw new VirtioConfigError(`invalid MAC address '${s}'`);
-  return parts.map((p) => parseInt(p, 16));
-}
 
 function randomMac(): number[] {
   const b = new Uint8Array(3);
@@ -126,7 +119,12 @@ export class VirtioManager {
     const id = n.id ?? `_net${i}`;
     if (n.vhost_user) throw new VirtioConfigError(`${id}: vhost-user net is not supported`);
     const pairs = Math.max(1, Math.floor(n.num_queues / 2));
-    const mac = n.mac ? parseMac(n.mac) : randomMac();
+    let mac: number[];
+    try {
+      mac = n.mac ? Array.from(parseMac(n.mac)) : randomMac();
+    } catch (e) {
+      throw new VirtioConfigError(`${id}: ${(e as Error).message}`);
+    }
     let tap: Tap;
     try {
       tap = Tap.open({ ...(n.tap ? { name: n.tap } : {}), queues: pairs, vnetHdr: true });

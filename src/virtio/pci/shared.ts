@@ -14,7 +14,6 @@ export const Word = {
   Ready: 0,
   DeviceFeaturesLo: 1,
   DeviceFeaturesHi: 2,
-  NumQueues: 3,
   QueueMax: 4,
   DriverFeaturesLo: 5,
   DriverFeaturesHi: 6,
@@ -31,16 +30,8 @@ export const Word = {
   NeedsReset: 14,
   /** Malformed requests seen since creation (never reset). */
   Errors: 15,
-  ConfigLength: 16,
-  /** Device counters (bytes/ops, device-defined), worker-written. */
-  Counters: 20,
-  CounterWords: 12,
-  QueueBase: 32,
+  QueueBase: 16,
   QueueStride: 12,
-} as const;
-
-export const CounterIndex = {
-  ReadBytes: 0, WriteBytes: 1, ReadOps: 2, WriteOps: 3, RxBytes: 4, TxBytes: 5, RxFrames: 6, TxFrames: 7,
 } as const;
 
 /** Words of one queue, relative to QueueBase + index * QueueStride. */
@@ -84,7 +75,6 @@ export function sharedWords(l: VirtioSharedLayout): number {
 export function createShared(l: VirtioSharedLayout): SharedArrayBuffer {
   const sab = new SharedArrayBuffer(sharedWords(l) * 4 + CONFIG_BYTES);
   const w = new Int32Array(sab, 0, sharedWords(l));
-  w[Word.NumQueues] = l.numQueues;
   for (let v = 0; v < l.vectors; v++) w[vectorWord(l.numQueues, v)] = VECTOR_MASKED;
   w[Word.ConfigVector] = VIRTIO_MSI_NO_VECTOR;
   for (let q = 0; q < l.numQueues; q++) w[queueWord(q, QueueWord.Vector)] = VIRTIO_MSI_NO_VECTOR;
