@@ -79,10 +79,14 @@ async function main() {
     const e2e = findTests(join(REPO, 'dist', 'test', 'e2e'), /\.test\.js$/).filter((f) => !filter || filter.test(f));
     // One sandbox boot per e2e file, one guest at a time (the sandbox has 2 vCPUs), so that a
     // sandbox that dies (its L1 kernel has panicked under TCG's SVM emulation) costs one file.
+    // Limits per file: 20 minutes in all, and 6 minutes without any output (the reporter prints
+    // each test as it ends; the longest takes ~100 s): a sandbox whose CPUs are stuck in an inner
+    // guest prints nothing, and is then killed with its CPU state saved.
     const fileTimeoutS = process.env.STV_SANDBOX_TIMEOUT ?? '1200';
+    const idleTimeoutS = process.env.STV_SANDBOX_IDLE_TIMEOUT ?? '360';
     for (const file of e2e) {
       const name = `e2e-${basename(file, '.test.js')}`;
-      const run = () => runNodeTests(name, [file], { sandbox: true, env: { ...env, STV_SANDBOX_TIMEOUT: fileTimeoutS }, concurrency: 1, countRunnerFailure: false });
+      const run = () => runNodeTests(name, [file], { sandbox: true, env: { ...env, STV_SANDBOX_TIMEOUT: fileTimeoutS, STV_SANDBOX_IDLE_TIMEOUT: idleTimeoutS }, concurrency: 1, countRunnerFailure: false });
       let c = await run();
       if (c.sandboxFailed && c.fail === 0) {
         // The sandbox itself failed (125) or timed out (124) and no test had failed: the

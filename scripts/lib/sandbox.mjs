@@ -6,7 +6,8 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, openSync, closeSync, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
-import { constants as osConstants } from 'node:os';
+import { constants as osConstants, tmpdir } from 'node:os';
+import { connect as netConnect } from 'node:net';
 import { ensureSandboxImages, REPO, CACHE } from './images.mjs';
 import { ensurePackages } from './deps.mjs';
 
@@ -91,8 +92,13 @@ export async function runInSandbox(argv, opts = {}) {
   const cpus = process.env.STV_SANDBOX_CPUS ?? '2';
   // A wedged inner guest can spin the sandbox's CPU forever: batch runs get a deadline well inside
   // CI's 90 minutes; an interactive session (npm start) none unless asked. 0 turns it off.
-  const timeoutS = Number(process.env.STV_SANDBOX_TIMEOUT ?? (interactive ? 0 : 2400));
-  if (!Number.isFinite(timeoutS) || timeoutS < 0) throw new Error(`STV_SANDBOX_TIMEOUT must be a number of seconds, not '${process.env.STV_SANDBOX_TIMEOUT}'`);
+  const timeoutS = secondsFromEnv('STV_SANDBOX_TIMEOUT', interactive ? 0 : 2400);
+  // A sandbox whose CPUs are stuck in an inner guest prints nothing at all: batch callers that
+  // know their command talks regularly (npm test) set a limit on silence. 0 (default): none.
+  const idleS = interactive ? 0 : secondsFromEnv('STV_SANDBOX_IDLE_TIMEOUT', 0);
+  // QEMU's monitor, to record where the sandbox's CPUs are when it is killed for time. Unix
+  // socket paths are short (108 bytes): keep it in /tmp, not in the (maybe deep) state folder.
+  const monitorPath = join(tmpdir(), `stv-sandbox-${process.pid}-${Date.now()}.mon`);
   const append = [
     'console=ttyS0', 'loglevel=4', 'panic=-1', 'mitigations=off', 'tsc=reliable', 'no_timer_check',
     `stv.state=${state}`, `stv.interactive=${interactive ? 1 : 0}`,
@@ -107,19 +113,19 @@ export async function runInSandbox(argv, opts = {}) {
     '-fsdev', 'local,id=hostroot,path=/,security_model=passthrough,multidevs=remap',
     '-device', 'virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot',
     '-device', 'virtio-rng-pci',
+    '-monitor', `unix:${monitorPath},server=on,wait=off`,
   ];
   if (process.env.STV_SANDBOX_VERBOSE) log(`booting nested sandbox (${reason}): qemu-system-x86_64 ${qemuArgs.join(' ')}`);
-  let timedOut = false;
-  const status = await spawnWait('qemu-system-x86_64', qemuArgs, {
-    stdio: [interactive ? 'inherit' : 'ignore', 'inherit', 'inherit'],
-    timeoutMs: timeoutS > 0 ? timeoutS * 1000 : undefined,
-    onTimeout: () => { timedOut = true; },
-  });
+  const { status, stopped } = await runSandboxQemu(qemuArgs, { interactive, timeoutS, idleS, monitorPath, registersFile: join(state, 'registers.txt') });
+  rmSync(monitorPath, { force: true });
   const rcFile = join(state, 'rc');
   const consoleText = existsSync(consoleLog) ? readFileSync(consoleLog, 'utf8') : '';
   const keep = () => log(`sandbox console log kept at ${consoleLog}`);
-  if (timedOut) {
-    log(`timed out after ${timeoutS} s (STV_SANDBOX_TIMEOUT); last console lines:\n${tail(consoleLog, 30)}`);
+  if (stopped) {
+    const why = stopped === 'timeout' ? `timed out after ${timeoutS} s (STV_SANDBOX_TIMEOUT)` : `the command printed nothing for ${idleS} s (STV_SANDBOX_IDLE_TIMEOUT)`;
+    log(`${why}; killed. Last console lines:\n${tail(consoleLog, 30)}`);
+    const regs = join(state, 'registers.txt');
+    if (existsSync(regs)) log(`where the sandbox's CPUs were (QEMU 'info registers -a', whole dump in ${regs}):\n${summarizeRegisters(readFileSync(regs, 'utf8'))}`);
     keep();
     return 124;
   }
@@ -134,6 +140,94 @@ export async function runInSandbox(argv, opts = {}) {
   if (rc !== 0 || process.env.STV_SANDBOX_KEEP) keep();
   else rmSync(state, { recursive: true, force: true });
   return Number.isInteger(rc) ? rc : 125;
+}
+
+function secondsFromEnv(name, dflt) {
+  const v = process.env[name];
+  const n = v === undefined || v === '' ? dflt : Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new Error(`${name} must be a number of seconds, not '${v}'`);
+  return n;
+}
+
+/**
+ * Run the sandbox's QEMU; its stdout (the command's output over ttyS1) is passed through. Kill it
+ * after timeoutS in all, or after idleS without output, first saving the CPU state from its
+ * monitor. Resolves to the exit status and why it was stopped ('timeout', 'idle' or null).
+ */
+function runSandboxQemu(args, { interactive, timeoutS, idleS, monitorPath, registersFile }) {
+  return new Promise((resolve) => {
+    const child = spawn('qemu-system-x86_64', args, { stdio: [interactive ? 'inherit' : 'ignore', idleS > 0 ? 'pipe' : 'inherit', 'inherit'] });
+    let stopped = null;
+    let overall;
+    let idle;
+    const stop = (why) => {
+      if (stopped) return;
+      stopped = why;
+      clearTimeout(overall);
+      clearTimeout(idle);
+      void dumpRegisters(monitorPath, registersFile).finally(() => child.kill('SIGKILL'));
+    };
+    if (timeoutS > 0) overall = setTimeout(() => stop('timeout'), timeoutS * 1000);
+    const armIdle = () => {
+      clearTimeout(idle);
+      idle = setTimeout(() => stop('idle'), idleS * 1000);
+    };
+    if (idleS > 0) {
+      armIdle();
+      child.stdout.on('data', (b) => { process.stdout.write(b); if (!stopped) armIdle(); });
+    }
+    child.on('error', (e) => {
+      clearTimeout(overall);
+      clearTimeout(idle);
+      process.stderr.write(`kvm-sandbox: cannot run qemu-system-x86_64: ${e.message}\n`);
+      resolve({ status: e.code === 'ENOENT' ? 127 : 126, stopped: null });
+    });
+    child.on('exit', (code, sig) => {
+      clearTimeout(overall);
+      clearTimeout(idle);
+      resolve({ status: code ?? 128 + (sig ? (osConstants.signals[sig] ?? 0) : 0), stopped });
+    });
+  });
+}
+
+/** Ask QEMU's human monitor for every CPU's registers; give up after 5 s. */
+function dumpRegisters(monitorPath, file) {
+  return new Promise((resolve) => {
+    let text = '';
+    const sock = netConnect(monitorPath);
+    const done = () => {
+      clearTimeout(timer);
+      sock.destroy();
+      if (text) writeFileSync(file, text);
+      resolve();
+    };
+    const timer = setTimeout(done, 5000);
+    sock.on('error', done);
+    sock.on('connect', () => sock.write('info registers -a\n'));
+    sock.on('data', (b) => {
+      text += b.toString('latin1');
+      // The monitor prompts again once the command's output is complete.
+      if (/info registers -a[\s\S]*\(qemu\) $/.test(text)) done();
+    });
+  });
+}
+
+/**
+ * One line per CPU from 'info registers -a': RIP, CPL, HLT, and whether it is in a nested guest
+ * (TCG shows the inner guest's state while an SVM guest runs; EFER.SVME alone says little).
+ */
+export function summarizeRegisters(dump) {
+  const out = [];
+  for (const part of dump.split(/^CPU#/m).slice(1)) {
+    const cpu = /^(\d+)/.exec(part)?.[1] ?? '?';
+    const rip = /RIP=([0-9a-f]+)/.exec(part)?.[1] ?? '?';
+    const cpl = /CPL=(\d)/.exec(part)?.[1] ?? '?';
+    const hlt = /HLT=(\d)/.exec(part)?.[1] ?? '?';
+    const cr3 = /CR3=([0-9a-f]+)/.exec(part)?.[1] ?? '?';
+    const efer = /EFER=([0-9a-f]+)/.exec(part)?.[1] ?? '?';
+    out.push(`CPU#${cpu}: RIP=${rip} CPL=${cpl} HLT=${hlt} CR3=${cr3} EFER=${efer}`);
+  }
+  return out.length > 0 ? out.join('\n') : '(no CPU state in the monitor output)';
 }
 
 /** spawn and resolve with the exit status (signal → 128+n). */

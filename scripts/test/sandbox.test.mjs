@@ -6,7 +6,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chooseSandboxMode, commandScript, shq } from '../lib/sandbox.mjs';
+import { chooseSandboxMode, commandScript, shq, summarizeRegisters } from '../lib/sandbox.mjs';
 import { CpioWriter } from '../lib/cpio.mjs';
 import { parseModulesDep, resolveModules } from '../lib/modules.mjs';
 import { extractVmlinux, ImageError } from '../lib/images.mjs';
@@ -83,4 +83,20 @@ test('vmlinux extraction rejects a non-kernel and a truncated bzImage', () => {
   hdr.writeUInt32LE(0x100, 0x248);
   hdr.writeUInt32LE(0x100000, 0x24c);
   assert.throws(() => extractVmlinux(hdr), /past the end/);
+});
+
+test('a killed sandbox is summarized one line per CPU from QEMU\'s "info registers -a"', () => {
+  const cpu = (n, rip, hlt, efer) => [
+    `CPU#${n}`,
+    'RAX=0000000000000000 RBX=0000000000000000 RCX=0000000000000000 RDX=0000000000000000',
+    `RIP=${rip} RFL=00000046 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=${hlt}`,
+    'CR0=80000011 CR2=0000000007200000 CR3=0000000004f77000 CR4=00001060',
+    `EFER=${efer}`,
+  ].join('\n');
+  const dump = `QEMU 7.2.22 monitor - type 'help' for more information\n(qemu) info registers -a\n\n${cpu(0, '0000000004f3a4ec', 0, '0000000000001500')}\n${cpu(1, 'ffffffff86e592eb', 1, '0000000000001d01')}\n(qemu) `;
+  assert.equal(summarizeRegisters(dump), [
+    'CPU#0: RIP=0000000004f3a4ec CPL=0 HLT=0 CR3=0000000004f77000 EFER=0000000000001500',
+    'CPU#1: RIP=ffffffff86e592eb CPL=0 HLT=1 CR3=0000000004f77000 EFER=0000000000001d01',
+  ].join('\n'));
+  assert.equal(summarizeRegisters('(qemu) '), '(no CPU state in the monitor output)');
 });
