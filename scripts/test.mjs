@@ -84,15 +84,16 @@ async function main() {
     // guest prints nothing, and is then killed with its CPU state saved.
     const fileTimeoutS = process.env.STV_SANDBOX_TIMEOUT ?? '1200';
     const idleTimeoutS = process.env.STV_SANDBOX_IDLE_TIMEOUT ?? '360';
+    const sandboxRetries = Number(process.env.STV_E2E_SANDBOX_RETRIES ?? 2);
     for (const file of e2e) {
       const name = `e2e-${basename(file, '.test.js')}`;
       const run = () => runNodeTests(name, [file], { sandbox: true, env: { ...env, STV_SANDBOX_TIMEOUT: fileTimeoutS, STV_SANDBOX_IDLE_TIMEOUT: idleTimeoutS }, concurrency: 1, countRunnerFailure: false });
       let c = await run();
-      if (c.sandboxFailed && c.fail === 0) {
-        // The sandbox itself failed (125) or timed out (124) and no test had failed: the
-        // infrastructure, not a test. Start the file once more in a fresh sandbox; the failed
-        // sandbox's console stays where kvm-sandbox printed it. A second failure counts.
-        log(`${name}: the sandbox failed (status ${c.status}) with no failing test reported; running this file once more in a fresh sandbox`);
+      for (let attempt = 1; attempt <= sandboxRetries && c.sandboxFailed && c.fail === 0; attempt++) {
+        // The sandbox itself failed (125) or was killed for time (124) and no test had failed:
+        // the infrastructure, not a test. Start the file again in a fresh sandbox; the failed
+        // sandbox's console stays where kvm-sandbox printed it. Failing every time counts.
+        log(`${name}: the sandbox failed (status ${c.status}) with no failing test reported; running this file again in a fresh sandbox (retry ${attempt} of ${sandboxRetries})`);
         c = await run();
       }
       if (c.status !== 0 && c.fail === 0) {

@@ -116,18 +116,20 @@ export async function runInSandbox(argv, opts = {}) {
     '-monitor', `unix:${monitorPath},server=on,wait=off`,
   ];
   if (process.env.STV_SANDBOX_VERBOSE) log(`booting nested sandbox (${reason}): qemu-system-x86_64 ${qemuArgs.join(' ')}`);
-  const { status, stopped } = await runSandboxQemu(qemuArgs, { interactive, timeoutS, idleS, monitorPath, registersFile: join(state, 'registers.txt') });
+  const { status, stopped } = await runSandboxQemu(qemuArgs, { interactive, timeoutS, idleS, monitorPath, consoleLog, registersFile: join(state, 'registers.txt') });
   rmSync(monitorPath, { force: true });
   const rcFile = join(state, 'rc');
   const consoleText = existsSync(consoleLog) ? readFileSync(consoleLog, 'utf8') : '';
   const keep = () => log(`sandbox console log kept at ${consoleLog}`);
   if (stopped) {
-    const why = stopped === 'timeout' ? `timed out after ${timeoutS} s (STV_SANDBOX_TIMEOUT)` : `the command printed nothing for ${idleS} s (STV_SANDBOX_IDLE_TIMEOUT)`;
+    const why = stopped === 'timeout' ? `timed out after ${timeoutS} s (STV_SANDBOX_TIMEOUT)`
+      : stopped === 'idle' ? `the command printed nothing for ${idleS} s (STV_SANDBOX_IDLE_TIMEOUT)`
+        : 'the sandbox kernel reported a CPU stuck (soft lockup or RCU stall; it does not recover here)';
     log(`${why}; killed. Last console lines:\n${tail(consoleLog, 30)}`);
     const regs = join(state, 'registers.txt');
     if (existsSync(regs)) log(`where the sandbox's CPUs were (QEMU 'info registers -a', whole dump in ${regs}):\n${summarizeRegisters(readFileSync(regs, 'utf8'))}`);
     keep();
-    return 124;
+    return stopped === 'stuck' ? 125 : 124;
   }
   if (!existsSync(rcFile)) {
     const err = /@@sandbox:error:([^@]*)@@/.exec(consoleText);
@@ -154,7 +156,7 @@ function secondsFromEnv(name, dflt) {
  * after timeoutS in all, or after idleS without output, first saving the CPU state from its
  * monitor. Resolves to the exit status and why it was stopped ('timeout', 'idle' or null).
  */
-function runSandboxQemu(args, { interactive, timeoutS, idleS, monitorPath, registersFile }) {
+function runSandboxQemu(args, { interactive, timeoutS, idleS, monitorPath, consoleLog, registersFile }) {
   return new Promise((resolve) => {
     const child = spawn('qemu-system-x86_64', args, { stdio: [interactive ? 'inherit' : 'ignore', idleS > 0 ? 'pipe' : 'inherit', 'inherit'] });
     let stopped = null;
@@ -168,6 +170,16 @@ function runSandboxQemu(args, { interactive, timeoutS, idleS, monitorPath, regis
       void dumpRegisters(monitorPath, registersFile).finally(() => child.kill('SIGKILL'));
     };
     if (timeoutS > 0) overall = setTimeout(() => stop('timeout'), timeoutS * 1000);
+    // The sandbox's kernel says when one of its CPUs is stuck (seen: kvm-amd under TCG's SVM
+    // emulation spinning in KVM_RUN for 800 s, QEMU and Stratovisor alike): stop it then,
+    // rather than when a time limit runs out.
+    const watch = interactive ? undefined : setInterval(() => {
+      if (stopped) return;
+      let text = '';
+      try { text = readFileSync(consoleLog, 'latin1'); } catch { return; }
+      if (STUCK_CPU.test(text)) stop('stuck');
+    }, 5000);
+    child.on('exit', () => clearInterval(watch));
     const armIdle = () => {
       clearTimeout(idle);
       idle = setTimeout(() => stop('idle'), idleS * 1000);
@@ -189,6 +201,9 @@ function runSandboxQemu(args, { interactive, timeoutS, idleS, monitorPath, regis
     });
   });
 }
+
+/** What the sandbox kernel prints about a CPU that no longer makes progress. */
+export const STUCK_CPU = /watchdog: BUG: soft lockup|rcu: INFO: rcu_(?:sched|preempt) (?:self-)?detected stalls/;
 
 /** Ask QEMU's human monitor for every CPU's registers; give up after 5 s. */
 function dumpRegisters(monitorPath, file) {
