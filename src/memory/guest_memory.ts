@@ -6,8 +6,12 @@
 // Internally everything is a number (faster than bigint, no allocation); a bigint argument is
 // range-checked *before* conversion so values like 2^64-16 can neither wrap nor lose precision.
 //
-// Host side: `GuestMemory.allocate()` mmaps each region MAP_SHARED|MAP_ANONYMOUS|MAP_NORESERVE
-// (the host commits pages only when touched). `describe()` returns a structured-cloneable object
+// Host side: `GuestMemory.allocate()` mmaps each region MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE
+// (the host commits pages only when touched; every thread of the process sees the same pages)
+// and asks for transparent huge pages (MADV_HUGEPAGE, as QEMU and Cloud Hypervisor's default
+// `thp=on`): 2 MiB pages mean 512 times fewer faults as the guest first touches its RAM and fewer
+// TLB misses through two-level paging. (A MAP_SHARED anonymous mapping is shmem, which gets no
+// THP by default: measured in the nested sandbox, a boot took ~27 k faults in the vCPU thread.) `describe()` returns a structured-cloneable object
 // that `GuestMemory.attach()` turns into a second GuestMemory over the *same* mapping in a worker
 // thread (koffi.view over the host address). Tests build memory from plain (Shared)ArrayBuffers.
 //
@@ -115,6 +119,20 @@ function makeWindows(size: number, view: (offset: number, len: number) => ArrayB
   return { windows, buffers };
 }
 
+/**
+ * Hints for a guest RAM mapping, best effort: transparent huge pages (a kernel without THP answers
+ * EINVAL, and the guest still runs on 4 KiB pages), and no copy into a forked child (DONTFORK).
+ */
+function adviseGuestRam(host: bigint, size: number): void {
+  for (const advice of [libc.MADV_HUGEPAGE, libc.MADV_DONTFORK]) {
+    try {
+      libc.madvise(host, size, advice);
+    } catch (e) {
+      if (!(e instanceof libc.SysError && e.errno === libc.EINVAL)) throw e;
+    }
+  }
+}
+
 function validateLayout(specs: ReadonlyArray<{ gpa: number; size: number }>, pageAligned: boolean): void {
   if (specs.length === 0) throw new GuestMemoryError('guest memory needs at least one region', 0, 0);
   let prevEnd = -1;
@@ -154,7 +172,7 @@ export class GuestMemory {
   }
 
   /**
-   * mmap one shared anonymous, MAP_NORESERVE mapping per region. `layout` must be sorted,
+   * mmap one private anonymous, MAP_NORESERVE mapping per region. `layout` must be sorted,
    * non-overlapping and page aligned (e.g. `ramRegions(memSize)` from arch/x86_64/layout).
    */
   static allocate(layout: ReadonlyArray<RegionSpec>): GuestMemory {
@@ -164,10 +182,11 @@ export class GuestMemory {
     try {
       for (const s of specs) {
         const host = libc.mmap(s.size, libc.PROT_READ | libc.PROT_WRITE,
-          libc.MAP_SHARED | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE, -1, 0);
+          libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE, -1, 0);
         // Push first so that a failing view still gets unmapped below.
         const reg: Region = { start: s.gpa, end: s.gpa + s.size, hostAddress: host, windows: [], buffers: [] };
         regs.push(reg);
+        adviseGuestRam(host, s.size);
         const w = makeWindows(s.size, (off, len) => libc.view(host + BigInt(off), len));
         reg.windows = w.windows;
         reg.buffers = w.buffers;
