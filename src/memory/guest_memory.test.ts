@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
+import { readFileSync } from 'node:fs';
 import { GuestMemory, GuestMemoryError, GPA_LIMIT, WINDOW_STRIDE } from './guest_memory.js';
 
 const GiB = 2 ** 30;
@@ -103,6 +104,37 @@ test('mmap-backed memory: allocate, access, free', () => {
   throwsGme(() => m.readU8(0), /after free\(\)/);
   assert.equal(m.checkedRange(0, 1), false);
   m.free(); // idempotent
+});
+
+/** The VmFlags line of /proc/self/smaps for the mapping that starts at `addr`. */
+function vmFlags(addr: bigint): string[] {
+  const smaps = readFileSync('/proc/self/smaps', 'utf8');
+  const at = smaps.indexOf(`${addr.toString(16)}-`);
+  assert.ok(at >= 0, 'mapping not found in /proc/self/smaps');
+  const m = /^VmFlags:(.*)$/m.exec(smaps.slice(at));
+  return m![1]!.trim().split(/\s+/);
+}
+
+test('guest RAM mappings: private with THP asked for by default; shared=on and thp=off as Cloud Hypervisor', () => {
+  const plain = GuestMemory.allocate([{ gpa: 0, size: 4 << 20 }]);
+  const shared = GuestMemory.allocate([{ gpa: 0, size: 4 << 20 }], { shared: true, thp: false });
+  try {
+    const p = vmFlags(plain.regions[0]!.hostAddress);
+    assert.ok(!p.includes('sh'), `private mapping expected, VmFlags ${p.join(' ')}`);
+    assert.ok(p.includes('hg'), `MADV_HUGEPAGE expected (hg), VmFlags ${p.join(' ')}`);
+    assert.ok(p.includes('dc'), `MADV_DONTFORK expected (dc), VmFlags ${p.join(' ')}`);
+    const s = vmFlags(shared.regions[0]!.hostAddress);
+    assert.ok(s.includes('sh'), `shared mapping expected, VmFlags ${s.join(' ')}`);
+    assert.ok(!s.includes('hg'), `no MADV_HUGEPAGE with thp=off, VmFlags ${s.join(' ')}`);
+    // Both are usable memory all the same.
+    plain.writeU32(0x1000, 0xdeadbeef);
+    shared.writeU32(0x1000, 0xfeedface);
+    assert.equal(plain.readU32(0x1000), 0xdeadbeef);
+    assert.equal(shared.readU32(0x1000), 0xfeedface);
+  } finally {
+    plain.free();
+    shared.free();
+  }
 });
 
 test('regions over 4 GiB use overlapping windows: any access up to 2 GiB works', () => {

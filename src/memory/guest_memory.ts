@@ -7,11 +7,13 @@
 // range-checked *before* conversion so values like 2^64-16 can neither wrap nor lose precision.
 //
 // Host side: `GuestMemory.allocate()` mmaps each region MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE
-// (the host commits pages only when touched; every thread of the process sees the same pages)
-// and asks for transparent huge pages (MADV_HUGEPAGE, as QEMU and Cloud Hypervisor's default
-// `thp=on`): 2 MiB pages mean 512 times fewer faults as the guest first touches its RAM and fewer
-// TLB misses through two-level paging. (A MAP_SHARED anonymous mapping is shmem, which gets no
-// THP by default: measured in the nested sandbox, a boot took ~27 k faults in the vCPU thread.) `describe()` returns a structured-cloneable object
+// (the host commits pages only when touched; every thread of the process sees the same pages),
+// MAP_SHARED with `shared` (Cloud Hypervisor's `--memory shared=on`, for memory other processes
+// map later), and asks for transparent huge pages unless `thp` is false (MADV_HUGEPAGE, as QEMU
+// and Cloud Hypervisor's default `thp=on`): 2 MiB pages mean 512 times fewer faults as the guest
+// first touches its RAM and fewer TLB misses through two-level paging. (Shared anonymous memory
+// is shmem, which gets no THP by default: measured in the nested sandbox, a boot took ~27 k
+// faults in the boot vCPU's thread with it, ~2.8 k with private THP memory.) `describe()` returns a structured-cloneable object
 // that `GuestMemory.attach()` turns into a second GuestMemory over the *same* mapping in a worker
 // thread (koffi.view over the host address). Tests build memory from plain (Shared)ArrayBuffers.
 //
@@ -123,8 +125,8 @@ function makeWindows(size: number, view: (offset: number, len: number) => ArrayB
  * Hints for a guest RAM mapping, best effort: transparent huge pages (a kernel without THP answers
  * EINVAL, and the guest still runs on 4 KiB pages), and no copy into a forked child (DONTFORK).
  */
-function adviseGuestRam(host: bigint, size: number): void {
-  for (const advice of [libc.MADV_HUGEPAGE, libc.MADV_DONTFORK]) {
+function adviseGuestRam(host: bigint, size: number, thp: boolean): void {
+  for (const advice of thp ? [libc.MADV_HUGEPAGE, libc.MADV_DONTFORK] : [libc.MADV_DONTFORK]) {
     try {
       libc.madvise(host, size, advice);
     } catch (e) {
@@ -172,21 +174,22 @@ export class GuestMemory {
   }
 
   /**
-   * mmap one private anonymous, MAP_NORESERVE mapping per region. `layout` must be sorted,
+   * mmap one anonymous, MAP_NORESERVE mapping per region (private unless `shared`; THP asked
+   * for unless `thp` is false). `layout` must be sorted,
    * non-overlapping and page aligned (e.g. `ramRegions(memSize)` from arch/x86_64/layout).
    */
-  static allocate(layout: ReadonlyArray<RegionSpec>): GuestMemory {
+  static allocate(layout: ReadonlyArray<RegionSpec>, opts: { shared?: boolean; thp?: boolean } = {}): GuestMemory {
+    const flags = (opts.shared ? libc.MAP_SHARED : libc.MAP_PRIVATE) | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE;
     const specs = layout.map((r) => ({ gpa: toGpaNumber(r.gpa, r.size), size: r.size }));
     validateLayout(specs, true);
     const regs: Region[] = [];
     try {
       for (const s of specs) {
-        const host = libc.mmap(s.size, libc.PROT_READ | libc.PROT_WRITE,
-          libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE, -1, 0);
+        const host = libc.mmap(s.size, libc.PROT_READ | libc.PROT_WRITE, flags, -1, 0);
         // Push first so that a failing view still gets unmapped below.
         const reg: Region = { start: s.gpa, end: s.gpa + s.size, hostAddress: host, windows: [], buffers: [] };
         regs.push(reg);
-        adviseGuestRam(host, s.size);
+        adviseGuestRam(host, s.size, opts.thp ?? true);
         const w = makeWindows(s.size, (off, len) => libc.view(host + BigInt(off), len));
         reg.windows = w.windows;
         reg.buffers = w.buffers;

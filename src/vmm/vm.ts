@@ -202,7 +202,7 @@ export class VirtualMachine extends EventEmitter {
       vm.createIrqChip();
       vm.createPit();
       try {
-        mem = GuestMemory.allocate(ramRegions(memSize));
+        mem = GuestMemory.allocate(ramRegions(memSize), { shared: cfg.memory.shared, thp: cfg.memory.thp });
       } catch (e) {
         throw new VmError(`cannot allocate ${fmtBytes(memSize)} of guest memory: ${(e as Error).message}`);
       }
