@@ -10,10 +10,11 @@
 // (the host commits pages only when touched; every thread of the process sees the same pages),
 // MAP_SHARED with `shared` (Cloud Hypervisor's `--memory shared=on`, for memory other processes
 // map later), and asks for transparent huge pages unless `thp` is false (MADV_HUGEPAGE, as QEMU
-// and Cloud Hypervisor's default `thp=on`): 2 MiB pages mean 512 times fewer faults as the guest
-// first touches its RAM and fewer TLB misses through two-level paging. (Shared anonymous memory
-// is shmem, which gets no THP by default: measured in the nested sandbox, a boot took ~27 k
-// faults in the boot vCPU's thread with it, ~2.8 k with private THP memory.) `describe()` returns a structured-cloneable object
+// and Cloud Hypervisor's default `thp=on`; not needed, and not given, where the host's THP mode is
+// `always`): 2 MiB pages mean 512 times fewer faults as the guest first touches its RAM and fewer
+// TLB misses through two-level paging. (Shared anonymous memory is shmem, which gets no THP by
+// default: measured in the nested sandbox, a boot took ~27 k faults in the boot vCPU's thread
+// with it, ~2.8 k with private THP memory.) `describe()` returns a structured-cloneable object
 // that `GuestMemory.attach()` turns into a second GuestMemory over the *same* mapping in a worker
 // thread (koffi.view over the host address). Tests build memory from plain (Shared)ArrayBuffers.
 //
@@ -22,6 +23,7 @@
 // inside one region always fits inside one window. Only slice()/readBytes()/writeBytes() larger
 // than 2 GiB that straddle a window boundary are refused (with a GuestMemoryError).
 
+import { readFileSync } from 'node:fs';
 import * as libc from '../sys/libc.js';
 
 /** A guest physical address. Numbers must be safe integers; see the file comment. */
@@ -121,12 +123,60 @@ function makeWindows(size: number, view: (offset: number, len: number) => ArrayB
   return { windows, buffers };
 }
 
+/** Huge-page size: guest RAM is placed at host addresses congruent to its GPA modulo this. */
+export const HUGE_PAGE_SIZE = 2 << 20;
+
 /**
- * Hints for a guest RAM mapping, best effort: transparent huge pages (a kernel without THP answers
- * EINVAL, and the guest still runs on 4 KiB pages), and no copy into a forked child (DONTFORK).
+ * mmap `size` bytes at a 2 MiB-aligned host address (regions start at 2 MiB-aligned GPAs), so
+ * that a transparent huge page of the host backs a whole 2 MiB guest page and KVM can map it with
+ * one large page-table entry (QEMU aligns its RAM blocks the same way). Over-allocate by 2 MiB and
+ * unmap the unaligned head and tail.
+ */
+function mmapAligned(size: number, flags: number): bigint {
+  if (size < HUGE_PAGE_SIZE) return libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, flags, -1, 0);
+  const raw = libc.mmap(size + HUGE_PAGE_SIZE, libc.PROT_READ | libc.PROT_WRITE, flags, -1, 0);
+  const mask = BigInt(HUGE_PAGE_SIZE - 1);
+  const aligned = (raw + mask) & ~mask;
+  const head = Number(aligned - raw);
+  if (head > 0) libc.munmap(raw, head);
+  const tail = HUGE_PAGE_SIZE - head;
+  if (tail > 0) libc.munmap(aligned + BigInt(size), tail);
+  return aligned;
+}
+
+/**
+ * Whether guest RAM must be madvise(MADV_HUGEPAGE)d to get transparent huge pages: not when the
+ * host gives them to all anonymous memory (`[always]` in /sys/kernel/mm/transparent_hugepage/
+ * enabled). There the advice would only add direct reclaim and compaction to the guest's page
+ * faults (the kernel's default `defrag` mode, `madvise`, stalls only advised regions).
+ */
+export function thpNeedsAdvice(enabled: string): boolean {
+  return !/\[always\]/.test(enabled);
+}
+
+let thpMode: string | null = null;
+function hostThpMode(): string {
+  if (thpMode === null) {
+    try {
+      thpMode = readFileSync('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8');
+    } catch {
+      thpMode = ''; // no THP in this kernel: the advice answers EINVAL, which is ignored
+    }
+  }
+  return thpMode;
+}
+
+/**
+ * Hints for a guest RAM mapping, best effort: transparent huge pages when `thp` and the host needs
+ * the advice for them (a kernel without THP answers EINVAL, and the guest still runs on 4 KiB
+ * pages), and no copy into a forked child (DONTFORK).
  */
 function adviseGuestRam(host: bigint, size: number, thp: boolean): void {
-  for (const advice of thp ? [libc.MADV_HUGEPAGE, libc.MADV_DONTFORK] : [libc.MADV_DONTFORK]) {
+  // thp=off: no huge pages at all, even where the host's mode is `always` (and so no khugepaged
+  // passes over guest RAM either).
+  const wanted = !thp ? [libc.MADV_NOHUGEPAGE, libc.MADV_DONTFORK]
+    : thpNeedsAdvice(hostThpMode()) ? [libc.MADV_HUGEPAGE, libc.MADV_DONTFORK] : [libc.MADV_DONTFORK];
+  for (const advice of wanted) {
     try {
       libc.madvise(host, size, advice);
     } catch (e) {
@@ -185,7 +235,7 @@ export class GuestMemory {
     const regs: Region[] = [];
     try {
       for (const s of specs) {
-        const host = libc.mmap(s.size, libc.PROT_READ | libc.PROT_WRITE, flags, -1, 0);
+        const host = mmapAligned(s.size, flags);
         // Push first so that a failing view still gets unmapped below.
         const reg: Region = { start: s.gpa, end: s.gpa + s.size, hostAddress: host, windows: [], buffers: [] };
         regs.push(reg);
