@@ -31,7 +31,7 @@ export function tapCounts(path) {
   return c;
 }
 
-async function runNodeTests(label, files, { sandbox = false, env = {}, concurrency, countRunnerFailure = true } = {}) {
+async function runNodeTests(label, files, { sandbox = false, env = {}, concurrency } = {}) {
   const tap = join(CACHE, 'test-results', `${label}.tap`);
   mkdirSync(join(CACHE, 'test-results'), { recursive: true });
   rmSync(tap, { force: true });
@@ -43,15 +43,20 @@ async function runNodeTests(label, files, { sandbox = false, env = {}, concurren
   const cmd = sandbox ? [join(REPO, 'scripts', 'kvm-sandbox'), process.execPath, ...args] : [process.execPath, ...args];
   const status = await spawnWait(cmd[0], cmd.slice(1), { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, ...env } });
   const counts = tapCounts(tap);
+  counts.label = label;
   counts.status = status;
   // scripts/kvm-sandbox: 124 timed out, 125 the sandbox failed (see its console tail above).
   counts.sandboxFailed = sandbox && (status === 124 || status === 125);
-  if (countRunnerFailure && status !== 0 && counts.fail === 0) {
-    // The runner itself failed (sandbox error, crash): count it, so the run cannot pass.
-    log(`${label}: exited with status ${status} without a failing test reported`);
-    counts.fail += 1;
-  }
   return counts;
+}
+
+/** The runner itself failed (sandbox error, crash) with no test failing: count it, so the run cannot pass. */
+function countRunnerFailure(c) {
+  if (c.status !== 0 && c.fail === 0) {
+    log(`${c.label}: exited with status ${c.status} without a failing test reported`);
+    c.fail += 1;
+  }
+  return c;
 }
 
 async function main() {
@@ -72,7 +77,7 @@ async function main() {
       ...findTests(join(REPO, 'dist', 'src'), /\.test\.js$/),
       ...findTests(join(REPO, 'scripts', 'test'), /\.test\.mjs$/),
     ];
-    add(await runNodeTests('unit', unit, { env }));
+    add(countRunnerFailure(await runNodeTests('unit', unit, { env })));
   }
   if (only !== 'unit') {
     const filter = process.env.STV_E2E_FILTER ? new RegExp(process.env.STV_E2E_FILTER) : null;
@@ -87,7 +92,7 @@ async function main() {
     const sandboxRetries = Number(process.env.STV_E2E_SANDBOX_RETRIES ?? 2);
     for (const file of e2e) {
       const name = `e2e-${basename(file, '.test.js')}`;
-      const run = () => runNodeTests(name, [file], { sandbox: true, env: { ...env, STV_SANDBOX_TIMEOUT: fileTimeoutS, STV_SANDBOX_IDLE_TIMEOUT: idleTimeoutS }, concurrency: 1, countRunnerFailure: false });
+      const run = () => runNodeTests(name, [file], { sandbox: true, env: { ...env, STV_SANDBOX_TIMEOUT: fileTimeoutS, STV_SANDBOX_IDLE_TIMEOUT: idleTimeoutS }, concurrency: 1 });
       let c = await run();
       for (let attempt = 1; attempt <= sandboxRetries && c.sandboxFailed && c.fail === 0; attempt++) {
         // The sandbox itself failed (125) or was killed for time (124) and no test had failed:
@@ -96,11 +101,7 @@ async function main() {
         log(`${name}: the sandbox failed (status ${c.status}) with no failing test reported; running this file again in a fresh sandbox (retry ${attempt} of ${sandboxRetries})`);
         c = await run();
       }
-      if (c.status !== 0 && c.fail === 0) {
-        log(`${name}: exited with status ${c.status} without a failing test reported`);
-        c.fail += 1;
-      }
-      add(c);
+      add(countRunnerFailure(c));
     }
   }
   process.stdout.write(`\ntests: ${total.pass} passed, ${total.fail} failed, ${total.skipped} skipped\n`);

@@ -116,7 +116,8 @@ export async function runInSandbox(argv, opts = {}) {
     '-monitor', `unix:${monitorPath},server=on,wait=off`,
   ];
   if (process.env.STV_SANDBOX_VERBOSE) log(`booting nested sandbox (${reason}): qemu-system-x86_64 ${qemuArgs.join(' ')}`);
-  const { status, stopped } = await runSandboxQemu(qemuArgs, { interactive, timeoutS, idleS, monitorPath, consoleLog, registersFile: join(state, 'registers.txt') });
+  const registersFile = join(state, 'registers.txt');
+  const { status, stopped } = await runSandboxQemu(qemuArgs, { interactive, timeoutS, idleS, monitorPath, consoleLog, registersFile });
   rmSync(monitorPath, { force: true });
   const rcFile = join(state, 'rc');
   const consoleText = existsSync(consoleLog) ? readFileSync(consoleLog, 'utf8') : '';
@@ -126,8 +127,7 @@ export async function runInSandbox(argv, opts = {}) {
       : stopped === 'idle' ? `the command printed nothing for ${idleS} s (STV_SANDBOX_IDLE_TIMEOUT)`
         : `the sandbox kernel reported a CPU stuck for ${STUCK_CPU_S} s or more (soft lockup)`;
     log(`${why}; killed. Last console lines:\n${tail(consoleLog, 30)}`);
-    const regs = join(state, 'registers.txt');
-    if (existsSync(regs)) log(`where the sandbox's CPUs were (QEMU 'info registers -a', whole dump in ${regs}):\n${summarizeRegisters(readFileSync(regs, 'utf8'))}`);
+    if (existsSync(registersFile)) log(`where the sandbox's CPUs were (QEMU 'info registers -a', whole dump in ${registersFile}):\n${summarizeRegisters(readFileSync(registersFile, 'utf8'))}`);
     keep();
     return stopped === 'stuck' ? 125 : 124;
   }
@@ -153,53 +153,48 @@ function secondsFromEnv(name, dflt) {
 
 /**
  * Run the sandbox's QEMU; its stdout (the command's output over ttyS1) is passed through. Kill it
- * after timeoutS in all, or after idleS without output, first saving the CPU state from its
- * monitor. Resolves to the exit status and why it was stopped ('timeout', 'idle' or null).
+ * after timeoutS in all, after idleS without output, or when its kernel reports a CPU stuck for
+ * good, first saving the CPU state from its monitor. Resolves to the exit status and why it was
+ * stopped ('timeout', 'idle', 'stuck' or null).
  */
-function runSandboxQemu(args, { interactive, timeoutS, idleS, monitorPath, consoleLog, registersFile }) {
-  return new Promise((resolve) => {
-    const child = spawn('qemu-system-x86_64', args, { stdio: [interactive ? 'inherit' : 'ignore', idleS > 0 ? 'pipe' : 'inherit', 'inherit'] });
-    let stopped = null;
-    let overall;
-    let idle;
-    const stop = (why) => {
-      if (stopped) return;
-      stopped = why;
-      clearTimeout(overall);
-      clearTimeout(idle);
-      void dumpRegisters(monitorPath, registersFile).finally(() => child.kill('SIGKILL'));
-    };
-    if (timeoutS > 0) overall = setTimeout(() => stop('timeout'), timeoutS * 1000);
-    // The sandbox's kernel says when one of its CPUs is stuck (seen: kvm-amd under TCG's SVM
-    // emulation spinning in KVM_RUN for 800 s, QEMU and Stratovisor alike): stop it then,
-    // rather than when a time limit runs out.
-    const watch = interactive ? undefined : setInterval(() => {
-      if (stopped) return;
-      let text = '';
-      try { text = readFileSync(consoleLog, 'latin1'); } catch { return; }
-      if (stuckCpu(text)) stop('stuck');
-    }, 5000);
-    child.on('exit', () => clearInterval(watch));
-    const armIdle = () => {
-      clearTimeout(idle);
-      idle = setTimeout(() => stop('idle'), idleS * 1000);
-    };
-    if (idleS > 0) {
-      armIdle();
-      child.stdout.on('data', (b) => { process.stdout.write(b); if (!stopped) armIdle(); });
-    }
-    child.on('error', (e) => {
-      clearTimeout(overall);
-      clearTimeout(idle);
-      process.stderr.write(`kvm-sandbox: cannot run qemu-system-x86_64: ${e.message}\n`);
-      resolve({ status: e.code === 'ENOENT' ? 127 : 126, stopped: null });
-    });
-    child.on('exit', (code, sig) => {
-      clearTimeout(overall);
-      clearTimeout(idle);
-      resolve({ status: code ?? 128 + (sig ? (osConstants.signals[sig] ?? 0) : 0), stopped });
-    });
+async function runSandboxQemu(args, { interactive, timeoutS, idleS, monitorPath, consoleLog, registersFile }) {
+  let stopped = null;
+  let overall;
+  let idle;
+  let watch;
+  const status = await spawnWait('qemu-system-x86_64', args, {
+    stdio: [interactive ? 'inherit' : 'ignore', idleS > 0 ? 'pipe' : 'inherit', 'inherit'],
+    onChild: (child) => {
+      const stop = (why) => {
+        if (stopped) return;
+        stopped = why;
+        void dumpRegisters(monitorPath, registersFile).finally(() => child.kill('SIGKILL'));
+      };
+      if (timeoutS > 0) overall = setTimeout(() => stop('timeout'), timeoutS * 1000);
+      // The sandbox's kernel says when one of its CPUs is stuck (seen: kvm-amd under TCG's SVM
+      // emulation spinning in KVM_RUN for 800 s, QEMU and Stratovisor alike): stop it then,
+      // rather than when a time limit runs out.
+      if (!interactive) {
+        watch = setInterval(() => {
+          let text = '';
+          try { text = readFileSync(consoleLog, 'latin1'); } catch { return; }
+          if (stuckCpu(text)) stop('stuck');
+        }, 5000);
+      }
+      if (idleS > 0) {
+        const armIdle = () => {
+          clearTimeout(idle);
+          if (!stopped) idle = setTimeout(() => stop('idle'), idleS * 1000);
+        };
+        armIdle();
+        child.stdout.on('data', (b) => { process.stdout.write(b); armIdle(); });
+      }
+    },
   });
+  clearTimeout(overall);
+  clearTimeout(idle);
+  clearInterval(watch);
+  return { status, stopped };
 }
 
 /**
@@ -255,22 +250,18 @@ export function summarizeRegisters(dump) {
   return out.length > 0 ? out.join('\n') : '(no CPU state in the monitor output)';
 }
 
-/** spawn and resolve with the exit status (signal → 128+n). */
-export function spawnWait(cmd, args, { stdio = 'inherit', env = process.env, timeoutMs, onTimeout } = {}) {
+/**
+ * spawn and resolve with the exit status (signal → 128+n; 127 when the command is not found).
+ * `onChild` sees the child process first (to watch or kill it).
+ */
+export function spawnWait(cmd, args, { stdio = 'inherit', env = process.env, onChild } = {}) {
   return new Promise((resolve) => {
     const child = spawn(cmd, args, { stdio, env });
-    let timer;
-    if (timeoutMs) {
-      timer = setTimeout(() => { onTimeout?.(); child.kill('SIGKILL'); }, timeoutMs);
-    }
+    onChild?.(child);
     child.on('error', (e) => {
-      clearTimeout(timer);
       process.stderr.write(`kvm-sandbox: cannot run ${cmd}: ${e.message}\n`);
       resolve(e.code === 'ENOENT' ? 127 : 126);
     });
-    child.on('exit', (code, sig) => {
-      clearTimeout(timer);
-      resolve(code ?? 128 + (sig ? (osConstants.signals[sig] ?? 0) : 0));
-    });
+    child.on('exit', (code, sig) => resolve(code ?? 128 + (sig ? (osConstants.signals[sig] ?? 0) : 0)));
   });
 }

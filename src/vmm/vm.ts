@@ -381,12 +381,10 @@ export class VirtualMachine extends EventEmitter {
     run.stopping = true;
     Atomics.store(run.runState, 0, RunState.Stop);
     Atomics.notify(run.runState, 0);
-    const vcpuExits = run.vcpuExited;
     for (const v of run.vcpus) v.kick();
-    await Promise.all(vcpuExits);
-    const devExit = run.deviceExited;
+    await Promise.all(run.vcpuExited);
     ringDoorbell(run.shared.doorbell, true);
-    await devExit;
+    await run.deviceExited;
     await this.virtio.stop(run.vm);
     for (const v of run.vcpus) v.close();
     try { run.vm.unregisterIrqfd(run.serialIrqfd, IRQ_COM1); } catch { /* the VM goes away next */ }
