@@ -23,7 +23,7 @@ const GUEST_DIR = join(REPO, 'guest');
  */
 export const GUEST_MODULES = [
   'virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_console', 'virtio_rng',
-  'vmw_vsock_virtio_transport', 'crc32c_generic', 'ext4',
+  'vmw_vsock_virtio_transport', 'virtiofs', 'crc32c_generic', 'ext4',
 ];
 /** Modules the sandbox loads: virtio-9p for the host's root, KVM on AMD SVM, and tun for the
  * e2e tests' and benchmarks' tap devices. */
