@@ -8,7 +8,8 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
 import { CpioWriter } from './cpio.mjs';
-import { findDebianKernel, loadModuleIndex, resolveModules } from './modules.mjs';
+import { loadModuleIndex, resolveModules } from './modules.mjs';
+import { resolveKernel, DEFAULT_KERNEL } from './kernels.mjs';
 import { ensurePackages } from './deps.mjs';
 
 export const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -31,7 +32,7 @@ export const SANDBOX_MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'kvm_amd', '
 
 /** gcc and libc6-dev build the guest's static C tools (guest/tools/*.c); e2fsprogs makes and
  * inspects ext4 images (mke2fs -d, debugfs, e2fsck). */
-export const GUEST_PACKAGES = ['linux-image-amd64', 'busybox-static', 'xz-utils', 'e2fsprogs', 'gcc', 'libc6-dev'];
+export const GUEST_PACKAGES = ['linux-image-amd64', 'busybox-static', 'xz-utils', 'zstd', 'kmod', 'e2fsprogs', 'gcc', 'libc6-dev'];
 
 export class ImageError extends Error {}
 
@@ -90,16 +91,25 @@ export function extractVmlinux(bzImage) {
   const start = (setupSects + 1) * 512 + payloadOffset;
   if (start + payloadLength > bzImage.length) throw new ImageError('bzImage payload extends past the end of the file');
   const payload = bzImage.subarray(start, start + payloadLength);
-  if (payload.readUInt32BE(0) !== 0xfd377a58) throw new ImageError('bzImage payload is not XZ (only XZ kernels are supported)');
-  const vmlinux = execFileSync('xz', ['-dc', '--single-stream'], { input: payload, maxBuffer: 1 << 30 });
+  let vmlinux;
+  if (payload.readUInt32BE(0) === 0xfd377a58) {
+    vmlinux = execFileSync('xz', ['-dc', '--single-stream'], { input: payload, maxBuffer: 1 << 30 });
+  } else if (payload.readUInt32LE(0) === 0xfd2fb528) {
+    // zstd (Debian 6.12): the kernel's build appends the uncompressed size as 4 bytes (size_append).
+    vmlinux = execFileSync('zstd', ['-dcq'], { input: payload.subarray(0, payload.length - 4), maxBuffer: 1 << 30 });
+  } else {
+    throw new ImageError('bzImage payload is neither XZ nor zstd');
+  }
   if (vmlinux.readUInt32BE(0) !== 0x7f454c46) throw new ImageError('decompressed payload is not an ELF file');
   return vmlinux;
 }
 
-function kernelOrThrow() {
-  const k = findDebianKernel();
-  if (!k) throw new ImageError('no Debian kernel in /boot with modules in /lib/modules (install linux-image-amd64)');
-  return k;
+function kernelOrThrow(name, log) {
+  try {
+    return resolveKernel(name ?? DEFAULT_KERNEL, { log });
+  } catch (e) {
+    throw new ImageError(e.message);
+  }
 }
 
 function buildInitramfs({ kernel, modules, init, extra }) {
@@ -114,8 +124,12 @@ function buildInitramfs({ kernel, modules, init, extra }) {
   cpio.file('init', init, 0o755);
   const listed = [];
   for (const m of order) {
-    const rel = m.path;
-    cpio.hostFile(`lib/modules/${rel}`, join(kernel.modulesDir, rel), 0o644);
+    // Compressed modules (.ko.xz, Debian 6.12) are stored decompressed: busybox insmod passes
+    // the file to init_module, which takes only plain ELF.
+    const rel = m.path.replace(/\.ko\.xz$/, '.ko');
+    if (rel !== m.path) cpio.parents(`lib/modules/${rel}`);
+    if (rel !== m.path) cpio.file(`lib/modules/${rel}`, execFileSync('xz', ['-dc', join(kernel.modulesDir, m.path)], { maxBuffer: 1 << 28 }), 0o644);
+    else cpio.hostFile(`lib/modules/${rel}`, join(kernel.modulesDir, rel), 0o644);
     listed.push(rel);
   }
   cpio.file('etc/modules.order', listed.join('\n') + '\n');
@@ -161,13 +175,13 @@ function guestInputs(kernel) {
  * Ensure the test guest images exist and are current; returns their paths:
  * { kernelVersion, bzImage, vmlinux, initramfs, dir }.
  */
-export function ensureGuestImages({ log = () => {}, install = true } = {}) {
+export function ensureGuestImages({ log = () => {}, install = true, kernel: kernelName } = {}) {
   if (install) ensurePackages(GUEST_PACKAGES, { log });
-  const kernel = kernelOrThrow();
+  const kernel = kernelOrThrow(kernelName ?? process.env.STV_GUEST_KERNEL, log);
   const stamp = hashOf(guestInputs(kernel));
   const dir = join(CACHE, 'images', kernel.version);
   const paths = {
-    kernelVersion: kernel.version, dir,
+    kernelName: kernel.name, kernelVersion: kernel.version, dir,
     bzImage: join(dir, 'bzImage'), vmlinux: join(dir, 'vmlinux'), initramfs: join(dir, 'initramfs.cpio'),
   };
   const stampFile = join(dir, 'stamp');
@@ -195,8 +209,8 @@ export function ensureGuestImages({ log = () => {}, install = true } = {}) {
 }
 
 /** The sandbox's initramfs (see scripts/kvm-sandbox): { bzImage, initramfs }. */
-export function ensureSandboxImages({ log = () => {}, initScript }) {
-  const kernel = kernelOrThrow();
+export function ensureSandboxImages({ log = () => {}, initScript, kernel: kernelName }) {
+  const kernel = kernelOrThrow(kernelName, log);
   const stamp = hashOf([fileStamp(kernel.bzImage), fileStamp(busyboxPath()), initScript, readFileSync(fileURLToPath(import.meta.url)), SANDBOX_MODULES.join(',')]);
   const dir = join(CACHE, 'sandbox-image', kernel.version);
   const initramfs = join(dir, 'initramfs.cpio');
@@ -207,7 +221,7 @@ export function ensureSandboxImages({ log = () => {}, initScript }) {
     writeAtomic(initramfs, data);
     writeAtomic(stampFile, stamp);
   }
-  return { bzImage: kernel.bzImage, initramfs, kernelVersion: kernel.version };
+  return { bzImage: kernel.bzImage, initramfs, kernelName: kernel.name, kernelVersion: kernel.version };
 }
 
 /**

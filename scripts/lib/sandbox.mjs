@@ -10,8 +10,38 @@ import { constants as osConstants, tmpdir } from 'node:os';
 import { connect as netConnect } from 'node:net';
 import { ensureSandboxImages, REPO, CACHE } from './images.mjs';
 import { ensurePackages } from './deps.mjs';
+import { unpackSuite } from './debs.mjs';
+import { KERNELS } from './kernels.mjs';
 
 export const SANDBOX_PACKAGES = ['qemu-system-x86', 'linux-image-amd64', 'busybox-static', 'xz-utils'];
+
+/**
+ * The sandbox's QEMU: bookworm's 7.2 (the system's qemu-system-x86) or bookworm-backports' 10.0,
+ * unpacked into .cache/debs and run against bookworm's own libraries (the system QEMU's
+ * dependencies), with its own firmware folder (-L).
+ */
+export const SANDBOX_QEMUS = ['7.2', '10.0'];
+/** Chosen from the health table in the README (npm run sandbox-health). */
+export const DEFAULT_SANDBOX = { qemu: '7.2', kernel: '6.1' };
+
+/** { qemu, kernel } from STV_SANDBOX_QEMU / STV_SANDBOX_KERNEL, checked. */
+export function sandboxConfig(env = process.env) {
+  const qemu = env.STV_SANDBOX_QEMU || DEFAULT_SANDBOX.qemu;
+  const kernel = env.STV_SANDBOX_KERNEL || DEFAULT_SANDBOX.kernel;
+  if (!SANDBOX_QEMUS.includes(qemu)) throw new Error(`STV_SANDBOX_QEMU must be one of ${SANDBOX_QEMUS.join(', ')}, not '${qemu}'`);
+  if (!(kernel in KERNELS)) throw new Error(`STV_SANDBOX_KERNEL must be one of ${Object.keys(KERNELS).join(', ')}, not '${kernel}'`);
+  return { qemu, kernel };
+}
+
+/** The QEMU binary and the arguments it needs for a sandbox QEMU version. */
+export function sandboxQemu(version, { log = () => {} } = {}) {
+  if (version === '7.2') return { bin: 'qemu-system-x86_64', args: [], version };
+  const [bin, data] = unpackSuite(['qemu-system-x86', 'qemu-system-data'], 'bookworm-backports', { log });
+  if (!bin.version.includes(`:${version}.`) && !bin.version.startsWith(`${version}.`)) {
+    throw new Error(`bookworm-backports' qemu-system-x86 is ${bin.version}, not ${version}: update SANDBOX_QEMUS in scripts/lib/sandbox.mjs`);
+  }
+  return { bin: join(bin.dir, 'usr', 'bin', 'qemu-system-x86_64'), args: ['-L', join(data.dir, 'usr', 'share', 'qemu')], version: bin.version };
+}
 
 /**
  * Decide how to reach a KVM that runs stock kernels.
@@ -79,8 +109,10 @@ export async function runInSandbox(argv, opts = {}) {
     return spawnWait(argv[0], argv.slice(1), { stdio: 'inherit', env: { ...process.env, STV_IN_SANDBOX: '1' } });
   }
   ensurePackages(SANDBOX_PACKAGES, { log });
+  const config = opts.config ?? sandboxConfig();
+  const qemu = sandboxQemu(config.qemu, { log });
   const initScript = readFileSync(join(REPO, 'guest', 'sandbox-init'));
-  const img = ensureSandboxImages({ log, initScript });
+  const img = ensureSandboxImages({ log, initScript, kernel: config.kernel });
   const state = join(CACHE, 'sandbox', `run-${process.pid}-${Date.now()}`);
   mkdirSync(state, { recursive: true });
   // Inside, the command's stdout is a serial tty; when ours is a pipe, ask tools not to colour.
@@ -105,6 +137,7 @@ export async function runInSandbox(argv, opts = {}) {
   ];
   if (interactive) append.push(`stv.rows=${process.stdout.rows}`, `stv.cols=${process.stdout.columns}`);
   const qemuArgs = [
+    ...qemu.args,
     '-accel', 'tcg,thread=multi,tb-size=1024', '-cpu', 'max', '-M', 'q35', '-smp', cpus, '-m', mem,
     '-nodefaults', '-display', 'none', '-no-reboot', '-no-user-config',
     '-kernel', img.bzImage, '-initrd', img.initramfs, '-append', append.join(' '),
@@ -115,12 +148,19 @@ export async function runInSandbox(argv, opts = {}) {
     '-device', 'virtio-rng-pci',
     '-monitor', `unix:${monitorPath},server=on,wait=off`,
   ];
-  if (process.env.STV_SANDBOX_VERBOSE) log(`booting nested sandbox (${reason}): qemu-system-x86_64 ${qemuArgs.join(' ')}`);
+  if (process.env.STV_SANDBOX_VERBOSE) log(`booting nested sandbox (${reason}; QEMU ${qemu.version}, kernel ${img.kernelVersion}): ${qemu.bin} ${qemuArgs.join(' ')}`);
   const registersFile = join(state, 'registers.txt');
-  const { status, stopped } = await runSandboxQemu(qemuArgs, { interactive, timeoutS, idleS, monitorPath, consoleLog, registersFile });
+  const { status, stopped } = await runSandboxQemu(qemu.bin, qemuArgs, { interactive, timeoutS, idleS, monitorPath, consoleLog, registersFile });
   rmSync(monitorPath, { force: true });
   const rcFile = join(state, 'rc');
   const consoleText = existsSync(consoleLog) ? readFileSync(consoleLog, 'utf8') : '';
+  // For callers that classify sandbox runs (npm run sandbox-health): what happened, where the console is.
+  if (process.env.STV_SANDBOX_RESULT) {
+    writeFileSync(process.env.STV_SANDBOX_RESULT, JSON.stringify({
+      qemu: qemu.version, kernel: img.kernelVersion, status, stopped,
+      rc: existsSync(rcFile) ? Number(readFileSync(rcFile, 'utf8').trim()) : null, consoleLog, registersFile: existsSync(registersFile) ? registersFile : null,
+    }) + '\n');
+  }
   const keep = () => log(`sandbox console log kept at ${consoleLog}`);
   if (stopped) {
     const why = stopped === 'timeout' ? `timed out after ${timeoutS} s (STV_SANDBOX_TIMEOUT)`
@@ -157,12 +197,12 @@ function secondsFromEnv(name, dflt) {
  * good, first saving the CPU state from its monitor. Resolves to the exit status and why it was
  * stopped ('timeout', 'idle', 'stuck' or null).
  */
-async function runSandboxQemu(args, { interactive, timeoutS, idleS, monitorPath, consoleLog, registersFile }) {
+async function runSandboxQemu(bin, args, { interactive, timeoutS, idleS, monitorPath, consoleLog, registersFile }) {
   let stopped = null;
   let overall;
   let idle;
   let watch;
-  const status = await spawnWait('qemu-system-x86_64', args, {
+  const status = await spawnWait(bin, args, {
     stdio: [interactive ? 'inherit' : 'ignore', idleS > 0 ? 'pipe' : 'inherit', 'inherit'],
     onChild: (child) => {
       const stop = (why) => {
