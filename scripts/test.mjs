@@ -1,13 +1,17 @@
 #!/usr/bin/env node
-// npm test: unit tests on the host (including tiny-guest KVM tests on this host's /dev/kvm),
-// then the e2e suite, one scripts/kvm-sandbox boot per file. Prints one closing line:
+// npm test: unit tests on the host; the tiny-guest KVM unit tests on this host's /dev/kvm, or
+// inside scripts/kvm-sandbox when the host has none; then the e2e suite, one sandbox boot per file,
+// with Debian 6.1 guests, and the boot and virtio e2e files once more with each further guest
+// kernel (6.12). Prints the time per file and one closing line:
 //   "tests: N passed, N failed, N skipped".
-// Env: STV_TEST_ONLY=unit|e2e, STV_E2E_FILTER=regex on e2e file names, STV_TEST_NAME=regex on test names.
+// Env: STV_TEST_ONLY=unit|e2e, STV_E2E_FILTER=regex on e2e file names, STV_TEST_NAME=regex on test
+// names, STV_GUEST_KERNELS (comma list, default "6.1,6.12"; the first is the main guest kernel),
+// STV_E2E_KERNEL_FILTER (regex of the e2e files that run again on the further kernels; "boot|virtio").
 import { readdirSync, existsSync, readFileSync, mkdirSync, rmSync } from 'node:fs';
 import { basename, join, relative } from 'node:path';
 import { ensureGuestImages, REPO, CACHE } from './lib/images.mjs';
 import { ensureNodeModules, build, log } from './lib/setup.mjs';
-import { spawnWait } from './lib/sandbox.mjs';
+import { spawnWait, hostFacts } from './lib/sandbox.mjs';
 
 function findTests(dir, re) {
   const out = [];
@@ -67,43 +71,80 @@ async function main() {
     process.stdout.write('tests: 0 passed, 1 failed\n');
     process.exit(1);
   }
-  const images = ensureGuestImages({ log });
-  const env = { STV_GUEST_BZIMAGE: images.bzImage, STV_GUEST_VMLINUX: images.vmlinux, STV_GUEST_INITRAMFS: images.initramfs };
+  const kernels = (process.env.STV_GUEST_KERNELS ?? '6.1,6.12').split(',').map((k) => k.trim()).filter(Boolean);
+  const imagesOf = (kernel) => {
+    const i = ensureGuestImages({ log, kernel });
+    return { STV_GUEST_KERNEL: kernel, STV_GUEST_BZIMAGE: i.bzImage, STV_GUEST_VMLINUX: i.vmlinux, STV_GUEST_INITRAMFS: i.initramfs };
+  };
+  const env = imagesOf(kernels[0]);
   const total = { pass: 0, fail: 0, skipped: 0 };
-  const add = (c) => { total.pass += c.pass; total.fail += c.fail; total.skipped += c.skipped + c.todo; };
+  const times = [];
+  const add = (c) => {
+    total.pass += c.pass; total.fail += c.fail; total.skipped += c.skipped + c.todo;
+    times.push([c.label, c.ms, c.pass, c.fail, c.skipped + c.todo, c.attempts ?? 1]);
+  };
+
+  // One sandbox boot per file, one guest at a time (the sandbox has 2 vCPUs), so that a sandbox
+  // that dies (its L1 kernel has panicked under TCG's SVM emulation) costs one file. Limits per
+  // file: 20 minutes in all, and 6 minutes without any output (the reporter prints each test as it
+  // ends; the longest takes ~100 s): a sandbox whose CPUs are stuck in an inner guest prints
+  // nothing, and is then killed with its CPU state saved.
+  const fileTimeoutS = process.env.STV_SANDBOX_TIMEOUT ?? '1200';
+  const idleTimeoutS = process.env.STV_SANDBOX_IDLE_TIMEOUT ?? '360';
+  const sandboxRetries = Number(process.env.STV_E2E_SANDBOX_RETRIES ?? 2);
+  const inSandbox = async (name, files, fileEnv) => {
+    const run = () => runNodeTests(name, files, { sandbox: true, env: { ...fileEnv, STV_SANDBOX_TIMEOUT: fileTimeoutS, STV_SANDBOX_IDLE_TIMEOUT: idleTimeoutS }, concurrency: 1 });
+    const t0 = Date.now();
+    let c = await run();
+    let attempts = 1;
+    for (let attempt = 1; attempt <= sandboxRetries && c.sandboxFailed && c.fail === 0; attempt++) {
+      // The sandbox itself failed (125) or was killed for time (124) and no test had failed:
+      // the infrastructure, not a test. Start the file again in a fresh sandbox; the failed
+      // sandbox's console stays where kvm-sandbox printed it. Failing every time counts.
+      log(`${name}: the sandbox failed (status ${c.status}) with no failing test reported; running this file again in a fresh sandbox (retry ${attempt} of ${sandboxRetries})`);
+      c = await run();
+      attempts++;
+    }
+    c.ms = Date.now() - t0;
+    c.attempts = attempts;
+    return c;
+  };
 
   if (only !== 'e2e') {
     const unit = [
       ...findTests(join(REPO, 'dist', 'src'), /\.test\.js$/),
       ...findTests(join(REPO, 'scripts', 'test'), /\.test\.mjs$/),
     ];
-    add(countRunnerFailure(await runNodeTests('unit', unit, { env })));
+    // Tests that run tiny guests on /dev/kvm (they import the KVM test guest): on the host when
+    // its /dev/kvm opens, else inside the sandbox, whose nested KVM runs them.
+    const needsKvm = (f) => f.endsWith('.js') && readFileSync(f, 'utf8').includes('testguest.js');
+    const hostKvm = hostFacts().kvmUsable;
+    const kvmUnit = hostKvm ? [] : unit.filter(needsKvm);
+    const t0 = Date.now();
+    const c = await runNodeTests('unit', unit.filter((f) => !kvmUnit.includes(f)), { env });
+    c.ms = Date.now() - t0;
+    add(countRunnerFailure(c));
+    if (kvmUnit.length) {
+      log(`unit-kvm: this host has no usable /dev/kvm; ${kvmUnit.length} KVM unit test files run inside scripts/kvm-sandbox (its nested KVM)`);
+      add(countRunnerFailure(await inSandbox('unit-kvm', kvmUnit, env)));
+    }
   }
   if (only !== 'unit') {
     const filter = process.env.STV_E2E_FILTER ? new RegExp(process.env.STV_E2E_FILTER) : null;
     const e2e = findTests(join(REPO, 'dist', 'test', 'e2e'), /\.test\.js$/).filter((f) => !filter || filter.test(f));
-    // One sandbox boot per e2e file, one guest at a time (the sandbox has 2 vCPUs), so that a
-    // sandbox that dies (its L1 kernel has panicked under TCG's SVM emulation) costs one file.
-    // Limits per file: 20 minutes in all, and 6 minutes without any output (the reporter prints
-    // each test as it ends; the longest takes ~100 s): a sandbox whose CPUs are stuck in an inner
-    // guest prints nothing, and is then killed with its CPU state saved.
-    const fileTimeoutS = process.env.STV_SANDBOX_TIMEOUT ?? '1200';
-    const idleTimeoutS = process.env.STV_SANDBOX_IDLE_TIMEOUT ?? '360';
-    const sandboxRetries = Number(process.env.STV_E2E_SANDBOX_RETRIES ?? 2);
-    for (const file of e2e) {
-      const name = `e2e-${basename(file, '.test.js')}`;
-      const run = () => runNodeTests(name, [file], { sandbox: true, env: { ...env, STV_SANDBOX_TIMEOUT: fileTimeoutS, STV_SANDBOX_IDLE_TIMEOUT: idleTimeoutS }, concurrency: 1 });
-      let c = await run();
-      for (let attempt = 1; attempt <= sandboxRetries && c.sandboxFailed && c.fail === 0; attempt++) {
-        // The sandbox itself failed (125) or was killed for time (124) and no test had failed:
-        // the infrastructure, not a test. Start the file again in a fresh sandbox; the failed
-        // sandbox's console stays where kvm-sandbox printed it. Failing every time counts.
-        log(`${name}: the sandbox failed (status ${c.status}) with no failing test reported; running this file again in a fresh sandbox (retry ${attempt} of ${sandboxRetries})`);
-        c = await run();
+    for (const file of e2e) add(countRunnerFailure(await inSandbox(`e2e-${basename(file, '.test.js')}`, [file], env)));
+    // The same boot and virtio files with each further guest kernel, their consoles under
+    // .cache/e2e-logs/linux-<kernel>/.
+    const again = new RegExp(process.env.STV_E2E_KERNEL_FILTER ?? 'boot|virtio');
+    for (const kernel of kernels.slice(1)) {
+      const kenv = { ...imagesOf(kernel), STV_E2E_LOG_SUBDIR: `linux-${kernel}` };
+      for (const file of e2e.filter((f) => again.test(basename(f)) && !/qemu/.test(basename(f)))) {
+        add(countRunnerFailure(await inSandbox(`e2e-${basename(file, '.test.js')}@linux-${kernel}`, [file], kenv)));
       }
-      add(countRunnerFailure(c));
     }
   }
+  const fmtS = (ms) => `${(ms / 1000).toFixed(0)} s`;
+  process.stdout.write(`\ntime per file:\n${times.map(([l, ms, p, f, sk, a]) => `  ${l.padEnd(40)} ${fmtS(ms).padStart(7)}  ${p} passed, ${f} failed, ${sk} skipped${a > 1 ? `, ${a} sandbox attempts` : ''}`).join('\n')}\n`);
   process.stdout.write(`\ntests: ${total.pass} passed, ${total.fail} failed, ${total.skipped} skipped\n`);
   process.exit(total.fail ? 1 : 0);
 }

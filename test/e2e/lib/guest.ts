@@ -7,7 +7,8 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const REPO = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..');
-const LOG_DIR = join(REPO, '.cache', 'e2e-logs');
+/** Where consoles and service logs go; STV_E2E_LOG_SUBDIR (npm test: linux-<kernel> for the further guest kernels) keeps runs apart. */
+export const LOG_DIR = join(REPO, '.cache', 'e2e-logs', process.env.STV_E2E_LOG_SUBDIR ?? '');
 
 export interface GuestImages {
   bzImage: string;

@@ -6,9 +6,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync, readFileSync, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { REPO } from './guest.js';
+import { LOG_DIR } from './guest.js';
 
-export const LOG_DIR = join(REPO, '.cache', 'e2e-logs');
+export { LOG_DIR };
 
 export interface ServiceOptions {
   /** Names the log file: .cache/e2e-logs/<name>.service.log */

@@ -18,7 +18,7 @@ import { explain, guestImages, marker, REPO, runGuest, type GuestImages, type Gu
 import { qemuArgs } from './qemu.js';
 import { STRATOVISOR } from './stratovisor.js';
 
-const LOG_DIR = join(REPO, '.cache', 'e2e-logs');
+const LOG_DIR = join(REPO, '.cache', 'e2e-logs', process.env.STV_E2E_LOG_SUBDIR ?? '');
 const QEMU = '/usr/bin/qemu-system-x86_64';
 
 /** The tap network: host side HOST_IP on the tap, the guest's eth0 GUEST_IP, a /24. */
