@@ -1,4 +1,4 @@
-# Several PCI segments (--platform num_pci_segments=2): list every PCI function (domain included)
+# PCI segments (--platform num_pci_segments=N, or the default one): list every PCI function (domain included)
 # with its IDs, report each virtio disk's PCI address and the sha256 of its whole contents, bring
 # up a virtio-net interface found on domain 0001 (if any) and ping the host side of its tap
 # (stv.ip=, stv.peer=), and print the kernel's messages about MMCONFIG/ECAM, the host bridges
@@ -7,8 +7,13 @@ pciseg_main() {
   for d in /sys/bus/pci/devices/*; do
     [ -e "$d" ] && echo "@@stv:pci:$(basename "$d"):$(cat "$d/vendor"):$(cat "$d/device")@@"
   done
-  stv_wait_for /dev/vda 10 || echo "@@stv:pciseg-error:no /dev/vda@@"
-  stv_wait_for /dev/vdb 10 || echo "@@stv:pciseg-error:no /dev/vdb@@"
+  # stv.disks=N (default 2): the disks to wait for.
+  disks=$(stv_arg disks) || disks=2
+  for n in a b c d; do
+    [ "$disks" -gt 0 ] || break
+    stv_wait_for "/dev/vd$n" 10 || echo "@@stv:pciseg-error:no /dev/vd$n@@"
+    disks=$((disks - 1))
+  done
   for b in /sys/block/vd*; do
     [ -e "$b" ] || continue
     n=$(basename "$b")

@@ -94,3 +94,34 @@ test('Stratovisor --platform num_pci_segments=2: disks on segments 0 and 1 (and 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('Stratovisor without --platform: one segment as before (buses 0-255, 256 MiB ECAM reserved), its disk works, no complaints', async (t) => {
+  const why = skipReason(stratovisor);
+  if (why) return t.skip(why);
+  const dir = scratchDir('pci-segments-default');
+  try {
+    const a = randomBytes(1 << 20);
+    writeFileSync(join(dir, 'a.img'), a);
+    const img = guestImages();
+    const [cmd, ...args] = [process.execPath, ...stratovisorArgs({
+      kernel: img.bzImage, initramfs: img.initramfs, cpus: 2, memMiB: 512, scenario: 'pciseg',
+      extraCmdline: 'stv.disks=1', extraArgs: ['--disk', `path=${join(dir, 'a.img')}`],
+    })];
+    const run = await runGuest(cmd!, args, { name: 'stratovisor-pci-segments-default', timeoutMs: 300_000 });
+    const ex = () => explain(run, 40);
+    assert.ok(marker(run, 'pciseg-done'), `the scenario did not finish\n${ex()}`);
+    assert.equal(run.markers.filter((m) => m.event === 'pciseg-error').map((m) => m.data).join('; '), '', ex());
+    const pci = run.markers.filter((m) => m.event === 'pci').map((m) => m.data);
+    assert.ok(pci.every((p) => p.startsWith('0000:00:')), `every function is on 0000:00\n${pci.join(' ')}`);
+    assert.match(run.markers.find((m) => m.event === 'pciseg-disk')?.data ?? '', new RegExp(`^0000:00:01\\.0:vda:${sha256(a)}$`), ex());
+    const dmesg = run.markers.filter((m) => m.event === 'dmesg').map((m) => m.data);
+    t.diagnostic(`guest dmesg (PCI/ACPI lines):\n${dmesg.join('\n')}`);
+    assert.ok(dmesg.some((l) => /MMCONFIG for domain 0000 \[bus 00-ff\] at \[mem 0xe8000000-0xefffffff\]/.test(l)), `segment 0 should keep buses 00-ff\n${dmesg.join('\n')}`);
+    assert.ok(dmesg.some((l) => /system 00:\w+: \[mem 0xe8000000-0xf7ffffff\] has been reserved/.test(l)), `the ECAM window should be a reserved motherboard resource\n${dmesg.join('\n')}`);
+    const bad = dmesg.filter((l) => /not reserved|could not|can't access|fail|error|conflict|ignored|invalid|clipped/i.test(l));
+    assert.deepEqual(bad, [], `the kernel complained about PCI/ACPI/MMCONFIG\n${dmesg.join('\n')}`);
+    assert.equal(run.exitCode, 0, `the VMM did not exit 0\n${ex()}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
