@@ -394,3 +394,13 @@ test('three PCI segments: an MCFG entry and a host bridge (_SEG, _UID, _BBN, own
     [[0x86, 0xe8000000, 0x100000], [0x86, 0xe8100000, 0x100000], [0x86, 0xe8200000, 0x100000]]);
   assert.throws(() => buildMcfgForSegments([]), /at least one PCI segment/);
 });
+
+test('sixteen PCI segments (the most) fit in the ACPI area: 16 MCFG entries, PCI0 and PC01..PC0F', () => {
+  const { mcfg, sb } = segmentTables(16);
+  const e = mcfgEntries(mcfg);
+  assert.equal(e.length, 16);
+  assert.deepEqual(e.map((x) => x.segment), Array.from({ length: 16 }, (_, k) => k));
+  assert.equal(e[15]!.base, 0xe8000000 + 15 * MiB);
+  const names = bridges(sb).filter((b) => b.hid === PNP0A08).map((b) => b.name);
+  assert.deepEqual(names, ['PCI0', ...Array.from({ length: 15 }, (_, k) => `PC${(k + 1).toString(16).toUpperCase().padStart(2, '0')}`)]);
+});
