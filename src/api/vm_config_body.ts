@@ -82,12 +82,13 @@ export const SUPPORTED_VM_CONFIG_FIELDS: Shape<VmConfig> = {
       offload_csum: true,
     },
   ],
-  rng: { src: true, iommu: true, id: true },
+  rng: { src: true, iommu: true, id: true, pci_segment: true },
   serial: { mode: true, file: true, socket: true },
   console: { mode: true, file: true, socket: true, iommu: true, id: true },
   iommu: true,
   watchdog: true,
   pvpanic: true,
+  platform: { num_pci_segments: true },
 };
 
 type AnyShape = true | { [k: string]: AnyShape } | [AnyShape];

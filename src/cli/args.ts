@@ -150,11 +150,12 @@ const FLAGS: readonly FlagSpec[] = [
     value: true,
     multi: true,
     syntax:
-      'tap=<if>[,ip=<ip>][,mask=<mask>][,mac=<mac>][,host_mac=<mac>][,mtu=<n>][,num_queues=<n>][,queue_size=<n>][,id=<id>][,iommu=on|off][,vhost_user=on|off][,socket=<path>][,offload_tso|ufo|csum=on|off]',
+      'tap=<if>[,ip=<ip>][,mask=<mask>][,mac=<mac>][,host_mac=<mac>][,mtu=<n>][,num_queues=<n>][,queue_size=<n>][,id=<id>][,iommu=on|off][,vhost_user=on|off][,socket=<path>][,offload_tso|ufo|csum=on|off][,pci_segment=<n>]',
     help: 'virtio-net devices (one or more values, repeatable)',
   },
+  { name: 'platform', value: true, syntax: 'num_pci_segments=<n>', help: 'Platform: PCI segments 0..n-1 (default 1, at most 16); place devices with pci_segment=' },
   { name: 'pvpanic', value: false, syntax: '', help: 'Enable the pvpanic device' },
-  { name: 'rng', value: true, syntax: 'src=<path>[,iommu=on|off]', help: 'virtio-rng entropy source (default: src=/dev/urandom)' },
+  { name: 'rng', value: true, syntax: 'src=<path>[,iommu=on|off][,pci_segment=<n>]', help: 'virtio-rng entropy source (default: src=/dev/urandom)' },
   {
     name: 'serial',
     value: true,
@@ -190,7 +191,6 @@ const UNSUPPORTED_CH_FLAGS = new Set([
   'no-shutdown',
   'numa',
   'pci-segment',
-  'platform',
   'pmem',
   'pvmemcontrol',
   'rate-limit-group',
@@ -218,6 +218,7 @@ const VM_FLAGS = new Set([
   'console',
   'pvpanic',
   'watchdog',
+  'platform',
 ]);
 
 function buildUsage(): string {
@@ -639,10 +640,18 @@ export function parseArgs(argv: readonly string[]): CliResult {
   if (consoleArg !== undefined) input.console = parseConsoleLike('--console', consoleArg);
   const rng = single.get('rng');
   if (rng !== undefined) {
-    const o = parseOptionList('--rng', rng, ['src', 'iommu']);
+    const o = parseOptionList('--rng', rng, ['src', 'iommu', 'pci_segment']);
     input.rng = {};
     setIf(input.rng, 'src', o.get('src'));
     setIf(input.rng, 'iommu', toggleOpt('--rng', 'iommu', o.get('iommu')));
+    setIf(input.rng, 'pci_segment', intOpt('--rng', 'pci_segment', o.get('pci_segment')));
+  }
+  const platform = single.get('platform');
+  if (platform !== undefined) {
+    // CH's --platform also has iommu_segments, serial_number, uuid, oem_strings, ...: not here yet.
+    const o = parseOptionList('--platform', platform, ['num_pci_segments']);
+    input.platform = {};
+    setIf(input.platform, 'num_pci_segments', intOpt('--platform', 'num_pci_segments', o.get('num_pci_segments')));
   }
   const disks = multi.get('disk');
   if (disks !== undefined) input.disks = disks.map(parseDisk);

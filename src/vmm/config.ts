@@ -96,6 +96,13 @@ export interface RngConfig {
   src: string;
   iommu: boolean;
   id?: string;
+  pci_segment?: number;
+}
+
+/** PlatformConfig of the OpenAPI schema (the part Stratovisor has). */
+export interface PlatformConfig {
+  /** PCI segments 0..num_pci_segments-1 (default 1; CH's --platform num_pci_segments=). */
+  num_pci_segments: number;
 }
 
 export interface VmConfig {
@@ -110,6 +117,7 @@ export interface VmConfig {
   iommu: boolean;
   watchdog: boolean;
   pvpanic: boolean;
+  platform?: PlatformConfig;
 }
 
 // ---- Defaults (Cloud Hypervisor's, see its vm_config.rs and main.rs) ----
@@ -127,6 +135,7 @@ export const DEFAULT_NET_NUM_QUEUES = 2;
 export const DEFAULT_NET_QUEUE_SIZE = 256;
 export const DEFAULT_NET_IP = '192.168.249.1';
 export const DEFAULT_NET_MASK = '255.255.255.0';
+export const DEFAULT_NUM_PCI_SEGMENTS = 1;
 
 // ---- Limits ----
 
@@ -140,6 +149,8 @@ export const PAGE_SIZE = 4096;
 export const MIN_MEMORY_SIZE = 32 * 1024 * 1024;
 /** Largest virtqueue size (virtio 1.2 section 2.7: Queue Size max 32768). */
 export const MAX_QUEUE_SIZE = 32768;
+/** PCI segments (src/arch/x86_64/layout.ts MAX_PCI_SEGMENTS; Cloud Hypervisor's limit was 16). */
+export const MAX_NUM_PCI_SEGMENTS = 16;
 /** Block queue size must be greater than this (Cloud Hypervisor MINIMUM_BLOCK_QUEUE_SIZE). */
 export const MIN_BLOCK_QUEUE_SIZE_EXCLUSIVE = 2;
 
@@ -188,7 +199,7 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 function shapeIssues(input: unknown): VmConfigIssue[] {
   const issues: VmConfigIssue[] = [];
   if (!isPlainObject(input)) return [{ path: '(config)', message: 'must be an object' }];
-  for (const k of ['payload', 'cpus', 'memory', 'rng', 'serial', 'console'] as const) {
+  for (const k of ['payload', 'cpus', 'memory', 'rng', 'serial', 'console', 'platform'] as const) {
     const v = input[k];
     if (v !== undefined && !isPlainObject(v)) issues.push({ path: k, message: 'must be an object' });
   }
@@ -248,6 +259,9 @@ export function createVmConfig(input: VmConfigInput = {}): VmConfig {
   };
   if (input.disks !== undefined) config.disks = input.disks.map((d) => defaultDiskConfig(d));
   if (input.net !== undefined) config.net = input.net.map((n) => defaultNetConfig(n));
+  if (input.platform !== undefined) {
+    config.platform = { ...stripUndefined(input.platform), num_pci_segments: input.platform.num_pci_segments ?? DEFAULT_NUM_PCI_SEGMENTS };
+  }
   return config;
 }
 
@@ -314,6 +328,27 @@ export function isValidMac(s: string): boolean {
   return (parseInt(s.slice(0, 2), 16) & 0x01) === 0;
 }
 
+/** The number of PCI segments a configuration has (platform.num_pci_segments, default 1). */
+export function numPciSegments(config: Pick<VmConfig, 'platform'>): number {
+  return (isPlainObject(config.platform) ? config.platform.num_pci_segments : undefined) ?? DEFAULT_NUM_PCI_SEGMENTS;
+}
+
+/**
+ * The rule for a device's `pci_segment` (Cloud Hypervisor's InvalidPciSegment): undefined (segment
+ * 0) or an integer below platform.num_pci_segments. `path` names the field, e.g.
+ * "disks[1].pci_segment". Returns the problem, or undefined when it is fine; every device config
+ * with a pci_segment (disk, net, rng, fs, vsock, pmem, ...) calls this from validateVmConfig.
+ */
+export function pciSegmentIssue(config: Pick<VmConfig, 'platform'>, path: string, segment: unknown): VmConfigIssue | undefined {
+  if (segment === undefined) return undefined;
+  const n = numPciSegments(config);
+  if (!isInt(segment) || segment < 0) return { path, message: `must be an integer >= 0, got ${String(segment)}` };
+  if (isInt(n) && n >= 1 && n <= MAX_NUM_PCI_SEGMENTS && segment >= n) {
+    return { path, message: `${segment} names a PCI segment that does not exist: platform.num_pci_segments is ${n} (segments 0..${n - 1})` };
+  }
+  return undefined;
+}
+
 /**
  * Check types and ranges of a complete VmConfig. Returns every problem found
  * (empty when valid). Does not touch the file system.
@@ -331,6 +366,19 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
   const bool = (path: string, v: unknown) => {
     if (v !== undefined && typeof v !== 'boolean') bad(path, 'must be a boolean');
   };
+  const segment = (path: string, v: unknown) => {
+    const issue = pciSegmentIssue(config, path, v);
+    if (issue) issues.push(issue);
+  };
+
+  // platform
+  if (config.platform !== undefined) {
+    const ps: unknown = isPlainObject(config.platform) ? config.platform.num_pci_segments : undefined;
+    if (!isPlainObject(config.platform)) bad('platform', 'must be an object');
+    else if (!isInt(ps) || ps < 1 || ps > MAX_NUM_PCI_SEGMENTS) {
+      bad('platform.num_pci_segments', `must be an integer in 1..${MAX_NUM_PCI_SEGMENTS}, got ${String(ps)}`);
+    }
+  }
 
   // payload
   const p = config.payload as PayloadConfig | undefined;
@@ -485,6 +533,7 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
       bad(`${at}.serial`, 'must be a string of at most 20 bytes (VIRTIO_BLK_ID_BYTES)');
     }
     for (const f of ['readonly', 'direct', 'iommu', 'vhost_user'] as const) bool(`${at}.${f}`, d[f]);
+    segment(`${at}.pci_segment`, d.pci_segment);
     id(`${at}.id`, d.id);
   });
 
@@ -528,6 +577,7 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
     for (const f of ['iommu', 'vhost_user', 'offload_tso', 'offload_ufo', 'offload_csum'] as const) {
       bool(`${at}.${f}`, n[f]);
     }
+    segment(`${at}.pci_segment`, n.pci_segment);
     id(`${at}.id`, n.id);
   });
 
@@ -535,6 +585,7 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
   if (!isPlainObject(config.rng)) bad('rng', 'is required');
   else {
     str('rng.src', config.rng.src, true);
+    segment('rng.pci_segment', config.rng.pci_segment);
     id('rng.id', config.rng.id);
   }
   if (isPlainObject(config.console)) id('console.id', config.console.id);

@@ -53,7 +53,7 @@ function start(data: DeviceWorkerData): void {
     onReset: () => { if (!powerEvent) { powerEvent = true; post({ type: 'reset', reason: 'ACPI reset register' }); } },
   }), PIO_ACPI_POWER.base, PIO_ACPI_POWER.length);
 
-  const pci = setupPci(mmio, vmFromHandle(data.vm), data.virtio, (m) => { if (data.verbose) process.stderr.write(`stratovisor: ${m}\n`); });
+  const pci = setupPci(mmio, vmFromHandle(data.vm), data.virtio, (m) => { if (data.verbose) process.stderr.write(`stratovisor: ${m}\n`); }, data.pciSegments);
 
   const server = new MailboxServer(data.shared);
   const ring = new ByteRing(data.input);

@@ -1,11 +1,12 @@
-// The device thread's PCI segment: host bridge, config mechanisms (0xCF8 ports and ECAM) and one
-// virtio-pci transport per device, with their notify ioeventfds and MSI-X routes kept in step
+// The device thread's PCI segments: per segment a host bridge and an ECAM window (segment 0 also
+// through the 0xCF8 ports, latched on the vCPU threads), and one virtio-pci transport per device, with their notify ioeventfds and MSI-X routes kept in step
 // with what the guest programs (BAR moves, vector table writes).
 import * as libc from '../sys/libc.js';
 import type { Bus } from '../devices/bus.js';
 import type { Vm } from '../hypervisor/hypervisor.js';
-import { PciRoot, PciConfigMmio } from '../pci/bus.js';
-import { PCI_ECAM_START, PCI_ECAM_SIZE, PCI_MMIO32_START, PCI_MMIO32_SIZE } from '../arch/x86_64/layout.js';
+import type { PciRoot } from '../pci/bus.js';
+import { attachPciSegments } from '../pci/segment.js';
+import { pciSegmentLayouts, type PciSegmentLayout } from '../arch/x86_64/layout.js';
 import { VirtioPciTransport, BAR_SIZE, NOTIFY_OFFSET, NOTIFY_OFF_MULTIPLIER } from '../virtio/pci/transport.js';
 import { GsiRouter } from './interrupts.js';
 
@@ -14,6 +15,8 @@ export interface VirtioPciInit {
   id: string;
   deviceType: number;
   numQueues: number;
+  /** PCI segment (default 0). */
+  segment?: number;
   slot: number;
   barAddr: number;
   shared: SharedArrayBuffer;
@@ -32,15 +35,21 @@ const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
 const NOTIFY_WIDTH = { len: 2 } as const;
 
 export interface PciSetup {
+  /** Segment 0's root. */
   root: PciRoot;
+  /** Every segment's root, by segment number. */
+  roots: PciRoot[];
   transports: VirtioPciTransport[];
   /** Unregister the notify ioeventfds (before the VM goes away). */
   teardown(): void;
 }
 
-export function setupPci(mmio: Bus, vm: Vm, devices: readonly VirtioPciInit[], log: (m: string) => void): PciSetup {
-  const root = new PciRoot();
-  mmio.insert(new PciConfigMmio(root), PCI_ECAM_START, PCI_ECAM_SIZE);
+export function setupPci(
+  mmio: Bus, vm: Vm, devices: readonly VirtioPciInit[], log: (m: string) => void,
+  layouts: readonly PciSegmentLayout[] = pciSegmentLayouts(1),
+): PciSetup {
+  const segments = attachPciSegments(mmio, layouts);
+  const roots = segments.map((s) => s.root);
   const router = new GsiRouter(vm);
   const transports: VirtioPciTransport[] = [];
   const registered: Array<{ fd: number; addr: number }> = [];
@@ -63,6 +72,9 @@ export function setupPci(mmio: Bus, vm: Vm, devices: readonly VirtioPciInit[], l
   };
 
   for (const d of devices) {
+    const seg = segments[d.segment ?? 0];
+    if (seg === undefined) throw new RangeError(`${d.id}: PCI segment ${d.segment} does not exist`);
+    const window = seg.windows.mmio32;
     let t: VirtioPciTransport | null = null;
     t = new VirtioPciTransport({
       deviceType: d.deviceType, numQueues: d.numQueues, shared: d.shared, barAddr: d.barAddr,
@@ -71,10 +83,10 @@ export function setupPci(mmio: Bus, vm: Vm, devices: readonly VirtioPciInit[], l
         fireVector: (v) => { libc.write(d.irqFds[v]!, ONE); },
         routeVector: (v, msg) => { router.set(d.gsis[v]!, msg); },
         barMoved: (from, to) => {
-          // The guest may point a BAR anywhere: it only moves into the 32-bit PCI window and onto
+          // The guest may point a BAR anywhere: it only moves into its segment's 32-bit window and onto
           // free space; otherwise the BAR stays where it was (the guest's register says
           // otherwise, its accesses there hit nothing, as with a conflicting BAR on real hardware).
-          const inWindow = to >= PCI_MMIO32_START && to + BAR_SIZE <= PCI_MMIO32_START + PCI_MMIO32_SIZE;
+          const inWindow = to >= window.start && to + BAR_SIZE <= window.start + window.size;
           mmio.remove(from);
           if (!inWindow || !mmio.isFree(to, BAR_SIZE)) {
             mmio.insert(t!, from, BAR_SIZE);
@@ -94,13 +106,13 @@ export function setupPci(mmio: Bus, vm: Vm, devices: readonly VirtioPciInit[], l
         notifyQueue: (q) => { libc.write(d.queueFds[q]!, ONE); },
       },
     });
-    root.add(t, d.slot);
+    seg.root.add(t, d.slot);
     mmio.insert(t, d.barAddr, BAR_SIZE);
     registerNotify(d, d.barAddr);
     transports.push(t);
   }
   return {
-    root, transports,
+    root: roots[0]!, roots, transports,
     teardown(): void {
       for (const r of registered.splice(0)) {
         try { vm.unregisterIoevent(r.fd, { space: 'mmio', addr: r.addr }, NOTIFY_WIDTH); } catch { /* VM closing */ }

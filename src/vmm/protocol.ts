@@ -2,6 +2,7 @@
 import type { VcpuHandle, VmHandle } from '../hypervisor/hypervisor.js';
 import type { VirtioPciInit } from './pci_setup.js';
 import type { MailboxShared } from './mailbox.js';
+import type { PciSegmentLayout } from '../arch/x86_64/layout.js';
 
 export interface VcpuWorkerData {
   handle: VcpuHandle;
@@ -33,6 +34,8 @@ export interface DeviceWorkerData {
   /** The VM, for ioeventfd registration and MSI routing from the device thread. */
   vm: VmHandle;
   virtio: VirtioPciInit[];
+  /** PCI segments (src/arch/x86_64/layout.ts pciSegmentLayouts); omitted: one. */
+  pciSegments?: PciSegmentLayout[];
   /** Log PCI events (BAR moves) to stderr. */
   verbose: boolean;
 }

@@ -12,8 +12,9 @@ import { Tap, parseMac } from '../net/tap.js';
 import { VirtioDeviceType } from '../virtio/device.js';
 import { createShared, Word, Command, postCommand } from '../virtio/pci/shared.js';
 import { BAR_SIZE } from '../virtio/pci/transport.js';
-import { BarAllocator, PCI_SLOTS } from '../pci/bus.js';
-import { PCI_MMIO32_START, PCI_MMIO32_SIZE } from '../arch/x86_64/layout.js';
+import { PCI_SLOTS } from '../pci/bus.js';
+import { placePciDevices, type PciPlacement } from '../pci/segment.js';
+import { pciSegmentLayouts, type PciSegmentLayout } from '../arch/x86_64/layout.js';
 import { MSI_GSI_BASE } from './interrupts.js';
 import type { VmConfig } from './config.js';
 import type { VirtioPciInit } from './pci_setup.js';
@@ -27,6 +28,8 @@ interface HostDevice {
   id: string;
   deviceType: number;
   numQueues: number;
+  /** PCI segment (config pci_segment; default 0). */
+  segment?: number;
   spec: VirtioDeviceSpec;
   /** fds this manager opened for the device (closed by close()). */
   fds: number[];
@@ -58,6 +61,7 @@ function randomMac(): number[] {
 export class VirtioManager {
   private readonly devices: HostDevice[] = [];
   private running: RunDevice[] = [];
+  private segments: PciSegmentLayout[] = pciSegmentLayouts(1);
 
   constructor(private readonly log: (m: string) => void, private readonly onNeedsReset: (id: string, why: string) => void = () => {}) {}
 
@@ -68,16 +72,32 @@ export class VirtioManager {
   /** Open every host resource the configuration names; on error nothing stays open. */
   open(cfg: VmConfig, ttyFd: number): void {
     try {
+      this.segments = pciSegmentLayouts(cfg.platform?.num_pci_segments ?? 1);
       (cfg.disks ?? []).forEach((d, i) => this.openDisk(d, i));
       (cfg.net ?? []).forEach((n, i) => this.openNet(n, i));
       this.openConsole(cfg, ttyFd);
       this.openRng(cfg);
-      if (this.devices.length > PCI_SLOTS - 1) {
+      if (this.devices.length > PCI_SLOTS - 1 && this.segments.length === 1) {
         throw new VirtioConfigError(`${this.devices.length} virtio devices do not fit on PCI bus 0 (at most ${PCI_SLOTS - 1})`);
       }
+      this.place();
     } catch (e) {
       this.close();
       throw e;
+    }
+  }
+
+  /** The PCI segments of the configuration opened last. */
+  get pciSegments(): PciSegmentLayout[] {
+    return this.segments;
+  }
+
+  /** Device numbers and BARs on each device's segment (VirtioConfigError when a segment is unknown or full). */
+  private place(): PciPlacement[] {
+    try {
+      return placePciDevices(this.devices.map((h) => ({ id: h.id, segment: h.segment ?? 0 })), this.segments, BAR_SIZE);
+    } catch (e) {
+      throw new VirtioConfigError((e as Error).message);
     }
   }
 
@@ -94,7 +114,7 @@ export class VirtioManager {
       throw new VirtioConfigError(`disk image '${d.path}' ${why}`);
     }
     const host: HostDevice = {
-      id, deviceType: VirtioDeviceType.Block, numQueues: d.num_queues, fds: [fd],
+      id, deviceType: VirtioDeviceType.Block, numQueues: d.num_queues, segment: d.pci_segment ?? 0, fds: [fd],
       spec: { kind: 'block', fd, size: 0, readonly: d.readonly, numQueues: d.num_queues, queueSize: d.queue_size, serial: d.serial ?? id },
     };
     this.devices.push(host);
@@ -132,7 +152,7 @@ export class VirtioManager {
       throw new VirtioConfigError(`${id}: cannot open tap${n.tap ? ` '${n.tap}'` : ''}: ${(e as Error).message}`);
     }
     const host: HostDevice = {
-      id, deviceType: VirtioDeviceType.Net, numQueues: pairs * 2 + (pairs > 1 ? 1 : 0), fds: [], tap,
+      id, deviceType: VirtioDeviceType.Net, numQueues: pairs * 2 + (pairs > 1 ? 1 : 0), segment: n.pci_segment ?? 0, fds: [], tap,
       spec: { kind: 'net', tapFds: [...tap.fds], mac, queuePairs: pairs, queueSize: n.queue_size, ...(n.mtu !== undefined ? { mtu: n.mtu } : {}) },
     };
     this.devices.push(host);
@@ -178,7 +198,7 @@ export class VirtioManager {
     } catch (e) {
       throw new VirtioConfigError(`cannot open entropy source '${src}': ${(e as Error).message}`);
     }
-    this.devices.push({ id: cfg.rng.id ?? '_rng0', deviceType: VirtioDeviceType.Rng, numQueues: 1, fds: [fd], spec: { kind: 'rng', fd } });
+    this.devices.push({ id: cfg.rng.id ?? '_rng0', deviceType: VirtioDeviceType.Rng, numQueues: 1, segment: cfg.rng.pci_segment ?? 0, fds: [fd], spec: { kind: 'rng', fd } });
   }
 
   /**
@@ -187,7 +207,7 @@ export class VirtioManager {
    * failure everything is undone before this returns.
    */
   start(vm: Vm, mem: GuestMemory, onError: (m: string) => void): VirtioPciInit[] {
-    const bars = new BarAllocator(PCI_MMIO32_START, PCI_MMIO32_SIZE);
+    const placements = this.place();
     let gsi = MSI_GSI_BASE;
     const inits: VirtioPciInit[] = [];
     const pending: Array<{ w: Worker; data: VirtioWorkerData }> = [];
@@ -229,7 +249,8 @@ export class VirtioManager {
           },
         });
         inits.push({
-          id: h.id, deviceType: h.deviceType, numQueues: h.numQueues, slot: i + 1, barAddr: bars.allocate(BAR_SIZE),
+          id: h.id, deviceType: h.deviceType, numQueues: h.numQueues,
+          segment: placements[i]!.segment, slot: placements[i]!.slot, barAddr: placements[i]!.barAddr,
           shared, queueFds: r.queueFds, irqFds: r.irqFds, gsis: r.gsis, controlFd: r.controlFd,
         });
       });

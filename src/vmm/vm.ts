@@ -14,7 +14,7 @@ import { GuestMemory } from '../memory/guest_memory.js';
 import { ramRegions, lowRamEnd } from '../arch/x86_64/layout.js';
 import { loadBzImage, parseBzImage } from '../arch/x86_64/bzimage.js';
 import { loadPvhKernel, parseElfKernel } from '../arch/x86_64/pvh.js';
-import { buildAcpiTables, buildMcfg, pciHostBridgeAml } from '../arch/x86_64/acpi.js';
+import { buildAcpiTables, buildMcfgForSegments, pciSegmentsAml } from '../arch/x86_64/acpi.js';
 import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
 import { writeResetVectorStub } from '../arch/x86_64/reset_vector.js';
 import { linux64BootState, pvhBootState, writeBootTables, defaultFpu, bootMsrEntries } from '../arch/x86_64/regs.js';
@@ -209,7 +209,8 @@ export class VirtualMachine extends EventEmitter {
       mem.regions.forEach((r, slot) => {
         vm.setUserMemoryRegion({ slot, guestPhysAddr: BigInt(r.gpa), memorySize: r.size, userspaceAddr: r.hostAddress });
       });
-      const acpi = buildAcpiTables({ cpus: ncpu, sbDevices: [pciHostBridgeAml()], extraTables: [buildMcfg()] }, mem);
+      const pciSegments = this.virtio.pciSegments;
+      const acpi = buildAcpiTables({ cpus: ncpu, sbDevices: pciSegmentsAml(pciSegments), extraTables: [buildMcfgForSegments(pciSegments)] }, mem);
       writeResetVectorStub(mem);
       const cmdline = cfg.payload.cmdline ?? '';
       const kernel = this.kernel!;
@@ -258,6 +259,7 @@ export class VirtualMachine extends EventEmitter {
       shared, input: this.input.sab, serialFd, serialIrqfd,
       memBelow4g: lowRamEnd(memSize), memAbove4g: memSize - lowRamEnd(memSize),
       vm: vm.handle(), virtio: virtioInits, verbose: this.opts.log !== undefined,
+      pciSegments: this.virtio.pciSegments,
     };
     deviceWorker.off('error', early);
     deviceWorker.postMessage(deviceData);
@@ -272,7 +274,7 @@ export class VirtualMachine extends EventEmitter {
     deviceWorker.on('error', (e) => this.fail(run, `device thread failed: ${e.stack ?? e.message}`));
     deviceWorker.once('exit', (code) => { if (!run.stopping) this.fail(run, `the device thread exited unexpectedly (code ${code})`); });
     for (const [i, v] of vcpus.entries()) {
-      const wd: VcpuWorkerData = { handle: v.handle(), shared, runState: runStateSab, pciSlots: 1 + virtioInits.length };
+      const wd: VcpuWorkerData = { handle: v.handle(), shared, runState: runStateSab, pciSlots: 1 + virtioInits.filter((d) => (d.segment ?? 0) === 0).length };
       const w = vcpuWorkers[i]!;
       w.off('error', early);
       w.postMessage(wd);

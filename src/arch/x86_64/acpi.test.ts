@@ -3,10 +3,10 @@ import assert from 'node:assert/strict';
 import { GuestMemory } from '../../memory/guest_memory.js';
 import {
   ACPI_S5_WRITE_VALUE, ACPI_SHUTDOWN_PORT, AcpiError, buildAcpiTables, buildDsdt, buildMadt, buildMcfg, checksum,
-  pciHostBridgeAml, readAcpiTables,
+  buildMcfgForSegments, pciHostBridgeAml, pciSegmentsAml, readAcpiTables,
 } from './acpi.js';
 import * as aml from './aml.js';
-import { ACPI_TABLES_END, MiB, PCI_ECAM_START, RSDP_POINTER } from './layout.js';
+import { ACPI_TABLES_END, MiB, PCI_ECAM_START, pciSegmentLayouts, RSDP_POINTER } from './layout.js';
 
 // --- A small AML decoder for the subset we emit (ACPI 6.x 20.2) -------------------------------------
 
@@ -305,4 +305,102 @@ test('power register placement override reaches the FADT and \\_S5_', () => {
   const s5 = parseAml(t.get('DSDT')!.subarray(36)).find((x) => x.op === 'name') as { value: { elements: Array<{ value: bigint }> } };
   assert.equal(s5.value.elements[0]!.value, 7n);
   assert.throws(() => buildDsdt({ s5SleepType: 8 }), /invalid S5 sleep type 8/);
+});
+
+// --- PCI segments (--platform num_pci_segments) ----------------------------------------------------
+
+/** The tables buildAcpiTables writes for `n` segments, as the VMM builds them (src/vmm/vm.ts). */
+function segmentTables(n: number): { mcfg: Uint8Array; sb: Node[] } {
+  const segs = pciSegmentLayouts(n);
+  const m = mem();
+  const r = buildAcpiTables({ cpus: 1, sbDevices: pciSegmentsAml(segs), extraTables: [buildMcfgForSegments(segs)] }, m);
+  const tables = readAcpiTables(m, r.rsdpAddr); // verifies every checksum and length
+  const dsdt = tables.get('DSDT')!;
+  const sb = parseAml(dsdt.subarray(36)).find((t) => t.op === 'scope') as { body: Node[] };
+  return { mcfg: tables.get('MCFG')!, sb: sb.body };
+}
+
+function mcfgEntries(mcfg: Uint8Array): Array<{ base: number; segment: number; startBus: number; endBus: number }> {
+  const dv = new DataView(mcfg.buffer, mcfg.byteOffset, mcfg.byteLength);
+  assert.equal(dv.getUint32(4, true), mcfg.length);
+  assert.equal((mcfg.length - 44) % 16, 0, 'MCFG: header, 8 reserved bytes, 16-byte entries');
+  const out = [];
+  for (let off = 44; off < mcfg.length; off += 16) {
+    out.push({ base: Number(dv.getBigUint64(off, true)), segment: dv.getUint16(off + 8, true), startBus: mcfg[off + 10]!, endBus: mcfg[off + 11]! });
+  }
+  return out;
+}
+
+interface Bridge { name: string; hid: bigint; seg: bigint; uid: bigint; bbn: bigint; crs: Array<{ tag: number; body: Uint8Array }> }
+
+function bridges(sb: Node[]): Bridge[] {
+  return sb.filter((t) => t.op === 'device').map((t) => {
+    const d = t as { name: string; body: Node[] };
+    const get = (n: string): Node | undefined => (d.body.find((x) => x.op === 'name' && x.name === n) as { value: Node } | undefined)?.value;
+    const int = (n: string): bigint => ((get(n) as { value: bigint } | undefined)?.value ?? -1n);
+    const crs = get('_CRS') as { bytes: Uint8Array } | undefined;
+    return { name: d.name, hid: int('_HID'), seg: int('_SEG'), uid: int('_UID'), bbn: int('_BBN'), crs: crs ? descriptors(crs.bytes) : [] };
+  }).filter((b) => b.hid === 0x080ad041n || b.hid === 0x020cd041n); // PNP0A08 host bridges, PNP0C02 motherboard resources
+}
+
+const dv = (x: Uint8Array): DataView => new DataView(x.buffer, x.byteOffset, x.byteLength);
+const PNP0A08 = 0x080ad041n;
+const PNP0C02 = 0x020cd041n;
+
+test('one PCI segment (the default): one MCFG entry for buses 0-255, PCI0 with the whole window and the I/O ports, ECAM reserved by PNP0C02', () => {
+  const { mcfg, sb } = segmentTables(1);
+  assert.deepEqual(mcfgEntries(mcfg), [{ base: 0xe8000000, segment: 0, startBus: 0, endBus: 255 }]);
+  const bs = bridges(sb);
+  const hb = bs.filter((b) => b.hid === PNP0A08);
+  assert.deepEqual(hb.map((b) => [b.name, b.seg, b.uid, b.bbn]), [['PCI0', 0n, 0n, 0n]]);
+  const crs = hb[0]!.crs;
+  assert.deepEqual([dv(crs[0]!.body).getUint16(5, true), dv(crs[0]!.body).getUint16(7, true)], [0, 255], 'bus range');
+  assert.ok(crs.some((x) => x.tag === 0x8), 'IO(0xcf8, 8) on segment 0');
+  assert.equal(crs.filter((x) => x.tag === 0x88 && x.body[0] === 1).length, 2, 'two WordIO windows around 0xcf8');
+  const m32 = crs.find((x) => x.tag === 0x87)!;
+  assert.deepEqual([dv(m32.body).getUint32(7, true), dv(m32.body).getUint32(11, true)], [0xc0000000, 0xe7ffffff]);
+  const mb = bs.filter((b) => b.hid === PNP0C02);
+  assert.equal(mb.length, 1);
+  assert.deepEqual(mb[0]!.crs.map((x) => [x.tag, dv(x.body).getUint32(1, true), dv(x.body).getUint32(5, true)]), [[0x86, 0xe8000000, 0x10000000]],
+    'Memory32Fixed over the 256 MiB ECAM window');
+});
+
+test('three PCI segments: an MCFG entry and a host bridge (_SEG, _UID, _BBN, own window, I/O only on 0) per segment, every ECAM window reserved', () => {
+  const { mcfg, sb } = segmentTables(3);
+  assert.deepEqual(mcfgEntries(mcfg), [
+    { base: 0xe8000000, segment: 0, startBus: 0, endBus: 0 },
+    { base: 0xe8100000, segment: 1, startBus: 0, endBus: 0 },
+    { base: 0xe8200000, segment: 2, startBus: 0, endBus: 0 },
+  ]);
+  const bs = bridges(sb);
+  const hb = bs.filter((b) => b.hid === PNP0A08);
+  assert.deepEqual(hb.map((b) => [b.name, b.seg, b.uid, b.bbn]), [['PCI0', 0n, 0n, 0n], ['PC01', 1n, 1n, 0n], ['PC02', 2n, 2n, 0n]]);
+  const windows = hb.map((b) => {
+    const bus = b.crs[0]!;
+    assert.equal(bus.tag, 0x88);
+    assert.equal(bus.body[0], 2, 'first descriptor: bus number range');
+    assert.deepEqual([dv(bus.body).getUint16(5, true), dv(bus.body).getUint16(7, true)], [0, 0], `${b.name} has bus 0 only`);
+    const io = b.crs.filter((x) => x.tag === 0x8 || (x.tag === 0x88 && x.body[0] === 1));
+    assert.equal(io.length, b.seg === 0n ? 3 : 0, `${b.name}: I/O ports only on segment 0`);
+    const m32 = b.crs.filter((x) => x.tag === 0x87);
+    assert.equal(m32.length, 1);
+    return [dv(m32[0]!.body).getUint32(7, true), dv(m32[0]!.body).getUint32(11, true)];
+  });
+  // 640 MiB / 3, 4 KiB aligned: 0xd555000 each, the last one up to the ECAM region.
+  assert.deepEqual(windows, [[0xc0000000, 0xcd554fff], [0xcd555000, 0xdaaa9fff], [0xdaaaa000, 0xe7ffffff]]);
+  const mb = bs.filter((b) => b.hid === PNP0C02);
+  assert.equal(mb.length, 1);
+  assert.deepEqual(mb[0]!.crs.map((x) => [x.tag, dv(x.body).getUint32(1, true), dv(x.body).getUint32(5, true)]),
+    [[0x86, 0xe8000000, 0x100000], [0x86, 0xe8100000, 0x100000], [0x86, 0xe8200000, 0x100000]]);
+  assert.throws(() => buildMcfgForSegments([]), /at least one PCI segment/);
+});
+
+test('sixteen PCI segments (the most) fit in the ACPI area: 16 MCFG entries, PCI0 and PC01..PC0F', () => {
+  const { mcfg, sb } = segmentTables(16);
+  const e = mcfgEntries(mcfg);
+  assert.equal(e.length, 16);
+  assert.deepEqual(e.map((x) => x.segment), Array.from({ length: 16 }, (_, k) => k));
+  assert.equal(e[15]!.base, 0xe8000000 + 15 * MiB);
+  const names = bridges(sb).filter((b) => b.hid === PNP0A08).map((b) => b.name);
+  assert.deepEqual(names, ['PCI0', ...Array.from({ length: 15 }, (_, k) => `PC${(k + 1).toString(16).toUpperCase().padStart(2, '0')}`)]);
 });

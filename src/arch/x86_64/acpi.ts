@@ -11,7 +11,7 @@ import type { GuestMemory } from '../../memory/guest_memory.js';
 import * as aml from './aml.js';
 import {
   ACPI_TABLES_END, ACPI_TABLES_START, APIC_START, IOAPIC_START, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_BUS_END,
-  PCI_ECAM_BUS_START, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START, RSDP_POINTER,
+  PCI_ECAM_BUS_START, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START, RSDP_POINTER, type PciSegmentLayout,
 } from './layout.js';
 
 export class AcpiError extends Error {
@@ -239,6 +239,50 @@ export function buildMcfg(ecamBase = PCI_ECAM_START, segment = 0, startBus = PCI
   return finishSdt(t, 'MCFG', 1);
 }
 
+/** MCFG entry size (PCI Firmware 3.0, Table 4-3: base, segment, start bus, end bus, 4 reserved). */
+export const MCFG_ENTRY_SIZE = 16;
+
+/** MCFG with one configuration space base address allocation per PCI segment. */
+export function buildMcfgForSegments(segments: readonly PciSegmentLayout[]): Uint8Array {
+  if (segments.length === 0) throw new AcpiError('MCFG needs at least one PCI segment');
+  const t = new Uint8Array(SDT_HEADER_SIZE + 8 + MCFG_ENTRY_SIZE * segments.length);
+  const dv = new DataView(t.buffer);
+  segments.forEach((s, i) => {
+    const off = SDT_HEADER_SIZE + 8 + MCFG_ENTRY_SIZE * i;
+    dv.setBigUint64(off, BigInt(s.ecamBase), true);
+    dv.setUint16(off + 8, s.segment, true);
+    t[off + 10] = s.busStart;
+    t[off + 11] = s.busEnd;
+  });
+  return finishSdt(t, 'MCFG', 1);
+}
+
+/** AML name of segment K's host bridge: PCI0 for segment 0, PC01..PC0F after it (as Cloud Hypervisor names them). */
+export function pciHostBridgeName(segment: number): string {
+  return segment === 0 ? 'PCI0' : `PC${segment.toString(16).toUpperCase().padStart(2, '0')}`;
+}
+
+/**
+ * One host bridge per segment (pciHostBridgeAml: _SEG, _UID and _BBN from the layout, its own
+ * 32-bit window; the I/O ports, config mechanism #1 included, only on segment 0 as Cloud
+ * Hypervisor does) and \_SB_.MBRD, a PNP0C02 motherboard resource that reserves every ECAM
+ * window: PCI Firmware 3.0, 4.1.2 asks for the MCFG ranges to be reserved that way, and Linux
+ * (arch/x86/pci/mmconfig-shared.c, is_acpi_reserved) looks for them there.
+ */
+export function pciSegmentsAml(segments: readonly PciSegmentLayout[], mmio64?: { start: number; size: number }): Uint8Array[] {
+  const out = segments.map((s) => pciHostBridgeAml({
+    segment: s.segment, busStart: s.busStart, busEnd: s.busEnd, mmio32: s.mmio32,
+    name: pciHostBridgeName(s.segment), uid: s.segment, io: s.segment === 0,
+    ...(mmio64 !== undefined && s.segment === 0 ? { mmio64 } : {}),
+  }));
+  out.push(aml.device('MBRD', [
+    aml.name('_HID', aml.eisaId('PNP0C02')),
+    aml.name('_UID', aml.integer(0)),
+    aml.name('_CRS', aml.resourceTemplate(segments.map((s) => aml.memory32Fixed(s.ecamBase, s.ecamSize)))),
+  ]));
+  return out;
+}
+
 /** \_SB_.COM1: 16550 at 0x3f8, IRQ 4. */
 export function com1Aml(): Uint8Array {
   return aml.device('COM1', [
@@ -256,6 +300,12 @@ export interface PciHostBridgeOptions {
   mmio32?: { start: number; size: number };
   /** 64-bit BAR window, e.g. pciMmio64Window(memSize). Omitted: none. */
   mmio64?: { start: number; size: number };
+  /** AML device name (default PCI0). */
+  name?: string;
+  /** _UID (default 0). */
+  uid?: number;
+  /** Describe the legacy config ports and the I/O window (default true; segment 0 only). */
+  io?: boolean;
 }
 
 /**
@@ -267,22 +317,24 @@ export function pciHostBridgeAml(o: PciHostBridgeOptions = {}): Uint8Array {
   const busStart = o.busStart ?? PCI_ECAM_BUS_START;
   const busEnd = o.busEnd ?? PCI_ECAM_BUS_END;
   const m32 = o.mmio32 ?? { start: PCI_MMIO32_START, size: PCI_MMIO32_SIZE };
-  const crs: Uint8Array[] = [
-    aml.wordBusNumber(busStart, busEnd),
-    aml.ioPort(PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_ADDRESS_PORT, 1, 8),
-    aml.wordIo(0x0000, PCI_CONFIG_ADDRESS_PORT - 1),
-    aml.wordIo(PCI_CONFIG_ADDRESS_PORT + 8, 0xffff),
-    aml.dwordMemory(m32.start, m32.start + m32.size - 1),
-  ];
+  const crs: Uint8Array[] = [aml.wordBusNumber(busStart, busEnd)];
+  if (o.io !== false) {
+    crs.push(
+      aml.ioPort(PCI_CONFIG_ADDRESS_PORT, PCI_CONFIG_ADDRESS_PORT, 1, 8),
+      aml.wordIo(0x0000, PCI_CONFIG_ADDRESS_PORT - 1),
+      aml.wordIo(PCI_CONFIG_ADDRESS_PORT + 8, 0xffff),
+    );
+  }
+  crs.push(aml.dwordMemory(m32.start, m32.start + m32.size - 1));
   if (o.mmio64 !== undefined) {
     crs.push(aml.qwordMemory(BigInt(o.mmio64.start), BigInt(o.mmio64.start) + BigInt(o.mmio64.size) - 1n));
   }
-  return aml.device('PCI0', [
+  return aml.device(o.name ?? 'PCI0', [
     aml.name('_HID', aml.eisaId('PNP0A08')),
     aml.name('_CID', aml.eisaId('PNP0A03')),
     aml.name('_ADR', aml.integer(0)),
     aml.name('_SEG', aml.integer(o.segment ?? 0)),
-    aml.name('_UID', aml.integer(0)),
+    aml.name('_UID', aml.integer(o.uid ?? 0)),
     aml.name('_BBN', aml.integer(busStart)),
     aml.name('_CRS', aml.resourceTemplate(crs)),
   ]);

@@ -92,6 +92,56 @@ export const PCI_ECAM_SIZE = 256 * MiB;
 export const PCI_ECAM_BUS_START = 0;
 export const PCI_ECAM_BUS_END = 255;
 
+// --- PCI segments (Cloud Hypervisor's --platform num_pci_segments) --------------------------------
+//
+// One segment (the default) keeps the layout above: ECAM for buses 0..255 over all of
+// [PCI_ECAM_START, +256 MiB), and the whole 32-bit BAR window. With N > 1 segments the layout is
+// Cloud Hypervisor's (arch/src/x86_64/layout.rs, vmm/src/pci_segment.rs): every segment has one
+// bus, so its ECAM window is 256 functions x 4 KiB = 1 MiB, at PCI_ECAM_START + K MiB (all inside
+// the 256 MiB ECAM region that e820 reserves), and the 32-bit BAR window is split into N equal
+// 4 KiB-aligned parts, the last one taking what rounding leaves (CH's create_mmio_allocators with
+// equal weights).
+
+/** The most segments (Cloud Hypervisor allowed 16; its ECAM region would hold 256 of 1 MiB). */
+export const MAX_PCI_SEGMENTS = 16;
+/** ECAM size of a one-bus segment (PCI Express Base 7.2.2: bus << 20 | device << 15 | function << 12). */
+export const PCI_ECAM_SIZE_PER_SEGMENT = 256 * 4096;
+const PCI_SEGMENT_MMIO32_ALIGN = 4096;
+
+/** Where one PCI segment's configuration space and BARs are. Structured-cloneable. */
+export interface PciSegmentLayout {
+  /** Segment group number (ACPI _SEG, MCFG). */
+  segment: number;
+  ecamBase: number;
+  ecamSize: number;
+  busStart: number;
+  busEnd: number;
+  /** This segment's 32-bit BAR window (host bridge _CRS, BAR allocation, BAR moves). */
+  mmio32: { start: number; size: number };
+}
+
+/** The layout of `n` PCI segments (1..MAX_PCI_SEGMENTS). */
+export function pciSegmentLayouts(n = 1): PciSegmentLayout[] {
+  if (!Number.isInteger(n) || n < 1 || n > MAX_PCI_SEGMENTS) throw new RangeError(`number of PCI segments ${n} outside 1..${MAX_PCI_SEGMENTS}`);
+  if (n === 1) {
+    return [{
+      segment: 0, ecamBase: PCI_ECAM_START, ecamSize: PCI_ECAM_SIZE, busStart: PCI_ECAM_BUS_START, busEnd: PCI_ECAM_BUS_END,
+      mmio32: { start: PCI_MMIO32_START, size: PCI_MMIO32_SIZE },
+    }];
+  }
+  const share = Math.floor(PCI_MMIO32_SIZE / (PCI_SEGMENT_MMIO32_ALIGN * n)) * PCI_SEGMENT_MMIO32_ALIGN;
+  const out: PciSegmentLayout[] = [];
+  for (let k = 0; k < n; k++) {
+    const start = PCI_MMIO32_START + k * share;
+    const size = k === n - 1 ? PCI_MMIO32_START + PCI_MMIO32_SIZE - start : share;
+    out.push({
+      segment: k, ecamBase: PCI_ECAM_START + k * PCI_ECAM_SIZE_PER_SEGMENT, ecamSize: PCI_ECAM_SIZE_PER_SEGMENT,
+      busStart: 0, busEnd: 0, mmio32: { start, size },
+    });
+  }
+  return out;
+}
+
 /** Platform (non-PCI) MMIO devices, e.g. virtio-mmio transports. */
 export const PLATFORM_MMIO_START = PCI_ECAM_START + PCI_ECAM_SIZE; // 0xF800_0000
 export const PLATFORM_MMIO_SIZE = 0xfec00000 - PLATFORM_MMIO_START; // 108 MiB
