@@ -31,7 +31,8 @@ export const SANDBOX_MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'kvm_amd', '
 
 /** gcc and libc6-dev build the guest's static C tools (guest/tools/*.c); e2fsprogs makes and
  * inspects ext4 images (mke2fs -d, debugfs, e2fsck). */
-export const GUEST_PACKAGES = ['linux-image-amd64', 'busybox-static', 'xz-utils', 'e2fsprogs', 'gcc', 'libc6-dev'];
+// qemu-system-common: /usr/lib/qemu/virtiofsd, the vhost-user back-end of the virtio-fs e2e test.
+export const GUEST_PACKAGES = ['linux-image-amd64', 'busybox-static', 'xz-utils', 'e2fsprogs', 'gcc', 'libc6-dev', 'qemu-system-common'];
 
 export class ImageError extends Error {}
 
