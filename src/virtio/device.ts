@@ -65,6 +65,8 @@ export interface ExternalActivation {
   features: bigint;
   /** One per queue (index = queue index); null where the driver did not enable it. */
   queues: ReadonlyArray<ExternalQueue | null>;
+  /** Signal "used buffers" for queue `index` (for a device that takes its queues over, see `takenOver`). */
+  notifyQueue(index: number): void;
 }
 
 /**
@@ -92,6 +94,12 @@ export interface VirtioDevice {
    * (they are the back-end's kicks) and never calls `processQueue`.
    */
   activateExternal?(a: ExternalActivation): void;
+  /**
+   * For `activateExternal` devices: true once the device processes its queues itself (its
+   * back-end went away); the driver of the device then polls the notify eventfds and calls
+   * `processQueue` as for any device.
+   */
+  readonly takenOver?: boolean;
   /** The driver notified queue `index` (or the worker wants it looked at again). */
   processQueue(index: number): void;
   /** Extra host fds the driver must poll for POLLIN (tap, console input); may change after activate. */

@@ -8,7 +8,7 @@ import { writeAll } from './sink.js';
  * Each I/O thread loads only its own device's module (a thread's start-up is mostly module
  * loading, and it overlaps the guest's boot).
  */
-export async function createDeviceModel(spec: VirtioDeviceSpec, id: string, log: (m: string) => void = () => {}): Promise<VirtioDevice> {
+export async function createDeviceModel(spec: VirtioDeviceSpec, id: string, log: (m: string, warn?: boolean) => void = () => {}): Promise<VirtioDevice> {
   switch (spec.kind) {
     case 'block': {
       const { BlockDevice } = await import('../virtio/block/device.js');

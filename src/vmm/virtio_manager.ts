@@ -59,7 +59,12 @@ export class VirtioManager {
   private readonly devices: HostDevice[] = [];
   private running: RunDevice[] = [];
 
-  constructor(private readonly log: (m: string) => void, private readonly onNeedsReset: (id: string, why: string) => void = () => {}) {}
+  constructor(
+    private readonly log: (m: string) => void,
+    private readonly onNeedsReset: (id: string, why: string) => void = () => {},
+    /** Device problems the user should see even without -v (a vhost-user back-end that died). */
+    private readonly warn: (m: string) => void = log,
+  ) {}
 
   get count(): number {
     return this.devices.length;
@@ -247,7 +252,7 @@ export class VirtioManager {
           if (m.type === 'needs-reset') { this.log(`${m.id}: device needs reset: ${m.message}`); this.onNeedsReset(m.id, m.message); }
           else if (m.type === 'error') onError(`${m.id}: ${m.message}`);
           else if (m.type === 'counter-names') r.counterNames = m.names;
-          else if (m.type === 'log') this.log(`${m.id}: ${m.message}`);
+          else if (m.type === 'log') (m.warn ? this.warn : this.log)(`${m.id}: ${m.message}`);
         });
         w.on('error', (e) => onError(`${h.id} I/O thread failed: ${e.stack ?? e.message}`));
         pending.push({

@@ -34,5 +34,5 @@ export type VirtioWorkerEvent =
   | { type: 'error'; id: string; message: string }
   | { type: 'stopped'; id: string }
   /** Something for the VMM's log that does not stop the device. */
-  | { type: 'log'; id: string; message: string }
+  | { type: 'log'; id: string; message: string; warn?: boolean }
   | { type: 'counter-names'; id: string; names: string[] };

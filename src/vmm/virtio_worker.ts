@@ -24,7 +24,7 @@ parentPort!.once('message', (data: VirtioWorkerData) => {
 async function start(data: VirtioWorkerData): Promise<void> {
   let dev: VirtioDevice | null = null;
   try {
-    dev = await createDeviceModel(data.spec, data.id, (message) => post({ type: 'log', id: data.id, message }));
+    dev = await createDeviceModel(data.spec, data.id, (message, warn) => post({ type: 'log', id: data.id, message, ...(warn ? { warn } : {}) }));
   } catch (e) {
     failReady(data);
     post({ type: 'error', id: data.id, message: `cannot create ${data.id}: ${(e as Error).message}` });
@@ -124,7 +124,8 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
     active = true;
     for (let q = 0; q < nq; q++) {
       queueVector[q] = Atomics.load(words, queueWord(q, QueueWord.Vector));
-      if (Atomics.load(words, queueWord(q, QueueWord.Enable)) !== 1) { queues.push(null); continue; }
+      enabled[q] = Atomics.load(words, queueWord(q, QueueWord.Enable)) === 1 ? 1 : 0;
+      if (!enabled[q]) { queues.push(null); continue; }
       const addr = (w: number) => Number(join64(Atomics.load(words, queueWord(q, w)), Atomics.load(words, queueWord(q, w + 1))));
       const v = queueVector[q]!;
       queues.push({
@@ -134,7 +135,7 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
       });
     }
     try {
-      dev.activateExternal!({ mem, features, queues });
+      dev.activateExternal!({ mem, features, queues, notifyQueue });
     } catch (e) {
       needsReset(`activation failed: ${(e as Error).message}`);
     }
@@ -200,7 +201,8 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
     let n = 0;
     libc.pollFdSet(pfds, n++, data.controlFd, libc.POLLIN);
     if (active) {
-      for (let q = 0; q < nq && !external; q++) {
+      const ownQueues = !external || dev.takenOver === true;
+      for (let q = 0; q < nq && ownQueues; q++) {
         if (!enabled[q]) continue;
         slotOf[n] = q;
         libc.pollFdSet(pfds, n++, data.queueFds[q]!, libc.POLLIN);

@@ -104,6 +104,9 @@ export class VirtualMachine extends EventEmitter {
   private readonly virtio = new VirtioManager((m) => this.log(m), (id, why) => {
     // A device error is worth a line even without -v (where this.log already has it).
     if (!this.opts.log) process.stderr.write(`stratovisor: warning: ${id}: device needs reset: ${why}\n`);
+  }, (m) => {
+    this.log(m);
+    if (!this.opts.log) process.stderr.write(`stratovisor: warning: ${m}\n`);
   });
   private exitResolve: ((i: VmExitInfo) => void) | null = null;
   private finished = false;

@@ -10,7 +10,7 @@ import {
   VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_F_IN_ORDER, VirtioDeviceType, bit,
   type ExternalActivation, type VirtioActivation, type VirtioDevice,
 } from '../device.js';
-import { availRingBytes, descTableBytes, usedRingBytes, MAX_QUEUE_SIZE } from '../queue.js';
+import { availRingBytes, descTableBytes, usedRingBytes, MAX_QUEUE_SIZE, DescriptorChain, SplitQueue } from '../queue.js';
 import { VhostUserFrontend, VhostUserError, VHOST_USER_F_PROTOCOL_FEATURES, ProtocolFeature, type MemRegionFd } from '../vhost_user/frontend.js';
 
 /** virtio_fs_config.tag is 36 bytes, NUL-padded, not NUL-terminated when full (5.11.4). */
@@ -35,8 +35,8 @@ export interface FsDeviceOptions {
    * (a back-end refuses a second SET_OWNER on one connection).
    */
   owner: Int32Array;
-  /** Problems that do not stop the device (e.g. stopping rings of a back-end that is gone). */
-  log?: (msg: string) => void;
+  /** Problems that do not stop the device (e.g. stopping rings of a back-end that is gone); `warn` for the user's eyes. */
+  log?: (msg: string, warn?: boolean) => void;
   timeoutMs?: number;
 }
 
@@ -46,12 +46,17 @@ export class FsDevice implements VirtioDevice {
   readonly queueMaxSize: number;
   /** Offered to the driver: the back-end's features we can carry, without VERSION_1 (the transport adds it). */
   readonly features: bigint;
-  readonly counters = { activations: 0, ringsStarted: 0 };
+  readonly counters = { activations: 0, ringsStarted: 0, failedRequests: 0 };
+  /** The back-end went away: we answer the guest's requests ourselves, each with EIO. */
+  takenOver = false;
 
   private readonly fe: VhostUserFrontend;
   private readonly config = new Uint8Array(FS_TAG_BYTES + 4);
   private readonly backendFeatures: bigint;
-  private readonly log: (msg: string) => void;
+  private readonly log: (msg: string, warn?: boolean) => void;
+  private act: ExternalActivation | null = null;
+  private own: Array<SplitQueue | null> = [];
+  private chain: DescriptorChain;
   /** Rings the back-end is running (to stop on reset). */
   private started: number[] = [];
   private errFds: number[] = [];
@@ -65,6 +70,7 @@ export class FsDevice implements VirtioDevice {
     this.numQueues = 1 + o.numRequestQueues;
     this.queueMaxSize = qs;
     this.log = o.log ?? (() => {});
+    this.chain = new DescriptorChain(qs);
     this.config.set(tag, 0);
     new DataView(this.config.buffer).setUint32(FS_TAG_BYTES, o.numRequestQueues, true);
 
@@ -99,6 +105,7 @@ export class FsDevice implements VirtioDevice {
   activateExternal(a: ExternalActivation): void {
     this.stopRings();
     this.counters.activations++;
+    this.act = a;
     const fe = this.fe;
     const pfNegotiated = (this.backendFeatures & bit(VHOST_USER_F_PROTOCOL_FEATURES)) !== 0n;
     fe.setFeatures((a.features & this.backendFeatures) | (pfNegotiated ? bit(VHOST_USER_F_PROTOCOL_FEATURES) : 0n));
@@ -135,17 +142,72 @@ export class FsDevice implements VirtioDevice {
     if (pfNegotiated) for (const i of this.started) fe.setVringEnable(i, true);
   }
 
-  processQueue(): void {}
+  /**
+   * Only after the back-end went away (`takenOver`): complete every request with a FUSE error
+   * reply (struct fuse_out_header: len u32, error i32 = -EIO, unique u64; the request's unique
+   * is at offset 8 of its fuse_in_header), so the guest's I/O fails instead of waiting forever.
+   * Requests without a reply buffer (FORGET) are just returned.
+   */
+  processQueue(index: number): void {
+    const q = this.own[index];
+    const a = this.act;
+    if (!this.takenOver || q === null || q === undefined || a === null) return;
+    const c = this.chain;
+    let done = 0;
+    for (;;) {
+      while (q.pop(c)) {
+        let written = 0;
+        if (c.readableCount > 0 && c.len[0]! >= 16 && c.writableBytes > 0) {
+          const out = c.readableCount; // first device-writable segment
+          if (c.len[out]! >= 16) {
+            const unique = a.mem.readU64(c.addr[0]! + 8);
+            const at = c.addr[out]!;
+            a.mem.writeU32(at, 16);
+            a.mem.writeU32(at + 4, -5 >>> 0); // -EIO
+            a.mem.writeU64(at + 8, unique);
+            written = 16;
+          }
+        }
+        q.addUsed(c.head, written);
+        this.counters.failedRequests++;
+        if (++done >= q.size) break;
+      }
+      if (q.needsInterrupt()) a.notifyQueue(index);
+      if (done >= q.size || !q.enableNotification()) break;
+    }
+  }
+
+  /** Continue the rings here from where the back-end left them (its used.idx in guest memory). */
+  private takeOver(why: string): void {
+    this.log(`${why}; requests now fail with EIO`, true);
+    this.takenOver = true;
+    const a = this.act;
+    if (a === null) return;
+    const eventIdx = (a.features & bit(VIRTIO_F_EVENT_IDX)) !== 0n;
+    const indirect = (a.features & bit(VIRTIO_F_INDIRECT_DESC)) !== 0n;
+    this.own = a.queues.map((q) => {
+      if (q === null) return null;
+      const sq = new SplitQueue(a.mem, { size: q.size, descTable: q.descTable, availRing: q.availRing, usedRing: q.usedRing }, { eventIdx, indirect });
+      const used = a.mem.readU16(q.usedRing + 2);
+      sq.resumeAt(used, used);
+      return sq;
+    });
+    if (this.chain.capacity < this.queueMaxSize) this.chain = new DescriptorChain(this.queueMaxSize);
+    for (let i = 0; i < this.own.length; i++) this.processQueue(i);
+  }
 
   /** The socket (a back-end that hangs up) and the rings' error eventfds. */
   pollFds(): readonly number[] {
-    return [this.o.socketFd, ...this.errFds];
+    return this.takenOver ? [] : [this.o.socketFd, ...this.errFds];
   }
 
   onFdReady(fd: number): void {
     if (fd === this.o.socketFd) {
-      // Nothing is ever due from the back-end between our requests: readable means gone (or out of step).
-      throw new VhostUserError(`vhost-user back-end ${this.o.socketPath} hung up (virtiofsd exited?); the file system is unavailable`);
+      // Nothing is ever due from the back-end between our requests: readable means gone (or out
+      // of step, which is as bad): the connection is unusable from now on.
+      this.fe.markBroken('the back-end closed the connection or sent something unasked');
+      this.takeOver(`vhost-user back-end ${this.o.socketPath} hung up (virtiofsd exited?); the file system is unavailable`);
+      return;
     }
     const q = this.errFds.indexOf(fd);
     const buf = new Uint8Array(8);
@@ -171,6 +233,8 @@ export class FsDevice implements VirtioDevice {
     this.started = [];
     for (const fd of this.errFds) libc.close(fd);
     this.errFds = [];
+    this.own = [];
+    this.act = null;
   }
 
   reset(): void {

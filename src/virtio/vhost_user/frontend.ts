@@ -47,6 +47,11 @@ export class VhostUserFrontend {
     this.timeoutMs = o.timeoutMs ?? DEFAULT_REPLY_TIMEOUT_MS;
   }
 
+  /** Take the connection as unusable (e.g. the back-end hung up while nothing was asked). */
+  markBroken(why: string): void {
+    this.broken ??= why;
+  }
+
   get isBroken(): boolean {
     return this.broken !== null;
   }
