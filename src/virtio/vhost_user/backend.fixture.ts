@@ -16,6 +16,8 @@ export interface BackendJob {
   raw?: Uint8Array;
   /** Guest offset whose u32 the back-end reads through each received memory fd. */
   peekAt: number;
+  /** Hang up after this many SET_VRING_ENABLE messages (a back-end that dies while running). */
+  hangupAfterEnables?: number;
 }
 
 export interface SeenMessage {
@@ -110,6 +112,7 @@ try {
     }
     for (const f of fds) libc.close(f);
     if (wantsReply && (h.flags & VHOST_USER_NEED_REPLY_MASK) !== 0) reply(h.request, u64Payload(job.mode === 'nack' ? 1n : 0n));
+    if (job.hangupAfterEnables !== undefined && report.messages.filter((m) => m.request === Request.SET_VRING_ENABLE).length >= job.hangupAfterEnables) break;
   }
 } catch (e) {
   report.error = (e as Error).stack ?? String(e);
