@@ -3,7 +3,10 @@
 # stv.fs_token= on its first line, then 4 MiB of random bytes; its sha256 reported) for the host to
 # check, unmount. With stv.fs_mode=kill: after the first read, report fs-idle and wait for a line
 # on the console (the host kills virtiofsd meanwhile), then report what fs I/O does now
-# (fs-after-kill:STATUS), that another device still works (the virtio-rng) and unmount.
+# (fs-after-kill:STATUS), that another device still works (the virtio-rng) and unmount. With
+# stv.fs_mode=reboot: the first boot (no boot1.txt in the share yet) writes boot1.txt and reboots;
+# the second boot (a new guest RAM, the same vhost-user connection) reads it back
+# (fs-second-boot:CONTENT) and powers off.
 virtiofs_main() {
   if ! mount -t virtiofs myfs /mnt 2>/tmp/mount.err; then
     echo "@@stv:fs-error:mount -t virtiofs myfs /mnt failed: $(head -n 1 /tmp/mount.err)@@"
@@ -14,6 +17,20 @@ virtiofs_main() {
     echo "@@stv:fs-read:host.bin:$(sha256sum < /mnt/host.bin | cut -d ' ' -f 1)@@"
   else
     echo "@@stv:fs-error:/mnt/host.bin is missing@@"
+  fi
+  if [ "$(stv_arg fs_mode)" = reboot ]; then
+    if [ -f /mnt/boot1.txt ]; then
+      echo "@@stv:fs-second-boot:$(cat /mnt/boot1.txt)@@"
+      umount /mnt && echo "@@stv:fs-done@@"
+      return
+    fi
+    echo "$(stv_arg fs_token)" > /mnt/boot1.txt
+    umount /mnt
+    echo "@@stv:fs-rebooting@@"
+    reboot -f
+    sleep 5
+    echo "@@stv:fs-error:reboot failed@@"
+    return
   fi
   if [ "$(stv_arg fs_mode)" = kill ]; then
     echo "@@stv:fs-idle@@"

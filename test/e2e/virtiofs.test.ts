@@ -151,3 +151,28 @@ test('virtio-fs: virtiofsd killed while the guest is idle: a logged device error
     rmSync(s.dir, { recursive: true, force: true });
   }
 });
+
+test('virtio-fs across a guest reboot: the device is set up again (new guest RAM, same back-end connection)', async (t) => {
+  const why = skipWhy();
+  if (why) return t.skip(why);
+  const s = makeShare('virtiofs-reboot');
+  let vfsd: HostService | null = null;
+  try {
+    vfsd = await startVirtiofsd('virtiofsd-reboot', s);
+    const token = randomBytes(8).toString('hex');
+    const run = await runGuest(process.execPath, [...fsArgs(s.socket, `stv.fs_mode=reboot stv.fs_token=${token}`), '-v'], {
+      name: 'stratovisor-virtiofs-reboot', timeoutMs: 400_000,
+    });
+    const why2 = () => `${explain(run, 40)}\n${vfsd!.explain()}`;
+    assert.equal(run.markers.filter((m) => m.event === 'init').length, 2, `the guest should boot twice\n${why2()}`);
+    assert.ok(marker(run, 'fs-rebooting'), `no reboot\n${why2()}`);
+    assert.deepEqual(run.markers.filter((m) => m.event === 'fs-error').map((m) => m.data), [], why2());
+    assert.equal(marker(run, 'fs-second-boot')?.data, token, `the second boot reads what the first wrote\n${why2()}`);
+    assert.equal(readFileSync(join(s.shared, 'boot1.txt'), 'utf8').trim(), token);
+    assert.ok(marker(run, 'fs-done'), why2());
+    assert.equal(run.exitCode, 0, `the VMM did not exit 0\n${why2()}`);
+  } finally {
+    await stopAll(vfsd);
+    rmSync(s.dir, { recursive: true, force: true });
+  }
+});
