@@ -67,6 +67,24 @@ test('virtio-fs: a back-end that hangs up while running: its rings are taken ove
     dev.processQueue(0);
     assert.deepEqual(drivers[0]!.used().map((e) => e.len), [0]);
     assert.equal(dev.counters.failedRequests, 3);
+    // Fuzz: whatever chains the guest posts (short headers, no reply buffer, tiny reply buffers),
+    // each comes back once, with 16 bytes written only where a whole fuse_out_header fits.
+    let seed = 7;
+    const rnd = (n: number) => { seed = (seed * 1103515245 + 12345) >>> 0; return seed % n; };
+    for (let i = 0; i < 300; i++) {
+      const d = drivers[1]!;
+      d.resetData();
+      const inLen = [0, 8, 15, 16, 40, 100][rnd(6)]!;
+      const outs = Array.from({ length: rnd(3) }, () => [1, 8, 15, 16, 4096][rnd(5)]!);
+      const head = new Uint8Array(inLen);
+      for (let k = 0; k < inLen; k++) head[k] = rnd(256);
+      d.addChain(inLen > 0 ? [head] : [], outs.length > 0 || inLen > 0 ? outs : [16]);
+      dev.processQueue(1);
+      const u = d.used();
+      assert.equal(u.length, 1);
+      const fits = inLen >= 16 && outs.length > 0 && outs[0]! >= 16;
+      assert.equal(u[0]!.len, fits ? 16 : 0, `in ${inLen}, out ${outs.join(',')}`);
+    }
     // A reset (guest reboot) does not throw although the back-end is gone.
     dev.reset();
   } finally {
