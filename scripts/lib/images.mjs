@@ -32,7 +32,9 @@ export const SANDBOX_MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'kvm_amd', '
 
 /** gcc and libc6-dev build the guest's static C tools (guest/tools/*.c); e2fsprogs makes and
  * inspects ext4 images (mke2fs -d, debugfs, e2fsck). */
-export const GUEST_PACKAGES = ['linux-image-amd64', 'busybox-static', 'xz-utils', 'zstd', 'kmod', 'e2fsprogs', 'gcc', 'libc6-dev'];
+// qemu-system-common: /usr/lib/qemu/virtiofsd, the vhost-user back-end of the virtio-fs e2e test;
+// zstd and kmod (depmod) for Debian 6.12's kernel (zstd bzImage payload, unpacked tree).
+export const GUEST_PACKAGES = ['linux-image-amd64', 'busybox-static', 'xz-utils', 'zstd', 'kmod', 'e2fsprogs', 'gcc', 'libc6-dev', 'qemu-system-common'];
 
 export class ImageError extends Error {}
 

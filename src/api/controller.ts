@@ -11,7 +11,7 @@
 // implementation answers wrong-state requests the same way.
 
 import { readFileSync } from 'node:fs';
-import type { VmConfig } from '../vmm/config.js';
+import type { FsConfig, VmConfig } from '../vmm/config.js';
 
 /** VmState enum of the OpenAPI document. */
 export type VmState = 'Created' | 'Running' | 'Shutdown' | 'Paused' | 'BreakPoint';
@@ -76,6 +76,11 @@ export interface VmmController {
   info(): VmInfo;
   /** vm.counters: 404 if not created, 405 if not booted. */
   counters(): VmCounters;
+  /**
+   * vm.add-fs: add a virtio-fs device to the configuration of a VM not booted yet (404 if not
+   * created, 405 once booted: hotplug is not supported; 400 if the result is not valid).
+   */
+  addFs?(fs: FsConfig): Promise<void>;
 }
 
 /** Machine-readable kind of an API error. */

@@ -22,7 +22,7 @@ import { dirname, join } from 'node:path';
 import { isMainThread } from 'node:worker_threads';
 import { ApiError, NotImplementedError, type VmmController } from './controller.js';
 import { formatIssues, getValidator, listOperations, type ApiOperation, type SchemaValidator } from './validate.js';
-import { VmConfigError } from '../vmm/config.js';
+import { VmConfigError, defaultFsConfig, type DeepPartial, type FsConfig } from '../vmm/config.js';
 import { vmConfigFromBody } from './vm_config_body.js';
 
 /** The document's server URL path. */
@@ -206,6 +206,12 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
         const r = vmConfigFromBody(body, this.validator);
         if (!r.ok) throw new BodyError('vm.create: invalid VM configuration', r.issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)));
         await c.createVm(r.config);
+      }).then(() => undefined),
+    );
+    this.handlers.set('PUT /vm.add-fs', (body) =>
+      this.serialized(async () => {
+        if (!c.addFs) throw new NotImplementedError('vm.add-fs');
+        await c.addFs(defaultFsConfig(body as DeepPartial<FsConfig>));
       }).then(() => undefined),
     );
     this.handlers.set('PUT /vm.boot', serial(() => c.bootVm()));

@@ -270,3 +270,18 @@ test('error: other problems name their flag', () => {
   assert.equal(run('--kernel', 'k', '--rng', 'src=').config!.rng.src, '/dev/urandom');
   fails(['--kernel', 'k', '--rng', 'source=/dev/random'], /--rng: unknown key "source"/);
 });
+
+test('--fs (Cloud Hypervisor syntax): tag, socket, num_queues, queue_size, id; needs --memory shared=on', () => {
+  const r = parseArgs(['--kernel', '/k', '--memory', 'size=512M,shared=on', '--fs', 'tag=myfs,socket=/run/vfsd.sock,num_queues=1,queue_size=512,id=fs0', 'tag=b,socket=/s2']) as RunArgs;
+  assert.deepEqual(r.config!.fs, [
+    { tag: 'myfs', socket: '/run/vfsd.sock', num_queues: 1, queue_size: 512, id: 'fs0' },
+    { tag: 'b', socket: '/s2', num_queues: 1, queue_size: 1024 },
+  ]);
+  assert.throws(() => parseArgs(['--kernel', '/k', '--fs', 'tag=myfs,socket=/s']), (e: unknown) =>
+    e instanceof CliError && /^--fs #1: virtio-fs needs --memory shared=on \(guest RAM must be shareable with the vhost-user backend\)$/.test(e.message));
+  assert.throws(() => parseArgs(['--kernel', '/k', '--memory', 'shared=on', '--fs', 'socket=/s']), /--fs #1: tag is required/);
+  assert.throws(() => parseArgs(['--kernel', '/k', '--memory', 'shared=on', '--fs', 'tag=a']), /--fs #1: socket is required/);
+  assert.throws(() => parseArgs(['--kernel', '/k', '--memory', 'shared=on', '--fs', 'tag=a,socket=/s,queue_size=100']), /queue_size must be a power of two/);
+  assert.throws(() => parseArgs(['--kernel', '/k', '--memory', 'shared=on', '--fs', 'tag=a,socket=/s,cache=none']), /--fs/);
+  assert.match(usage, /--fs <tag=<tag>,socket=<path>/);
+});

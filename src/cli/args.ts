@@ -22,6 +22,7 @@ import {
   type CpusConfig,
   type DeepPartial,
   type DiskConfig,
+  type FsConfig,
   type MemoryConfig,
   type NetConfig,
   type VmConfig,
@@ -135,6 +136,13 @@ const FLAGS: readonly FlagSpec[] = [
   },
   { name: 'event-monitor', value: true, syntax: 'path=<path>|fd=<fd>', help: 'File to report events on' },
   { name: 'firmware', value: true, syntax: '<path>', help: 'Firmware to boot instead of a kernel' },
+  {
+    name: 'fs',
+    value: true,
+    multi: true,
+    syntax: 'tag=<tag>,socket=<path>[,num_queues=<n>][,queue_size=<n>][,id=<id>][,pci_segment=<n>]',
+    help: 'virtio-fs devices over a vhost-user backend such as virtiofsd (needs --memory shared=on)',
+  },
   { name: 'initramfs', value: true, syntax: '<path>', help: 'Initramfs to load with the kernel' },
   { name: 'kernel', value: true, syntax: '<path>', help: 'Kernel image (vmlinux ELF or bzImage)' },
   { name: 'log-file', value: true, syntax: '<path>', help: 'Log file (default: stderr)' },
@@ -177,7 +185,6 @@ const UNSUPPORTED_CH_FLAGS = new Set([
   'dbus-system-bus',
   'debug-console',
   'device',
-  'fs',
   'fw-cfg-config',
   'gdb',
   'generic-vhost-user',
@@ -213,6 +220,7 @@ const VM_FLAGS = new Set([
   'memory',
   'disk',
   'net',
+  'fs',
   'rng',
   'serial',
   'console',
@@ -500,6 +508,15 @@ function parseNet(v: string): DeepPartial<NetConfig> {
   return n;
 }
 
+function parseFs(v: string): DeepPartial<FsConfig> {
+  const f = '--fs';
+  const o = parseOptionList(f, v, ['tag', 'socket', 'num_queues', 'queue_size', 'id', 'pci_segment']);
+  const out: DeepPartial<FsConfig> = {};
+  for (const k of ['tag', 'socket', 'id'] as const) setIf(out, k, o.get(k));
+  for (const k of ['num_queues', 'queue_size', 'pci_segment'] as const) setIf(out, k, intOpt(f, k, o.get(k)));
+  return out;
+}
+
 /** `path=<p>` | `fd=<n>` | a bare path (CH accepts both for --api-socket). */
 function parseSocketArg(flag: string, v: string): SocketArg {
   const t = v.trim();
@@ -657,6 +674,8 @@ export function parseArgs(argv: readonly string[]): CliResult {
   if (disks !== undefined) input.disks = disks.map(parseDisk);
   const nets = multi.get('net');
   if (nets !== undefined) input.net = nets.map(parseNet);
+  const fss = multi.get('fs');
+  if (fss !== undefined) input.fs = fss.map(parseFs);
   if (switches.has('watchdog')) input.watchdog = true;
   if (switches.has('pvpanic')) input.pvpanic = true;
 

@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readlinkSync, fstatSync } from 'node:fs';
+import * as libc from '../sys/libc.js';
 import { GuestMemory, GuestMemoryError, GPA_LIMIT, WINDOW_STRIDE, HUGE_PAGE_SIZE, thpNeedsAdvice } from './guest_memory.js';
 
 const GiB = 2 ** 30;
@@ -204,4 +205,44 @@ test('describe()/attach() with SharedArrayBuffer test memory; private buffers ca
   assert.equal(m.readU32(0x100010), 0xdeadbeef);
   assert.throws(() => twoRegions().describe(), /private ArrayBuffer/);
   assert.throws(() => GuestMemory.attach({ regions: [{ gpa: 0, size: 0x1000, hostAddress: 0n }] }), /no host address/);
+});
+
+test('shared=on: guest RAM is a memfd per region; mapping its fd elsewhere shows the same bytes', () => {
+  const mem = GuestMemory.allocate([{ gpa: 0, size: 4 << 20 }, { gpa: 8 << 20, size: 2 << 20 }], { shared: true });
+  const priv = GuestMemory.allocate([{ gpa: 0, size: 2 << 20 }]);
+  try {
+    assert.equal(priv.regions[0]!.fd, -1);
+    for (const r of mem.regions) {
+      assert.ok(r.fd >= 0, 'a shared region has a memfd');
+      assert.equal(Number(r.hostAddress % BigInt(HUGE_PAGE_SIZE)), 0, 'the 2 MiB alignment is kept');
+      const link = readlinkSync(`/proc/self/fd/${r.fd}`);
+      assert.match(link, /^\/memfd:stratovisor-ram-/);
+      assert.equal(fstatSync(r.fd).size, r.size);
+    }
+    mem.writeU32(0x1234, 0xc0ffee11);
+    mem.writeU32((8 << 20) + 0x10, 0x5a5a1234);
+    // A second mapping of the fd (what a vhost-user backend does) sees guest writes, and the guest
+    // sees its writes.
+    const r1 = mem.regions[1]!;
+    const other = libc.mmap(r1.size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED, r1.fd, 0);
+    try {
+      const dv = new DataView(libc.view(other, r1.size));
+      assert.equal(dv.getUint32(0x10, true), 0x5a5a1234);
+      dv.setUint32(0x20, 0xdeadbeef, true);
+      assert.equal(mem.readU32((8 << 20) + 0x20), 0xdeadbeef);
+    } finally {
+      libc.munmap(other, r1.size);
+    }
+    // attach() carries the fd (not owned by the copy).
+    const att = GuestMemory.attach(mem.describe());
+    assert.deepEqual(att.regions.map((r) => r.fd), mem.regions.map((r) => r.fd));
+    assert.equal(att.readU32(0x1234), 0xc0ffee11);
+    att.free();
+    assert.equal(fstatSync(mem.regions[0]!.fd).size, 4 << 20, 'freeing the attached copy leaves the fd open');
+  } finally {
+    const fds = mem.regions.map((r) => r.fd);
+    mem.free();
+    priv.free();
+    for (const fd of fds) assert.throws(() => fstatSync(fd), /EBADF/, 'free() closes the memfds');
+  }
 });

@@ -8,8 +8,8 @@
 //
 // Host side: `GuestMemory.allocate()` mmaps each region MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE
 // (the host commits pages only when touched; every thread of the process sees the same pages),
-// MAP_SHARED with `shared` (Cloud Hypervisor's `--memory shared=on`, for memory other processes
-// map later), and asks for transparent huge pages unless `thp` is false (MADV_HUGEPAGE, as QEMU
+// MAP_SHARED over a memfd per region with `shared` (Cloud Hypervisor's `--memory shared=on`: a
+// vhost-user backend maps the same pages from the fd), and asks for transparent huge pages unless `thp` is false (MADV_HUGEPAGE, as QEMU
 // and Cloud Hypervisor's default `thp=on`; not needed, and not given, where the host's THP mode is
 // `always`): 2 MiB pages mean 512 times fewer faults as the guest first touches its RAM and fewer
 // TLB misses through two-level paging. (Shared anonymous memory is shmem, which gets no THP by
@@ -68,6 +68,8 @@ export interface GuestRegion {
   readonly buffer: ArrayBufferLike;
   /** Window i covers region offsets [i * WINDOW_STRIDE, min(size, i * WINDOW_STRIDE + WINDOW_SIZE)). */
   readonly windows: readonly ArrayBufferLike[];
+  /** The memfd backing the region (shared memory), mapped from offset 0; -1 when none. */
+  readonly fd: number;
 }
 
 /** Structured-cloneable description of a GuestMemory, for `GuestMemory.attach()` in a worker. */
@@ -76,6 +78,8 @@ export interface GuestMemoryDescriptor {
     gpa: number;
     size: number;
     hostAddress: bigint;
+    /** The region's memfd (process-wide fd number; the attached copy does not own it). */
+    fd?: number;
     /** Present for SharedArrayBuffer-backed (test) memory instead of a host address. */
     shared?: SharedArrayBuffer;
   }>;
@@ -92,6 +96,8 @@ interface Region {
   hostAddress: bigint;
   windows: Window[];
   buffers: ArrayBufferLike[];
+  /** memfd backing the region, or -1. */
+  fd: number;
 }
 
 const HEX = (n: Gpa): string => `0x${n.toString(16)}`;
@@ -132,11 +138,20 @@ export const HUGE_PAGE_SIZE = 2 << 20;
  * one large page-table entry (QEMU aligns its RAM blocks the same way). Over-allocate by 2 MiB and
  * unmap the unaligned head and tail.
  */
-function mmapAligned(size: number, flags: number): bigint {
-  if (size < HUGE_PAGE_SIZE) return libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, flags, -1, 0);
-  const raw = libc.mmap(size + HUGE_PAGE_SIZE, libc.PROT_READ | libc.PROT_WRITE, flags, -1, 0);
+function mmapAligned(size: number, flags: number, fd = -1): bigint {
+  if (size < HUGE_PAGE_SIZE) return libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, flags, fd, 0);
+  // With a file: reserve the aligned range anonymously, then map the file over it (MAP_FIXED).
+  const raw = libc.mmap(size + HUGE_PAGE_SIZE, fd < 0 ? libc.PROT_READ | libc.PROT_WRITE : libc.PROT_NONE, fd < 0 ? flags : libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE, -1, 0);
   const mask = BigInt(HUGE_PAGE_SIZE - 1);
   const aligned = (raw + mask) & ~mask;
+  if (fd >= 0) {
+    try {
+      libc.mmapFixed(aligned, size, libc.PROT_READ | libc.PROT_WRITE, flags, fd, 0);
+    } catch (e) {
+      libc.munmap(raw, size + HUGE_PAGE_SIZE);
+      throw e;
+    }
+  }
   const head = Number(aligned - raw);
   if (head > 0) libc.munmap(raw, head);
   const tail = HUGE_PAGE_SIZE - head;
@@ -205,7 +220,7 @@ function validateLayout(specs: ReadonlyArray<{ gpa: number; size: number }>, pag
   }
 }
 
-const NO_REGION: Region = { start: 1, end: 0, hostAddress: 0n, windows: [], buffers: [] };
+const NO_REGION: Region = { start: 1, end: 0, hostAddress: 0n, windows: [], buffers: [], fd: -1 };
 
 export class GuestMemory {
   private regs: Region[];
@@ -229,15 +244,33 @@ export class GuestMemory {
    * non-overlapping and page aligned (e.g. `ramRegions(memSize)` from arch/x86_64/layout).
    */
   static allocate(layout: ReadonlyArray<RegionSpec>, opts: { shared?: boolean; thp?: boolean } = {}): GuestMemory {
-    const flags = (opts.shared ? libc.MAP_SHARED : libc.MAP_PRIVATE) | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE;
+    // Shared memory is a memfd per region (memfd_create + ftruncate + mmap MAP_SHARED), so that a
+    // vhost-user backend can map the same pages from the fd (vhost-user.rst, SET_MEM_TABLE).
+    const flags = opts.shared ? libc.MAP_SHARED | libc.MAP_NORESERVE : libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE;
     const specs = layout.map((r) => ({ gpa: toGpaNumber(r.gpa, r.size), size: r.size }));
     validateLayout(specs, true);
     const regs: Region[] = [];
     try {
       for (const s of specs) {
-        const host = mmapAligned(s.size, flags);
+        let fd = -1;
+        if (opts.shared) {
+          fd = libc.memfdCreate(`stratovisor-ram-${HEX(s.gpa)}`, libc.MFD_CLOEXEC);
+          try {
+            libc.ftruncate(fd, s.size);
+          } catch (e) {
+            libc.close(fd);
+            throw e;
+          }
+        }
+        let host: bigint;
+        try {
+          host = mmapAligned(s.size, flags, fd);
+        } catch (e) {
+          if (fd >= 0) libc.close(fd);
+          throw e;
+        }
         // Push first so that a failing view still gets unmapped below.
-        const reg: Region = { start: s.gpa, end: s.gpa + s.size, hostAddress: host, windows: [], buffers: [] };
+        const reg: Region = { start: s.gpa, end: s.gpa + s.size, hostAddress: host, windows: [], buffers: [], fd };
         regs.push(reg);
         adviseGuestRam(host, s.size, opts.thp ?? true);
         const w = makeWindows(s.size, (off, len) => libc.view(host + BigInt(off), len));
@@ -245,7 +278,10 @@ export class GuestMemory {
         reg.buffers = w.buffers;
       }
     } catch (e) {
-      for (const r of regs) libc.munmap(r.hostAddress, r.end - r.start);
+      for (const r of regs) {
+        libc.munmap(r.hostAddress, r.end - r.start);
+        if (r.fd >= 0) libc.close(r.fd);
+      }
       throw e;
     }
     return new GuestMemory(regs, true);
@@ -260,7 +296,7 @@ export class GuestMemory {
     }
     return new GuestMemory(specs.map((s) => {
       const w = makeWindows(s.size, () => s.buffer);
-      return { start: s.gpa, end: s.gpa + s.size, hostAddress: 0n, windows: w.windows, buffers: w.buffers };
+      return { start: s.gpa, end: s.gpa + s.size, hostAddress: 0n, windows: w.windows, buffers: w.buffers, fd: -1 };
     }), false);
   }
 
@@ -280,7 +316,7 @@ export class GuestMemory {
         if (d.hostAddress === 0n) throw new GuestMemoryError(`region ${HEX(d.gpa)} has no host address to attach to`, d.gpa, d.size);
         w = makeWindows(d.size, (off, len) => libc.view(d.hostAddress + BigInt(off), len));
       }
-      return { start: d.gpa, end: d.gpa + d.size, hostAddress: d.hostAddress, windows: w.windows, buffers: w.buffers };
+      return { start: d.gpa, end: d.gpa + d.size, hostAddress: d.hostAddress, windows: w.windows, buffers: w.buffers, fd: d.fd ?? -1 };
     }), false);
   }
 
@@ -290,6 +326,7 @@ export class GuestMemory {
     return {
       regions: this.regs.map((r) => {
         const d: GuestMemoryDescriptor['regions'][number] = { gpa: r.start, size: r.end - r.start, hostAddress: r.hostAddress };
+        if (r.fd >= 0) d.fd = r.fd;
         if (r.hostAddress === 0n) {
           const b = r.buffers[0];
           if (!(b instanceof SharedArrayBuffer) || r.buffers.length !== 1) {
@@ -305,7 +342,7 @@ export class GuestMemory {
   /** The RAM regions, sorted by address. */
   get regions(): GuestRegion[] {
     return this.regs.map((r) => ({
-      gpa: r.start, size: r.end - r.start, hostAddress: r.hostAddress, buffer: r.buffers[0]!, windows: r.buffers.slice(),
+      gpa: r.start, size: r.end - r.start, hostAddress: r.hostAddress, buffer: r.buffers[0]!, windows: r.buffers.slice(), fd: r.fd,
     }));
   }
 
@@ -392,7 +429,10 @@ export class GuestMemory {
     this.curDv = new DataView(new ArrayBuffer(0));
     this.freed = true;
     if (this.owned) {
-      for (const r of regs) libc.munmap(r.hostAddress, r.end - r.start);
+      for (const r of regs) {
+        libc.munmap(r.hostAddress, r.end - r.start);
+        if (r.fd >= 0) libc.close(r.fd);
+      }
     }
   }
 

@@ -502,3 +502,157 @@ export function pwritevRaw(fd: number, iov: Uint8Array, cnt: number, offset: num
 export function memcpyHost(dst: number, src: number, n: number): void {
   (netLibc ?? N()).memcpy(dst, src, n);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Unix sockets with file descriptors (SCM_RIGHTS, unix(7), cmsg(3)): vhost-user and anything else
+// that passes fds. Node's net sockets cannot, so these go through sendmsg/recvmsg here. The msghdr,
+// iovec and control buffers live in one per-thread scratch mapping (their addresses go into the
+// msghdr), grown when a bigger message comes.
+
+export const SOL_SOCKET = 1;
+export const SCM_RIGHTS = 1;
+export const MSG_DONTWAIT = 0x40;
+export const MSG_NOSIGNAL = 0x4000;
+export const MSG_CMSG_CLOEXEC = 0x40000000;
+export const MSG_CTRUNC = 0x08;
+export const ECONNREFUSED = 111;
+export const EPIPE = 32;
+export const ECONNRESET = 104;
+/** SCM_MAX_FD (include/net/scm.h): the most fds one message may carry. */
+export const SCM_MAX_FD = 253;
+
+interface SockLibc {
+  connect: (fd: number, addr: Uint8Array, len: number) => number;
+  sendmsg: (fd: number, msg: number, flags: number) => number;
+  recvmsg: (fd: number, msg: number, flags: number) => number;
+}
+let sockLibc: SockLibc | null = null;
+function S(): SockLibc {
+  if (sockLibc !== null) return sockLibc;
+  const lib = koffi.load('libc.so.6');
+  const f = <T extends Fn>(decl: string): T => lib.func(decl) as unknown as T;
+  sockLibc = {
+    connect: f('int connect(int fd, const void *addr, uint32_t len)'),
+    sendmsg: f('long sendmsg(int fd, uintptr_t msg, int flags)'),
+    recvmsg: f('long recvmsg(int fd, uintptr_t msg, int flags)'),
+  };
+  return sockLibc;
+}
+
+/** connect(2) to the Unix socket at `path` (sockaddr_un, sun_path at most 107 bytes). */
+export function connectUnix(fd: number, path: string): void {
+  const p = Buffer.from(path);
+  if (p.length === 0 || p.length > 107) throw new RangeError(`Unix socket path '${path}' must be 1..107 bytes`);
+  const sa = new Uint8Array(110);
+  new DataView(sa.buffer).setUint16(0, AF_UNIX, true);
+  sa.set(p, 2);
+  check(S().connect(fd, sa, 2 + p.length + 1), `connect(${path})`);
+}
+
+// x86-64 layouts: struct msghdr (56 bytes), struct iovec (16), struct cmsghdr (16 + data).
+const MSGHDR_SIZE = 56;
+const CMSG_HDR = 16;
+const cmsgSpace = (nfds: number): number => CMSG_HDR + ((nfds * 4 + 7) & ~7);
+const SCRATCH_CTL = 64 + IOVEC_SIZE; // control buffer offset
+const SCRATCH_DATA = SCRATCH_CTL + cmsgSpace(SCM_MAX_FD); // data offset
+
+let scratchAddr = 0n;
+let scratchSize = 0;
+let scratchU8 = new Uint8Array(0);
+let scratchDv = new DataView(new ArrayBuffer(0));
+function scratch(dataBytes: number): void {
+  const need = SCRATCH_DATA + dataBytes;
+  if (need <= scratchSize) return;
+  if (scratchSize > 0) munmap(scratchAddr, scratchSize);
+  scratchSize = 0;
+  const size = Math.max(16384, (need + 4095) & ~4095);
+  scratchAddr = mmap(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  scratchSize = size;
+  const ab = view(scratchAddr, size);
+  scratchU8 = new Uint8Array(ab);
+  scratchDv = new DataView(ab);
+}
+
+function setMsghdr(dataLen: number, ctlLen: number): void {
+  const a = Number(scratchAddr);
+  const dv = scratchDv;
+  scratchU8.fill(0, 0, MSGHDR_SIZE);
+  // msghdr: name(0) namelen(8) iov(16) iovlen(24) control(32) controllen(40) flags(48)
+  dv.setBigUint64(16, BigInt(a + 64), true);
+  dv.setBigUint64(24, 1n, true);
+  if (ctlLen > 0) {
+    dv.setBigUint64(32, BigInt(a + SCRATCH_CTL), true);
+    dv.setBigUint64(40, BigInt(ctlLen), true);
+  }
+  // iovec at 64
+  dv.setBigUint64(64, BigInt(a + SCRATCH_DATA), true);
+  dv.setBigUint64(72, BigInt(dataLen), true);
+}
+
+/**
+ * sendmsg(2) of `bytes` with `fds` attached as one SCM_RIGHTS message (none when empty), with
+ * MSG_NOSIGNAL (a peer that went away is EPIPE, not SIGPIPE) plus `flags`. Returns the bytes sent
+ * (may be fewer than bytes.length on a stream socket), or -errno.
+ */
+export function sendmsgFds(fd: number, bytes: Uint8Array, fds: readonly number[], flags = 0): number {
+  if (fds.length > SCM_MAX_FD) throw new RangeError(`sendmsg: ${fds.length} fds (at most ${SCM_MAX_FD})`);
+  scratch(bytes.length);
+  scratchU8.set(bytes, SCRATCH_DATA);
+  const ctl = fds.length > 0 ? cmsgSpace(fds.length) : 0;
+  setMsghdr(bytes.length, ctl);
+  if (ctl > 0) {
+    scratchU8.fill(0, SCRATCH_CTL, SCRATCH_CTL + ctl);
+    scratchDv.setBigUint64(SCRATCH_CTL, BigInt(CMSG_HDR + fds.length * 4), true);
+    scratchDv.setInt32(SCRATCH_CTL + 8, SOL_SOCKET, true);
+    scratchDv.setInt32(SCRATCH_CTL + 12, SCM_RIGHTS, true);
+    fds.forEach((f, i) => scratchDv.setInt32(SCRATCH_CTL + CMSG_HDR + 4 * i, f, true));
+  }
+  const r = S().sendmsg(fd, Number(scratchAddr), flags | MSG_NOSIGNAL);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** What recvmsgFds received: `n` bytes (0 at end of stream) or -errno, fds that came with them. */
+export interface RecvResult {
+  n: number;
+  fds: number[];
+  /** Some fds did not fit (MSG_CTRUNC): they were closed by the kernel. */
+  truncated: boolean;
+}
+
+/**
+ * recvmsg(2) of up to `buf.length` bytes into `buf`, accepting up to `maxFds` fds (received with
+ * MSG_CMSG_CLOEXEC; the caller owns and must close them). `flags` e.g. MSG_DONTWAIT.
+ */
+export function recvmsgFds(fd: number, buf: Uint8Array, maxFds = SCM_MAX_FD, flags = 0): RecvResult {
+  const want = Math.min(Math.max(0, maxFds), SCM_MAX_FD);
+  scratch(buf.length);
+  const ctl = want > 0 ? cmsgSpace(want) : 0;
+  setMsghdr(buf.length, ctl);
+  if (ctl > 0) scratchU8.fill(0, SCRATCH_CTL, SCRATCH_CTL + ctl);
+  const r = S().recvmsg(fd, Number(scratchAddr), flags | MSG_CMSG_CLOEXEC);
+  if (r < 0) return { n: -koffi.errno(), fds: [], truncated: false };
+  buf.set(scratchU8.subarray(SCRATCH_DATA, SCRATCH_DATA + r));
+  const fds: number[] = [];
+  const msgFlags = scratchDv.getInt32(48, true);
+  const ctlLen = Number(scratchDv.getBigUint64(40, true));
+  // Walk the control messages (CMSG_FIRSTHDR / CMSG_NXTHDR).
+  let off = 0;
+  while (off + CMSG_HDR <= ctlLen) {
+    const len = Number(scratchDv.getBigUint64(SCRATCH_CTL + off, true));
+    if (len < CMSG_HDR || off + len > ctlLen) break;
+    const level = scratchDv.getInt32(SCRATCH_CTL + off + 8, true);
+    const type = scratchDv.getInt32(SCRATCH_CTL + off + 12, true);
+    if (level === SOL_SOCKET && type === SCM_RIGHTS) {
+      for (let p = CMSG_HDR; p + 4 <= len; p += 4) fds.push(scratchDv.getInt32(SCRATCH_CTL + off + p, true));
+    }
+    off += (len + 7) & ~7;
+  }
+  return { n: r, fds, truncated: (msgFlags & MSG_CTRUNC) !== 0 };
+}
+
+/** mmap(2) of `fd` at exactly `addr` (MAP_FIXED is added): replaces what was mapped there. */
+export function mmapFixed(addr: bigint, length: number, prot: number, flags: number, fd: number, offset: number): bigint {
+  const r = L().mmap(Number(addr), length, prot, flags | MAP_FIXED, fd, offset);
+  if (r === -1 || r === MAP_FAILED) throw new SysError('mmap(MAP_FIXED)', koffi.errno());
+  return BigInt(r);
+}

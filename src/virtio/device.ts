@@ -10,6 +10,7 @@ export const VirtioDeviceType = {
   Block: 2,
   Console: 3,
   Rng: 4,
+  Fs: 26,
 } as const;
 
 /** Device status bits (virtio 1.2, 2.1). */
@@ -45,6 +46,29 @@ export interface VirtioActivation {
   notifyConfig(): void;
 }
 
+/** A queue as the driver set it up, for a device whose rings another process serves (vhost-user). */
+export interface ExternalQueue {
+  size: number;
+  /** Guest physical addresses of the three ring parts (virtio 1.2, 2.7). */
+  descTable: number;
+  availRing: number;
+  usedRing: number;
+  /** The queue's notify eventfd (registered as its ioeventfd): the back-end's kick. */
+  kickFd: number;
+  /** The eventfd of the queue's MSI-X vector (an irqfd), or -1 without a vector: the back-end's call. */
+  callFd: number;
+}
+
+/** What `activateExternal` gets at DRIVER_OK. */
+export interface ExternalActivation {
+  mem: GuestMemory;
+  features: bigint;
+  /** One per queue (index = queue index); null where the driver did not enable it. */
+  queues: ReadonlyArray<ExternalQueue | null>;
+  /** Signal "used buffers" for queue `index` (for a device that takes its queues over, see `takenOver`). */
+  notifyQueue(index: number): void;
+}
+
 /**
  * A virtio device model. Static facts (type, features, config bytes) are readable before
  * activation; queue processing happens after `activate`.
@@ -64,6 +88,18 @@ export interface VirtioDevice {
   readConfig(offset: number, data: Uint8Array): void;
   writeConfig(offset: number, data: Uint8Array): void;
   activate(a: VirtioActivation): void;
+  /**
+   * Present on devices whose queues another process processes (vhost-user): the driver of the
+   * device then calls this instead of `activate`, does not read the queues' notify eventfds
+   * (they are the back-end's kicks) and never calls `processQueue`.
+   */
+  activateExternal?(a: ExternalActivation): void;
+  /**
+   * For `activateExternal` devices: true once the device processes its queues itself (its
+   * back-end went away); the driver of the device then polls the notify eventfds and calls
+   * `processQueue` as for any device.
+   */
+  readonly takenOver?: boolean;
   /** The driver notified queue `index` (or the worker wants it looked at again). */
   processQueue(index: number): void;
   /** Extra host fds the driver must poll for POLLIN (tap, console input); may change after activate. */

@@ -205,6 +205,16 @@ export class SplitQueue {
     return this.usedIdx;
   }
 
+  /**
+   * Continue a ring another device process served until now (a vhost-user back-end that went
+   * away): the next avail entry to read and the used.idx already published (both u16).
+   */
+  resumeAt(lastAvail: number, usedIdx: number): void {
+    this.lastAvail = lastAvail & 0xffff;
+    this.usedIdx = usedIdx & 0xffff;
+    this.signalledUsed = this.usedIdx;
+  }
+
   // --- ring field accessors (byte offsets inside each ring, always even) --------------------
 
   private availLoad(off: number): number {

@@ -92,6 +92,16 @@ export interface NetConfig {
   offload_csum: boolean;
 }
 
+/** virtio-fs over a vhost-user back-end (FsConfig of the OpenAPI document). */
+export interface FsConfig {
+  tag: string;
+  socket: string;
+  num_queues: number;
+  queue_size: number;
+  id?: string;
+  pci_segment?: number;
+}
+
 export interface RngConfig {
   src: string;
   iommu: boolean;
@@ -111,6 +121,7 @@ export interface VmConfig {
   memory: MemoryConfig;
   disks?: DiskConfig[];
   net?: NetConfig[];
+  fs?: FsConfig[];
   rng: RngConfig;
   serial: SerialConfig;
   console: ConsoleConfig;
@@ -133,6 +144,12 @@ export const DEFAULT_DISK_NUM_QUEUES = 1;
 export const DEFAULT_DISK_QUEUE_SIZE = 128;
 export const DEFAULT_NET_NUM_QUEUES = 2;
 export const DEFAULT_NET_QUEUE_SIZE = 256;
+export const DEFAULT_FS_NUM_QUEUES = 1;
+export const DEFAULT_FS_QUEUE_SIZE = 1024;
+/** virtio_fs_config.tag is 36 bytes (virtio 1.2, 5.11.4). */
+export const FS_TAG_MAX_BYTES = 36;
+/** The error for a vhost-user device on private guest RAM (Cloud Hypervisor says the same). */
+export const FS_NEEDS_SHARED = 'virtio-fs needs --memory shared=on (guest RAM must be shareable with the vhost-user backend)';
 export const DEFAULT_NET_IP = '192.168.249.1';
 export const DEFAULT_NET_MASK = '255.255.255.0';
 export const DEFAULT_NUM_PCI_SEGMENTS = 1;
@@ -191,6 +208,10 @@ export function defaultNetConfig(input: DeepPartial<NetConfig> = {}): NetConfig 
   };
 }
 
+export function defaultFsConfig(input: DeepPartial<FsConfig> = {}): FsConfig {
+  return { tag: '', socket: '', num_queues: DEFAULT_FS_NUM_QUEUES, queue_size: DEFAULT_FS_QUEUE_SIZE, ...stripUndefined(input) } as FsConfig;
+}
+
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -207,7 +228,7 @@ function shapeIssues(input: unknown): VmConfigIssue[] {
   if (isPlainObject(cpus) && cpus['topology'] !== undefined && !isPlainObject(cpus['topology'])) {
     issues.push({ path: 'cpus.topology', message: 'must be an object' });
   }
-  for (const k of ['disks', 'net'] as const) {
+  for (const k of ['disks', 'net', 'fs'] as const) {
     const v = input[k];
     if (v === undefined) continue;
     if (!Array.isArray(v)) {
@@ -262,6 +283,7 @@ export function createVmConfig(input: VmConfigInput = {}): VmConfig {
   if (input.platform !== undefined) {
     config.platform = { ...stripUndefined(input.platform), num_pci_segments: input.platform.num_pci_segments ?? DEFAULT_NUM_PCI_SEGMENTS };
   }
+  if (input.fs !== undefined) config.fs = input.fs.map((f) => defaultFsConfig(f));
   return config;
 }
 
@@ -579,6 +601,26 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
     }
     segment(`${at}.pci_segment`, n.pci_segment);
     id(`${at}.id`, n.id);
+  });
+
+  // fs (virtio-fs over vhost-user)
+  list('fs', config.fs).forEach((f, i) => {
+    const at = `fs[${i}]`;
+    if (!isPlainObject(f)) {
+      bad(at, 'must be an object');
+      return;
+    }
+    if (typeof f.tag !== 'string' || f.tag.length === 0) bad(`${at}.tag`, 'is required (tag=<name>, what the guest mounts)');
+    else if (Buffer.byteLength(f.tag) > FS_TAG_MAX_BYTES) bad(`${at}.tag`, `"${f.tag}" is longer than ${FS_TAG_MAX_BYTES} bytes`);
+    if (typeof f.socket !== 'string' || f.socket.length === 0) bad(`${at}.socket`, 'is required (socket=<path> of the vhost-user backend, e.g. virtiofsd)');
+    else if (Buffer.byteLength(f.socket) > 107) bad(`${at}.socket`, 'is longer than a Unix socket path may be (107 bytes)');
+    if (!isInt(f.num_queues) || f.num_queues < 1 || f.num_queues > 64) bad(`${at}.num_queues`, `must be an integer in 1..64, got ${String(f.num_queues)}`);
+    if (!isInt(f.queue_size) || !isPowerOfTwo(f.queue_size) || f.queue_size > MAX_QUEUE_SIZE) {
+      bad(`${at}.queue_size`, `must be a power of two in 1..${MAX_QUEUE_SIZE}, got ${String(f.queue_size)}`);
+    }
+    segment(`${at}.pci_segment`, f.pci_segment);
+    if (isPlainObject(config.memory) && config.memory.shared !== true) bad(at, FS_NEEDS_SHARED);
+    id(`${at}.id`, f.id);
   });
 
   // rng

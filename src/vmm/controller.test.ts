@@ -119,3 +119,45 @@ test('through the HTTP API with lifecycle events: create, info, failed boot (500
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('vm.add-fs: before boot it joins the configuration (validated: shared memory, tag, id); no VM 404; through the API', async () => {
+  const core = new VmmCore();
+  await rejectsWith(core.addFs({ tag: 'myfs', socket: '/run/vfsd.sock', num_queues: 1, queue_size: 1024 }), 404, /not created/);
+  const c = cfg();
+  c.memory.shared = true;
+  await core.createVm(c);
+  await core.addFs({ tag: 'myfs', socket: '/run/vfsd.sock', num_queues: 1, queue_size: 1024, id: 'fs0' });
+  assert.deepEqual(core.info().config.fs, [{ tag: 'myfs', socket: '/run/vfsd.sock', num_queues: 1, queue_size: 1024, id: 'fs0' }]);
+  await rejectsWith(core.addFs({ tag: 'x'.repeat(37), socket: '/s', num_queues: 1, queue_size: 1024, id: 'fs0' }), 400, /fs\[1\]\.tag: .* longer than 36 bytes; fs\[1\]\.id: "fs0" is already used/);
+  assert.equal(core.info().config.fs?.length, 1, 'a refused add changes nothing');
+  await core.deleteVm();
+  // Private guest RAM: the error Cloud Hypervisor gives.
+  await core.createVm(cfg());
+  await rejectsWith(core.addFs({ tag: 'myfs', socket: '/s', num_queues: 1, queue_size: 1024 }), 400, /virtio-fs needs --memory shared=on \(guest RAM must be shareable with the vhost-user backend\)/);
+
+  const dir = mkdtempSync(join(tmpdir(), 'stv-core-'));
+  const sock = join(dir, 'api.sock');
+  const core2 = new VmmCore();
+  const server = await ApiServer.listen({ controller: withLifecycleEvents(core2, new EventMonitor()), socket: { path: sock } });
+  try {
+    const body = JSON.stringify({ payload: { kernel: '/nonexistent/stv-kernel' }, memory: { size: 67108864, shared: true } });
+    assert.equal((await request(sock, 'PUT', 'vm.create', body)).status, 204);
+    assert.equal((await request(sock, 'PUT', 'vm.add-fs', JSON.stringify({ tag: 'myfs', socket: '/run/v.sock', num_queues: 1, queue_size: 512 }))).status, 204);
+    const info = await request(sock, 'GET', 'vm.info');
+    assert.deepEqual((info.json as { config: { fs: unknown } }).config.fs, [{ tag: 'myfs', socket: '/run/v.sock', num_queues: 1, queue_size: 512 }]);
+    const missing = await request(sock, 'PUT', 'vm.add-fs', JSON.stringify({ tag: 'myfs' }));
+    assert.equal(missing.status, 400, missing.text);
+    // fs in vm.create bodies too.
+    assert.equal((await request(sock, 'PUT', 'vm.delete')).status, 204);
+    const withFs = JSON.stringify({ payload: { kernel: '/k' }, memory: { size: 67108864, shared: true }, fs: [{ tag: 'a', socket: '/s', num_queues: 1, queue_size: 1024 }] });
+    assert.equal((await request(sock, 'PUT', 'vm.create', withFs)).status, 204);
+    const noShare = JSON.stringify({ payload: { kernel: '/k' }, fs: [{ tag: 'a', socket: '/s', num_queues: 1, queue_size: 1024 }] });
+    assert.equal((await request(sock, 'PUT', 'vm.delete')).status, 204);
+    const r = await request(sock, 'PUT', 'vm.create', noShare);
+    assert.equal(r.status, 400);
+    assert.match(r.text, /virtio-fs needs --memory shared=on/);
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -15,7 +15,9 @@
 
 import { EventEmitter } from 'node:events';
 import {
+  BadRequestError,
   NotImplementedError,
+  VmStateError,
   nextVmState,
   pingResponse,
   type VmCounters,
@@ -25,7 +27,7 @@ import {
   type VmState,
 } from '../api/controller.js';
 import type { EventMonitor } from '../api/events.js';
-import { assertValidVmConfig, type VmConfig } from './config.js';
+import { assertValidVmConfig, validateVmConfig, type FsConfig, type VmConfig } from './config.js';
 import { VirtualMachine, type VirtualMachineOptions, type VmExitInfo } from './vm.js';
 
 export interface VmmCoreOptions {
@@ -173,6 +175,15 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     // CH vmm_shutdown deletes the VM (reporting "vm deleted") before "vmm shutdown", which the
     // API layer reports.
     if (existed) this.opts.monitor?.emitEvent('vm', 'deleted');
+  }
+
+  async addFs(fs: FsConfig): Promise<void> {
+    const state = nextVmState(this.state, 'info');
+    if (state !== 'Created') throw new VmStateError('add a virtio-fs device', state!, 'devices can only be added before vm.boot (hotplug is not supported)');
+    const config: VmConfig = { ...this.config!, fs: [...(this.config!.fs ?? []), fs] };
+    const issues = validateVmConfig(config);
+    if (issues.length > 0) throw new BadRequestError(`vm.add-fs: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
+    this.config = config;
   }
 
   info(): VmInfo {

@@ -8,7 +8,7 @@ import { writeAll } from './sink.js';
  * Each I/O thread loads only its own device's module (a thread's start-up is mostly module
  * loading, and it overlaps the guest's boot).
  */
-export async function createDeviceModel(spec: VirtioDeviceSpec, id: string): Promise<VirtioDevice> {
+export async function createDeviceModel(spec: VirtioDeviceSpec, id: string, log: (m: string, warn?: boolean) => void = () => {}): Promise<VirtioDevice> {
   switch (spec.kind) {
     case 'block': {
       const { BlockDevice } = await import('../virtio/block/device.js');
@@ -25,6 +25,13 @@ export async function createDeviceModel(spec: VirtioDeviceSpec, id: string): Pro
         sink: (bytes) => { if (outFd >= 0 && !writeAll(outFd, bytes)) outFd = -1; },
         input: spec.inFd >= 0 ? { fd: spec.inFd } : null,
         cols: spec.cols, rows: spec.rows,
+      });
+    }
+    case 'fs': {
+      const { FsDevice } = await import('../virtio/fs/device.js');
+      return new FsDevice({
+        socketFd: spec.socketFd, socketPath: spec.socketPath, tag: spec.tag, numRequestQueues: spec.numRequestQueues,
+        queueSize: spec.queueSize, owner: new Int32Array(spec.owner), log,
       });
     }
     case 'net': {

@@ -16,7 +16,7 @@ import { PCI_SLOTS } from '../pci/bus.js';
 import { placePciDevices, type PciPlacement } from '../pci/segment.js';
 import { pciSegmentLayouts, type PciSegmentLayout } from '../arch/x86_64/layout.js';
 import { MSI_GSI_BASE } from './interrupts.js';
-import type { VmConfig } from './config.js';
+import { FS_NEEDS_SHARED, type VmConfig } from './config.js';
 import type { VirtioPciInit } from './pci_setup.js';
 import { MAX_COUNTERS, type VirtioDeviceSpec, type VirtioWorkerData, type VirtioWorkerEvent } from './virtio_protocol.js';
 
@@ -63,7 +63,12 @@ export class VirtioManager {
   private running: RunDevice[] = [];
   private segments: PciSegmentLayout[] = pciSegmentLayouts(1);
 
-  constructor(private readonly log: (m: string) => void, private readonly onNeedsReset: (id: string, why: string) => void = () => {}) {}
+  constructor(
+    private readonly log: (m: string) => void,
+    private readonly onNeedsReset: (id: string, why: string) => void = () => {},
+    /** Device problems the user should see even without -v (a vhost-user back-end that died). */
+    private readonly warn: (m: string) => void = log,
+  ) {}
 
   get count(): number {
     return this.devices.length;
@@ -77,6 +82,7 @@ export class VirtioManager {
       (cfg.net ?? []).forEach((n, i) => this.openNet(n, i));
       this.openConsole(cfg, ttyFd);
       this.openRng(cfg);
+      (cfg.fs ?? []).forEach((f, i) => this.openFs(cfg, f, i));
       if (this.devices.length > PCI_SLOTS - 1 && this.segments.length === 1) {
         throw new VirtioConfigError(`${this.devices.length} virtio devices do not fit on PCI bus 0 (at most ${PCI_SLOTS - 1})`);
       }
@@ -164,6 +170,33 @@ export class VirtioManager {
     this.log(`${id}: tap ${tap.name} ${n.ip}/${n.mask}, guest MAC ${mac.map((b) => b.toString(16).padStart(2, '0')).join(':')}`);
   }
 
+  /**
+   * virtio-fs: connect to the vhost-user back-end's socket now (non-blocking; a Unix connect
+   * succeeds or fails at once), so a back-end that is not there is a clear error at start. The
+   * conversation itself runs in the device's worker.
+   */
+  private openFs(cfg: VmConfig, f: NonNullable<VmConfig['fs']>[number], i: number): void {
+    const id = f.id ?? `_fs${i}`;
+    if (!cfg.memory.shared) throw new VirtioConfigError(`${id}: ${FS_NEEDS_SHARED}`);
+    const fd = libc.socket(libc.AF_UNIX, libc.SOCK_STREAM | libc.SOCK_CLOEXEC | libc.SOCK_NONBLOCK);
+    try {
+      libc.connectUnix(fd, f.socket);
+    } catch (e) {
+      libc.close(fd);
+      const errno = e instanceof libc.SysError ? e.errno : 0;
+      const why = errno === libc.ENOENT ? 'does not exist'
+        : errno === libc.ECONNREFUSED ? 'has nobody listening'
+          : errno === libc.EACCES ? 'is not accessible (permission denied)'
+            : errno === libc.EAGAIN ? 'is not accepting connections (backlog full)' : (e as Error).message;
+      throw new VirtioConfigError(`${id}: vhost-user socket '${f.socket}' ${why} (is virtiofsd running?)`);
+    }
+    this.devices.push({
+      id, deviceType: VirtioDeviceType.Fs, numQueues: 1 + f.num_queues, segment: f.pci_segment ?? 0, fds: [fd],
+      spec: { kind: 'fs', socketFd: fd, socketPath: f.socket, tag: f.tag, numRequestQueues: f.num_queues, queueSize: f.queue_size, owner: new SharedArrayBuffer(4) },
+    });
+    this.log(`${id}: virtio-fs tag '${f.tag}' over vhost-user socket ${f.socket}`);
+  }
+
   private openConsole(cfg: VmConfig, ttyFd: number): void {
     const c = cfg.console;
     let outFd = -1;
@@ -239,6 +272,7 @@ export class VirtioManager {
           if (m.type === 'needs-reset') { this.log(`${m.id}: device needs reset: ${m.message}`); this.onNeedsReset(m.id, m.message); }
           else if (m.type === 'error') onError(`${m.id}: ${m.message}`);
           else if (m.type === 'counter-names') r.counterNames = m.names;
+          else if (m.type === 'log') (m.warn ? this.warn : this.log)(`${m.id}: ${m.message}`);
         });
         w.on('error', (e) => onError(`${h.id} I/O thread failed: ${e.stack ?? e.message}`));
         pending.push({

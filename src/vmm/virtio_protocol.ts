@@ -6,7 +6,9 @@ export type VirtioDeviceSpec =
   | { kind: 'block'; fd: number; size: number; readonly: boolean; numQueues: number; queueSize: number; serial: string }
   | { kind: 'rng'; fd: number }
   | { kind: 'console'; outFd: number; inFd: number; cols: number; rows: number }
-  | { kind: 'net'; tapFds: number[]; mac: number[]; queuePairs: number; queueSize: number; mtu?: number };
+  | { kind: 'net'; tapFds: number[]; mac: number[]; queuePairs: number; queueSize: number; mtu?: number }
+  /** virtio-fs over vhost-user: `owner` word 0 records that SET_OWNER was sent on this connection. */
+  | { kind: 'fs'; socketFd: number; socketPath: string; tag: string; numRequestQueues: number; queueSize: number; owner: SharedArrayBuffer };
 
 export interface VirtioWorkerData {
   /** Device id for messages and logs (e.g. "_disk0"). */
@@ -31,4 +33,6 @@ export type VirtioWorkerEvent =
   | { type: 'needs-reset'; id: string; message: string }
   | { type: 'error'; id: string; message: string }
   | { type: 'stopped'; id: string }
+  /** Something for the VMM's log that does not stop the device. */
+  | { type: 'log'; id: string; message: string; warn?: boolean }
   | { type: 'counter-names'; id: string; names: string[] };

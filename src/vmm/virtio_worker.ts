@@ -7,7 +7,7 @@ import { parentPort } from 'node:worker_threads';
 import * as libc from '../sys/libc.js';
 import { GuestMemory } from '../memory/guest_memory.js';
 import { SplitQueue, VirtqueueError } from '../virtio/queue.js';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit, type VirtioDevice } from '../virtio/device.js';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit, type ExternalQueue, type VirtioDevice } from '../virtio/device.js';
 import {
   Word, QueueWord, Command, VECTOR_MASKED, VECTOR_PENDING, VIRTIO_MSI_NO_VECTOR, CONFIG_BYTES,
   sharedViews, queueWord, vectorWord, join64, lo32, hi32,
@@ -24,7 +24,7 @@ parentPort!.once('message', (data: VirtioWorkerData) => {
 async function start(data: VirtioWorkerData): Promise<void> {
   let dev: VirtioDevice | null = null;
   try {
-    dev = await createDeviceModel(data.spec, data.id);
+    dev = await createDeviceModel(data.spec, data.id, (message, warn) => post({ type: 'log', id: data.id, message, ...(warn ? { warn } : {}) }));
   } catch (e) {
     failReady(data);
     post({ type: 'error', id: data.id, message: `cannot create ${data.id}: ${(e as Error).message}` });
@@ -97,6 +97,7 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
   };
 
   let active = false;
+  const external = dev.activateExternal !== undefined;
   const enabled = new Uint8Array(nq);
   const scratch = new Uint8Array(8);
 
@@ -117,8 +118,32 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
     }
   }
 
+  /** A vhost-user device: its back-end gets the rings, the kick (ioeventfd) and call (irqfd) fds. */
+  function activateExternal(features: bigint): void {
+    const queues: Array<ExternalQueue | null> = [];
+    active = true;
+    for (let q = 0; q < nq; q++) {
+      queueVector[q] = Atomics.load(words, queueWord(q, QueueWord.Vector));
+      enabled[q] = Atomics.load(words, queueWord(q, QueueWord.Enable)) === 1 ? 1 : 0;
+      if (!enabled[q]) { queues.push(null); continue; }
+      const addr = (w: number) => Number(join64(Atomics.load(words, queueWord(q, w)), Atomics.load(words, queueWord(q, w + 1))));
+      const v = queueVector[q]!;
+      queues.push({
+        size: Atomics.load(words, queueWord(q, QueueWord.Size)),
+        descTable: addr(QueueWord.DescLo), availRing: addr(QueueWord.AvailLo), usedRing: addr(QueueWord.UsedLo),
+        kickFd: data.queueFds[q]!, callFd: v !== VIRTIO_MSI_NO_VECTOR && v < irq.length ? irq[v]! : -1,
+      });
+    }
+    try {
+      dev.activateExternal!({ mem, features, queues, notifyQueue });
+    } catch (e) {
+      needsReset(`activation failed: ${(e as Error).message}`);
+    }
+  }
+
   function activate(): void {
     const features = join64(Atomics.load(words, Word.DriverFeaturesLo), Atomics.load(words, Word.DriverFeaturesHi));
+    if (external) { activateExternal(features); return; }
     const opts = { eventIdx: (features & bit(VIRTIO_F_EVENT_IDX)) !== 0n, indirect: (features & bit(VIRTIO_F_INDIRECT_DESC)) !== 0n };
     const queues: Array<SplitQueue | null> = [];
     active = true;
@@ -176,7 +201,8 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
     let n = 0;
     libc.pollFdSet(pfds, n++, data.controlFd, libc.POLLIN);
     if (active) {
-      for (let q = 0; q < nq; q++) {
+      const ownQueues = !external || dev.takenOver === true;
+      for (let q = 0; q < nq && ownQueues; q++) {
         if (!enabled[q]) continue;
         slotOf[n] = q;
         libc.pollFdSet(pfds, n++, data.queueFds[q]!, libc.POLLIN);

@@ -101,7 +101,13 @@ export class VirtualMachine extends EventEmitter {
   private initramfs: Uint8Array | undefined;
   private supportedCpuid: CpuIdEntry[] | null = null;
   /** Virtio devices' host side (images, taps, files): opened at boot, kept across guest resets. */
-  private readonly virtio = new VirtioManager((m) => this.log(m));
+  private readonly virtio = new VirtioManager((m) => this.log(m), (id, why) => {
+    // A device error is worth a line even without -v (where this.log already has it).
+    if (!this.opts.log) process.stderr.write(`stratovisor: warning: ${id}: device needs reset: ${why}\n`);
+  }, (m) => {
+    this.log(m);
+    if (!this.opts.log) process.stderr.write(`stratovisor: warning: ${m}\n`);
+  });
   private exitResolve: ((i: VmExitInfo) => void) | null = null;
   private finished = false;
   /** Set by shutdown(): a guest reset under way must not start the guest again. */

@@ -1,0 +1,248 @@
+// virtio-fs (virtio 1.2, 5.11) over a vhost-user back-end (virtiofsd): Stratovisor keeps the
+// transport (PCI, features, configuration space: tag and num_request_queues), the back-end
+// processes the queues. At DRIVER_OK the device hands the back-end the guest memory table (one
+// memfd per region), and per enabled queue its size, ring addresses (in our address space, as
+// vhost-user.rst asks), its start index, the queue's notify eventfd as kick and the MSI-X
+// vector's irqfd as call; on reset it stops the rings (GET_VRING_BASE) so that the driver can set
+// the device up again.
+import * as libc from '../../sys/libc.js';
+import {
+  VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_F_IN_ORDER, VirtioDeviceType, bit,
+  type ExternalActivation, type VirtioActivation, type VirtioDevice,
+} from '../device.js';
+import { availRingBytes, descTableBytes, usedRingBytes, MAX_QUEUE_SIZE, DescriptorChain, SplitQueue } from '../queue.js';
+import { VhostUserFrontend, VhostUserError, VHOST_USER_F_PROTOCOL_FEATURES, ProtocolFeature, type MemRegionFd } from '../vhost_user/frontend.js';
+
+/** virtio_fs_config.tag is 36 bytes, NUL-padded, not NUL-terminated when full (5.11.4). */
+export const FS_TAG_BYTES = 36;
+/** Queue 0 is hiprio; request queues follow (no notification queue: VIRTIO_FS_F_NOTIFICATION is not offered). */
+export const FS_HIPRIO_QUEUE = 0;
+
+/** Transport features we can pass through to a back-end (split rings only). */
+const PASSTHROUGH = bit(VIRTIO_F_INDIRECT_DESC) | bit(VIRTIO_F_EVENT_IDX) | bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_IN_ORDER);
+/** Protocol features we use. */
+const WANTED_PROTOCOL = (1n << ProtocolFeature.MQ) | (1n << ProtocolFeature.REPLY_ACK) | (1n << ProtocolFeature.RESET_DEVICE);
+
+export interface FsDeviceOptions {
+  /** Connected vhost-user socket (non-blocking); owned by the VMM, not closed here. */
+  socketFd: number;
+  socketPath: string;
+  tag: string;
+  numRequestQueues: number;
+  queueSize: number;
+  /**
+   * Shared across guest runs over the same connection: word 0 is 1 once SET_OWNER was sent
+   * (a back-end refuses a second SET_OWNER on one connection).
+   */
+  owner: Int32Array;
+  /** Problems that do not stop the device (e.g. stopping rings of a back-end that is gone); `warn` for the user's eyes. */
+  log?: (msg: string, warn?: boolean) => void;
+  timeoutMs?: number;
+}
+
+export class FsDevice implements VirtioDevice {
+  readonly deviceType = VirtioDeviceType.Fs;
+  readonly numQueues: number;
+  readonly queueMaxSize: number;
+  /** Offered to the driver: the back-end's features we can carry, without VERSION_1 (the transport adds it). */
+  readonly features: bigint;
+  readonly counters = { activations: 0, ringsStarted: 0, failedRequests: 0 };
+  /** The back-end went away: we answer the guest's requests ourselves, each with EIO. */
+  takenOver = false;
+
+  private readonly fe: VhostUserFrontend;
+  private readonly config = new Uint8Array(FS_TAG_BYTES + 4);
+  private readonly backendFeatures: bigint;
+  private readonly log: (msg: string, warn?: boolean) => void;
+  private act: ExternalActivation | null = null;
+  private own: Array<SplitQueue | null> = [];
+  private chain: DescriptorChain;
+  /** Rings the back-end is running (to stop on reset). */
+  private started: number[] = [];
+  private errFds: number[] = [];
+
+  constructor(private readonly o: FsDeviceOptions) {
+    const tag = new TextEncoder().encode(o.tag);
+    if (tag.length < 1 || tag.length > FS_TAG_BYTES) throw new RangeError(`virtio-fs: tag '${o.tag}' must be 1..${FS_TAG_BYTES} bytes`);
+    if (!Number.isInteger(o.numRequestQueues) || o.numRequestQueues < 1) throw new RangeError(`virtio-fs: ${o.numRequestQueues} request queues`);
+    const qs = o.queueSize;
+    if (!Number.isInteger(qs) || qs < 1 || qs > MAX_QUEUE_SIZE || (qs & (qs - 1)) !== 0) throw new RangeError(`virtio-fs: queue size ${qs} is not a power of two in 1..${MAX_QUEUE_SIZE}`);
+    this.numQueues = 1 + o.numRequestQueues;
+    this.queueMaxSize = qs;
+    this.log = o.log ?? (() => {});
+    this.chain = new DescriptorChain(qs);
+    this.config.set(tag, 0);
+    new DataView(this.config.buffer).setUint32(FS_TAG_BYTES, o.numRequestQueues, true);
+
+    // Set-up conversation (vhost-user.rst, "Starting and stopping rings" and the feature rules).
+    this.fe = new VhostUserFrontend(o.socketFd, { name: o.socketPath, ...(o.timeoutMs !== undefined ? { timeoutMs: o.timeoutMs } : {}) });
+    const f = this.fe.getFeatures();
+    if ((f & bit(VIRTIO_F_VERSION_1)) === 0n) throw new VhostUserError(`vhost-user back-end ${o.socketPath} does not offer VIRTIO_F_VERSION_1 (features 0x${f.toString(16)})`);
+    this.backendFeatures = f;
+    if ((f & bit(VHOST_USER_F_PROTOCOL_FEATURES)) !== 0n) {
+      const pf = this.fe.getProtocolFeatures();
+      this.fe.setProtocolFeatures(pf & WANTED_PROTOCOL);
+      if ((pf & (1n << ProtocolFeature.MQ)) !== 0n) {
+        const n = this.fe.getQueueNum();
+        if (n < this.numQueues) throw new VhostUserError(`vhost-user back-end ${o.socketPath} supports ${n} queues; ${this.numQueues} needed (num_queues=${o.numRequestQueues} plus the hiprio queue)`);
+      }
+    }
+    if (Atomics.compareExchange(o.owner, 0, 0, 1) === 0) this.fe.setOwner();
+    this.features = f & PASSTHROUGH & ~bit(VIRTIO_F_VERSION_1);
+  }
+
+  readConfig(offset: number, data: Uint8Array): void {
+    for (let i = 0; i < data.length; i++) data[i] = offset + i < this.config.length ? this.config[offset + i]! : 0;
+  }
+
+  /** The configuration space is read-only (5.11.4). */
+  writeConfig(): void {}
+
+  activate(_a: VirtioActivation): void {
+    throw new Error('virtio-fs queues are processed by the vhost-user back-end (activateExternal)');
+  }
+
+  activateExternal(a: ExternalActivation): void {
+    this.stopRings();
+    this.counters.activations++;
+    this.act = a;
+    const fe = this.fe;
+    const pfNegotiated = (this.backendFeatures & bit(VHOST_USER_F_PROTOCOL_FEATURES)) !== 0n;
+    fe.setFeatures((a.features & this.backendFeatures) | (pfNegotiated ? bit(VHOST_USER_F_PROTOCOL_FEATURES) : 0n));
+    const regions: MemRegionFd[] = a.mem.regions.map((r) => {
+      if (r.fd < 0 || r.hostAddress === 0n) throw new Error(`guest RAM at 0x${r.gpa.toString(16)} is not shareable (virtio-fs needs --memory shared=on)`);
+      return { guestPhysAddr: BigInt(r.gpa), memorySize: BigInt(r.size), userAddr: r.hostAddress, mmapOffset: 0n, fd: r.fd };
+    });
+    fe.setMemTable(regions);
+    const eventIdx = (a.features & bit(VIRTIO_F_EVENT_IDX)) !== 0n ? 2 : 0;
+    a.queues.forEach((q, i) => {
+      if (q === null) return;
+      // Ring addresses go to the back-end in our (the front-end's) address space; bounds-check
+      // each part against guest RAM first (the guest chose them).
+      const hva = (gpa: number, len: number, what: string): bigint => {
+        const h = a.mem.hostAddress(gpa, len);
+        if (h < 0) throw new Error(`queue ${i}: ${what} at 0x${gpa.toString(16)}+0x${len.toString(16)} is not in guest RAM`);
+        return BigInt(h);
+      };
+      const desc = hva(q.descTable, descTableBytes(q.size), 'descriptor table');
+      const avail = hva(q.availRing, availRingBytes(q.size) + eventIdx, 'available ring');
+      const used = hva(q.usedRing, usedRingBytes(q.size) + eventIdx, 'used ring');
+      fe.setVringNum(i, q.size);
+      fe.setVringBase(i, 0); // a freshly set up queue starts at index 0 (2.7.13.1)
+      fe.setVringAddr({ index: i, flags: 0, desc, used, avail, log: 0n });
+      const err = libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
+      this.errFds.push(err);
+      fe.setVringErr(i, err);
+      fe.setVringCall(i, q.callFd);
+      fe.setVringKick(i, q.kickFd);
+      this.started.push(i);
+      this.counters.ringsStarted++;
+    });
+    // With protocol features the rings start disabled (vhost-user.rst, "Ring states").
+    if (pfNegotiated) for (const i of this.started) fe.setVringEnable(i, true);
+  }
+
+  /**
+   * Only after the back-end went away (`takenOver`): complete every request with a FUSE error
+   * reply (struct fuse_out_header: len u32, error i32 = -EIO, unique u64; the request's unique
+   * is at offset 8 of its fuse_in_header), so the guest's I/O fails instead of waiting forever.
+   * Requests without a reply buffer (FORGET) are just returned.
+   */
+  processQueue(index: number): void {
+    const q = this.own[index];
+    const a = this.act;
+    if (!this.takenOver || q === null || q === undefined || a === null) return;
+    const c = this.chain;
+    let done = 0;
+    for (;;) {
+      while (q.pop(c)) {
+        let written = 0;
+        if (c.readableCount > 0 && c.len[0]! >= 16 && c.writableBytes > 0) {
+          const out = c.readableCount; // first device-writable segment
+          if (c.len[out]! >= 16) {
+            const unique = a.mem.readU64(c.addr[0]! + 8);
+            const at = c.addr[out]!;
+            a.mem.writeU32(at, 16);
+            a.mem.writeU32(at + 4, -5 >>> 0); // -EIO
+            a.mem.writeU64(at + 8, unique);
+            written = 16;
+          }
+        }
+        q.addUsed(c.head, written);
+        this.counters.failedRequests++;
+        if (++done >= q.size) break;
+      }
+      if (q.needsInterrupt()) a.notifyQueue(index);
+      if (done >= q.size || !q.enableNotification()) break;
+    }
+  }
+
+  /** Continue the rings here from where the back-end left them (its used.idx in guest memory). */
+  private takeOver(why: string): void {
+    this.log(`${why}; requests now fail with EIO`, true);
+    this.takenOver = true;
+    const a = this.act;
+    if (a === null) return;
+    const eventIdx = (a.features & bit(VIRTIO_F_EVENT_IDX)) !== 0n;
+    const indirect = (a.features & bit(VIRTIO_F_INDIRECT_DESC)) !== 0n;
+    this.own = a.queues.map((q) => {
+      if (q === null) return null;
+      const sq = new SplitQueue(a.mem, { size: q.size, descTable: q.descTable, availRing: q.availRing, usedRing: q.usedRing }, { eventIdx, indirect });
+      const used = a.mem.readU16(q.usedRing + 2);
+      sq.resumeAt(used, used);
+      return sq;
+    });
+    if (this.chain.capacity < this.queueMaxSize) this.chain = new DescriptorChain(this.queueMaxSize);
+    for (let i = 0; i < this.own.length; i++) this.processQueue(i);
+  }
+
+  /** The socket (a back-end that hangs up) and the rings' error eventfds. */
+  pollFds(): readonly number[] {
+    return this.takenOver ? [] : [this.o.socketFd, ...this.errFds];
+  }
+
+  onFdReady(fd: number): void {
+    if (fd === this.o.socketFd) {
+      // Nothing is ever due from the back-end between our requests: readable means gone (or out
+      // of step, which is as bad): the connection is unusable from now on.
+      this.fe.markBroken('the back-end closed the connection or sent something unasked');
+      this.takeOver(`vhost-user back-end ${this.o.socketPath} hung up (virtiofsd exited?); the file system is unavailable`);
+      return;
+    }
+    const q = this.errFds.indexOf(fd);
+    const buf = new Uint8Array(8);
+    try { libc.read(fd, buf); } catch { /* drained already */ }
+    throw new VhostUserError(`vhost-user back-end ${this.o.socketPath} reported an error on queue ${q}`);
+  }
+
+  /** Stop the rings the back-end runs; never throws (a back-end that is gone is only logged). */
+  private stopRings(): void {
+    const pfNegotiated = (this.backendFeatures & bit(VHOST_USER_F_PROTOCOL_FEATURES)) !== 0n;
+    for (const i of this.started) {
+      if (this.fe.isBroken) break;
+      try {
+        if (pfNegotiated) this.fe.setVringEnable(i, false);
+        this.fe.getVringBase(i);
+      } catch (e) {
+        this.log(`stopping ring ${i}: ${(e as Error).message}`);
+      }
+    }
+    if (this.started.length > 0 && !this.fe.isBroken && (this.fe.protocolFeatures & (1n << ProtocolFeature.RESET_DEVICE)) !== 0n) {
+      try { this.fe.resetDevice(); } catch (e) { this.log(`RESET_DEVICE: ${(e as Error).message}`); }
+    }
+    this.started = [];
+    for (const fd of this.errFds) libc.close(fd);
+    this.errFds = [];
+    this.own = [];
+    this.act = null;
+  }
+
+  reset(): void {
+    this.stopRings();
+  }
+
+  /** The socket belongs to the VMM (it outlives guest runs); only our eventfds go. */
+  close(): void {
+    this.stopRings();
+  }
+}
