@@ -98,6 +98,17 @@ export interface RngConfig {
   id?: string;
 }
 
+/** virtio-vsock with the hybrid Unix-socket backend (Cloud Hypervisor's VsockConfig). */
+export interface VsockConfig {
+  /** The guest's context ID (>= 3; 0..2 are reserved, virtio 1.2 5.10.4). */
+  cid: number;
+  /** The VMM listens here; guest connections to host port P go to `<socket>_<P>`. */
+  socket: string;
+  iommu?: boolean;
+  id?: string;
+  pci_segment?: number;
+}
+
 export interface VmConfig {
   payload: PayloadConfig;
   cpus: CpusConfig;
@@ -107,6 +118,8 @@ export interface VmConfig {
   rng: RngConfig;
   serial: SerialConfig;
   console: ConsoleConfig;
+  /** At most one vsock device per VM (as Cloud Hypervisor). */
+  vsock?: VsockConfig;
   iommu: boolean;
   watchdog: boolean;
   pvpanic: boolean;
@@ -188,7 +201,7 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 function shapeIssues(input: unknown): VmConfigIssue[] {
   const issues: VmConfigIssue[] = [];
   if (!isPlainObject(input)) return [{ path: '(config)', message: 'must be an object' }];
-  for (const k of ['payload', 'cpus', 'memory', 'rng', 'serial', 'console'] as const) {
+  for (const k of ['payload', 'cpus', 'memory', 'rng', 'serial', 'console', 'vsock'] as const) {
     const v = input[k];
     if (v !== undefined && !isPlainObject(v)) issues.push({ path: k, message: 'must be an object' });
   }
@@ -248,6 +261,7 @@ export function createVmConfig(input: VmConfigInput = {}): VmConfig {
   };
   if (input.disks !== undefined) config.disks = input.disks.map((d) => defaultDiskConfig(d));
   if (input.net !== undefined) config.net = input.net.map((n) => defaultNetConfig(n));
+  if (input.vsock !== undefined && input.vsock !== null) config.vsock = stripUndefined(input.vsock) as VsockConfig;
   return config;
 }
 
@@ -538,6 +552,21 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
     id('rng.id', config.rng.id);
   }
   if (isPlainObject(config.console)) id('console.id', config.console.id);
+
+  // vsock
+  if (config.vsock !== undefined) {
+    const v = config.vsock;
+    if (!isPlainObject(v)) bad('vsock', 'must be an object');
+    else {
+      if (v.cid === undefined) bad('vsock.cid', 'is required');
+      else if (!isInt(v.cid) || v.cid < 3 || v.cid >= 0xffffffff) bad('vsock.cid', `must be an integer in 3..${0xffffffff - 1} (0..2 are reserved), got ${String(v.cid)}`);
+      str('vsock.socket', v.socket, true);
+      bool('vsock.iommu', v.iommu);
+      if (v.iommu === true) bad('vsock.iommu', 'is not supported (no virtual IOMMU)');
+      if (v.pci_segment !== undefined && v.pci_segment !== 0) bad('vsock.pci_segment', 'only PCI segment 0 exists');
+      id('vsock.id', v.id);
+    }
+  }
 
   bool('iommu', config.iommu);
   bool('watchdog', config.watchdog);

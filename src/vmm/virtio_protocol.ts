@@ -6,7 +6,8 @@ export type VirtioDeviceSpec =
   | { kind: 'block'; fd: number; size: number; readonly: boolean; numQueues: number; queueSize: number; serial: string }
   | { kind: 'rng'; fd: number }
   | { kind: 'console'; outFd: number; inFd: number; cols: number; rows: number }
-  | { kind: 'net'; tapFds: number[]; mac: number[]; queuePairs: number; queueSize: number; mtu?: number };
+  | { kind: 'net'; tapFds: number[]; mac: number[]; queuePairs: number; queueSize: number; mtu?: number }
+  | { kind: 'vsock'; cid: number; listenFd: number; socketPath: string };
 
 export interface VirtioWorkerData {
   /** Device id for messages and logs (e.g. "_disk0"). */
