@@ -615,10 +615,10 @@ export class VsockDevice implements VirtioDevice {
       c.hostWrShut = true;
       libc.shutdownRaw(c.fd, libc.SHUT_WR);
     }
-    const guestDone = (c.peerShut & (VIRTIO_VSOCK_SHUTDOWN_F_SEND | VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE)) === (VIRTIO_VSOCK_SHUTDOWN_F_SEND | VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE);
-    const bothEnded = (c.peerShut & VIRTIO_VSOCK_SHUTDOWN_F_SEND) !== 0 && (c.hostEof || (c.peerShut & VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE) !== 0);
-    // 5.10.6.5: the guest waits for an RST after a full shutdown; so does a connection both ends closed.
-    if (guestDone || bothEnded) this.kill(c, true);
+    // 5.10.6.5: after a shutdown of both directions the guest waits for an RST (Linux sends one
+    // when its socket closes), sent once the host has all the guest's bytes.
+    const both = VIRTIO_VSOCK_SHUTDOWN_F_SEND | VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE;
+    if ((c.peerShut & both) === both) this.kill(c, true);
   }
 
   // ---- receiveq: host -> guest --------------------------------------------------------------
@@ -755,11 +755,13 @@ export class VsockDevice implements VirtioDevice {
     return Hdr.size + got;
   }
 
-  /** The host peer will send no more: SHUTDOWN(SEND) to the guest, or RST when the guest is done too. */
+  /**
+   * The host peer will send no more: SHUTDOWN(SEND) to the guest (a half-close: the guest may go
+   * on sending; its close brings SHUTDOWN of both directions, answered with RST).
+   */
   private hostEnded(c: Conn): void {
     c.hostEof = true;
     c.readable = false;
-    if ((c.peerShut & VIRTIO_VSOCK_SHUTDOWN_F_SEND) !== 0 && c.bufLen === 0) { this.kill(c, true); return; }
     c.shutFlags = VIRTIO_VSOCK_SHUTDOWN_F_SEND;
     c.pend |= Pend.SHUTDOWN;
     this.wantRx(c);
