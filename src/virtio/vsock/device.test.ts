@@ -345,3 +345,18 @@ test('reset closes every connection and client', () => {
   assert.deepEqual(r.dev.pollFds(), []);
   r.close();
 });
+
+test('receive buffers with room for a header only carry CREDIT_UPDATEs, not a busy loop', () => {
+  const r = new VsockRig();
+  try {
+    const { fd } = hostConnect(r, 1234);
+    writeSome(fd, Buffer.from('data waiting'));
+    r.postRx(3, 44);
+    r.pump();
+    const got = r.received();
+    assert.ok(got.length > 0 && got.every((p) => p.op === Op.CREDIT_UPDATE && p.len === 0));
+    assert.equal(Buffer.concat(drainToGuest(r).map((p) => p.payload)).toString(), 'data waiting');
+  } finally {
+    r.close();
+  }
+});

@@ -651,7 +651,10 @@ export class VsockDevice implements VirtioDevice {
           c.inRx = false;
           if (!this.hasRxWork(c)) continue;
           used = this.rxPacket(a.mem, ch, c);
-          if (this.hasRxWork(c)) this.wantRx(c);
+          if (this.hasRxWork(c)) {
+            this.wantRx(c);
+            if (used === 0) return; // no progress possible now: the next event retries
+          }
         }
         if (used > 0) {
           q.addUsed(ch.head, used);
@@ -723,7 +726,11 @@ export class VsockDevice implements VirtioDevice {
    */
   private readData(mem: GuestMemory, ch: DescriptorChain, c: Conn): number {
     const max = Math.min(ch.writableBytes - Hdr.size, c.peerCredit(), MAX_PKT_PAYLOAD);
-    if (max <= 0) return 0;
+    if (max <= 0) {
+      // A receive buffer with room for the header only: it carries a CREDIT_UPDATE instead.
+      if (ch.writableBytes === Hdr.size && c.peerCredit() > 0) return this.writeControl(mem, ch, c.localPort, c.peerPort, Op.CREDIT_UPDATE, 0, c);
+      return 0;
+    }
     let skip: number = Hdr.size;
     let got = 0;
     let eof = false;
