@@ -349,7 +349,11 @@ test('reset closes every connection and client', () => {
 test('receive buffers with room for a header only carry CREDIT_UPDATEs, not a busy loop', () => {
   const r = new VsockRig();
   try {
-    const { fd } = hostConnect(r, 1234);
+    const lfd = r.listenPort(5678);
+    r.postRx(1);
+    r.send({ op: Op.REQUEST, srcPort: 40000, dstPort: 5678, bufAlloc: GUEST_BUF });
+    assert.deepEqual(r.received().map((p) => p.op), [Op.RESPONSE]);
+    const fd = r.accept(lfd);
     writeSome(fd, Buffer.from('data waiting'));
     r.postRx(3, 44);
     r.pump();
