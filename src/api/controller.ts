@@ -11,7 +11,7 @@
 // implementation answers wrong-state requests the same way.
 
 import { readFileSync } from 'node:fs';
-import type { VmConfig } from '../vmm/config.js';
+import type { VmConfig, VsockConfig } from '../vmm/config.js';
 
 /** VmState enum of the OpenAPI document. */
 export type VmState = 'Created' | 'Running' | 'Shutdown' | 'Paused' | 'BreakPoint';
@@ -76,6 +76,12 @@ export interface VmmController {
   info(): VmInfo;
   /** vm.counters: 404 if not created, 405 if not booted. */
   counters(): VmCounters;
+  /**
+   * vm.add-vsock before vm.boot: adds the device to the configuration (204). 404 if not created,
+   * 400 for an invalid device or a second vsock, 409 for an id in use, 500 once booted (no
+   * hotplug yet). Optional: a controller without it answers 500 "not implemented".
+   */
+  addVsock?(config: VsockConfig): Promise<void>;
 }
 
 /** Machine-readable kind of an API error. */

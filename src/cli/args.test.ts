@@ -270,3 +270,16 @@ test('error: other problems name their flag', () => {
   assert.equal(run('--kernel', 'k', '--rng', 'src=').config!.rng.src, '/dev/urandom');
   fails(['--kernel', 'k', '--rng', 'source=/dev/random'], /--rng: unknown key "source"/);
 });
+
+test('--vsock (Cloud Hypervisor syntax)', () => {
+  const base = ['--kernel', '/k'];
+  const r = parseArgs([...base, '--vsock', 'cid=3,socket=/tmp/v.sock,id=vs0']);
+  assert.equal(r.kind, 'run');
+  assert.deepEqual(r.kind === 'run' ? r.config?.vsock : null, { cid: 3, socket: '/tmp/v.sock', id: 'vs0' });
+  fails([...base, '--vsock', 'cid=2,socket=/tmp/v.sock'], /^--vsock: cid must be an integer in 3\.\.\d+ \(0\.\.2 are reserved\), got 2$/, '--vsock');
+  fails([...base, '--vsock', 'cid=3'], /^--vsock: socket is required$/, '--vsock');
+  fails([...base, '--vsock', 'socket=/s'], /^--vsock: cid is required$/, '--vsock');
+  fails([...base, '--vsock', 'cid=x,socket=/s'], /--vsock: bad number "x" for cid/, '--vsock');
+  fails([...base, '--vsock', 'cid=3,socket=/s,port=1'], /--vsock/, '--vsock');
+  fails([...base, '--vsock', 'cid=3,socket=/a', '--vsock', 'cid=4,socket=/b'], /--vsock given more than once/, '--vsock');
+});
