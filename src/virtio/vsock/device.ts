@@ -503,7 +503,13 @@ export class VsockDevice implements VirtioDevice {
       this.queueRst(localPort, peerPort);
       return;
     }
-    const fd = libc.socket(libc.AF_UNIX, libc.SOCK_STREAM | libc.SOCK_NONBLOCK | libc.SOCK_CLOEXEC);
+    let fd: number;
+    try {
+      fd = libc.socket(libc.AF_UNIX, libc.SOCK_STREAM | libc.SOCK_NONBLOCK | libc.SOCK_CLOEXEC);
+    } catch { // EMFILE and the like: this connection fails, the device goes on
+      this.queueRst(localPort, peerPort);
+      return;
+    }
     // A Unix-socket connect completes at once, or fails (ENOENT, ECONNREFUSED, EAGAIN for a full backlog).
     if (libc.connectRaw(fd, addr) !== 0) {
       libc.close(fd);
