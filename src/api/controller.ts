@@ -11,7 +11,7 @@
 // implementation answers wrong-state requests the same way.
 
 import { readFileSync } from 'node:fs';
-import type { FsConfig, VmConfig } from '../vmm/config.js';
+import type { FsConfig, VmConfig, VsockConfig } from '../vmm/config.js';
 
 /** VmState enum of the OpenAPI document. */
 export type VmState = 'Created' | 'Running' | 'Shutdown' | 'Paused' | 'BreakPoint';
@@ -81,6 +81,13 @@ export interface VmmController {
    * created, 405 once booted: hotplug is not supported; 400 if the result is not valid).
    */
   addFs?(fs: FsConfig): Promise<void>;
+
+  /**
+   * vm.add-vsock before vm.boot: adds the device to the configuration (204). 404 if not created,
+   * 400 for an invalid device or a second vsock, 409 for an id in use, 500 once booted (no
+   * hotplug yet). Optional: a controller without it answers 500 "not implemented".
+   */
+  addVsock?(config: VsockConfig): Promise<void>;
 }
 
 /** Machine-readable kind of an API error. */

@@ -12,6 +12,7 @@
 import { EventEmitter } from 'node:events';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { nextVmState, type VmAction, type VmmController, type VmState } from './controller.js';
+import type { VsockConfig } from '../vmm/config.js';
 
 /** One event as written to the monitor file. */
 export interface LifecycleEvent {
@@ -183,6 +184,7 @@ export function withLifecycleEvents(controller: VmmController, monitor: EventMon
     shutdownVm: around('shutdown', undefined, 'shutdown', () => controller.shutdownVm()),
     rebootVm: around('reboot', 'rebooting', 'rebooted', () => controller.rebootVm()),
     powerButton: around('power-button', undefined, 'power-button', () => controller.powerButton()),
+    ...(controller.addVsock !== undefined ? { addVsock: (v: VsockConfig) => controller.addVsock!(v) } : {}),
     deleteVm: async () => {
       // CH: deleting when nothing exists succeeds silently; only report a real delete.
       const existed = state() !== undefined;

@@ -22,7 +22,7 @@ import { dirname, join } from 'node:path';
 import { isMainThread } from 'node:worker_threads';
 import { ApiError, NotImplementedError, type VmmController } from './controller.js';
 import { formatIssues, getValidator, listOperations, type ApiOperation, type SchemaValidator } from './validate.js';
-import { VmConfigError, defaultFsConfig, type DeepPartial, type FsConfig } from '../vmm/config.js';
+import { VmConfigError, defaultFsConfig, type DeepPartial, type FsConfig, type VsockConfig } from '../vmm/config.js';
 import { vmConfigFromBody } from './vm_config_body.js';
 
 /** The document's server URL path. */
@@ -212,6 +212,19 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       this.serialized(async () => {
         if (!c.addFs) throw new NotImplementedError('vm.add-fs');
         await c.addFs(defaultFsConfig(body as DeepPartial<FsConfig>));
+      }).then(() => undefined),
+    );
+    this.handlers.set('PUT /vm.add-vsock', (body) =>
+      this.serialized(async () => {
+        if (c.addVsock === undefined) throw new NotImplementedError('vm.add-vsock');
+        const b = body as Record<string, unknown>;
+        const bad = Object.keys(b).filter((k) => !['cid', 'socket', 'iommu', 'id', 'pci_segment'].includes(k) && b[k] !== null && b[k] !== undefined);
+        if (bad.length > 0) throw new BodyError('vm.add-vsock: invalid VsockConfig', bad.map((k) => `${k}: not supported yet in Stratovisor`));
+        const v: VsockConfig = { cid: b.cid as number, socket: b.socket as string };
+        if (b.iommu !== undefined && b.iommu !== null) v.iommu = b.iommu as boolean;
+        if (typeof b.id === 'string') v.id = b.id;
+        if (typeof b.pci_segment === 'number') v.pci_segment = b.pci_segment;
+        await c.addVsock(v);
       }).then(() => undefined),
     );
     this.handlers.set('PUT /vm.boot', serial(() => c.bootVm()));

@@ -86,6 +86,7 @@ export const SUPPORTED_VM_CONFIG_FIELDS: Shape<VmConfig> = {
   rng: { src: true, iommu: true, id: true, pci_segment: true },
   serial: { mode: true, file: true, socket: true },
   console: { mode: true, file: true, socket: true, iommu: true, id: true },
+  vsock: { cid: true, socket: true, iommu: true, id: true, pci_segment: true },
   iommu: true,
   watchdog: true,
   pvpanic: true,

@@ -285,3 +285,16 @@ test('--fs (Cloud Hypervisor syntax): tag, socket, num_queues, queue_size, id; n
   assert.throws(() => parseArgs(['--kernel', '/k', '--memory', 'shared=on', '--fs', 'tag=a,socket=/s,cache=none']), /--fs/);
   assert.match(usage, /--fs <tag=<tag>,socket=<path>/);
 });
+
+test('--vsock (Cloud Hypervisor syntax)', () => {
+  const base = ['--kernel', '/k'];
+  const r = parseArgs([...base, '--vsock', 'cid=3,socket=/tmp/v.sock,id=vs0']);
+  assert.equal(r.kind, 'run');
+  assert.deepEqual(r.kind === 'run' ? r.config?.vsock : null, { cid: 3, socket: '/tmp/v.sock', id: 'vs0' });
+  fails([...base, '--vsock', 'cid=2,socket=/tmp/v.sock'], /^--vsock: cid must be an integer in 3\.\.\d+ \(0\.\.2 are reserved\), got 2$/, '--vsock');
+  fails([...base, '--vsock', 'cid=3'], /^--vsock: socket is required$/, '--vsock');
+  fails([...base, '--vsock', 'socket=/s'], /^--vsock: cid is required$/, '--vsock');
+  fails([...base, '--vsock', 'cid=x,socket=/s'], /--vsock: bad number "x" for cid/, '--vsock');
+  fails([...base, '--vsock', 'cid=3,socket=/s,port=1'], /--vsock/, '--vsock');
+  fails([...base, '--vsock', 'cid=3,socket=/a', '--vsock', 'cid=4,socket=/b'], /--vsock given more than once/, '--vsock');
+});

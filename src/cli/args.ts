@@ -25,6 +25,7 @@ import {
   type FsConfig,
   type MemoryConfig,
   type NetConfig,
+  type VsockConfig,
   type VmConfig,
   type VmConfigInput,
 } from '../vmm/config.js';
@@ -171,6 +172,12 @@ const FLAGS: readonly FlagSpec[] = [
     help: '16550 serial port output (default: null)',
   },
   { name: 'version', value: false, syntax: '', help: 'Print version (also -V)' },
+  {
+    name: 'vsock',
+    value: true,
+    syntax: 'cid=<cid>,socket=<path>[,iommu=on|off][,id=<id>][,pci_segment=<n>]',
+    help: 'virtio-vsock device; host side: the Unix socket <path> (CONNECT <port>) and <path>_<port>',
+  },
   { name: 'watchdog', value: false, syntax: '', help: 'Enable virtio-watchdog' },
   { name: 'help', value: false, syntax: '', help: 'Print help (also -h)' },
 ];
@@ -207,7 +214,6 @@ const UNSUPPORTED_CH_FLAGS = new Set([
   'tpm',
   'user-device',
   'vdpa',
-  'vsock',
 ]);
 
 /** Flags that make up a VM configuration (their presence means "boot a VM"). */
@@ -227,6 +233,7 @@ const VM_FLAGS = new Set([
   'pvpanic',
   'watchdog',
   'platform',
+  'vsock',
 ]);
 
 function buildUsage(): string {
@@ -517,6 +524,17 @@ function parseFs(v: string): DeepPartial<FsConfig> {
   return out;
 }
 
+function parseVsock(v: string): DeepPartial<VsockConfig> {
+  const f = '--vsock';
+  const o = parseOptionList(f, v, ['cid', 'socket', 'iommu', 'id', 'pci_segment']);
+  const out: DeepPartial<VsockConfig> = {};
+  setIf(out, 'socket', o.get('socket'));
+  setIf(out, 'id', o.get('id'));
+  for (const k of ['cid', 'pci_segment'] as const) setIf(out, k, intOpt(f, k, o.get(k)));
+  setIf(out, 'iommu', toggleOpt(f, 'iommu', o.get('iommu')));
+  return out;
+}
+
 /** `path=<p>` | `fd=<n>` | a bare path (CH accepts both for --api-socket). */
 function parseSocketArg(flag: string, v: string): SocketArg {
   const t = v.trim();
@@ -676,6 +694,8 @@ export function parseArgs(argv: readonly string[]): CliResult {
   if (nets !== undefined) input.net = nets.map(parseNet);
   const fss = multi.get('fs');
   if (fss !== undefined) input.fs = fss.map(parseFs);
+  const vsock = single.get('vsock');
+  if (vsock !== undefined) input.vsock = parseVsock(vsock);
   if (switches.has('watchdog')) input.watchdog = true;
   if (switches.has('pvpanic')) input.pvpanic = true;
 

@@ -504,35 +504,58 @@ export function memcpyHost(dst: number, src: number, n: number): void {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Unix sockets with file descriptors (SCM_RIGHTS, unix(7), cmsg(3)): vhost-user and anything else
-// that passes fds. Node's net sockets cannot, so these go through sendmsg/recvmsg here. The msghdr,
-// iovec and control buffers live in one per-thread scratch mapping (their addresses go into the
-// msghdr), grown when a bigger message comes.
+// Unix sockets: virtio-vsock's hybrid backend (bind/listen/accept4/connect/shutdown over struct
+// sockaddr_un: sa_family_t sun_family; char sun_path[108]) and file descriptors passed with
+// SCM_RIGHTS (unix(7), cmsg(3)): vhost-user and anything else that passes fds. Node's net sockets
+// cannot, so these go through sendmsg/recvmsg here. The msghdr, iovec and control buffers live in
+// one per-thread scratch mapping (their addresses go into the msghdr), grown when a bigger message comes.
 
 export const SOL_SOCKET = 1;
 export const SCM_RIGHTS = 1;
 export const MSG_DONTWAIT = 0x40;
+/** send(2)/sendmsg(2) flag: no SIGPIPE on a closed peer (EPIPE instead). */
 export const MSG_NOSIGNAL = 0x4000;
 export const MSG_CMSG_CLOEXEC = 0x40000000;
 export const MSG_CTRUNC = 0x08;
-export const ECONNREFUSED = 111;
 export const EPIPE = 32;
+export const EADDRINUSE = 98;
 export const ECONNRESET = 104;
+export const ENOTCONN = 107;
+export const ECONNREFUSED = 111;
+export const EINPROGRESS = 115;
+export const SHUT_RD = 0;
+export const SHUT_WR = 1;
+export const SHUT_RDWR = 2;
+/** sizeof(struct sockaddr_un) on Linux. */
+export const SOCKADDR_UN_SIZE = 110;
+/** Longest sun_path, not counting its terminating NUL. */
+export const UNIX_PATH_MAX = 107;
 /** SCM_MAX_FD (include/net/scm.h): the most fds one message may carry. */
 export const SCM_MAX_FD = 253;
 
 interface SockLibc {
+  bind: (fd: number, addr: Uint8Array, len: number) => number;
   connect: (fd: number, addr: Uint8Array, len: number) => number;
+  listen: (fd: number, backlog: number) => number;
+  accept4: (fd: number, addr: null, len: null, flags: number) => number;
+  shutdown: (fd: number, how: number) => number;
+  send: (fd: number, buf: Uint8Array, len: number, flags: number) => number;
   sendmsg: (fd: number, msg: number, flags: number) => number;
   recvmsg: (fd: number, msg: number, flags: number) => number;
 }
 let sockLibc: SockLibc | null = null;
+
 function S(): SockLibc {
   if (sockLibc !== null) return sockLibc;
   const lib = koffi.load('libc.so.6');
   const f = <T extends Fn>(decl: string): T => lib.func(decl) as unknown as T;
   sockLibc = {
+    bind: f('int bind(int fd, const void *addr, uint32_t len)'),
     connect: f('int connect(int fd, const void *addr, uint32_t len)'),
+    listen: f('int listen(int fd, int backlog)'),
+    accept4: f('int accept4(int fd, void *addr, void *len, int flags)'),
+    shutdown: f('int shutdown(int fd, int how)'),
+    send: f('long send(int fd, const void *buf, size_t len, int flags)'),
     sendmsg: f('long sendmsg(int fd, uintptr_t msg, int flags)'),
     recvmsg: f('long recvmsg(int fd, uintptr_t msg, int flags)'),
   };
@@ -655,4 +678,51 @@ export function mmapFixed(addr: bigint, length: number, prot: number, flags: num
   const r = L().mmap(Number(addr), length, prot, flags | MAP_FIXED, fd, offset);
   if (r === -1 || r === MAP_FAILED) throw new SysError('mmap(MAP_FIXED)', koffi.errno());
   return BigInt(r);
+}
+
+/** struct sockaddr_un for `path`; throws RangeError when the path does not fit sun_path. */
+export function sockaddrUn(path: string): Uint8Array {
+  const bytes = Buffer.from(path, 'utf8');
+  if (bytes.length === 0 || bytes.length > UNIX_PATH_MAX || bytes.includes(0)) {
+    throw new RangeError(`Unix socket path '${path}' must be 1..${UNIX_PATH_MAX} bytes without NUL`);
+  }
+  const sa = new Uint8Array(SOCKADDR_UN_SIZE);
+  new DataView(sa.buffer).setUint16(0, AF_UNIX, true);
+  sa.set(bytes, 2);
+  return sa;
+}
+
+/** bind(2) to a sockaddr (from sockaddrUn). Throws SysError. */
+export function bind(fd: number, addr: Uint8Array): void {
+  check(S().bind(fd, addr, addr.byteLength), 'bind');
+}
+
+/** listen(2). Throws SysError. */
+export function listen(fd: number, backlog: number): void {
+  check(S().listen(fd, backlog), 'listen');
+}
+
+/** accept4(2) without the peer address: the new fd, or -errno (EAGAIN when none is pending). */
+export function accept4Raw(fd: number, flags: number): number {
+  const r = S().accept4(fd, null, null, flags);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** connect(2) to a sockaddr: 0, or -errno (EINPROGRESS/EAGAIN on a non-blocking socket). */
+export function connectRaw(fd: number, addr: Uint8Array): number {
+  const r = S().connect(fd, addr, addr.byteLength);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** shutdown(2): 0 or -errno. */
+export function shutdownRaw(fd: number, how: number): number {
+  const r = S().shutdown(fd, how);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** send(2) of the first `len` bytes of `buf` with `flags`: bytes sent, or -errno. */
+export function sendRaw(fd: number, buf: Uint8Array, len: number, flags: number): number {
+  if (!(len >= 0 && len <= buf.byteLength)) throw new RangeError(`send: length ${len} outside a ${buf.byteLength}-byte buffer`);
+  const r = (sockLibc ?? S()).send(fd, buf, len, flags);
+  return r < 0 ? -koffi.errno() : r;
 }

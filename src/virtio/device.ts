@@ -11,6 +11,7 @@ export const VirtioDeviceType = {
   Console: 3,
   Rng: 4,
   Fs: 26,
+  Vsock: 19,
 } as const;
 
 /** Device status bits (virtio 1.2, 2.1). */
@@ -104,8 +105,13 @@ export interface VirtioDevice {
   processQueue(index: number): void;
   /** Extra host fds the driver must poll for POLLIN (tap, console input); may change after activate. */
   pollFds?(): readonly number[];
-  /** A host fd from pollFds() is readable. */
-  onFdReady?(fd: number): void;
+  /**
+   * poll(2) events for each fd of the last pollFds() result, in the same order (POLLIN, POLLOUT
+   * or both); absent: POLLIN for all. For devices whose fd set changes (vsock connections).
+   */
+  pollEvents?(): ArrayLike<number>;
+  /** A host fd from pollFds() is ready; `revents` as poll(2) reported it (POLLIN when absent). */
+  onFdReady?(fd: number, revents?: number): void;
   /** Monotonic counters the VMM reports in vm.counters (names as Cloud Hypervisor's). */
   readonly counters?: Readonly<Record<string, number>>;
   /** Back to the initial state: queues forgotten, nothing in flight. */

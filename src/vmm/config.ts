@@ -115,6 +115,17 @@ export interface PlatformConfig {
   num_pci_segments: number;
 }
 
+/** virtio-vsock with the hybrid Unix-socket backend (Cloud Hypervisor's VsockConfig). */
+export interface VsockConfig {
+  /** The guest's context ID (>= 3; 0..2 are reserved, virtio 1.2 5.10.4). */
+  cid: number;
+  /** The VMM listens here; guest connections to host port P go to `<socket>_<P>`. */
+  socket: string;
+  iommu?: boolean;
+  id?: string;
+  pci_segment?: number;
+}
+
 export interface VmConfig {
   payload: PayloadConfig;
   cpus: CpusConfig;
@@ -125,6 +136,8 @@ export interface VmConfig {
   rng: RngConfig;
   serial: SerialConfig;
   console: ConsoleConfig;
+  /** At most one vsock device per VM (as Cloud Hypervisor). */
+  vsock?: VsockConfig;
   iommu: boolean;
   watchdog: boolean;
   pvpanic: boolean;
@@ -220,7 +233,7 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 function shapeIssues(input: unknown): VmConfigIssue[] {
   const issues: VmConfigIssue[] = [];
   if (!isPlainObject(input)) return [{ path: '(config)', message: 'must be an object' }];
-  for (const k of ['payload', 'cpus', 'memory', 'rng', 'serial', 'console', 'platform'] as const) {
+  for (const k of ['payload', 'cpus', 'memory', 'rng', 'serial', 'console', 'platform', 'vsock'] as const) {
     const v = input[k];
     if (v !== undefined && !isPlainObject(v)) issues.push({ path: k, message: 'must be an object' });
   }
@@ -284,6 +297,7 @@ export function createVmConfig(input: VmConfigInput = {}): VmConfig {
     config.platform = { ...stripUndefined(input.platform), num_pci_segments: input.platform.num_pci_segments ?? DEFAULT_NUM_PCI_SEGMENTS };
   }
   if (input.fs !== undefined) config.fs = input.fs.map((f) => defaultFsConfig(f));
+  if (input.vsock !== undefined && input.vsock !== null) config.vsock = stripUndefined(input.vsock) as VsockConfig;
   return config;
 }
 
@@ -631,6 +645,21 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
     id('rng.id', config.rng.id);
   }
   if (isPlainObject(config.console)) id('console.id', config.console.id);
+
+  // vsock
+  if (config.vsock !== undefined) {
+    const v = config.vsock;
+    if (!isPlainObject(v)) bad('vsock', 'must be an object');
+    else {
+      if (v.cid === undefined) bad('vsock.cid', 'is required');
+      else if (!isInt(v.cid) || v.cid < 3 || v.cid >= 0xffffffff) bad('vsock.cid', `must be an integer in 3..${0xffffffff - 1} (0..2 are reserved), got ${String(v.cid)}`);
+      str('vsock.socket', v.socket, true);
+      bool('vsock.iommu', v.iommu);
+      if (v.iommu === true) bad('vsock.iommu', 'is not supported (no virtual IOMMU)');
+      segment('vsock.pci_segment', v.pci_segment);
+      id('vsock.id', v.id);
+    }
+  }
 
   bool('iommu', config.iommu);
   bool('watchdog', config.watchdog);

@@ -161,3 +161,29 @@ test('vm.add-fs: before boot it joins the configuration (validated: shared memor
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('vm.add-vsock: before boot it joins the configuration; one per VM; bad bodies named (API and core)', async () => {
+  const core = new VmmCore();
+  await rejectsWith(core.addVsock({ cid: 3, socket: '/tmp/v.sock' }), 404, /cannot add a vsock device: the VM is not created/);
+  const dir = mkdtempSync(join(tmpdir(), 'stv-addvsock-'));
+  const sock = join(dir, 'api.sock');
+  const server = await ApiServer.listen({ controller: core, socket: { path: sock } });
+  try {
+    assert.equal((await request(sock, 'PUT', 'vm.create', JSON.stringify({ payload: { kernel: '/nonexistent/k' } }))).status, 204);
+    let r = await request(sock, 'PUT', 'vm.add-vsock', JSON.stringify({ cid: 2, socket: '/tmp/v.sock' }));
+    assert.equal(r.status, 400, r.text);
+    r = await request(sock, 'PUT', 'vm.add-vsock', JSON.stringify({ cid: 5, socket: '/tmp/v.sock', pci_device_id: 3 }));
+    assert.equal(r.status, 400, r.text);
+    assert.match(r.text, /pci_device_id: not supported yet/);
+    r = await request(sock, 'PUT', 'vm.add-vsock', JSON.stringify({ cid: 5, socket: '/tmp/v.sock', id: 'vs0' }));
+    assert.equal(r.status, 204, r.text);
+    const info = JSON.parse((await request(sock, 'GET', 'vm.info')).text) as { config: { vsock?: unknown } };
+    assert.deepEqual(info.config.vsock, { cid: 5, socket: '/tmp/v.sock', id: 'vs0' });
+    r = await request(sock, 'PUT', 'vm.add-vsock', JSON.stringify({ cid: 6, socket: '/tmp/w.sock' }));
+    assert.equal(r.status, 400);
+    assert.match(r.text, /already has one/);
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -15,8 +15,10 @@
 
 import { EventEmitter } from 'node:events';
 import {
+  ApiError,
   BadRequestError,
   NotImplementedError,
+  VmNotCreatedError,
   VmStateError,
   nextVmState,
   pingResponse,
@@ -27,7 +29,7 @@ import {
   type VmState,
 } from '../api/controller.js';
 import type { EventMonitor } from '../api/events.js';
-import { assertValidVmConfig, validateVmConfig, type FsConfig, type VmConfig } from './config.js';
+import { assertValidVmConfig, validateVmConfig, type FsConfig, type VmConfig, type VsockConfig } from './config.js';
 import { VirtualMachine, type VirtualMachineOptions, type VmExitInfo } from './vm.js';
 
 export interface VmmCoreOptions {
@@ -98,6 +100,24 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     assertValidVmConfig(config);
     this.config = config;
     this.state = next;
+  }
+
+  /** vm.add-vsock: cold-plug only (before vm.boot), at most one per VM (as Cloud Hypervisor). */
+  async addVsock(vsock: VsockConfig): Promise<void> {
+    const config = this.config;
+    if (config === undefined) throw new VmNotCreatedError('add a vsock device');
+    if (this.state !== 'Created') {
+      throw new ApiError(500, 'InvalidState', `cannot add a vsock device: the VM is ${(this.state ?? 'not created').toLowerCase()}; hot-plugging vsock is not supported yet (add it before vm.boot)`);
+    }
+    if (config.vsock !== undefined) throw new BadRequestError('cannot add a vsock device: the VM already has one (at most one per VM)');
+    const next: VmConfig = { ...config, vsock };
+    const issues = validateVmConfig(next);
+    if (issues.length > 0) {
+      const dup = issues.find((i) => i.path === 'vsock.id' && /already used/.test(i.message));
+      if (dup !== undefined) throw new ApiError(409, 'BadRequest', `cannot add a vsock device: id ${dup.message}`);
+      throw new BadRequestError(`invalid vsock device: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
+    }
+    this.config = next;
   }
 
   async bootVm(): Promise<void> {

@@ -43,5 +43,9 @@ export async function createDeviceModel(spec: VirtioDeviceSpec, id: string, log:
         setOffload: (flags) => { for (const fd of spec.tapFds) libc.ioctl(fd, TUNSETOFFLOAD, flags, `TUNSETOFFLOAD(${id})`); },
       });
     }
+    case 'vsock': {
+      const { VsockDevice } = await import('../virtio/vsock/device.js');
+      return new VsockDevice({ cid: spec.cid, listenFd: spec.listenFd, socketPath: spec.socketPath });
+    }
   }
 }

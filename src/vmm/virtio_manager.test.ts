@@ -1,7 +1,7 @@
 // Host side of the virtio devices: what the user gave is checked and opened before any VM exists.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VirtioManager, VirtioConfigError } from './virtio_manager.js';
@@ -62,4 +62,23 @@ test('bad disk, entropy and console settings are named', () => {
 test('MAC addresses are parsed strictly', () => {
   assert.deepEqual([...parseMac('52:54:00:ab:CD:0f')], [0x52, 0x54, 0x00, 0xab, 0xcd, 0x0f]);
   for (const bad of ['52:54:00:ab:cd', '52-54-00-ab-cd-ef', '52:54:00:ab:cd:xyz', '']) assert.throws(() => parseMac(bad), /invalid MAC/);
+});
+
+test('vsock: the manager listens on socket=, refuses a path that exists or cannot be bound, and removes its socket on close', () => {
+  const sock = join(dir, 'v.sock');
+  const m = new VirtioManager(() => {});
+  m.open(cfg([], { vsock: { cid: 3, socket: sock } }), 1);
+  try {
+    assert.ok(existsSync(sock), 'the socket was created');
+    const again = new VirtioManager(() => {});
+    assert.throws(() => again.open(cfg([], { vsock: { cid: 4, socket: sock } }), 1), (e: Error) => e instanceof VirtioConfigError && e.message.includes(`'${sock}' already exists`));
+    assert.equal(again.count, 0);
+  } finally {
+    m.close();
+  }
+  assert.ok(!existsSync(sock), 'close() removed the socket');
+  const file = image('not-a-socket');
+  assert.throws(() => new VirtioManager(() => {}).open(cfg([], { vsock: { cid: 3, socket: file } }), 1), /already exists/);
+  assert.throws(() => new VirtioManager(() => {}).open(cfg([], { vsock: { cid: 3, socket: join(dir, 'no', 'such', 'dir', 's') } }), 1), /vsock socket '.*' is in a directory that does not exist/);
+  assert.throws(() => new VirtioManager(() => {}).open(cfg([], { vsock: { cid: 3, socket: join(dir, 'x'.repeat(120)) } }), 1), /cannot be used/);
 });

@@ -4,7 +4,7 @@
 // the shared transport state, and one I/O worker per device. The device thread gets the
 // matching VirtioPciInit list and builds the PCI side.
 import { Worker } from 'node:worker_threads';
-import { openSync, closeSync, fstatSync } from 'node:fs';
+import { openSync, closeSync, fstatSync, unlinkSync } from 'node:fs';
 import * as libc from '../sys/libc.js';
 import type { Vm } from '../hypervisor/hypervisor.js';
 import type { GuestMemory } from '../memory/guest_memory.js';
@@ -34,6 +34,8 @@ interface HostDevice {
   /** fds this manager opened for the device (closed by close()). */
   fds: number[];
   tap?: Tap;
+  /** A socket path this manager bound (unlinked by close()). */
+  unlink?: string;
 }
 
 interface RunDevice {
@@ -83,6 +85,7 @@ export class VirtioManager {
       this.openConsole(cfg, ttyFd);
       this.openRng(cfg);
       (cfg.fs ?? []).forEach((f, i) => this.openFs(cfg, f, i));
+      if (cfg.vsock !== undefined) this.openVsock(cfg.vsock);
       if (this.devices.length > PCI_SLOTS - 1 && this.segments.length === 1) {
         throw new VirtioConfigError(`${this.devices.length} virtio devices do not fit on PCI bus 0 (at most ${PCI_SLOTS - 1})`);
       }
@@ -235,6 +238,38 @@ export class VirtioManager {
   }
 
   /**
+   * virtio-vsock: listen on the hybrid backend's Unix socket (virtio/vsock/device.ts). A path
+   * that exists is refused rather than replaced: it may be another VMM's.
+   */
+  private openVsock(v: NonNullable<VmConfig['vsock']>): void {
+    const id = v.id ?? '_vsock0';
+    let addr: Uint8Array;
+    try {
+      addr = libc.sockaddrUn(v.socket);
+    } catch (e) {
+      throw new VirtioConfigError(`${id}: vsock socket path '${v.socket}' cannot be used: ${(e as Error).message}`);
+    }
+    const fd = libc.socket(libc.AF_UNIX, libc.SOCK_STREAM | libc.SOCK_NONBLOCK | libc.SOCK_CLOEXEC);
+    try {
+      libc.bind(fd, addr);
+    } catch (e) {
+      libc.close(fd);
+      const errno = e instanceof libc.SysError ? e.errno : 0;
+      const why = errno === libc.EADDRINUSE ? 'already exists (remove it or choose another path)'
+        : errno === libc.ENOENT ? 'is in a directory that does not exist'
+          : errno === libc.EACCES ? 'is not writable (permission denied)' : `cannot be bound: ${(e as Error).message}`;
+      throw new VirtioConfigError(`${id}: vsock socket '${v.socket}' ${why}`);
+    }
+    const host: HostDevice = {
+      id, deviceType: VirtioDeviceType.Vsock, numQueues: 3, segment: v.pci_segment ?? 0, fds: [fd], unlink: v.socket,
+      spec: { kind: 'vsock', cid: v.cid, listenFd: fd, socketPath: v.socket },
+    };
+    this.devices.push(host);
+    libc.listen(fd, 128);
+    this.log(`${id}: vsock cid ${v.cid}, listening on ${v.socket}`);
+  }
+
+  /**
    * Start the devices for one guest run: eventfds, irqfds, workers. Returns the device thread's
    * part. Nothing reaches a worker (guest memory included) until every device is set up; on
    * failure everything is undone before this returns.
@@ -349,6 +384,7 @@ export class VirtioManager {
     for (const h of this.devices) {
       for (const fd of h.fds) { try { closeSync(fd); } catch { /* already closed */ } }
       h.tap?.close();
+      if (h.unlink !== undefined) { try { unlinkSync(h.unlink); } catch { /* already gone */ } }
     }
     this.devices.length = 0;
   }

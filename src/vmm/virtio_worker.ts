@@ -192,13 +192,24 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
     return (bits & Command.Stop) === 0;
   }
 
-  const maxFds = 1 + 2 * nq + 8; // control, queues, and the device's own fds (a tap fd per queue pair, console input)
-  const pfds = libc.pollFds(maxFds);
+  // control, queues, and the device's own fds (a tap fd per queue pair, console input); grown
+  // when a device's fd set outgrows it (vsock: the listener and one socket per connection).
+  let maxFds = 1 + 2 * nq + 8;
+  let pfds = libc.pollFds(maxFds);
   /** Which queue (>= 0) or extra fd (-1 - k) each poll slot stands for. */
-  const slotOf = new Int32Array(maxFds);
+  let slotOf = new Int32Array(maxFds);
   let extra: readonly number[] = [];
   for (;;) {
     let n = 0;
+    if (active) {
+      extra = dev.pollFds?.() ?? [];
+      const need = 1 + nq + extra.length;
+      if (need > maxFds) {
+        maxFds = Math.max(need, maxFds * 2);
+        pfds = libc.pollFds(maxFds);
+        slotOf = new Int32Array(maxFds);
+      }
+    }
     libc.pollFdSet(pfds, n++, data.controlFd, libc.POLLIN);
     if (active) {
       const ownQueues = !external || dev.takenOver === true;
@@ -207,10 +218,10 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
         slotOf[n] = q;
         libc.pollFdSet(pfds, n++, data.queueFds[q]!, libc.POLLIN);
       }
-      extra = dev.pollFds?.() ?? [];
+      const events = dev.pollEvents?.();
       for (let k = 0; k < extra.length && n < maxFds; k++) {
         slotOf[n] = -1 - k;
-        libc.pollFdSet(pfds, n++, extra[k]!, libc.POLLIN);
+        libc.pollFdSet(pfds, n++, extra[k]!, events === undefined ? libc.POLLIN : events[k]!);
       }
     }
     for (let i = n; i < maxFds; i++) libc.pollFdSet(pfds, i, -1, 0);
@@ -232,7 +243,7 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
         process(s);
       } else {
         try {
-          dev.onFdReady?.(extra[-1 - s]!);
+          dev.onFdReady?.(extra[-1 - s]!, libc.pollRevents(pfds, i));
         } catch (e) {
           needsReset(e instanceof VirtqueueError ? e.message : `device error: ${(e as Error).message}`);
         }
