@@ -11,7 +11,7 @@
 // implementation answers wrong-state requests the same way.
 
 import { readFileSync } from 'node:fs';
-import type { VmConfig } from '../vmm/config.js';
+import type { NetConfig, VmConfig } from '../vmm/config.js';
 
 /** VmState enum of the OpenAPI document. */
 export type VmState = 'Created' | 'Running' | 'Shutdown' | 'Paused' | 'BreakPoint';
@@ -38,6 +38,12 @@ export interface VmInfo {
   state: VmState;
   memory_actual_size?: number;
   device_tree?: Record<string, DeviceNode>;
+}
+
+/** PciDeviceInfo schema: what a hotplug answers (device id and its PCI address). */
+export interface PciDeviceInfo {
+  id: string;
+  bdf: string;
 }
 
 /** VmCounters schema: device id -> counter name -> value. */
@@ -76,6 +82,12 @@ export interface VmmController {
   info(): VmInfo;
   /** vm.counters: 404 if not created, 405 if not booted. */
   counters(): VmCounters;
+  /**
+   * vm.add-net: add a NIC (its `fds`, if any, are owned by the controller once this
+   * resolves). Before boot it joins the configuration and resolves undefined (CH answers 204,
+   * vmm/src/lib.rs vm_add_net); on a booted VM, hotplug (PciDeviceInfo). 404 if not created.
+   */
+  addNet(net: NetConfig): Promise<PciDeviceInfo | undefined>;
 }
 
 /** Machine-readable kind of an API error. */

@@ -195,5 +195,6 @@ export function withLifecycleEvents(controller: VmmController, monitor: EventMon
     },
     info: () => controller.info(),
     counters: () => controller.counters(),
+    addNet: (net) => controller.addNet(net),
   };
 }

@@ -121,7 +121,8 @@ function setAt(root: JsonValue, keys: (string | number)[], value: JsonValue): Js
 
 function wrongTypeValue(s: SchemaObject): JsonValue {
   const type = Array.isArray(s.type) ? s.type[0] : s.type;
-  const candidates: JsonValue[] = type === 'string' ? [1, true, [], {}] : type === 'integer' ? ['1', 1.5, false, [], null] : type === 'boolean' ? ['true', 0, null] : type === 'array' ? [{}, 'x', 0] : type === 'object' ? [[], 'x', 0, null] : ['x'];
+  const candidates: JsonValue[] = type === 'string' ? [1, true, [], {}] : type === 'integer' ? ['1', 1.5, false, []] : type === 'boolean' ? ['true', 0] : type === 'array' ? [{}, 'x', 0] : type === 'object' ? [[], 'x', 0] : ['x'];
+  // (null is no wrong type for an optional field: Option<T> in CH, i.e. absent.)
   return pick(candidates);
 }
 
@@ -134,9 +135,19 @@ function mutate(value: JsonValue, schema: SchemaObject): { body: JsonValue; what
     const cur = getAt(copy, loc.keys);
     const s = loc.schema;
     const kind = int(0, 4);
-    if (kind === 0 && s.additionalProperties === false && cur !== null && typeof cur === 'object' && !Array.isArray(cur)) {
+    // (Unknown fields are no mutation: Cloud Hypervisor ignores them, and so does the server.)
+    if (kind === 0 && s.type === 'object' && cur !== null && typeof cur === 'object' && !Array.isArray(cur)) {
       (cur as Record<string, JsonValue>)[`unknown_${int(0, 99)}`] = 1;
-      return { body: copy, what: `unknown field at ${loc.keys.join('.')}` };
+      const keys = Object.keys(s.properties ?? {});
+      if (keys.length > 0) {
+        // ...but a wrong type next to it still fails.
+        const k = pick(keys);
+        const sub = s.properties![k]!;
+        if (sub.type !== undefined && !Array.isArray(sub.type)) {
+          (cur as Record<string, JsonValue>)[k] = wrongTypeValue(sub);
+          return { body: copy, what: `unknown field and wrong type at ${[...loc.keys, k].join('.')}` };
+        }
+      }
     }
     if (kind === 1 && (s.required?.length ?? 0) > 0 && cur !== null && typeof cur === 'object' && !Array.isArray(cur)) {
       delete (cur as Record<string, JsonValue>)[pick(s.required!)];

@@ -502,3 +502,187 @@ export function pwritevRaw(fd: number, iov: Uint8Array, cnt: number, offset: num
 export function memcpyHost(dst: number, src: number, n: number): void {
   (netLibc ?? N()).memcpy(dst, src, n);
 }
+
+// ---------------------------------------------------------------------------------------------
+// File descriptors over Unix sockets: SCM_RIGHTS ancillary data (unix(7), cmsg(3)).
+// Generic: a byte string plus fds, either way. The msghdr, iovec and control buffer live in one
+// anonymous mapping per thread (their addresses are known, so struct msghdr can point at them).
+
+export const SOL_SOCKET = 1;
+export const SCM_RIGHTS = 1;
+export const MSG_CTRUNC = 0x8;
+export const MSG_DONTWAIT = 0x40;
+export const MSG_NOSIGNAL = 0x4000;
+export const MSG_CMSG_CLOEXEC = 0x40000000;
+/** Most fds one SCM_RIGHTS message carries (include/net/scm.h SCM_MAX_FD). */
+export const SCM_MAX_FD = 253;
+
+// x86-64 layouts: struct msghdr { void *name; socklen_t namelen; struct iovec *iov; size_t iovlen;
+// void *control; size_t controllen; int flags; } (56 bytes); struct cmsghdr { size_t len; int level;
+// int type; data } (16-byte header, CMSG_ALIGN 8).
+const CMSG_HDR = 16;
+const SCRATCH_IOV = 64;
+const SCRATCH_CMSG = 128;
+const CMSG_SPACE_MAX = CMSG_HDR + ((SCM_MAX_FD * 4 + 7) & ~7);
+const SCRATCH_DATA = 4096;
+/** Bytes one recvmsgFds/sendmsgFds call moves at most. */
+export const MSG_CHUNK_MAX = 64 * 1024;
+
+interface MsgLibc {
+  recvmsg: (fd: number, msg: number, flags: number) => number;
+  sendmsg: (fd: number, msg: number, flags: number) => number;
+  poll: { async: (fds: number, n: number, timeout: number, cb: (err: unknown, res: number) => void) => void };
+  scratch: { addr: number; u8: Uint8Array; dv: DataView };
+}
+
+let msgLibc: MsgLibc | null = null;
+
+function M(): MsgLibc {
+  if (msgLibc !== null) return msgLibc;
+  const lib = koffi.load('libc.so.6');
+  const size = SCRATCH_DATA + MSG_CHUNK_MAX;
+  const addr = mmap(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  const buf = view(addr, size);
+  msgLibc = {
+    recvmsg: lib.func('long recvmsg(int fd, uintptr_t msg, int flags)') as unknown as MsgLibc['recvmsg'],
+    sendmsg: lib.func('long sendmsg(int fd, uintptr_t msg, int flags)') as unknown as MsgLibc['sendmsg'],
+    poll: lib.func('int poll(uintptr_t fds, unsigned long nfds, int timeout)') as unknown as MsgLibc['poll'],
+    scratch: { addr: Number(addr), u8: new Uint8Array(buf), dv: new DataView(buf) },
+  };
+  return msgLibc;
+}
+
+/** Fill the scratch msghdr for `len` data bytes and a control buffer of `controlLen` bytes. */
+function setMsghdr(m: MsgLibc, len: number, controlLen: number): void {
+  const { addr, dv, u8 } = m.scratch;
+  u8.fill(0, 0, SCRATCH_DATA);
+  dv.setBigUint64(16, BigInt(addr + SCRATCH_IOV), true); // msg_iov
+  dv.setBigUint64(24, 1n, true); // msg_iovlen
+  if (controlLen > 0) {
+    dv.setBigUint64(32, BigInt(addr + SCRATCH_CMSG), true); // msg_control
+    dv.setBigUint64(40, BigInt(controlLen), true); // msg_controllen
+  }
+  dv.setBigUint64(SCRATCH_IOV, BigInt(addr + SCRATCH_DATA), true); // iov_base
+  dv.setBigUint64(SCRATCH_IOV + 8, BigInt(len), true); // iov_len
+}
+
+export interface RecvmsgFdsResult {
+  /** Bytes read into the buffer (0: the peer closed the stream). */
+  bytes: number;
+  /** The fds that came with those bytes (SCM_RIGHTS), now owned by the caller (O_CLOEXEC). */
+  fds: number[];
+  /** msg_flags: MSG_CTRUNC when fds were dropped for lack of room (cannot happen below SCM_MAX_FD). */
+  flags: number;
+}
+
+/**
+ * recvmsg(2) of up to `len` (<= MSG_CHUNK_MAX) bytes into `buf`, collecting the fds of every
+ * SCM_RIGHTS control message (received with MSG_CMSG_CLOEXEC). Returns -errno on failure
+ * (-EAGAIN with MSG_DONTWAIT when nothing is ready).
+ */
+export function recvmsgFds(fd: number, buf: Uint8Array, len = buf.byteLength, flags = 0): RecvmsgFdsResult | number {
+  if (!(len >= 0 && len <= buf.byteLength && len <= MSG_CHUNK_MAX)) throw new RangeError(`recvmsg: length ${len} outside a ${buf.byteLength}-byte buffer (max ${MSG_CHUNK_MAX})`);
+  const m = msgLibc ?? M();
+  setMsghdr(m, len, CMSG_SPACE_MAX);
+  const r = m.recvmsg(fd, m.scratch.addr, flags | MSG_CMSG_CLOEXEC);
+  if (r < 0) return -koffi.errno();
+  const { dv, u8 } = m.scratch;
+  buf.set(u8.subarray(SCRATCH_DATA, SCRATCH_DATA + r), 0);
+  const fds: number[] = [];
+  const controlLen = Number(dv.getBigUint64(40, true));
+  // CMSG_FIRSTHDR / CMSG_NXTHDR over the returned control buffer.
+  let off = 0;
+  while (off + CMSG_HDR <= controlLen) {
+    const cmsgLen = Number(dv.getBigUint64(SCRATCH_CMSG + off, true));
+    if (cmsgLen < CMSG_HDR || off + cmsgLen > controlLen) break;
+    const level = dv.getInt32(SCRATCH_CMSG + off + 8, true);
+    const type = dv.getInt32(SCRATCH_CMSG + off + 12, true);
+    if (level === SOL_SOCKET && type === SCM_RIGHTS) {
+      for (let p = CMSG_HDR; p + 4 <= cmsgLen; p += 4) fds.push(dv.getInt32(SCRATCH_CMSG + off + p, true));
+    }
+    off += (cmsgLen + 7) & ~7;
+  }
+  return { bytes: r, fds, flags: dv.getInt32(48, true) };
+}
+
+/**
+ * sendmsg(2) of the first `len` (<= MSG_CHUNK_MAX) bytes of `data` with `fds` (at most
+ * SCM_MAX_FD) as one SCM_RIGHTS control message. Returns bytes sent, or -errno. The fds stay
+ * open here (the receiver gets duplicates).
+ */
+export function sendmsgFds(fd: number, data: Uint8Array, fds: readonly number[], flags = MSG_NOSIGNAL, len = data.byteLength): number {
+  if (!(len >= 0 && len <= data.byteLength && len <= MSG_CHUNK_MAX)) throw new RangeError(`sendmsg: length ${len} outside a ${data.byteLength}-byte buffer (max ${MSG_CHUNK_MAX})`);
+  if (fds.length > SCM_MAX_FD) throw new RangeError(`sendmsg: ${fds.length} fds exceed SCM_MAX_FD (${SCM_MAX_FD})`);
+  const m = msgLibc ?? M();
+  const controlLen = fds.length === 0 ? 0 : CMSG_HDR + ((fds.length * 4 + 7) & ~7);
+  setMsghdr(m, len, controlLen);
+  const { dv, u8 } = m.scratch;
+  u8.set(data.subarray(0, len), SCRATCH_DATA);
+  if (fds.length > 0) {
+    dv.setBigUint64(SCRATCH_CMSG, BigInt(CMSG_HDR + fds.length * 4), true); // cmsg_len = CMSG_LEN
+    dv.setInt32(SCRATCH_CMSG + 8, SOL_SOCKET, true);
+    dv.setInt32(SCRATCH_CMSG + 12, SCM_RIGHTS, true);
+    fds.forEach((f, i) => dv.setInt32(SCRATCH_CMSG + CMSG_HDR + i * 4, f, true));
+  }
+  const r = m.sendmsg(fd, m.scratch.addr, flags);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/**
+ * poll(2) run on a koffi worker thread, so the event loop keeps running while it waits.
+ * `fds` (built with pollFds/pollFdSet) must be native memory that stays put: use
+ * `AsyncPollSet`. Resolves with poll's result (negative on failure, e.g. EINTR).
+ */
+export class AsyncPollSet {
+  readonly capacity: number;
+  private readonly addr: bigint;
+  readonly fds: Int32Array;
+  private busy = false;
+
+  constructor(capacity: number) {
+    this.capacity = capacity;
+    const bytes = Math.max(4096, capacity * 8);
+    this.addr = mmap(bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    this.fds = new Int32Array(view(this.addr, bytes), 0, capacity * 2);
+    for (let i = 0; i < capacity; i++) this.fds[i * 2] = -1;
+  }
+
+  /** Wait (off the main thread) until one of the first `n` entries is ready or `timeoutMs` passed. */
+  wait(n: number, timeoutMs: number): Promise<number> {
+    if (this.busy) return Promise.reject(new Error('AsyncPollSet: a poll is already in flight'));
+    if (!(n >= 0 && n <= this.capacity)) return Promise.reject(new RangeError(`poll: ${n} entries outside a set of ${this.capacity}`));
+    this.busy = true;
+    return new Promise((resolve) => {
+      (msgLibc ?? M()).poll.async(Number(this.addr), n, timeoutMs, (err, res) => {
+        this.busy = false;
+        resolve(err !== null && err !== undefined ? -1 : res);
+      });
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// fcntl: duplicating received fds, making them non-blocking.
+
+export const F_GETFL = 3;
+export const F_SETFL = 4;
+export const F_DUPFD_CLOEXEC = 1030;
+
+let fcntlFn: ((fd: number, cmd: number, arg: number) => number) | null = null;
+
+/** fcntl(2) with an int argument (fcntl is variadic; on x86-64 a fixed prototype passes it in rdx). */
+export function fcntl(fd: number, cmd: number, arg = 0): number {
+  fcntlFn ??= koffi.load('libc.so.6').func('int fcntl(int fd, int cmd, int arg)') as unknown as (fd: number, cmd: number, arg: number) => number;
+  return check(fcntlFn(fd, cmd, arg), `fcntl(${cmd})`);
+}
+
+/** A duplicate of `fd` (O_CLOEXEC, lowest number >= 3), sharing its open file description. */
+export function dupCloexec(fd: number): number {
+  return fcntl(fd, F_DUPFD_CLOEXEC, 3);
+}
+
+/** Set O_NONBLOCK on the open file description of `fd`. */
+export function setNonblocking(fd: number): void {
+  const fl = fcntl(fd, F_GETFL);
+  if ((fl & O_NONBLOCK) === 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
