@@ -7,9 +7,8 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { spawnVmm } from './testing/spawn_vmm.js';
 import { MINIMAL_VM, request, startTestServer, tempDir } from './test_server.fixture.js';
 import { getValidator, INTEGER_FORMATS, listOperations, type ApiOperation, type SchemaObject } from './validate.js';
 
@@ -229,24 +228,13 @@ interface Target { socketPath: string; close(): Promise<void> }
 /** The real VMM process (stratovisor --api-socket, VmmCore behind the server). */
 async function startVmmProcess(): Promise<Target> {
   const socketPath = join(tempDir(), 'api.sock');
-  const child = spawn(process.execPath, [fileURLToPath(new URL('../cli/main.js', import.meta.url)), '--api-socket', `path=${socketPath}`], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (b: Buffer) => { stderr += b.toString(); });
-  const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
-  for (let i = 0; ; i++) {
-    try {
-      if ((await request(socketPath, 'GET', 'vmm.ping')).status === 200) break;
-    } catch {
-      if (i > 1000 || child.exitCode !== null) throw new Error(`stratovisor --api-socket did not start: ${stderr}`);
-    }
-    await new Promise((r) => setTimeout(r, 10));
-  }
+  const vmm = await spawnVmm(socketPath);
   return {
     socketPath,
     close: async () => {
-      assert.equal(child.exitCode, null, `the VMM process died during the fuzz run: ${stderr}`);
+      assert.equal(vmm.child.exitCode, null, `the VMM process died during the fuzz run: ${vmm.stderr()}`);
       await request(socketPath, 'PUT', 'vmm.shutdown');
-      assert.equal(await exited, 0, stderr);
+      assert.equal((await vmm.exited).code, 0, vmm.stderr());
     },
   };
 }
