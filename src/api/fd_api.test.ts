@@ -6,7 +6,7 @@ import { readdirSync, readlinkSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import * as libc from '../sys/libc.js';
 import { FdClient, type RawReply } from './testing/fd_client.js';
-import { KATA_RS_RESIZE_BODY, kataGoAddNetBody, kataGoAddNetRequest, kataGoVmCreateBody } from './testing/kata.js';
+import { KATA_RS_RESIZE_BODY, kataGoAddNetBody, kataGoAddNetRequest, kataGoVmCreateBody, withoutPendingFeatures } from './testing/kata.js';
 import { startTestServer, type TestServer } from './test_server.fixture.js';
 
 function messages(r: RawReply): string {
@@ -26,40 +26,14 @@ function fdTarget(fd: number): string {
   return readlinkSync(`/proc/self/fd/${fd}`);
 }
 
-/**
- * Features of Kata's body this build may not implement yet (answered "X: not supported yet"),
- * and what to leave out for them: vsock, virtio-fs, a second PCI segment (platform).
- */
-const PENDING_ELSEWHERE = new Map([
-  ['vsock', 'vsock'],
-  ['fs', 'fs'],
-  ['platform', 'platform.num_pci_segments'],
-  ['platform.num_pci_segments', 'platform.num_pci_segments'],
-]);
-
 /** Kata's Go vm.create body, minus the features this build reports as not supported yet. */
 async function createKataVm(c: FdClient, body: Record<string, unknown>): Promise<{ reply: RawReply; dropped: string[] }> {
   let r = await c.request('PUT', 'vm.create', body);
-  const dropped: string[] = [];
-  if (r.status === 400) {
-    const details = (r.json as string[]).slice(1);
-    for (const d of details) {
-      const m = /^([\w.]+): not supported yet in Stratovisor$/.exec(d);
-      assert.ok(m !== null, `only "not supported yet" features may be refused, got: ${d}`);
-      const drop = PENDING_ELSEWHERE.get(m[1]!);
-      assert.ok(drop !== undefined, `${m[1]} is refused`);
-      dropped.push(drop);
-    }
-    const copy = structuredClone(body) as Record<string, Record<string, unknown>>;
-    for (const p of dropped) {
-      const [a, b] = p.split('.');
-      if (b === undefined) delete copy[a!];
-      else delete copy[a!]![b];
-    }
-    console.log(`# Kata vm.create: this build does not implement ${dropped.join(', ')} yet; sent without them`);
-    r = await c.request('PUT', 'vm.create', copy);
-  }
-  return { reply: r, dropped };
+  if (r.status !== 400) return { reply: r, dropped: [] };
+  const w = withoutPendingFeatures(body, (r.json as string[]).slice(1));
+  console.log(`# Kata vm.create: this build does not implement ${w.dropped.join(', ')} yet; sent without them`);
+  r = await c.request('PUT', 'vm.create', w.body);
+  return { reply: r, dropped: w.dropped };
 }
 
 describe('Kata Containers as the client', () => {

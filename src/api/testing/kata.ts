@@ -27,6 +27,11 @@ export interface KataGoVmOptions {
   maxVcpus?: number;
   /** VMStorePath/<sandbox id>: where clh.sock and virtiofsd.sock live. */
   sandboxDir?: string;
+  /**
+   * Kata's debug mode (enable_debug): serial Tty with `console=ttyS0,115200n8
+   * systemd.log_target=console` instead of `quiet` (clhDebugKernelParams). Default false.
+   */
+  debug?: boolean;
 }
 
 /** The vm.create body (VmConfig) of Kata's Go runtime, as json.Marshal(clh.vmconfig) writes it. */
@@ -34,7 +39,8 @@ export function kataGoVmCreateBody(o: KataGoVmOptions): Record<string, unknown> 
   const mem = o.memoryMiB ?? 2048;
   const maxVcpus = o.maxVcpus ?? 1;
   const dir = o.sandboxDir ?? '/run/vc/vm/8a3f0c5e2b7d4e19a6c1f0d2b3e4a5c6';
-  const cmdline = ['panic=1 no_timer_check noreplace-smp quiet', o.kernelParams ?? ''].join(' ').trim();
+  const kataParams = o.debug === true ? 'panic=1 no_timer_check noreplace-smp console=ttyS0,115200n8 systemd.log_target=console' : 'panic=1 no_timer_check noreplace-smp quiet';
+  const cmdline = [kataParams, o.kernelParams ?? ''].join(' ').trim();
   return {
     // NewVmConfig(*NewPayloadConfig()) defaults
     iommu: false,
@@ -64,7 +70,7 @@ export function kataGoVmCreateBody(o: KataGoVmOptions): Record<string, unknown> 
       topology: { threads_per_core: 1, cores_per_die: maxVcpus, dies_per_package: 1, packages: 1 },
     },
     rng: { src: '/dev/urandom', iommu: false },
-    serial: { mode: 'Off', iommu: false },
+    serial: { mode: o.debug === true ? 'Tty' : 'Off', iommu: false },
     console: { mode: 'Off', iommu: false },
     // addVSock(defaultGuestVSockCID = 3, <sandbox>/clh.sock)
     vsock: { cid: 3, socket: `${dir}/clh.sock`, iommu: false },
@@ -113,3 +119,37 @@ export function kataGoAddNetRequest(mac: string): Buffer {
 
 /** Kata's Rust runtime resize body (runtime-rs ch-config VmResize: Option fields as null). */
 export const KATA_RS_RESIZE_BODY = { desired_vcpus: 2, desired_ram: null, desired_balloon: null };
+
+/**
+ * Features of Kata's vm.create body a Stratovisor build may not implement yet (it answers
+ * "X: not supported yet in Stratovisor"), and what to leave out for each: vsock, virtio-fs,
+ * a second PCI segment.
+ */
+export const KATA_FEATURES_PENDING = new Map([
+  ['vsock', 'vsock'],
+  ['fs', 'fs'],
+  ['platform', 'platform.num_pci_segments'],
+  ['platform.num_pci_segments', 'platform.num_pci_segments'],
+]);
+
+/**
+ * Kata's body without the paths listed in `drop` ("fs", "platform.num_pci_segments"), after a
+ * refusal whose details (the error array after its first message) name them. Throws for any
+ * other problem: only the features in KATA_FEATURES_PENDING may be left out.
+ */
+export function withoutPendingFeatures(body: Record<string, unknown>, refusal: readonly string[]): { body: Record<string, unknown>; dropped: string[] } {
+  const dropped: string[] = [];
+  for (const d of refusal) {
+    const m = /^([\w.]+): not supported yet in Stratovisor$/.exec(d);
+    const drop = m === null ? undefined : KATA_FEATURES_PENDING.get(m[1]!);
+    if (drop === undefined) throw new Error(`Kata's vm.create body refused for something other than a pending feature: ${d}`);
+    dropped.push(drop);
+  }
+  const copy = structuredClone(body) as Record<string, Record<string, unknown>>;
+  for (const p of dropped) {
+    const [a, b] = p.split('.');
+    if (b === undefined) delete copy[a!];
+    else if (copy[a!] !== undefined) delete copy[a!]![b];
+  }
+  return { body: copy, dropped };
+}
