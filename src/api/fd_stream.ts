@@ -183,8 +183,10 @@ export class FdPoller {
   }
 
   private closeWake(): void {
-    if (this.wakeFd >= 0) closeFds([this.wakeFd]);
+    if (this.wakeFd < 0) return;
+    closeFds([this.wakeFd]);
     this.wakeFd = -1;
+    this.set.dispose();
   }
 
   private wake(): void {

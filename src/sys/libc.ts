@@ -647,6 +647,16 @@ export class AsyncPollSet {
     for (let i = 0; i < capacity; i++) this.fds[i * 2] = -1;
   }
 
+  private bytes(): number {
+    return Math.max(4096, this.capacity * 8);
+  }
+
+  /** Unmap the entries (only when no poll is in flight). */
+  dispose(): void {
+    if (this.busy) throw new Error('AsyncPollSet: cannot dispose while a poll is in flight');
+    munmap(this.addr, this.bytes());
+  }
+
   /** Wait (off the main thread) until one of the first `n` entries is ready or `timeoutMs` passed. */
   wait(n: number, timeoutMs: number): Promise<number> {
     if (this.busy) return Promise.reject(new Error('AsyncPollSet: a poll is already in flight'));
