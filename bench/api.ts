@@ -1,30 +1,16 @@
 // API benchmark (host, no guest needed): time from `stratovisor --api-socket` process start to
 // the API answering vmm.ping, and vmm.ping round-trip latency with concurrent clients.
-import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { apiRequest } from '../src/cli/remote.js';
 import { median } from './stats.js';
-
-const MAIN = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+import { spawnVmm } from '../src/api/testing/spawn_vmm.js';
 
 async function startVmm(): Promise<{ socket: string; readyMs: number; stop: () => Promise<void> }> {
   const socket = join(mkdtempSync(join(tmpdir(), 'stv-bench-api-')), 'api.sock');
-  const t0 = performance.now();
-  const child = spawn(process.execPath, [MAIN, '--api-socket', `path=${socket}`], { stdio: 'ignore' });
-  const exited = new Promise<void>((r) => child.on('close', () => r()));
-  for (;;) {
-    try {
-      if ((await apiRequest(socket, 'GET', 'vmm.ping')).status === 200) break;
-    } catch {
-      if (child.exitCode !== null) throw new Error('stratovisor --api-socket exited before answering');
-    }
-    await new Promise((r) => setTimeout(r, 1));
-  }
-  const readyMs = performance.now() - t0;
-  return { socket, readyMs, stop: async () => { await apiRequest(socket, 'PUT', 'vmm.shutdown'); await exited; } };
+  const v = await spawnVmm(socket, { stdio: 'ignore', pollMs: 1 });
+  return { socket, readyMs: v.readyMs, stop: async () => { await apiRequest(socket, 'PUT', 'vmm.shutdown'); await v.exited; } };
 }
 
 export interface ApiBench { startToPingMs: number; p50Us: number; p99Us: number; requestsPerSec: number; clients: number }

@@ -11,7 +11,7 @@
 // implementation answers wrong-state requests the same way.
 
 import { readFileSync } from 'node:fs';
-import type { FsConfig, VmConfig, VsockConfig } from '../vmm/config.js';
+import type { FsConfig, NetConfig, VmConfig, VsockConfig } from '../vmm/config.js';
 
 /** VmState enum of the OpenAPI document. */
 export type VmState = 'Created' | 'Running' | 'Shutdown' | 'Paused' | 'BreakPoint';
@@ -38,6 +38,12 @@ export interface VmInfo {
   state: VmState;
   memory_actual_size?: number;
   device_tree?: Record<string, DeviceNode>;
+}
+
+/** PciDeviceInfo schema: what a hotplug answers (device id and its PCI address). */
+export interface PciDeviceInfo {
+  id: string;
+  bdf: string;
 }
 
 /** VmCounters schema: device id -> counter name -> value. */
@@ -88,6 +94,13 @@ export interface VmmController {
    * hotplug yet). Optional: a controller without it answers 500 "not implemented".
    */
   addVsock?(config: VsockConfig): Promise<void>;
+
+  /**
+   * vm.add-net: add a NIC (its `fds`, if any, are owned by the controller once this
+   * resolves). Before boot it joins the configuration and resolves undefined (CH answers 204,
+   * vmm/src/lib.rs vm_add_net); on a booted VM, hotplug (PciDeviceInfo). 404 if not created.
+   */
+  addNet(net: NetConfig): Promise<PciDeviceInfo | undefined>;
 }
 
 /** Machine-readable kind of an API error. */

@@ -198,5 +198,6 @@ export function withLifecycleEvents(controller: VmmController, monitor: EventMon
     info: () => controller.info(),
     counters: () => controller.counters(),
     ...(controller.addFs ? { addFs: (fs: Parameters<NonNullable<VmmController['addFs']>>[0]) => controller.addFs!(fs) } : {}),
+    addNet: (net) => controller.addNet(net),
   };
 }

@@ -7,9 +7,8 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { spawnVmm } from './testing/spawn_vmm.js';
 import { MINIMAL_VM, request, startTestServer, tempDir } from './test_server.fixture.js';
 import { getValidator, INTEGER_FORMATS, listOperations, type ApiOperation, type SchemaObject } from './validate.js';
 
@@ -121,7 +120,8 @@ function setAt(root: JsonValue, keys: (string | number)[], value: JsonValue): Js
 
 function wrongTypeValue(s: SchemaObject): JsonValue {
   const type = Array.isArray(s.type) ? s.type[0] : s.type;
-  const candidates: JsonValue[] = type === 'string' ? [1, true, [], {}] : type === 'integer' ? ['1', 1.5, false, [], null] : type === 'boolean' ? ['true', 0, null] : type === 'array' ? [{}, 'x', 0] : type === 'object' ? [[], 'x', 0, null] : ['x'];
+  const candidates: JsonValue[] = type === 'string' ? [1, true, [], {}] : type === 'integer' ? ['1', 1.5, false, []] : type === 'boolean' ? ['true', 0] : type === 'array' ? [{}, 'x', 0] : type === 'object' ? [[], 'x', 0] : ['x'];
+  // (null is no wrong type for an optional field: Option<T> in CH, i.e. absent.)
   return pick(candidates);
 }
 
@@ -134,9 +134,19 @@ function mutate(value: JsonValue, schema: SchemaObject): { body: JsonValue; what
     const cur = getAt(copy, loc.keys);
     const s = loc.schema;
     const kind = int(0, 4);
-    if (kind === 0 && s.additionalProperties === false && cur !== null && typeof cur === 'object' && !Array.isArray(cur)) {
+    // (Unknown fields are no mutation: Cloud Hypervisor ignores them, and so does the server.)
+    if (kind === 0 && s.type === 'object' && cur !== null && typeof cur === 'object' && !Array.isArray(cur)) {
       (cur as Record<string, JsonValue>)[`unknown_${int(0, 99)}`] = 1;
-      return { body: copy, what: `unknown field at ${loc.keys.join('.')}` };
+      const keys = Object.keys(s.properties ?? {});
+      if (keys.length > 0) {
+        // ...but a wrong type next to it still fails.
+        const k = pick(keys);
+        const sub = s.properties![k]!;
+        if (sub.type !== undefined && !Array.isArray(sub.type)) {
+          (cur as Record<string, JsonValue>)[k] = wrongTypeValue(sub);
+          return { body: copy, what: `unknown field and wrong type at ${[...loc.keys, k].join('.')}` };
+        }
+      }
     }
     if (kind === 1 && (s.required?.length ?? 0) > 0 && cur !== null && typeof cur === 'object' && !Array.isArray(cur)) {
       delete (cur as Record<string, JsonValue>)[pick(s.required!)];
@@ -218,24 +228,13 @@ interface Target { socketPath: string; close(): Promise<void> }
 /** The real VMM process (stratovisor --api-socket, VmmCore behind the server). */
 async function startVmmProcess(): Promise<Target> {
   const socketPath = join(tempDir(), 'api.sock');
-  const child = spawn(process.execPath, [fileURLToPath(new URL('../cli/main.js', import.meta.url)), '--api-socket', `path=${socketPath}`], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (b: Buffer) => { stderr += b.toString(); });
-  const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
-  for (let i = 0; ; i++) {
-    try {
-      if ((await request(socketPath, 'GET', 'vmm.ping')).status === 200) break;
-    } catch {
-      if (i > 1000 || child.exitCode !== null) throw new Error(`stratovisor --api-socket did not start: ${stderr}`);
-    }
-    await new Promise((r) => setTimeout(r, 10));
-  }
+  const vmm = await spawnVmm(socketPath);
   return {
     socketPath,
     close: async () => {
-      assert.equal(child.exitCode, null, `the VMM process died during the fuzz run: ${stderr}`);
+      assert.equal(vmm.child.exitCode, null, `the VMM process died during the fuzz run: ${vmm.stderr()}`);
       await request(socketPath, 'PUT', 'vmm.shutdown');
-      assert.equal(await exited, 0, stderr);
+      assert.equal((await vmm.exited).code, 0, vmm.stderr());
     },
   };
 }

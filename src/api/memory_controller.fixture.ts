@@ -1,8 +1,8 @@
 // Test double for the VMM: an in-memory VmmController that tracks lifecycle state
 // with `nextVmState` (the same rules a real controller uses) and records calls.
 
-import type { VmConfig } from '../vmm/config.js';
-import { nextVmState, pingResponse, type VmAction, type VmCounters, type VmInfo, type VmmController, type VmmPingResponse, type VmState } from './controller.js';
+import type { NetConfig, VmConfig } from '../vmm/config.js';
+import { NotImplementedError, VmNotCreatedError, nextVmState, pingResponse, type PciDeviceInfo, type VmAction, type VmCounters, type VmInfo, type VmmController, type VmmPingResponse, type VmState } from './controller.js';
 
 export class MemoryController implements VmmController {
   state: VmState | undefined;
@@ -64,6 +64,13 @@ export class MemoryController implements VmmController {
   info(): VmInfo {
     const state = nextVmState(this.state, 'info')!;
     return { config: this.config!, state, memory_actual_size: this.config!.memory.size };
+  }
+  async addNet(net: NetConfig): Promise<PciDeviceInfo | undefined> {
+    this.calls.push('add-net');
+    if (this.state === undefined || this.config === undefined) throw new VmNotCreatedError('add a network device');
+    if (this.state !== 'Created' && this.state !== 'Shutdown') throw new NotImplementedError('vm.add-net on a booted VM (network device hotplug)');
+    this.config = { ...this.config, net: [...(this.config.net ?? []), net] };
+    return undefined;
   }
   counters(): VmCounters {
     nextVmState(this.state, 'counters');

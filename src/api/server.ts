@@ -10,6 +10,15 @@
 // first (CH: the error chain), e.g. ["vm.create: invalid request body", "cpus.boot_vcpus:
 // must be integer, got string"].
 //
+// As Cloud Hypervisor's clients speak it (Kata Containers' Go and Rust runtimes): bodies
+// are read as CH's serde structs read them (unknown fields ignored and logged, `null` for an
+// optional field = absent; see validate.ts normalize), with or without a Content-Type; a
+// connection stays open across requests for as long as the client wants (no keep-alive
+// timeout: Kata's Rust runtime keeps one for the VM's life); a 204 has no body. Requests may
+// carry file descriptors (SCM_RIGHTS on the same stream, fd_stream.ts): vm.add-net takes them
+// as its tap fds (one per queue pair) and vm.create as the taps of the `net` entries that list
+// `fds` placeholders, in order; any fd a request does not use is closed.
+//
 // Robustness: bodies are capped (413), headers and whole requests time out, the
 // number of connections is bounded, malformed HTTP gets 400 from the parser, and every
 // handler error becomes a response; nothing a client sends can throw out of here.
@@ -21,9 +30,10 @@ import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { isMainThread } from 'node:worker_threads';
 import { ApiError, NotImplementedError, type VmmController } from './controller.js';
+import { closeFds, FdPoller, FdSocketStream, socketFd } from './fd_stream.js';
 import { formatIssues, getValidator, listOperations, type ApiOperation, type SchemaValidator } from './validate.js';
-import { VmConfigError, defaultFsConfig, type DeepPartial, type FsConfig, type VsockConfig } from '../vmm/config.js';
-import { vmConfigFromBody } from './vm_config_body.js';
+import { validateVmConfig, VmConfigError, defaultFsConfig, type DeepPartial, type FsConfig, type VmConfig, type VsockConfig } from '../vmm/config.js';
+import { netConfigFromBody, vmConfigFromBody } from './vm_config_body.js';
 
 /** The document's server URL path. */
 export const API_ROOT = '/api/v1';
@@ -65,7 +75,18 @@ export interface ApiServerEvents {
   'vmm-shutdown': [];
 }
 
-type Handler = (body: unknown) => Promise<unknown>;
+/** The fds received with one request; whatever the handler does not claim is closed after it. */
+class ReceivedFds {
+  claimed = false;
+  /** vm.create: how many fds each `net` entry of the body lists (placeholders). */
+  netPlaceholders: number[] = [];
+  constructor(readonly list: readonly number[]) {}
+  closeUnclaimed(): void {
+    if (!this.claimed) closeFds(this.list);
+  }
+}
+
+type Handler = (body: unknown, fds: ReceivedFds) => Promise<unknown>;
 
 const DEFAULT_MAX_BODY = 1024 * 1024;
 /** sockaddr_un.sun_path is 108 bytes including the NUL. */
@@ -73,7 +94,11 @@ const SUN_PATH_MAX = 107;
 
 /** An HTTP API server bound to a Unix socket. Create with `ApiServer.listen`. */
 export class ApiServer extends EventEmitter<ApiServerEvents> {
+  /** The HTTP side: parses requests from each connection (never listens itself). */
   readonly server: http.Server;
+  /** The listening socket; its connections are read with recvmsg (fd_stream.ts). */
+  readonly listener: net.Server;
+  private readonly poller = new FdPoller();
   /** The socket path, when listening on a path (not an fd). */
   socketPath: string | undefined;
   private socketIno: number | undefined;
@@ -112,7 +137,12 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       },
       (req, res) => this.onRequest(req, res),
     );
-    this.server.maxConnections = opts.maxConnections ?? 128;
+    // Kata's Rust runtime keeps one connection for the VM's life: no idle timeout
+    // (Node's default keepAliveTimeout closes an idle connection after 5 s).
+    this.server.keepAliveTimeout = 0;
+    this.listener = net.createServer({ pauseOnConnect: true }, (sock) => this.onConnection(sock));
+    this.listener.maxConnections = opts.maxConnections ?? 128;
+    this.listener.on('error', (e) => this.log(`API listener: ${e.message}`));
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
       // Malformed HTTP, oversized headers, timeouts: answer if possible, then drop.
       if (socket.writable && !socket.writableEnded) {
@@ -124,14 +154,32 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     this.server.on('connection', (socket: net.Socket) => socket.on('error', () => {}));
   }
 
+  /** A new connection: read it with recvmsg (fds) and hand it to the HTTP parser. */
+  private onConnection(sock: net.Socket): void {
+    sock.on('error', () => {});
+    const fd = socketFd(sock);
+    if (fd === undefined || this.closed) {
+      // No fd to recvmsg on (not expected for a Unix socket): plain reads, no fds.
+      sock.resume();
+      this.server.emit('connection', sock);
+      return;
+    }
+    const stream = new FdSocketStream(sock, fd, this.poller);
+    stream.on('error', () => {});
+    this.server.emit('connection', stream);
+  }
+
   /** Start listening; resolves once the socket accepts connections. */
   static async listen(opts: ApiServerOptions): Promise<ApiServer> {
     const s = new ApiServer(opts);
     if ('fd' in opts.socket) {
-      await listenOn(s.server, { fd: opts.socket.fd });
+      await listenOn(s.listener, { fd: opts.socket.fd });
     } else {
       await s.bindPath(opts.socket.path);
     }
+    // The HTTP server never listens itself; 'listening' starts its connection tracking
+    // (headers/request timeouts, closeIdleConnections).
+    s.server.emit('listening');
     return s;
   }
 
@@ -139,12 +187,14 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    const done = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    this.server.closeIdleConnections();
+    const done = new Promise<void>((resolve) => this.listener.close(() => resolve()));
+    // Ends idle connections, stops the timeout checks, emits the HTTP server's 'close'.
+    this.server.close();
     // Connections still busy get a short grace, then are cut.
     const timer = setTimeout(() => this.server.closeAllConnections(), 1000);
     await done;
     clearTimeout(timer);
+    this.poller.close();
     if (this.socketPath !== undefined) {
       try {
         const st = await lstat(this.socketPath);
@@ -171,7 +221,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     const tmp = join(tmpDir, 's');
     try {
       if (Buffer.byteLength(tmp) <= SUN_PATH_MAX) {
-        await listenOn(this.server, { path: tmp });
+        await listenOn(this.listener, { path: tmp });
         await chmod(tmp, 0o600);
         await rename(tmp, path);
       } else if (isMainThread) {
@@ -179,11 +229,11 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
         // bind is synchronous inside listen(), so the umask covers exactly it).
         const old = process.umask(0o177);
         try {
-          this.server.listen(path);
+          this.listener.listen(path);
         } finally {
           process.umask(old);
         }
-        await waitListening(this.server);
+        await waitListening(this.listener);
       } else {
         throw new Error(`--api-socket: path ${path} is too long to bind safely from a worker thread (use a shorter directory)`);
       }
@@ -201,11 +251,13 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     this.handlers.set('PUT /vmm.shutdown', serial(() => c.shutdownVmm()));
     this.handlers.set('GET /vm.info', async () => c.info());
     this.handlers.set('GET /vm.counters', async () => c.counters());
-    this.handlers.set('PUT /vm.create', (body) =>
+    this.handlers.set('PUT /vm.create', (body, fds) =>
       this.serialized(async () => {
         const r = vmConfigFromBody(body, this.validator);
         if (!r.ok) throw new BodyError('vm.create: invalid VM configuration', r.issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)));
+        this.attachCreateFds(r.config, fds);
         await c.createVm(r.config);
+        fds.claimed = true;
       }).then(() => undefined),
     );
     this.handlers.set('PUT /vm.add-fs', (body) =>
@@ -227,6 +279,22 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
         await c.addVsock(v);
       }).then(() => undefined),
     );
+    this.handlers.set('PUT /vm.add-net', (body, fds) =>
+      this.serialized(async () => {
+        let vm;
+        try {
+          vm = c.info().config;
+        } catch (e) {
+          if (e instanceof ApiError && e.status === 404) throw new ApiError(404, 'VmNotCreated', 'cannot add a network device: the VM is not created');
+          throw e;
+        }
+        const r = netConfigFromBody(body, fds.list, vm, this.validator);
+        if (!r.ok) throw new BodyError('vm.add-net: invalid network device configuration', r.issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)));
+        const info = await c.addNet(r.config);
+        fds.claimed = true;
+        return info;
+      }),
+    );
     this.handlers.set('PUT /vm.boot', serial(() => c.bootVm()));
     this.handlers.set('PUT /vm.pause', serial(() => c.pauseVm()));
     this.handlers.set('PUT /vm.resume', serial(() => c.resumeVm()));
@@ -234,6 +302,31 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     this.handlers.set('PUT /vm.reboot', serial(() => c.rebootVm()));
     this.handlers.set('PUT /vm.power-button', serial(() => c.powerButton()));
     this.handlers.set('PUT /vm.delete', serial(() => c.deleteVm()));
+  }
+
+  /**
+   * vm.create with fds: the `net` entries that list `fds` (placeholders: numbers in JSON mean
+   * nothing across processes) take the received fds in order, as many as each lists; the
+   * count must match. Without received fds the placeholders are ignored, as Cloud Hypervisor
+   * ignores fd numbers in a body (http_endpoint.rs attach_fds_to_cfg).
+   */
+  private attachCreateFds(config: VmConfig, fds: ReceivedFds): void {
+    const wanted = fds.netPlaceholders;
+    if (fds.list.length === 0) {
+      if (wanted.some((n) => n > 0)) this.log('vm.create: fd numbers in the body ignored (no fds were sent with the request)');
+      return;
+    }
+    const total = wanted.reduce((a, b) => a + b, 0);
+    if (total !== fds.list.length) {
+      throw new BodyError('vm.create: invalid VM configuration', [`net: ${fds.list.length} fd(s) sent with the request, but the net entries list ${total} fd placeholder(s)`]);
+    }
+    let next = 0;
+    (config.net ?? []).forEach((n, i) => {
+      const k = wanted[i] ?? 0;
+      if (k > 0) n.fds = fds.list.slice(next, (next += k));
+    });
+    const issues = validateVmConfig(config).filter((i) => i.path.startsWith('net['));
+    if (issues.length > 0) throw new BodyError('vm.create: invalid VM configuration', issues.map((i) => `${i.path}: ${i.message}`));
   }
 
   /** Names ("PUT /vm.boot") of the operations with a real handler. */
@@ -250,12 +343,19 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
   private onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
     res.on('error', () => {});
     req.on('error', () => {});
-    this.handle(req, res).catch((err: unknown) => {
-      this.send(res, 500, errorBody(['internal error', err instanceof Error ? err.message : String(err)]), req);
-    });
+    // The fds that came with this request's bytes (fd_stream.ts: pending when 'request' fires).
+    const fds = new ReceivedFds((req.socket as unknown) instanceof FdSocketStream ? (req.socket as unknown as FdSocketStream).takeFds() : []);
+    this.handle(req, res, fds)
+      .catch((err: unknown) => {
+        this.send(res, 500, errorBody(['internal error', err instanceof Error ? err.message : String(err)]), req);
+      })
+      .finally(() => {
+        if (!fds.claimed && fds.list.length > 0) this.log(`API ${req.method ?? '?'} ${truncate(req.url ?? '')}: closed ${fds.list.length} unused fd(s) sent with the request`);
+        fds.closeUnclaimed();
+      });
   }
 
-  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse, fds: ReceivedFds): Promise<void> {
     const rawUrl = req.url ?? '';
     // Origin-form only ("/api/v1/vm.boot?x"): the query string is ignored, as CH does.
     const q = rawUrl.indexOf('?');
@@ -297,6 +397,11 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
         } catch (e) {
           return this.sendError(res, 400, [`${name}: malformed JSON body`, truncate(e instanceof Error ? e.message : String(e))], req);
         }
+        if (route === '/vm.create') fds.netPlaceholders = fdPlaceholders(body);
+        // As CH's serde reads it: unknown fields skipped, null optional fields absent.
+        const norm = this.validator.normalize(op.bodySchema, body);
+        for (const f of norm.ignored) this.log(`API ${name}: ignoring unknown field ${truncate(f)}`);
+        body = norm.value;
         const issues = this.validator.validate(op.bodySchema, body);
         if (issues.length > 0) {
           return this.sendError(res, 400, [`${name}: invalid ${op.bodySchema} body`, ...issues.map((i) => formatIssues([i]))], req);
@@ -307,7 +412,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     const handler = this.handlers.get(`${method} ${route}`);
     try {
       if (handler === undefined) throw new NotImplementedError(name);
-      const result = await handler(body);
+      const result = await handler(body, fds);
       if (result === undefined) {
         // 'close' also fires when the client left before reading the answer.
         res.once('close', () => {
@@ -365,6 +470,16 @@ class BodyError extends Error {
   }
 }
 
+/** How many fds each `net` entry of a vm.create body lists (0 for none or a non-list). */
+function fdPlaceholders(body: unknown): number[] {
+  const net = typeof body === 'object' && body !== null ? (body as { net?: unknown }).net : undefined;
+  if (!Array.isArray(net)) return [];
+  return net.map((n: unknown) => {
+    const f = typeof n === 'object' && n !== null ? (n as { fds?: unknown }).fds : undefined;
+    return Array.isArray(f) ? f.length : 0;
+  });
+}
+
 function errorBody(messages: string[]): string {
   return JSON.stringify(messages);
 }
@@ -403,7 +518,7 @@ function readBody(req: http.IncomingMessage, max: number): Promise<Buffer | 'too
   });
 }
 
-function listenOn(server: http.Server, target: { path: string } | { fd: number }): Promise<void> {
+function listenOn(server: net.Server, target: { path: string } | { fd: number }): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(new Error(`--api-socket: cannot listen on ${'fd' in target ? `fd ${target.fd}` : target.path}: ${err.message}`));
     server.once('error', onError);
@@ -414,7 +529,7 @@ function listenOn(server: http.Server, target: { path: string } | { fd: number }
   });
 }
 
-function waitListening(server: http.Server): Promise<void> {
+function waitListening(server: net.Server): Promise<void> {
   if (server.listening) return Promise.resolve();
   return new Promise((resolve, reject) => {
     server.once('listening', () => resolve());

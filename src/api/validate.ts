@@ -8,9 +8,14 @@
 //   - integer formats (int8..int64, uint8..uint64) -> custom formats checking the range,
 //     as serde does when deserializing into a Rust integer of that width;
 //   - every object schema with `properties` and no `additionalProperties` gets
-//     `additionalProperties: false`: Cloud Hypervisor's config structs use
-//     `#[serde(deny_unknown_fields)]`, so unknown fields are errors;
+//     `additionalProperties: false`, so a value that still has unknown fields fails;
 //   - OpenAPI-only keywords (deprecated, example, xml, readOnly, ...) are dropped.
+//
+// Bodies are first normalized the way Cloud Hypervisor's serde deserialization reads them
+// (`SchemaValidator.normalize`): its config structs do not deny unknown fields, so unknown
+// fields are dropped (and reported to the caller, who logs them); an optional field
+// (`Option<T>` in CH: not in the schema's `required`) given as `null` is absent. A
+// required field given as null, and every wrong type or value, still fails validation.
 
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -222,6 +227,53 @@ export class SchemaValidator {
     return s;
   }
 
+  /**
+   * `value` as Cloud Hypervisor's deserializer reads it against component schema `name`:
+   * a copy without unknown fields and without optional fields set to null (see the file
+   * comment). `ignored` lists the dropped unknown fields by path ("serial.iommu").
+   * Values of the wrong shape are left as they are, for `validate` to report.
+   */
+  normalize(name: string, value: unknown): { value: unknown; ignored: string[] } {
+    if (!this.has(name)) throw new Error(`the OpenAPI document has no schema ${name}`);
+    const ignored: string[] = [];
+    const out = this.normalizeAt({ $ref: `#/definitions/${name}` }, value, '', ignored, 0);
+    return { value: out, ignored };
+  }
+
+  private normalizeAt(schema: SchemaObject, value: unknown, path: string, ignored: string[], depth: number): unknown {
+    // Deeper than any document schema nests: leave it to the validator (and its limits).
+    if (depth > 64) return value;
+    const s = this.resolve(schema);
+    if (Array.isArray(value)) {
+      if (s.items === undefined) return value;
+      const items = s.items;
+      return value.map((el, i) => this.normalizeAt(items, el, `${path}[${i}]`, ignored, depth + 1));
+    }
+    if (typeof value !== 'object' || value === null) return value;
+    const props = s.properties;
+    const extra = s.additionalProperties;
+    if (props === undefined && (typeof extra !== 'object' || extra === null)) return value;
+    const required = new Set(s.required ?? []);
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
+      const at = path === '' ? k : `${path}.${k}`;
+      const sub = props !== undefined && Object.prototype.hasOwnProperty.call(props, k) ? props[k] : typeof extra === 'object' && extra !== null ? extra : undefined;
+      if (sub === undefined) {
+        // serde without deny_unknown_fields: an unknown field is skipped.
+        if (extra !== true) {
+          ignored.push(at);
+          continue;
+        }
+        out[k] = v;
+        continue;
+      }
+      // Option<T>: null deserializes to None, i.e. as if the field were absent.
+      if (v === null && !required.has(k) && !admitsNull(this.resolve(sub))) continue;
+      out[k] = this.normalizeAt(sub, v, at, ignored, depth + 1);
+    }
+    return out;
+  }
+
   /** Problems of `value` against component schema `name` (empty when valid). */
   validate(name: string, value: unknown): ValidationIssue[] {
     let fn = this.compiled.get(name);
@@ -235,6 +287,11 @@ export class SchemaValidator {
     if (fn(value)) return [];
     return describeErrors(fn.errors ?? [], value);
   }
+}
+
+/** Whether a converted schema accepts null itself (OpenAPI `nullable: true`). */
+function admitsNull(s: SchemaObject): boolean {
+  return Array.isArray(s.type) ? s.type.includes('null') : s.type === 'null';
 }
 
 let cachedValidator: SchemaValidator | undefined;

@@ -9,12 +9,13 @@
 // Hypervisor's defaults) and `validateVmConfig` (ranges and cross-field rules).
 
 import { isDeepStrictEqual } from 'node:util';
-import { createVmConfig, validateVmConfig, type VmConfig, type VmConfigInput } from '../vmm/config.js';
+import { createVmConfig, defaultNetConfig, validateVmConfig, type NetConfig, type VmConfig, type VmConfigInput } from '../vmm/config.js';
 import type { SchemaObject, SchemaValidator, ValidationIssue } from './validate.js';
 
 /** `true` for a supported leaf, a nested shape for an object, [shape] for an array of objects. */
 type Shape<T> = {
-  [K in keyof Required<T>]-?: Required<T>[K] extends (infer U)[]
+  // `fds` (NetConfig) never comes from JSON: the fds arrive with the request (SCM_RIGHTS).
+  [K in Exclude<keyof Required<T>, 'fds'>]-?: Required<T>[K] extends (infer U)[]
     ? [Shape<U>]
     : Required<T>[K] extends object
       ? Shape<Required<T>[K]>
@@ -165,4 +166,30 @@ export function vmConfigFromBody(
   const semantic = validateVmConfig(config);
   if (semantic.length > 0) return { ok: false, issues: semantic };
   return { ok: true, config };
+}
+
+/**
+ * Convert a schema-valid vm.add-net body (NetConfig) into Stratovisor's NetConfig, checked as
+ * the `index`-th NIC of `vm` would be, with `fds` (received with the request) as its taps.
+ * Cloud Hypervisor's vm.add-net takes every fd sent with the request (http_endpoint.rs
+ * attach_fds_to_cfg); fd numbers in the body itself are ignored.
+ */
+export function netConfigFromBody(
+  body: unknown,
+  fds: readonly number[],
+  vm: VmConfig,
+  validator: SchemaValidator,
+): { ok: true; config: NetConfig } | { ok: false; issues: ValidationIssue[] } {
+  const issues: ValidationIssue[] = [];
+  const shape = (SUPPORTED_VM_CONFIG_FIELDS as unknown as { net: [AnyShape] }).net[0];
+  const filtered = filter(body, shape, { $ref: '#/definitions/NetConfig' }, '', validator, issues);
+  if (issues.length > 0) return { ok: false, issues };
+  const net = defaultNetConfig(filtered as Partial<NetConfig>);
+  if (fds.length > 0) net.fds = [...fds];
+  const index = vm.net?.length ?? 0;
+  const semantic = validateVmConfig({ ...vm, net: [...(vm.net ?? []), net] })
+    .filter((i) => i.path.startsWith(`net[${index}]`))
+    .map((i) => ({ path: i.path.slice(`net[${index}]`.length).replace(/^\./, ''), message: i.message }));
+  if (semantic.length > 0) return { ok: false, issues: semantic };
+  return { ok: true, config: net };
 }

@@ -8,37 +8,26 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { waitForPing } from '../api/testing/spawn_vmm.js';
 import { apiRequest } from './remote.js';
 
 const MAIN = fileURLToPath(new URL('./main.js', import.meta.url));
 
-function start(args: string[]): { child: ChildProcess; exit: Promise<{ code: number | null; stderr: string }> } {
+function start(args: string[]): { child: ChildProcess; exit: Promise<{ code: number | null; stderr: string }>; ready: (sock: string) => Promise<number> } {
   const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (b: Buffer) => { stderr += b.toString(); });
   child.stdout!.resume();
   const exit = new Promise<{ code: number | null; stderr: string }>((r) => child.on('close', (code) => r({ code, stderr })));
-  return { child, exit };
-}
-
-async function waitReady(sock: string): Promise<void> {
-  for (;;) {
-    try {
-      const r = await apiRequest(sock, 'GET', 'vmm.ping');
-      if (r.status === 200) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 10));
-  }
+  return { child, exit, ready: (sock) => waitForPing(sock, child, { explain: () => stderr }) };
 }
 
 test('--api-socket path=: ping, create, info, delete; vmm.shutdown exits 0; events written', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'stv-apimode-'));
   const sock = join(dir, 'api.sock');
   const evFile = join(dir, 'events.jsonl');
-  const { exit } = start(['--api-socket', `path=${sock}`, '--event-monitor', `path=${evFile}`]);
-  await waitReady(sock);
+  const { exit, ready } = start(['--api-socket', `path=${sock}`, '--event-monitor', `path=${evFile}`]);
+  await ready(sock);
   const ping = JSON.parse((await apiRequest(sock, 'GET', 'vmm.ping')).text) as { version: string; pid: number };
   assert.match(ping.version, /^\d+\.\d+\.\d+/);
   assert.equal((await apiRequest(sock, 'GET', 'vm.info')).status, 404);
@@ -60,8 +49,8 @@ test('--api-socket path=: ping, create, info, delete; vmm.shutdown exits 0; even
 test('bare socket path; SIGTERM stops the VMM cleanly (status 0, socket removed)', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'stv-apimode-'));
   const sock = join(dir, 'api.sock');
-  const { child, exit } = start(['--api-socket', sock]);
-  await waitReady(sock);
+  const { child, exit, ready } = start(['--api-socket', sock]);
+  await ready(sock);
   child.kill('SIGTERM');
   const r = await exit;
   assert.equal(r.code, 0, r.stderr);
@@ -72,7 +61,7 @@ test('a socket path that is in use is a one-line error', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'stv-apimode-'));
   const sock = join(dir, 'api.sock');
   const first = start(['--api-socket', sock]);
-  await waitReady(sock);
+  await first.ready(sock);
   const second = start(['--api-socket', sock]);
   const r = await second.exit;
   assert.notEqual(r.code, 0);

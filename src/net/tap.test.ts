@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import * as libc from '../sys/libc.js';
 import { SysError } from '../sys/libc.js';
-import { Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_SIZE, parseIpv4, parseMac, IFREQ_SIZE, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUNSETQUEUE } from './tap.js';
+import { Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_SIZE, parseIpv4, parseMac, IFREQ_SIZE, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUNSETQUEUE, TUNGETIFF, IFF_TAP, IFF_NO_PI } from './tap.js';
 
 /** Why tap tests cannot run here, or null. */
 function noTap(): string | null {
@@ -137,4 +137,34 @@ test('configuring an interface that is gone names the ioctl and the tap', (t) =>
   for (const fd of fds) libc.close(fd);
   assert.throws(() => tap.configure({ ip: '192.168.247.1' }), (e: unknown) =>
     e instanceof SysError && /SIOCSIFADDR/.test(e.message) && e.message.includes(tap.name) && e.code === 'ENODEV');
+});
+
+test('Tap.fromFds adopts a tap opened elsewhere (TUNGETIFF checks), and refuses other fds', (t) => {
+  if (skip(t)) return;
+  assert.equal(TUNGETIFF, 0x800454d2);
+  const owner = Tap.open({ name: 'stvfromfd0', vnetHdr: true });
+  try {
+    const dup = libc.dupCloexec(owner.fds[0]!);
+    const adopted = Tap.fromFds([dup]);
+    assert.equal(adopted.name, 'stvfromfd0');
+    assert.deepEqual(adopted.fds, [dup]);
+    adopted.close();
+    // A tap without IFF_VNET_HDR: virtio-net cannot use it.
+    const plain = libc.open('/dev/net/tun', libc.O_RDWR | libc.O_CLOEXEC);
+    const req = new Uint8Array(IFREQ_SIZE);
+    req.set(Buffer.from('stvfromfd1'), 0);
+    new DataView(req.buffer).setUint16(16, IFF_TAP | IFF_NO_PI, true);
+    libc.ioctl(plain, TUNSETIFF, req, 'TUNSETIFF');
+    assert.throws(() => Tap.fromFds([plain]), /stvfromfd1 \(fd \d+\) was opened without IFF_VNET_HDR/);
+    // fromFds closed it (it owns what it is given, also on failure).
+    assert.throws(() => libc.close(plain), /EBADF/);
+    const memfd = libc.memfdCreate('not-a-tap', libc.MFD_CLOEXEC);
+    assert.throws(() => Tap.fromFds([memfd]), /is not a tun\/tap fd \(TUNGETIFF: (ENOTTY|EBADFD|EINVAL)\)/);
+    // Two fds of a single-queue tap: not multi-queue.
+    const a = libc.dupCloexec(owner.fds[0]!);
+    const b = libc.dupCloexec(owner.fds[0]!);
+    assert.throws(() => Tap.fromFds([a, b]), /2 fds given but tap stvfromfd0 is not multi-queue/);
+  } finally {
+    owner.close();
+  }
 });

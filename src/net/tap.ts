@@ -20,6 +20,8 @@ export const TUNSETIFF = tunIow(202);
 export const TUNSETOFFLOAD = tunIow(208);
 export const TUNSETVNETHDRSZ = tunIow(216);
 export const TUNSETQUEUE = tunIow(217);
+/** `_IOR('T', 210, unsigned int)`: the interface name and flags of a tun/tap fd. */
+export const TUNGETIFF = (0x80000000 | (4 << 16) | (0x54 << 8) | 210) >>> 0;
 
 /** if_tun.h TUNSETIFF / TUNSETQUEUE ifr_flags. */
 export const IFF_TUN = 0x0001;
@@ -195,6 +197,43 @@ export class Tap {
       throw e;
     }
     return new Tap(name, fds);
+  }
+
+  /**
+   * Adopt tap fds opened by someone else (one per queue pair; e.g. received over the API
+   * socket with SCM_RIGHTS, as Kata Containers sends them): each must be a tap (TUNGETIFF:
+   * IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, IFF_MULTI_QUEUE when there are several) of one
+   * interface. The tap is not created or configured (no TUNSETIFF, no address): its owner did
+   * that. Each fd is made non-blocking and gets the 12-byte vnet header size. The Tap owns
+   * the fds from here (close() closes them), also when this throws.
+   */
+  static fromFds(fds: readonly number[]): Tap {
+    try {
+      if (fds.length < 1 || fds.length > 256) throw new Error(`a tap needs 1..256 queue fds, got ${fds.length}`);
+      let name: string | undefined;
+      const hdrSize = new Int32Array([VNET_HDR_SIZE]);
+      for (const [i, fd] of fds.entries()) {
+        const req = ifreq('');
+        const r = libc.ioctlRaw(fd, TUNGETIFF, req);
+        if (r < 0) throw new Error(`fd ${i} (${fd}) is not a tun/tap fd (TUNGETIFF: ${new SysError('ioctl', -r).code})`);
+        const flags = new DataView(req.buffer).getUint16(IFR_FLAGS, true);
+        const ifname = ifreqName(req);
+        if ((flags & IFF_TAP) === 0) throw new Error(`fd ${i} (${fd}) is a tun device (${ifname}), not a tap (IFF_TAP)`);
+        if ((flags & IFF_NO_PI) === 0) throw new Error(`tap ${ifname} (fd ${fd}) was opened without IFF_NO_PI`);
+        if ((flags & IFF_VNET_HDR) === 0) throw new Error(`tap ${ifname} (fd ${fd}) was opened without IFF_VNET_HDR (virtio-net needs the vnet header)`);
+        if (fds.length > 1 && (flags & IFF_MULTI_QUEUE) === 0) throw new Error(`${fds.length} fds given but tap ${ifname} is not multi-queue (IFF_MULTI_QUEUE)`);
+        if (name !== undefined && ifname !== name) throw new Error(`the fds belong to different taps (${name}, ${ifname})`);
+        name = ifname;
+        libc.setNonblocking(fd);
+        ioctlOrThrow(fd, TUNSETVNETHDRSZ, new Uint8Array(hdrSize.buffer), 'TUNSETVNETHDRSZ', ifname);
+      }
+      return new Tap(name ?? '', [...fds]);
+    } catch (e) {
+      for (const fd of fds) {
+        try { libc.close(fd); } catch { /* already closed */ }
+      }
+      throw e;
+    }
   }
 
   /**

@@ -726,3 +726,84 @@ export function sendRaw(fd: number, buf: Uint8Array, len: number, flags: number)
   const r = (sockLibc ?? S()).send(fd, buf, len, flags);
   return r < 0 ? -koffi.errno() : r;
 }
+
+/** Bytes one API connection read (recvmsgFds) or one client write moves at most. */
+export const MSG_CHUNK_MAX = 64 * 1024;
+
+interface PollLibc {
+  poll: { async: (fds: number, n: number, timeout: number, cb: (err: unknown, res: number) => void) => void };
+}
+let pollLibc: PollLibc | null = null;
+function P(): PollLibc {
+  pollLibc ??= { poll: koffi.load('libc.so.6').func('int poll(uintptr_t fds, unsigned long nfds, int timeout)') as unknown as PollLibc['poll'] };
+  return pollLibc;
+}
+
+/**
+ * poll(2) run on a koffi worker thread, so the event loop keeps running while it waits.
+ * `fds` (built with pollFds/pollFdSet) must be native memory that stays put: use
+ * `AsyncPollSet`. Resolves with poll's result (negative on failure, e.g. EINTR).
+ */
+export class AsyncPollSet {
+  readonly capacity: number;
+  private readonly addr: bigint;
+  readonly fds: Int32Array;
+  private busy = false;
+
+  constructor(capacity: number) {
+    this.capacity = capacity;
+    const bytes = Math.max(4096, capacity * 8);
+    this.addr = mmap(bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    this.fds = new Int32Array(view(this.addr, bytes), 0, capacity * 2);
+    for (let i = 0; i < capacity; i++) this.fds[i * 2] = -1;
+  }
+
+  private bytes(): number {
+    return Math.max(4096, this.capacity * 8);
+  }
+
+  /** Unmap the entries (only when no poll is in flight). */
+  dispose(): void {
+    if (this.busy) throw new Error('AsyncPollSet: cannot dispose while a poll is in flight');
+    munmap(this.addr, this.bytes());
+  }
+
+  /** Wait (off the main thread) until one of the first `n` entries is ready or `timeoutMs` passed. */
+  wait(n: number, timeoutMs: number): Promise<number> {
+    if (this.busy) return Promise.reject(new Error('AsyncPollSet: a poll is already in flight'));
+    if (!(n >= 0 && n <= this.capacity)) return Promise.reject(new RangeError(`poll: ${n} entries outside a set of ${this.capacity}`));
+    this.busy = true;
+    return new Promise((resolve) => {
+      (pollLibc ?? P()).poll.async(Number(this.addr), n, timeoutMs, (err, res) => {
+        this.busy = false;
+        resolve(err !== null && err !== undefined ? -1 : res);
+      });
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// fcntl: duplicating received fds, making them non-blocking.
+
+export const F_GETFL = 3;
+export const F_SETFL = 4;
+export const F_DUPFD_CLOEXEC = 1030;
+
+let fcntlFn: ((fd: number, cmd: number, arg: number) => number) | null = null;
+
+/** fcntl(2) with an int argument (fcntl is variadic; on x86-64 a fixed prototype passes it in rdx). */
+export function fcntl(fd: number, cmd: number, arg = 0): number {
+  fcntlFn ??= koffi.load('libc.so.6').func('int fcntl(int fd, int cmd, int arg)') as unknown as (fd: number, cmd: number, arg: number) => number;
+  return check(fcntlFn(fd, cmd, arg), `fcntl(${cmd})`);
+}
+
+/** A duplicate of `fd` (O_CLOEXEC, lowest number >= 3), sharing its open file description. */
+export function dupCloexec(fd: number): number {
+  return fcntl(fd, F_DUPFD_CLOEXEC, 3);
+}
+
+/** Set O_NONBLOCK on the open file description of `fd`. */
+export function setNonblocking(fd: number): void {
+  const fl = fcntl(fd, F_GETFL);
+  if ((fl & O_NONBLOCK) === 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}

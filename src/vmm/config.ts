@@ -90,6 +90,11 @@ export interface NetConfig {
   offload_tso: boolean;
   offload_ufo: boolean;
   offload_csum: boolean;
+  /**
+   * Tap fds, one per queue pair, received with an API request (SCM_RIGHTS; never from JSON).
+   * The VMM uses these instead of opening a tap; the configuration owns them.
+   */
+  fds?: number[];
 }
 
 /** virtio-fs over a vhost-user back-end (FsConfig of the OpenAPI document). */
@@ -614,6 +619,16 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
       bool(`${at}.${f}`, n[f]);
     }
     segment(`${at}.pci_segment`, n.pci_segment);
+    if (n.fds !== undefined) {
+      // Cloud Hypervisor: one tap fd per queue pair (VnetQueueFdMismatch); fds 0..2 are reserved.
+      if (!Array.isArray(n.fds) || n.fds.length === 0 || !n.fds.every((fd) => isInt(fd) && fd > 2)) {
+        bad(`${at}.fds`, 'must be a non-empty list of file descriptors > 2');
+      } else if (n.num_queues !== n.fds.length * 2) {
+        bad(`${at}.num_queues`, `(${String(n.num_queues)}) does not match the ${n.fds.length} tap fd(s) sent with the request (one fd per queue pair: num_queues = ${n.fds.length * 2})`);
+      }
+      if (n.tap !== undefined) bad(`${at}.tap`, 'cannot be combined with tap fds');
+      if (n.vhost_user) bad(`${at}.vhost_user`, 'cannot be combined with tap fds');
+    }
     id(`${at}.id`, n.id);
   });
 

@@ -21,6 +21,7 @@ import {
   VmNotCreatedError,
   VmStateError,
   nextVmState,
+  type PciDeviceInfo,
   pingResponse,
   type VmCounters,
   type VmInfo,
@@ -29,7 +30,8 @@ import {
   type VmState,
 } from '../api/controller.js';
 import type { EventMonitor } from '../api/events.js';
-import { assertValidVmConfig, validateVmConfig, type FsConfig, type VmConfig, type VsockConfig } from './config.js';
+import { assertValidVmConfig, validateVmConfig, type FsConfig, type NetConfig, type VmConfig, type VsockConfig } from './config.js';
+import * as libc from '../sys/libc.js';
 import { VirtualMachine, type VirtualMachineOptions, type VmExitInfo } from './vm.js';
 
 export interface VmmCoreOptions {
@@ -180,10 +182,33 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     throw new NotImplementedError('vm.power-button (no ACPI power button device on this platform yet)');
   }
 
+  /**
+   * vm.add-net before boot: the NIC joins the configuration (Cloud Hypervisor vm_add_net with
+   * no VM built: add_to_config, answer 204). Hotplug into a booted VM is not implemented.
+   */
+  async addNet(net: NetConfig): Promise<PciDeviceInfo | undefined> {
+    if (this.state === undefined || this.config === undefined) throw new VmNotCreatedError('add a network device');
+    if (this.state !== 'Created' && this.state !== 'Shutdown') {
+      throw new NotImplementedError('vm.add-net on a booted VM (network device hotplug); add the device before vm.boot');
+    }
+    const ids = new Set([...(this.config.disks ?? []), ...(this.config.net ?? [])].map((d) => d.id).filter((i) => i !== undefined));
+    if (net.id !== undefined && ids.has(net.id)) throw new BadRequestError(`cannot add network device: identifier '${net.id}' is already in use`);
+    const next = { ...this.config, net: [...(this.config.net ?? []), net] };
+    assertValidVmConfig(next);
+    this.config = next;
+    return undefined;
+  }
+
   async deleteVm(): Promise<void> {
     nextVmState(this.state, 'delete');
     if (this.state === 'Running' || this.state === 'Paused') await this.stopCurrent();
     this.releaseVm();
+    // Tap fds received over the API socket belong to the configuration.
+    for (const n of this.config?.net ?? []) {
+      for (const fd of n.fds ?? []) {
+        try { libc.close(fd); } catch { /* already closed */ }
+      }
+    }
     this.config = undefined;
     this.state = undefined;
   }

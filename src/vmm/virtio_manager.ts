@@ -155,6 +155,30 @@ export class VirtioManager {
       throw new VirtioConfigError(`${id}: ${(e as Error).message}`);
     }
     let tap: Tap;
+    if (n.fds !== undefined) {
+      // Taps opened by the caller and sent over the API socket: the configuration keeps its
+      // fds (a later boot uses them again), the device gets duplicates it may close.
+      if (n.fds.length !== pairs) throw new VirtioConfigError(`${id}: ${n.fds.length} tap fds for ${pairs} queue pairs (num_queues ${n.num_queues})`);
+      try {
+        const dups: number[] = [];
+        try {
+          for (const fd of n.fds) dups.push(libc.dupCloexec(fd));
+        } catch (e) {
+          for (const d of dups) libc.close(d);
+          throw e;
+        }
+        tap = Tap.fromFds(dups);
+      } catch (e) {
+        throw new VirtioConfigError(`${id}: cannot use the tap fds sent with the request: ${(e as Error).message}`);
+      }
+      const host: HostDevice = {
+        id, deviceType: VirtioDeviceType.Net, numQueues: pairs * 2 + (pairs > 1 ? 1 : 0), fds: [], tap,
+        spec: { kind: 'net', tapFds: [...tap.fds], mac, queuePairs: pairs, queueSize: n.queue_size, ...(n.mtu !== undefined ? { mtu: n.mtu } : {}) },
+      };
+      this.devices.push(host);
+      this.log(`${id}: tap ${tap.name} from ${n.fds.length} fd(s) sent with the API request, guest MAC ${mac.map((b) => b.toString(16).padStart(2, '0')).join(':')}`);
+      return;
+    }
     try {
       tap = Tap.open({ ...(n.tap ? { name: n.tap } : {}), queues: pairs, vnetHdr: true });
     } catch (e) {

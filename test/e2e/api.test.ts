@@ -25,6 +25,7 @@ import { guestImages, parseMarkers, REPO, type Marker } from './lib/guest.js';
 import { STRATOVISOR } from './lib/stratovisor.js';
 import type { paths, components } from './lib/cloud-hypervisor-api.js';
 import { apiRequest } from '../../src/cli/remote.js';
+import { waitForPing as waitForVmmPing } from '../../src/api/testing/spawn_vmm.js';
 import { Stratovisor, type LifecycleEvent, type VmExitInfo } from '../../src/index.js';
 
 const img = guestImages();
@@ -126,16 +127,9 @@ function sockDir(): string {
   return mkdtempSync(join(process.env.TMPDIR ?? tmpdir(), 'stv-api-'));
 }
 
+/** The shared helper (src/api/testing/spawn_vmm.ts), with this VMM's console for errors. */
 async function waitForPing(sock: string, vmm: VmmProcess): Promise<void> {
-  for (;;) {
-    try {
-      if ((await apiRequest(sock, 'GET', 'vmm.ping')).status === 200) return;
-    } catch {
-      // not up yet
-    }
-    const exited = await Promise.race([vmm.exit.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 10))]);
-    if (exited) throw new Error(`VMM exited before answering vmm.ping\n${vmm.explain()}`);
-  }
+  await waitForVmmPing(sock, vmm.child, { explain: () => vmm.explain() });
 }
 
 async function state(sock: string): Promise<string> {
