@@ -21,8 +21,16 @@ test('virtio-fs: a back-end that hangs up while running: its rings are taken ove
   const [fe, be] = libc.socketpair(libc.AF_UNIX, libc.SOCK_STREAM | libc.SOCK_CLOEXEC | libc.SOCK_NONBLOCK);
   const job: BackendJob = { fd: be, mode: 'good', peekAt: 0, hangupAfterEnables: 2 };
   const w = new Worker(new URL('../vhost_user/backend.fixture.js', import.meta.url), { workerData: job });
-  const done = new Promise<BackendReport>((res, rej) => { w.once('message', res); w.once('error', rej); });
-  await new Promise((r) => setTimeout(r, 200));
+  const msgs: unknown[] = [];
+  let wake: (() => void) | null = null;
+  w.on('message', (m: unknown) => { msgs.push(m); wake?.(); });
+  w.on('error', (e) => { msgs.push(e); wake?.(); });
+  const next = async (): Promise<unknown> => {
+    while (msgs.length === 0) await new Promise<void>((res) => { wake = res; });
+    return msgs.shift();
+  };
+  assert.equal(await next(), 'ready', 'the back-end runs before the front-end blocks this thread');
+  const done = next() as Promise<BackendReport>;
   const mem = GuestMemory.allocate([{ gpa: 0, size: 4 << 20 }], { shared: true });
   const efd = () => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
   const fds = [efd(), efd(), efd(), efd()];
