@@ -4,7 +4,7 @@ import { Worker } from 'node:worker_threads';
 import * as libc from '../../sys/libc.js';
 import { GuestMemory } from '../../memory/guest_memory.js';
 import { TestDriver } from '../testing/driver.js';
-import { FsDevice } from './device.js';
+import { FsDevice, FS_CONNECTION_STATE_BYTES } from './device.js';
 import type { BackendJob, BackendReport } from '../vhost_user/backend.fixture.js';
 
 /** struct fuse_in_header (40 bytes): len, opcode, unique, nodeid, uid, gid, pid, padding. */
@@ -36,7 +36,7 @@ test('virtio-fs: a back-end that hangs up while running: its rings are taken ove
   const fds = [efd(), efd(), efd(), efd()];
   const logs: string[] = [];
   try {
-    const dev = new FsDevice({ socketFd: fe, socketPath: '/run/v.sock', tag: 'myfs', numRequestQueues: 1, queueSize: 64, owner: new Int32Array(new SharedArrayBuffer(4)), log: (m) => logs.push(m), timeoutMs: 5000 });
+    const dev = new FsDevice({ socketFd: fe, socketPath: '/run/v.sock', tag: 'myfs', numRequestQueues: 1, queueSize: 64, connection: new SharedArrayBuffer(FS_CONNECTION_STATE_BYTES), log: (m) => logs.push(m), timeoutMs: 5000 });
     const drivers = [new TestDriver(mem, { size: 64, base: 0x10000, dataEnd: 0x80000 }), new TestDriver(mem, { size: 64, base: 0x100000, dataEnd: 0x180000 })];
     const notified: number[] = [];
     dev.activateExternal({

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
 import * as libc from '../../sys/libc.js';
 import { GuestMemory } from '../../memory/guest_memory.js';
-import { FsDevice } from '../fs/device.js';
+import { FsDevice, FS_CONNECTION_STATE_BYTES } from '../fs/device.js';
 import { VhostUserFrontend, VhostUserError } from './frontend.js';
 import {
   Request, HEADER_SIZE, VHOST_USER_NEED_REPLY_MASK, encodeMessage, decodeHeader, u64Payload, decodeU64, vringStatePayload,
@@ -88,10 +88,10 @@ test('virtio-fs front-end conversation with an in-process back-end: features, ow
   const mem = GuestMemory.allocate([{ gpa: 0, size: 4 << 20 }], { shared: true });
   const kick = [0, 1].map(() => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK));
   const call = [0, 1].map(() => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK));
-  const owner = new Int32Array(new SharedArrayBuffer(4));
+  const connection = new SharedArrayBuffer(FS_CONNECTION_STATE_BYTES);
   try {
     mem.writeU32(0x100, 0x600df00d);
-    const dev = new FsDevice({ socketFd: fe, socketPath: 'test.sock', tag: 'myfs', numRequestQueues: 1, queueSize: 256, owner, timeoutMs: 5000 });
+    const dev = new FsDevice({ socketFd: fe, socketPath: 'test.sock', tag: 'myfs', numRequestQueues: 1, queueSize: 256, connection, timeoutMs: 5000 });
     // Offered: the back-end's INDIRECT_DESC and EVENT_IDX (VERSION_1 comes from the transport).
     assert.equal(dev.features, (1n << 28n) | (1n << 29n));
     const cfg = new Uint8Array(40);
@@ -103,7 +103,7 @@ test('virtio-fs front-end conversation with an in-process back-end: features, ow
     dev.activateExternal({ mem, features: (1n << 32n) | (1n << 29n), queues, notifyQueue: () => {} });
     dev.reset();
     // A second device over the same connection (a guest reboot) does not send SET_OWNER again.
-    const dev2 = new FsDevice({ socketFd: fe, socketPath: 'test.sock', tag: 'myfs', numRequestQueues: 1, queueSize: 256, owner, timeoutMs: 5000 });
+    const dev2 = new FsDevice({ socketFd: fe, socketPath: 'test.sock', tag: 'myfs', numRequestQueues: 1, queueSize: 256, connection, timeoutMs: 5000 });
     dev2.reset();
     libc.close(fe);
     const r = await done;
