@@ -35,14 +35,17 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * fuse_out_header (len, error, unique) and whether the call eventfd fired.
  */
 function roundTrip(mem: GuestMemory, d: TestDriver, kick: number, call: number, req: Uint8Array, outLen: number): { error: number; unique: bigint; len: number; called: boolean } {
+  const drain = (): boolean => { try { libc.read(call, new Uint8Array(8)); return true; } catch { return false; } };
+  drain(); // libvhost-user signals a new call fd once when it gets it
+  const usedBefore = mem.readU16(d.layout.usedRing + 2);
   const c = d.addChain([req], [16, outLen]);
   libc.write(kick, new Uint8Array(new BigUint64Array([1n]).buffer));
   const p = libc.pollFds(1);
   libc.pollFdSet(p, 0, call, libc.POLLIN);
   let called = false;
-  for (let i = 0; i < 100 && !called; i++) {
+  for (let i = 0; i < 100 && !(called && mem.readU16(d.layout.usedRing + 2) !== usedBefore); i++) {
     libc.poll(p, 100);
-    try { libc.read(call, new Uint8Array(8)); called = true; } catch { /* not yet */ }
+    if (drain()) called = true;
   }
   return { len: mem.readU32(c.writable[0]!), error: mem.readU32(c.writable[0]! + 4) | 0, unique: mem.readU64(c.writable[0]! + 8), called };
 }
