@@ -31,7 +31,7 @@ export async function createDeviceModel(spec: VirtioDeviceSpec, id: string, log:
       const { FsDevice } = await import('../virtio/fs/device.js');
       return new FsDevice({
         socketFd: spec.socketFd, socketPath: spec.socketPath, tag: spec.tag, numRequestQueues: spec.numRequestQueues,
-        queueSize: spec.queueSize, owner: new Int32Array(spec.owner), log,
+        queueSize: spec.queueSize, connection: spec.connection, log,
       });
     }
     case 'net': {

@@ -17,6 +17,7 @@ import { placePciDevices, type PciPlacement } from '../pci/segment.js';
 import { pciSegmentLayouts, type PciSegmentLayout } from '../arch/x86_64/layout.js';
 import { MSI_GSI_BASE } from './interrupts.js';
 import { FS_NEEDS_SHARED, type VmConfig } from './config.js';
+import { FS_CONNECTION_STATE_BYTES } from '../virtio/fs/device.js';
 import type { VirtioPciInit } from './pci_setup.js';
 import { MAX_COUNTERS, type VirtioDeviceSpec, type VirtioWorkerData, type VirtioWorkerEvent } from './virtio_protocol.js';
 
@@ -219,7 +220,7 @@ export class VirtioManager {
     }
     this.devices.push({
       id, deviceType: VirtioDeviceType.Fs, numQueues: 1 + f.num_queues, segment: f.pci_segment ?? 0, fds: [fd],
-      spec: { kind: 'fs', socketFd: fd, socketPath: f.socket, tag: f.tag, numRequestQueues: f.num_queues, queueSize: f.queue_size, owner: new SharedArrayBuffer(4) },
+      spec: { kind: 'fs', socketFd: fd, socketPath: f.socket, tag: f.tag, numRequestQueues: f.num_queues, queueSize: f.queue_size, connection: new SharedArrayBuffer(FS_CONNECTION_STATE_BYTES) },
     });
     this.log(`${id}: virtio-fs tag '${f.tag}' over vhost-user socket ${f.socket}`);
   }

@@ -7,8 +7,8 @@ export type VirtioDeviceSpec =
   | { kind: 'rng'; fd: number }
   | { kind: 'console'; outFd: number; inFd: number; cols: number; rows: number }
   | { kind: 'net'; tapFds: number[]; mac: number[]; queuePairs: number; queueSize: number; mtu?: number }
-  /** virtio-fs over vhost-user: `owner` word 0 records that SET_OWNER was sent on this connection. */
-  | { kind: 'fs'; socketFd: number; socketPath: string; tag: string; numRequestQueues: number; queueSize: number; owner: SharedArrayBuffer }
+  /** virtio-fs over vhost-user: `connection` is the state kept across guest runs (virtio/fs/device.ts). */
+  | { kind: 'fs'; socketFd: number; socketPath: string; tag: string; numRequestQueues: number; queueSize: number; connection: SharedArrayBuffer }
   | { kind: 'vsock'; cid: number; listenFd: number; socketPath: string };
 
 export interface VirtioWorkerData {

@@ -4,7 +4,7 @@ import { Worker } from 'node:worker_threads';
 import * as libc from '../../sys/libc.js';
 import { GuestMemory } from '../../memory/guest_memory.js';
 import { TestDriver } from '../testing/driver.js';
-import { FsDevice } from './device.js';
+import { FsDevice, FS_CONNECTION_STATE_BYTES } from './device.js';
 import type { BackendJob, BackendReport } from '../vhost_user/backend.fixture.js';
 
 /** struct fuse_in_header (40 bytes): len, opcode, unique, nodeid, uid, gid, pid, padding. */
@@ -21,14 +21,22 @@ test('virtio-fs: a back-end that hangs up while running: its rings are taken ove
   const [fe, be] = libc.socketpair(libc.AF_UNIX, libc.SOCK_STREAM | libc.SOCK_CLOEXEC | libc.SOCK_NONBLOCK);
   const job: BackendJob = { fd: be, mode: 'good', peekAt: 0, hangupAfterEnables: 2 };
   const w = new Worker(new URL('../vhost_user/backend.fixture.js', import.meta.url), { workerData: job });
-  const done = new Promise<BackendReport>((res, rej) => { w.once('message', res); w.once('error', rej); });
-  await new Promise((r) => setTimeout(r, 200));
+  const msgs: unknown[] = [];
+  let wake: (() => void) | null = null;
+  w.on('message', (m: unknown) => { msgs.push(m); wake?.(); });
+  w.on('error', (e) => { msgs.push(e); wake?.(); });
+  const next = async (): Promise<unknown> => {
+    while (msgs.length === 0) await new Promise<void>((res) => { wake = res; });
+    return msgs.shift();
+  };
+  assert.equal(await next(), 'ready', 'the back-end runs before the front-end blocks this thread');
+  const done = next() as Promise<BackendReport>;
   const mem = GuestMemory.allocate([{ gpa: 0, size: 4 << 20 }], { shared: true });
   const efd = () => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
   const fds = [efd(), efd(), efd(), efd()];
   const logs: string[] = [];
   try {
-    const dev = new FsDevice({ socketFd: fe, socketPath: '/run/v.sock', tag: 'myfs', numRequestQueues: 1, queueSize: 64, owner: new Int32Array(new SharedArrayBuffer(4)), log: (m) => logs.push(m), timeoutMs: 5000 });
+    const dev = new FsDevice({ socketFd: fe, socketPath: '/run/v.sock', tag: 'myfs', numRequestQueues: 1, queueSize: 64, connection: new SharedArrayBuffer(FS_CONNECTION_STATE_BYTES), log: (m) => logs.push(m), timeoutMs: 5000 });
     const drivers = [new TestDriver(mem, { size: 64, base: 0x10000, dataEnd: 0x80000 }), new TestDriver(mem, { size: 64, base: 0x100000, dataEnd: 0x180000 })];
     const notified: number[] = [];
     dev.activateExternal({

@@ -12,6 +12,17 @@ import {
 } from '../device.js';
 import { availRingBytes, descTableBytes, usedRingBytes, MAX_QUEUE_SIZE, DescriptorChain, SplitQueue } from '../queue.js';
 import { VhostUserFrontend, VhostUserError, VHOST_USER_F_PROTOCOL_FEATURES, ProtocolFeature, type MemRegionFd } from '../vhost_user/frontend.js';
+import { MAX_MEM_REGIONS } from '../vhost_user/message.js';
+
+/**
+ * State of one back-end connection, shared by the devices that use it one after the other (a
+ * guest reboot starts a new worker over the same socket): Int32 word 0 is 1 once SET_OWNER was
+ * sent; from byte 8, Float64 slots: the number of regions of the last memory table sent, then
+ * (user address, size) per region.
+ */
+export const FS_CONNECTION_STATE_BYTES = 8 + 8 * (1 + 2 * MAX_MEM_REGIONS);
+/** Guest-physical base of the alias regions (above any guest RAM, see activateExternal). */
+const ALIAS_GPA_BASE = 2 ** 52;
 
 /** virtio_fs_config.tag is 36 bytes, NUL-padded, not NUL-terminated when full (5.11.4). */
 export const FS_TAG_BYTES = 36;
@@ -30,11 +41,8 @@ export interface FsDeviceOptions {
   tag: string;
   numRequestQueues: number;
   queueSize: number;
-  /**
-   * Shared across guest runs over the same connection: word 0 is 1 once SET_OWNER was sent
-   * (a back-end refuses a second SET_OWNER on one connection).
-   */
-  owner: Int32Array;
+  /** FS_CONNECTION_STATE_BYTES shared across guest runs over the same connection. */
+  connection: SharedArrayBuffer;
   /** Problems that do not stop the device (e.g. stopping rings of a back-end that is gone); `warn` for the user's eyes. */
   log?: (msg: string, warn?: boolean) => void;
   timeoutMs?: number;
@@ -60,6 +68,8 @@ export class FsDevice implements VirtioDevice {
   /** Rings the back-end is running (to stop on reset). */
   private started: number[] = [];
   private errFds: number[] = [];
+  private readonly owner: Int32Array;
+  private readonly lastTable: Float64Array;
 
   constructor(private readonly o: FsDeviceOptions) {
     const tag = new TextEncoder().encode(o.tag);
@@ -70,6 +80,9 @@ export class FsDevice implements VirtioDevice {
     this.numQueues = 1 + o.numRequestQueues;
     this.queueMaxSize = qs;
     this.log = o.log ?? (() => {});
+    if (o.connection.byteLength < FS_CONNECTION_STATE_BYTES) throw new RangeError('virtio-fs: connection state buffer too small');
+    this.owner = new Int32Array(o.connection, 0, 1);
+    this.lastTable = new Float64Array(o.connection, 8, 1 + 2 * MAX_MEM_REGIONS);
     this.chain = new DescriptorChain(qs);
     this.config.set(tag, 0);
     new DataView(this.config.buffer).setUint32(FS_TAG_BYTES, o.numRequestQueues, true);
@@ -87,7 +100,8 @@ export class FsDevice implements VirtioDevice {
         if (n < this.numQueues) throw new VhostUserError(`vhost-user back-end ${o.socketPath} supports ${n} queues; ${this.numQueues} needed (num_queues=${o.numRequestQueues} plus the hiprio queue)`);
       }
     }
-    if (Atomics.compareExchange(o.owner, 0, 0, 1) === 0) this.fe.setOwner();
+    // A back-end refuses a second SET_OWNER on one connection.
+    if (Atomics.compareExchange(this.owner, 0, 0, 1) === 0) this.fe.setOwner();
     this.features = f & PASSTHROUGH & ~bit(VIRTIO_F_VERSION_1);
   }
 
@@ -113,7 +127,24 @@ export class FsDevice implements VirtioDevice {
       if (r.fd < 0 || r.hostAddress === 0n) throw new Error(`guest RAM at 0x${r.gpa.toString(16)} is not shareable (virtio-fs needs --memory shared=on)`);
       return { guestPhysAddr: BigInt(r.gpa), memorySize: BigInt(r.size), userAddr: r.hostAddress, mmapOffset: 0n, fd: r.fd };
     });
-    fe.setMemTable(regions);
+    // A back-end keeps the addresses of stopped rings and maps them again on SET_MEM_TABLE
+    // (libvhost-user panics "remapping queue N during setmemtable" when they are not in the new
+    // table). After a guest reboot our RAM is new, at other addresses: alias each region of the
+    // previous table (same user address and size) onto the new memfd, at guest-physical addresses
+    // above any RAM, so the stale addresses resolve; the rings are set anew right after. An alias
+    // only ever reaches the guest's own RAM.
+    const prev = this.lastTable;
+    const aliases: MemRegionFd[] = [];
+    for (let k = 0; k < prev[0]! && regions.length + aliases.length < MAX_MEM_REGIONS; k++) {
+      const ua = BigInt(prev[1 + 2 * k]!);
+      const size = prev[2 + 2 * k]!;
+      if (regions.some((r) => r.userAddr === ua && r.memorySize === BigInt(size))) continue;
+      const backing = regions.find((r) => r.memorySize >= BigInt(size)) ?? regions[0]!;
+      aliases.push({ guestPhysAddr: BigInt(ALIAS_GPA_BASE) + BigInt(k) * (1n << 40n), memorySize: BigInt(Math.min(size, Number(backing.memorySize))), userAddr: ua, mmapOffset: 0n, fd: backing.fd });
+    }
+    fe.setMemTable([...regions, ...aliases]);
+    prev[0] = regions.length;
+    regions.forEach((r, k) => { prev[1 + 2 * k] = Number(r.userAddr); prev[2 + 2 * k] = Number(r.memorySize); });
     const eventIdx = (a.features & bit(VIRTIO_F_EVENT_IDX)) !== 0n ? 2 : 0;
     a.queues.forEach((q, i) => {
       if (q === null) return;

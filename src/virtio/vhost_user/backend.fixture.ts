@@ -75,6 +75,8 @@ const reply = (request: number, payload: Uint8Array): void => {
   send(msg);
 };
 
+// The test waits for this before it blocks its own thread in front-end calls.
+parentPort!.postMessage('ready');
 try {
   const hdr = new Uint8Array(HEADER_SIZE);
   for (;;) {

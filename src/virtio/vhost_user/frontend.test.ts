@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
 import * as libc from '../../sys/libc.js';
 import { GuestMemory } from '../../memory/guest_memory.js';
-import { FsDevice } from '../fs/device.js';
+import { FsDevice, FS_CONNECTION_STATE_BYTES } from '../fs/device.js';
 import { VhostUserFrontend, VhostUserError } from './frontend.js';
 import {
   Request, HEADER_SIZE, VHOST_USER_NEED_REPLY_MASK, encodeMessage, decodeHeader, u64Payload, decodeU64, vringStatePayload,
@@ -65,27 +65,33 @@ test('sendmsgFds/recvmsgFds pass fds over a socketpair (SCM_RIGHTS)', () => {
   }
 });
 
-function backend(mode: BackendMode, extra: Partial<BackendJob> = {}): { fe: number; done: Promise<BackendReport> } {
+/** The back-end in a worker; resolves once it runs (the front-end's calls then block this thread). */
+async function backend(mode: BackendMode, extra: Partial<BackendJob> = {}): Promise<{ fe: number; done: Promise<BackendReport> }> {
   const [fe, be] = libc.socketpair(libc.AF_UNIX, libc.SOCK_STREAM | libc.SOCK_CLOEXEC | libc.SOCK_NONBLOCK);
   const job: BackendJob = { fd: be, mode, peekAt: 0x100, ...extra };
   const w = new Worker(new URL('./backend.fixture.js', import.meta.url), { workerData: job });
-  const done = new Promise<BackendReport>((res, rej) => { w.once('message', res); w.once('error', rej); });
-  return { fe, done };
+  const messages: unknown[] = [];
+  let wake: (() => void) | null = null;
+  w.on('message', (m: unknown) => { messages.push(m); wake?.(); });
+  const next = async (): Promise<unknown> => {
+    while (messages.length === 0) {
+      await new Promise<void>((res, rej) => { wake = res; w.once('error', rej); });
+    }
+    return messages.shift();
+  };
+  assert.equal(await next(), 'ready');
+  return { fe, done: next() as Promise<BackendReport> };
 }
 
-/** Give the worker's event loop time to start before the front-end blocks this thread. */
-const settle = () => new Promise((r) => setTimeout(r, 200));
-
 test('virtio-fs front-end conversation with an in-process back-end: features, owner, memory table (fds mapped), rings, stop', async () => {
-  const { fe, done } = backend('good');
-  await settle();
+  const { fe, done } = await backend('good');
   const mem = GuestMemory.allocate([{ gpa: 0, size: 4 << 20 }], { shared: true });
   const kick = [0, 1].map(() => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK));
   const call = [0, 1].map(() => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK));
-  const owner = new Int32Array(new SharedArrayBuffer(4));
+  const connection = new SharedArrayBuffer(FS_CONNECTION_STATE_BYTES);
   try {
     mem.writeU32(0x100, 0x600df00d);
-    const dev = new FsDevice({ socketFd: fe, socketPath: 'test.sock', tag: 'myfs', numRequestQueues: 1, queueSize: 256, owner, timeoutMs: 5000 });
+    const dev = new FsDevice({ socketFd: fe, socketPath: 'test.sock', tag: 'myfs', numRequestQueues: 1, queueSize: 256, connection, timeoutMs: 5000 });
     // Offered: the back-end's INDIRECT_DESC and EVENT_IDX (VERSION_1 comes from the transport).
     assert.equal(dev.features, (1n << 28n) | (1n << 29n));
     const cfg = new Uint8Array(40);
@@ -97,7 +103,7 @@ test('virtio-fs front-end conversation with an in-process back-end: features, ow
     dev.activateExternal({ mem, features: (1n << 32n) | (1n << 29n), queues, notifyQueue: () => {} });
     dev.reset();
     // A second device over the same connection (a guest reboot) does not send SET_OWNER again.
-    const dev2 = new FsDevice({ socketFd: fe, socketPath: 'test.sock', tag: 'myfs', numRequestQueues: 1, queueSize: 256, owner, timeoutMs: 5000 });
+    const dev2 = new FsDevice({ socketFd: fe, socketPath: 'test.sock', tag: 'myfs', numRequestQueues: 1, queueSize: 256, connection, timeoutMs: 5000 });
     dev2.reset();
     libc.close(fe);
     const r = await done;
@@ -147,14 +153,13 @@ const BAD: Array<[BackendMode, RegExp]> = [
   ['bad-size', /has 4 payload bytes, expected 8/],
   ['huge-size', /announces 1073741824 payload bytes/],
   ['hangup', /hung up \(waiting for the reply to GET_FEATURES\)/],
-  ['silent', /no the reply to GET_FEATURES within 300 ms/],
+  ['silent', /timed out after 300 ms waiting for the reply to GET_FEATURES/],
 ];
 
 for (const [mode, re] of BAD) {
   test(`a malformed or missing reply is a clear VhostUserError naming the socket: ${mode}`, async () => {
-    const { fe, done } = backend(mode);
-    await settle();
-    const f = new VhostUserFrontend(fe, { name: '/run/vfsd.sock', timeoutMs: 300 });
+    const { fe, done } = await backend(mode);
+    const f = new VhostUserFrontend(fe, { name: '/run/vfsd.sock', timeoutMs: mode === 'silent' ? 300 : 10_000 });
     assert.throws(() => f.getFeatures(), (e: unknown) => e instanceof VhostUserError && re.test(e.message) && e.message.includes('/run/vfsd.sock'));
     // The connection is broken from then on: later calls fail at once, clearly.
     assert.throws(() => f.getProtocolFeatures(), /connection is broken/);
@@ -164,8 +169,7 @@ for (const [mode, re] of BAD) {
 }
 
 test('REPLY_ACK: a back-end that refuses a request (non-zero ack) is an error', async () => {
-  const { fe, done } = backend('nack');
-  await settle();
+  const { fe, done } = await backend('nack');
   const f = new VhostUserFrontend(fe, { name: 's', timeoutMs: 2000 });
   f.setProtocolFeatures(1n << 3n);
   assert.throws(() => f.setOwner(), /refused SET_OWNER \(status 1\)/);
@@ -182,8 +186,7 @@ test('fuzz: random replies never crash the front-end (only VhostUserError or a v
     for (let k = 0; k < len; k++) raw[k] = rnd() & 0xff;
     // Half of them with a plausible header start, so the checks further in are reached.
     if (i % 2 === 0 && len >= 12) { raw.set([1, 0, 0, 0, 5, 0, 0, 0], 0); raw[8] = rnd() % 16; raw[9] = 0; raw[10] = 0; raw[11] = 0; }
-    const { fe, done } = backend('raw', { raw });
-    await settle();
+    const { fe, done } = await backend('raw', { raw });
     const f = new VhostUserFrontend(fe, { name: 'fuzz', timeoutMs: 100 });
     try {
       const v = f.getFeatures();

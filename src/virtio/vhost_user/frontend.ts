@@ -64,7 +64,7 @@ export class VhostUserFrontend {
   private waitFor(events: number, deadline: number, what: string): void {
     for (;;) {
       const left = deadline - Date.now();
-      if (left <= 0) this.fail(`no ${what} within ${this.timeoutMs} ms (back-end hung?)`);
+      if (left <= 0) this.fail(`timed out after ${this.timeoutMs} ms waiting for ${what} (back-end hung?)`);
       libc.pollFdSet(this.pfd, 0, this.fd, events);
       try {
         if (libc.poll(this.pfd, Math.min(left, 1000)) > 0) {
