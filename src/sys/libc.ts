@@ -149,7 +149,7 @@ interface Libc {
   close: (fd: number) => number;
   ioctlInt: (fd: number, req: number, arg: number | bigint) => number;
   ioctlPtr: (fd: number, req: number, arg: Uint8Array | null) => number;
-  mmap: (addr: number, len: number, prot: number, flags: number, fd: number, off: number) => number | bigint;
+  mmap: (addr: number | bigint, len: number, prot: number, flags: number, fd: number, off: number) => number | bigint;
   munmap: (addr: bigint, len: number) => number;
   madvise: (addr: bigint, len: number, advice: number) => number;
   eventfd: (initval: number, flags: number) => number;
@@ -249,6 +249,17 @@ export function ioctlRaw(fd: number, request: number, arg: number | Uint8Array):
 /** mmap(2) with a kernel-chosen address. Returns the address; throws SysError on MAP_FAILED. */
 export function mmap(length: number, prot: number, flags: number, fd: number, offset: number): bigint {
   const r = L().mmap(0, length, prot, flags, fd, offset);
+  if (r === -1 || r === MAP_FAILED) throw new SysError('mmap', koffi.errno());
+  return BigInt(r);
+}
+
+/**
+ * mmap(2) at `addr` exactly (flags must include MAP_FIXED): replaces whatever is mapped there,
+ * e.g. guest RAM by an inaccessible PROT_NONE mapping. Throws SysError on MAP_FAILED.
+ */
+export function mmapFixed(addr: bigint, length: number, prot: number, flags: number, fd: number, offset: number): bigint {
+  if ((flags & MAP_FIXED) === 0) throw new RangeError('mmapFixed needs MAP_FIXED');
+  const r = L().mmap(addr, length, prot, flags, fd, offset);
   if (r === -1 || r === MAP_FAILED) throw new SysError('mmap', koffi.errno());
   return BigInt(r);
 }

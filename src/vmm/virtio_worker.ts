@@ -5,7 +5,7 @@
 // stalls only this thread. A malformed request puts the device into DEVICE_NEEDS_RESET.
 import { parentPort } from 'node:worker_threads';
 import * as libc from '../sys/libc.js';
-import { GuestMemory } from '../memory/guest_memory.js';
+import { GuestMemory, GuestMemoryRevokedError } from '../memory/guest_memory.js';
 import { SplitQueue, VirtqueueError } from '../virtio/queue.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit, type VirtioDevice } from '../virtio/device.js';
 import {
@@ -113,6 +113,7 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
     try {
       dev.processQueue(i);
     } catch (e) {
+      if (e instanceof GuestMemoryRevokedError) return; // the VM is stopping: the Stop command follows
       needsReset(e instanceof VirtqueueError ? e.message : `device error: ${(e as Error).message}`);
     }
   }
@@ -208,6 +209,7 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
         try {
           dev.onFdReady?.(extra[-1 - s]!);
         } catch (e) {
+          if (e instanceof GuestMemoryRevokedError) continue;
           needsReset(e instanceof VirtqueueError ? e.message : `device error: ${(e as Error).message}`);
         }
       }
