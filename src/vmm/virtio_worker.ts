@@ -46,6 +46,8 @@ function failReady(data: VirtioWorkerData): void {
 }
 
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+/** slotOf value of the device's POLLOUT fd (pollOutFd). */
+const OUT_SLOT = -0x10000;
 
 function run(data: VirtioWorkerData, dev: VirtioDevice): void {
   const nq = data.numQueues;
@@ -187,6 +189,11 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
         slotOf[n] = -1 - k;
         libc.pollFdSet(pfds, n++, extra[k]!, libc.POLLIN);
       }
+      const outFd = dev.pollOutFd?.() ?? -1;
+      if (outFd >= 0 && n < maxFds) {
+        slotOf[n] = OUT_SLOT;
+        libc.pollFdSet(pfds, n++, outFd, libc.POLLOUT);
+      }
     }
     for (let i = n; i < maxFds; i++) libc.pollFdSet(pfds, i, -1, 0);
     try {
@@ -202,7 +209,9 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
     for (let i = 1; i < n && active; i++) {
       if (libc.pollRevents(pfds, i) === 0) continue;
       const s = slotOf[i]!;
-      if (s >= 0) {
+      if (s === OUT_SLOT) {
+        dev.onFdWritable?.();
+      } else if (s >= 0) {
         drain(data.queueFds[s]!, scratch);
         process(s);
       } else {

@@ -95,6 +95,8 @@ export class VirtualMachine extends EventEmitter {
   boots = 0;
   /** VMM threads that did not stop in time on a stop or reboot (each also logged). */
   stuckThreads = 0;
+  /** The serial sink's [tx_bytes, tx_dropped_bytes] in the current guest run (device thread). */
+  private readonly serialCounters = new Float64Array(new SharedArrayBuffer(16));
   private hv: Hypervisor | null;
   private readonly opts: VirtualMachineOptions;
   private run: Running | null = null;
@@ -261,7 +263,7 @@ export class VirtualMachine extends EventEmitter {
       shared, input: this.input.sab, serialFd, serialIrqfd,
       memBelow4g: lowRamEnd(memSize), memAbove4g: memSize - lowRamEnd(memSize),
       vm: vm.handle(), virtio: virtioInits, verbose: this.opts.log !== undefined,
-      pciSegments: this.virtio.pciSegments,
+      pciSegments: this.virtio.pciSegments, serialCounters: this.serialCounters.buffer as SharedArrayBuffer,
     };
     deviceWorker.off('error', early);
     deviceWorker.postMessage(deviceData);
@@ -306,9 +308,13 @@ export class VirtualMachine extends EventEmitter {
     }
   }
 
-  /** Per-device counters of the virtio devices of the running guest. */
+  /** Per-device counters of the virtio devices of the running guest, and the serial port's sink. */
   counters(): Record<string, Record<string, number>> {
-    return this.virtio.counters();
+    const c = this.virtio.counters();
+    if (this.config.serial.mode === 'Tty' || this.config.serial.mode === 'File') {
+      c._serial = { tx_bytes: this.serialCounters[0]!, tx_dropped_bytes: this.serialCounters[1]! };
+    }
+    return c;
   }
 
   /** Feed host input (e.g. stdin) to the guest's serial port. Returns bytes accepted. */
