@@ -287,6 +287,7 @@ export class VirtioManager {
   abort(vm: Vm): void {
     const runs = this.running;
     this.running = [];
+    this.runMem = null;
     for (const r of runs) {
       if (r.worker) void r.worker.terminate();
       this.release(vm, r);
