@@ -20,6 +20,8 @@ import { OutputSink } from './sink.js';
 const post = (e: DeviceEvent) => parentPort!.postMessage(e);
 /** While serial output waits for a full sink, retry this often. */
 const SINK_RETRY_MS = 10;
+/** Buffered serial output that is written out at once, busy or not. */
+const SINK_HIGH_WATER = 8192;
 
 // Spawned before the VM exists; the first message brings the devices' configuration.
 parentPort!.once('message', (data: DeviceWorkerData) => start(data));
@@ -41,6 +43,9 @@ function start(data: DeviceWorkerData): void {
     interrupt: data.serialIrqfd >= 0 ? new EventFdInterrupt(data.serialIrqfd) : NO_INTERRUPT,
     sink: (bytes) => {
       out.write(bytes);
+      // A guest that prints without pause keeps this thread busy: write out (non-blocking)
+      // before the buffer fills, so that a sink that keeps up loses nothing.
+      if (out.pending >= SINK_HIGH_WATER) flush();
     },
     inputCapacity: 64,
   });
