@@ -45,7 +45,7 @@ function start(data: DeviceWorkerData): void {
       out.write(bytes);
       // A guest that prints without pause keeps this thread busy: write out (non-blocking)
       // before the buffer fills, so that a sink that keeps up loses nothing.
-      if (out.pending >= SINK_HIGH_WATER) flush();
+      if (out.pending >= SINK_HIGH_WATER && !out.blocked) flush();
     },
     inputCapacity: 64,
   });

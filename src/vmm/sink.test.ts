@@ -43,6 +43,7 @@ test('a pipe nobody reads: writes never block, the buffer stays at its cap, the 
   assert.equal(tx_bytes + sink.pending + tx_dropped_bytes, total, 'every byte is written, buffered or counted as dropped');
   assert.equal(fdFlags(writer) & constants.O_NONBLOCK, 0, "the caller's fd stays blocking");
   assert.notEqual(sink.waitFd, -1, 'output is pending: there is an fd to poll for POLLOUT');
+  assert.ok(sink.blocked, 'the last flush stopped at a full sink');
 
   // The reader reads again: the buffered bytes go out on the next flush.
   const buf = new Uint8Array(1 << 20);
@@ -56,6 +57,7 @@ test('a pipe nobody reads: writes never block, the buffer stays at its cap, the 
   }
   assert.equal(sink.pending, 0);
   assert.equal(sink.waitFd, -1);
+  assert.ok(!sink.blocked);
   assert.equal(got, total - sink.counters.tx_dropped_bytes, 'everything not dropped arrived');
   sink.close();
   closeSync(writer);

@@ -48,6 +48,7 @@ export class OutputSink {
   private readonly buf: Uint8Array;
   private head = 0;
   private len = 0;
+  private full = false;
   private readonly pfd = libc.pollFds(1);
 
   /** `fd` < 0: no sink (output is discarded, not counted). */
@@ -69,6 +70,11 @@ export class OutputSink {
   /** Bytes buffered, not yet written. */
   get pending(): number {
     return this.len;
+  }
+
+  /** The last flush() left output behind (the sink took no more): wait for POLLOUT or a timer before the next. */
+  get blocked(): boolean {
+    return this.full && this.len > 0;
   }
 
   /** The fd to wait on for POLLOUT while output is pending; -1 when nothing waits. */
@@ -99,11 +105,12 @@ export class OutputSink {
    */
   flush(): void {
     const cap = this.buf.length;
+    this.full = false;
     while (this.len > 0 && this.fd >= 0) {
       let chunk = Math.min(this.len, cap - this.head);
       if (this.guarded) {
         libc.pollFdSet(this.pfd, 0, this.fd, libc.POLLOUT);
-        try { if (libc.poll(this.pfd, 0) === 0) return; } catch { return; }
+        try { if (libc.poll(this.pfd, 0) === 0) { this.full = true; return; } } catch { return; }
         if ((libc.pollRevents(this.pfd, 0) & libc.POLLOUT) === 0) {
           if ((libc.pollRevents(this.pfd, 0) & (libc.POLLERR | libc.POLLHUP)) !== 0) this.gone();
           return;
@@ -115,14 +122,14 @@ export class OutputSink {
         w = writeSync(this.fd, this.buf, this.head, chunk);
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'EAGAIN' || code === 'EINTR') return;
+        if (code === 'EAGAIN' || code === 'EINTR') { this.full = true; return; }
         this.gone();
         return;
       }
       this.counters.tx_bytes += w;
       this.head = (this.head + w) % cap;
       this.len -= w;
-      if (w < chunk) return; // the sink is full for now
+      if (w < chunk) { this.full = true; return; } // the sink is full for now
     }
     if (this.len === 0) this.head = 0;
   }
