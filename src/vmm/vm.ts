@@ -311,9 +311,8 @@ export class VirtualMachine extends EventEmitter {
   /** Per-device counters of the virtio devices of the running guest, and the serial port's sink. */
   counters(): Record<string, Record<string, number>> {
     const c = this.virtio.counters();
-    if (this.config.serial.mode === 'Tty' || this.config.serial.mode === 'File') {
-      c._serial = { tx_bytes: this.serialCounters[0]!, tx_dropped_bytes: this.serialCounters[1]! };
-    }
+    // Reported once the serial sink has dropped output (a sink that did not keep up).
+    if (this.serialCounters[1]! > 0) c._serial = { tx_bytes: this.serialCounters[0]!, tx_dropped_bytes: this.serialCounters[1]! };
     return c;
   }
 
