@@ -111,6 +111,23 @@ describe('API routes', () => {
     await request(s, 'PUT', 'vm.delete');
   });
 
+  test('every 500 leaves its cause, with the stack, in the error log', async () => {
+    const lines: string[] = [];
+    const t2 = await startTestServer({ errorLog: (l) => lines.push(l) });
+    try {
+      const s = t2.socketPath;
+      await request(s, 'PUT', 'vm.create', JSON.stringify(MINIMAL_VM));
+      const err = new Error('KVM_SET_MSRS set 3 of 4 MSRs');
+      t2.controller.failNext = err;
+      assert.equal((await request(s, 'PUT', 'vm.boot')).status, 500);
+      assert.equal(lines.length, 1);
+      assert.match(lines[0]!, /^API PUT \/api\/v1\/vm.boot -> 500 caused by: Error: KVM_SET_MSRS set 3 of 4 MSRs\n/);
+      assert.ok(lines[0]!.includes(err.stack!.split('\n')[1]!), 'the stack is logged');
+    } finally {
+      await t2.close();
+    }
+  });
+
   describe('request body validation', () => {
     const cases: [string, string | undefined, RegExp][] = [
       ['malformed JSON', '{"payload": {"kernel": "/k"', /malformed JSON/],

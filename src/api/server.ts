@@ -68,6 +68,8 @@ export interface ApiServerOptions {
   validator?: SchemaValidator;
   /** Diagnostic lines (one per error response). */
   log?: (line: string) => void;
+  /** Where the cause of every 500 goes (the error with its stack); defaults to `log`. */
+  errorLog?: (line: string) => void;
 }
 
 export interface ApiServerEvents {
@@ -106,6 +108,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
   private readonly validator: SchemaValidator;
   private readonly maxBody: number;
   private readonly log: (line: string) => void;
+  private readonly errorLog: (line: string) => void;
   /** path -> method -> operation, from the document. */
   private readonly routes = new Map<string, Map<string, ApiOperation>>();
   private readonly handlers = new Map<string, Handler>();
@@ -119,6 +122,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     this.validator = opts.validator ?? getValidator();
     this.maxBody = opts.maxBodyBytes ?? DEFAULT_MAX_BODY;
     this.log = opts.log ?? (() => {});
+    this.errorLog = opts.errorLog ?? this.log;
     for (const op of listOperations(this.validator.doc)) {
       let m = this.routes.get(op.path);
       if (m === undefined) this.routes.set(op.path, (m = new Map()));
@@ -347,6 +351,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     const fds = new ReceivedFds((req.socket as unknown) instanceof FdSocketStream ? (req.socket as unknown as FdSocketStream).takeFds() : []);
     this.handle(req, res, fds)
       .catch((err: unknown) => {
+        this.logCause(req, err);
         this.send(res, 500, errorBody(['internal error', err instanceof Error ? err.message : String(err)]), req);
       })
       .finally(() => {
@@ -427,8 +432,18 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       // A controller that re-checks the configuration (config.ts assertValidVmConfig).
       if (e instanceof VmConfigError) return this.sendError(res, 400, [`${name}: invalid VM configuration`, ...e.issues.map((i) => `${i.path}: ${i.message}`)], req);
       if (e instanceof ApiError) return this.sendError(res, e.status, [e.message.startsWith(name) ? e.message : `${name}: ${e.message}`], req);
+      this.logCause(req, e);
       return this.sendError(res, 500, [`${name} failed`, e instanceof Error ? e.message : String(e)], req);
     }
+  }
+
+  /** Every 500 leaves its cause in the VMM's log: the error with its stack (and its cause chain). */
+  private logCause(req: http.IncomingMessage, e: unknown): void {
+    let text = e instanceof Error ? (e.stack ?? `${e.name}: ${e.message}`) : String(e);
+    for (let c = e instanceof Error ? e.cause : undefined, depth = 0; c !== undefined && depth < 4; c = c instanceof Error ? c.cause : undefined, depth++) {
+      text += `\ncaused by: ${c instanceof Error ? (c.stack ?? c.message) : String(c)}`;
+    }
+    this.errorLog(`API ${req.method ?? '?'} ${truncate(req.url ?? '')} -> 500 caused by: ${text}`);
   }
 
   /** Discard a body we will not read (bounded: a huge one gets the connection closed). */

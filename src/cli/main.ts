@@ -53,9 +53,14 @@ async function runVmm(args: RunArgs): Promise<number> {
     const serialTty = vm.config.serial.mode === 'Tty';
     if ((!serialTty && vm.config.console.mode !== 'Tty') || stdinAttached) return;
     stdinAttached = true;
-    if (stdin.isTTY) {
-      stdin.setRawMode(true);
-      rawSet = true;
+    try {
+      if (stdin.isTTY) {
+        stdin.setRawMode(true);
+        rawSet = true;
+      }
+    } catch (e) {
+      // The guest runs whatever the terminal does: say why input stays cooked.
+      process.stderr.write(`stratovisor: warning: cannot put the terminal in raw mode: ${(e as Error).message}\n`);
     }
     if (!serialTty) return;
     // Bytes the ring cannot take now are dropped, as a UART with a full FIFO would drop them.
@@ -93,7 +98,7 @@ async function runVmm(args: RunArgs): Promise<number> {
   process.on('SIGHUP', onSignal);
   if (args.apiSocket !== undefined) {
     const { ApiServer } = await import('../api/server.js');
-    server = await ApiServer.listen({ controller, socket: args.apiSocket, log });
+    server = await ApiServer.listen({ controller, socket: args.apiSocket, log, errorLog: (m) => process.stderr.write(`stratovisor: error: ${m}\n`) });
     server.on('vmm-shutdown', () => { void exit(0, true); });
     log(`API listening on ${'path' in args.apiSocket ? args.apiSocket.path : `fd ${args.apiSocket.fd}`}`);
   }

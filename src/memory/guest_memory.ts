@@ -83,6 +83,16 @@ export interface GuestMemoryDescriptor {
     /** Present for SharedArrayBuffer-backed (test) memory instead of a host address. */
     shared?: SharedArrayBuffer;
   }>;
+  /** One Int32 shared by every GuestMemory over this mapping: non-zero once revoke()d. */
+  revoked?: SharedArrayBuffer;
+}
+
+/** Thrown by device code that finds guest memory revoked (the VM is stopping): abandon the request. */
+export class GuestMemoryRevokedError extends Error {
+  override name = 'GuestMemoryRevokedError';
+  constructor() {
+    super('guest memory was revoked (the VM is stopping)');
+  }
 }
 
 interface Window {
@@ -224,18 +234,59 @@ const NO_REGION: Region = { start: 1, end: 0, hostAddress: 0n, windows: [], buff
 
 export class GuestMemory {
   private regs: Region[];
-  private readonly owned: boolean;
+  private owned: boolean;
   private freed = false;
   private last: Region = NO_REGION;
   // Result of locate(); fields instead of a returned object so hot paths do not allocate.
   private curU8: Uint8Array = new Uint8Array(0);
   private curDv: DataView = new DataView(new ArrayBuffer(0));
   private curOff = 0;
+  /** Shared with every attached copy: [0] non-zero once revoke()d. */
+  private readonly revokedFlag: Int32Array;
 
-  private constructor(regs: Region[], owned: boolean) {
+  private constructor(regs: Region[], owned: boolean, revoked?: SharedArrayBuffer) {
     this.regs = regs;
     this.owned = owned;
+    this.revokedFlag = new Int32Array(revoked ?? new SharedArrayBuffer(4));
     if (regs.length > 0) this.last = regs[0]!;
+  }
+
+  /**
+   * Tell every thread attached to this memory to stop touching it (the VM is stopping): device
+   * code checks `revoked` between the chunks of a long request and after each blocking call,
+   * and abandons the request (GuestMemoryRevokedError) instead of completing it.
+   */
+  revoke(): void {
+    Atomics.store(this.revokedFlag, 0, 1);
+  }
+
+  /** True once revoke() was called on this memory or on any GuestMemory over the same mapping. */
+  get revoked(): boolean {
+    return Atomics.load(this.revokedFlag, 0) !== 0;
+  }
+
+  /**
+   * Instead of free(), for owned memory that a thread which would not exit may still be using
+   * (a kernel copy in a blocking read/preadv into guest RAM): replace every region by an
+   * inaccessible mapping at the same address (mmap PROT_NONE, MAP_FIXED), so its pages are
+   * released, a late kernel copy fails with EFAULT instead of landing in whatever the host would
+   * map there next, and nothing else can be mapped there. The range is unmapped once `until`
+   * settles (every such thread has exited). Returns the ranges retired [host address, bytes].
+   */
+  retire(until: Promise<unknown>): Array<[bigint, number]> {
+    if (this.freed) return [];
+    const ranges: Array<[bigint, number]> = this.owned ? this.regs.map((r) => [r.hostAddress, r.end - r.start]) : [];
+    this.revoke();
+    for (const [addr, len] of ranges) {
+      libc.mmapFixed(addr, len, libc.PROT_NONE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE | libc.MAP_FIXED, -1, 0);
+    }
+    // Drop the views without unmapping (free() of memory that is not owned).
+    this.owned = false;
+    this.free();
+    void until.finally(() => {
+      for (const [addr, len] of ranges) libc.munmap(addr, len);
+    });
+    return ranges;
   }
 
   /**
@@ -317,7 +368,7 @@ export class GuestMemory {
         w = makeWindows(d.size, (off, len) => libc.view(d.hostAddress + BigInt(off), len));
       }
       return { start: d.gpa, end: d.gpa + d.size, hostAddress: d.hostAddress, windows: w.windows, buffers: w.buffers, fd: d.fd ?? -1 };
-    }), false);
+    }), false, desc.revoked);
   }
 
   /** Transferable description (plain object; bigint host addresses are structured-cloneable). */
@@ -336,6 +387,7 @@ export class GuestMemory {
         }
         return d;
       }),
+      revoked: this.revokedFlag.buffer as SharedArrayBuffer,
     };
   }
 

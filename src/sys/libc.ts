@@ -149,7 +149,7 @@ interface Libc {
   close: (fd: number) => number;
   ioctlInt: (fd: number, req: number, arg: number | bigint) => number;
   ioctlPtr: (fd: number, req: number, arg: Uint8Array | null) => number;
-  mmap: (addr: number, len: number, prot: number, flags: number, fd: number, off: number) => number | bigint;
+  mmap: (addr: number | bigint, len: number, prot: number, flags: number, fd: number, off: number) => number | bigint;
   munmap: (addr: bigint, len: number) => number;
   madvise: (addr: bigint, len: number, advice: number) => number;
   eventfd: (initval: number, flags: number) => number;
@@ -249,6 +249,17 @@ export function ioctlRaw(fd: number, request: number, arg: number | Uint8Array):
 /** mmap(2) with a kernel-chosen address. Returns the address; throws SysError on MAP_FAILED. */
 export function mmap(length: number, prot: number, flags: number, fd: number, offset: number): bigint {
   const r = L().mmap(0, length, prot, flags, fd, offset);
+  if (r === -1 || r === MAP_FAILED) throw new SysError('mmap', koffi.errno());
+  return BigInt(r);
+}
+
+/**
+ * mmap(2) at `addr` exactly (MAP_FIXED is added): replaces whatever is mapped there, e.g. guest
+ * RAM by an inaccessible PROT_NONE mapping, or a memfd at a 2 MiB-aligned address. Throws SysError
+ * on MAP_FAILED.
+ */
+export function mmapFixed(addr: bigint, length: number, prot: number, flags: number, fd: number, offset: number): bigint {
+  const r = L().mmap(addr, length, prot, flags | MAP_FIXED, fd, offset);
   if (r === -1 || r === MAP_FAILED) throw new SysError('mmap', koffi.errno());
   return BigInt(r);
 }
@@ -671,13 +682,6 @@ export function recvmsgFds(fd: number, buf: Uint8Array, maxFds = SCM_MAX_FD, fla
     off += (len + 7) & ~7;
   }
   return { n: r, fds, truncated: (msgFlags & MSG_CTRUNC) !== 0 };
-}
-
-/** mmap(2) of `fd` at exactly `addr` (MAP_FIXED is added): replaces what was mapped there. */
-export function mmapFixed(addr: bigint, length: number, prot: number, flags: number, fd: number, offset: number): bigint {
-  const r = L().mmap(Number(addr), length, prot, flags | MAP_FIXED, fd, offset);
-  if (r === -1 || r === MAP_FAILED) throw new SysError('mmap(MAP_FIXED)', koffi.errno());
-  return BigInt(r);
 }
 
 /** struct sockaddr_un for `path`; throws RangeError when the path does not fit sun_path. */

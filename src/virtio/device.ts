@@ -112,6 +112,10 @@ export interface VirtioDevice {
   pollEvents?(): ArrayLike<number>;
   /** A host fd from pollFds() is ready; `revents` as poll(2) reported it (POLLIN when absent). */
   onFdReady?(fd: number, revents?: number): void;
+  /** A host fd the device waits on for POLLOUT (buffered output for a full sink), or -1. */
+  pollOutFd?(): number;
+  /** The fd from pollOutFd() is writable. */
+  onFdWritable?(): void;
   /** Monotonic counters the VMM reports in vm.counters (names as Cloud Hypervisor's). */
   readonly counters?: Readonly<Record<string, number>>;
   /** Back to the initial state: queues forgotten, nothing in flight. */

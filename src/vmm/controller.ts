@@ -264,7 +264,13 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
       throw e;
     }
     this.vm = vm;
-    this.emit('vm-booted', vm);
+    // The VM runs now: a listener that throws (e.g. the CLI failing to put the terminal in raw
+    // mode) must not turn the boot into an error that leaves the state Created while the guest runs.
+    try {
+      this.emit('vm-booted', vm);
+    } catch (e) {
+      this.log(`error: after the boot: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    }
   }
 
   /** Stop the guest from the host side (its threads end, memory is freed) and close it. */

@@ -15,31 +15,37 @@ import { ByteRing } from './ring.js';
 import { PIO_COM1, PIO_I8042, PIO_CMOS, PIO_ACPI_POWER } from './layout_ports.js';
 import { vmFromHandle } from '../hypervisor/handle.js';
 import { setupPci } from './pci_setup.js';
-import { writeAll } from './sink.js';
+import { OutputSink } from './sink.js';
 
 const post = (e: DeviceEvent) => parentPort!.postMessage(e);
+/** While serial output waits for a full sink, retry this often. */
+const SINK_RETRY_MS = 10;
+/** Buffered serial output that is written out at once, busy or not. */
+const SINK_HIGH_WATER = 8192;
 
 // Spawned before the VM exists; the first message brings the devices' configuration.
 parentPort!.once('message', (data: DeviceWorkerData) => start(data));
 
 function start(data: DeviceWorkerData): void {
-  // Serial output is batched and written when the thread has nothing else to do (or the buffer fills).
-  const out = new Uint8Array(8192);
-  let outLen = 0;
+  // Serial output is buffered (bounded) and written, without blocking, when the thread has
+  // nothing else to do: a sink that does not keep up loses what does not fit (counted), it never
+  // holds up a vCPU's port access (sink.ts). While output is pending the thread sleeps at most
+  // SINK_RETRY_MS, then tries again.
+  const out = new OutputSink(data.serialFd);
+  const outCounters = data.serialCounters ? new Float64Array(data.serialCounters) : null;
   function flush(): void {
-    // A sink that is gone (closed terminal/pipe) is dropped: output is discarded from now on.
-    if (outLen > 0 && !writeAll(data.serialFd, out, outLen)) data.serialFd = -1;
-    outLen = 0;
+    out.flush();
+    if (outCounters) { outCounters[0] = out.counters.tx_bytes; outCounters[1] = out.counters.tx_dropped_bytes; }
   }
 
   let powerEvent = false;
   const serial = new Serial({
     interrupt: data.serialIrqfd >= 0 ? new EventFdInterrupt(data.serialIrqfd) : NO_INTERRUPT,
     sink: (bytes) => {
-      if (data.serialFd < 0) return;
-      if (outLen + bytes.length > out.length) flush();
-      out.set(bytes, outLen);
-      outLen += bytes.length;
+      out.write(bytes);
+      // A guest that prints without pause keeps this thread busy: write out (non-blocking)
+      // before the buffer fills, so that a sink that keeps up loses nothing.
+      if (out.pending >= SINK_HIGH_WATER && !out.blocked) flush();
     },
     inputCapacity: 64,
   });
@@ -95,10 +101,12 @@ function start(data: DeviceWorkerData): void {
       for (let spin = 0; spin < SPIN_LIMIT && Atomics.load(bell, 0) === seq; spin++);
       if (Atomics.load(bell, 0) === seq) {
         flush();
-        Atomics.wait(bell, 0, seq, 50);
+        Atomics.wait(bell, 0, seq, out.pending > 0 ? SINK_RETRY_MS : 50);
       }
     }
   }
+  flush();
+  out.close();
   flush();
   pci.teardown();
   post({ type: 'stats', pioUnhandled: pio.unhandledAccesses, mmioUnhandled: mmio.unhandledAccesses });

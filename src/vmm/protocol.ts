@@ -38,6 +38,8 @@ export interface DeviceWorkerData {
   pciSegments?: PciSegmentLayout[];
   /** Log PCI events (BAR moves) to stderr. */
   verbose: boolean;
+  /** Float64 [tx_bytes, tx_dropped_bytes] of the serial sink, mirrored by the device thread. */
+  serialCounters?: SharedArrayBuffer;
 }
 
 export type DeviceEvent =

@@ -2,7 +2,7 @@
 import * as libc from '../sys/libc.js';
 import type { VirtioDevice } from '../virtio/device.js';
 import type { VirtioDeviceSpec } from './virtio_protocol.js';
-import { writeAll } from './sink.js';
+import { OutputSink } from './sink.js';
 
 /**
  * Each I/O thread loads only its own device's module (a thread's start-up is mostly module
@@ -20,9 +20,12 @@ export async function createDeviceModel(spec: VirtioDeviceSpec, id: string, log:
     }
     case 'console': {
       const { ConsoleDevice } = await import('../virtio/console/device.js');
-      let outFd = spec.outFd;
+      // Bounded, non-blocking output (sink.ts): a full sink is written to when poll(2) says it
+      // is writable again; what does not fit meanwhile is dropped and counted.
+      const out = new OutputSink(spec.outFd);
       return new ConsoleDevice({
-        sink: (bytes) => { if (outFd >= 0 && !writeAll(outFd, bytes)) outFd = -1; },
+        sink: (bytes) => { out.write(bytes); out.flush(); },
+        output: { waitFd: () => out.waitFd, flush: () => out.flush(), counters: out.counters },
         input: spec.inFd >= 0 ? { fd: spec.inFd } : null,
         cols: spec.cols, rows: spec.rows,
       });

@@ -37,6 +37,10 @@ interface HostDevice {
   tap?: Tap;
   /** A socket path this manager bound (unlinked by close()). */
   unlink?: string;
+  /** I/O threads of earlier runs that would not stop: this device's fds stay open until they exit. */
+  stuck?: Array<Promise<void>>;
+  /** How many of this device's I/O threads would not stop in time (vm.counters io_threads_stuck). */
+  stuckCount?: number;
 }
 
 interface RunDevice {
@@ -49,6 +53,8 @@ interface RunDevice {
   gsis: number[];
   controlFd: number;
   exited: Promise<void>;
+  /** Set when the worker has exited. */
+  done?: boolean;
   counters: Float64Array;
   counterNames: string[];
 }
@@ -61,9 +67,23 @@ function randomMac(): number[] {
   return [0x52, 0x54, 0x00, b[0]!, b[1]!, b[2]!]; // locally administered (QEMU's OUI)
 }
 
+/** What stop() could not stop: I/O threads still inside a device call, and when they are all gone. */
+export interface VirtioStopResult {
+  /** Ids of the devices whose I/O thread would not exit in time. */
+  stuck: string[];
+  /** Resolves when every such thread has exited (at once when there is none). */
+  allExited: Promise<void>;
+}
+
+const sleep = (ms: number) => new Promise<void>((res) => setTimeout(res, ms).unref());
+
 export class VirtioManager {
   private readonly devices: HostDevice[] = [];
   private running: RunDevice[] = [];
+  /** Guest memory of the current run (revoked by stop()). */
+  private runMem: GuestMemory | null = null;
+  /** How long stop() waits for I/O threads: to stop by themselves, then after terminate(). */
+  stopTimeouts = { graceMs: 5000, terminateMs: 2000 };
   private segments: PciSegmentLayout[] = pciSegmentLayouts(1);
 
   constructor(
@@ -305,6 +325,7 @@ export class VirtioManager {
     const inits: VirtioPciInit[] = [];
     const pending: Array<{ w: Worker; data: VirtioWorkerData }> = [];
     const memDesc = mem.describe();
+    this.runMem = mem;
     try {
       this.devices.forEach((h, i) => {
         const vectors = h.numQueues + 1;
@@ -327,7 +348,7 @@ export class VirtioManager {
         }
         const w = new Worker(new URL('./virtio_worker.js', import.meta.url));
         r.worker = w;
-        r.exited = new Promise<void>((res) => w.once('exit', () => res()));
+        r.exited = new Promise<void>((res) => w.once('exit', () => { r.done = true; res(); }));
         w.on('message', (m: VirtioWorkerEvent) => {
           if (m.type === 'needs-reset') { this.log(`${m.id}: device needs reset: ${m.message}`); this.onNeedsReset(m.id, m.message); }
           else if (m.type === 'error') onError(`${m.id}: ${m.message}`);
@@ -360,6 +381,7 @@ export class VirtioManager {
   abort(vm: Vm): void {
     const runs = this.running;
     this.running = [];
+    this.runMem = null;
     for (const r of runs) {
       if (r.worker) void r.worker.terminate();
       this.release(vm, r);
@@ -382,34 +404,72 @@ export class VirtioManager {
       const c: Record<string, number> = {};
       r.counterNames.forEach((n, i) => { c[n] = r.counters[i]!; });
       c.malformed_requests = Atomics.load(r.words, Word.Errors);
+      if (r.host.stuckCount) c.io_threads_stuck = r.host.stuckCount;
       out[r.host.id] = c;
     }
     return out;
   }
 
-  /** Stop the workers of the current guest run and release its eventfds (after the vCPUs stopped). */
-  async stop(vm: Vm): Promise<void> {
+  /**
+   * Stop the workers of the current guest run and release its eventfds (after the vCPUs stopped).
+   * Bounded in time: guest memory is revoked first (devices abandon long requests between
+   * chunks), then each worker gets stopTimeouts.graceMs to stop, then terminate() and
+   * terminateMs more. terminate() cannot interrupt a blocking system call (a read from an
+   * entropy source nobody writes, a preadv from an image on a hung NFS server): such a thread is
+   * reported (log line, io_threads_stuck counter) and returned in `stuck`, and its eventfds and
+   * the device's host fds stay open until it exits, so that no fd number it holds is reused
+   * under it. The caller must then retire guest memory instead of freeing it (GuestMemory.retire).
+   */
+  async stop(vm: Vm): Promise<VirtioStopResult> {
     const runs = this.running;
     this.running = [];
+    this.runMem?.revoke();
+    this.runMem = null;
     for (const r of runs) {
       postCommand(r.words, Command.Stop);
       try { libc.write(r.controlFd, ONE); } catch { /* closed below */ }
     }
-    await Promise.all(runs.map((r) => Promise.race([r.exited, new Promise<void>((res) => setTimeout(res, 5000).unref())])));
+    const { graceMs, terminateMs } = this.stopTimeouts;
+    await Promise.all(runs.map((r) => Promise.race([r.exited, sleep(graceMs)])));
+    // A worker that did not stop by itself is terminated: its poll has a timeout, so one
+    // waiting there stops; one inside a device call stops when the call returns to JavaScript.
+    await Promise.all(runs.map((r) => (r.done || !r.worker ? undefined : Promise.race([r.worker.terminate().then(() => undefined), r.exited, sleep(terminateMs)]))));
+    const stuck: RunDevice[] = [];
     for (const r of runs) {
-      // A worker that did not stop by itself (stuck in a device call) is terminated; its poll
-      // has a timeout, so this returns.
-      if (r.worker) await Promise.race([r.worker.terminate(), new Promise<void>((res) => setTimeout(res, 2000).unref())]);
-      this.release(vm, r);
+      if (r.done || !r.worker) { this.release(vm, r); continue; }
+      stuck.push(r);
+      const h = r.host;
+      h.stuckCount = (h.stuckCount ?? 0) + 1;
+      this.log(`${h.id}: the I/O thread did not stop within ${graceMs + terminateMs} ms (blocked in a system call); its guest memory is made inaccessible and its fds stay open until it exits`);
+      // The VM side (irqfd routes) goes now; the fds are closed when the thread is gone.
+      r.irqFds.forEach((fd, v) => { try { vm.unregisterIrqfd(fd, r.gsis[v]!); } catch { /* the VM goes away next */ } });
+      const closeFds = () => {
+        for (const fd of [...r.irqFds, ...r.queueFds, r.controlFd]) { if (fd >= 0) { try { libc.close(fd); } catch { /* already closed */ } } }
+        this.log(`${h.id}: the stuck I/O thread has exited; its fds are closed`);
+      };
+      const gone = r.exited.then(closeFds);
+      (h.stuck ??= []).push(gone);
+      void gone.then(() => { h.stuck = h.stuck?.filter((p) => p !== gone); });
     }
+    return { stuck: stuck.map((r) => r.host.id), allExited: Promise.all(stuck.map((r) => r.exited)).then(() => undefined) };
   }
 
   /** Release host resources (images, taps, files). */
   close(): void {
     for (const h of this.devices) {
-      for (const fd of h.fds) { try { closeSync(fd); } catch { /* already closed */ } }
-      h.tap?.close();
-      if (h.unlink !== undefined) { try { unlinkSync(h.unlink); } catch { /* already gone */ } }
+      const release = () => {
+        for (const fd of h.fds) { try { closeSync(fd); } catch { /* already closed */ } }
+        h.tap?.close();
+        if (h.unlink !== undefined) { try { unlinkSync(h.unlink); } catch { /* already gone */ } }
+      };
+      // An I/O thread that would not stop may still be inside a call on these fds (preadv on
+      // the image): they are closed when it exits, never reused under it.
+      if (h.stuck && h.stuck.length > 0) {
+        this.log(`${h.id}: host fds stay open until the stuck I/O thread exits`);
+        void Promise.all(h.stuck).then(release);
+      } else {
+        release();
+      }
     }
     this.devices.length = 0;
   }

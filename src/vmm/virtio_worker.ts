@@ -5,7 +5,7 @@
 // stalls only this thread. A malformed request puts the device into DEVICE_NEEDS_RESET.
 import { parentPort } from 'node:worker_threads';
 import * as libc from '../sys/libc.js';
-import { GuestMemory } from '../memory/guest_memory.js';
+import { GuestMemory, GuestMemoryRevokedError } from '../memory/guest_memory.js';
 import { SplitQueue, VirtqueueError } from '../virtio/queue.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit, type ExternalQueue, type VirtioDevice } from '../virtio/device.js';
 import {
@@ -46,6 +46,8 @@ function failReady(data: VirtioWorkerData): void {
 }
 
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+/** slotOf value of the device's POLLOUT fd (pollOutFd). */
+const OUT_SLOT = -0x10000;
 
 function run(data: VirtioWorkerData, dev: VirtioDevice): void {
   const nq = data.numQueues;
@@ -114,6 +116,7 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
     try {
       dev.processQueue(i);
     } catch (e) {
+      if (e instanceof GuestMemoryRevokedError) return; // the VM is stopping: the Stop command follows
       needsReset(e instanceof VirtqueueError ? e.message : `device error: ${(e as Error).message}`);
     }
   }
@@ -203,7 +206,7 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
     let n = 0;
     if (active) {
       extra = dev.pollFds?.() ?? [];
-      const need = 1 + nq + extra.length;
+      const need = 2 + nq + extra.length; // control, queues, extra fds, the POLLOUT slot
       if (need > maxFds) {
         maxFds = Math.max(need, maxFds * 2);
         pfds = libc.pollFds(maxFds);
@@ -223,6 +226,11 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
         slotOf[n] = -1 - k;
         libc.pollFdSet(pfds, n++, extra[k]!, events === undefined ? libc.POLLIN : events[k]!);
       }
+      const outFd = dev.pollOutFd?.() ?? -1;
+      if (outFd >= 0 && n < maxFds) {
+        slotOf[n] = OUT_SLOT;
+        libc.pollFdSet(pfds, n++, outFd, libc.POLLOUT);
+      }
     }
     for (let i = n; i < maxFds; i++) libc.pollFdSet(pfds, i, -1, 0);
     try {
@@ -238,13 +246,16 @@ function run(data: VirtioWorkerData, dev: VirtioDevice): void {
     for (let i = 1; i < n && active; i++) {
       if (libc.pollRevents(pfds, i) === 0) continue;
       const s = slotOf[i]!;
-      if (s >= 0) {
+      if (s === OUT_SLOT) {
+        dev.onFdWritable?.();
+      } else if (s >= 0) {
         drain(data.queueFds[s]!, scratch);
         process(s);
       } else {
         try {
           dev.onFdReady?.(extra[-1 - s]!, libc.pollRevents(pfds, i));
         } catch (e) {
+          if (e instanceof GuestMemoryRevokedError) continue;
           needsReset(e instanceof VirtqueueError ? e.message : `device error: ${(e as Error).message}`);
         }
       }

@@ -93,6 +93,10 @@ export class VirtualMachine extends EventEmitter {
   readonly config: VmConfig;
   /** Times the guest has been (re)booted. */
   boots = 0;
+  /** VMM threads that did not stop in time on a stop or reboot (each also logged). */
+  stuckThreads = 0;
+  /** The serial sink's [tx_bytes, tx_dropped_bytes] in the current guest run (device thread). */
+  private readonly serialCounters = new Float64Array(new SharedArrayBuffer(16));
   private hv: Hypervisor | null;
   private readonly opts: VirtualMachineOptions;
   private run: Running | null = null;
@@ -265,7 +269,7 @@ export class VirtualMachine extends EventEmitter {
       shared, input: this.input.sab, serialFd, serialIrqfd,
       memBelow4g: lowRamEnd(memSize), memAbove4g: memSize - lowRamEnd(memSize),
       vm: vm.handle(), virtio: virtioInits, verbose: this.opts.log !== undefined,
-      pciSegments: this.virtio.pciSegments,
+      pciSegments: this.virtio.pciSegments, serialCounters: this.serialCounters.buffer as SharedArrayBuffer,
     };
     deviceWorker.off('error', early);
     deviceWorker.postMessage(deviceData);
@@ -310,9 +314,12 @@ export class VirtualMachine extends EventEmitter {
     }
   }
 
-  /** Per-device counters of the virtio devices of the running guest. */
+  /** Per-device counters of the virtio devices of the running guest, and the serial port's sink. */
   counters(): Record<string, Record<string, number>> {
-    return this.virtio.counters();
+    const c = this.virtio.counters();
+    // Reported once the serial sink has dropped output (a sink that did not keep up).
+    if (this.serialCounters[1]! > 0) c._serial = { tx_bytes: this.serialCounters[0]!, tx_dropped_bytes: this.serialCounters[1]! };
+    return c;
   }
 
   /** Feed host input (e.g. stdin) to the guest's serial port. Returns bytes accepted. */
@@ -392,14 +399,33 @@ export class VirtualMachine extends EventEmitter {
     for (const v of run.vcpus) v.kick();
     await Promise.all(run.vcpuExited);
     ringDoorbell(run.shared.doorbell, true);
-    await run.deviceExited;
-    await this.virtio.stop(run.vm);
+    // Bounded: the device thread never blocks on a sink (sink.ts), but a stop must end whatever
+    // a thread does. One that will not exit keeps what it holds (VM fd, serial fds) open.
+    const deviceGone = await exitsWithin(run.deviceExited, run.deviceWorker, DEVICE_STOP_MS);
+    const vs = await this.virtio.stop(run.vm);
     for (const v of run.vcpus) v.close();
     try { run.vm.unregisterIrqfd(run.serialIrqfd, IRQ_COM1); } catch { /* the VM goes away next */ }
-    libc.close(run.serialIrqfd);
-    if (run.ownsSerialFd) closeSync(run.serialFd);
-    run.vm.close();
-    run.mem.free();
+    const releaseDeviceFds = () => {
+      libc.close(run.serialIrqfd);
+      if (run.ownsSerialFd) closeSync(run.serialFd);
+      run.vm.close();
+    };
+    if (deviceGone) {
+      releaseDeviceFds();
+    } else {
+      this.stuckThreads++;
+      this.log(`the device thread did not stop within ${DEVICE_STOP_MS} ms: the VM and serial fds stay open until it exits`);
+      void run.deviceExited.then(releaseDeviceFds);
+    }
+    if (vs.stuck.length === 0) {
+      run.mem.free();
+    } else {
+      // A thread may still be inside a kernel copy into or out of guest RAM: make the range
+      // inaccessible (a late copy fails with EFAULT) and unmap it only when the thread is gone.
+      this.stuckThreads += vs.stuck.length;
+      const ranges = run.mem.retire(vs.allExited);
+      this.log(`guest RAM (${ranges.map(([a, n]) => `0x${a.toString(16)}+${fmtBytes(n)}`).join(', ')}) made inaccessible (PROT_NONE) until the stuck I/O thread(s) of ${vs.stuck.join(', ')} exit`);
+    }
     if (this.run === run) this.run = null;
   }
 
@@ -433,6 +459,20 @@ export class VirtualMachine extends EventEmitter {
     this.hv?.close();
     this.hv = null;
   }
+}
+
+/** How long a stop waits for the device thread to exit, then again after terminate(). */
+const DEVICE_STOP_MS = 5000;
+
+/** Whether `w` exits within `ms` by itself or, failing that, within `ms` after terminate(). */
+async function exitsWithin(exited: Promise<void>, w: Worker, ms: number): Promise<boolean> {
+  let done = false;
+  const mark = exited.then(() => { done = true; });
+  const sleep = () => new Promise<void>((r) => setTimeout(r, ms).unref());
+  await Promise.race([mark, sleep()]);
+  if (done) return true;
+  await Promise.race([w.terminate().then(() => undefined), mark, sleep()]);
+  return done;
 }
 
 export function fmtBytes(n: number): string {

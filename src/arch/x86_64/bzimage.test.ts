@@ -62,7 +62,9 @@ test('reject non-kernel, truncated, old and 32-bit-only images with clear messag
   rejects(new Uint8Array(4096), /not a Linux kernel image: boot_flag at 0x1fe is 0x0, expected 0xaa55/);
   const noHdrs = fakeBzImage(); noHdrs.fill(0, 0x202, 0x206);
   rejects(noHdrs, /no "HdrS" setup header magic/);
-  rejects(fakeBzImage().subarray(0, 0x204), /truncated bzImage: 516 bytes, the setup header is cut off/);
+  rejects(fakeBzImage().subarray(0, 0x204), /truncated bzImage: 516 bytes, the setup header is cut off before its "HdrS" magic/);
+  rejects(fakeBzImage().subarray(0, 0x206), /truncated bzImage: 518 bytes, the setup header is cut off before its boot protocol version at 0x206/);
+  rejects(fakeBzImage().subarray(0, 0x207), /truncated bzImage: 519 bytes, the setup header is cut off before its boot protocol version/);
   rejects(fakeBzImage().subarray(0, 0x240), /truncated bzImage: 576 bytes, the setup header needs 620/);
   rejects(fakeBzImage().subarray(0, 2000), /truncated bzImage: 2000 bytes, but the setup code alone is 2560 bytes/);
   rejects(fakeBzImage().subarray(0, 5 * 512 + 0x1000), /truncated bzImage: syssize says the protected-mode kernel is 16384 bytes, the file has 4096/);
@@ -71,6 +73,24 @@ test('reject non-kernel, truncated, old and 32-bit-only images with clear messag
   rejects(fakeBzImage({ loadflags: 0 }), /zImage/);
   const badPayload = fakeBzImage(); new DataView(badPayload.buffer).setUint32(HDR.payload_length, 0x10000, true);
   rejects(badPayload, /payload 0x100\+0x10000 runs past/);
+});
+
+test('every truncation of a bzImage (0..0x300 bytes, with the magic) gets a KernelImageError naming the problem', () => {
+  const full = fakeBzImage();
+  for (let len = 0; len <= 0x300; len++) {
+    // A copy, so the DataView covers exactly `len` bytes (as a file of that size would).
+    const img = full.slice(0, len);
+    assert.throws(() => parseBzImage(img), (e: unknown) => {
+      assert.ok(e instanceof KernelImageError, `length ${len}: ${(e as Error).name}: ${(e as Error).message}`);
+      assert.match(e.message, /truncated bzImage|not a Linux kernel image/, `length ${len}`);
+      return true;
+    });
+  }
+  // Same with the header's own length byte at its maximum (header up to 0x301).
+  const long = fakeBzImage(); long[0x201] = 0xff;
+  for (let len = 0x200; len <= 0x300; len++) {
+    assert.throws(() => parseBzImage(long.slice(0, len)), KernelImageError, `length ${len}`);
+  }
 });
 
 test('load a synthetic bzImage: kernel at 1 MiB, boot_params filled in', () => {

@@ -97,11 +97,14 @@ export function parseBzImage(image: Uint8Array): BzImage {
   if (bootFlag !== BOOT_FLAG_MAGIC) {
     throw new KernelImageError(`not a Linux kernel image: boot_flag at 0x1fe is ${hex(bootFlag)}, expected 0xaa55`);
   }
-  if (image.length < 0x206) throw new KernelImageError(`truncated bzImage: ${image.length} bytes, the setup header is cut off`);
+  // Every fixed-offset read below is preceded by a length check (a truncated file must get its
+  // own error, never a RangeError from the DataView).
+  if (image.length < HDR.header + 4) throw new KernelImageError(`truncated bzImage: ${image.length} bytes, the setup header is cut off before its "HdrS" magic at 0x202`);
   const magic = dv.getUint32(HDR.header, true);
   if (magic !== HDRS_MAGIC) {
     throw new KernelImageError(`not a bzImage: no "HdrS" setup header magic at 0x202 (found ${hex(magic)}); boot sector only, or a pre-2.00 kernel`);
   }
+  if (image.length < HDR.version + 2) throw new KernelImageError(`truncated bzImage: ${image.length} bytes, the setup header is cut off before its boot protocol version at 0x206`);
   const version = dv.getUint16(HDR.version, true);
   if (version < MIN_BOOT_PROTOCOL) {
     throw new KernelImageError(`kernel boot protocol ${version >> 8}.${(version & 0xff).toString().padStart(2, '0')} is too old: 2.12 or later is needed for the 64-bit entry point`);

@@ -6,8 +6,8 @@
 // assuming any framing (2.6.4): the header is the first 16 device-readable bytes, the status
 // byte the last device-writable byte, the data whatever lies between.
 
-import { closeSync, fsyncSync, readSync, writeSync } from 'node:fs';
-import type { GuestMemory } from '../../memory/guest_memory.js';
+import { closeSync, fdatasyncSync, readSync, writeSync } from 'node:fs';
+import { GuestMemoryRevokedError, type GuestMemory } from '../../memory/guest_memory.js';
 import * as libc from '../../sys/libc.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, type VirtioActivation, type VirtioDevice } from '../device.js';
 import { DescriptorChain, MAX_QUEUE_SIZE, VirtqueueError } from '../queue.js';
@@ -84,8 +84,12 @@ export interface BlockDeviceOptions {
 
 const HEADER_BYTES = 16; // struct virtio_blk_req: le32 type, le32 reserved, le64 sector
 const DWZ_BYTES = 16; // struct virtio_blk_discard_write_zeroes: le64 sector, le32 num_sectors, le32 flags
-/** Largest single read/write syscall (Node refuses lengths >= 2 GiB). */
-const IO_CHUNK = 1 << 30;
+/**
+ * Largest single read/write/preadv/pwritev. A guest request may be up to 4 GiB; split into
+ * chunks, no one system call runs unbounded for it, and guest memory is checked for revocation
+ * (the VM stopping) between chunks, so a stop waits for at most one chunk per I/O thread.
+ */
+export const IO_CHUNK = 4 << 20;
 const ZERO_CHUNK = 1 << 16;
 const TWO_32 = 2 ** 32;
 
@@ -339,17 +343,22 @@ export class BlockDevice implements VirtioDevice {
     const v = this.hdrView;
     if (!this.inRange(v.getUint32(8, true), v.getUint32(12, true), dataIn / SECTOR_SIZE)) return VIRTIO_BLK_S_IOERR;
     let pos = this.reqSector * SECTOR_SIZE;
-    // One preadv straight into guest RAM; a short read (end of a file that shrank) or memory
-    // without host addresses takes the per-segment path below.
-    if (dataIn > 0 && dataIn <= IO_CHUNK) {
-      const cnt = this.buildIov(mem, c, c.readableCount, c.length, 0, dataIn);
-      if (cnt > 0 && libc.preadvRaw(this.fd, this.iov, cnt, pos) === dataIn) return VIRTIO_BLK_S_OK;
+    // preadv straight into guest RAM, IO_CHUNK bytes at a time; a short read (end of a file that
+    // shrank) or memory without host addresses takes the per-segment path below.
+    let done = 0;
+    while (done < dataIn) {
+      if (mem.revoked) throw new GuestMemoryRevokedError();
+      const len = Math.min(IO_CHUNK, dataIn - done);
+      const cnt = this.buildIov(mem, c, c.readableCount, c.length, done, len);
+      if (cnt <= 0 || libc.preadvRaw(this.fd, this.iov, cnt, pos + done) !== len) break;
+      done += len;
     }
+    if (dataIn > 0 && done === dataIn) return VIRTIO_BLK_S_OK;
     let left = dataIn;
     for (let k = c.readableCount; k < c.length && left > 0; k++) {
       const n = Math.min(c.len[k]!, left);
       if (n === 0) continue;
-      if (!this.readFully(mem.slice(c.addr[k]!, n), pos)) return VIRTIO_BLK_S_IOERR;
+      if (!this.readFully(mem, mem.slice(c.addr[k]!, n), pos)) return VIRTIO_BLK_S_IOERR;
       pos += n;
       left -= n;
     }
@@ -357,32 +366,36 @@ export class BlockDevice implements VirtioDevice {
   }
 
   /** pread the whole view from `pos` (zeros past the end of a file that shrank). False on an I/O error. */
-  private readFully(view: Uint8Array, pos: number): boolean {
+  private readFully(mem: GuestMemory, view: Uint8Array, pos: number): boolean {
     const n = view.length;
     let off = 0;
     try {
       while (off < n) {
+        if (mem.revoked) throw new GuestMemoryRevokedError();
         const r = readSync(this.fd, view, off, Math.min(n - off, IO_CHUNK), pos + off);
         if (r === 0) { view.fill(0, off); break; }
         off += r;
       }
-    } catch {
+    } catch (e) {
+      if (e instanceof GuestMemoryRevokedError) throw e;
       return false;
     }
     return true;
   }
 
   /** pwrite the whole view at `pos`. False on an I/O error. */
-  private writeFully(view: Uint8Array, pos: number): boolean {
+  private writeFully(mem: GuestMemory, view: Uint8Array, pos: number): boolean {
     const n = view.length;
     let off = 0;
     try {
       while (off < n) {
+        if (mem.revoked) throw new GuestMemoryRevokedError();
         const w = writeSync(this.fd, view, off, Math.min(n - off, IO_CHUNK), pos + off);
         if (w <= 0) return false;
         off += w;
       }
-    } catch {
+    } catch (e) {
+      if (e instanceof GuestMemoryRevokedError) throw e;
       return false;
     }
     return true;
@@ -394,10 +407,15 @@ export class BlockDevice implements VirtioDevice {
     const v = this.hdrView;
     if (!this.inRange(v.getUint32(8, true), v.getUint32(12, true), dataOut / SECTOR_SIZE)) return VIRTIO_BLK_S_IOERR;
     let pos = this.reqSector * SECTOR_SIZE;
-    if (dataOut > 0 && dataOut <= IO_CHUNK) {
-      const cnt = this.buildIov(mem, c, 0, c.readableCount, HEADER_BYTES, dataOut);
-      if (cnt > 0 && libc.pwritevRaw(this.fd, this.iov, cnt, pos) === dataOut) return VIRTIO_BLK_S_OK;
+    let done = 0;
+    while (done < dataOut) {
+      if (mem.revoked) throw new GuestMemoryRevokedError();
+      const len = Math.min(IO_CHUNK, dataOut - done);
+      const cnt = this.buildIov(mem, c, 0, c.readableCount, HEADER_BYTES + done, len);
+      if (cnt <= 0 || libc.pwritevRaw(this.fd, this.iov, cnt, pos + done) !== len) break;
+      done += len;
     }
+    if (dataOut > 0 && done === dataOut) return VIRTIO_BLK_S_OK;
     let skip = HEADER_BYTES;
     for (let k = 0; k < c.readableCount; k++) {
       let segOff = 0;
@@ -408,15 +426,21 @@ export class BlockDevice implements VirtioDevice {
       }
       const n = len - segOff;
       if (n === 0) continue;
-      if (!this.writeFully(mem.slice(c.addr[k]! + segOff, n), pos)) return VIRTIO_BLK_S_IOERR;
+      if (!this.writeFully(mem, mem.slice(c.addr[k]! + segOff, n), pos)) return VIRTIO_BLK_S_IOERR;
       pos += n;
     }
     return VIRTIO_BLK_S_OK;
   }
 
+  /**
+   * VIRTIO_BLK_T_FLUSH (5.2.6.2: written data must reach non-volatile storage before the device
+   * completes it). fdatasync, not fsync: the image's size never changes (writes beyond capacity
+   * are refused), and fdatasync still writes the metadata needed to read the data back (block
+   * allocation of a sparse image, a size change), skipping only timestamps (fdatasync(2)).
+   */
   private doFlush(): number {
     try {
-      fsyncSync(this.fd);
+      fdatasyncSync(this.fd);
       return VIRTIO_BLK_S_OK;
     } catch {
       return VIRTIO_BLK_S_IOERR;
@@ -459,7 +483,7 @@ export class BlockDevice implements VirtioDevice {
       const len = v.getUint32(o + 8, true) * SECTOR_SIZE;
       if (len === 0) continue;
       const unmap = (v.getUint32(o + 12, true) & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0;
-      const st = type === VIRTIO_BLK_T_DISCARD ? this.punch(pos, len) : this.zero(pos, len, unmap);
+      const st = type === VIRTIO_BLK_T_DISCARD ? this.punch(pos, len) : this.zero(mem, pos, len, unmap);
       if (st !== VIRTIO_BLK_S_OK) return st;
     }
     return VIRTIO_BLK_S_OK;
@@ -476,7 +500,7 @@ export class BlockDevice implements VirtioDevice {
   }
 
   /** Write zeroes: a hole (unmap allowed) or FALLOC_FL_ZERO_RANGE, else plain writes of zeroes. */
-  private zero(pos: number, len: number, unmap: boolean): number {
+  private zero(mem: GuestMemory, pos: number, len: number, unmap: boolean): number {
     try {
       libc.fallocate(this.fd, (unmap ? libc.FALLOC_FL_PUNCH_HOLE : libc.FALLOC_FL_ZERO_RANGE) | libc.FALLOC_FL_KEEP_SIZE, pos, len);
       return VIRTIO_BLK_S_OK;
@@ -486,7 +510,7 @@ export class BlockDevice implements VirtioDevice {
     const z = this.zeros ?? (this.zeros = new Uint8Array(ZERO_CHUNK));
     for (let off = 0; off < len; off += ZERO_CHUNK) {
       const n = Math.min(ZERO_CHUNK, len - off);
-      if (!this.writeFully(n === ZERO_CHUNK ? z : z.subarray(0, n), pos + off)) return VIRTIO_BLK_S_IOERR;
+      if (!this.writeFully(mem, n === ZERO_CHUNK ? z : z.subarray(0, n), pos + off)) return VIRTIO_BLK_S_IOERR;
     }
     return VIRTIO_BLK_S_OK;
   }

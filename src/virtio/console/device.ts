@@ -42,6 +42,11 @@ export interface ConsoleDeviceOptions {
   rows?: number;
   /** Largest queue size (power of two); default 256. */
   queueSize?: number;
+  /**
+   * The sink's buffer, when `sink` only buffers (vmm/sink.ts OutputSink): the fd to wait on for
+   * POLLOUT while output is pending, what to do then, and its counters (vm.counters).
+   */
+  output?: { waitFd(): number; flush(): void; counters: Readonly<Record<string, number>> };
 }
 
 const STAGE_BYTES = 64 * 1024;
@@ -72,6 +77,8 @@ export class ConsoleDevice implements VirtioDevice {
   private pendingOff = 0;
   private pendingBytes = 0;
   private act: VirtioActivation | null = null;
+  private readonly outBuffer: ConsoleDeviceOptions['output'];
+  readonly counters?: Readonly<Record<string, number>>;
 
   constructor(opts: ConsoleDeviceOptions) {
     const qs = opts.queueSize ?? 256;
@@ -83,6 +90,8 @@ export class ConsoleDevice implements VirtioDevice {
     }
     this.queueMaxSize = qs;
     this.sink = opts.sink;
+    this.outBuffer = opts.output;
+    if (opts.output) this.counters = opts.output.counters;
     this.inputFd = opts.input?.fd ?? -1;
     this.inputFds = Object.freeze(this.inputFd >= 0 ? [this.inputFd] : []);
     this.txChain = new DescriptorChain(qs);
@@ -151,6 +160,15 @@ export class ConsoleDevice implements VirtioDevice {
     const a = this.act;
     const q = a?.queues[CONSOLE_RECEIVEQ];
     if (a !== null && q !== undefined && q !== null) this.deliverPending(a, q);
+  }
+
+  /** The sink's fd while buffered output waits for it to become writable. */
+  pollOutFd(): number {
+    return this.outBuffer?.waitFd() ?? -1;
+  }
+
+  onFdWritable(): void {
+    this.outBuffer?.flush();
   }
 
   /** The input fd while the guest has receive buffers posted (and input has not ended). */

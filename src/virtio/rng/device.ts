@@ -4,6 +4,7 @@
 import { closeSync, readSync } from 'node:fs';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, type VirtioActivation, type VirtioDevice } from '../device.js';
 import { DescriptorChain, MAX_QUEUE_SIZE } from '../queue.js';
+import { GuestMemoryRevokedError } from '../../memory/guest_memory.js';
 
 export interface RngDeviceOptions {
   /** Open entropy source (the VMM opens `src`, default /dev/urandom); closed by close(). */
@@ -92,6 +93,8 @@ export class RngDevice implements VirtioDevice {
       } catch {
         // EAGAIN or an error from the source: hand back what was read (possibly nothing).
       }
+      // A read from a blocking source may return only once the VM is stopping: abandon it.
+      if (a.mem.revoked) throw new GuestMemoryRevokedError();
       done += off;
       if (off < n) break;
     }
