@@ -1,6 +1,6 @@
 // Shared first steps of npm start / test / bench: install npm dependencies when missing and
 // build the TypeScript. Plain JavaScript with no dependencies, so it runs on a fresh clone.
-import { existsSync, statSync, readdirSync } from 'node:fs';
+import { existsSync, statSync, lstatSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { REPO } from './images.mjs';
@@ -23,6 +23,13 @@ export function ensureNodeModules() {
   const lock = join(REPO, 'package-lock.json');
   const marker = join(REPO, 'node_modules', '.package-lock.json');
   if (existsSync(marker) && statSync(marker).mtimeMs >= statSync(lock).mtimeMs) return;
+  // A node_modules that is a symlink (a git worktree sharing another checkout's) is left alone:
+  // npm ci would empty the folder it points to.
+  const nm = join(REPO, 'node_modules');
+  if (existsSync(nm) && lstatSync(nm).isSymbolicLink()) {
+    log('node_modules is a symlink: not running npm ci (update it in the checkout it points to)');
+    return;
+  }
   log('installing npm dependencies (npm ci)');
   execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: REPO, stdio: ['ignore', 'inherit', 'inherit'] });
 }
