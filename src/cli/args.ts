@@ -731,7 +731,7 @@ function parseConfine(single: Map<string, string>, multi: Map<string, string[]>,
   if (st !== undefined) {
     const items = st.split(',').map((x) => x.trim());
     for (const it of items) {
-      if (!/^(execve|ptrace|unshare|id|(open|write|stat):\/.+)$/.test(it)) {
+      if (!/^(execve|ptrace|unshare|id|(open|write|stat|aread):\/.+)$/.test(it)) {
         throw new CliError(`--self-test-forbidden: bad item "${it}" (expected execve, ptrace, unshare, id, open:/path, aread:/path, write:/path or stat:/path)`, '--self-test-forbidden');
       }
     }
