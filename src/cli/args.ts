@@ -185,7 +185,7 @@ const FLAGS: readonly FlagSpec[] = [
   {
     name: 'self-test-forbidden',
     value: true,
-    syntax: 'execve|ptrace|unshare|open:<path>|aread:<path>|write:<path>|stat:<path>|id[,...]',
+    syntax: 'execve|worker-execve|ptrace|unshare|open:<path>|aread:<path>|write:<path>|stat:<path>|id[,...]',
     help: 'Confine the process, try these forbidden calls, report and exit (checks the confinement)',
   },
   { name: 'rng', value: true, syntax: 'src=<path>[,iommu=on|off][,pci_segment=<n>]', help: 'virtio-rng entropy source (default: src=/dev/urandom)' },
@@ -731,8 +731,8 @@ function parseConfine(single: Map<string, string>, multi: Map<string, string[]>,
   if (st !== undefined) {
     const items = st.split(',').map((x) => x.trim());
     for (const it of items) {
-      if (!/^(execve|ptrace|unshare|id|(open|write|stat|aread):\/.+)$/.test(it)) {
-        throw new CliError(`--self-test-forbidden: bad item "${it}" (expected execve, ptrace, unshare, id, open:/path, aread:/path, write:/path or stat:/path)`, '--self-test-forbidden');
+      if (!/^(execve|worker-execve|ptrace|unshare|id|(open|write|stat|aread):\/.+)$/.test(it)) {
+        throw new CliError(`--self-test-forbidden: bad item "${it}" (expected execve, worker-execve, ptrace, unshare, id, open:/path, aread:/path, write:/path or stat:/path)`, '--self-test-forbidden');
       }
     }
     out.selfTestForbidden = items;

@@ -15,6 +15,7 @@
 import { realpathSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { networkInterfaces } from 'node:os';
+import { Worker } from 'node:worker_threads';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { landlockAbi, resolveRules, restrictSelf, type LandlockRule } from '../sys/landlock.js';
@@ -194,6 +195,19 @@ export async function selfTestForbidden(items: readonly string[]): Promise<void>
       case 'write':
         say(`write ${path}: ${outcome(() => { close(open(path, O_WRONLY | O_CREAT, 0o600)); return 0; })}`);
         break;
+      case 'worker-execve': {
+        // A worker thread started after the filter: it inherits it (seccomp(2): filters pass to
+        // threads a thread creates). Where allowed the worker's execve fails with ENOENT.
+        const libcUrl = new URL('../sys/libc.js', import.meta.url).href;
+        const code = `import('${libcUrl}').then((l) => { const r = l.execve('/nonexistent/stratovisor-self-test', ['x'], []); require('node:worker_threads').parentPort.postMessage(r); });`;
+        const r = await new Promise<number>((res, rej) => {
+          const w = new Worker(code, { eval: true });
+          w.once('message', (m: number) => { res(m); void w.terminate(); });
+          w.once('error', rej);
+        });
+        say(`worker-execve: ${r === -2 ? 'allowed (ENOENT from the kernel)' : `refused errno ${-r}`}`);
+        break;
+      }
       case 'aread':
         // fs.promises runs on libuv's thread pool: shows those threads are confined too.
         say(`aread ${path}: ${await readFile(path).then(() => 'allowed', (e: NodeJS.ErrnoException) => `refused ${e.code ?? e.message}`)}`);
