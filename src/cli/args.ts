@@ -74,7 +74,7 @@ export interface RemoteArgs {
   json: boolean;
 }
 
-export type CliResult = RunArgs | RemoteArgs | { kind: 'version' } | { kind: 'help'; text: string };
+export type CliResult = RunArgs | RemoteArgs | { kind: 'version' } | { kind: 'help'; text: string } | { kind: 'jail'; argv: string[] };
 
 /** ch-remote's commands. */
 export const REMOTE_COMMANDS = [
@@ -255,6 +255,7 @@ function buildUsage(): string {
   const lines = [
     'Usage: stratovisor [OPTIONS]',
     '       stratovisor remote --api-socket <path> <command> [args...] [--json]',
+    '       stratovisor jail [--uid <n>] [--gid <n>] [--cgroup <file>=<value>]... -- <options> (see jail --help)',
     '',
     'Launch a virtual machine (Cloud Hypervisor compatible command line).',
     '',
@@ -569,6 +570,8 @@ function isFlagLike(tok: string): boolean {
  */
 export function parseArgs(argv: readonly string[]): CliResult {
   if (argv[0] === 'remote') return parseRemote(argv.slice(1));
+  // stratovisor jail [jail flags] -- <VMM flags>: parsed by cli/jail.ts.
+  if (argv[0] === 'jail') return { kind: 'jail', argv: argv.slice(1) };
 
   const single = new Map<string, string>();
   const multi = new Map<string, string[]>();

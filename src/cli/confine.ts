@@ -12,7 +12,7 @@
 //    The default deny-list leaves open(2), socket(2) and friends alone, so opening disk images on
 //    vm.create / add-disk and new sockets (vsock, vhost-user) keep working after it is in place.
 
-import { realpathSync, statSync } from 'node:fs';
+import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { networkInterfaces } from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -217,7 +217,9 @@ export async function selfTestForbidden(items: readonly string[]): Promise<void>
         break;
       case 'id': {
         const ifs = Object.keys(networkInterfaces()).join(' ') || '(none)';
-        say(`id: pid=${process.pid} ppid=${process.ppid} uid=${process.getuid?.() ?? -1} gid=${process.getgid?.() ?? -1} netifs=${ifs}`);
+        let cg = '?';
+        try { cg = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => l.startsWith('0::'))?.slice(3) ?? '?'; } catch { /* no /proc */ }
+        say(`id: pid=${process.pid} ppid=${process.ppid} uid=${process.getuid?.() ?? -1} gid=${process.getgid?.() ?? -1} netifs=${ifs} cgroup=${cg}`);
         break;
       }
     }

@@ -137,6 +137,10 @@ async function main(argv: string[]): Promise<number> {
       const { runRemote } = await import('./remote.js');
       return runRemote(argv.slice(argv.indexOf('remote') + 1));
     }
+    case 'jail': {
+      const { runJail } = await import('./jail.js');
+      return runJail(parsed.argv);
+    }
     case 'run':
       return runVmm(parsed);
   }
