@@ -137,7 +137,12 @@ function setupCgroup(id: string, limits: Array<[string, string]>): string {
     writeFileSync(join(parent, 'cgroup.subtree_control'), enable);
     const dir = join(parent, id);
     mkdirSync(dir);
-    for (const [file, val] of limits) writeFileSync(join(dir, file), val);
+    for (const [file, val] of limits) {
+      writeFileSync(join(dir, file), val);
+      const got = readFileSync(join(dir, file), 'utf8').trim();
+      // The kernel rounds memory sizes to pages; anything else differing means it did not take.
+      if (got !== val && !(file.startsWith('memory.') && Math.abs(Number(got) - Number(val)) < 4096)) throw new Error(`${file} reads back "${got}", not "${val}"`);
+    }
     return dir;
   } catch (e) {
     throw new Error(`jail: --cgroup: ${(e as Error).message}`);
