@@ -201,6 +201,7 @@ export const ALLOWED: readonly SyscallGroup[] = [
       'getpid', 'getppid', 'getuid', 'geteuid', 'getgid', 'getegid', 'getresuid', 'getresgid', 'getgroups', 'capget', 'uname',
       'sysinfo', 'getrlimit', 'prlimit64', 'getrusage', 'times', 'clock_gettime', 'clock_getres', 'clock_nanosleep',
       'nanosleep', 'gettimeofday', 'time', 'getrandom', 'getpriority', 'setpriority', 'ioprio_get', 'ioprio_set',
+      'getitimer', 'setitimer', 'getpgrp', 'getpgid', 'getsid', 'fadvise64',
     ],
   },
 ];
