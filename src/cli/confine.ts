@@ -20,7 +20,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { landlockAbi, resolveRules, restrictSelf, type LandlockRule } from '../sys/landlock.js';
 import { installSeccomp } from '../sys/seccomp.js';
-import { clearCloexec, close, execve, getpid, O_CREAT, O_RDONLY, O_WRONLY, open, SysError, syscallInts } from '../sys/libc.js';
+import { clearCloexec, close, execve, getpid, O_CREAT, O_DIRECTORY, O_RDONLY, O_WRONLY, open, SysError, syscallInts } from '../sys/libc.js';
 import type { VmConfig } from '../vmm/config.js';
 import type { RunArgs } from './args.js';
 
@@ -140,7 +140,21 @@ export function confineVmm(args: RunArgs): string[] {
       const r = execve(process.execPath, [process.execPath, ...process.execArgv, ...process.argv.slice(1)], env);
       throw new SysError(`--landlock: execve(${process.execPath}) to restart inside the ruleset`, -r);
     }
-    notes.push(`Landlock ABI ${applied} in force (${vmmRules(args).length} rules)`);
+    delete process.env[LANDLOCK_ENV];
+    // The marker comes from the environment: check that the domain is really there, by reading a
+    // directory no rule grants (the root, unless a rule names it).
+    const rules = vmmRules(args);
+    if (!rules.some((r) => resolve(r.path) === '/')) {
+      let opened = false;
+      try {
+        close(open('/', O_RDONLY | O_DIRECTORY));
+        opened = true;
+      } catch (e) {
+        if (!(e instanceof SysError && e.code === 'EACCES')) throw e;
+      }
+      if (opened) throw new Error(`--landlock: ${LANDLOCK_ENV} is set but this process is not inside a Landlock domain (/ is readable)`);
+    }
+    notes.push(`Landlock ABI ${applied} in force (${rules.length} rules)`);
   }
   const n = installSeccomp(args.confine.seccomp);
   notes.push(args.confine.seccomp === 'false' ? 'seccomp off' : `seccomp ${args.confine.seccomp}: ${n}-instruction filter on all threads`);
