@@ -153,7 +153,7 @@ test('no VM options: VMM only, waiting on the API socket', () => {
   assert.deepEqual(run('--api-socket=/x.sock').apiSocket, { path: '/x.sock' });
   assert.deepEqual(run('--event-monitor', 'fd=4').eventMonitor, { fd: 4 });
   assert.equal(run('--log-file', '/tmp/log').logFile, '/tmp/log');
-  assert.deepEqual(run(), { kind: 'run', config: null, verbosity: 0 });
+  assert.deepEqual(run(), { kind: 'run', config: null, verbosity: 0, confine: { seccomp: 'true', landlock: false, landlockRules: [] } });
 });
 
 test('version and help', () => {

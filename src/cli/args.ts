@@ -29,6 +29,8 @@ import {
   type VmConfig,
   type VmConfigInput,
 } from '../vmm/config.js';
+import { parseSeccompMode, type SeccompMode } from '../sys/seccomp.js';
+import { parseAccess, type LandlockRule } from '../sys/landlock.js';
 
 /** A command-line error; the message names the flag and the problem. */
 export class CliError extends Error {
@@ -52,6 +54,17 @@ export interface RunArgs {
   apiSocket?: SocketArg;
   eventMonitor?: SocketArg;
   logFile?: string;
+  /** Process confinement (--seccomp, --landlock, --landlock-rules; see cli/confine.ts). */
+  confine: ConfineArgs;
+}
+
+/** --seccomp (default true, as in CH), --landlock, --landlock-rules, --self-test-forbidden. */
+export interface ConfineArgs {
+  seccomp: SeccompMode;
+  landlock: boolean;
+  landlockRules: LandlockRule[];
+  /** Forbidden calls to try once confined, instead of running the VM (cli/confine.ts). */
+  selfTestForbidden?: string[];
 }
 
 export interface RemoteArgs {
@@ -63,7 +76,7 @@ export interface RemoteArgs {
   json: boolean;
 }
 
-export type CliResult = RunArgs | RemoteArgs | { kind: 'version' } | { kind: 'help'; text: string };
+export type CliResult = RunArgs | RemoteArgs | { kind: 'version' } | { kind: 'help'; text: string } | { kind: 'jail'; argv: string[] };
 
 /** ch-remote's commands. */
 export const REMOTE_COMMANDS = [
@@ -146,6 +159,14 @@ const FLAGS: readonly FlagSpec[] = [
   },
   { name: 'initramfs', value: true, syntax: '<path>', help: 'Initramfs to load with the kernel' },
   { name: 'kernel', value: true, syntax: '<path>', help: 'Kernel image (vmlinux ELF or bzImage)' },
+  { name: 'landlock', value: false, syntax: '', help: 'Confine file access to the paths the VM uses (Landlock)' },
+  {
+    name: 'landlock-rules',
+    value: true,
+    multi: true,
+    syntax: 'path=<path>,access=[rw]',
+    help: 'More paths Landlock allows (e.g. disks hot-plugged later); with --landlock',
+  },
   { name: 'log-file', value: true, syntax: '<path>', help: 'Log file (default: stderr)' },
   {
     name: 'memory',
@@ -164,6 +185,18 @@ const FLAGS: readonly FlagSpec[] = [
   },
   { name: 'platform', value: true, syntax: 'num_pci_segments=<n>', help: 'Platform: PCI segments 0..n-1 (default 1, at most 16); place devices with pci_segment=' },
   { name: 'pvpanic', value: false, syntax: '', help: 'Enable the pvpanic device' },
+  {
+    name: 'seccomp',
+    value: true,
+    syntax: 'true|false|log|strict',
+    help: 'seccomp filter (default: true = deny dangerous calls; strict = allow-list; log = log calls outside it)',
+  },
+  {
+    name: 'self-test-forbidden',
+    value: true,
+    syntax: 'execve|worker-execve|ptrace|unshare|open:<path>|aread:<path>|write:<path>|stat:<path>|id[,...]',
+    help: 'Confine the process, try these forbidden calls, report and exit (checks the confinement)',
+  },
   { name: 'rng', value: true, syntax: 'src=<path>[,iommu=on|off][,pci_segment=<n>]', help: 'virtio-rng entropy source (default: src=/dev/urandom)' },
   {
     name: 'serial',
@@ -198,8 +231,6 @@ const UNSUPPORTED_CH_FLAGS = new Set([
   'host-data',
   'igvm',
   'ivshmem',
-  'landlock',
-  'landlock-rules',
   'log-format',
   'memory-zone',
   'no-shutdown',
@@ -210,7 +241,6 @@ const UNSUPPORTED_CH_FLAGS = new Set([
   'rate-limit-group',
   'restore',
   'rtc',
-  'seccomp',
   'tpm',
   'user-device',
   'vdpa',
@@ -240,6 +270,7 @@ function buildUsage(): string {
   const lines = [
     'Usage: stratovisor [OPTIONS]',
     '       stratovisor remote --api-socket <path> <command> [args...] [--json]',
+    '       stratovisor jail [--uid <n>] [--gid <n>] [--cgroup <file>=<value>]... -- <options> (see jail --help)',
     '',
     'Launch a virtual machine (Cloud Hypervisor compatible command line).',
     '',
@@ -574,6 +605,8 @@ function isFlagLike(tok: string): boolean {
  */
 export function parseArgs(argv: readonly string[]): CliResult {
   if (argv[0] === 'remote') return parseRemote(argv.slice(1));
+  // stratovisor jail [jail flags] -- <VMM flags>: parsed by cli/jail.ts.
+  if (argv[0] === 'jail') return { kind: 'jail', argv: argv.slice(1) };
 
   const single = new Map<string, string>();
   const multi = new Map<string, string[]>();
@@ -639,7 +672,7 @@ export function parseArgs(argv: readonly string[]): CliResult {
     throw new CliError(`unexpected argument "${tok}" (options start with --; see --help)`);
   }
 
-  const result: RunArgs = { kind: 'run', config: null, verbosity };
+  const result: RunArgs = { kind: 'run', config: null, verbosity, confine: parseConfine(single, multi, switches) };
   const api = single.get('api-socket');
   if (api !== undefined) result.apiSocket = parseSocketArg('--api-socket', api);
   const ev = single.get('event-monitor');
@@ -710,6 +743,43 @@ export function parseArgs(argv: readonly string[]): CliResult {
   }
   result.config = config;
   return result;
+}
+
+function parseConfine(single: Map<string, string>, multi: Map<string, string[]>, switches: Set<string>): ConfineArgs {
+  const sc = single.get('seccomp');
+  let seccomp: SeccompMode = 'true';
+  if (sc !== undefined) {
+    const m = parseSeccompMode(sc);
+    if (m === undefined) throw new CliError(`--seccomp: bad value "${sc}" (expected true, false, log or strict)`, '--seccomp');
+    seccomp = m;
+  }
+  const landlockRules: LandlockRule[] = [];
+  for (const v of multi.get('landlock-rules') ?? []) {
+    const f = '--landlock-rules';
+    const o = parseOptionList(f, v, ['path', 'access']);
+    const path = o.get('path');
+    const access = o.get('access');
+    if (path === undefined) throw new CliError(`${f}: path= is required in "${v}"`, f);
+    if (access === undefined) throw new CliError(`${f}: access= is required in "${v}" (r, w or rw)`, f);
+    if (parseAccess(access) === undefined) throw new CliError(`${f}: bad access "${access}" for ${path} (expected r, w or rw)`, f);
+    landlockRules.push({ path, access });
+  }
+  const landlock = switches.has('landlock');
+  if (landlockRules.length > 0 && !landlock) {
+    throw new CliError('--landlock-rules needs --landlock (rules only add to an enabled Landlock ruleset)', '--landlock-rules');
+  }
+  const out: ConfineArgs = { seccomp, landlock, landlockRules };
+  const st = single.get('self-test-forbidden');
+  if (st !== undefined) {
+    const items = st.split(',').map((x) => x.trim());
+    for (const it of items) {
+      if (!/^(execve|worker-execve|ptrace|unshare|id|(open|write|stat|aread):\/.+)$/.test(it)) {
+        throw new CliError(`--self-test-forbidden: bad item "${it}" (expected execve, worker-execve, ptrace, unshare, id, open:/path, aread:/path, write:/path or stat:/path)`, '--self-test-forbidden');
+      }
+    }
+    out.selfTestForbidden = items;
+  }
+  return out;
 }
 
 const REMOTE_USAGE = [

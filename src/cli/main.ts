@@ -7,6 +7,7 @@ import { parseArgs, CliError, type RunArgs } from './args.js';
 import type { ApiServer } from '../api/server.js';
 import { VmmCore } from '../vmm/controller.js';
 import { EventMonitor, withLifecycleEvents } from '../api/events.js';
+import { confineVmm, selfTestForbidden } from './confine.js';
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -31,8 +32,14 @@ function errorExit(msg: string, code = 1): never {
  */
 async function runVmm(args: RunArgs): Promise<number> {
   const cfg = args.config;
-  if (!cfg && args.apiSocket === undefined) errorExit('no VM to run: give --kernel (or --api-socket to wait for vm.create)');
+  if (!cfg && args.apiSocket === undefined && args.confine.selfTestForbidden === undefined) errorExit('no VM to run: give --kernel (or --api-socket to wait for vm.create)');
   const log = verboseLog(args.verbosity);
+  // Landlock (re-executes the VMM inside its ruleset) and seccomp, before anything listens or runs.
+  for (const note of confineVmm(args)) log(note);
+  if (args.confine.selfTestForbidden !== undefined) {
+    await selfTestForbidden(args.confine.selfTestForbidden);
+    return 0;
+  }
   const monitor = new EventMonitor(args.eventMonitor);
   try {
     await monitor.ready();
@@ -134,6 +141,10 @@ async function main(argv: string[]): Promise<number> {
     case 'remote': {
       const { runRemote } = await import('./remote.js');
       return runRemote(argv.slice(argv.indexOf('remote') + 1));
+    }
+    case 'jail': {
+      const { runJail } = await import('./jail.js');
+      return runJail(parsed.argv);
     }
     case 'run':
       return runVmm(parsed);

@@ -811,3 +811,144 @@ export function setNonblocking(fd: number): void {
   const fl = fcntl(fd, F_GETFL);
   if ((fl & O_NONBLOCK) === 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
+
+// Process confinement (sys/seccomp.ts, sys/landlock.ts, jail/): prctl, raw syscall(2), execve,
+// chroot, mount, mknod. Loaded on first use, on the thread that confines the process.
+
+export const PR_SET_NO_NEW_PRIVS = 38;
+export const PR_GET_NO_NEW_PRIVS = 39;
+export const PR_GET_SECCOMP = 21;
+export const O_PATH = 0o10000000;
+export const O_DIRECTORY = 0o200000;
+export const MS_RDONLY = 1;
+export const MS_NOSUID = 2;
+export const MS_NODEV = 4;
+export const MS_NOEXEC = 8;
+export const MS_REMOUNT = 32;
+export const MS_BIND = 4096;
+export const MS_REC = 16384;
+export const MS_PRIVATE = 1 << 18;
+export const S_IFCHR = 0o020000;
+
+interface ConfineLibc {
+  prctl: (option: number, a2: number, a3: number, a4: number, a5: number) => number;
+  syscallPtr: (nr: number, a1: number, a2: number, a3: Uint8Array | null) => number;
+  syscallBuf: (nr: number, a1: Uint8Array | null, a2: number, a3: number) => number;
+  syscallFdBuf: (nr: number, a1: number, a2: number, a3: Uint8Array | null, a4: number) => number;
+  syscallInts: (nr: number, a1: number, a2: number, a3: number) => number;
+  execve: (path: string, argv: (string | null)[], envp: (string | null)[]) => number;
+  chroot: (path: string) => number;
+  chdir: (path: string) => number;
+  mount: (src: string | null, target: string, fstype: string | null, flags: number, data: string | null) => number;
+  mknod: (path: string, mode: number, dev: number) => number;
+  seccomp: (nr: number, op: number, flags: number, prog: { len: number; filter: Uint8Array }) => number;
+  fcntl: (fd: number, cmd: number, arg: number) => number;
+}
+
+let confineLibc: ConfineLibc | null = null;
+let sockFprogName: string | null = null;
+function sockFprog(): string {
+  if (sockFprogName === null) {
+    koffi.struct('stv_sock_fprog', { len: 'uint16_t', filter: 'const void *' });
+    sockFprogName = 'stv_sock_fprog';
+  }
+  return sockFprogName;
+}
+
+function C(): ConfineLibc {
+  if (confineLibc !== null) return confineLibc;
+  const lib = koffi.load('libc.so.6');
+  const f = <T extends Fn>(decl: string): T => lib.func(decl) as unknown as T;
+  confineLibc = {
+    prctl: f('int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)'),
+    // syscall(2) is variadic; on x86-64 SysV fixed prototypes pass integer/pointer arguments in
+    // the same registers (rdi, rsi, rdx, rcx, r8), as for ioctl above.
+    syscallPtr: f('long syscall(long nr, long a1, long a2, void *a3)'),
+    syscallBuf: f('long syscall(long nr, void *a1, long a2, long a3)'),
+    syscallFdBuf: f('long syscall(long nr, long a1, long a2, void *a3, long a4)'),
+    syscallInts: f('long syscall(long nr, long a1, long a2, long a3)'),
+    execve: f('int execve(const char *path, const char **argv, const char **envp)'),
+    chroot: f('int chroot(const char *path)'),
+    chdir: f('int chdir(const char *path)'),
+    mount: f('int mount(const char *src, const char *target, const char *fstype, unsigned long flags, const char *data)'),
+    mknod: f('int mknod(const char *path, uint32_t mode, uint64_t dev)'),
+    // struct sock_fprog (linux/filter.h): unsigned short len; struct sock_filter *filter.
+    seccomp: f(`long syscall(long nr, long op, long flags, const ${sockFprog()} *prog)`),
+    fcntl: f('int fcntl(int fd, int cmd, long arg)'),
+  };
+  return confineLibc;
+}
+
+/** prctl(2) with integer arguments. Returns the result; throws SysError naming `name`. */
+export function prctl(option: number, a2 = 0, a3 = 0, a4 = 0, a5 = 0, name = `prctl(${option})`): number {
+  return check(C().prctl(option, a2, a3, a4, a5), name);
+}
+
+/**
+ * Raw syscall(2) shapes for calls glibc 2.36 has no wrapper for (seccomp, landlock_*).
+ * Each returns the result, or `-errno` on failure.
+ */
+export function syscallIntIntBuf(nr: number, a1: number, a2: number, a3: Uint8Array | null): number {
+  const r = C().syscallPtr(nr, a1, a2, a3);
+  return r < 0 ? -koffi.errno() : r;
+}
+export function syscallBufIntInt(nr: number, a1: Uint8Array | null, a2: number, a3: number): number {
+  const r = C().syscallBuf(nr, a1, a2, a3);
+  return r < 0 ? -koffi.errno() : r;
+}
+export function syscallIntIntBufInt(nr: number, a1: number, a2: number, a3: Uint8Array | null, a4: number): number {
+  const r = C().syscallFdBuf(nr, a1, a2, a3, a4);
+  return r < 0 ? -koffi.errno() : r;
+}
+export function syscallInts(nr: number, a1: number, a2: number, a3: number): number {
+  const r = C().syscallInts(nr, a1, a2, a3);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+const F_GETFD = 1;
+const F_SETFD = 2;
+const FD_CLOEXEC = 1;
+
+/** Clear FD_CLOEXEC on `fd` so it survives execve (stdio, an inherited --api-socket fd=). */
+export function clearCloexec(fd: number): void {
+  const flags = check(C().fcntl(fd, F_GETFD, 0), 'fcntl(F_GETFD)');
+  if (flags & FD_CLOEXEC) check(C().fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC), 'fcntl(F_SETFD)');
+}
+
+/** execve(2): replaces the process (all threads) on success; returns `-errno` on failure. */
+export function execve(path: string, argv: readonly string[], env: readonly string[]): number {
+  C().execve(path, [...argv, null], [...env, null]);
+  return -koffi.errno();
+}
+
+export function chroot(path: string): void {
+  check(C().chroot(path), `chroot(${path})`);
+}
+
+export function chdir(path: string): void {
+  check(C().chdir(path), `chdir(${path})`);
+}
+
+/** mount(2). Throws SysError naming the target. */
+export function mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null = null): void {
+  check(C().mount(source, target, fstype, flags, data), `mount(${target})`);
+}
+
+/** mknod(2) of a character device `major:minor` (makedev, glibc's 64-bit dev_t encoding). */
+export function mknodChar(path: string, mode: number, major: number, minor: number): void {
+  const dev = ((major & 0xfff) << 8) | (minor & 0xff) | ((minor & ~0xff) << 12);
+  check(C().mknod(path, S_IFCHR | (mode & 0o7777), dev), `mknod(${path})`);
+}
+
+/** x86-64 __NR_seccomp. */
+const NR_SECCOMP = 317;
+
+/**
+ * seccomp(2) SECCOMP_SET_MODE_FILTER (op 1) with `filter` holding `count` struct sock_filter.
+ * Returns 0, a thread id (TSYNC could not sync that thread), or `-errno`.
+ */
+export function seccompSetModeFilter(flags: number, filter: Uint8Array, count: number): number {
+  if (!(count > 0 && count <= 0xffff && count * 8 <= filter.byteLength)) throw new RangeError(`seccomp: ${count} instructions outside a ${filter.byteLength}-byte program`);
+  const r = C().seccomp(NR_SECCOMP, 1, flags, { len: count, filter });
+  return r < 0 ? -koffi.errno() : r;
+}

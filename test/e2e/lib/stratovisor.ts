@@ -20,5 +20,11 @@ export function stratovisorArgs(b: StvBoot): string[] {
     STRATOVISOR, '--kernel', b.kernel, '--initramfs', b.initramfs, '--cmdline', cmdline,
     '--cpus', `boot=${b.cpus}`, '--memory', `size=${b.memMiB}M`, '--serial', 'tty', '--console', 'off',
     ...(b.extraArgs ?? []),
+    ...(b.extraArgs?.some((a) => a === '--seccomp' || a === '--landlock') ? [] : confineArgs()),
   ];
+}
+
+/** Extra confinement flags from STV_VMM_CONFINE (e.g. "--seccomp strict --landlock"); none by default. */
+export function confineArgs(): string[] {
+  return (process.env.STV_VMM_CONFINE ?? '').split(/\s+/).filter((a) => a !== '');
 }

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { explain, guestImages, marker, REPO, runGuest, type GuestImages, type GuestRun, type Marker } from './guest.js';
 import { qemuArgs } from './qemu.js';
-import { STRATOVISOR } from './stratovisor.js';
+import { STRATOVISOR, confineArgs } from './stratovisor.js';
 
 const LOG_DIR = join(REPO, '.cache', 'e2e-logs', process.env.STV_E2E_LOG_SUBDIR ?? '');
 const QEMU = '/usr/bin/qemu-system-x86_64';
@@ -115,6 +115,8 @@ export const stratovisor: VirtioVmm = {
       '--console', d.consoleFile ? `file=${d.consoleFile}` : 'off',
       // STV_VMM_VERBOSE=1: the VMM's -v log (timestamps, devices, exit counts) lands in the console log.
       ...(process.env.STV_VMM_VERBOSE === '1' ? ['-v'] : []),
+      // STV_VMM_CONFINE='--seccomp strict --landlock': run the checks under other confinement flags.
+      ...confineArgs(),
     ];
     if (d.disk) args.push('--disk', `path=${d.disk.path}${d.disk.readonly ? ',readonly=on' : ''}${d.disk.numQueues ? `,num_queues=${d.disk.numQueues}` : ''}`);
     if (d.net) args.push('--net', `tap=${d.net.tap},ip=${d.net.hostIp},mask=${d.net.mask},mac=${d.net.mac}${(d.net.queuePairs ?? 1) > 1 ? `,num_queues=${2 * d.net.queuePairs!}` : ''}`);
