@@ -251,3 +251,5 @@ export const HV_X64_GPR_BY_ENCODING: readonly number[] = [
 
 /** hv_interrupt_control.interrupt_type (HV_INTERRUPT_TYPE, TLFS 11.x): fixed = 0. */
 export const HV_X64_INTERRUPT_TYPE_FIXED = 0x0000;
+export const HV_X64_INTERRUPT_TYPE_LOWESTPRIORITY = 0x0001;
+export const HV_X64_INTERRUPT_TYPE_NMI = 0x0004;
