@@ -3,6 +3,7 @@
 // TLFS 3.x "Hypercall Interface": rep hypercalls report reps completed; status 0 is success.
 
 import * as abi from './abi.js';
+import type { MsiMessage } from '../hypervisor.js';
 import type { MshvPage, MshvSys } from './sys.js';
 
 const A = abi.layout.mshv_root_hvcall;
@@ -58,4 +59,25 @@ export function setPartitionProperty(h: HvCaller, code: number, value: bigint, n
   h.in.setUint32(I.property_code, code, true);
   h.in.setBigUint64(I.property_value, value, true);
   h.call(abi.HVCALL_SET_PARTITION_PROPERTY, `HvCallSetPartitionProperty(${name}=${value})`, I.SIZE);
+}
+
+/**
+ * Deliver an MSI through HvCallAssertVirtualInterrupt (on a partition or VP fd): x86 MSI
+ * address/data (SDM Vol. 3 11.11.1/11.11.2): destination APIC id = address[19:12],
+ * logical = address[2], vector = data[7:0], delivery mode = data[10:8] (fixed, lowest
+ * priority, NMI), level = data[15].
+ */
+export function assertMsi(h: HvCaller, msi: MsiMessage): void {
+  const I = abi.layout.hv_input_assert_virtual_interrupt;
+  const mode = (msi.data >> 8) & 7;
+  const type = mode === 0 ? abi.HV_X64_INTERRUPT_TYPE_FIXED : mode === 1 ? abi.HV_X64_INTERRUPT_TYPE_LOWESTPRIORITY
+    : mode === 4 ? abi.HV_X64_INTERRUPT_TYPE_NMI : -1;
+  if (type < 0) throw new Error(`MSHV: MSI delivery mode ${mode} is not supported`);
+  h.clearInput(I.SIZE);
+  // hv_interrupt_control: interrupt_type (u32), then level_triggered:1, logical_dest_mode:1.
+  h.in.setUint32(I.control, type, true);
+  h.in.setUint32(I.control + 4, ((msi.data >> 15) & 1) | (((msi.addressLo >> 2) & 1) << 1), true);
+  h.in.setBigUint64(I.dest_addr, BigInt((msi.addressLo >>> 12) & 0xff), true);
+  h.in.setUint32(I.vector, msi.data & 0xff, true);
+  h.call(abi.HVCALL_ASSERT_VIRTUAL_INTERRUPT, 'HvCallAssertVirtualInterrupt', I.SIZE);
 }

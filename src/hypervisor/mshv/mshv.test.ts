@@ -268,7 +268,7 @@ test('partition create/initialise, memory, VP, registers, CPUID, routing, irqfd,
     ['IOEVENTFD', { datamatch: 0n, addr: 0x510n, len: 0, fd: 41, flags: 2 }],
     ['AssertVirtualInterrupt', { reps: 0, in_sz: 32, out_sz: 0, type: 0, flags: 0b11, dest: 2n, vector: 0x51 }],
   ]);
-  assert.throws(() => vm.setIrqLine(4, true), /IOAPIC/);
+  assert.throws(() => vm.setIrqLine(30, true), /not an IOAPIC pin/);
 
   sys.log.length = 0;
   const vcpu = vm.createVcpu(1);
@@ -343,4 +343,43 @@ test('--hypervisor selection: auto picks mshv only without /dev/kvm; a missing d
   assert.throws(() => chooseHypervisor('mshv', has('/dev/kvm')), /--hypervisor mshv: \/dev\/mshv does not exist/);
   assert.throws(() => chooseHypervisor('kvm', has('/dev/mshv')), /--hypervisor kvm: \/dev\/kvm does not exist/);
   assert.throws(() => MshvHypervisor.open('/nonexistent/mshv'), /cannot open \/nonexistent\/mshv: ENOENT/);
+});
+
+test('userspace IOAPIC: the guest programs a pin by MMIO, it becomes an MSI route; level pins wait for the EOI (recording fake)', () => {
+  const sys = new FakeSys();
+  const hv = MshvHypervisor.open('/dev/mshv', sys);
+  const vm = hv.createVm();
+  const vcpu = vm.createVcpu(0);
+  vm.setGsiRouting([{ gsi: 24, kind: 'msi', addressLo: 0xfee00000, addressHi: 0, data: 0x40 }]);
+  sys.log.length = 0;
+  // mov DWORD PTR [rax], ecx at IOREGSEL (ecx = 0x18: IOREDTBL[4] low), then mov [rax], edx at
+  // IOWIN (edx = 0x8031: vector 0x31, level-triggered, unmasked); then a halt exits to the VMM.
+  sys.regs.set(abi.HV_X64_REGISTER_RCX, 0x18n);
+  sys.regs.set(abi.HV_X64_REGISTER_RDX, 0x8031n);
+  sys.runQueue.push(mmioMessage(0xfec00000, [0x89, 0x08], 0x1000n, true));
+  sys.runQueue.push(mmioMessage(0xfec00010, [0x89, 0x10], 0x1002n, true));
+  sys.runQueue.push(message(abi.HVMSG_X64_HALT, 0x1004n, 1, 0, () => {}));
+  assert.equal(vcpu.run(), VmExitKind.Hlt, 'IOAPIC accesses are handled inside run()');
+  const routing = sys.log.filter((r) => r.op === 'SET_MSI_ROUTING').at(-1)!;
+  assert.deepEqual(routing.args, { nr: 2, entries: [24, 0xfee00000, 0, 0x40, 4, 0xfee00000, 0, 0x31 | (1 << 15) | (1 << 14)] });
+  assert.deepEqual(vm.ioapic.rte(4), [0x8031, 0]);
+  // Read it back: mov ebx, DWORD PTR [rax] at IOWIN
+  sys.runQueue.push(mmioMessage(0xfec00010, [0x8b, 0x18], 0x1004n, false));
+  sys.runQueue.push(message(abi.HVMSG_X64_HALT, 0x1006n, 1, 0, () => {}));
+  assert.equal(vcpu.run(), VmExitKind.Hlt);
+  assert.equal(sys.regs.get(abi.HV_X64_REGISTER_RBX), 0x8031n);
+
+  sys.log.length = 0;
+  vm.setIrqLine(4, true);
+  vm.setIrqLine(4, false);
+  vm.setIrqLine(4, true); // Remote IRR still set: no second interrupt
+  assert.deepEqual(sys.log.filter((r) => r.op === 'AssertVirtualInterrupt').map((r) => r.args.vector), [0x31]);
+  // The guest's EOI for 0x31 clears Remote IRR; the line is still high, so it fires again.
+  sys.runQueue.push(message(abi.HVMSG_X64_APIC_EOI, 0n, 0, 0, (dv, p) => dv.setUint32(p + L.hv_x64_apic_eoi_message.interrupt_vector, 0x31, true)));
+  sys.runQueue.push(message(abi.HVMSG_X64_HALT, 0x1008n, 1, 0, () => {}));
+  assert.equal(vcpu.run(), VmExitKind.Hlt);
+  assert.deepEqual(sys.log.filter((r) => r.op === 'AssertVirtualInterrupt').map((r) => r.args.vector), [0x31, 0x31]);
+  // The device thread's view (fromHandle) shares the same IOAPIC state.
+  const h = vm.handle();
+  assert.ok(h.ioapic instanceof SharedArrayBuffer);
 });

@@ -15,6 +15,7 @@ import { VcpuControl, VmExitKind } from '../hypervisor.js';
 import type { Vcpu, VcpuExit, VcpuHandle, VmExit } from '../hypervisor.js';
 import * as abi from './abi.js';
 import { HvCaller } from './hvcall.js';
+import { IOAPIC_ADDR, IOAPIC_LEN, UserspaceIoapic } from './ioapic.js';
 import { decodeMessage, InterceptInfo } from './message.js';
 import type { MshvSys } from './sys.js';
 import { realSys } from './sys.js';
@@ -47,6 +48,16 @@ const MSR_REGISTERS = new Map<number, number>([
   [0xc0000082, abi.HV_X64_REGISTER_LSTAR], [0xc0000083, abi.HV_X64_REGISTER_CSTAR], [0xc0000084, abi.HV_X64_REGISTER_SFMASK],
 ]);
 
+/** What a VP needs to reach its partition's userspace IOAPIC from any thread. */
+export interface IoapicLink {
+  partitionFd: number;
+  state: SharedArrayBuffer;
+}
+
+export interface MshvVcpuHandle extends VcpuHandle {
+  ioapic?: IoapicLink;
+}
+
 const Pending = { None: 0, Rip: 1, IoIn: 2, MmioLoad: 3 } as const;
 
 class MshvVcpuExit implements VcpuExit {
@@ -76,10 +87,15 @@ export class MshvVcpu implements Vcpu {
   private pendingRip = 0n;
   private pendingRax = 0n;
   private cpuid: CpuIdEntry[] = [];
+  private readonly ioapic: UserspaceIoapic | null;
+  private readonly ioapicLink: IoapicLink | undefined;
   private closed = false;
 
-  constructor(readonly sys: MshvSys, readonly id: number, readonly fd: number, private readonly ownsFd: boolean, control?: SharedArrayBuffer) {
+  constructor(readonly sys: MshvSys, readonly id: number, readonly fd: number, private readonly ownsFd: boolean, control?: SharedArrayBuffer, ioapic?: IoapicLink) {
     this.hv = new HvCaller(sys, fd);
+    this.ioapicLink = ioapic;
+    // The IOAPIC's MSI pushes use the partition fd; its interrupts go through this VP's fd.
+    this.ioapic = ioapic ? new UserspaceIoapic(ioapic.state, sys, ioapic.partitionFd, this.hv) : null;
     for (let l = 0; l <= 8; l++) this.dataViews.push(this.dataBuf.subarray(0, l));
     this.controlSab = control ?? new SharedArrayBuffer(VcpuControl.Words * 4);
     this.control = new Int32Array(this.controlSab);
@@ -87,11 +103,14 @@ export class MshvVcpu implements Vcpu {
 
   static fromHandle(h: VcpuHandle): MshvVcpu {
     if (h.backend !== 'mshv') throw new Error(`vCPU handle is for backend '${h.backend}', not 'mshv'`);
-    return new MshvVcpu(realSys, h.id, h.fd, false, h.control);
+    const link = (h as MshvVcpuHandle).ioapic;
+    return new MshvVcpu(realSys, h.id, h.fd, false, h.control, link);
   }
 
-  handle(): VcpuHandle {
-    return { backend: 'mshv', id: this.id, fd: this.fd, mmapSize: 0, runAddr: 0n, control: this.controlSab };
+  handle(): MshvVcpuHandle {
+    const h: MshvVcpuHandle = { backend: 'mshv', id: this.id, fd: this.fd, mmapSize: 0, runAddr: 0n, control: this.controlSab };
+    if (this.ioapicLink) h.ioapic = this.ioapicLink;
+    return h;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -324,8 +343,16 @@ export class MshvVcpu implements Vcpu {
           return (e.kind = VmExitKind.IoIn);
         }
         case abi.HVMSG_UNMAPPED_GPA:
-        case abi.HVMSG_GPA_INTERCEPT:
-          return this.mmio(info);
+        case abi.HVMSG_GPA_INTERCEPT: {
+          const k = this.mmio(info);
+          if (this.ioapic !== null && e.addr >= IOAPIC_ADDR && e.addr < IOAPIC_ADDR + IOAPIC_LEN) {
+            // The IOAPIC is emulated here, not by the VMM's bus; complete() finishes it.
+            if (k === VmExitKind.MmioRead) this.ioapic.mmioRead(e.addr - IOAPIC_ADDR, e.data);
+            else this.ioapic.mmioWrite(e.addr - IOAPIC_ADDR, e.data);
+            continue;
+          }
+          return k;
+        }
         case abi.HVMSG_X64_HALT:
           return (e.kind = VmExitKind.Hlt);
         case abi.HVMSG_UNRECOVERABLE_EXCEPTION:
@@ -343,7 +370,8 @@ export class MshvVcpu implements Vcpu {
           continue;
         }
         case abi.HVMSG_X64_APIC_EOI:
-          // Only a userspace IOAPIC needs EOIs (level-triggered pins); none exists yet.
+          // Level-triggered IOAPIC pins wait for this (Remote IRR).
+          this.ioapic?.eoi(info.eoiVector);
           continue;
         default:
           return (e.kind = VmExitKind.Unknown);

@@ -3,18 +3,23 @@
 //
 // There is no in-kernel IOAPIC or PIC on MSHV: the LAPIC lives in the hypervisor
 // (MSHV_PT_BIT_LAPIC), and a device's interrupt reaches it as an MSI (routing table + irqfd,
-// or HvCallAssertVirtualInterrupt). GSI routes of kind 'irqchip' (IOAPIC pins) are kept here,
-// not given to the kernel; setIrqLine on such a GSI is refused until a userspace IOAPIC model
-// exists (see README "MSHV").
+// or HvCallAssertVirtualInterrupt). GSIs 0..23 are the pins of the userspace IOAPIC
+// (ioapic.ts), whose unmasked entries become MSI routes; 'irqchip' routes need nothing else.
 
 import type { IoEventAddress, IoEventOptions, IrqRoute, MsiMessage, UserMemoryRegion, Vm, VmHandle } from '../hypervisor.js';
 import * as abi from './abi.js';
-import { HvCaller, setPartitionProperty } from './hvcall.js';
+import { assertMsi, HvCaller, setPartitionProperty } from './hvcall.js';
+import { newIoapicState, UserspaceIoapic, IOAPIC_PINS } from './ioapic.js';
 import type { MshvSys } from './sys.js';
 import { realSys } from './sys.js';
 import { MshvVcpu } from './vcpu.js';
 
 const L = abi.layout;
+
+/** The VmHandle of an MSHV partition also carries the shared IOAPIC state. */
+export interface MshvVmHandle extends VmHandle {
+  ioapic: SharedArrayBuffer;
+}
 
 export class MshvVm implements Vm {
   readonly fd: number;
@@ -28,20 +33,24 @@ export class MshvVm implements Vm {
   /** slot -> the mapping, since an unmap must repeat its fields (mshv.h). */
   private readonly regions = new Map<number, UserMemoryRegion>();
   private msiRoutes = new Map<number, MsiMessage>();
+  readonly ioapic: UserspaceIoapic;
   private closed = false;
 
-  constructor(readonly sys: MshvSys, fd: number, private readonly owned = true) {
+  constructor(readonly sys: MshvSys, fd: number, private readonly owned = true, ioapicState: SharedArrayBuffer = newIoapicState()) {
     this.fd = fd;
     this.hv = new HvCaller(sys, fd);
+    this.ioapic = new UserspaceIoapic(ioapicState, sys, fd, this.hv);
   }
 
   static fromHandle(h: VmHandle): MshvVm {
     if (h.backend !== 'mshv') throw new Error(`not an MSHV partition handle: ${h.backend}`);
-    return new MshvVm(realSys, h.fd, false);
+    const state = (h as MshvVmHandle).ioapic;
+    if (!(state instanceof SharedArrayBuffer)) throw new Error('MSHV partition handle without its IOAPIC state');
+    return new MshvVm(realSys, h.fd, false, state);
   }
 
-  handle(): VmHandle {
-    return { backend: 'mshv', fd: this.fd };
+  handle(): MshvVmHandle {
+    return { backend: 'mshv', fd: this.fd, ioapic: this.ioapic.state };
   }
 
   private memory(r: UserMemoryRegion, flags: number, what: string): void {
@@ -81,7 +90,7 @@ export class MshvVm implements Vm {
     const b = new Uint8Array(L.mshv_create_vp.SIZE);
     new DataView(b.buffer).setUint32(L.mshv_create_vp.vp_index, id, true);
     const fd = this.sys.ioctl(this.fd, abi.MSHV_CREATE_VP, b, `MSHV_CREATE_VP(${id})`);
-    return new MshvVcpu(this.sys, id, fd, true);
+    return new MshvVcpu(this.sys, id, fd, true, undefined, { partitionFd: this.fd, state: this.ioapic.state });
   }
 
   /** The LAPIC is the hypervisor's (MSHV_PT_BIT_LAPIC at partition creation): nothing to create. */
@@ -98,8 +107,9 @@ export class MshvVm implements Vm {
 
   setIrqLine(gsi: number, active: boolean): void {
     const msi = this.msiRoutes.get(gsi);
-    if (!msi) throw new Error(`MSHV: GSI ${gsi} has no MSI route (IOAPIC pins need a userspace IOAPIC, not implemented)`);
-    if (active) this.signalMsi(msi);
+    if (msi) { if (active) this.signalMsi(msi); return; }
+    if (gsi < IOAPIC_PINS) { this.ioapic.setIrq(gsi, active); return; }
+    throw new Error(`MSHV: GSI ${gsi} has no MSI route and is not an IOAPIC pin`);
   }
 
   private irqfd(fd: number, gsi: number, flags: number, resampleFd: number): void {
@@ -153,44 +163,21 @@ export class MshvVm implements Vm {
     this.ioeventfd(fd, addr, opts, true);
   }
 
-  /** MSHV_SET_MSI_ROUTING with the MSI routes; IOAPIC-pin routes stay in userspace. */
+  /**
+   * MSHV_SET_MSI_ROUTING with the MSI routes plus the IOAPIC's unmasked pins (ioapic.ts);
+   * 'irqchip' routes (IOAPIC pin n = GSI n) are the IOAPIC's own.
+   */
   setGsiRouting(routes: readonly IrqRoute[]): void {
     const msi = routes.filter((r): r is Extract<IrqRoute, { kind: 'msi' }> => r.kind === 'msi');
-    const E = L.mshv_user_irq_entry;
-    const buf = new Uint8Array(L.mshv_user_irq_table.SIZE + msi.length * E.SIZE);
-    const dv = new DataView(buf.buffer);
-    dv.setUint32(L.mshv_user_irq_table.nr, msi.length, true);
-    this.msiRoutes = new Map();
-    msi.forEach((r, i) => {
-      const o = L.mshv_user_irq_table.entries + i * E.SIZE;
-      dv.setUint32(o + E.gsi, r.gsi, true);
-      dv.setUint32(o + E.address_lo, r.addressLo >>> 0, true);
-      dv.setUint32(o + E.address_hi, r.addressHi >>> 0, true);
-      dv.setUint32(o + E.data, r.data >>> 0, true);
-      this.msiRoutes.set(r.gsi, { addressLo: r.addressLo, addressHi: r.addressHi, data: r.data });
-    });
-    this.sys.ioctl(this.fd, abi.MSHV_SET_MSI_ROUTING, buf, `MSHV_SET_MSI_ROUTING(${msi.length} routes)`);
+    for (const r of routes) {
+      if (r.kind === 'irqchip' && r.gsi !== r.pin) throw new Error(`MSHV: GSI ${r.gsi} routed to IOAPIC pin ${r.pin}: only GSI n = pin n is supported`);
+    }
+    this.msiRoutes = new Map(msi.map((r) => [r.gsi, { addressLo: r.addressLo, addressHi: r.addressHi, data: r.data }]));
+    this.ioapic.setVmmRoutes(msi);
   }
 
-  /**
-   * Deliver an MSI through HvCallAssertVirtualInterrupt: x86 MSI address/data (SDM Vol. 3
-   * 11.11.1/11.11.2): destination APIC id = address[19:12], logical = address[2],
-   * vector = data[7:0], delivery mode = data[10:8] (fixed/lowest priority/NMI), level = data[15].
-   */
   signalMsi(msi: MsiMessage): number {
-    const I = L.hv_input_assert_virtual_interrupt;
-    const mode = (msi.data >> 8) & 7;
-    const type = mode === 0 ? abi.HV_X64_INTERRUPT_TYPE_FIXED : mode === 1 ? abi.HV_X64_INTERRUPT_TYPE_LOWESTPRIORITY
-      : mode === 4 ? abi.HV_X64_INTERRUPT_TYPE_NMI : -1;
-    if (type < 0) throw new Error(`MSHV: MSI delivery mode ${mode} is not supported`);
-    const h = this.hv;
-    h.clearInput(I.SIZE);
-    // hv_interrupt_control: interrupt_type (u32), then level_triggered:1, logical_dest_mode:1.
-    h.in.setUint32(I.control, type, true);
-    h.in.setUint32(I.control + 4, ((msi.data >> 15) & 1) | (((msi.addressLo >> 2) & 1) << 1), true);
-    h.in.setBigUint64(I.dest_addr, BigInt((msi.addressLo >>> 12) & 0xff), true);
-    h.in.setUint32(I.vector, msi.data & 0xff, true);
-    h.call(abi.HVCALL_ASSERT_VIRTUAL_INTERRUPT, 'HvCallAssertVirtualInterrupt', I.SIZE);
+    assertMsi(this.hv, msi);
     return 1;
   }
 
