@@ -34,6 +34,8 @@ export const layout = {
   hv_message: { SIZE: 256, header: 0, u: 16 },
   hv_x64_segment_register: { SIZE: 16, base: 0, limit: 8, selector: 12, attributes: 14 },
   hv_x64_table_register: { SIZE: 16, pad: 0, limit: 6, base: 8 },
+  hv_x64_fp_control_status_register: { SIZE: 16, fp_control: 0, fp_status: 2, fp_tag: 4, reserved: 5, last_fp_op: 6, last_fp_rip: 8 },
+  hv_x64_xmm_control_status_register: { SIZE: 16, last_fp_rdp: 0, xmm_status_control: 8, xmm_status_control_mask: 12 },
   // ---- TLFS: hypercall inputs (HvCallGet/SetVpRegisters 7.x, HvCallSetPartitionProperty)
   hv_register_assoc: { SIZE: 32, name: 0, reserved1: 4, reserved2: 8, value: 16 },
   hv_input_get_vp_registers: { SIZE: 16, partition_id: 0, vp_index: 8, input_vtl: 12, rsvd_z8: 13, rsvd_z16: 14, names: 16 },
@@ -236,6 +238,7 @@ export const HV_X64_REGISTER_STAR = 0x00080008;
 export const HV_X64_REGISTER_LSTAR = 0x00080009;
 export const HV_X64_REGISTER_CSTAR = 0x0008000a;
 export const HV_X64_REGISTER_SFMASK = 0x0008000b;
+export const HV_X64_REGISTER_MSR_MTRR_DEF_TYPE = 0x0008000e;
 export const HV_X64_REGISTER_XMM0 = 0x00030000;
 export const HV_X64_REGISTER_FP_MMX0 = 0x00030010;
 export const HV_X64_REGISTER_FP_CONTROL_STATUS = 0x00030018;

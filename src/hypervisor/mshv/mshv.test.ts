@@ -281,6 +281,15 @@ test('partition create/initialise, memory, VP, registers, CPUID, routing, irqfd,
   assert.equal((sys.log[2]!.args.names as number[]).length, 18);
   assert.equal(sys.log[3]!.op, 'SetVpRegisters');
   assert.equal(sys.regs.get(abi.HV_X64_REGISTER_RIP), 0x100000n);
+  sys.log.length = 0;
+  vcpu.setFpu({ fcw: 0x37f, fsw: 0, ftwx: 0, lastOpcode: 0, lastIp: 0n, lastDp: 0n, mxcsr: 0x1f80, fpr: new Uint8Array(128), xmm: new Uint8Array(256).fill(7) });
+  vcpu.setMsrs([{ index: 0x1a0, data: 1n }, { index: 0xc0000082, data: 0xffffffff81000000n }, { index: 0x2ff, data: 0xc06n }]);
+  assert.throws(() => vcpu.getMsrs([0x12345]), /MSR 0x12345 has no TLFS register name/);
+  const sets = sys.log.filter((r) => r.op === 'SetVpRegisters');
+  assert.equal(sets[0]!.args.reps, 26);
+  assert.equal(sys.regs.get(abi.HV_X64_REGISTER_FP_CONTROL_STATUS), 0x37fn, 'fp_control at offset 0 of the value');
+  assert.equal(sys.regs.get(abi.HV_X64_REGISTER_XMM0), 0x0707070707070707n);
+  assert.deepEqual(sets[1]!.args.set, [abi.HV_X64_REGISTER_LSTAR, Number(0xffffffff81000000n), abi.HV_X64_REGISTER_MSR_MTRR_DEF_TYPE, 0xc06], 'IA32_MISC_ENABLE is the hypervisor\'s');
   vcpu.close();
   vm.close();
   hv.close();

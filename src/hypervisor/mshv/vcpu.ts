@@ -46,7 +46,20 @@ const MSR_REGISTERS = new Map<number, number>([
   [0x1b, abi.HV_X64_REGISTER_APIC_BASE], [0x277, abi.HV_X64_REGISTER_PAT], [0x174, abi.HV_X64_REGISTER_SYSENTER_CS],
   [0x176, abi.HV_X64_REGISTER_SYSENTER_EIP], [0x175, abi.HV_X64_REGISTER_SYSENTER_ESP], [0xc0000081, abi.HV_X64_REGISTER_STAR],
   [0xc0000082, abi.HV_X64_REGISTER_LSTAR], [0xc0000083, abi.HV_X64_REGISTER_CSTAR], [0xc0000084, abi.HV_X64_REGISTER_SFMASK],
+  [0x2ff, abi.HV_X64_REGISTER_MSR_MTRR_DEF_TYPE],
 ]);
+/**
+ * MSRs the hypervisor keeps for itself (no TLFS VP register): setMsrs leaves them as the
+ * hypervisor sets them, getMsrs refuses them. IA32_MISC_ENABLE (0x1a0): fast strings are on.
+ */
+const MSRS_OWNED_BY_HYPERVISOR = new Set([0x1a0]);
+
+/** x87/MMX and XMM registers in the order getFpu/setFpu pass them (TLFS "X64 Floating Point"). */
+const FPU_NAMES: readonly number[] = [
+  ...Array.from({ length: 8 }, (_, i) => abi.HV_X64_REGISTER_FP_MMX0 + i),
+  ...Array.from({ length: 16 }, (_, i) => abi.HV_X64_REGISTER_XMM0 + i),
+  abi.HV_X64_REGISTER_FP_CONTROL_STATUS, abi.HV_X64_REGISTER_XMM_CONTROL_STATUS,
+];
 
 /** What a VP needs to reach its partition's userspace IOAPIC from any thread. */
 export interface IoapicLink {
@@ -192,11 +205,40 @@ export class MshvVcpu implements Vcpu {
   }
 
   getFpu(): FpuState {
-    throw new Error('MSHV backend: FPU state (HV_X64_REGISTER_FP_*/XMM*) is not implemented');
+    const out = this.getRegisters(FPU_NAMES);
+    const bytes = new Uint8Array(out.buffer, out.byteOffset, FPU_NAMES.length * 16);
+    const fpr = bytes.slice(0, 128);
+    const xmm = bytes.slice(128, 384);
+    const F = L.hv_x64_fp_control_status_register;
+    const X = L.hv_x64_xmm_control_status_register;
+    const f = 24 * 16;
+    const x = 25 * 16;
+    return {
+      fcw: out.getUint16(f + F.fp_control, true), fsw: out.getUint16(f + F.fp_status, true), ftwx: out.getUint8(f + F.fp_tag),
+      lastOpcode: out.getUint16(f + F.last_fp_op, true), lastIp: out.getBigUint64(f + F.last_fp_rip, true),
+      lastDp: out.getBigUint64(x + X.last_fp_rdp, true), mxcsr: out.getUint32(x + X.xmm_status_control, true), fpr, xmm,
+    };
   }
 
-  setFpu(_fpu: FpuState): void {
-    throw new Error('MSHV backend: FPU state (HV_X64_REGISTER_FP_*/XMM*) is not implemented');
+  setFpu(fpu: FpuState): void {
+    if (fpu.fpr.length !== 128 || fpu.xmm.length !== 256) throw new RangeError('FPU state: fpr must be 128 bytes and xmm 256');
+    const dv = this.beginSet(FPU_NAMES.length);
+    const u8 = new Uint8Array(dv.buffer, dv.byteOffset, dv.byteLength);
+    FPU_NAMES.forEach((name, i) => dv.setUint32(SIN.elements + i * RA.SIZE + RA.name, name, true));
+    const val = (i: number): number => SIN.elements + i * RA.SIZE + RA.value;
+    for (let i = 0; i < 8; i++) u8.set(fpu.fpr.subarray(i * 16, i * 16 + 16), val(i));
+    for (let i = 0; i < 16; i++) u8.set(fpu.xmm.subarray(i * 16, i * 16 + 16), val(8 + i));
+    const F = L.hv_x64_fp_control_status_register;
+    const X = L.hv_x64_xmm_control_status_register;
+    dv.setUint16(val(24) + F.fp_control, fpu.fcw, true);
+    dv.setUint16(val(24) + F.fp_status, fpu.fsw, true);
+    dv.setUint8(val(24) + F.fp_tag, fpu.ftwx);
+    dv.setUint16(val(24) + F.last_fp_op, fpu.lastOpcode, true);
+    dv.setBigUint64(val(24) + F.last_fp_rip, fpu.lastIp, true);
+    dv.setBigUint64(val(25) + X.last_fp_rdp, fpu.lastDp, true);
+    dv.setUint32(val(25) + X.xmm_status_control, fpu.mxcsr >>> 0, true);
+    dv.setUint32(val(25) + X.xmm_status_control_mask, 0, true); // as rust-vmm mshv-ioctls sets it
+    this.commitSet(FPU_NAMES.length);
   }
 
   getMsrs(indices: readonly number[]): MsrEntry[] {
@@ -205,7 +247,8 @@ export class MshvVcpu implements Vcpu {
     return indices.map((index, i) => ({ index, data: out.getBigUint64(i * 16, true) }));
   }
 
-  setMsrs(entries: readonly MsrEntry[]): void {
+  setMsrs(all: readonly MsrEntry[]): void {
+    const entries = all.filter((e) => !MSRS_OWNED_BY_HYPERVISOR.has(e.index));
     if (entries.length === 0) return;
     const names = entries.map((e) => msrName(e.index));
     this.beginSet(entries.length);

@@ -97,9 +97,11 @@ export class MshvVm implements Vm {
   createIrqChip(): void {}
   createSplitIrqChip(_ioapicPins: number): void {}
 
-  createPit(): void {
-    throw new Error('MSHV has no in-kernel i8254 PIT; a userspace PIT is not implemented');
-  }
+  /**
+   * MSHV has no in-kernel i8254 PIT and this backend has no userspace one: the guest gets no
+   * PIT (as on Cloud Hypervisor); Linux then calibrates with the TSC and the LAPIC timer.
+   */
+  createPit(): void {}
 
   /** KVM's VMX real-mode helpers: no equivalent on MSHV. */
   setTssAddress(_addr: number): void {}
