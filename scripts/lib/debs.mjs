@@ -147,7 +147,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
       writeFileSync(stamp, String(Date.now()));
     } catch (e) {
       // Offline (e.g. inside the sandbox): lists from an earlier update still name what is unpacked.
-      const have = readdirSync(join(root, 'lists')).some((f) => f.endsWith('_Packages'));
+      const have = readdirSync(join(root, 'lists')).some((f) => f.includes('_Packages'));
       if (!have) throw new DebError(`apt-get update of ${suite} failed: ${String(e.stderr || e.message).trim()}`);
       log(`apt-get update of ${suite} failed; using the lists from ${root} as they are`);
     }
