@@ -2,7 +2,8 @@
 // form it handles (random prefixes, REX, ModRM/SIB, displacements, immediates) are written into
 // one flat binary and disassembled with `objdump -D -b binary -m i386:x86-64 -M intel`; for each
 // instruction the length, direction, memory access size, register operand (name and width,
-// AH..BH included) and immediate must agree.
+// AH..BH included), memory operand (base, index, scale, displacement, segment) and immediate
+// must agree.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { decodeMmio, emptyInsn, InsnOp } from './decoder.js';
+import { decodeMmio, emptyInsn, InsnOp, RIP_BASE, type DecodedInsn } from './decoder.js';
 
 const REG64 = ['rax', 'rcx', 'rdx', 'rbx', 'rsp', 'rbp', 'rsi', 'rdi', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15'];
 const REG32 = ['eax', 'ecx', 'edx', 'ebx', 'esp', 'ebp', 'esi', 'edi', 'r8d', 'r9d', 'r10d', 'r11d', 'r12d', 'r13d', 'r14d', 'r15d'];
@@ -87,6 +88,33 @@ function generate(count: number): Uint8Array[] {
   return out;
 }
 
+
+/**
+ * Our memory operand as objdump's Intel syntax prints it: `[base+index*scale+disp]`; a SIB
+ * index of 100b as riz/eiz where the SIB was not needed; RIP-relative displacements as unsigned 64-bit;
+ * no base and no index as `ds:0xdisp`; only fs/gs shown (es/cs/ss/ds overrides are a prefix word
+ * in 64-bit mode).
+ */
+function memText(d: DecodedInsn): string {
+  const R = d.addrSize === 4 ? REG32 : REG64;
+  const seg = d.segment === 0x64 ? 'fs' : d.segment === 0x65 ? 'gs' : '';
+  const parts: string[] = [];
+  if (d.base === RIP_BASE) parts.push(d.addrSize === 4 ? 'eip' : 'rip');
+  else if (d.base >= 0) parts.push(R[d.base]!);
+  if (d.index >= 0) parts.push(`${R[d.index]!}*${d.scale}`);
+  // A SIB without index: objdump names it riz/eiz unless the SIB was needed (base rsp/r12, scale 1).
+  else if (d.hasSib && (d.scale > 1 || (d.base >= 0 && (d.base & 7) !== 4))) parts.push(`${d.addrSize === 4 ? 'eiz' : 'riz'}*${d.scale}`);
+  if (parts.length === 0) {
+    const v = d.addrSize === 4 ? BigInt.asUintN(32, d.disp) : BigInt.asUintN(64, d.disp);
+    return `${seg || 'ds'}:0x${v.toString(16)}`;
+  }
+  let t = parts.join('+');
+  if (d.base === RIP_BASE) t += `+0x${BigInt.asUintN(64, d.disp).toString(16)}`;
+  else if (d.disp < 0n) t += `-0x${(-d.disp).toString(16)}`;
+  else if (d.disp > 0n || d.hasDisp) t += `+0x${d.disp.toString(16)}`;
+  return `${seg ? seg + ':' : ''}[${t}]`;
+}
+
 interface ObjLine { addr: number; text: string }
 
 function objdump(bin: Uint8Array): ObjLine[] | string {
@@ -106,7 +134,7 @@ function objdump(bin: Uint8Array): ObjLine[] | string {
   }
 }
 
-test('decodeMmio agrees with objdump on generated encodings (length, direction, size, register, immediate)', (t) => {
+test('decodeMmio agrees with objdump on generated encodings (length, direction, size, register, memory operand, immediate)', (t) => {
   if (spawnSync('objdump', ['--version']).status !== 0) {
     console.log('# skipping: objdump (binutils) not on PATH');
     t.skip('objdump (binutils) not on PATH');
@@ -151,6 +179,8 @@ test('decodeMmio agrees with objdump on generated encodings (length, direction, 
         if (d.isWrite !== wantWrite) problems.push(`${hexBytes}: isWrite ${d.isWrite} vs objdump '${text}'`);
         const memOp = wantWrite ? ops[0]! : ops[1]!;
         const other = wantWrite ? ops[1]! : ops[0]!;
+        const mem = memOp.replace(/^(BYTE|WORD|DWORD|QWORD) PTR /, '');
+        if (mem !== memText(d)) problems.push(`${hexBytes}: memory operand ${memText(d)} vs objdump '${text}'`);
         if (/^0x[0-9a-f]+$/.test(other)) {
           if (d.op !== InsnOp.StoreImm || d.imm !== BigInt(other)) problems.push(`${hexBytes}: imm 0x${d.imm.toString(16)} vs objdump '${text}'`);
           if (sizeOf(memOp) !== d.size) problems.push(`${hexBytes}: size ${d.size} vs objdump '${text}'`);
@@ -168,6 +198,7 @@ test('decodeMmio agrees with objdump on generated encodings (length, direction, 
         if (d.isWrite) problems.push(`${hexBytes}: isWrite vs objdump '${text}'`);
         if (ourReg !== ops[0]) problems.push(`${hexBytes}: register ${ourReg} vs objdump '${text}'`);
         if (sizeOf(ops[1]!) !== d.size) problems.push(`${hexBytes}: size ${d.size} vs objdump '${text}'`);
+        if (ops[1]!.replace(/^(BYTE|WORD|DWORD|QWORD) PTR /, '') !== memText(d)) problems.push(`${hexBytes}: memory operand ${memText(d)} vs objdump '${text}'`);
         break;
       }
       case 'stos': case 'movs': {

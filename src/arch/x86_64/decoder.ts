@@ -59,12 +59,16 @@ export interface DecodedInsn {
   index: number;
   scale: number;
   disp: bigint;
+  /** A SIB byte is encoded. */
+  hasSib: boolean;
+  /** A displacement byte/dword is encoded (mod 1/2, RIP-relative, no base), even when 0. */
+  hasDisp: boolean;
   /** Segment override prefix (0x26/0x2E/0x36/0x3E/0x64/0x65) or 0. */
   segment: number;
 }
 
 export function emptyInsn(): DecodedInsn {
-  return { op: InsnOp.Load, length: 0, isWrite: false, size: 0, reg: -1, regSize: 0, highByte: false, imm: 0n, rep: false, addrSize: 8, base: -1, index: -1, scale: 1, disp: 0n, segment: 0 };
+  return { op: InsnOp.Load, length: 0, isWrite: false, size: 0, reg: -1, regSize: 0, highByte: false, imm: 0n, rep: false, addrSize: 8, base: -1, index: -1, scale: 1, disp: 0n, hasSib: false, hasDisp: false, segment: 0 };
 }
 
 export const RIP_BASE = 16;
@@ -118,6 +122,8 @@ export function decodeMmio(bytes: Uint8Array, len: number, out: DecodedInsn): st
   out.index = -1;
   out.scale = 1;
   out.disp = 0n;
+  out.hasDisp = false;
+  out.hasSib = false;
   out.reg = -1;
 
   let op = bytes[i++]!;
@@ -188,6 +194,7 @@ export function decodeMmio(bytes: Uint8Array, len: number, out: DecodedInsn): st
   if (rm === 4) {
     if (i >= n) return 'instruction truncated before SIB';
     const sib = bytes[i++]!;
+    out.hasSib = true;
     const ss = sib >> 6;
     const idx = ((sib >> 3) & 7) | rexX;
     const b = sib & 7;
@@ -197,6 +204,7 @@ export function decodeMmio(bytes: Uint8Array, len: number, out: DecodedInsn): st
       out.base = -1;
       if (i + 4 > n) return 'displacement truncated';
       out.disp = readLe(bytes, i, 4, true);
+      out.hasDisp = true;
       i += 4;
     } else {
       out.base = b | rexB;
@@ -205,6 +213,7 @@ export function decodeMmio(bytes: Uint8Array, len: number, out: DecodedInsn): st
     out.base = RIP_BASE;
     if (i + 4 > n) return 'displacement truncated';
     out.disp = readLe(bytes, i, 4, true);
+    out.hasDisp = true;
     i += 4;
   } else {
     out.base = rm | rexB;
@@ -212,10 +221,12 @@ export function decodeMmio(bytes: Uint8Array, len: number, out: DecodedInsn): st
   if (mod === 1) {
     if (i + 1 > n) return 'displacement truncated';
     out.disp = readLe(bytes, i, 1, true);
+    out.hasDisp = true;
     i += 1;
   } else if (mod === 2) {
     if (i + 4 > n) return 'displacement truncated';
     out.disp = readLe(bytes, i, 4, true);
+    out.hasDisp = true;
     i += 4;
   }
   if (immSize > 0) {
