@@ -94,6 +94,8 @@ export class MshvVcpu implements Vcpu {
   private readonly dataBuf = new Uint8Array(8);
   private readonly dataViews: Uint8Array[] = [];
   private readonly insn = emptyInsn();
+  /** One register name for the single-register reads of the run loop (no allocation). */
+  private readonly oneName: number[] = [0];
   private readonly controlSab: SharedArrayBuffer;
   private readonly control: Int32Array;
   private pending: number = Pending.None;
@@ -338,7 +340,8 @@ export class MshvVcpu implements Vcpu {
       if (d.regSize >= 4) {
         newValue = value; // 32-bit destinations zero-extend into 64 (SDM Vol. 1 3.4.1.1)
       } else {
-        const old = this.getRegisters([name]).getBigUint64(0, true);
+        this.oneName[0] = name;
+        const old = this.getRegisters(this.oneName).getBigUint64(0, true);
         const shift = d.highByte ? 8n : 0n;
         const mask = ((1n << BigInt(d.regSize * 8)) - 1n) << shift;
         newValue = (old & ~mask) | ((value << shift) & mask);
@@ -442,7 +445,8 @@ export class MshvVcpu implements Vcpu {
     let v: bigint;
     if (d.op === InsnOp.StoreImm) v = d.imm;
     else {
-      v = this.getRegisters([abi.HV_X64_GPR_BY_ENCODING[d.reg]!]).getBigUint64(0, true);
+      this.oneName[0] = abi.HV_X64_GPR_BY_ENCODING[d.reg]!;
+      v = this.getRegisters(this.oneName).getBigUint64(0, true);
       if (d.highByte) v >>= 8n;
     }
     for (let i = 0; i < d.size; i++) { this.dataBuf[i] = Number(v & 0xffn); v >>= 8n; }
