@@ -335,6 +335,15 @@ test('MSHV_RUN_VP: port I/O and MMIO exits, then RIP advance and the destination
   assert.equal(sys.regs.get(abi.HV_X64_REGISTER_RCX), 0x1111_2222_3333_ff80n, 'movsx cx sign-extends 0x80 into CX only');
   sys.runQueue.push(message(abi.HVMSG_UNRECOVERABLE_EXCEPTION, 0n, 0, 0, () => {}));
   assert.equal(vcpu.run(), VmExitKind.Shutdown);
+  // stosd (ab) with DF clear: writes EAX, then RIP + 1 and RDI + 4
+  sys.regs.set(abi.HV_X64_REGISTER_RAX, 0x11223344n);
+  sys.regs.set(abi.HV_X64_REGISTER_RDI, 0xfebf1000n);
+  sys.runQueue.push(mmioMessage(0xfebf1000, [0xab], 0x6000n, true));
+  assert.equal(vcpu.run(), VmExitKind.MmioWrite);
+  assert.deepEqual([...vcpu.exit.data], [0x44, 0x33, 0x22, 0x11]);
+  sys.runQueue.push(message(abi.HVMSG_X64_HALT, 0x6001n, 1, 0, () => {}));
+  assert.equal(vcpu.run(), VmExitKind.Hlt);
+  assert.deepEqual([sys.regs.get(abi.HV_X64_REGISTER_RIP), sys.regs.get(abi.HV_X64_REGISTER_RDI)], [0x6001n, 0xfebf1004n]);
   // An instruction the decoder does not emulate: a clear error, no crash.
   sys.runQueue.push(mmioMessage(0xfebf0000, [0x01, 0x03], 0x4000n, true));
   assert.throws(() => vcpu.run(), /MMIO at GPA 0xfebf0000 .*opcode 01/);

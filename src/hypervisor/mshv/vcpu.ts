@@ -101,6 +101,9 @@ export class MshvVcpu implements Vcpu {
   private pending: number = Pending.None;
   private pendingRip = 0n;
   private pendingRax = 0n;
+  /** A second register the completion writes (STOS: RDI), or 0. */
+  private pendingExtraName = 0;
+  private pendingExtraValue = 0n;
   private cpuid: CpuIdEntry[] = [];
   private readonly ioapic: UserspaceIoapic | null;
   private readonly ioapicLink: IoapicLink | undefined;
@@ -319,9 +322,12 @@ export class MshvVcpu implements Vcpu {
     if (p === Pending.None) return;
     this.pending = Pending.None;
     if (p === Pending.Rip) {
-      this.beginSet(1);
+      const n = this.pendingExtraName !== 0 ? 2 : 1;
+      this.beginSet(n);
       this.setAssoc64(0, abi.HV_X64_REGISTER_RIP, this.pendingRip);
-      this.commitSet(1);
+      if (n === 2) this.setAssoc64(1, this.pendingExtraName, this.pendingExtraValue);
+      this.pendingExtraName = 0;
+      this.commitSet(n);
       return;
     }
     const d = this.insn;
@@ -443,6 +449,14 @@ export class MshvVcpu implements Vcpu {
       return (e.kind = VmExitKind.MmioRead);
     }
     let v: bigint;
+    if (d.op === InsnOp.Stos) {
+      // STOS also moves RDI (EDI with 67) by the size, down when RFLAGS.DF (SDM Vol. 2B "STOS").
+      this.oneName[0] = abi.HV_X64_REGISTER_RDI;
+      const rdi = this.getRegisters(this.oneName).getBigUint64(0, true);
+      const step = (info.rflags & 0x400n) !== 0n ? -BigInt(d.size) : BigInt(d.size);
+      this.pendingExtraName = abi.HV_X64_REGISTER_RDI;
+      this.pendingExtraValue = BigInt.asUintN(d.addrSize * 8, rdi + step);
+    }
     if (d.op === InsnOp.StoreImm) v = d.imm;
     else {
       this.oneName[0] = abi.HV_X64_GPR_BY_ENCODING[d.reg]!;
