@@ -12,6 +12,7 @@ import { decodeMessage, InterceptInfo } from './message.js';
 import type { MshvPage, MshvSys } from './sys.js';
 import { VmExitKind } from '../hypervisor.js';
 import { chooseHypervisor } from '../select.js';
+import { parseArgs } from '../../cli/args.js';
 
 const L = abi.layout;
 type Rec = { fd: number; op: string; args: Record<string, bigint | number | number[]> };
@@ -400,4 +401,26 @@ test('userspace IOAPIC: the guest programs a pin by MMIO, it becomes an MSI rout
   // The device thread's view (fromHandle) shares the same IOAPIC state.
   const h = vm.handle();
   assert.ok(h.ioapic instanceof SharedArrayBuffer);
+});
+
+test('--hypervisor on the command line', () => {
+  const ok = parseArgs(['--hypervisor', 'mshv', '--kernel', '/k']);
+  assert.equal(ok.kind === 'run' && ok.hypervisor, 'mshv');
+  const none = parseArgs(['--kernel', '/k']);
+  assert.equal(none.kind === 'run' && none.hypervisor, undefined);
+  assert.throws(() => parseArgs(['--hypervisor', 'xen', '--kernel', '/k']), /--hypervisor: bad value "xen" \(expected kvm, mshv or auto\)/);
+});
+
+test('decodeMessage on random 256-byte messages never throws', () => {
+  const info = new InterceptInfo();
+  const m = new Uint8Array(abi.HV_MESSAGE_SIZE);
+  const dv = new DataView(m.buffer);
+  const types = [abi.HVMSG_X64_IO_PORT_INTERCEPT, abi.HVMSG_UNMAPPED_GPA, abi.HVMSG_X64_CPUID_INTERCEPT, abi.HVMSG_X64_APIC_EOI, abi.HVMSG_X64_HALT, 0x12345678];
+  let s = 7;
+  for (let k = 0; k < 5000; k++) {
+    for (let i = 0; i < m.length; i++) { s = (s * 1103515245 + 12345) >>> 0; m[i] = s >>> 24; }
+    dv.setUint32(0, types[k % types.length]!, true);
+    decodeMessage(dv, info);
+    assert.ok(info.insnCount <= 16 && info.gpa < 2 ** 64);
+  }
 });
