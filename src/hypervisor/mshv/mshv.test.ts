@@ -348,6 +348,14 @@ test('MSHV_RUN_VP: port I/O and MMIO exits, then RIP advance and the destination
   // An instruction the decoder does not emulate: a clear error, no crash.
   sys.runQueue.push(mmioMessage(0xfebf0000, [0x01, 0x03], 0x4000n, true));
   assert.throws(() => vcpu.run(), /MMIO at GPA 0xfebf0000 .*opcode 01/);
+  // completePendingExit finishes an exit without entering the guest.
+  sys.runQueue.push(ioMessage(0x70, 1, false, 0n, 0x7000n));
+  assert.equal(vcpu.run(), VmExitKind.IoIn);
+  vcpu.exit.data[0] = 0x5a;
+  const runs = sys.log.filter((r) => r.op === 'RUN_VP').length;
+  vcpu.completePendingExit();
+  assert.equal(sys.log.filter((r) => r.op === 'RUN_VP').length, runs);
+  assert.deepEqual([sys.regs.get(abi.HV_X64_REGISTER_RAX), sys.regs.get(abi.HV_X64_REGISTER_RIP)], [0x5an, 0x7001n]);
   // A kick before run returns Intr without entering the guest.
   vcpu.kick();
   assert.equal(vcpu.run(), VmExitKind.Intr);

@@ -359,6 +359,14 @@ export class MshvVcpu implements Vcpu {
     this.commitSet(2);
   }
 
+  /**
+   * Finish the exit run() last returned (RIP advance, the IN/MMIO-load register) without
+   * entering the guest: the registers are then consistent for a snapshot.
+   */
+  completePendingExit(): void {
+    this.complete();
+  }
+
   run(): VmExitKind {
     const e = this.exit;
     for (;;) {
