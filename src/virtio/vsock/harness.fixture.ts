@@ -63,6 +63,8 @@ export class VsockRig {
   readonly ev = new TestDriver(this.mem, { size: 8, base: 0x20000, dataStart: 0x1f00000, dataEnd: 0x2000000 });
   readonly dev: VsockDevice;
   readonly notified: number[] = [];
+  /** Calls into the device (processQueue / onFdReady) made through the rig: the fuzz's operation count. */
+  deviceCalls = 0;
   private readonly rxChains = new Map<number, BuiltChain>();
   private readonly rxLens = new Map<number, number>();
   private readonly extraFds: number[] = [];
@@ -106,6 +108,7 @@ export class VsockRig {
       this.rxChains.set(c.head, c);
       this.rxLens.set(c.head, len);
     }
+    this.deviceCalls++;
     this.dev.processQueue(0);
   }
 
@@ -135,6 +138,7 @@ export class VsockRig {
     const parts = [encodeHeader(p)];
     if (p.payload !== undefined && p.payload.length > 0) parts.push(p.payload);
     this.tx.addChain(parts, []);
+    this.deviceCalls++;
     this.dev.processQueue(1);
     const done = this.tx.used().length;
     if (done > 0 && this.tx.usedIdx === this.tx.availIdx) this.tx.resetData();
@@ -153,7 +157,7 @@ export class VsockRig {
       const list = [...fds];
       for (let i = 0; i < list.length; i++) {
         const re = libc.pollRevents(p, i);
-        if (re !== 0) this.dev.onFdReady(list[i]!, re);
+        if (re !== 0) { this.deviceCalls++; this.dev.onFdReady(list[i]!, re); }
       }
     }
   }
