@@ -5,7 +5,9 @@
 //          devices), its /proc/PID fd, task, maps and VmSize sampled every STV_SOAK_EVERY (10)
 //          cycles, the tap checked gone after each; then STV_SOAK_PROCESS_CYCLES (20) cycles of a
 //          fresh `stratovisor` process each (the same devices), checking for taps and VMM processes
-//          left behind and for fds the runner itself leaks.
+//          left behind and for fds the runner itself leaks. The fresh processes run first; with
+//          STV_SOAK_TIME_S the long-lived VMM's cycles stop when that much time (from the load's
+//          start) is nearly used up, and say so.
 //  multi   STV_SOAK_VMS (8) VMs at once, each booting to its shell, running the virtio-blk
 //          read/write check (guest/scenarios/blk.sh: host files read, guest files written and read
 //          back with debugfs) and the virtio-rng check (rng.sh), then powering off.
@@ -33,6 +35,7 @@ const img = guestImages();
 const TMP = process.env.TMPDIR ?? tmpdir();
 const parts = (process.env.STV_SOAK_PARTS ?? 'cycles,multi,api').split(',').map((s) => s.trim());
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const LOAD_T0 = performance.now();
 const log = (s: string) => process.stdout.write(`# soak ${new Date().toISOString().slice(11, 19)} ${s}\n`);
 
 interface PartResult { part: string; ok: boolean; figures: Array<[string, string]>; why?: string }
@@ -191,7 +194,7 @@ function vmmProcesses(except: number[] = []): number[] {
 }
 
 // ---------------------------------------------------------------------------------------------
-// (a) Boot/poweroff cycles.
+// (a) Boot/poweroff cycles: fresh processes first, then one long-lived VMM.
 
 async function cyclesPart(): Promise<PartResult> {
   const cycles = countFromEnv('STV_SOAK_CYCLES', 200);
@@ -205,6 +208,39 @@ async function cyclesPart(): Promise<PartResult> {
   const problems: string[] = [];
   deleteTap(SOAK_TAP);
 
+  // Fresh processes: the CLI's own flags, same devices.
+  const procMs: number[] = [];
+  let procDone = 0;
+  const self0 = sampleOnce(process.pid, 0);
+  const mem0 = memAvailableMiB();
+  const tp = performance.now();
+  for (let c = 1; c <= procCycles; c++) {
+    const c0 = performance.now();
+    const p = new Vmm('cycles-process', [
+      '--kernel', img.bzImage, '--initramfs', img.initramfs, '--cmdline', 'console=ttyS0 quiet stv.scenario=poweroff',
+      '--cpus', 'boot=1', '--memory', `size=${guestMiB}M`, '--serial', 'tty', '--console', 'off',
+      '--disk', `path=${disk}`, '--net', `tap=${netArg.tap},ip=${netArg.ip},mask=${netArg.mask},mac=${netArg.mac}`, '--rng', 'src=/dev/urandom',
+    ]);
+    const t = setTimeout(() => p.kill(), 300_000);
+    const ex = await p.exit;
+    clearTimeout(t);
+    procMs.push(performance.now() - c0);
+    if (ex.code !== 0 || p.count('poweroff') !== 1) {
+      problems.push(`process cycle ${c}: exit ${ex.code ?? ex.signal}, ${p.count('poweroff')} poweroff markers\n${p.explain()}`);
+      break;
+    }
+    if (!(await tapGone(SOAK_TAP))) problems.push(`process cycle ${c}: tap ${SOAK_TAP} still exists after the VMM exited`);
+    const stray = vmmProcesses();
+    if (stray.length) problems.push(`process cycle ${c}: VMM processes still running: ${stray.join(', ')}`);
+    procDone = c;
+    if (c % every === 0 || c === procCycles) log(`cycles: process ${c}/${procCycles}, median ${secs(median(procMs))}`);
+  }
+  const self1 = sampleOnce(process.pid, procDone);
+  if (self1.fds > self0.fds + 2) problems.push(`the runner's fds grew ${self0.fds} → ${self1.fds} over ${procDone} VMM processes (pipes not closed?)`);
+  figures.push(['fresh VMM process per cycle: cycles done', `${procDone} of ${procCycles} in ${secs(performance.now() - tp)}`]);
+  if (procMs.length) figures.push(['fresh process: spawn → guest poweroff → exit, median / min / max', `${secs(median(procMs))} / ${secs(Math.min(...procMs))} / ${secs(Math.max(...procMs))}`]);
+  figures.push(['fresh processes: taps / VMM processes left, runner fds first → last', `${tapExists(SOAK_TAP) ? 1 : 0} / ${vmmProcesses().length}, ${self0.fds} → ${self1.fds}`]);
+  figures.push(['sandbox MemAvailable before → after the fresh processes', `${mem0} → ${memAvailableMiB()} MiB`]);
   // One long-lived VMM.
   const sock = join(dir, 'api.sock');
   const vmm = new Vmm('cycles-api', ['--api-socket', `path=${sock}`]);
@@ -220,6 +256,8 @@ async function cyclesPart(): Promise<PartResult> {
   });
   const cycleMs: number[] = [];
   const samples: Sample[] = [];
+  const timeS = countFromEnv('STV_SOAK_TIME_S', 0);
+  let stoppedForTime = false;
   let done = 0;
   const t0 = performance.now();
   try {
@@ -232,6 +270,12 @@ async function cyclesPart(): Promise<PartResult> {
       return r.text;
     };
     for (let c = 1; c <= cycles; c++) {
+      // STV_SOAK_TIME_S: stop starting cycles when the next one would end past the budget.
+      if (timeS > 0 && c > 2 && (performance.now() - LOAD_T0) / 1000 + (1.5 * median(cycleMs)) / 1000 > timeS) {
+        stoppedForTime = true;
+        log(`cycles: stopping after ${c - 1} cycles: STV_SOAK_TIME_S=${timeS} is nearly used up`);
+        break;
+      }
       const c0 = performance.now();
       await api('PUT', 'vm.create', body);
       await api('PUT', 'vm.boot');
@@ -268,49 +312,16 @@ async function cyclesPart(): Promise<PartResult> {
     const l = leaks(first, last, guestMiB);
     if (l.length) problems.push(`the long-lived VMM grew over ${last.cycle - first.cycle} cycles: ${l.join(', ')}`);
   }
-  figures.push(['long-lived VMM (API): cycles done', `${done} of ${cycles} in ${secs(performance.now() - t0)}`]);
+  figures.push(['long-lived VMM (API): cycles done', `${done} of ${cycles} in ${secs(performance.now() - t0)}${stoppedForTime ? ` (stopped: STV_SOAK_TIME_S=${timeS} used up)` : ''}`]);
   figures.push(['long-lived VMM: time per cycle (create→boot→guest poweroff→Shutdown), median / min / max', `${secs(median(cycleMs))} / ${secs(Math.min(...cycleMs))} / ${secs(Math.max(...cycleMs))}`]);
   if (samples[0]) figures.push(['long-lived VMM before the first boot', fmtSample(samples[0])]);
   if (first) figures.push([`after cycle ${first.cycle}`, fmtSample(first)]);
   if (last && last !== first) figures.push([`after cycle ${last.cycle}`, fmtSample(last)]);
   figures.push(['samples (cycle: fds/threads/maps/VmSize MiB)', samples.map((s) => `${s.cycle}:${s.fds}/${s.threads}/${s.maps}/${Math.round(s.vmSizeKiB / 1024)}`).join(' ')]);
 
-  // Fresh processes: the CLI's own flags, same devices.
-  const procMs: number[] = [];
-  let procDone = 0;
-  const self0 = sampleOnce(process.pid, 0);
-  const mem0 = memAvailableMiB();
-  const tp = performance.now();
-  for (let c = 1; c <= procCycles; c++) {
-    const c0 = performance.now();
-    const p = new Vmm('cycles-process', [
-      '--kernel', img.bzImage, '--initramfs', img.initramfs, '--cmdline', 'console=ttyS0 quiet stv.scenario=poweroff',
-      '--cpus', 'boot=1', '--memory', `size=${guestMiB}M`, '--serial', 'tty', '--console', 'off',
-      '--disk', `path=${disk}`, '--net', `tap=${netArg.tap},ip=${netArg.ip},mask=${netArg.mask},mac=${netArg.mac}`, '--rng', 'src=/dev/urandom',
-    ]);
-    const t = setTimeout(() => p.kill(), 300_000);
-    const ex = await p.exit;
-    clearTimeout(t);
-    procMs.push(performance.now() - c0);
-    if (ex.code !== 0 || p.count('poweroff') !== 1) {
-      problems.push(`process cycle ${c}: exit ${ex.code ?? ex.signal}, ${p.count('poweroff')} poweroff markers\n${p.explain()}`);
-      break;
-    }
-    if (!(await tapGone(SOAK_TAP))) problems.push(`process cycle ${c}: tap ${SOAK_TAP} still exists after the VMM exited`);
-    const stray = vmmProcesses();
-    if (stray.length) problems.push(`process cycle ${c}: VMM processes still running: ${stray.join(', ')}`);
-    procDone = c;
-    if (c % every === 0 || c === procCycles) log(`cycles: process ${c}/${procCycles}, median ${secs(median(procMs))}`);
-  }
-  const self1 = sampleOnce(process.pid, procDone);
-  if (self1.fds > self0.fds + 2) problems.push(`the runner's fds grew ${self0.fds} → ${self1.fds} over ${procDone} VMM processes (pipes not closed?)`);
-  figures.push(['fresh VMM process per cycle: cycles done', `${procDone} of ${procCycles} in ${secs(performance.now() - tp)}`]);
-  if (procMs.length) figures.push(['fresh process: spawn → guest poweroff → exit, median / min / max', `${secs(median(procMs))} / ${secs(Math.min(...procMs))} / ${secs(Math.max(...procMs))}`]);
-  figures.push(['fresh processes: taps / VMM processes left, runner fds first → last', `${tapExists(SOAK_TAP) ? 1 : 0} / ${vmmProcesses().length}, ${self0.fds} → ${self1.fds}`]);
-  figures.push(['sandbox MemAvailable before → after the fresh processes', `${mem0} → ${memAvailableMiB()} MiB`]);
   rmSync(dir, { recursive: true, force: true });
   deleteTap(SOAK_TAP);
-  return { part: 'cycles', ok: problems.length === 0 && done === cycles && procDone === procCycles, figures, ...(problems.length ? { why: problems.join('\n') } : {}) };
+  return { part: 'cycles', ok: problems.length === 0 && (done === cycles || stoppedForTime) && procDone === procCycles, figures, ...(problems.length ? { why: problems.join('\n') } : {}) };
 }
 
 function memAvailableMiB(): number {
