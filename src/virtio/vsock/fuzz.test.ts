@@ -66,6 +66,7 @@ test(`fuzz: ${BUDGET.label} of random guest packets and host clients; only Virtq
             const head = int(d.layout.size + 2);
             d.writeDesc(head % d.layout.size, pick([0, 0x900000, 0x100000, 1 << 40, 0x1fffff0]), pick([0, 1, 44, 4096, 0xffffffff]), pick([0, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 4]), int(d.layout.size + 2));
             d.publish(head);
+            if (d === rig.rx) rig.noteRawRx();
             rig.deviceCalls++;
             rig.dev.processQueue(d === rig.tx ? 1 : 0);
             break;
@@ -129,7 +130,7 @@ test(`fuzz: ${BUDGET.label} of random guest packets and host clients; only Virtq
     assert.ok(rstSeen.n > 0, 'the fuzz reached the RST paths');
     const ms = performance.now() - t0;
     process.stdout.write(`# @@fuzz:${JSON.stringify({ device: 'vsock', seed: SEED, cases: it, ops: rig.deviceCalls, ms: Math.round(ms) })}@@\n`);
-    process.stdout.write(`# vsock fuzz: ${it} iterations, ${rig.deviceCalls} virtqueue operations in ${(ms / 1000).toFixed(1)} s, ${resets} VirtqueueError resets, ${rstSeen.n} RSTs, counters ${JSON.stringify(rig.dev.counters)}\n`);
+    process.stdout.write(`# vsock fuzz: ${it} iterations, ${rig.deviceCalls} virtqueue operations in ${(ms / 1000).toFixed(1)} s, ${resets} VirtqueueError resets, ${rig.unverifiedRx} received packets unchecked (a raw chain aliased their buffer), ${rstSeen.n} RSTs, counters ${JSON.stringify(rig.dev.counters)}\n`);
     // Still works: a clean guest-initiated connection after everything.
     rig.restart();
     rig.postRx(4);
