@@ -14,7 +14,7 @@
 //  api     STV_SOAK_API_REQUESTS (1e5) fuzzed API requests (src/api/testing/fuzz_cases.ts, seed
 //          STV_SOAK_SEED) to a VMM whose guest sits at its shell; afterwards vmm.ping and vm.info
 //          answer correctly, the guest answers a command on its serial console, the VMM's fd
-//          count did not grow, and the VM shuts down cleanly.
+//          count did not grow, and the VM shuts down cleanly. STV_SOAK_API_S bounds the sending time.
 // Each part appends one JSON line {part, ok, figures: [[name, value]], why?} to STV_SOAK_RESULT
 // and prints it as @@soak:{...}@@.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
@@ -441,8 +441,12 @@ async function apiPart(): Promise<PartResult> {
       c.setTimeout(5000, () => c.destroy());
       c.on('connect', () => { c.write(data); if (close) c.destroy(); else c.end(); });
     });
+    // STV_SOAK_API_S: stop sending after that many seconds (the figures say how many went out).
+    const apiS = countFromEnv('STV_SOAK_API_S', 0);
+    let stoppedForTime = false;
     const worker = async () => {
       while (sent < total && problems.length < 10) {
+        if (apiS > 0 && performance.now() - t0 > apiS * 1000) { stoppedForTime = true; break; }
         sent++;
         if (fuzz.chance(0.02)) { garbage++; await sendRaw(fuzz.garbage(), fuzz.chance(0.5)); continue; }
         const c = fuzz.makeCase(ops, true);
@@ -459,7 +463,7 @@ async function apiPart(): Promise<PartResult> {
     };
     await Promise.all(Array.from({ length: CONCURRENCY }, worker));
     const ms = performance.now() - t0;
-    figures.push(['requests sent (2% raw garbage connections), 16 clients', `${sent} in ${secs(ms)} = ${Math.round(sent / (ms / 1000))} req/s`]);
+    figures.push(['requests sent (2% raw garbage connections), 16 clients', `${sent} of ${total} in ${secs(ms)} = ${Math.round(sent / (ms / 1000))} req/s${stoppedForTime ? ` (stopped: STV_SOAK_API_S=${apiS} used up)` : ''}`]);
     figures.push(['status counts', [...counts].sort((a, b) => a[0] - b[0]).map(([k, v]) => `${k}:${v}`).join(' ')]);
     figures.push(['cases', [...kinds].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k}:${v}`).join(' ') + ` garbage:${garbage}`]);
     // Still the same VM, answering.
