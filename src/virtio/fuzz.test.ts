@@ -12,7 +12,9 @@
 //   - the image file keeps its size; a read-only image keeps its contents.
 // Afterwards, reset() and a well-formed request on a fresh queue still work.
 //
-// STV_FUZZ_SEED=<n> replays a run (the seed is printed); STV_FUZZ_CASES=<n> changes the count.
+// STV_FUZZ_SEED=<n> replays a run (the seed is printed); STV_FUZZ_CASES=<n> changes the count of
+// cases, STV_FUZZ_OPS=<n> runs each device until it was called n times (npm run soak: 10^6), and
+// STV_FUZZ_DEVICES=blk,blk-ro,rng,console picks devices (src/testing/prng.ts).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -49,9 +51,10 @@ import {
 } from './block/device.js';
 import { RngDevice } from './rng/device.js';
 import { ConsoleDevice } from './console/device.js';
+import { Prng as Rng, fuzzBudget, fuzzDeviceWanted, seedFromEnv } from '../testing/prng.js';
 
-const SEED = process.env.STV_FUZZ_SEED !== undefined ? Number(process.env.STV_FUZZ_SEED) >>> 0 : (Date.now() ^ (process.pid << 16)) >>> 0;
-const CASES = Number(process.env.STV_FUZZ_CASES ?? 3000);
+const SEED = seedFromEnv('STV_FUZZ_SEED');
+const BUDGET = fuzzBudget(3000);
 
 const NEXT = VIRTQ_DESC_F_NEXT;
 const WRITE = VIRTQ_DESC_F_WRITE;
@@ -68,23 +71,6 @@ const CAPACITY = IMAGE_BYTES / 512;
 
 const dir = mkdtempSync(join(tmpdir(), 'stv-fuzz-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-/** mulberry32: small, fast, good enough for fuzzing. */
-class Rng {
-  private s: number;
-  constructor(seed: number) { this.s = seed >>> 0; }
-  u32(): number {
-    this.s = (this.s + 0x6d2b79f5) >>> 0;
-    let t = this.s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  }
-  int(n: number): number { return n <= 1 ? 0 : this.u32() % n; }
-  chance(p: number): boolean { return this.u32() / 2 ** 32 < p; }
-  pick<T>(a: readonly T[]): T { return a[this.int(a.length)]!; }
-  bytes(n: number): Uint8Array { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = this.u32() & 0xff; return b; }
-}
 
 type Kind = 'blk' | 'blk-ro' | 'rng' | 'console';
 
@@ -254,7 +240,7 @@ class CheckingQueue extends SplitQueue {
   }
 }
 
-interface Stats { cases: number; badLayout: number; errors: Map<string, number>; completed: number; statuses: number[] }
+interface Stats { cases: number; ops: number; ms: number; badLayout: number; errors: Map<string, number>; completed: number; statuses: number[] }
 
 function makeDevice(kind: Kind, r: Rng): { dev: VirtioDevice; check: () => void; finish: () => void; inputFd: number } {
   if (kind === 'blk' || kind === 'blk-ro') {
@@ -287,9 +273,10 @@ function fuzzDevice(kind: Kind, seed: number): Stats {
   const u8A = new Uint8Array(bufA);
   const u8B = new Uint8Array(bufB);
   const { dev, check, finish, inputFd } = makeDevice(kind, r);
-  const stats: Stats = { cases: 0, badLayout: 0, errors: new Map(), completed: 0, statuses: [0, 0, 0] };
+  const stats: Stats = { cases: 0, ops: 0, ms: 0, badLayout: 0, errors: new Map(), completed: 0, statuses: [0, 0, 0] };
+  const t0 = performance.now();
 
-  for (let n = 0; n < CASES; n++) {
+  for (let n = 0; BUDGET.more(n, stats.ops); n++) {
     const where = `${kind} case ${n} (STV_FUZZ_SEED=${SEED})`;
     stats.cases++;
     dev.reset();
@@ -323,10 +310,11 @@ function fuzzDevice(kind: Kind, seed: number): Stats {
         snapB.set(u8B);
       }
       try {
+        stats.ops++;
         dev.processQueue(qi);
         if (kind === 'console' && qi === 0) {
           if (r.chance(0.5)) (dev as ConsoleDevice).pushInput(r.bytes(1 + r.int(300)));
-          if (dev.pollFds?.().includes(inputFd) === true) dev.onFdReady?.(inputFd);
+          if (dev.pollFds?.().includes(inputFd) === true) { stats.ops++; dev.onFdReady?.(inputFd); }
         }
       } catch (e) {
         if (!(e instanceof VirtqueueError)) assert.fail(`${where}: processQueue threw ${e instanceof Error ? e.stack : String(e)}`);
@@ -342,6 +330,7 @@ function fuzzDevice(kind: Kind, seed: number): Stats {
     stats.completed += q.completed;
     for (let s = 0; s < 3; s++) stats.statuses[s]! += q.statuses[s]!;
   }
+  stats.ms = performance.now() - t0;
   finish();
   wellFormedAfterwards(kind, dev, mem, u8A, u8B);
   dev.close();
@@ -498,15 +487,16 @@ function wellFormedAfterwards(kind: Kind, dev: VirtioDevice, mem: GuestMemory, u
 }
 
 for (const kind of ['blk', 'blk-ro', 'rng', 'console'] as const) {
-  test(`fuzz ${kind}: ${CASES} random malformed virtqueues end in a defined state`, (t) => {
+  test(`fuzz ${kind}: ${BUDGET.label} of random malformed virtqueues end in a defined state`, { skip: fuzzDeviceWanted(kind) ? false : `not in STV_FUZZ_DEVICES=${process.env.STV_FUZZ_DEVICES}` }, (t) => {
     const seed = (SEED ^ { blk: 0x1111, 'blk-ro': 0x2222, rng: 0x3333, console: 0x4444 }[kind]) >>> 0;
     t.diagnostic(`STV_FUZZ_SEED=${SEED} (${kind} stream seed ${seed})`);
     const s = fuzzDevice(kind, seed);
     const errs = [...s.errors].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k}:${v}`).join(' ');
-    t.diagnostic(`${s.cases} cases: ${s.badLayout} bad layouts, ${s.completed} requests completed, errors ${errs}` +
+    t.diagnostic(`@@fuzz:${JSON.stringify({ device: kind, seed: SEED, cases: s.cases, ops: s.ops, ms: Math.round(s.ms) })}@@`);
+    t.diagnostic(`${s.cases} cases, ${s.ops} virtqueue operations in ${(s.ms / 1000).toFixed(1)} s: ${s.badLayout} bad layouts, ${s.completed} requests completed, errors ${errs}` +
       (kind.startsWith('blk') ? `, statuses ok/ioerr/unsupp ${s.statuses.join('/')}` : ''));
     // The generator must reach deep paths, not only fail early.
-    assert.ok(s.completed > CASES / 10, `only ${s.completed} requests completed`);
+    assert.ok(s.completed > s.cases / 10, `only ${s.completed} requests completed`);
     assert.ok(s.errors.size >= 5, `only ${s.errors.size} kinds of VirtqueueError seen`);
     assert.ok(s.badLayout > 0);
     if (kind === 'blk') assert.ok(s.statuses.every((x) => x > 0), `statuses ${s.statuses.join('/')}`);

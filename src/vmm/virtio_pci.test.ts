@@ -15,6 +15,7 @@ import { createShared, Word, Command, postCommand } from '../virtio/pci/shared.j
 import { VirtioPciTransport, NOTIFY_OFFSET, MSIX_TABLE_OFFSET, DEVICE_CFG_OFFSET } from '../virtio/pci/transport.js';
 import { PciRoot, PciConfigIo } from '../pci/bus.js';
 import type { VirtioWorkerData, VirtioWorkerEvent } from './virtio_protocol.js';
+import { mulberry32, seedFromEnv } from '../testing/prng.js';
 
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
 
@@ -271,9 +272,9 @@ test('virtio-pci: FEATURES_OK is refused for features the device does not offer 
 test('virtio-pci: thousands of random guest register accesses never throw, and the device still works after a reset', async () => {
   const s = await setup();
   try {
-    let seed = Number(process.env.STV_FUZZ_SEED ?? Date.now() % 100000);
+    const seed = seedFromEnv('STV_FUZZ_SEED');
     console.log(`# transport fuzz seed ${seed} (STV_FUZZ_SEED to replay)`);
-    const rnd = () => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed / 2 ** 31; };
+    const rnd = mulberry32(seed);
     const pick = <T>(a: readonly T[]): T => a[Math.floor(rnd() * a.length)]!;
     const sizes = [1, 2, 4, 8] as const;
     const interesting = [0, 1, 0xffffffff, 0x7fffffff, 0x80000000, 0xfee00000, 0xffff, 4, 8, 15, 0x1000];

@@ -2,7 +2,8 @@
 // (addresses in and out of RAM, lengths, flags, next links, loops, indirect tables), random
 // available-ring entries and index jumps, on the receive, transmit and control queues, with frames
 // arriving from the tap side. Only VirtqueueError may escape processQueue/onFdReady, and after
-// reset() the device must still carry traffic.
+// reset() the device must still carry traffic. STV_FUZZ_SEED replays a run, STV_FUZZ_CASES sets
+// the iterations, STV_FUZZ_OPS runs until the device was called that often (npm run soak: 10^6).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as libc from '../../sys/libc.js';
@@ -14,21 +15,10 @@ import {
   VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
 } from './device.js';
 import { Harness, MEM_SIZE, packet } from './harness.fixture.js';
+import { fuzzBudget, fuzzDeviceWanted, mulberry32 as rng, seedFromEnv } from '../../testing/prng.js';
 
-const ITERATIONS = 3000;
-const SEED = Number(process.env.STV_FUZZ_SEED ?? 0x5eed);
-
-/** mulberry32. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const BUDGET = fuzzBudget(3000);
+const SEED = seedFromEnv('STV_FUZZ_SEED', 0x5eed);
 
 type R = () => number;
 const int = (r: R, n: number): number => Math.floor(r() * n);
@@ -129,12 +119,15 @@ function sanity(h: Harness, where: string): void {
   h.reset();
 }
 
-test(`fuzz: ${ITERATIONS} malformed virtqueues on rx, tx and ctrl; only VirtqueueError escapes (seed ${SEED})`, () => {
+test(`fuzz: ${BUDGET.label} of malformed virtqueues on rx, tx and ctrl; only VirtqueueError escapes (seed ${SEED})`, { skip: fuzzDeviceWanted('net') ? false : `not in STV_FUZZ_DEVICES=${process.env.STV_FUZZ_DEVICES}` }, () => {
   const r = rng(SEED);
   const hs = [new Harness({ pairs: 2, queueSize: 16, mem: 'host', mtu: 1500 }), new Harness({ pairs: 2, queueSize: 16, mem: 'buffer', mtu: 1500 })];
   let vqErrors = 0;
+  let ops = 0;
+  let it = 0;
+  const t0 = performance.now();
   try {
-    for (let it = 0; it < ITERATIONS; it++) {
+    for (; BUDGET.more(it, ops); it++) {
       const h = hs[it & 1]!;
       h.reset();
       h.drainPeers();
@@ -153,6 +146,7 @@ test(`fuzz: ${ITERATIONS} malformed virtqueues on rx, tx and ctrl; only Virtqueu
           h.peerSend(k, r() < 0.1 ? new Uint8Array(int(r, 30)) : packet(pick(r, [20, 60, 1514, 3000, 9000, 65550]) , it, int(r, 4)));
         }
         try {
+          ops++;
           switch (int(r, 4)) {
             case 0: h.dev.onFdReady(pick(r, [h.fds[0]!, h.fds[1]!, h.fds[1]!, 999])); break;
             case 1: h.dev.processQueue(pick(r, [0, 1, 2, 3, 4, 5, -1])); break;
@@ -172,9 +166,11 @@ test(`fuzz: ${ITERATIONS} malformed virtqueues on rx, tx and ctrl; only Virtqueu
     }
     sanity(hs[0]!, 'at the end (host memory)');
     sanity(hs[1]!, 'at the end (buffer memory)');
-    assert.ok(vqErrors > ITERATIONS / 10, `malformed queues were detected (${vqErrors})`);
+    const ms = performance.now() - t0;
+    assert.ok(vqErrors > it / 10, `malformed queues were detected (${vqErrors})`);
     const c = (k: 'txFrames' | 'txDropped' | 'rxFrames' | 'rxTruncated' | 'rxDropped'): number => hs[0]!.dev.counters[k] + hs[1]!.dev.counters[k];
-    console.log(`# fuzz: ${vqErrors} VirtqueueErrors in ${ITERATIONS} iterations; tx ${c('txFrames')} sent ${c('txDropped')} refused; rx ${c('rxFrames')} delivered ${c('rxTruncated')} truncated ${c('rxDropped')} dropped`);
+    console.log(`# @@fuzz:${JSON.stringify({ device: 'net', seed: SEED, cases: it, ops, ms: Math.round(ms) })}@@`);
+    console.log(`# fuzz: ${vqErrors} VirtqueueErrors in ${it} iterations, ${ops} virtqueue operations in ${(ms / 1000).toFixed(1)} s; tx ${c('txFrames')} sent ${c('txDropped')} refused; rx ${c('rxFrames')} delivered ${c('rxTruncated')} truncated ${c('rxDropped')} dropped`);
   } finally {
     for (const h of hs) h.close();
   }

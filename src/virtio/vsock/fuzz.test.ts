@@ -2,33 +2,24 @@
 // descriptor chains from the guest, interleaved with host clients that connect, send good and bad
 // CONNECT lines, write and close. Only VirtqueueError may escape (the transport then resets the
 // device); the device never writes outside the receive buffers (canary bytes stay intact), never
-// buffers beyond its cap, and keeps working after each reset. STV_FUZZ_SEED picks the seed.
+// buffers beyond its cap, and keeps working after each reset. STV_FUZZ_SEED picks the seed,
+// STV_FUZZ_CASES the iterations, STV_FUZZ_OPS runs until the device was called that often
+// (processQueue / onFdReady; npm run soak: 10^6).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as libc from '../../sys/libc.js';
 import { VirtqueueError, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../queue.js';
 import { Op, MAX_PKT_PAYLOAD } from './packet.js';
 import { VsockRig, encodeHeader, readNow, writeSome } from './harness.fixture.js';
+import { fuzzBudget, fuzzDeviceWanted, mulberry32 as rng, seedFromEnv } from '../../testing/prng.js';
 
-const ITERATIONS = 3000;
-const SEED = Number(process.env.STV_FUZZ_SEED ?? 0x750c);
+const BUDGET = fuzzBudget(3000);
+const SEED = seedFromEnv('STV_FUZZ_SEED', 0x750c);
 /** Guest memory no queue or buffer uses (between the rings and the data areas). */
 const CANARY_START = 0x30000;
 const CANARY_LEN = 0xd0000;
 
-/** mulberry32. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-test(`fuzz: ${ITERATIONS} random guest packets and host clients; only VirtqueueError or RSTs, no stray writes (seed ${SEED})`, () => {
+test(`fuzz: ${BUDGET.label} of random guest packets and host clients; only VirtqueueError or RSTs, no stray writes (seed ${SEED})`, { skip: fuzzDeviceWanted('vsock') ? false : `not in STV_FUZZ_DEVICES=${process.env.STV_FUZZ_DEVICES}` }, () => {
   process.stdout.write(`# vsock fuzz seed ${SEED} (STV_FUZZ_SEED to repeat)\n`);
   const r = rng(SEED);
   const int = (n: number) => Math.floor(r() * n);
@@ -43,8 +34,10 @@ test(`fuzz: ${ITERATIONS} random guest packets and host clients; only VirtqueueE
   let resets = 0;
   let live: Array<{ host: number; guest: number }> = [];
   const rstSeen = { n: 0 };
+  let it = 0;
+  const t0 = performance.now();
   try {
-    for (let it = 0; it < ITERATIONS; it++) {
+    for (; BUDGET.more(it, rig.deviceCalls); it++) {
       try {
         switch (int(14)) {
           case 0: case 1: case 2: case 3: case 4: { // a guest packet, often malformed
@@ -62,6 +55,7 @@ test(`fuzz: ${ITERATIONS} random guest packets and host clients; only VirtqueueE
             });
             const cut = int(5) === 0 ? int(hdr.length) : hdr.length; // sometimes a short header
             rig.tx.addChain(cut > 0 ? [hdr.subarray(0, cut), ...(payload.length > 0 ? [payload] : [])] : [payload], int(6) === 0 ? [16] : []);
+            rig.deviceCalls++;
             rig.dev.processQueue(1);
             rig.tx.used();
             if (rig.tx.usedIdx === rig.tx.availIdx) rig.tx.resetData();
@@ -72,6 +66,8 @@ test(`fuzz: ${ITERATIONS} random guest packets and host clients; only VirtqueueE
             const head = int(d.layout.size + 2);
             d.writeDesc(head % d.layout.size, pick([0, 0x900000, 0x100000, 1 << 40, 0x1fffff0]), pick([0, 1, 44, 4096, 0xffffffff]), pick([0, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 4]), int(d.layout.size + 2));
             d.publish(head);
+            if (d === rig.rx) rig.noteRawRx();
+            rig.deviceCalls++;
             rig.dev.processQueue(d === rig.tx ? 1 : 0);
             break;
           }
@@ -132,7 +128,9 @@ test(`fuzz: ${ITERATIONS} random guest packets and host clients; only VirtqueueE
     }
     assert.ok(canary().every((b) => b === 0xa5), `the device wrote outside the receive buffers (seed ${SEED})`);
     assert.ok(rstSeen.n > 0, 'the fuzz reached the RST paths');
-    process.stdout.write(`# vsock fuzz: ${resets} VirtqueueError resets, ${rstSeen.n} RSTs, counters ${JSON.stringify(rig.dev.counters)}\n`);
+    const ms = performance.now() - t0;
+    process.stdout.write(`# @@fuzz:${JSON.stringify({ device: 'vsock', seed: SEED, cases: it, ops: rig.deviceCalls, ms: Math.round(ms) })}@@\n`);
+    process.stdout.write(`# vsock fuzz: ${it} iterations, ${rig.deviceCalls} virtqueue operations in ${(ms / 1000).toFixed(1)} s, ${resets} VirtqueueError resets, ${rig.unverifiedRx} received packets unchecked (a raw chain aliased their buffer), ${rstSeen.n} RSTs, counters ${JSON.stringify(rig.dev.counters)}\n`);
     // Still works: a clean guest-initiated connection after everything.
     rig.restart();
     rig.postRx(4);
