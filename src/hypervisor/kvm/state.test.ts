@@ -10,6 +10,7 @@ import * as libc from '../../sys/libc.js';
 import { VmExitKind } from '../hypervisor.js';
 import type { VcpuState, VmState } from '../hypervisor.js';
 import { parseHypervisorState, stringifyHypervisorState } from '../state_json.js';
+import { restoreHypervisorState, saveHypervisorState } from '../state.js';
 import * as abi from './abi.js';
 import { KvmHypervisor } from './kvm.js';
 import { MSR_IA32_CR_PAT, MSR_IA32_SYSENTER_EIP, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE, MSR_LSTAR, MSR_MTRR_DEF_TYPE, MSR_STAR } from './msrs.js';
@@ -172,8 +173,9 @@ test('a guest stopped mid-computation, restored into a fresh VM, ends as an unin
       bootGuest(kvm, src, CODE);
       assert.equal(runToPort(src.vcpu, PORT_CHECKPOINT), 500 & 0xff);
       src.vcpu.completePendingExit();
-      const vcpuState = src.vcpu.getState();
-      const vmState = src.vm.getState();
+      const all = saveHypervisorState(src.vm, [src.vcpu]);
+      const vcpuState = all.vcpus[0]!;
+      const vmState = all.vm;
       assert.equal(vcpuState.regs.rcx, 500n, 'stopped at i = 500');
       // The OUT is complete (RIP past it) only after completePendingExit (KVM API doc 5).
       assert.equal(vcpuState.regs.rip, BigInt(CODE + 0x56), 'RIP after the checkpoint OUT');
@@ -191,8 +193,8 @@ test('a guest stopped mid-computation, restored into a fresh VM, ends as an unin
     // Restore into a fresh VM and vCPU; continue.
     const dst = platform(kvm, ram);
     try {
-      dst.vcpu.setState(saved.vcpu);
-      dst.vm.setState(saved.vm);
+      assert.throws(() => restoreHypervisorState(dst.vm, [], { arch: 'x86_64', vm: saved.vm, vcpus: [saved.vcpu] }), /the snapshot has 1 vCPU, this VM 0/);
+      restoreHypervisorState(dst.vm, [dst.vcpu], { arch: 'x86_64', vm: saved.vm, vcpus: [saved.vcpu] });
       assert.equal(runToPort(dst.vcpu, PORT_DONE), 1);
       assert.deepEqual(results(dst.mem), expected, 'same registers, SSE, x87 and RAM results');
       const regs = dst.vcpu.getRegs();
