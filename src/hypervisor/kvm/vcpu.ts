@@ -548,7 +548,7 @@ export class KvmVcpu implements Vcpu {
     const fpu = this.getFpu();
     const xsave = this.getXsave();
     const xcrs = systemXsaveSize() > 0 ? this.getXcrs() : [];
-    const lapic = this.getLapicOrNull();
+    const lapic = this.getLapicOrZeros();
     const debugRegs = this.getDebugRegs();
     const cpuid = this.getCpuid2();
     const msrs = this.getMsrs(this.stateMsrIndices());
@@ -558,7 +558,7 @@ export class KvmVcpu implements Vcpu {
   }
 
   /** The LAPIC page, or 1 KiB of zeros without an in-kernel LAPIC (KVM_GET_LAPIC: ENXIO). */
-  private getLapicOrNull(): Uint8Array {
+  private getLapicOrZeros(): Uint8Array {
     try {
       return this.getLapic();
     } catch (e) {
