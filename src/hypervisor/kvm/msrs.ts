@@ -47,8 +47,8 @@ export const EXTRA_STATE_MSRS: readonly number[] = [
   MSR_IA32_CR_PAT,
 ];
 
-/** KVM_GET_MSRS / KVM_SET_MSRS take at most this many entries per call (MAX_IO_MSRS). */
-export const MSRS_PER_IOCTL = 256;
+/** KVM_GET_MSRS / KVM_SET_MSRS refuse nmsrs >= MAX_IO_MSRS (256) with E2BIG. */
+export const MSRS_PER_IOCTL = 255;
 
 /**
  * Restore order: the TSC first (KVM derives the TSC offset from it, and TSC_ADJUST and the
