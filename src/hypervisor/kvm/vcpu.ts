@@ -557,6 +557,26 @@ export class KvmVcpu implements Vcpu {
     return { regs, sregs, fpu, xsave, xcrs, msrs, lapic, events, mpState, debugRegs, cpuid, tscKhz };
   }
 
+  /**
+   * KVM_SET_CPUID2 after the vCPU has run is refused (EINVAL) unless KVM finds the table
+   * unchanged (Linux 5.16+, KVM API doc 4.73). Setting a state back into a vCPU that ran is
+   * fine when its CPUID already reads as saved; a different table is an error saying so.
+   */
+  private restoreCpuid(cpuid: readonly CpuIdEntry[]): void {
+    try {
+      this.setCpuid2(cpuid);
+    } catch (e) {
+      if (!(e instanceof libc.SysError && e.errno === libc.EINVAL)) throw e;
+      const now = this.getCpuid2();
+      const same = now.length === cpuid.length && now.every((a, i) => {
+        const b = cpuid[i]!;
+        return a.function === b.function && a.index === b.index && a.flags === b.flags
+          && a.eax === b.eax && a.ebx === b.ebx && a.ecx === b.ecx && a.edx === b.edx;
+      });
+      if (!same) throw new Error(`vCPU ${this.id} has already run with a different CPUID, which KVM cannot change (${e.message})`);
+    }
+  }
+
   /** The LAPIC page, or 1 KiB of zeros without an in-kernel LAPIC (KVM_GET_LAPIC: ENXIO). */
   private getLapicOrZeros(): Uint8Array {
     try {
@@ -584,7 +604,7 @@ export class KvmVcpu implements Vcpu {
       }
     };
     if (s.tscKhz > 0) step('TSC frequency', () => { if (this.getTscKhz() !== s.tscKhz) this.setTscKhz(s.tscKhz); });
-    step('CPUID', () => this.setCpuid2(s.cpuid));
+    step('CPUID', () => this.restoreCpuid(s.cpuid));
     step('MP state', () => this.setMpState(s.mpState));
     step('registers', () => this.setRegs(s.regs));
     step('special registers', () => this.setSregs(s.sregs));
