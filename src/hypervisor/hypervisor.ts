@@ -24,8 +24,46 @@
 // shared memory that the run loop consumes with `vcpu.takeKick()`.
 
 import type {
-  CpuIdEntry, FpuState, MsrEntry, SpecialRegisters, StandardRegisters,
+  ClockState, CpuIdEntry, DebugRegisters, FpuState, IoapicState, MpState, MsrEntry, PicState, PitState,
+  SpecialRegisters, StandardRegisters, VcpuEvents, XcrEntry,
 } from './regs.js';
+
+/**
+ * Everything the guest can observe of one vCPU, for snapshot/restore/migration. Get it while
+ * the vCPU is not in run() and its last exit is completed (see `Vcpu.completePendingExit`);
+ * `state_json.ts` is its file form.
+ */
+export interface VcpuState {
+  regs: StandardRegisters;
+  sregs: SpecialRegisters;
+  /** Legacy FXSAVE view; `xsave` supersedes it on restore where present. */
+  fpu: FpuState;
+  /** XSAVE area in standard format (SDM Vol. 1, 13.4), null when the backend has none. */
+  xsave: Uint8Array | null;
+  xcrs: XcrEntry[];
+  /** Every MSR the guest can see, TSC first and TSC-deadline last (restore order). */
+  msrs: MsrEntry[];
+  /** Local APIC register page (1 KiB). */
+  lapic: Uint8Array;
+  events: VcpuEvents;
+  mpState: MpState;
+  debugRegs: DebugRegisters;
+  /** The CPUID table the VMM set. */
+  cpuid: CpuIdEntry[];
+  /** TSC frequency of this vCPU in kHz (0: unknown). */
+  tscKhz: number;
+}
+
+/** The VM-wide interrupt controllers and timers of the in-kernel x86 platform. */
+export interface VmState {
+  /** PIC master/slave and IOAPIC; null without an in-kernel irqchip. */
+  irqchip: { picMaster: PicState; picSlave: PicState; ioapic: IoapicState } | null;
+  /** In-kernel 8254; null without one. */
+  pit: PitState | null;
+  clock: ClockState;
+  /** VM-wide default TSC frequency (kHz), null where the backend has none. */
+  tscKhz: number | null;
+}
 
 /** What a run() returned. Numbers so the run loop can switch without allocating. */
 export const VmExitKind = {
@@ -207,6 +245,21 @@ export interface Vm {
   setGsiRouting(routes: readonly IrqRoute[]): void;
   /** Inject one MSI; returns >0 delivered, 0 blocked by the guest. */
   signalMsi(msi: MsiMessage): number;
+
+  // Saved state (snapshot/restore). Restore into a fresh VM after createIrqChip()/createPit(),
+  // and after every vCPU's setState: the clock is set last, so guest time goes on from the
+  // value saved (it does not jump by the time the VM was stopped).
+  getIrqchip(): NonNullable<VmState['irqchip']>;
+  setIrqchip(chip: NonNullable<VmState['irqchip']>): void;
+  getPit(): PitState;
+  setPit(pit: PitState): void;
+  getClock(): ClockState;
+  /** Make the guest's clock read `clock.clock` now. */
+  setClock(clock: ClockState): void;
+  /** Everything in VmState; parts the VM lacks (no irqchip, no PIT) are null. */
+  getState(): VmState;
+  /** PIT, irqchip, TSC frequency, clock, in that order; a part the VM lacks is an error naming it. */
+  setState(state: VmState): void;
   close(): void;
 }
 
@@ -236,6 +289,33 @@ export interface Vcpu {
   setupLapicLints(): void;
   /** Inject an NMI. */
   nmi(): void;
+
+  // Saved state. getState()/setState() do it all, in the order the KVM API doc and Cloud
+  // Hypervisor/Firecracker use; the parts are here for tests and tools.
+  getXsave(): Uint8Array | null;
+  setXsave(xsave: Uint8Array): void;
+  getXcrs(): XcrEntry[];
+  setXcrs(xcrs: readonly XcrEntry[]): void;
+  getVcpuEvents(): VcpuEvents;
+  setVcpuEvents(events: VcpuEvents): void;
+  getMpState(): MpState;
+  setMpState(state: MpState): void;
+  getDebugRegs(): DebugRegisters;
+  setDebugRegs(regs: DebugRegisters): void;
+  /** kHz; 0 when the backend cannot tell. */
+  getTscKhz(): number;
+  setTscKhz(khz: number): void;
+  /** The MSR indices getState saves: the backend's list, filtered to those this vCPU can read. */
+  stateMsrIndices(): number[];
+  /**
+   * Finish the exit run() last returned (an I/O or MMIO access is only complete, and the
+   * registers consistent, after the next run(): KVM API doc 5, kvm_run) without running any
+   * guest instruction. Call before getState when the vCPU stopped on an I/O exit.
+   */
+  completePendingExit(): void;
+  getState(): VcpuState;
+  /** Restore into a vCPU that has not run yet (KVM_SET_CPUID2 is refused afterwards). */
+  setState(state: VcpuState): void;
   /** A structured-cloneable description to rebuild this vCPU in another thread. */
   handle(): VcpuHandle;
   /** Make the current/next run() return Intr (from any thread) and flag a pending kick. */

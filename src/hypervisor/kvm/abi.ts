@@ -102,6 +102,12 @@ export const layout = {
   kvm_pit_config: { SIZE: 64, flags: 0, pad: 4 },
   kvm_irq_level: { SIZE: 8, irq: 0, status: 0, level: 4 },
   kvm_irqchip: { SIZE: 520, chip_id: 0, pad: 4, chip: 8 },
+  kvm_pic_state: {
+    SIZE: 16, last_irr: 0, irr: 1, imr: 2, isr: 3, priority_add: 4, irq_base: 5, read_reg_select: 6,
+    poll: 7, special_mask: 8, init_state: 9, auto_eoi: 10, rotate_on_auto_eoi: 11,
+    special_fully_nested_mode: 12, init4: 13, elcr: 14, elcr_mask: 15,
+  },
+  kvm_ioapic_state: { SIZE: 216, base_address: 0, ioregsel: 8, id: 12, irr: 16, pad: 20, redirtbl: 24 },
   kvm_signal_mask: { SIZE: 4, len: 0, sigset: 4 },
   kvm_mp_state: { SIZE: 4, mp_state: 0 },
   kvm_interrupt: { SIZE: 4, irq: 0 },
@@ -207,6 +213,7 @@ export const KVM_KVMCLOCK_CTRL = _IO(KVMIO, 0xad);
 export const KVM_SMI = _IO(KVMIO, 0xb7);
 export const KVM_GET_SREGS2 = _IOR(KVMIO, 0xcc, S.kvm_sregs2.SIZE);
 export const KVM_SET_SREGS2 = _IOW(KVMIO, 0xcd, S.kvm_sregs2.SIZE);
+/** Same struct as KVM_GET_XSAVE, but the buffer is KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) bytes (API doc 4.42). */
 export const KVM_GET_XSAVE2 = _IOR(KVMIO, 0xcf, S.kvm_xsave.SIZE);
 
 // ---------------------------------------------------------------------------------------------
@@ -279,6 +286,24 @@ export const KVM_NR_INTERRUPTS = 256;
 export const KVM_APIC_REG_SIZE = 0x400;
 
 export const KVM_PIT_SPEAKER_DUMMY = 1;
+export const KVM_PIT_FLAGS_HPET_LEGACY = 0x1;
+export const KVM_PIT_FLAGS_SPEAKER_DATA_ON = 0x2;
+
+export const KVM_IOAPIC_NUM_PINS = 24;
+export const KVM_MAX_XCRS = 16;
+
+// kvm_vcpu_events.flags (KVM API doc 4.31/4.32)
+export const KVM_VCPUEVENT_VALID_NMI_PENDING = 0x1;
+export const KVM_VCPUEVENT_VALID_SIPI_VECTOR = 0x2;
+export const KVM_VCPUEVENT_VALID_SHADOW = 0x4;
+export const KVM_VCPUEVENT_VALID_SMM = 0x8;
+export const KVM_VCPUEVENT_VALID_PAYLOAD = 0x10;
+export const KVM_VCPUEVENT_VALID_TRIPLE_FAULT = 0x20;
+
+// kvm_clock_data.flags (KVM API doc 4.55/4.56)
+export const KVM_CLOCK_TSC_STABLE = 2;
+export const KVM_CLOCK_REALTIME = 1 << 2;
+export const KVM_CLOCK_HOST_TSC = 1 << 3;
 
 export const KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1;
 
@@ -361,6 +386,7 @@ export const KVM_CAP_DIRTY_LOG_RING = 192;
 export const KVM_CAP_SREGS2 = 200;
 export const KVM_CAP_BINARY_STATS_FD = 203;
 export const KVM_CAP_XSAVE2 = 208;
+export const KVM_CAP_VM_TSC_CONTROL = 214;
 export const KVM_CAP_SYSTEM_EVENT_DATA = 215;
 export const KVM_CAP_X86_TRIPLE_FAULT_EVENT = 218;
 export const KVM_CAP_X86_NOTIFY_VMEXIT = 219;

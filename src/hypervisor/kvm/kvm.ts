@@ -6,6 +6,7 @@ import type { Hypervisor, HypervisorCapabilities } from '../hypervisor.js';
 import * as abi from './abi.js';
 import { cpuidBuffer, decodeCpuid } from './serialize.js';
 import { KvmVm } from './vm.js';
+import { readMsrList } from './msrs.js';
 
 /** Capabilities the VMM cannot run without, with the reason each is needed. */
 export const REQUIRED_CAPS: ReadonlyArray<readonly [number, string, string]> = [
@@ -133,21 +134,7 @@ export class KvmHypervisor implements Hypervisor {
   }
 
   private msrList(req: number, name: string): number[] {
-    for (let n = 512; ; n *= 2) {
-      const buf = new Uint8Array(abi.layout.kvm_msr_list.SIZE + n * 4);
-      const dv = new DataView(buf.buffer);
-      dv.setUint32(abi.layout.kvm_msr_list.nmsrs, n, true);
-      try {
-        libc.ioctl(this.fd, req, buf, name);
-      } catch (e) {
-        if (e instanceof libc.SysError && e.errno === libc.E2BIG && n < 16384) continue;
-        throw e;
-      }
-      const count = dv.getUint32(abi.layout.kvm_msr_list.nmsrs, true);
-      const out: number[] = [];
-      for (let i = 0; i < count; i++) out.push(dv.getUint32(abi.layout.kvm_msr_list.indices + i * 4, true));
-      return out;
-    }
+    return readMsrList(this.fd, req, name);
   }
 
   close(): void {

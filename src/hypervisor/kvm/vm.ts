@@ -1,8 +1,26 @@
 // KVM VM fd: memory slots, vCPUs, irqchip, irqfd, ioeventfd, GSI routing (KVM API doc 4.x).
 
 import * as libc from '../../sys/libc.js';
-import type { IoEventAddress, IoEventOptions, IrqRoute, MsiMessage, UserMemoryRegion, Vm, VmHandle } from '../hypervisor.js';
+import type {
+  IoEventAddress, IoEventOptions, IrqRoute, MsiMessage, UserMemoryRegion, Vm, VmHandle, VmState,
+} from '../hypervisor.js';
+import type { ClockState, PitState } from '../regs.js';
 import * as abi from './abi.js';
+import {
+  decodeClock, decodeIoapic, decodePic, decodePit, encodeClock, encodeIoapic, encodePic, encodePit,
+} from './serialize.js';
+
+type IrqchipState = NonNullable<VmState['irqchip']>;
+
+/** KVM_GET_IRQCHIP/KVM_GET_PIT2 without that device in the kernel: ENXIO. */
+function absent<T>(f: () => T): T | null {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof libc.SysError && e.errno === libc.ENXIO) return null;
+    throw e;
+  }
+}
 import { KvmVcpu } from './vcpu.js';
 
 const L = abi.layout;
@@ -212,6 +230,98 @@ export class KvmVm implements Vm {
       dv.setUint32(o.devid, msi.devid >>> 0, true);
     }
     return libc.ioctl(this.fd, abi.KVM_SIGNAL_MSI, this.msiBuf, 'KVM_SIGNAL_MSI');
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Saved state (KVM API doc 4.26/4.27 irqchip, 4.54/4.55 PIT2, 4.56/4.57 clock)
+
+  private irqchipIoctl(req: number, chipId: number, name: string, fill?: (dv: DataView, o: number) => void): DataView {
+    const I = L.kvm_irqchip;
+    const buf = new Uint8Array(I.SIZE);
+    const dv = new DataView(buf.buffer);
+    dv.setUint32(I.chip_id, chipId, true);
+    if (fill) fill(dv, I.chip);
+    libc.ioctl(this.fd, req, buf, name);
+    return dv;
+  }
+
+  getIrqchip(): IrqchipState {
+    const I = L.kvm_irqchip;
+    const get = (id: number, n: string): DataView => this.irqchipIoctl(abi.KVM_GET_IRQCHIP, id, `KVM_GET_IRQCHIP(${n})`);
+    return {
+      picMaster: decodePic(get(abi.KVM_IRQCHIP_PIC_MASTER, 'PIC master'), I.chip),
+      picSlave: decodePic(get(abi.KVM_IRQCHIP_PIC_SLAVE, 'PIC slave'), I.chip),
+      ioapic: decodeIoapic(get(abi.KVM_IRQCHIP_IOAPIC, 'IOAPIC'), I.chip),
+    };
+  }
+
+  setIrqchip(chip: IrqchipState): void {
+    this.irqchipIoctl(abi.KVM_SET_IRQCHIP, abi.KVM_IRQCHIP_PIC_MASTER, 'KVM_SET_IRQCHIP(PIC master)', (dv, o) => encodePic(dv, o, chip.picMaster));
+    this.irqchipIoctl(abi.KVM_SET_IRQCHIP, abi.KVM_IRQCHIP_PIC_SLAVE, 'KVM_SET_IRQCHIP(PIC slave)', (dv, o) => encodePic(dv, o, chip.picSlave));
+    this.irqchipIoctl(abi.KVM_SET_IRQCHIP, abi.KVM_IRQCHIP_IOAPIC, 'KVM_SET_IRQCHIP(IOAPIC)', (dv, o) => encodeIoapic(dv, o, chip.ioapic));
+  }
+
+  getPit(): PitState {
+    const buf = new Uint8Array(L.kvm_pit_state2.SIZE);
+    libc.ioctl(this.fd, abi.KVM_GET_PIT2, buf, 'KVM_GET_PIT2');
+    return decodePit(new DataView(buf.buffer));
+  }
+
+  /** KVM_SET_PIT2 reloads each channel's count now (count_load_time is not restored). */
+  setPit(pit: PitState): void {
+    const buf = new Uint8Array(L.kvm_pit_state2.SIZE);
+    encodePit(buf, pit);
+    libc.ioctl(this.fd, abi.KVM_SET_PIT2, buf, 'KVM_SET_PIT2');
+  }
+
+  getClock(): ClockState {
+    const buf = new Uint8Array(L.kvm_clock_data.SIZE);
+    libc.ioctl(this.fd, abi.KVM_GET_CLOCK, buf, 'KVM_GET_CLOCK');
+    return decodeClock(new DataView(buf.buffer));
+  }
+
+  setClock(clock: ClockState): void {
+    const buf = new Uint8Array(L.kvm_clock_data.SIZE);
+    encodeClock(buf, clock);
+    libc.ioctl(this.fd, abi.KVM_SET_CLOCK, buf, 'KVM_SET_CLOCK');
+  }
+
+  /** VM-wide TSC frequency (KVM_CAP_VM_TSC_CONTROL: KVM_GET_TSC_KHZ on the VM fd), else null. */
+  getTscKhz(): number | null {
+    if (this.checkExtension(abi.KVM_CAP_VM_TSC_CONTROL) <= 0) return null;
+    return libc.ioctl(this.fd, abi.KVM_GET_TSC_KHZ, 0, 'KVM_GET_TSC_KHZ(VM)');
+  }
+
+  /** Default TSC frequency of vCPUs created after this call. */
+  setTscKhz(khz: number): void {
+    libc.ioctl(this.fd, abi.KVM_SET_TSC_KHZ, khz, `KVM_SET_TSC_KHZ(VM, ${khz})`);
+  }
+
+  getState(): VmState {
+    return {
+      irqchip: absent(() => this.getIrqchip()),
+      pit: absent(() => this.getPit()),
+      clock: this.getClock(),
+      tscKhz: this.getTscKhz(),
+    };
+  }
+
+  setState(s: VmState): void {
+    const step = (what: string, f: () => void): void => {
+      try {
+        f();
+      } catch (e) {
+        if (e instanceof libc.SysError && e.errno === libc.ENXIO) throw new Error(`restoring the VM's ${what}: the saved VM had one, this VM has none in the kernel`);
+        throw new Error(`restoring the VM's ${what}: ${(e as Error).message}`);
+      }
+    };
+    if (s.pit !== null) step('PIT', () => this.setPit(s.pit!));
+    if (s.irqchip !== null) step('irqchip', () => this.setIrqchip(s.irqchip!));
+    if (s.tscKhz !== null) {
+      const khz = s.tscKhz;
+      step('TSC frequency', () => { if (this.getTscKhz() !== null && this.getTscKhz() !== khz) this.setTscKhz(khz); });
+    }
+    step('clock', () => this.setClock(s.clock));
   }
 
   close(): void {
