@@ -10,9 +10,9 @@
 
 import { decodeMmio, emptyInsn, InsnOp } from '../../arch/x86_64/decoder.js';
 import * as libc from '../../sys/libc.js';
-import type { CpuIdEntry, FpuState, MsrEntry, SegmentRegister, SpecialRegisters, StandardRegisters } from '../regs.js';
+import type { CpuIdEntry, DebugRegisters, FpuState, MpState, MsrEntry, SegmentRegister, SpecialRegisters, StandardRegisters, VcpuEvents, XcrEntry } from '../regs.js';
 import { VcpuControl, VmExitKind } from '../hypervisor.js';
-import type { Vcpu, VcpuExit, VcpuHandle, VmExit } from '../hypervisor.js';
+import type { Vcpu, VcpuExit, VcpuHandle, VcpuState, VmExit } from '../hypervisor.js';
 import * as abi from './abi.js';
 import { HvCaller } from './hvcall.js';
 import { IOAPIC_ADDR, IOAPIC_LEN, UserspaceIoapic } from './ioapic.js';
@@ -503,6 +503,25 @@ export class MshvVcpu implements Vcpu {
     return Atomics.exchange(this.control, VcpuControl.KickPending, 0) !== 0;
   }
 
+  // -------------------------------------------------------------------------------------------
+  // Saved state (snapshots): not implemented on MSHV yet (MSHV_GET/SET_VP_STATE and the
+  // register-name lists of TLFS "Virtual Processor Register Names"). Each says so by name.
+  getXsave(): Uint8Array | null { return unsupportedState('XSAVE'); }
+  setXsave(_xsave: Uint8Array): void { unsupportedState('XSAVE'); }
+  getXcrs(): XcrEntry[] { return unsupportedState('XCRs'); }
+  setXcrs(_xcrs: readonly XcrEntry[]): void { unsupportedState('XCRs'); }
+  getVcpuEvents(): VcpuEvents { return unsupportedState('pending events'); }
+  setVcpuEvents(_events: VcpuEvents): void { unsupportedState('pending events'); }
+  getMpState(): MpState { return unsupportedState('MP state'); }
+  setMpState(_state: MpState): void { unsupportedState('MP state'); }
+  getDebugRegs(): DebugRegisters { return unsupportedState('debug registers'); }
+  setDebugRegs(_regs: DebugRegisters): void { unsupportedState('debug registers'); }
+  getTscKhz(): number { return unsupportedState('TSC frequency'); }
+  setTscKhz(_khz: number): void { unsupportedState('TSC frequency'); }
+  stateMsrIndices(): number[] { return unsupportedState('MSR list'); }
+  getState(): VcpuState { return unsupportedState('vCPU state'); }
+  setState(_state: VcpuState): void { unsupportedState('vCPU state'); }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -536,4 +555,9 @@ function encodeSegment(dv: DataView, o: number, s: SegmentRegister): void {
   const present = s.unusable ? 0 : s.present;
   dv.setUint16(o + S.attributes, (s.type & 0xf) | ((s.s & 1) << 4) | ((s.dpl & 3) << 5) | ((present & 1) << 7) |
     ((s.avl & 1) << 12) | ((s.l & 1) << 13) | ((s.db & 1) << 14) | ((s.g & 1) << 15), true);
+}
+
+/** Snapshot state parts the MSHV backend cannot save or restore yet. */
+export function unsupportedState(what: string): never {
+  throw new Error(`MSHV backend: saving and restoring ${what} (for snapshots) is not implemented`);
 }

@@ -6,13 +6,14 @@
 // or HvCallAssertVirtualInterrupt). GSIs 0..23 are the pins of the userspace IOAPIC
 // (ioapic.ts), whose unmasked entries become MSI routes; 'irqchip' routes need nothing else.
 
-import type { IoEventAddress, IoEventOptions, IrqRoute, MsiMessage, UserMemoryRegion, Vm, VmHandle } from '../hypervisor.js';
+import type { IoEventAddress, IoEventOptions, IrqRoute, MsiMessage, UserMemoryRegion, Vm, VmHandle, VmState } from '../hypervisor.js';
+import type { ClockState, PitState } from '../regs.js';
 import * as abi from './abi.js';
 import { assertMsi, HvCaller, setPartitionProperty } from './hvcall.js';
 import { newIoapicState, UserspaceIoapic, IOAPIC_PINS } from './ioapic.js';
 import type { MshvSys } from './sys.js';
 import { realSys } from './sys.js';
-import { MshvVcpu } from './vcpu.js';
+import { MshvVcpu, unsupportedState } from './vcpu.js';
 
 const L = abi.layout;
 
@@ -187,6 +188,17 @@ export class MshvVm implements Vm {
   freezeTime(frozen: boolean): void {
     setPartitionProperty(this.hv, abi.HV_PARTITION_PROPERTY_TIME_FREEZE, frozen ? 1n : 0n, 'TIME_FREEZE');
   }
+
+  // Saved state (snapshots): not implemented on MSHV yet (the userspace IOAPIC's state is ours;
+  // the partition's reference time would come from HV_PARTITION_PROPERTY_REFERENCE_TIME).
+  getIrqchip(): NonNullable<VmState['irqchip']> { return unsupportedState('the interrupt controllers'); }
+  setIrqchip(_chip: NonNullable<VmState['irqchip']>): void { unsupportedState('the interrupt controllers'); }
+  getPit(): PitState { return unsupportedState('the PIT'); }
+  setPit(_pit: PitState): void { unsupportedState('the PIT'); }
+  getClock(): ClockState { return unsupportedState('the clock'); }
+  setClock(_clock: ClockState): void { unsupportedState('the clock'); }
+  getState(): VmState { return unsupportedState('VM state'); }
+  setState(_state: VmState): void { unsupportedState('VM state'); }
 
   close(): void {
     if (this.closed) return;
