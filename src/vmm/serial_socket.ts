@@ -11,6 +11,8 @@ import * as libc from '../sys/libc.js';
 
 /** Most output kept queued for one client before its further output is dropped. */
 export const CLIENT_BACKLOG_LIMIT = 1 << 20;
+/** How often input the guest's ring could not take is offered again (ms). */
+const INPUT_RETRY_MS = 5;
 /** sun_path is 108 bytes with its NUL (unix(7)). */
 const SUN_PATH_MAX = 107;
 
@@ -87,10 +89,21 @@ export class SerialSocketSink {
   private accept(c: net.Socket): void {
     if (this.closed) { c.destroy(); return; }
     this.clients.add(c);
+    // The input ring is bounded and the guest reads at its own pace: what it cannot take now is
+    // kept and the client is not read further until that is in (back-pressure to the client,
+    // whose own writes then wait in its socket), so a paste arrives whole and memory stays bounded.
+    let pending: Buffer | null = null;
+    const push = (): void => {
+      if (pending === null || this.closed) return;
+      const n = this.opts.input(pending);
+      pending = n >= pending.length ? null : pending.subarray(n);
+      if (pending === null) c.resume();
+      else setTimeout(push, INPUT_RETRY_MS).unref();
+    };
     c.on('data', (b: Buffer) => {
-      // The input ring is bounded: bytes it cannot take now are dropped, as keys typed into a
-      // full UART FIFO are (the guest reads at its pace; a flood must not grow memory).
-      this.opts.input(b);
+      pending = b;
+      push();
+      if (pending !== null) c.pause();
     });
     c.on('error', () => {});
     c.on('close', () => this.clients.delete(c));
