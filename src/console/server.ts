@@ -331,12 +331,22 @@ export class ConsoleServer {
       },
       sendStatus: status,
     };
+    let held = false;
+    const holdWhileBacklogged = (): void => {
+      const wait = held ? null : link.inputBacklog();
+      if (!wait) return;
+      held = true;
+      ws.pause();
+      status('input', 'the guest is not reading its serial port as fast as you type: keystrokes wait');
+      void wait.then(() => { held = false; if (ws.readyState === ws.OPEN) ws.resume(); });
+    };
     link.attach(viewer);
     ws.on('message', (data: RawData, isBinary: boolean) => {
       const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.isBuffer(data) ? data : Buffer.from(data);
       if (isBinary) {
         const why = link.input(buf);
         if (why) status('input', why);
+        holdWhileBacklogged();
         return;
       }
       let msg: { type?: unknown; cols?: unknown; rows?: unknown; data?: unknown };
@@ -356,6 +366,7 @@ export class ConsoleServer {
       } else if (msg.type === 'input' && typeof msg.data === 'string') {
         const why = link.input(Buffer.from(msg.data, 'utf8'));
         if (why) status('input', why);
+        holdWhileBacklogged();
       }
     });
     ws.on('error', () => {});

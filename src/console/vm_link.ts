@@ -280,6 +280,21 @@ export class VmLink {
     return null;
   }
 
+  /**
+   * When keystrokes wait towards a guest that is not reading, a promise that resolves once they
+   * went out (or the serial connection ended); null when input flows. Viewers stop reading their
+   * WebSocket meanwhile, so a paste waits in the browser instead of here.
+   */
+  inputBacklog(): Promise<void> | null {
+    const s = this.serial;
+    if (!s || s.writableLength < INPUT_BACKLOG_LIMIT / 4) return null;
+    return new Promise((resolve) => {
+      const done = () => { s.off('drain', done); s.off('close', done); resolve(); };
+      s.on('drain', done);
+      s.on('close', done);
+    });
+  }
+
   /** PUT vm.<action> (pause, resume, reboot, power-button, shutdown, boot, create, delete). */
   async action(action: string, body?: string): Promise<ApiAnswer> {
     try {
