@@ -173,11 +173,12 @@ export class ConsoleServer {
         throw new HttpError(403, `requests from origin ${req.headers.origin} are refused`);
       }
       if (method === 'POST' && url.pathname === '/login') return await this.login(req, res);
+      if (url.pathname === '/favicon.ico') { res.writeHead(204); res.end(); return; }
       if (!this.authorized(req)) {
         if (method === 'GET' && (url.pathname === '/' || url.pathname === '/index.html')) {
           res.writeHead(401, {
             'Content-Type': 'text/html; charset=utf-8',
-            'Content-Security-Policy': `default-src 'none'; script-src 'sha256-${LOGIN_SCRIPT_HASH}'; connect-src 'self'; form-action 'none'; frame-ancestors 'none'`,
+            'Content-Security-Policy': `default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-${LOGIN_SCRIPT_HASH}'; connect-src 'self'; form-action 'none'; frame-ancestors 'none'`,
           });
           res.end(LOGIN_PAGE);
           return;

@@ -175,7 +175,7 @@ class VmCard {
         <label>disks</label><input name="disks" placeholder="paths, comma-separated">
         <button type="submit">Boot</button>
       </form>
-      <div class="row">
+      <div class="row" hidden>
         <div class="term-box"><div class="term"></div><div class="term-status"></div></div>
         <div class="charts">
           <h3>bytes per second</h3><canvas class="bytes"></canvas><div class="legend bytes-legend"></div>
@@ -250,6 +250,8 @@ class VmCard {
     };
     for (const b of this.root.querySelectorAll<HTMLButtonElement>('button[data-action]')) b.disabled = !can[b.dataset.action!];
     $<HTMLFormElement>(this.root, 'form.boot').hidden = v.state !== 'NotCreated';
+    // The console and charts stay once shown (a VM that died keeps its last output on screen).
+    if (v.config || this.serial) $(this.root, '.row').hidden = false;
     if (v.serial.state !== 'none' && !this.serial) {
       this.serial = new SerialView(v.id, $(this.root, '.term'), $(this.root, '.term-status'));
     }
