@@ -10,6 +10,8 @@ import { apiRequest, ApiConnectionError } from '../cli/remote.js';
 export const SCROLLBACK_BYTES = 256 * 1024;
 /** Counter samples kept for the charts (one per poll). */
 export const HISTORY_SAMPLES = 120;
+/** Counter samples closer together than this are not taken (rates over tiny intervals are noise). */
+const MIN_SAMPLE_MS = 500;
 /** Most keystroke bytes queued towards a guest that does not read before more are refused. */
 export const INPUT_BACKLOG_LIMIT = 256 * 1024;
 
@@ -175,6 +177,8 @@ export class VmLink {
   }
 
   private async pollCounters(): Promise<void> {
+    // An extra poll (after an action) right after the regular one would make a noisy rate.
+    if (this.last && Date.now() - this.last.t < MIN_SAMPLE_MS) return;
     let r: ApiAnswer;
     try {
       r = await apiRequest(this.socket, 'GET', 'vm.counters');
