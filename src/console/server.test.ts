@@ -256,3 +256,37 @@ test('booting a VM on an idle VMM through the page, and bad boot forms', async (
   const twice = await post({ kernel: '/vmlinuz', vcpus: 1, memoryMiB: 64 });
   assert.equal(twice.status, 409);
 });
+
+test('a real stratovisor VMM waiting for vm.create: listed, a failed boot answered, its exit reported', async (t) => {
+  const { spawn } = await import('node:child_process');
+  const { mkdtempSync, rmSync, existsSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const dir = mkdtempSync(join(tmpdir(), 'stv-console-vmm-'));
+  const sock = join(dir, 'a.sock');
+  const main = new URL('../cli/main.js', import.meta.url).pathname;
+  const vmm = spawn(process.execPath, [main, '--api-socket', `path=${sock}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  vmm.stderr!.on('data', (b: Buffer) => { stderr += b.toString(); });
+  const exited = new Promise<number | null>((r) => vmm.on('close', (c) => r(c)));
+  const console = new ConsoleServer({ dir, pollMs: 50 });
+  t.after(async () => { vmm.kill('SIGKILL'); await exited; await console.close(); rmSync(dir, { recursive: true, force: true }); });
+  await until('the API socket', () => (existsSync(sock) ? true : undefined));
+  const url = await console.listen();
+  const base = console.baseUrl();
+  const auth = { Authorization: `Bearer ${new URL(url).hash.replace('#token=', '')}`, Origin: base };
+  const list = async () => (JSON.parse((await req(base, 'GET', '/api/vms', auth)).text) as { vms: VmView[] }).vms;
+  const [vm] = await until('the VMM found in --dir', async () => { const v = await list(); return v[0]?.state === 'NotCreated' ? v : undefined; });
+  assert.equal(vm!.socket, sock);
+  // A kernel that is not one: the VMM's own answer comes back to the page, the console and the VMM go on.
+  const notKernel = join(dir, 'not-a-kernel');
+  writeFileSync(notKernel, 'hello');
+  const r = JSON.parse((await req(base, 'POST', '/api/vms/vm1/boot', auth, JSON.stringify({ kernel: notKernel, vcpus: 1, memoryMiB: 64 }))).text) as { action: string; status: number; text: string };
+  assert.ok(r.status >= 400, `boot answered ${r.status} ${r.text}`);
+  assert.ok(r.text.length > 0, 'with the reason');
+  assert.equal(vmm.exitCode, null, `the VMM is still up: ${stderr}`);
+  // The VMM goes away: the page is told its socket does not answer.
+  vmm.kill('SIGTERM');
+  await exited;
+  const [gone] = await until('Unreachable', async () => { const v = await list(); return v[0]?.state === 'Unreachable' ? v : undefined; });
+  assert.match(gone!.error!, /does not exist|nothing is listening/);
+});
