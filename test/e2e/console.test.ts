@@ -108,9 +108,15 @@ test('the web console shows a running guest, types into its serial console, paus
   assert.match(summary, /memory 512\.0 MiB/);
   assert.match(summary, /disk0: /);
 
-  // The guest's shell prompt arrives through the serial socket (the scenario sets PS1).
   const term = card.locator('.xterm');
-  await until('the guest shell prompt', async () => ((await terminalText(page!)).includes('stv# ') ? true : undefined), 150_000, explain);
+  // The guest's shell prompt arrives through the serial socket (the scenario sets PS1).
+  // (Should the console have connected after the prompt was printed, an Enter brings a new one.)
+  let lastEnter = Date.now();
+  await until('the guest shell prompt', async () => {
+    if ((await terminalText(page!)).includes('stv# ')) return true;
+    if (Date.now() - lastEnter > 30_000) { lastEnter = Date.now(); await term.click(); await page!.keyboard.press('Enter'); }
+    return undefined;
+  }, 150_000, explain);
   await shot('running');
 
   const type = async (line: string) => {
