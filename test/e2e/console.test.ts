@@ -8,7 +8,7 @@
 // Screenshots: .cache/e2e-logs/console-*.png; the VMM's and the console's logs beside them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync, openSync, ftruncateSync, closeSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -60,6 +60,10 @@ async function terminalText(page: Page): Promise<string> {
 test('the web console shows a running guest, types into its serial console, pauses and resumes it, charts its disk', { timeout: 240_000 }, async (t) => {
   if (!existsSync(CHROMIUM)) { t.skip(`${CHROMIUM} is missing (Debian package chromium; npm test installs it)`); return; }
   mkdirSync(LOG_DIR, { recursive: true });
+  // The sandbox starts with its loopback interface down: Chromium then calls every load, even of
+  // 127.0.0.1, ERR_INTERNET_DISCONNECTED. Bring it up (a no-op where it is up already).
+  const lo = spawnSync('ip', ['link', 'set', 'lo', 'up'], { encoding: 'utf8' });
+  if (lo.status !== 0) t.diagnostic(`ip link set lo up: ${lo.stderr.trim()}`);
   const dir = mkdtempSync(join(process.env.TMPDIR ?? tmpdir(), 'stv-console-'));
   const apiSock = join(dir, 'vm.sock');
   const serialSock = join(dir, 'vm.serial');
