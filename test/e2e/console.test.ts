@@ -57,7 +57,7 @@ async function terminalText(page: Page): Promise<string> {
   return (await page.locator('[data-vm="vm1"] .xterm-rows').innerText()).replace(/\u00a0/g, ' ');
 }
 
-test('the web console shows a running guest, types into its serial console, pauses and resumes it, charts its disk', { timeout: 240_000 }, async (t) => {
+test('the web console shows a running guest, types into its serial console, pauses and resumes it, charts its disk', { timeout: 330_000 }, async (t) => {
   if (!existsSync(CHROMIUM)) { t.skip(`${CHROMIUM} is missing (Debian package chromium; npm test installs it)`); return; }
   mkdirSync(LOG_DIR, { recursive: true });
   // The sandbox starts with its loopback interface down: Chromium then calls every load, even of
@@ -100,6 +100,9 @@ test('the web console shows a running guest, types into its serial console, paus
 
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  // Chromium under the nested TCG sandbox takes tens of seconds to a page (the default is 30 s).
+  page.setDefaultNavigationTimeout(150_000);
+  page.setDefaultTimeout(90_000);
   const consoleMessages: string[] = [];
   page.on('console', (m) => consoleMessages.push(m.text()));
   await page.goto(url);
