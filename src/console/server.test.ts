@@ -11,7 +11,7 @@ import { WebSocket } from 'ws';
 import { ConsoleServer, MAX_WS_MESSAGE } from './server.js';
 import { startTestServer, type TestServer } from '../api/test_server.fixture.js';
 import { SerialSocketSink } from '../vmm/serial_socket.js';
-import { writeAll } from '../vmm/sink.js';
+import { OutputSink } from '../vmm/sink.js';
 import { createVmConfig } from '../vmm/config.js';
 import type { VmView } from './vm_link.js';
 
@@ -105,6 +105,15 @@ async function vms(f: Fixture): Promise<VmView[]> {
   return (JSON.parse(r.text) as { vms: VmView[] }).vms;
 }
 
+/** The "guest" prints: through the serial socket's pipe, as the device thread writes (device_worker.ts). */
+function guestPrints(f: Fixture, text: string): void {
+  const out = new OutputSink(f.sink.fd);
+  out.write(Buffer.from(text));
+  out.flush();
+  assert.equal(out.pending, 0, 'the pipe took it all');
+  out.close();
+}
+
 function viewer(f: Fixture, headers = f.auth): Viewer {
   return new Viewer(`${f.base.replace('http', 'ws')}/ws/serial/vm1`, headers);
 }
@@ -149,16 +158,16 @@ test('the VM list, a lifecycle action with its answer, and the serial console fo
   assert.equal(vm!.config!.memoryBytes, 256 << 20);
   assert.deepEqual(vm!.config!.disks.length, 1);
   // Output while nobody watches is kept: a viewer attaching later gets it first.
-  writeAll(f.sink.fd, Buffer.from('early boot line\r\n'));
-  await until('scroll-back', async () => ((await vms(f))[0]!.serial.state === 'connected' ? true : undefined));
-  await new Promise((r) => setTimeout(r, 100));
+  guestPrints(f, 'early boot line\r\n');
+  await until('scroll-back', async () => ((await vms(f))[0]!.serial.scrollback >= 17 ? true : undefined));
+  assert.equal((await vms(f))[0]!.serial.viewers, 0, 'nobody watched while it was printed');
   const a = viewer(f);
   await a.open;
   await a.waitOut('early boot line');
   const b = viewer(f);
   await b.open;
   await b.waitOut('early boot line');
-  writeAll(f.sink.fd, Buffer.from('stv# '));
+  guestPrints(f, 'stv# ');
   await a.waitOut('stv# ');
   await b.waitOut('stv# ');
   a.ws.send(Buffer.from('echo hi\r'));
@@ -209,7 +218,7 @@ test('a flood of keystrokes, a huge paste, an oversized message and a viewer tha
   await gone.open;
   gone.ws.terminate();
   await until('viewer count', async () => ((await vms(f))[0]!.serial.viewers === 1 ? true : undefined));
-  writeAll(f.sink.fd, Buffer.from('still here\r\n'));
+  guestPrints(f, 'still here\r\n');
   await a.waitOut('still here');
   assert.equal((await vms(f))[0]!.state, 'Running');
   a.ws.close();

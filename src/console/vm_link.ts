@@ -48,7 +48,8 @@ export interface VmView {
   uptimeExact: boolean;
   counters: Record<string, Record<string, number>>;
   history: CounterSample[];
-  serial: { state: 'none' | 'connected' | 'disconnected'; message: string; viewers: number };
+  /** `scrollback`: bytes of serial output kept for viewers that attach later. */
+  serial: { state: 'none' | 'connected' | 'disconnected'; message: string; viewers: number; scrollback: number };
 }
 
 /** What a viewer (a WebSocket) needs; kept abstract so the link does not depend on `ws`. */
@@ -321,7 +322,7 @@ export class VmLink {
       uptimeExact: this.uptimeExact,
       counters: this.counters,
       history: this.history,
-      serial: { state: this.serialState(), message: this.serialMessage, viewers: this.viewers.size },
+      serial: { state: this.serialState(), message: this.serialMessage, viewers: this.viewers.size, scrollback: this.scrollbackLen },
     };
   }
 
