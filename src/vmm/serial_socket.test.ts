@@ -7,6 +7,8 @@ import net from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync, existsSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { SerialSocketSink, SerialSocketError } from './serial_socket.js';
 import { OutputSink } from './sink.js';
 import { Serial } from '../devices/serial.js';
@@ -120,5 +122,16 @@ test('bad serial socket paths are refused with the path named', () => {
     assert.throws(() => new SerialSocketSink({ path: join(dir, 'x'.repeat(200)), input: () => 0 }), /too long for a Unix socket/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('--serial socket= under the default seccomp deny-list and the strict allow-list', () => {
+  // The VMM installs its filter before any VM exists; the serial socket is made at boot, after it.
+  const fixture = fileURLToPath(new URL('./serial_socket_seccomp.fixture.js', import.meta.url));
+  for (const mode of ['true', 'strict']) {
+    const r = spawnSync(process.execPath, [fixture, mode], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.signal, null, `seccomp ${mode}: killed by ${r.signal} (a call outside the filter): ${r.stderr}`);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`serial socket under seccomp ${mode}: ok`));
   }
 });
