@@ -12,10 +12,10 @@ import { basename, join, relative } from 'node:path';
 import { ensureGuestImages, REPO, CACHE } from './lib/images.mjs';
 import { ensureNodeModules, build, log } from './lib/setup.mjs';
 import { ensurePackages } from './lib/deps.mjs';
+import { spawnWait, hostFacts } from './lib/sandbox.mjs';
 
 /** Debian packages the e2e files need on the host (the sandbox runs this machine's /). */
 const E2E_PACKAGES = ['chromium'];
-import { spawnWait, hostFacts } from './lib/sandbox.mjs';
 
 function findTests(dir, re) {
   const out = [];
