@@ -35,6 +35,8 @@ export interface ConsoleServerOptions {
   /** Fixed token (tests); default: a new random one. */
   token?: string;
   pollMs?: number;
+  /** A VMM that does not answer vm.info in this time is shown Unreachable (default POLL_TIMEOUT_MS). */
+  pollTimeoutMs?: number;
   log?: (m: string) => void;
 }
 
@@ -104,7 +106,8 @@ export class ConsoleServer {
     this.port = addr.port;
     this.hosts = allowedHosts(host, addr.port);
     if (!isLoopback(host)) this.log(`warning: listening on ${host}, not loopback: anyone who can reach it and has the token controls these VMs`);
-    await this.pollAll();
+    // The first poll is not waited for: a VMM busy booting (or hung) must not hold up the page.
+    void this.pollAll();
     this.timer = setInterval(() => { void this.pollAll(); }, this.opts.pollMs ?? 1000);
     return `${this.baseUrl()}/#token=${this.token}`;
   }
@@ -116,7 +119,7 @@ export class ConsoleServer {
   private addSocket(path: string): VmLink {
     const have = this.bySocket.get(path);
     if (have) return have;
-    const l = new VmLink(`vm${this.nextId++}`, path);
+    const l = new VmLink(`vm${this.nextId++}`, path, this.opts.pollTimeoutMs);
     this.links.set(l.id, l);
     this.bySocket.set(path, l);
     return l;

@@ -12,6 +12,13 @@ export const SCROLLBACK_BYTES = 256 * 1024;
 export const HISTORY_SAMPLES = 120;
 /** Counter samples closer together than this are not taken (rates over tiny intervals are noise). */
 const MIN_SAMPLE_MS = 500;
+/**
+ * A state poll (vm.info, vm.counters) the VMM has not answered in this time marks the VM
+ * Unreachable (a hung VMM must not freeze its card); lifecycle actions (a boot loads the kernel)
+ * get longer.
+ */
+export const POLL_TIMEOUT_MS = 20_000;
+export const ACTION_TIMEOUT_MS = 120_000;
 /** Most keystroke bytes queued towards a guest that does not read before more are refused. */
 export const INPUT_BACKLOG_LIMIT = 256 * 1024;
 
@@ -113,9 +120,12 @@ export class VmLink {
   private polling: Promise<void> | null = null;
   private closed = false;
 
-  constructor(id: string, socket: string) {
+  private readonly pollTimeoutMs: number;
+
+  constructor(id: string, socket: string, pollTimeoutMs = POLL_TIMEOUT_MS) {
     this.id = id;
     this.socket = socket;
+    this.pollTimeoutMs = pollTimeoutMs;
     this.name = basename(socket);
   }
 
@@ -128,7 +138,7 @@ export class VmLink {
   private async doPoll(): Promise<void> {
     let info: ApiAnswer;
     try {
-      info = await apiRequest(this.socket, 'GET', 'vm.info');
+      info = await apiRequest(this.socket, 'GET', 'vm.info', undefined, this.pollTimeoutMs);
     } catch (e) {
       this.setState('Unreachable', e instanceof ApiConnectionError ? e.message : `API socket ${this.socket}: ${(e as Error).message}`);
       this.dropSerial('the VMM is gone: its API socket does not answer');
@@ -182,7 +192,7 @@ export class VmLink {
     if (this.last && Date.now() - this.last.t < MIN_SAMPLE_MS) return;
     let r: ApiAnswer;
     try {
-      r = await apiRequest(this.socket, 'GET', 'vm.counters');
+      r = await apiRequest(this.socket, 'GET', 'vm.counters', undefined, this.pollTimeoutMs);
     } catch {
       return;
     }
@@ -215,6 +225,7 @@ export class VmLink {
   }
 
   private connectSerial(path: string): void {
+    if (this.closed) return; // a poll that was under way when the console closed
     const s = net.connect(path);
     this.serial = s;
     s.on('connect', () => {
@@ -303,7 +314,7 @@ export class VmLink {
   /** PUT vm.<action> (pause, resume, reboot, power-button, shutdown, boot, create, delete). */
   async action(action: string, body?: string): Promise<ApiAnswer> {
     try {
-      const r = await apiRequest(this.socket, 'PUT', `vm.${action}`, body);
+      const r = await apiRequest(this.socket, 'PUT', `vm.${action}`, body, ACTION_TIMEOUT_MS);
       return r;
     } finally {
       void this.poll();

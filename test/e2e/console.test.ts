@@ -95,7 +95,7 @@ test('the web console shows a running guest, types into its serial console, paus
 
   await until('the API socket', () => (existsSync(apiSock) ? true : undefined), 60_000, explain);
   con = new Proc('server', ['console', '--listen', '127.0.0.1:0', '--api-socket', apiSock]);
-  const url = await until('the console URL', () => /open (http:\/\/\S+)/.exec(con!.out)?.[1], 30_000, explain);
+  const url = await until('the console URL', () => /open (http:\/\/\S+)/.exec(con!.out)?.[1], 90_000, explain);
   assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/#token=[\w-]+$/, 'loopback, the token only in the fragment');
 
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
