@@ -42,6 +42,11 @@ class Proc {
   }
 }
 
+/** A progress line as the test goes (the sandbox kills a run that prints nothing for minutes). */
+function step(m: string): void {
+  process.stderr.write(`# e2e console: ${m}\n`);
+}
+
 async function until<T>(what: string, f: () => T | undefined | Promise<T | undefined>, ms: number, explain: () => string): Promise<T> {
   const end = Date.now() + ms;
   for (;;) {
@@ -57,7 +62,7 @@ async function terminalText(page: Page): Promise<string> {
   return (await page.locator('[data-vm="vm1"] .xterm-rows').innerText()).replace(/\u00a0/g, ' ');
 }
 
-test('the web console shows a running guest, types into its serial console, pauses and resumes it, charts its disk', { timeout: 330_000 }, async (t) => {
+test('the web console shows a running guest, types into its serial console, pauses and resumes it, charts its disk', { timeout: 900_000 }, async (t) => {
   if (!existsSync(CHROMIUM)) { t.skip(`${CHROMIUM} is missing (Debian package chromium; npm test installs it)`); return; }
   mkdirSync(LOG_DIR, { recursive: true });
   // The sandbox starts with its loopback interface down: Chromium then calls every load, even of
@@ -85,8 +90,10 @@ test('the web console shows a running guest, types into its serial console, paus
   const explain = () => `--- vmm ---\n${vmm.out.slice(-2000)}\n--- console ---\n${con?.out.slice(-2000) ?? ''}`;
   t.after(async () => {
     if (page) {
-      try { writeFileSync(join(LOG_DIR, 'console-terminal.log'), await terminalText(page)); } catch { /* page gone */ }
+      try { writeFileSync(join(LOG_DIR, 'console-terminal.log'), await terminalText(page)); } catch (e) { step(`terminal text not saved: ${(e as Error).message}`); }
+      try { await shot('last'); } catch { /* page gone */ }
     }
+    step('stopping Chromium, the console and the VMM');
     await browser?.close();
     await con?.stop();
     await vmm.stop();
@@ -94,10 +101,12 @@ test('the web console shows a running guest, types into its serial console, paus
   });
 
   await until('the API socket', () => (existsSync(apiSock) ? true : undefined), 60_000, explain);
+  step('VMM API socket up; starting the console');
   con = new Proc('server', ['console', '--listen', '127.0.0.1:0', '--api-socket', apiSock]);
   const url = await until('the console URL', () => /open (http:\/\/\S+)/.exec(con!.out)?.[1], 90_000, explain);
   assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/#token=[\w-]+$/, 'loopback, the token only in the fragment');
 
+  step(`console at ${url.replace(/#.*/, '#token=…')}; starting Chromium`);
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   // Chromium under the nested TCG sandbox takes tens of seconds to a page (the default is 30 s).
@@ -106,6 +115,7 @@ test('the web console shows a running guest, types into its serial console, paus
   const consoleMessages: string[] = [];
   page.on('console', (m) => consoleMessages.push(m.text()));
   await page.goto(url);
+  step('page loaded');
   const card = page.locator('[data-vm="vm1"]');
   const state = card.locator('.state');
   await state.filter({ hasText: /^Running$/ }).waitFor({ timeout: 60_000 });
@@ -125,6 +135,7 @@ test('the web console shows a running guest, types into its serial console, paus
     return undefined;
   }, 150_000, explain);
   await shot('running');
+  step('the guest prompt is in the page');
 
   const type = async (line: string) => {
     await term.click();
@@ -132,9 +143,11 @@ test('the web console shows a running guest, types into its serial console, paus
     await page!.keyboard.press('Enter');
   };
   await type('echo hello-$RANDOM');
+  step('typed echo hello-$RANDOM');
   const hello = await until('the guest answering echo', async () => /^hello-(\d+)\s*$/m.exec(await terminalText(page!))?.[1], 60_000, explain);
   assert.ok(Number(hello) >= 0 && Number(hello) <= 32767, `$RANDOM expanded by the guest: ${hello}`);
 
+  step(`the guest answered hello-${hello}`);
   // Pause: the API's answer is shown, the state follows, the guest stops answering.
   await card.locator('button[data-action="pause"]').click();
   await state.filter({ hasText: /^Paused$/ }).waitFor({ timeout: 30_000 });
@@ -144,10 +157,12 @@ test('the web console shows a running guest, types into its serial console, paus
   await new Promise((r) => setTimeout(r, 4000));
   assert.doesNotMatch(await terminalText(page), /^paused-42\s*$/m, 'no answer while paused');
   await shot('paused');
+  step('paused: no answer');
   await card.locator('button[data-action="resume"]').click();
   await state.filter({ hasText: /^Running$/ }).waitFor({ timeout: 30_000 });
   await until('the answer after resume', async () => (/^paused-42\s*$/m.test(await terminalText(page!)) ? true : undefined), 60_000, explain);
 
+  step('resumed: answered');
   // The disk's read counters move while the guest reads it.
   await type('dd if=/dev/vda of=/dev/null bs=1M; echo dd-done');
   const rate = card.locator('.rate[data-counter="disk0.read_bytes"]');
@@ -156,6 +171,7 @@ test('the web console shows a running guest, types into its serial console, paus
     return Number(await rate.getAttribute('data-value')) > 0 ? true : undefined;
   }, 90_000, explain);
   await shot('counters');
+  step('disk read counters moved');
   await until('dd to finish', async () => (/^dd-done\s*$/m.test(await terminalText(page!)) ? true : undefined), 90_000, explain);
   assert.match(await terminalText(page), /64\+0 records in/, 'the guest read the whole 64 MiB disk');
   assert.ok(!consoleMessages.some((m) => /Content Security Policy/.test(m)), `no CSP violations: ${consoleMessages.join('\n')}`);
