@@ -176,4 +176,29 @@ test('the web console shows a running guest, types into its serial console, paus
   await until('dd to finish', async () => (/^dd-done\s*$/m.test(await terminalText(page!)) ? true : undefined), 90_000, explain);
   assert.match(await terminalText(page), /64\+0 records in/, 'the guest read the whole 64 MiB disk');
   assert.ok(!consoleMessages.some((m) => /Content Security Policy/.test(m)), `no CSP violations: ${consoleMessages.join('\n')}`);
+
+  // In the browser, without the token: a fresh context (no cookie) gets the login page with 401,
+  // the API 401, and a WebSocket to the console that never opens. From another Origin (a data:
+  // page, Origin null) the WebSocket is refused too, while the logged-in page's own one opens.
+  const base = url.replace(/\/#.*$/, '');
+  const wsUrl = `${base.replace(/^http/, 'ws')}/ws/serial/vm1`;
+  const tryWs = (u: string) => new Promise<string>((resolve) => {
+    const ws = new WebSocket(u);
+    ws.onopen = () => { ws.close(); resolve('open'); };
+    ws.onerror = () => resolve('refused');
+  });
+  const anon = await browser.newContext();
+  const anonPage = await anon.newPage();
+  const login = await anonPage.goto(`${base}/`);
+  assert.equal(login?.status(), 401, 'no token: 401');
+  await anonPage.locator('form#f input[name="token"]').waitFor();
+  assert.equal((await anonPage.request.get(`${base}/api/vms`)).status(), 401);
+  assert.equal(await anonPage.evaluate(tryWs, wsUrl), 'refused', 'no token: no WebSocket');
+  await anon.close();
+  assert.equal(await page.evaluate(tryWs, wsUrl), 'open', 'the logged-in page opens one');
+  const foreign = await page.context().newPage(); // the context that holds the cookie
+  await foreign.goto('data:text/html,<title>elsewhere</title>');
+  assert.equal(await foreign.evaluate(tryWs, wsUrl), 'refused', 'another Origin: no WebSocket');
+  await foreign.close();
+  step('no token and another Origin: refused in the browser');
 });
