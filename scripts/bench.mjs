@@ -10,8 +10,11 @@
 //     sequential MB/s and 4 KiB random-read IOPS in the guest, TCP MB/s each way over a tap.
 //  5. in the same sandbox boot: virtio-fs sequential write/read MB/s with Debian's virtiofsd,
 //     QEMU q35 vhost-user-fs-pci vs Stratovisor --fs (bench/fs.ts; STV_BENCH_FS_MIB, 64).
+//  6. in the same sandbox boot: virtio-vsock stream MB/s both ways and connect latency, QEMU q35
+//     vhost-vsock-pci (in-kernel) vs Stratovisor --vsock (hybrid socket) (bench/vsock.ts;
+//     STV_BENCH_VSOCK_MIB, 64; STV_BENCH_VSOCK_CONNS, 20).
 // Env: STV_BENCH_RUNS (5), STV_BENCH_VMMS (comma list: qemu-microvm, qemu-q35, stratovisor),
-// STV_BENCH_ONLY=pio|api|boot|io|fs (a comma list runs several), and for io: STV_BENCH_IO_MIB (64),
+// STV_BENCH_ONLY=pio|api|boot|io|fs|vsock (a comma list runs several), and for io: STV_BENCH_IO_MIB (64),
 // STV_BENCH_RAND_S (5), STV_BENCH_NET_MIB (32).
 import { join } from 'node:path';
 import { ensureGuestImages, REPO } from './lib/images.mjs';
@@ -22,7 +25,7 @@ ensureNodeModules();
 if (!build()) process.exit(1);
 const images = ensureGuestImages({ log });
 const runs = Number(process.env.STV_BENCH_RUNS ?? 5);
-const KINDS = ['pio', 'api', 'boot', 'io', 'fs'];
+const KINDS = ['pio', 'api', 'boot', 'io', 'fs', 'vsock'];
 const only = process.env.STV_BENCH_ONLY ? process.env.STV_BENCH_ONLY.split(',') : null;
 for (const k of only ?? []) {
   if (!KINDS.includes(k)) {
@@ -50,7 +53,7 @@ if (want('api')) {
   ]));
 }
 // The boot and I/O benchmarks share one sandbox boot, one after the other.
-const inSandbox = [...(hostKvm ? [] : ['pio']), 'boot', 'io', 'fs'].filter(want).map((k) => join(REPO, 'dist', 'bench', `${k}.js`));
+const inSandbox = [...(hostKvm ? [] : ['pio']), 'boot', 'io', 'fs', 'vsock'].filter(want).map((k) => join(REPO, 'dist', 'bench', `${k}.js`));
 if (inSandbox.length) {
   process.env.STV_GUEST_BZIMAGE = images.bzImage;
   process.env.STV_GUEST_VMLINUX = images.vmlinux;

@@ -6,7 +6,8 @@
 //   "tests: N passed, N failed, N skipped".
 // Env: STV_TEST_ONLY=unit|e2e, STV_E2E_FILTER=regex on e2e file names, STV_TEST_NAME=regex on test
 // names, STV_GUEST_KERNELS (comma list, default "6.1,6.12"; the first is the main guest kernel),
-// STV_E2E_KERNEL_FILTER (regex of the e2e files that run again on the further kernels; "boot|virtio").
+// STV_E2E_KERNEL_FILTER (regex on the base names of the e2e files that run again on the further
+// kernels; "^(boot|virtio)\.test\.js$").
 import { readdirSync, existsSync, readFileSync, mkdirSync, rmSync } from 'node:fs';
 import { basename, join, relative } from 'node:path';
 import { ensureGuestImages, REPO, CACHE } from './lib/images.mjs';
@@ -141,7 +142,7 @@ async function main() {
     for (const file of e2e) add(countRunnerFailure(await inSandbox(`e2e-${basename(file, '.test.js')}`, [file], env)));
     // The same boot and virtio files with each further guest kernel, their consoles under
     // .cache/e2e-logs/linux-<kernel>/.
-    const again = new RegExp(process.env.STV_E2E_KERNEL_FILTER ?? 'boot|virtio');
+    const again = new RegExp(process.env.STV_E2E_KERNEL_FILTER ?? '^(boot|virtio)\\.test\\.js$');
     for (const kernel of kernels.slice(1)) {
       const kenv = { ...imagesOf(kernel), STV_E2E_LOG_SUBDIR: `linux-${kernel}` };
       for (const file of e2e.filter((f) => again.test(basename(f)) && !/qemu/.test(basename(f)))) {

@@ -8,6 +8,10 @@
 //                                   vsock-served:PORT:RXBYTES:RXSHA:TXBYTES:TXSHA per connection
 //                                   (vsock-conn-failed:PORT:WHY for one that broke). Exits after
 //                                   MAX connections (default: never).
+//   stvsock count PORT              the benchmark's listener (bench/vsock.ts): like serve, but
+//                                   without checksums or generated data, so the guest's CPU does
+//                                   not bound the figures: read until EOF counting, send as many
+//                                   zero bytes, shut down, close; no marker per connection.
 //   stvsock connect CID PORT BYTES  connect to CID:PORT, send BYTES bytes, shut down the write
 //                                   side, read until EOF. Prints
 //                                   vsock-connected:PORT:TXBYTES:TXSHA:RXBYTES:RXSHA, or
@@ -171,6 +175,39 @@ static int serve(unsigned port, long max) {
   return 0;
 }
 
+static uint8_t zeros[64 * 1024];
+
+static int count(unsigned port) {
+  int ls = socket(AF_VSOCK, SOCK_STREAM, 0);
+  if (ls < 0) { printf("@@stv:vsock-error:socket(AF_VSOCK): %s@@\n", strerror(errno)); return 1; }
+  struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_port = port, .svm_cid = VMADDR_CID_ANY};
+  if (bind(ls, (struct sockaddr *)&a, sizeof a) < 0 || listen(ls, 16) < 0) {
+    printf("@@stv:vsock-error:listen on port %u: %s@@\n", port, strerror(errno));
+    return 1;
+  }
+  printf("@@stv:vsock-listening:%u@@\n", port);
+  fflush(stdout);
+  for (;;) {
+    int fd = accept(ls, NULL, NULL);
+    if (fd < 0) { if (errno == EINTR) continue; printf("@@stv:vsock-error:accept: %s@@\n", strerror(errno)); return 1; }
+    long long got = 0;
+    for (;;) {
+      ssize_t r = read(fd, buf, sizeof buf);
+      if (r < 0) { if (errno == EINTR) continue; got = -1; break; }
+      if (r == 0) break;
+      got += r;
+    }
+    for (long long left = got; left > 0;) {
+      ssize_t w = send(fd, zeros, left < (long long)sizeof zeros ? (size_t)left : sizeof zeros, MSG_NOSIGNAL);
+      if (w < 0) { if (errno == EINTR) continue; printf("@@stv:vsock-conn-failed:%u:%s@@\n", port, strerror(errno)); break; }
+      left -= w;
+    }
+    if (got < 0) printf("@@stv:vsock-conn-failed:%u:%s@@\n", port, strerror(errno));
+    shutdown(fd, SHUT_WR);
+    close(fd);
+  }
+}
+
 static int connect_to(unsigned cid, unsigned port, long long n) {
   int fd = socket(AF_VSOCK, SOCK_STREAM, 0);
   struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_port = port, .svm_cid = cid};
@@ -200,9 +237,10 @@ int main(int argc, char **argv) {
   gettimeofday(&tv, NULL);
   rng_state = ((uint64_t)tv.tv_sec << 20 ^ (uint64_t)tv.tv_usec ^ (uint64_t)getpid() << 40) | 1;
   if (argc >= 3 && strcmp(argv[1], "serve") == 0) return serve((unsigned)strtoul(argv[2], NULL, 10), argc >= 4 ? strtol(argv[3], NULL, 10) : 0);
+  if (argc == 3 && strcmp(argv[1], "count") == 0) return count((unsigned)strtoul(argv[2], NULL, 10));
   if (argc == 5 && strcmp(argv[1], "connect") == 0) {
     return connect_to((unsigned)strtoul(argv[2], NULL, 10), (unsigned)strtoul(argv[3], NULL, 10), strtoll(argv[4], NULL, 10));
   }
-  fprintf(stderr, "usage: stvsock serve PORT [MAX] | stvsock connect CID PORT BYTES\n");
+  fprintf(stderr, "usage: stvsock serve PORT [MAX] | stvsock count PORT | stvsock connect CID PORT BYTES\n");
   return 2;
 }

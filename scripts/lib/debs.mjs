@@ -109,3 +109,88 @@ export function unpackSuite(names, suite, { log = () => {} } = {}) {
     return { name: n, version: v, dir: unpackDeb(n, v, { log }) };
   });
 }
+
+/**
+ * apt options for a private view of another Debian suite (e.g. sid): its own sources file,
+ * package lists and download cache under .cache/debs/apt-<suite>/, so the system's apt sources
+ * and lists are never touched and nothing is installed (used for headers newer than the
+ * system's, e.g. <linux/mshv.h>, which linux-libc-dev has shipped since 6.15).
+ */
+function privateApt(suite) {
+  const root = join(DEBS, `apt-${suite}`);
+  const opts = [
+    '-o', 'Dir::Etc::SourceList=/dev/null', '-o', `Dir::Etc::SourceParts=${join(root, 'sources')}`,
+    '-o', `Dir::State::Lists=${join(root, 'lists')}`, '-o', `Dir::Cache=${join(root, 'cache')}`,
+    '-o', 'Debug::NoLocking=1', '-o', 'APT::Sandbox::User=root',
+  ];
+  return { root, opts };
+}
+
+/** Refresh the private package lists of `suite` (once per day at most). */
+export function ensurePrivateSuite(suite, { log = () => {} } = {}) {
+  const { root, opts } = privateApt(suite);
+  for (const d of ['sources', 'lists/partial', 'cache/archives/partial']) mkdirSync(join(root, d), { recursive: true });
+  writeFileSync(join(root, 'sources', `${suite}.sources`), `Types: deb
+URIs: http://deb.debian.org/debian
+Suites: ${suite}
+Components: main
+Architectures: amd64
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+`);
+  const stamp = join(root, '.updated');
+  let fresh = false;
+  try { fresh = Date.now() - Number(readFileSync(stamp, 'utf8')) < 86_400_000; } catch { /* never updated */ }
+  if (!fresh) {
+    log(`apt-get update (private lists of ${suite} in ${root})`);
+    try {
+      execFileSync('apt-get', [...opts, 'update', '-qq'], { stdio: ['ignore', 'ignore', 'pipe'], env: aptEnv() });
+      writeFileSync(stamp, String(Date.now()));
+    } catch (e) {
+      // Offline (e.g. inside the sandbox): lists from an earlier update still name what is unpacked.
+      const have = readdirSync(join(root, 'lists')).some((f) => f.includes('_Packages'));
+      if (!have) throw new DebError(`apt-get update of ${suite} failed: ${String(e.stderr || e.message).trim()}`);
+      log(`apt-get update of ${suite} failed; using the lists from ${root} as they are`);
+    }
+  }
+  return opts;
+}
+
+/** Like unpackDeb, for a package of a suite the system does not use (private apt lists). */
+export function unpackPrivate(name, suite, { log = () => {} } = {}) {
+  const opts = ensurePrivateSuite(suite, { log });
+  const r = spawnSync('apt-cache', [...opts, 'madison', name], { encoding: 'utf8' });
+  const line = (r.stdout ?? '').split('\n').map((l) => l.split('|').map((s) => s.trim())).find(([p]) => p === name);
+  if (!line) throw new DebError(`${name} has no version in ${suite}`);
+  const version = line[1];
+  const safe = `${name}_${version}`.replace(/[^A-Za-z0-9_.+-]/g, '_');
+  const dir = join(DEBS, safe);
+  if (existsSync(join(dir, '.unpacked'))) return { name, version, dir };
+  const dl = join(DEBS, `.download-${process.pid}`);
+  rmSync(dl, { recursive: true, force: true });
+  mkdirSync(dl, { recursive: true });
+  log(`fetching ${name} ${version} from ${suite} (apt-get download, unpacked into ${dir})`);
+  try {
+    execFileSync('apt-get', [...opts, 'download', '-qq', `${name}=${version}`], { cwd: dl, stdio: ['ignore', 'ignore', 'pipe'], env: aptEnv() });
+  } catch (e) {
+    rmSync(dl, { recursive: true, force: true });
+    throw new DebError(`apt-get download ${name}=${version} (${suite}) failed: ${String(e.stderr || e.message).trim()}`);
+  }
+  const deb = readdirSync(dl).find((f) => f.endsWith('.deb'));
+  if (!deb) throw new DebError(`apt-get download ${name}=${version} left no .deb`);
+  const tmp = `${dir}.tmp-${process.pid}`;
+  rmSync(tmp, { recursive: true, force: true });
+  execFileSync('dpkg-deb', ['-x', join(dl, deb), tmp]);
+  writeFileSync(join(tmp, '.unpacked'), `${name} ${version}\n`);
+  rmSync(dir, { recursive: true, force: true });
+  renameSync(tmp, dir);
+  rmSync(dl, { recursive: true, force: true });
+  return { name, version, dir };
+}
+
+/** A package name matching `re` in a private suite (e.g. linux-headers-<ver>-common). */
+export function findPrivate(re, suite, { log = () => {} } = {}) {
+  const opts = ensurePrivateSuite(suite, { log });
+  const r = spawnSync('apt-cache', [...opts, 'search', '--names-only', re.source], { encoding: 'utf8' });
+  const names = (r.stdout ?? '').split('\n').map((l) => l.split(' ')[0]).filter((n) => n && re.test(n)).sort();
+  return names.at(-1) ?? null;
+}

@@ -27,8 +27,8 @@ export const GUEST_MODULES = [
   'vmw_vsock_virtio_transport', 'virtiofs', 'crc32c_generic', 'ext4',
 ];
 /** Modules the sandbox loads: virtio-9p for the host's root, KVM on AMD SVM, and tun for the
- * e2e tests' and benchmarks' tap devices. */
-export const SANDBOX_MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'kvm_amd', 'virtio_net', 'virtio_blk', 'ext4', 'tun'];
+ * e2e tests' and benchmarks' tap devices; vhost_vsock for QEMU's vhost-vsock-pci (bench/vsock.ts). */
+export const SANDBOX_MODULES = ['virtio_pci', '9pnet_virtio', '9p', 'kvm_amd', 'virtio_net', 'virtio_blk', 'ext4', 'tun', 'vhost_vsock'];
 
 /** gcc and libc6-dev build the guest's static C tools (guest/tools/*.c); e2fsprogs makes and
  * inspects ext4 images (mke2fs -d, debugfs, e2fsck). */

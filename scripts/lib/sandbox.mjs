@@ -4,7 +4,7 @@
 //   SVM CPU that loads kvm-amd, shares the host's / over virtio-9p and chroots into it, so node,
 //   the repo and node_modules are the very same files; the command's I/O rides on ttyS1.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, realpathSync, writeFileSync, rmSync, openSync, closeSync, constants as fsc } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, openSync, closeSync, realpathSync, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { connect as netConnect } from 'node:net';
@@ -113,11 +113,10 @@ export async function runInSandbox(argv, opts = {}) {
   const qemu = sandboxQemu(config.qemu, { log });
   const initScript = readFileSync(join(REPO, 'guest', 'sandbox-init'));
   const img = ensureSandboxImages({ log, initScript, kernel: config.kernel });
-  // The sandbox guest looks for the state folder under /host (the host's / over 9p) before it
-  // chroots: a .cache that is a symlink (a worktree sharing the main checkout's) must be resolved
-  // here, or its absolute target is looked up in the sandbox's own root.
-  mkdirSync(CACHE, { recursive: true });
-  const state = join(realpathSync(CACHE), 'sandbox', `run-${process.pid}-${Date.now()}`);
+  // The real path: the sandbox's init looks for run.sh under /host before it chroots, where an
+  // absolute symlink (a worktree's .cache pointing at another checkout's) would not resolve.
+  mkdirSync(join(CACHE, 'sandbox'), { recursive: true });
+  const state = join(realpathSync(join(CACHE, 'sandbox')), `run-${process.pid}-${Date.now()}`);
   mkdirSync(state, { recursive: true });
   // Inside, the command's stdout is a serial tty; when ours is a pipe, ask tools not to colour.
   const env = process.stdout.isTTY ? process.env : { ...process.env, NO_COLOR: '1' };

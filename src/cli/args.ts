@@ -56,6 +56,8 @@ export interface RunArgs {
   logFile?: string;
   /** Process confinement (--seccomp, --landlock, --landlock-rules; see cli/confine.ts). */
   confine: ConfineArgs;
+  /** --hypervisor (absent: auto). */
+  hypervisor?: 'kvm' | 'mshv' | 'auto';
 }
 
 /** --seccomp (default true, as in CH), --landlock, --landlock-rules, --self-test-forbidden. */
@@ -185,6 +187,7 @@ const FLAGS: readonly FlagSpec[] = [
   },
   { name: 'platform', value: true, syntax: 'num_pci_segments=<n>', help: 'Platform: PCI segments 0..n-1 (default 1, at most 16); place devices with pci_segment=' },
   { name: 'pvpanic', value: false, syntax: '', help: 'Enable the pvpanic device' },
+  { name: 'hypervisor', value: true, syntax: 'kvm|mshv|auto', help: 'Hypervisor backend (default auto: mshv when /dev/mshv exists and /dev/kvm does not, else kvm)' },
   {
     name: 'seccomp',
     value: true,
@@ -674,6 +677,11 @@ export function parseArgs(argv: readonly string[]): CliResult {
   }
 
   const result: RunArgs = { kind: 'run', config: null, verbosity, confine: parseConfine(single, multi, switches) };
+  const hvArg = single.get('hypervisor');
+  if (hvArg !== undefined) {
+    if (hvArg !== 'kvm' && hvArg !== 'mshv' && hvArg !== 'auto') throw new CliError(`--hypervisor: bad value "${hvArg}" (expected kvm, mshv or auto)`, '--hypervisor');
+    result.hypervisor = hvArg;
+  }
   const api = single.get('api-socket');
   if (api !== undefined) result.apiSocket = parseSocketArg('--api-socket', api);
   const ev = single.get('event-monitor');

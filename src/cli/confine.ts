@@ -49,8 +49,8 @@ function baselineRules(): LandlockRule[] {
     { path: '/dev/urandom', access: 'r' },
     { path: '/dev/random', access: 'r' },
   ];
-  // Devices the VMM opens: KVM, taps, ptys for --serial/--console pty.
-  for (const dev of ['/dev/kvm', '/dev/net/tun', '/dev/ptmx', '/dev/pts', '/dev/tty']) rules.push({ path: dev, access: 'rw' });
+  // Devices the VMM opens: KVM (or MSHV), taps, ptys for --serial/--console pty.
+  for (const dev of ['/dev/kvm', '/dev/mshv', '/dev/net/tun', '/dev/ptmx', '/dev/pts', '/dev/tty']) rules.push({ path: dev, access: 'rw' });
   return rules.filter((r) => exists(r.path));
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // stratovisor: the command line, with Cloud Hypervisor's syntax (see args.ts).
+import { chooseHypervisor } from '../hypervisor/select.js';
 import { readFileSync } from 'node:fs';
 import { parseArgs, CliError, type RunArgs } from './args.js';
 // The API server (ajv, YAML, the OpenAPI document) loads only when --api-socket asks for it:
@@ -48,7 +49,8 @@ async function runVmm(args: RunArgs): Promise<number> {
   }
   monitor.on('write-error', (e) => process.stderr.write(`stratovisor: event monitor: ${e.message}\n`));
   monitor.emitEvent('vmm', 'starting');
-  const core = new VmmCore({ vm: { log }, monitor, log: (m) => process.stderr.write(`stratovisor: ${m}\n`) });
+  const hypervisorKind = chooseHypervisor(args.hypervisor ?? 'auto');
+  const core = new VmmCore({ vm: { log, hypervisorKind }, monitor, log: (m) => process.stderr.write(`stratovisor: ${m}\n`) });
   const controller = withLifecycleEvents(core, monitor);
 
   // Host input goes to the guest's serial port when serial is tty (the terminal raw, as CH does);

@@ -4,7 +4,7 @@
 // waking anyone. Lifecycle exits are reported to the main thread.
 import { parentPort } from 'node:worker_threads';
 import { VmExitKind, VmExitKindName } from '../hypervisor/hypervisor.js';
-import { KvmVcpu } from '../hypervisor/kvm/vcpu.js';
+import { vcpuFromHandle } from '../hypervisor/handle.js';
 import { MailboxClient, MailboxOp } from './mailbox.js';
 import { RunState, type VcpuWorkerData, type VcpuEvent } from './protocol.js';
 import { DEVICE_PORTS, PIO_PCI_CONFIG } from './layout_ports.js';
@@ -18,7 +18,7 @@ const post = (e: VcpuEvent) => parentPort!.postMessage(e);
 parentPort!.once('message', (wd: VcpuWorkerData) => start(wd));
 
 function start(wd: VcpuWorkerData): void {
-  const vcpu = KvmVcpu.fromHandle(wd.handle);
+  const vcpu = vcpuFromHandle(wd.handle);
   const id = wd.handle.id;
   const state = new Int32Array(wd.runState);
   const mailbox = new MailboxClient(wd.shared.mailboxes[id]!, wd.shared.doorbell, state);

@@ -7,7 +7,7 @@ import { Worker } from 'node:worker_threads';
 import { openSync, closeSync, readFileSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import * as libc from '../sys/libc.js';
-import { KvmHypervisor } from '../hypervisor/kvm/kvm.js';
+import { openHypervisor, type HypervisorKind } from '../hypervisor/select.js';
 import type { Hypervisor, Vm, Vcpu } from '../hypervisor/hypervisor.js';
 import type { CpuIdEntry } from '../hypervisor/regs.js';
 import { GuestMemory } from '../memory/guest_memory.js';
@@ -47,6 +47,8 @@ export interface VirtualMachineOptions {
   ttyFd?: number;
   log?: (msg: string) => void;
   hypervisor?: Hypervisor;
+  /** Backend to open when `hypervisor` is not given (--hypervisor; default kvm). */
+  hypervisorKind?: HypervisorKind;
 }
 
 interface Running {
@@ -164,7 +166,7 @@ export class VirtualMachine extends EventEmitter {
     this.preflight();
     try {
       if (!this.hv) {
-        this.hv = KvmHypervisor.open();
+        this.hv = openHypervisor(this.opts.hypervisorKind ?? 'kvm');
         this.hv.checkRequiredExtensions();
       }
       this.startGuest();
