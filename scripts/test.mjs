@@ -12,7 +12,11 @@ import { readdirSync, existsSync, readFileSync, mkdirSync, rmSync } from 'node:f
 import { basename, join, relative } from 'node:path';
 import { ensureGuestImages, REPO, CACHE } from './lib/images.mjs';
 import { ensureNodeModules, build, log } from './lib/setup.mjs';
+import { ensurePackages } from './lib/deps.mjs';
 import { spawnWait, hostFacts } from './lib/sandbox.mjs';
+
+/** Debian packages the e2e files need on the host (the sandbox runs this machine's /). */
+const E2E_PACKAGES = ['chromium'];
 
 function findTests(dir, re) {
   const out = [];
@@ -133,6 +137,8 @@ async function main() {
   if (only !== 'unit') {
     const filter = process.env.STV_E2E_FILTER ? new RegExp(process.env.STV_E2E_FILTER) : null;
     const e2e = findTests(join(REPO, 'dist', 'test', 'e2e'), /\.test\.js$/).filter((f) => !filter || filter.test(f));
+    // The web console's e2e file drives the page in Debian's headless Chromium (never a downloaded browser).
+    if (e2e.some((f) => basename(f) === 'console.test.js')) ensurePackages(E2E_PACKAGES, { log });
     for (const file of e2e) add(countRunnerFailure(await inSandbox(`e2e-${basename(file, '.test.js')}`, [file], env)));
     // The same boot and virtio files with each further guest kernel, their consoles under
     // .cache/e2e-logs/linux-<kernel>/.

@@ -34,6 +34,8 @@ export type { ApiSocketTarget } from './api/server.js';
 export { VmmCore } from './vmm/controller.js';
 export type { VmmCoreOptions } from './vmm/controller.js';
 export { VmError } from './vmm/vm.js';
+export { ConsoleServer, parseBootRequest } from './console/server.js';
+export type { ConsoleServerOptions, BootRequest } from './console/server.js';
 export type { VmExitInfo } from './vmm/vm.js';
 
 export interface StratovisorOptions {

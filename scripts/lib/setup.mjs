@@ -37,11 +37,14 @@ export function ensureNodeModules() {
 /** Compile with tsc; returns false (after printing the errors) when the build fails. */
 export function build({ force = false } = {}) {
   const out = join(REPO, 'dist', '.build-stamp');
-  const srcT = Math.max(newestMtime(join(REPO, 'src')), newestMtime(join(REPO, 'test')), newestMtime(join(REPO, 'bench')), statSync(join(REPO, 'tsconfig.json')).mtimeMs);
+  const srcT = Math.max(newestMtime(join(REPO, 'src')), newestMtime(join(REPO, 'test')), newestMtime(join(REPO, 'bench')), newestMtime(join(REPO, 'web')), statSync(join(REPO, 'tsconfig.json')).mtimeMs);
   if (!force && existsSync(out) && statSync(out).mtimeMs >= srcT) return true;
   log('building (tsc)');
   try {
     execFileSync(join(REPO, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.json'], { cwd: REPO, stdio: 'inherit' });
+    // The web console's page: type-checked with the DOM library, bundled with esbuild.
+    execFileSync(join(REPO, 'node_modules', '.bin', 'tsc'), ['-p', join('web', 'console', 'tsconfig.json')], { cwd: REPO, stdio: 'inherit' });
+    execFileSync(process.execPath, [join(REPO, 'scripts', 'build-console.mjs')], { cwd: REPO, stdio: 'inherit' });
   } catch {
     return false;
   }

@@ -274,6 +274,7 @@ function buildUsage(): string {
     'Usage: stratovisor [OPTIONS]',
     '       stratovisor remote --api-socket <path> <command> [args...] [--json]',
     '       stratovisor jail [--uid <n>] [--gid <n>] [--cgroup <file>=<value>]... -- <options> (see jail --help)',
+    '       stratovisor console [--listen HOST:PORT] [--api-socket <path>]... [--dir DIR]   (web console)',
     '',
     'Launch a virtual machine (Cloud Hypervisor compatible command line).',
     '',

@@ -132,6 +132,10 @@ async function runVmm(args: RunArgs): Promise<number> {
 }
 
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'console') {
+    const { runConsole } = await import('./console.js');
+    return runConsole(argv.slice(1));
+  }
   const parsed = parseArgs(argv);
   switch (parsed.kind) {
     case 'version':

@@ -29,8 +29,11 @@ export class ApiConnectionError extends Error {
   }
 }
 
-/** Send one request to the API socket: e.g. `apiRequest(sock, 'PUT', 'vm.boot')`. */
-export function apiRequest(socketPath: string, method: string, endpoint: string, body?: string): Promise<ApiResponse> {
+/**
+ * Send one request to the API socket: e.g. `apiRequest(sock, 'PUT', 'vm.boot')`. With
+ * `timeoutMs`, a VMM that accepts but does not answer in time is an ApiConnectionError (ETIMEDOUT).
+ */
+export function apiRequest(socketPath: string, method: string, endpoint: string, body?: string, timeoutMs?: number): Promise<ApiResponse> {
   return new Promise((resolve, reject) => {
     const headers: Record<string, string | number> = { Accept: 'application/json' };
     if (body !== undefined) {
@@ -43,7 +46,12 @@ export function apiRequest(socketPath: string, method: string, endpoint: string,
       res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
       res.on('error', (e) => reject(connectionError(socketPath, e)));
     });
-    req.on('error', (e) => reject(connectionError(socketPath, e)));
+    req.on('error', (e) => reject(e instanceof ApiConnectionError ? e : connectionError(socketPath, e)));
+    if (timeoutMs !== undefined) {
+      req.setTimeout(timeoutMs, () => {
+        req.destroy(new ApiConnectionError(`API socket ${socketPath}: no answer to ${method} ${endpoint} within ${timeoutMs / 1000} s`, 'ETIMEDOUT'));
+      });
+    }
     req.end(body);
   });
 }

@@ -166,6 +166,7 @@ interface Libc {
   signal: (sig: number, handler: number) => number | bigint;
   fallocate: (fd: number, mode: number, offset: number, len: number) => number;
   flock: (fd: number, op: number) => number;
+  pipe2: (fds: Int32Array, flags: number) => number;
 }
 
 let libc: Libc | null = null;
@@ -198,6 +199,7 @@ function L(): Libc {
     signal: f('intptr_t signal(int sig, intptr_t handler)'),
     fallocate: f('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
     flock: f('int flock(int fd, int op)'),
+    pipe2: f('int pipe2(void *fds, int flags)'),
   };
   return libc;
 }
@@ -308,6 +310,13 @@ export const LOCK_UN = 8;
 /** flock(2). With LOCK_NB, a lock held elsewhere throws SysError with errno EWOULDBLOCK. */
 export function flock(fd: number, operation: number): void {
   check(L().flock(fd, operation), 'flock');
+}
+
+/** pipe2(2): returns [read end, write end]. */
+export function pipe2(flags: number): [number, number] {
+  const fds = new Int32Array(2);
+  check(L().pipe2(fds, flags), 'pipe2');
+  return [fds[0]!, fds[1]!];
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import { createMailboxes, ringDoorbell, type MailboxShared } from './mailbox.js'
 import { ByteRing } from './ring.js';
 import { IRQ_COM1 } from './layout_ports.js';
 import { VirtioManager } from './virtio_manager.js';
+import { SerialSocketSink } from './serial_socket.js';
 import type { VirtioPciInit } from './pci_setup.js';
 import { RunState, type DeviceWorkerData, type DeviceEvent, type VcpuWorkerData, type VcpuEvent } from './protocol.js';
 
@@ -103,6 +104,8 @@ export class VirtualMachine extends EventEmitter {
   private readonly opts: VirtualMachineOptions;
   private run: Running | null = null;
   private readonly input = new ByteRing(4096);
+  /** `--serial socket=`: made at the first boot, kept across guest resets, closed at the end. */
+  private serialSocket: SerialSocketSink | null = null;
   private kernel: Uint8Array | null = null;
   private initramfs: Uint8Array | undefined;
   private supportedCpuid: CpuIdEntry[] | null = null;
@@ -312,7 +315,12 @@ export class VirtualMachine extends EventEmitter {
         }
       }
       case 'Null': case 'Off': return { fd: -1, owned: false };
-      default: throw new VmError(`serial mode ${s.mode} is not supported yet (use tty, file=, null or off)`);
+      case 'Socket': {
+        if (!s.socket) throw new VmError('--serial socket= needs a path');
+        this.serialSocket ??= new SerialSocketSink({ path: s.socket, input: (b) => this.sendInput(b), log: (m) => this.log(m) });
+        return { fd: this.serialSocket.fd, owned: false };
+      }
+      default: throw new VmError(`serial mode ${s.mode} is not supported yet (use tty, file=, null, off or socket=)`);
     }
   }
 
@@ -382,6 +390,8 @@ export class VirtualMachine extends EventEmitter {
     if (this.finished) return;
     this.finished = true;
     this.virtio.close();
+    this.serialSocket?.close();
+    this.serialSocket = null;
     this.state = 'Shutdown';
     this.emit('shutdown', info);
     this.exitResolve?.(info);
