@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { guestImages, runGuest, explain, REPO } from '../test/e2e/lib/guest.js';
 import { qemuArgs } from '../test/e2e/lib/qemu.js';
+import { STRATOVISOR } from '../test/e2e/lib/stratovisor.js';
 import { vmmMemory, threadCpu, type ThreadCpu } from './vmm-memory.js';
 import { median, fmt, ratio, table } from './stats.js';
 
@@ -20,7 +21,7 @@ interface Vmm {
 }
 
 const cmdline = 'console=ttyS0 quiet stv.scenario=wait';
-const stratovisorMain = join(REPO, 'dist', 'src', 'cli', 'main.js');
+const stratovisorMain = STRATOVISOR;
 
 export const VMMS: Vmm[] = [
   {
