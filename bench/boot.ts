@@ -18,6 +18,9 @@ interface Vmm {
   name: string;
   argv: (kernel: string, initramfs: string) => [string, string[]];
   available: () => string | null;
+  env?: NodeJS.ProcessEnv;
+  /** Run only when STV_BENCH_VMMS names it. */
+  optIn?: boolean;
 }
 
 const cmdline = 'console=ttyS0 quiet stv.scenario=wait';
@@ -40,6 +43,14 @@ export const VMMS: Vmm[] = [
       '--cpus', `boot=${CPUS}`, '--memory', `size=${MEM_MIB}M`, '--serial', 'tty', '--console', 'off']],
     available: () => (existsSync(stratovisorMain) ? null : `${stratovisorMain} not built`),
   },
+  // For measuring the worker young-generation cap (src/vmm/thread_options.ts): V8's default.
+  {
+    name: 'stratovisor-young-default',
+    argv: (k, i) => VMMS.find((v) => v.name === 'stratovisor')!.argv(k, i),
+    available: () => (existsSync(stratovisorMain) ? null : `${stratovisorMain} not built`),
+    env: { ...process.env, STV_WORKER_YOUNG_MB: '0' },
+    optIn: true,
+  },
 ];
 
 export interface BootSample { initMs: number; exitMs: number; rssMiB: number; pssMiB: number; ussMiB: number; threads: ThreadCpu[]; ok: boolean }
@@ -50,6 +61,7 @@ export async function bootOnce(vmm: Vmm, kernel: string, initramfs: string, run:
   let threads: ThreadCpu[] = [];
   const r = await runGuest(cmd, args, {
     name: `bench-${vmm.name}-${run}`,
+    ...(vmm.env ? { env: vmm.env } : {}),
     timeoutMs: 180_000,
     onMarker: (m, ctl) => {
       if (m.event === 'waiting') {
@@ -69,7 +81,7 @@ export async function bootOnce(vmm: Vmm, kernel: string, initramfs: string, run:
 
 export async function main(): Promise<void> {
   const runs = Number(process.env.STV_BENCH_RUNS ?? 5);
-  const wanted = (process.env.STV_BENCH_VMMS ?? VMMS.map((v) => v.name).join(',')).split(',');
+  const wanted = (process.env.STV_BENCH_VMMS ?? VMMS.filter((v) => !v.optIn).map((v) => v.name).join(',')).split(',');
   const img = guestImages();
   const vmms = VMMS.filter((v) => wanted.includes(v.name)).filter((v) => {
     const why = v.available();
