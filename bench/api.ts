@@ -6,10 +6,12 @@ import { join } from 'node:path';
 import { apiRequest } from '../src/cli/remote.js';
 import { median } from './stats.js';
 import { spawnVmm } from '../src/api/testing/spawn_vmm.js';
+import { STRATOVISOR } from '../test/e2e/lib/stratovisor.js';
 
 async function startVmm(): Promise<{ socket: string; readyMs: number; stop: () => Promise<void> }> {
   const socket = join(mkdtempSync(join(tmpdir(), 'stv-bench-api-')), 'api.sock');
-  const v = await spawnVmm(socket, { stdio: 'ignore', pollMs: 1 });
+  // The VMM as it runs (the bundle); STV_BENCH_API_MAIN picks another CLI (e.g. tsc's output).
+  const v = await spawnVmm(socket, { stdio: 'ignore', pollMs: 1, main: process.env.STV_BENCH_API_MAIN ?? STRATOVISOR });
   return { socket, readyMs: v.readyMs, stop: async () => { await apiRequest(socket, 'PUT', 'vmm.shutdown'); await v.exited; } };
 }
 

@@ -23,7 +23,7 @@ try {
     ? ['qemu-system-x86_64', '-accel', 'kvm', '-M', 'microvm,rtc=on', '-cpu', 'host', '-smp', '2', '-m', '512M',
       '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot', '-serial', 'stdio',
       '-kernel', img.bzImage, '-initrd', img.initramfs, '-append', cmdline, ...extra]
-    : [process.execPath, join(REPO, 'dist', 'src', 'cli', 'main.js'), '--kernel', img.bzImage, '--initramfs', img.initramfs,
+    : [process.execPath, join(REPO, 'dist', 'bundle', 'main.cjs'), '--kernel', img.bzImage, '--initramfs', img.initramfs,
       '--cmdline', cmdline, '--cpus', 'boot=2', '--memory', 'size=512M', '--serial', 'tty', '--console', 'off', ...extra];
   log(`booting the test guest with ${vmm} (${process.stdin.isTTY ? 'type poweroff to stop it' : 'no terminal: the shell exits at end of input'})`);
   process.exitCode = await runInSandbox(argv);

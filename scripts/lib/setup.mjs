@@ -34,17 +34,24 @@ export function ensureNodeModules() {
   execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: REPO, stdio: ['ignore', 'inherit', 'inherit'] });
 }
 
-/** Compile with tsc; returns false (after printing the errors) when the build fails. */
+/**
+ * Compile with tsc (type check + dist/), then generate the API validators and bundle each thread's
+ * entry with esbuild (scripts/lib/bundle.mjs, what the VMM runs); false (after printing the
+ * errors) when either fails.
+ */
 export function build({ force = false } = {}) {
   const out = join(REPO, 'dist', '.build-stamp');
-  const srcT = Math.max(newestMtime(join(REPO, 'src')), newestMtime(join(REPO, 'test')), newestMtime(join(REPO, 'bench')), newestMtime(join(REPO, 'web')), statSync(join(REPO, 'tsconfig.json')).mtimeMs);
-  if (!force && existsSync(out) && statSync(out).mtimeMs >= srcT) return true;
-  log('building (tsc)');
+  const srcT = Math.max(newestMtime(join(REPO, 'src')), newestMtime(join(REPO, 'test')), newestMtime(join(REPO, 'bench')), newestMtime(join(REPO, 'web')), statSync(join(REPO, 'tsconfig.json')).mtimeMs,
+    statSync(join(REPO, 'scripts', 'lib', 'bundle.mjs')).mtimeMs);
+  const bundled = existsSync(join(REPO, 'dist', 'bundle', 'main.cjs'));
+  if (!force && bundled && existsSync(out) && statSync(out).mtimeMs >= srcT) return true;
+  log('building (tsc, the web console page, then esbuild bundles)');
   try {
     execFileSync(join(REPO, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.json'], { cwd: REPO, stdio: 'inherit' });
     // The web console's page: type-checked with the DOM library, bundled with esbuild.
     execFileSync(join(REPO, 'node_modules', '.bin', 'tsc'), ['-p', join('web', 'console', 'tsconfig.json')], { cwd: REPO, stdio: 'inherit' });
     execFileSync(process.execPath, [join(REPO, 'scripts', 'build-console.mjs')], { cwd: REPO, stdio: 'inherit' });
+    execFileSync(process.execPath, [join(REPO, 'scripts', 'lib', 'bundle.mjs')], { cwd: REPO, stdio: 'inherit' });
   } catch {
     return false;
   }

@@ -31,7 +31,7 @@ import { dirname, join } from 'node:path';
 import { isMainThread } from 'node:worker_threads';
 import { ApiError, NotImplementedError, type VmmController } from './controller.js';
 import { closeFds, FdPoller, FdSocketStream, socketFd } from './fd_stream.js';
-import { formatIssues, getValidator, listOperations, type ApiOperation, type SchemaValidator } from './validate.js';
+import { formatIssues, getValidator, type ApiOperation, type SchemaValidator } from './validate.js';
 import { validateVmConfig, VmConfigError, defaultFsConfig, type DeepPartial, type FsConfig, type VmConfig, type VsockConfig } from '../vmm/config.js';
 import { netConfigFromBody, vmConfigFromBody } from './vm_config_body.js';
 
@@ -123,7 +123,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     this.maxBody = opts.maxBodyBytes ?? DEFAULT_MAX_BODY;
     this.log = opts.log ?? (() => {});
     this.errorLog = opts.errorLog ?? this.log;
-    for (const op of listOperations(this.validator.doc)) {
+    for (const op of this.validator.operations) {
       let m = this.routes.get(op.path);
       if (m === undefined) this.routes.set(op.path, (m = new Map()));
       m.set(op.method, op);

@@ -145,3 +145,45 @@ test('nextVmState: the lifecycle table', () => {
     });
   }
 });
+
+test('the build-time validators (Ajv standalone code) judge bodies as the run-time compiled ones do', async () => {
+  const { generateValidatorModule, documentHash } = await import('./validate_codegen.js');
+  const { createRequire } = await import('node:module');
+  // Evaluated as CommonJS with a require() from here (where ajv's runtime helpers resolve).
+  const exportsObj = {};
+  new Function('exports', 'require', generateValidatorModule())(exportsObj, createRequire(import.meta.url));
+  const pre = exportsObj as import('./validate.js').PrecompiledSchemas;
+  assert.equal(pre.source, documentHash());
+  const doc = loadOpenApiDocument();
+  const live = new SchemaValidator(doc);
+  const gen = new SchemaValidator(pre);
+  assert.deepEqual(gen.operations, listOperations(doc));
+  assert.deepEqual(gen.definitions, live.definitions);
+  const bodies: Array<[string, unknown]> = [
+    ['VmConfig', {}],
+    ['VmConfig', { payload: { kernel: '/k' }, cpus: { boot_vcpus: 'two' } }],
+    ['VmConfig', { payload: { kernel: '/k' }, cpus: { boot_vcpus: 300, max_vcpus: 1 }, memory: { size: -1 } }],
+    ['VmConfig', { payload: { kernel: '/k' }, disks: [{ path: 1 }, { path: '/d', readonly: 'yes' }], extra: true }],
+    ['VmConfig', { payload: { kernel: '/k' }, serial: { mode: 'Nope' }, memory: { size: 2 ** 64 } }],
+    ['VmResize', { desired_vcpus: 1.5 }],
+    ['DiskConfig', { path: '/d', num_queues: 70000 }],
+    ['NetConfig', { mac: 12, mtu: null }],
+  ];
+  for (const [name, body] of bodies) {
+    assert.deepEqual(gen.validate(name, body), live.validate(name, body), `${name} ${JSON.stringify(body)}`);
+    assert.deepEqual(gen.normalize(name, body), live.normalize(name, body));
+  }
+  for (const name of Object.keys(live.definitions)) assert.deepEqual(gen.validate(name, {}), live.validate(name, {}), name);
+});
+
+test('a build that generated validators generated them from the shipped document', async (t) => {
+  const { loadPrecompiled } = await import('./validate.js');
+  const pre = loadPrecompiled();
+  if (pre === undefined) {
+    t.skip('no dist/src/api/openapi_validators.cjs (a bare tsc build: npm run build generates it)');
+    return;
+  }
+  const { documentHash } = await import('./validate_codegen.js');
+  assert.equal(pre.source, documentHash(), 'openapi_validators.cjs is stale: run npm run build');
+  assert.ok(getValidator().validate('VmConfig', {}).length > 0);
+});

@@ -16,11 +16,20 @@
 // fields are dropped (and reported to the caller, who logs them); an optional field
 // (`Option<T>` in CH: not in the schema's `required`) given as `null` is absent. A
 // required field given as null, and every wrong type or value, still fails validation.
+//
+// Start-up: `npm run build` generates the validators from the document with Ajv's standalone
+// code (validate_codegen.ts -> dist/src/api/openapi_validators.cjs, with the converted schemas
+// and the operation list), so a VMM serving the API neither parses the YAML nor compiles
+// schemas, and loads neither yaml nor ajv (only the few ajv runtime helpers the generated code
+// requires). Without that file (a bare `tsc` build) getValidator() compiles from the document.
+// Ajv and yaml are loaded with require() when needed, never at import time.
 
 import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
-import { parse as parseYaml } from 'yaml';
+import type { Ajv, ErrorObject, ValidateFunction } from 'ajv';
+
+const requireHere = createRequire(import.meta.url);
 
 /** A JSON value. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
@@ -105,7 +114,8 @@ let cachedDoc: OpenApiDocument | undefined;
 export function loadOpenApiDocument(): OpenApiDocument {
   if (cachedDoc === undefined) {
     const text = readFileSync(openApiDocumentPath(), 'utf8');
-    const doc = parseYaml(text) as OpenApiDocument;
+    const { parse } = requireHere('yaml') as typeof import('yaml');
+    const doc = parse(text) as OpenApiDocument;
     if (typeof doc !== 'object' || doc === null || typeof doc.paths !== 'object' || typeof doc.components?.schemas !== 'object') {
       throw new Error('the OpenAPI document has no paths or components.schemas');
     }
@@ -189,25 +199,70 @@ export function toJsonSchema(schema: SchemaObject): SchemaObject {
   return out;
 }
 
-const ROOT_ID = 'cloud-hypervisor';
+export const ROOT_ID = 'cloud-hypervisor';
+
+/** Ajv options shared by the run-time compiler and the build-time code generator. */
+export const AJV_OPTIONS = { allErrors: true, strict: false, validateFormats: true } as const;
+
+/** Converted component schemas by name, from a document. */
+export function convertSchemas(doc: OpenApiDocument): Record<string, SchemaObject> {
+  const definitions: Record<string, SchemaObject> = {};
+  for (const [name, s] of Object.entries(doc.components.schemas)) definitions[name] = toJsonSchema(s);
+  return definitions;
+}
+
+/** An Ajv instance with the integer formats and the converted schemas under ROOT_ID. */
+export function makeAjv(definitions: Record<string, SchemaObject>, extra: Record<string, unknown> = {}): Ajv {
+  const { Ajv: AjvClass } = requireHere('ajv') as typeof import('ajv');
+  const ajv = new AjvClass({ ...AJV_OPTIONS, ...extra });
+  for (const [name, [min, max]] of Object.entries(INTEGER_FORMATS)) {
+    ajv.addFormat(name, { type: 'number', validate: (n: number) => Number.isInteger(n) && n >= min && n <= max });
+  }
+  ajv.addSchema({ $id: ROOT_ID, definitions });
+  return ajv;
+}
+
+/** What the build generates from the document (openapi_validators.cjs). */
+export interface PrecompiledSchemas {
+  /** Hash of the document text it was generated from. */
+  source: string;
+  operations: ApiOperation[];
+  definitions: Record<string, SchemaObject>;
+  /** One standalone validator per component schema, by name. */
+  validators: Record<string, ValidateFunction>;
+}
+
+/** File name of the generated validators, next to the compiled validate.js. */
+export const PRECOMPILED_FILE = 'openapi_validators.cjs';
+
+/** The generated validators, or undefined when the build made none (a bare tsc build). */
+export function loadPrecompiled(): PrecompiledSchemas | undefined {
+  const p = fileURLToPath(new URL(`./${PRECOMPILED_FILE}`, import.meta.url));
+  if (!existsSync(p)) return undefined;
+  return requireHere(p) as PrecompiledSchemas;
+}
 
 /** Validates request bodies against the document's component schemas. */
 export class SchemaValidator {
-  readonly doc: OpenApiDocument;
+  /** The document's operations (routes of the API server). */
+  readonly operations: ApiOperation[];
   /** Converted component schemas, by name. */
   readonly definitions: Record<string, SchemaObject>;
-  private readonly ajv: Ajv;
+  private readonly ajv: Ajv | null;
   private readonly compiled = new Map<string, ValidateFunction>();
 
-  constructor(doc: OpenApiDocument = loadOpenApiDocument()) {
-    this.doc = doc;
-    this.definitions = {};
-    for (const [name, s] of Object.entries(doc.components.schemas)) this.definitions[name] = toJsonSchema(s);
-    this.ajv = new Ajv({ allErrors: true, strict: false, validateFormats: true });
-    for (const [name, [min, max]] of Object.entries(INTEGER_FORMATS)) {
-      this.ajv.addFormat(name, { type: 'number', validate: (n: number) => Number.isInteger(n) && n >= min && n <= max });
+  /** From a document (compiled with Ajv now) or from the build's generated validators. */
+  constructor(source: OpenApiDocument | PrecompiledSchemas = loadOpenApiDocument()) {
+    if ('validators' in source) {
+      this.operations = source.operations;
+      this.definitions = source.definitions;
+      this.ajv = null;
+      for (const [name, fn] of Object.entries(source.validators)) this.compiled.set(name, fn);
+    } else {
+      this.operations = listOperations(source);
+      this.definitions = convertSchemas(source);
+      this.ajv = makeAjv(this.definitions);
     }
-    this.ajv.addSchema({ $id: ROOT_ID, definitions: this.definitions });
   }
 
   /** Whether the document defines a component schema of that name. */
@@ -279,7 +334,7 @@ export class SchemaValidator {
     let fn = this.compiled.get(name);
     if (fn === undefined) {
       if (!this.has(name)) throw new Error(`the OpenAPI document has no schema ${name}`);
-      const got = this.ajv.getSchema(`${ROOT_ID}#/definitions/${name}`);
+      const got = this.ajv?.getSchema(`${ROOT_ID}#/definitions/${name}`);
       if (got === undefined) throw new Error(`cannot compile schema ${name}`);
       fn = got;
       this.compiled.set(name, fn);
@@ -296,9 +351,9 @@ function admitsNull(s: SchemaObject): boolean {
 
 let cachedValidator: SchemaValidator | undefined;
 
-/** The validator for the shipped document (compiled lazily, cached). */
+/** The validator for the shipped document (the build's generated one, else compiled now; cached). */
 export function getValidator(): SchemaValidator {
-  cachedValidator ??= new SchemaValidator();
+  cachedValidator ??= new SchemaValidator(loadPrecompiled() ?? loadOpenApiDocument());
   return cachedValidator;
 }
 

@@ -12,7 +12,7 @@
 // jail root: the host reaches the API socket at <root>/<path>.
 
 import { spawnSync } from 'node:child_process';
-import { realpathSync, statSync } from 'node:fs';
+import { existsSync, realpathSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { RunArgs } from '../cli/args.js';
@@ -128,7 +128,9 @@ export function buildPlan(o: PlanOptions): JailPlan {
   bind(node, node, true);
   for (const file of [node, ...koffiNative()]) for (const [target, source] of lddObjects(file)) bind(source, target, true);
   const root = projectRoot();
-  const main = resolve(root, 'dist/src/cli/main.js');
+  // The bundled CLI (npm run build) where there is one, else tsc's output.
+  const bundled = resolve(root, 'dist/bundle/main.cjs');
+  const main = existsSync(bundled) ? bundled : resolve(root, 'dist/src/cli/main.js');
   bind(resolve(root, 'dist'), resolve(root, 'dist'), true);
   bind(resolve(root, 'package.json'), resolve(root, 'package.json'), true);
   bind(realpathSync(resolve(root, 'node_modules')), resolve(root, 'node_modules'), true);

@@ -4,6 +4,7 @@
 // the shared transport state, and one I/O worker per device. The device thread gets the
 // matching VirtioPciInit list and builds the PCI side.
 import { Worker } from 'node:worker_threads';
+import { THREAD_OPTIONS } from './thread_options.js';
 import { openSync, closeSync, fstatSync, unlinkSync } from 'node:fs';
 import * as libc from '../sys/libc.js';
 import type { Vm } from '../hypervisor/hypervisor.js';
@@ -346,7 +347,7 @@ export class VirtioManager {
           vm.registerIrqfd(fd, gsi);
           r.gsis.push(gsi++);
         }
-        const w = new Worker(new URL('./virtio_worker.js', import.meta.url));
+        const w = new Worker(new URL('./virtio_worker.js', import.meta.url), THREAD_OPTIONS);
         r.worker = w;
         r.exited = new Promise<void>((res) => w.once('exit', () => { r.done = true; res(); }));
         w.on('message', (m: VirtioWorkerEvent) => {

@@ -4,7 +4,7 @@
 // rebuilds the VM from scratch and boots it again, as Cloud Hypervisor and Firecracker do.
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
-import { openSync, closeSync, readFileSync, statSync } from 'node:fs';
+import { openSync, closeSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import * as libc from '../sys/libc.js';
 import { openHypervisor, type HypervisorKind } from '../hypervisor/select.js';
@@ -14,6 +14,7 @@ import { GuestMemory } from '../memory/guest_memory.js';
 import { ramRegions, lowRamEnd } from '../arch/x86_64/layout.js';
 import { loadBzImage, parseBzImage } from '../arch/x86_64/bzimage.js';
 import { loadPvhKernel, parseElfKernel } from '../arch/x86_64/pvh.js';
+import { FileImage, readImage, type ImageSource } from '../arch/x86_64/image_source.js';
 import { buildAcpiTables, buildMcfgForSegments, pciSegmentsAml } from '../arch/x86_64/acpi.js';
 import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
 import { writeResetVectorStub } from '../arch/x86_64/reset_vector.js';
@@ -24,6 +25,7 @@ import { ByteRing } from './ring.js';
 import { IRQ_COM1 } from './layout_ports.js';
 import { VirtioManager } from './virtio_manager.js';
 import { SerialSocketSink } from './serial_socket.js';
+import { THREAD_OPTIONS } from './thread_options.js';
 import type { VirtioPciInit } from './pci_setup.js';
 import { RunState, type DeviceWorkerData, type DeviceEvent, type VcpuWorkerData, type VcpuEvent } from './protocol.js';
 
@@ -72,22 +74,25 @@ interface Running {
 
 type KernelKind = 'bzImage' | 'elf';
 
-/** Read a file the user named, turning fs errors into one clear sentence. */
-function readUserFile(what: string, path: string): Uint8Array {
+/**
+ * Open a file the user named (kept open, read with pread into guest RAM at each boot), turning
+ * fs errors into one clear sentence.
+ */
+function openUserFile(what: string, path: string): FileImage {
   try {
-    const st = statSync(path);
-    if (!st.isFile()) throw new VmError(`${what} '${path}' is not a regular file`);
-    return readFileSync(path);
+    return new FileImage(path);
   } catch (e) {
-    if (e instanceof VmError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not readable (permission denied)' : (e as Error).message;
+    const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not readable (permission denied)'
+      : code === 'ENOTREG' || code === 'EISDIR' ? 'is not a regular file' : (e as Error).message;
     throw new VmError(`${what} '${path}' ${why}`);
   }
 }
 
-export function kernelKind(image: Uint8Array): KernelKind {
-  if (image.length >= 4 && image[0] === 0x7f && image[1] === 0x45 && image[2] === 0x4c && image[3] === 0x46) return 'elf';
+/** ELF ("\x7fELF") or, otherwise, a bzImage: from the image's first bytes. */
+export function kernelKind(image: Uint8Array | ImageSource): KernelKind {
+  const head = image instanceof Uint8Array ? image : readImage(image, 0, Math.min(image.size, 4));
+  if (head.length >= 4 && head[0] === 0x7f && head[1] === 0x45 && head[2] === 0x4c && head[3] === 0x46) return 'elf';
   return 'bzImage';
 }
 
@@ -106,8 +111,10 @@ export class VirtualMachine extends EventEmitter {
   private readonly input = new ByteRing(4096);
   /** `--serial socket=`: made at the first boot, kept across guest resets, closed at the end. */
   private serialSocket: SerialSocketSink | null = null;
-  private kernel: Uint8Array | null = null;
-  private initramfs: Uint8Array | undefined;
+  /** The kernel and initramfs files, open from preflight to the end (headers validated once). */
+  private kernel: FileImage | null = null;
+  private kernelType: KernelKind = 'bzImage';
+  private initramfs: FileImage | undefined;
   private supportedCpuid: CpuIdEntry[] | null = null;
   /** Virtio devices' host side (images, taps, files): opened at boot, kept across guest resets. */
   private readonly virtio = new VirtioManager((m) => this.log(m), (id, why) => {
@@ -139,25 +146,39 @@ export class VirtualMachine extends EventEmitter {
   private preflight(): void {
     const p = this.config.payload;
     if (!p.kernel) throw new VmError(p.firmware ? 'firmware boot is not supported yet: use --kernel' : 'no kernel given (--kernel PATH)');
-    this.kernel = readUserFile('kernel', p.kernel);
-    // Reject a file that is not a kernel before touching the hypervisor (clear error first).
     try {
-      if (kernelKind(this.kernel) === 'elf') parseElfKernel(this.kernel);
-      else parseBzImage(this.kernel);
+      this.kernel = openUserFile('kernel', p.kernel);
+      // Reject a file that is not a kernel before touching the hypervisor (clear error first):
+      // only its headers are read here; the loader copies the rest straight into guest RAM.
+      try {
+        this.kernelType = kernelKind(this.kernel);
+        if (this.kernelType === 'elf') parseElfKernel(this.kernel);
+        else parseBzImage(this.kernel);
+      } catch (e) {
+        throw new VmError(`kernel '${p.kernel}': ${(e as Error).message}`);
+      }
+      this.initramfs = p.initramfs ? openUserFile('initramfs', p.initramfs) : undefined;
+      const size = this.config.memory.size;
+      const host = totalmem();
+      if (size > host) {
+        throw new VmError(`memory size ${fmtBytes(size)} is more than this host has (${fmtBytes(host)})`);
+      }
+      try {
+        this.virtio.open(this.config, this.opts.ttyFd ?? 1);
+      } catch (e) {
+        throw new VmError((e as Error).message);
+      }
     } catch (e) {
-      throw new VmError(`kernel '${p.kernel}': ${(e as Error).message}`);
+      this.closeImages();
+      throw e;
     }
-    this.initramfs = p.initramfs ? readUserFile('initramfs', p.initramfs) : undefined;
-    const size = this.config.memory.size;
-    const host = totalmem();
-    if (size > host) {
-      throw new VmError(`memory size ${fmtBytes(size)} is more than this host has (${fmtBytes(host)})`);
-    }
-    try {
-      this.virtio.open(this.config, this.opts.ttyFd ?? 1);
-    } catch (e) {
-      throw new VmError((e as Error).message);
-    }
+  }
+
+  private closeImages(): void {
+    this.kernel?.close();
+    this.initramfs?.close();
+    this.kernel = null;
+    this.initramfs = undefined;
   }
 
   /** Build the VM and start its threads. */
@@ -172,6 +193,7 @@ export class VirtualMachine extends EventEmitter {
       this.startGuest();
     } catch (e) {
       this.virtio.close();
+      this.closeImages();
       throw e;
     }
     this.state = 'Running';
@@ -184,8 +206,8 @@ export class VirtualMachine extends EventEmitter {
     const ncpu = cfg.cpus.boot_vcpus;
     const memSize = cfg.memory.size;
     // Spawn the threads first: their start-up (a V8 isolate each) overlaps the VM's set-up below.
-    const deviceWorker = new Worker(new URL('./device_worker.js', import.meta.url));
-    const vcpuWorkers = Array.from({ length: ncpu }, () => new Worker(new URL('./vcpu_worker.js', import.meta.url)));
+    const deviceWorker = new Worker(new URL('./device_worker.js', import.meta.url), THREAD_OPTIONS);
+    const vcpuWorkers = Array.from({ length: ncpu }, () => new Worker(new URL('./vcpu_worker.js', import.meta.url), THREAD_OPTIONS));
     const exitOf = (w: Worker) => new Promise<void>((r) => w.once('exit', () => r()));
     const deviceExited = exitOf(deviceWorker);
     const vcpuExited = vcpuWorkers.map(exitOf);
@@ -231,7 +253,7 @@ export class VirtualMachine extends EventEmitter {
       const kernel = this.kernel!;
       const load = { cmdline, memSize, rsdpAddr: acpi.rsdpAddr, ...(this.initramfs ? { initramfs: this.initramfs } : {}) };
       let boot;
-      if (kernelKind(kernel) === 'elf') {
+      if (this.kernelType === 'elf') {
         const r = loadPvhKernel(mem, kernel, load);
         boot = pvhBootState(r.entry, r.startInfoAddr);
       } else {
@@ -299,7 +321,7 @@ export class VirtualMachine extends EventEmitter {
       run.vcpuWorkers.push(w);
     }
     if (earlyFailure !== null) this.fail(run, earlyFailure);
-    this.log(`guest started: ${ncpu} vCPU(s), ${fmtBytes(memSize)}, ${kernelKind(this.kernel!)} kernel`);
+    this.log(`guest started: ${ncpu} vCPU(s), ${fmtBytes(memSize)}, ${this.kernelType} kernel`);
   }
 
   private openSerialSink(): { fd: number; owned: boolean } {
@@ -392,6 +414,7 @@ export class VirtualMachine extends EventEmitter {
     this.virtio.close();
     this.serialSocket?.close();
     this.serialSocket = null;
+    this.closeImages();
     this.state = 'Shutdown';
     this.emit('shutdown', info);
     this.exitResolve?.(info);

@@ -53,6 +53,8 @@ export interface SpawnVmmOptions extends WaitForPingOptions {
   args?: string[];
   /** Default: stdin ignored, stdout ignored, stderr piped (kept for errors). */
   stdio?: StdioOptions;
+  /** The CLI to run (default STRATOVISOR_MAIN, tsc's output; benchmarks pass the bundle). */
+  main?: string;
 }
 
 export interface SpawnedVmm {
@@ -69,7 +71,7 @@ export interface SpawnedVmm {
 /** Spawn `stratovisor --api-socket path=<socketPath> ...args` and wait for vmm.ping. */
 export async function spawnVmm(socketPath: string, opts: SpawnVmmOptions = {}): Promise<SpawnedVmm> {
   const t0 = performance.now();
-  const child = spawn(process.execPath, [STRATOVISOR_MAIN, '--api-socket', `path=${socketPath}`, ...(opts.args ?? [])], { stdio: opts.stdio ?? ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, [opts.main ?? STRATOVISOR_MAIN, '--api-socket', `path=${socketPath}`, ...(opts.args ?? [])], { stdio: opts.stdio ?? ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr?.on('data', (b: Buffer) => { err += b.toString(); });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.on('close', (code, signal) => r({ code, signal })));

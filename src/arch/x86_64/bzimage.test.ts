@@ -6,6 +6,21 @@ import {
 } from './bzimage.js';
 import { CMDLINE_START, e820Map, MiB, ZERO_PAGE_START } from './layout.js';
 import { debianBzImage } from './test_images.fixture.js';
+import { FileImage } from './image_source.js';
+import { mkdtempSync, rmSync, writeFileSync, truncateSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const tmp = mkdtempSync(join(tmpdir(), 'stv-bzimage-'));
+process.on('exit', () => rmSync(tmp, { recursive: true, force: true }));
+let files = 0;
+
+/** `bytes` as an open file image (what the VMM loads from), in a temporary folder. */
+function fileOf(bytes: Uint8Array): FileImage {
+  const p = join(tmp, `img-${files++}`);
+  writeFileSync(p, bytes);
+  return new FileImage(p);
+}
 
 interface Fake { version?: number; xlf?: number; setupSects?: number; kernelSize?: number; loadflags?: number; syssize?: number }
 
@@ -42,8 +57,15 @@ function mem(size: number): GuestMemory {
   return GuestMemory.fromBuffers([{ gpa: 0, buffer: new ArrayBuffer(size) }]);
 }
 
+/** Rejected with a message matching `re`, from bytes and from a file alike. */
 function rejects(img: Uint8Array, re: RegExp): void {
   assert.throws(() => parseBzImage(img), (e: unknown) => e instanceof KernelImageError && re.test(e.message), re.source);
+  const f = fileOf(img);
+  try {
+    assert.throws(() => parseBzImage(f), (e: unknown) => e instanceof KernelImageError && re.test(e.message), `${re.source} (from a file)`);
+  } finally {
+    f.close();
+  }
 }
 
 test('parse a synthetic bzImage', () => {
@@ -53,7 +75,8 @@ test('parse a synthetic bzImage', () => {
   assert.equal(b.header.headerEnd, 0x26c);
   assert.equal(b.header.relocatable, true);
   assert.equal(b.header.prefAddress, 0x1000000n);
-  assert.equal(b.kernel[0], 0x4b);
+  assert.equal(b.kernelSize, fakeBzImage().length - 5 * 512);
+  assert.equal(fakeBzImage()[b.kernelOffset], 0x4b);
   assert.equal(parseBzImage(fakeBzImage({ setupSects: 0 })).kernelOffset, 5 * 512); // 0 means 4
 });
 
@@ -152,8 +175,10 @@ test('Debian stock kernel: parse and load', (t) => {
   assert.ok((b.header.xloadflags & XLF_KERNEL_64) !== 0);
   assert.equal(b.header.relocatable, true);
   assert.equal(b.header.kernelAlignment, 0x200000);
-  assert.ok(b.header.initSize > b.kernel.length);
-  const dv = new DataView(b.kernel.buffer, b.kernel.byteOffset + b.header.payloadOffset, 6);
+  assert.ok(b.header.initSize > b.kernelSize);
+  const kernel = img.subarray(b.kernelOffset);
+  assert.equal(kernel.length, b.kernelSize);
+  const dv = new DataView(kernel.buffer, kernel.byteOffset + b.header.payloadOffset, 6);
   assert.equal(dv.getUint32(0, false), 0xfd377a58, 'payload is XZ ("\\xfd7zXZ")');
   const m = mem(256 * MiB);
   const r = loadBzImage(m, img, { cmdline: 'console=ttyS0 panic=-1', initramfs: new Uint8Array(MiB).fill(1) });
@@ -161,7 +186,33 @@ test('Debian stock kernel: parse and load', (t) => {
   assert.ok(r.initramfs);
   assert.ok(r.initramfs.addr >= Number(b.header.prefAddress) + b.header.initSize);
   assert.ok(r.initramfs.addr + MiB - 1 <= b.header.initrdAddrMax);
-  assert.deepEqual(m.slice(0x100000, 64), b.kernel.subarray(0, 64));
+  assert.deepEqual(m.slice(0x100000, 64), kernel.subarray(0, 64));
+  assert.deepEqual(m.slice(0x100000 + kernel.length - 64, 64), kernel.subarray(kernel.length - 64));
   assert.equal(m.readU16(ZERO_PAGE_START + HDR.version), b.header.version);
   assert.throws(() => loadBzImage(mem(64 * MiB), img, { cmdline: '' }), /too small: the kernel needs memory up to/);
+});
+
+test('a bzImage and initramfs loaded from files land in guest RAM exactly as from bytes', () => {
+  const img = fakeBzImage({ kernelSize: 3 * MiB + 123 });
+  for (let i = 0; i < img.length; i += 4093) img[i] = (i * 7) & 0xff;
+  img.set(fakeBzImage().subarray(0, 5 * 512)); // keep a valid header
+  new DataView(img.buffer).setUint32(HDR.syssize, Math.floor((img.length - 5 * 512) / 16), true);
+  const initrd = new Uint8Array(2 * MiB + 5).map((_, i) => (i * 13) & 0xff);
+  const a = mem(128 * MiB);
+  const ra = loadBzImage(a, img, { cmdline: 'console=ttyS0', initramfs: initrd });
+  const kf = fileOf(img);
+  const rf = fileOf(initrd);
+  const b = mem(128 * MiB);
+  const rb = loadBzImage(b, kf, { cmdline: 'console=ttyS0', initramfs: rf });
+  assert.deepEqual(rb, ra);
+  assert.ok(ra.initramfs);
+  assert.deepEqual(b.slice(0x100000, img.length - 5 * 512), img.subarray(5 * 512));
+  assert.deepEqual(b.slice(ra.initramfs.addr, initrd.length), initrd);
+  assert.deepEqual(b.slice(ZERO_PAGE_START, 4096), a.slice(ZERO_PAGE_START, 4096));
+  // A file that shrinks after its headers were checked fails with a message, not a crash.
+  truncateSync(kf.path, img.length - 100);
+  assert.throws(() => loadBzImage(mem(128 * MiB), kf, { cmdline: '' }), /file ended at \d+ bytes .*did it shrink/);
+  kf.close();
+  rf.close();
+  assert.throws(() => parseBzImage(kf), /read after close/);
 });

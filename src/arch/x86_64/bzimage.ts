@@ -5,9 +5,12 @@
 // (setup_sects + 1) * 512. We copy the protected-mode part into guest RAM, build boot_params
 // (the zero page, Documentation/arch/x86/zero-page.rst) and enter at load address + 0x200
 // (startup_64) in long mode with RSI = boot_params (boot.rst "64-bit BOOT PROTOCOL").
+// Only the first BZ_HEAD_BYTES of the image are read into JS to validate; the kernel (and the
+// initramfs) go from the file straight into guest RAM (image_source.ts).
 
 import type { GuestMemory } from '../../memory/guest_memory.js';
 import { writeCmdline } from './cmdline.js';
+import { copyImageToGuest, imageSource, readImage, type Image } from './image_source.js';
 import {
   type E820Entry, e820Map, HIGH_RAM_START, initramfsAddress, KERNEL_LOAD_ADDR, lowRamEnd, ZERO_PAGE_SIZE, ZERO_PAGE_START,
 } from './layout.js';
@@ -81,17 +84,24 @@ export interface BzImage {
   headerBytes: Uint8Array;
   /** Offset of the protected-mode kernel in the file: (setup_sects + 1) * 512. */
   kernelOffset: number;
-  /** The protected-mode kernel (a view into the image). */
-  kernel: Uint8Array;
+  /** Bytes of the protected-mode kernel: the file from kernelOffset to its end. */
+  kernelSize: number;
 }
+
+/** What parseBzImage reads of the file: the boot sector and the whole setup header (ends by 0x301). */
+export const BZ_HEAD_BYTES = 0x400;
 
 const hex = (n: number | bigint): string => `0x${n.toString(16)}`;
 
-/** Parse and validate a bzImage. Throws KernelImageError naming the problem. */
-export function parseBzImage(image: Uint8Array): BzImage {
+/** Parse and validate a bzImage from its header bytes. Throws KernelImageError naming the problem. */
+export function parseBzImage(file: Image): BzImage {
+  const src = imageSource(file);
+  // Every length check is against the file's size; reads are within `image`, its first bytes.
+  const size = src.size;
+  const image = readImage(src, 0, Math.min(size, BZ_HEAD_BYTES));
   const dv = new DataView(image.buffer, image.byteOffset, image.byteLength);
-  if (image.length < 0x200) {
-    throw new KernelImageError(`not a Linux kernel image: file is only ${image.length} bytes (a bzImage starts with a 512-byte boot sector)`);
+  if (size < 0x200) {
+    throw new KernelImageError(`not a Linux kernel image: file is only ${size} bytes (a bzImage starts with a 512-byte boot sector)`);
   }
   const bootFlag = dv.getUint16(HDR.boot_flag, true);
   if (bootFlag !== BOOT_FLAG_MAGIC) {
@@ -99,12 +109,12 @@ export function parseBzImage(image: Uint8Array): BzImage {
   }
   // Every fixed-offset read below is preceded by a length check (a truncated file must get its
   // own error, never a RangeError from the DataView).
-  if (image.length < HDR.header + 4) throw new KernelImageError(`truncated bzImage: ${image.length} bytes, the setup header is cut off before its "HdrS" magic at 0x202`);
+  if (size < HDR.header + 4) throw new KernelImageError(`truncated bzImage: ${size} bytes, the setup header is cut off before its "HdrS" magic at 0x202`);
   const magic = dv.getUint32(HDR.header, true);
   if (magic !== HDRS_MAGIC) {
     throw new KernelImageError(`not a bzImage: no "HdrS" setup header magic at 0x202 (found ${hex(magic)}); boot sector only, or a pre-2.00 kernel`);
   }
-  if (image.length < HDR.version + 2) throw new KernelImageError(`truncated bzImage: ${image.length} bytes, the setup header is cut off before its boot protocol version at 0x206`);
+  if (size < HDR.version + 2) throw new KernelImageError(`truncated bzImage: ${size} bytes, the setup header is cut off before its boot protocol version at 0x206`);
   const version = dv.getUint16(HDR.version, true);
   if (version < MIN_BOOT_PROTOCOL) {
     throw new KernelImageError(`kernel boot protocol ${version >> 8}.${(version & 0xff).toString().padStart(2, '0')} is too old: 2.12 or later is needed for the 64-bit entry point`);
@@ -112,13 +122,13 @@ export function parseBzImage(image: Uint8Array): BzImage {
   const headerEnd = 0x202 + image[0x201]!;
   // Protocol 2.12 defines fields through handover_offset (0x268).
   if (headerEnd < 0x268) throw new KernelImageError(`malformed setup header: it ends at ${hex(headerEnd)} but protocol ${hex(version)} needs up to 0x268`);
-  if (image.length < headerEnd) throw new KernelImageError(`truncated bzImage: ${image.length} bytes, the setup header needs ${headerEnd}`);
+  if (size < headerEnd) throw new KernelImageError(`truncated bzImage: ${size} bytes, the setup header needs ${headerEnd}`);
 
   let setupSects = image[HDR.setup_sects]!;
   if (setupSects === 0) setupSects = 4; // boot.rst: "If this field is 0, the real value is 4."
   const kernelOffset = (setupSects + 1) * 512;
-  if (image.length <= kernelOffset) {
-    throw new KernelImageError(`truncated bzImage: ${image.length} bytes, but the setup code alone is ${kernelOffset} bytes`);
+  if (size <= kernelOffset) {
+    throw new KernelImageError(`truncated bzImage: ${size} bytes, but the setup code alone is ${kernelOffset} bytes`);
   }
   const header: SetupHeader = {
     setupSects,
@@ -146,7 +156,7 @@ export function parseBzImage(image: Uint8Array): BzImage {
   if ((header.loadflags & LOADED_HIGH) === 0) {
     throw new KernelImageError('zImage kernels (loadflags LOADED_HIGH clear) are not supported');
   }
-  const kernelSize = image.length - kernelOffset;
+  const kernelSize = size - kernelOffset;
   const sysBytes = header.syssize * 16;
   if (sysBytes > kernelSize) {
     throw new KernelImageError(`truncated bzImage: syssize says the protected-mode kernel is ${sysBytes} bytes, the file has ${kernelSize}`);
@@ -163,9 +173,9 @@ export function parseBzImage(image: Uint8Array): BzImage {
   if (header.prefAddress >= 1n << 52n) throw new KernelImageError(`malformed setup header: pref_address ${hex(header.prefAddress)} is out of range`);
   return {
     header,
-    headerBytes: image.subarray(HDR.setup_sects, headerEnd),
+    headerBytes: image.slice(HDR.setup_sects, headerEnd),
     kernelOffset,
-    kernel: image.subarray(kernelOffset),
+    kernelSize: size - kernelOffset,
   };
 }
 
@@ -231,7 +241,7 @@ export function buildBootParams(headerBytes: Uint8Array, o: BootParamsOptions): 
 
 export interface BzImageLoadOptions {
   cmdline: string;
-  initramfs?: Uint8Array;
+  initramfs?: Image;
   /** Guest RAM size as passed to ramRegions(); defaults to mem.totalSize. */
   memSize?: number;
   /** Defaults to e820Map(memSize). */
@@ -257,8 +267,9 @@ export interface BzImageLoadResult {
  * ZERO_PAGE_START. The protected-mode kernel goes to 1 MiB: the decompressor moves itself
  * (and, when relocatable, aligns to kernel_alignment / pref_address) before extracting.
  */
-export function loadBzImage(mem: GuestMemory, image: Uint8Array, opts: BzImageLoadOptions): BzImageLoadResult {
-  const img = parseBzImage(image);
+export function loadBzImage(mem: GuestMemory, image: Image, opts: BzImageLoadOptions): BzImageLoadResult {
+  const src = imageSource(image);
+  const img = parseBzImage(src);
   const h = img.header;
   const memSize = opts.memSize ?? mem.totalSize;
   const loadAddr = opts.loadAddr ?? KERNEL_LOAD_ADDR;
@@ -266,27 +277,28 @@ export function loadBzImage(mem: GuestMemory, image: Uint8Array, opts: BzImageLo
     throw new KernelImageError(`invalid kernel load address ${hex(loadAddr)}`);
   }
   const low = lowRamEnd(memSize);
-  const footprint = kernelFootprintEnd(h, loadAddr, img.kernel.length);
+  const footprint = kernelFootprintEnd(h, loadAddr, img.kernelSize);
   if (footprint > low) {
     throw new KernelImageError(`guest RAM below 3 GiB (${low >> 20} MiB) is too small: the kernel needs memory up to ${hex(footprint)} (init_size ${hex(h.initSize)})`);
   }
-  if (!mem.checkedRange(loadAddr, img.kernel.length)) {
-    throw new KernelImageError(`kernel ${hex(loadAddr)}+${hex(img.kernel.length)} does not fit in guest RAM`);
+  if (!mem.checkedRange(loadAddr, img.kernelSize)) {
+    throw new KernelImageError(`kernel ${hex(loadAddr)}+${hex(img.kernelSize)} does not fit in guest RAM`);
   }
-  mem.writeBytes(loadAddr, img.kernel);
+  copyImageToGuest(mem, loadAddr, src, img.kernelOffset, img.kernelSize);
 
   const cmdlineAddr = writeCmdline(mem, opts.cmdline, h.cmdlineSize);
 
   let initramfs: { addr: number; size: number } | undefined;
-  if (opts.initramfs !== undefined && opts.initramfs.length > 0) {
+  const initrd = opts.initramfs === undefined ? undefined : imageSource(opts.initramfs);
+  if (initrd !== undefined && initrd.size > 0) {
     let addr: number;
     try {
-      addr = initramfsAddress(opts.initramfs.length, memSize, footprint, h.initrdAddrMax);
+      addr = initramfsAddress(initrd.size, memSize, footprint, h.initrdAddrMax);
     } catch (e) {
       throw new KernelImageError(`initramfs placement: ${(e as Error).message}`);
     }
-    mem.writeBytes(addr, opts.initramfs);
-    initramfs = { addr, size: opts.initramfs.length };
+    copyImageToGuest(mem, addr, initrd, 0, initrd.size);
+    initramfs = { addr, size: initrd.size };
   }
 
   const bpOpts: BootParamsOptions = {

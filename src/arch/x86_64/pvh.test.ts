@@ -168,3 +168,39 @@ test('Debian vmlinux (extracted from the stock bzImage): PVH entry point and loa
   assert.equal(m.readU32(r.startInfoAddr), HVM_START_MAGIC);
   assert.ok(r.initramfs && r.initramfs.addr >= e.kernelEnd);
 });
+
+test('an ELF kernel from a file: same segments, same rejections as from bytes', async () => {
+  const { FileImage } = await import('./image_source.js');
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = mkdtempSync(join(tmpdir(), 'stv-pvh-'));
+  try {
+    let n = 0;
+    const fileOf = (b: Uint8Array) => { const p = join(dir, `e${n++}`); writeFileSync(p, b); return new FileImage(p); };
+    const good = fileOf(goodElf());
+    const a = mem(64 * MiB, 0xaa);
+    const b = mem(64 * MiB, 0xaa);
+    const initrd = new Uint8Array(MiB).fill(9);
+    assert.deepEqual(loadPvhKernel(b, good, { cmdline: 'x', initramfs: fileOf(initrd) }), loadPvhKernel(a, goodElf(), { cmdline: 'x', initramfs: initrd }));
+    assert.deepEqual(b.slice(0x1000000, 0x2000), a.slice(0x1000000, 0x2000));
+    assert.deepEqual(b.slice(0x1400000, 0x3000), a.slice(0x1400000, 0x3000));
+    const seg = [{ type: PT_LOAD, paddr: 0x1000000, data: new Uint8Array(16) }];
+    const badNote = note('Xen', 18, u32(1));
+    new DataView(badNote.buffer).setUint32(4, 0x1000, true);
+    const hostile: Array<[Uint8Array, RegExp]> = [
+      [goodElf().subarray(0, 40), /truncated ELF file: 40 bytes/],
+      [fakeElf(seg, (dv) => dv.setBigUint64(32, 0x10000n, true)), /program headers 0x10000\+1x56 run past the end/],
+      [fakeElf(seg, (dv) => dv.setBigUint64(64 + 8, 0xfffffffn, true)), /segment 0 \(file 0xfffffff\+0x10\) runs past the end/],
+      [fakeElf([...seg, { type: PT_NOTE, paddr: 0, data: badNote }]), /malformed ELF note at file offset 0xc0 /],
+    ];
+    for (const [img, re] of hostile) {
+      rejects(() => parseElfKernel(img), re);
+      const f = fileOf(img);
+      rejects(() => parseElfKernel(f), re);
+      f.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

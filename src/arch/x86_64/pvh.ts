@@ -5,9 +5,12 @@
 // We load its PT_LOAD segments at their physical addresses (p_paddr), zero the bss part, write
 // hvm_start_info (xen/include/public/arch-x86/hvm/start_info.h) and enter in 32-bit protected
 // mode, paging off, with EBX = start_info address (xen docs/misc/pvh.pandoc; see regs.ts).
+// Only the ELF header, program headers and notes are read into JS; segments and the initramfs go
+// from the file straight into guest RAM (image_source.ts).
 
 import type { GuestMemory } from '../../memory/guest_memory.js';
 import { writeCmdline } from './cmdline.js';
+import { copyImageToGuest, imageSource, readImage, type Image } from './image_source.js';
 import {
   type E820Entry, e820Map, HIGH_RAM_START, initramfsAddress, lowRamEnd, PVH_INFO_START, PVH_MEMMAP_MAX_ENTRIES,
   PVH_MEMMAP_START, PVH_MODLIST_MAX, PVH_MODLIST_START,
@@ -72,10 +75,14 @@ function u64(dv: DataView, off: number, what: string): number {
 }
 
 /** Parse and validate an ELF64 x86-64 kernel. Segment placement in RAM is checked at load. */
-export function parseElfKernel(image: Uint8Array): ElfKernel {
+export function parseElfKernel(file: Image): ElfKernel {
+  const src = imageSource(file);
+  const size = src.size;
+  // The ELF header; program headers and notes are read one by one below.
+  const image = readImage(src, 0, Math.min(size, ELF64_EHDR_SIZE));
   const dv = new DataView(image.buffer, image.byteOffset, image.byteLength);
-  if (image.length < 4 || dv.getUint32(0, true) !== ELF_MAGIC) throw new ElfImageError('not an ELF file (no \\x7fELF magic)');
-  if (image.length < ELF64_EHDR_SIZE) throw new ElfImageError(`truncated ELF file: ${image.length} bytes, the ELF64 header needs 64`);
+  if (size < 4 || dv.getUint32(0, true) !== ELF_MAGIC) throw new ElfImageError('not an ELF file (no \\x7fELF magic)');
+  if (size < ELF64_EHDR_SIZE) throw new ElfImageError(`truncated ELF file: ${size} bytes, the ELF64 header needs 64`);
   if (image[4] !== ELFCLASS64) throw new ElfImageError(`not a 64-bit ELF file (EI_CLASS ${image[4]})`);
   if (image[5] !== ELFDATA2LSB) throw new ElfImageError(`not a little-endian ELF file (EI_DATA ${image[5]})`);
   const type = dv.getUint16(16, true);
@@ -88,27 +95,30 @@ export function parseElfKernel(image: Uint8Array): ElfKernel {
   const phnum = dv.getUint16(56, true);
   if (phnum === 0) throw new ElfImageError('ELF file has no program headers');
   if (phentsize < ELF64_PHDR_SIZE) throw new ElfImageError(`ELF e_phentsize ${phentsize} is smaller than 56`);
-  if (phoff + phnum * phentsize > image.length) {
-    throw new ElfImageError(`ELF program headers ${hex(phoff)}+${phnum}x${phentsize} run past the end of the ${image.length}-byte file`);
+  if (phoff + phnum * phentsize > size) {
+    throw new ElfImageError(`ELF program headers ${hex(phoff)}+${phnum}x${phentsize} run past the end of the ${size}-byte file`);
   }
   const segments: ElfSegment[] = [];
   const notes: Array<{ offset: number; size: number }> = [];
   let kernelEnd = 0;
+  // One Elf64_Phdr at a time (its first 56 bytes: what ELF64 defines), into one small buffer.
+  const ph = new Uint8Array(ELF64_PHDR_SIZE);
+  const phv = new DataView(ph.buffer);
   for (let i = 0; i < phnum; i++) {
-    const p = phoff + i * phentsize;
-    const ptype = dv.getUint32(p, true);
+    src.read(phoff + i * phentsize, ph);
+    const ptype = phv.getUint32(0, true);
     if (ptype !== PT_LOAD && ptype !== PT_NOTE) continue;
-    const offset = u64(dv, p + 8, `segment ${i} p_offset`);
-    const filesz = u64(dv, p + 32, `segment ${i} p_filesz`);
-    if (offset + filesz > image.length) {
-      throw new ElfImageError(`ELF segment ${i} (file ${hex(offset)}+${hex(filesz)}) runs past the end of the ${image.length}-byte file`);
+    const offset = u64(phv, 8, `segment ${i} p_offset`);
+    const filesz = u64(phv, 32, `segment ${i} p_filesz`);
+    if (offset + filesz > size) {
+      throw new ElfImageError(`ELF segment ${i} (file ${hex(offset)}+${hex(filesz)}) runs past the end of the ${size}-byte file`);
     }
     if (ptype === PT_NOTE) {
       notes.push({ offset, size: filesz });
       continue;
     }
-    const paddr = u64(dv, p + 24, `segment ${i} p_paddr`);
-    const memsz = u64(dv, p + 40, `segment ${i} p_memsz`);
+    const paddr = u64(phv, 24, `segment ${i} p_paddr`);
+    const memsz = u64(phv, 40, `segment ${i} p_memsz`);
     if (filesz > memsz) throw new ElfImageError(`ELF segment ${i} has p_filesz ${hex(filesz)} > p_memsz ${hex(memsz)}`);
     if (paddr + memsz > 2 ** 52) throw new ElfImageError(`ELF segment ${i} ${hex(paddr)}+${hex(memsz)} is beyond the physical address space`);
     segments.push({ offset, paddr, filesz, memsz });
@@ -117,16 +127,21 @@ export function parseElfKernel(image: Uint8Array): ElfKernel {
   if (segments.length === 0) throw new ElfImageError('ELF file has no PT_LOAD segments');
   let pvhEntry: number | undefined;
   for (const n of notes) {
-    const e = findPvhNote(dv, n.offset, n.size);
+    // A note segment is small (hundreds of bytes in a vmlinux); it is read only to be walked.
+    const bytes = readImage(src, n.offset, n.size);
+    const e = findPvhNote(new DataView(bytes.buffer), n.offset, n.size);
     if (e !== undefined) { pvhEntry = e; break; }
   }
   return { entry, pvhEntry, segments, kernelEnd };
 }
 
-/** Walk Elf64_Nhdr records (namesz, descsz, type; name and desc 4-byte padded). */
-function findPvhNote(dv: DataView, start: number, size: number): number | undefined {
-  const end = start + size;
-  let off = start;
+/**
+ * Walk Elf64_Nhdr records (namesz, descsz, type; name and desc 4-byte padded) of one PT_NOTE
+ * segment: `dv` holds its bytes, `fileOffset` is where they are in the file (for messages).
+ */
+function findPvhNote(dv: DataView, fileOffset: number, size: number): number | undefined {
+  const end = size;
+  let off = 0;
   const align4 = (n: number): number => Math.ceil(n / 4) * 4; // no 32-bit bitwise overflow
   while (off + 12 <= end) {
     const namesz = dv.getUint32(off, true);
@@ -136,7 +151,7 @@ function findPvhNote(dv: DataView, start: number, size: number): number | undefi
     const descOff = nameOff + align4(namesz);
     const next = descOff + align4(descsz);
     if (namesz > size || descsz > size || next > end) {
-      throw new ElfImageError(`malformed ELF note at file offset ${hex(off)} (runs past its PT_NOTE segment)`);
+      throw new ElfImageError(`malformed ELF note at file offset ${hex(fileOffset + off)} (runs past its PT_NOTE segment)`);
     }
     const isXen = namesz === 4 && dv.getUint8(nameOff) === 0x58 && dv.getUint8(nameOff + 1) === 0x65
       && dv.getUint8(nameOff + 2) === 0x6e && dv.getUint8(nameOff + 3) === 0;
@@ -204,7 +219,7 @@ export function writeStartInfo(mem: GuestMemory, o: StartInfoOptions): number {
 
 export interface PvhLoadOptions {
   cmdline: string;
-  initramfs?: Uint8Array;
+  initramfs?: Image;
   /** Guest RAM size as passed to ramRegions(); defaults to mem.totalSize. */
   memSize?: number;
   /** Defaults to e820Map(memSize). */
@@ -223,8 +238,9 @@ export interface PvhLoadResult {
 }
 
 /** Load a vmlinux with a PVH note, its initramfs and hvm_start_info into guest memory. */
-export function loadPvhKernel(mem: GuestMemory, image: Uint8Array, opts: PvhLoadOptions): PvhLoadResult {
-  const elf = parseElfKernel(image);
+export function loadPvhKernel(mem: GuestMemory, image: Image, opts: PvhLoadOptions): PvhLoadResult {
+  const src = imageSource(image);
+  const elf = parseElfKernel(src);
   if (elf.pvhEntry === undefined) {
     throw new ElfImageError('ELF kernel has no XEN_ELFNOTE_PHYS32_ENTRY note (built without CONFIG_PVH?)');
   }
@@ -238,7 +254,7 @@ export function loadPvhKernel(mem: GuestMemory, image: Uint8Array, opts: PvhLoad
     }
   }
   for (const s of elf.segments) {
-    mem.writeBytes(s.paddr, image.subarray(s.offset, s.offset + s.filesz));
+    copyImageToGuest(mem, s.paddr, src, s.offset, s.filesz);
     if (s.memsz > s.filesz) mem.fill(s.paddr + s.filesz, s.memsz - s.filesz, 0); // bss
   }
   if (!mem.checkedRange(elf.pvhEntry, 1)) throw new ElfImageError(`PVH entry point ${hex(elf.pvhEntry)} is outside guest RAM`);
@@ -246,15 +262,16 @@ export function loadPvhKernel(mem: GuestMemory, image: Uint8Array, opts: PvhLoad
 
   const cmdlineAddr = writeCmdline(mem, opts.cmdline);
   let initramfs: { addr: number; size: number } | undefined;
-  if (opts.initramfs !== undefined && opts.initramfs.length > 0) {
+  const initrd = opts.initramfs === undefined ? undefined : imageSource(opts.initramfs);
+  if (initrd !== undefined && initrd.size > 0) {
     let addr: number;
     try {
-      addr = initramfsAddress(opts.initramfs.length, memSize, Math.ceil(elf.kernelEnd / 4096) * 4096);
+      addr = initramfsAddress(initrd.size, memSize, Math.ceil(elf.kernelEnd / 4096) * 4096);
     } catch (e) {
       throw new ElfImageError(`initramfs placement: ${(e as Error).message}`);
     }
-    mem.writeBytes(addr, opts.initramfs);
-    initramfs = { addr, size: opts.initramfs.length };
+    copyImageToGuest(mem, addr, initrd, 0, initrd.size);
+    initramfs = { addr, size: initrd.size };
   }
   const siOpts: StartInfoOptions = { cmdlineAddr, memmap: opts.e820 ?? e820Map(memSize) };
   if (opts.rsdpAddr !== undefined) siOpts.rsdpAddr = opts.rsdpAddr;

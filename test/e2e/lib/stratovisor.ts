@@ -2,7 +2,8 @@
 import { join } from 'node:path';
 import { REPO } from './guest.js';
 
-export const STRATOVISOR = join(REPO, 'dist', 'src', 'cli', 'main.js');
+/** The VMM as it runs: the CLI bundled by `npm run build` (scripts/lib/bundle.mjs), its threads bundled too. */
+export const STRATOVISOR = join(REPO, 'dist', 'bundle', 'main.cjs');
 
 export interface StvBoot {
   kernel: string;
