@@ -15,7 +15,8 @@ import type { SchemaObject, SchemaValidator, ValidationIssue } from './validate.
 /** `true` for a supported leaf, a nested shape for an object, [shape] for an array of objects. */
 type Shape<T> = {
   // `fds` (NetConfig) never comes from JSON: the fds arrive with the request (SCM_RIGHTS).
-  [K in Exclude<keyof Required<T>, 'fds'>]-?: Required<T>[K] extends (infer U)[]
+  // `iothread` (a device's own I/O thread) is a CLI extension the document does not have.
+  [K in Exclude<keyof Required<T>, 'fds' | 'iothread'>]-?: Required<T>[K] extends (infer U)[]
     ? [Shape<U>]
     : Required<T>[K] extends object
       ? Shape<Required<T>[K]>

@@ -298,3 +298,19 @@ test('--vsock (Cloud Hypervisor syntax)', () => {
   fails([...base, '--vsock', 'cid=3,socket=/s,port=1'], /--vsock/, '--vsock');
   fails([...base, '--vsock', 'cid=3,socket=/a', '--vsock', 'cid=4,socket=/b'], /--vsock given more than once/, '--vsock');
 });
+
+test('iothread=<name> on --disk, --net, --fs and --vsock: a thread of the device\'s own; bad names are refused', () => {
+  const c = run(
+    '--kernel', '/k', '--memory', 'shared=on',
+    '--disk', 'path=/a.img,iothread=blk0', 'path=/b.img',
+    '--net', 'tap=t0,iothread=net_0',
+    '--fs', 'tag=f,socket=/s,iothread=blk0',
+    '--vsock', 'cid=3,socket=/v,iothread=v-1',
+  ).config!;
+  assert.deepEqual(c.disks!.map((d) => d.iothread), ['blk0', undefined]);
+  assert.equal(c.net![0]!.iothread, 'net_0');
+  assert.equal(c.fs![0]!.iothread, 'blk0');
+  assert.equal(c.vsock!.iothread, 'v-1');
+  fails(['--kernel', '/k', '--net', 'tap=t0,iothread=a/b'], /--net #1: iothread must be a name/);
+  fails(['--kernel', '/k', '--vsock', 'cid=3,socket=/v,iothread=' + 'x'.repeat(33)], /iothread must be a name of 1\.\.32/);
+});

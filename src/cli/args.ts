@@ -147,8 +147,8 @@ const FLAGS: readonly FlagSpec[] = [
     value: true,
     multi: true,
     syntax:
-      'path=<path>[,readonly=on|off][,direct=on|off][,iommu=on|off][,num_queues=<n>][,queue_size=<n>][,vhost_user=on|off][,socket=<path>][,id=<id>][,serial=<s>][,pci_segment=<n>]',
-    help: 'virtio-blk disks (one or more values, repeatable)',
+      'path=<path>[,readonly=on|off][,direct=on|off][,iommu=on|off][,num_queues=<n>][,queue_size=<n>][,vhost_user=on|off][,socket=<path>][,id=<id>][,serial=<s>][,pci_segment=<n>][,iothread=<name>]',
+    help: 'virtio-blk disks (one or more values, repeatable); iothread=<name>: serve it from an I/O thread of its own (devices naming the same one share it) instead of the VM\'s shared one',
   },
   { name: 'event-monitor', value: true, syntax: 'path=<path>|fd=<fd>', help: 'File to report events on' },
   { name: 'firmware', value: true, syntax: '<path>', help: 'Firmware to boot instead of a kernel' },
@@ -156,7 +156,7 @@ const FLAGS: readonly FlagSpec[] = [
     name: 'fs',
     value: true,
     multi: true,
-    syntax: 'tag=<tag>,socket=<path>[,num_queues=<n>][,queue_size=<n>][,id=<id>][,pci_segment=<n>]',
+    syntax: 'tag=<tag>,socket=<path>[,num_queues=<n>][,queue_size=<n>][,id=<id>][,pci_segment=<n>][,iothread=<name>]',
     help: 'virtio-fs devices over a vhost-user backend such as virtiofsd (needs --memory shared=on)',
   },
   { name: 'initramfs', value: true, syntax: '<path>', help: 'Initramfs to load with the kernel' },
@@ -182,8 +182,8 @@ const FLAGS: readonly FlagSpec[] = [
     value: true,
     multi: true,
     syntax:
-      'tap=<if>[,ip=<ip>][,mask=<mask>][,mac=<mac>][,host_mac=<mac>][,mtu=<n>][,num_queues=<n>][,queue_size=<n>][,id=<id>][,iommu=on|off][,vhost_user=on|off][,socket=<path>][,offload_tso|ufo|csum=on|off][,pci_segment=<n>]',
-    help: 'virtio-net devices (one or more values, repeatable)',
+      'tap=<if>[,ip=<ip>][,mask=<mask>][,mac=<mac>][,host_mac=<mac>][,mtu=<n>][,num_queues=<n>][,queue_size=<n>][,id=<id>][,iommu=on|off][,vhost_user=on|off][,socket=<path>][,offload_tso|ufo|csum=on|off][,pci_segment=<n>][,iothread=<name>]',
+    help: 'virtio-net devices (one or more values, repeatable); iothread=<name> as for --disk',
   },
   { name: 'platform', value: true, syntax: 'num_pci_segments=<n>', help: 'Platform: PCI segments 0..n-1 (default 1, at most 16); place devices with pci_segment=' },
   { name: 'pvpanic', value: false, syntax: '', help: 'Enable the pvpanic device' },
@@ -211,7 +211,7 @@ const FLAGS: readonly FlagSpec[] = [
   {
     name: 'vsock',
     value: true,
-    syntax: 'cid=<cid>,socket=<path>[,iommu=on|off][,id=<id>][,pci_segment=<n>]',
+    syntax: 'cid=<cid>,socket=<path>[,iommu=on|off][,id=<id>][,pci_segment=<n>][,iothread=<name>]',
     help: 'virtio-vsock device; host side: the Unix socket <path> (CONNECT <port>) and <path>_<port>',
   },
   { name: 'watchdog', value: false, syntax: '', help: 'Enable virtio-watchdog' },
@@ -507,6 +507,7 @@ function parseDisk(v: string): DeepPartial<DiskConfig> {
     'id',
     'serial',
     'pci_segment',
+    'iothread',
   ]);
   const d: DeepPartial<DiskConfig> = {};
   setIf(d, 'path', o.get('path'));
@@ -517,6 +518,7 @@ function parseDisk(v: string): DeepPartial<DiskConfig> {
   setIf(d, 'vhost_socket', o.get('socket'));
   setIf(d, 'id', o.get('id'));
   setIf(d, 'serial', o.get('serial'));
+  setIf(d, 'iothread', o.get('iothread'));
   return d;
 }
 
@@ -539,9 +541,10 @@ function parseNet(v: string): DeepPartial<NetConfig> {
     'offload_tso',
     'offload_ufo',
     'offload_csum',
+    'iothread',
   ]);
   const n: DeepPartial<NetConfig> = {};
-  for (const k of ['tap', 'ip', 'mask', 'mac', 'host_mac', 'id'] as const) setIf(n, k, o.get(k));
+  for (const k of ['tap', 'ip', 'mask', 'mac', 'host_mac', 'id', 'iothread'] as const) setIf(n, k, o.get(k));
   setIf(n, 'vhost_socket', o.get('socket'));
   for (const k of ['mtu', 'num_queues', 'queue_size', 'pci_segment'] as const) setIf(n, k, intOpt(f, k, o.get(k)));
   for (const k of ['iommu', 'vhost_user', 'offload_tso', 'offload_ufo', 'offload_csum'] as const) {
@@ -552,19 +555,20 @@ function parseNet(v: string): DeepPartial<NetConfig> {
 
 function parseFs(v: string): DeepPartial<FsConfig> {
   const f = '--fs';
-  const o = parseOptionList(f, v, ['tag', 'socket', 'num_queues', 'queue_size', 'id', 'pci_segment']);
+  const o = parseOptionList(f, v, ['tag', 'socket', 'num_queues', 'queue_size', 'id', 'pci_segment', 'iothread']);
   const out: DeepPartial<FsConfig> = {};
-  for (const k of ['tag', 'socket', 'id'] as const) setIf(out, k, o.get(k));
+  for (const k of ['tag', 'socket', 'id', 'iothread'] as const) setIf(out, k, o.get(k));
   for (const k of ['num_queues', 'queue_size', 'pci_segment'] as const) setIf(out, k, intOpt(f, k, o.get(k)));
   return out;
 }
 
 function parseVsock(v: string): DeepPartial<VsockConfig> {
   const f = '--vsock';
-  const o = parseOptionList(f, v, ['cid', 'socket', 'iommu', 'id', 'pci_segment']);
+  const o = parseOptionList(f, v, ['cid', 'socket', 'iommu', 'id', 'pci_segment', 'iothread']);
   const out: DeepPartial<VsockConfig> = {};
   setIf(out, 'socket', o.get('socket'));
   setIf(out, 'id', o.get('id'));
+  setIf(out, 'iothread', o.get('iothread'));
   for (const k of ['cid', 'pci_segment'] as const) setIf(out, k, intOpt(f, k, o.get(k)));
   setIf(out, 'iommu', toggleOpt(f, 'iommu', o.get('iommu')));
   return out;

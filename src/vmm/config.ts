@@ -71,6 +71,11 @@ export interface DiskConfig {
   id?: string;
   serial?: string;
   pci_segment?: number;
+  /**
+   * Serve this device from an I/O thread of that name instead of the VM's shared one (a
+   * Stratovisor extension, CLI only): devices naming the same iothread share it.
+   */
+  iothread?: string;
 }
 
 export interface NetConfig {
@@ -87,6 +92,11 @@ export interface NetConfig {
   vhost_socket?: string;
   id?: string;
   pci_segment?: number;
+  /**
+   * Serve this device from an I/O thread of that name instead of the VM's shared one (a
+   * Stratovisor extension, CLI only): devices naming the same iothread share it.
+   */
+  iothread?: string;
   offload_tso: boolean;
   offload_ufo: boolean;
   offload_csum: boolean;
@@ -105,6 +115,11 @@ export interface FsConfig {
   queue_size: number;
   id?: string;
   pci_segment?: number;
+  /**
+   * Serve this device from an I/O thread of that name instead of the VM's shared one (a
+   * Stratovisor extension, CLI only): devices naming the same iothread share it.
+   */
+  iothread?: string;
 }
 
 export interface RngConfig {
@@ -129,6 +144,11 @@ export interface VsockConfig {
   iommu?: boolean;
   id?: string;
   pci_segment?: number;
+  /**
+   * Serve this device from an I/O thread of that name instead of the VM's shared one (a
+   * Stratovisor extension, CLI only): devices naming the same iothread share it.
+   */
+  iothread?: string;
 }
 
 export interface VmConfig {
@@ -411,6 +431,9 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
     const issue = pciSegmentIssue(config, path, v);
     if (issue) issues.push(issue);
   };
+  const iothread = (path: string, v: unknown) => {
+    if (v !== undefined && (typeof v !== 'string' || !IOTHREAD_NAME.test(v))) bad(path, `must be a name of 1..32 letters, digits, '_' or '-', got ${JSON.stringify(v)}`);
+  };
 
   // platform
   if (config.platform !== undefined) {
@@ -575,6 +598,7 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
     }
     for (const f of ['readonly', 'direct', 'iommu', 'vhost_user'] as const) bool(`${at}.${f}`, d[f]);
     segment(`${at}.pci_segment`, d.pci_segment);
+    iothread(`${at}.iothread`, d.iothread);
     id(`${at}.id`, d.id);
   });
 
@@ -619,6 +643,7 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
       bool(`${at}.${f}`, n[f]);
     }
     segment(`${at}.pci_segment`, n.pci_segment);
+    iothread(`${at}.iothread`, n.iothread);
     if (n.fds !== undefined) {
       // Cloud Hypervisor: one tap fd per queue pair (VnetQueueFdMismatch); fds 0..2 are reserved.
       if (!Array.isArray(n.fds) || n.fds.length === 0 || !n.fds.every((fd) => isInt(fd) && fd > 2)) {
@@ -648,6 +673,7 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
       bad(`${at}.queue_size`, `must be a power of two in 1..${MAX_QUEUE_SIZE}, got ${String(f.queue_size)}`);
     }
     segment(`${at}.pci_segment`, f.pci_segment);
+    iothread(`${at}.iothread`, f.iothread);
     if (isPlainObject(config.memory) && config.memory.shared !== true) bad(at, FS_NEEDS_SHARED);
     id(`${at}.id`, f.id);
   });
@@ -672,6 +698,7 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
       bool('vsock.iommu', v.iommu);
       if (v.iommu === true) bad('vsock.iommu', 'is not supported (no virtual IOMMU)');
       segment('vsock.pci_segment', v.pci_segment);
+      iothread('vsock.iothread', v.iothread);
       id('vsock.id', v.id);
     }
   }
@@ -681,6 +708,9 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
   bool('pvpanic', config.pvpanic);
   return issues;
 }
+
+/** A device's `iothread=` name. */
+const IOTHREAD_NAME = /^[A-Za-z0-9_-]{1,32}$/;
 
 /** Throw a VmConfigError listing every problem, if any. */
 export function assertValidVmConfig(config: VmConfig): void {

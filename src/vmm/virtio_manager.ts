@@ -1,8 +1,9 @@
 // The VMM's virtio devices, main-thread side: opens what each device needs on the host (disk
 // images, locked; taps; the entropy source; the console sink) once per VM, and for every guest
 // run creates the eventfds (queue notify -> ioeventfd, MSI-X vector -> irqfd on its own GSI),
-// the shared transport state, and one I/O worker per device. The device thread gets the
-// matching VirtioPciInit list and builds the PCI side.
+// the shared transport state, and the I/O threads: one for all of the VM's devices, plus one per
+// `iothread=` name that devices ask for (a busy device can have a thread of its own). The device
+// thread gets the matching VirtioPciInit list and builds the PCI side.
 import { Worker } from 'node:worker_threads';
 import { THREAD_OPTIONS } from './thread_options.js';
 import { openSync, closeSync, fstatSync, unlinkSync } from 'node:fs';
@@ -20,7 +21,7 @@ import { MSI_GSI_BASE } from './interrupts.js';
 import { FS_NEEDS_SHARED, type VmConfig } from './config.js';
 import { FS_CONNECTION_STATE_BYTES } from '../virtio/fs/device.js';
 import type { VirtioPciInit } from './pci_setup.js';
-import { MAX_COUNTERS, type VirtioDeviceSpec, type VirtioWorkerData, type VirtioWorkerEvent } from './virtio_protocol.js';
+import { MAX_COUNTERS, type VirtioDeviceSpec, type VirtioWorkerData, type VirtioWorkerDevice, type VirtioWorkerEvent } from './virtio_protocol.js';
 
 export class VirtioConfigError extends Error {
   override name = 'VirtioConfigError';
@@ -33,6 +34,8 @@ interface HostDevice {
   /** PCI segment (config pci_segment; default 0). */
   segment?: number;
   spec: VirtioDeviceSpec;
+  /** The I/O thread's name (config iothread=): "" is the VM's shared I/O thread. */
+  iothread: string;
   /** fds this manager opened for the device (closed by close()). */
   fds: number[];
   tap?: Tap;
@@ -46,18 +49,25 @@ interface HostDevice {
 
 interface RunDevice {
   host: HostDevice;
-  worker: Worker | null;
+  thread: RunThread;
   shared: SharedArrayBuffer;
   words: Int32Array;
   queueFds: number[];
   irqFds: number[];
   gsis: number[];
+  counters: Float64Array;
+  counterNames: string[];
+}
+
+/** One I/O thread of a guest run and the devices it serves. */
+interface RunThread {
+  name: string;
+  worker: Worker | null;
   controlFd: number;
+  devices: RunDevice[];
   exited: Promise<void>;
   /** Set when the worker has exited. */
   done?: boolean;
-  counters: Float64Array;
-  counterNames: string[];
 }
 
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
@@ -76,11 +86,15 @@ export interface VirtioStopResult {
   allExited: Promise<void>;
 }
 
+function threadLabel(t: RunThread): string {
+  return t.name === '' ? 'the I/O thread' : `I/O thread '${t.name}'`;
+}
+
 const sleep = (ms: number) => new Promise<void>((res) => setTimeout(res, ms).unref());
 
 export class VirtioManager {
   private readonly devices: HostDevice[] = [];
-  private running: RunDevice[] = [];
+  private threads: RunThread[] = [];
   /** Guest memory of the current run (revoked by stop()). */
   private runMem: GuestMemory | null = null;
   /** How long stop() waits for I/O threads: to stop by themselves, then after terminate(). */
@@ -145,7 +159,7 @@ export class VirtioManager {
       throw new VirtioConfigError(`disk image '${d.path}' ${why}`);
     }
     const host: HostDevice = {
-      id, deviceType: VirtioDeviceType.Block, numQueues: d.num_queues, segment: d.pci_segment ?? 0, fds: [fd],
+      id, deviceType: VirtioDeviceType.Block, numQueues: d.num_queues, segment: d.pci_segment ?? 0, fds: [fd], iothread: d.iothread ?? '',
       spec: { kind: 'block', fd, size: 0, readonly: d.readonly, numQueues: d.num_queues, queueSize: d.queue_size, serial: d.serial ?? id },
     };
     this.devices.push(host);
@@ -194,7 +208,7 @@ export class VirtioManager {
         throw new VirtioConfigError(`${id}: cannot use the tap fds sent with the request: ${(e as Error).message}`);
       }
       const host: HostDevice = {
-        id, deviceType: VirtioDeviceType.Net, numQueues: pairs * 2 + (pairs > 1 ? 1 : 0), fds: [], tap,
+        id, deviceType: VirtioDeviceType.Net, numQueues: pairs * 2 + (pairs > 1 ? 1 : 0), fds: [], tap, iothread: n.iothread ?? '',
         spec: { kind: 'net', tapFds: [...tap.fds], mac, queuePairs: pairs, queueSize: n.queue_size, ...(n.mtu !== undefined ? { mtu: n.mtu } : {}) },
       };
       this.devices.push(host);
@@ -207,7 +221,7 @@ export class VirtioManager {
       throw new VirtioConfigError(`${id}: cannot open tap${n.tap ? ` '${n.tap}'` : ''}: ${(e as Error).message}`);
     }
     const host: HostDevice = {
-      id, deviceType: VirtioDeviceType.Net, numQueues: pairs * 2 + (pairs > 1 ? 1 : 0), segment: n.pci_segment ?? 0, fds: [], tap,
+      id, deviceType: VirtioDeviceType.Net, numQueues: pairs * 2 + (pairs > 1 ? 1 : 0), segment: n.pci_segment ?? 0, fds: [], tap, iothread: n.iothread ?? '',
       spec: { kind: 'net', tapFds: [...tap.fds], mac, queuePairs: pairs, queueSize: n.queue_size, ...(n.mtu !== undefined ? { mtu: n.mtu } : {}) },
     };
     this.devices.push(host);
@@ -240,7 +254,7 @@ export class VirtioManager {
       throw new VirtioConfigError(`${id}: vhost-user socket '${f.socket}' ${why} (is virtiofsd running?)`);
     }
     this.devices.push({
-      id, deviceType: VirtioDeviceType.Fs, numQueues: 1 + f.num_queues, segment: f.pci_segment ?? 0, fds: [fd],
+      id, deviceType: VirtioDeviceType.Fs, numQueues: 1 + f.num_queues, segment: f.pci_segment ?? 0, fds: [fd], iothread: f.iothread ?? '',
       spec: { kind: 'fs', socketFd: fd, socketPath: f.socket, tag: f.tag, numRequestQueues: f.num_queues, queueSize: f.queue_size, connection: new SharedArrayBuffer(FS_CONNECTION_STATE_BYTES) },
     });
     this.log(`${id}: virtio-fs tag '${f.tag}' over vhost-user socket ${f.socket}`);
@@ -266,7 +280,7 @@ export class VirtioManager {
       default: throw new VirtioConfigError(`console mode ${c.mode} is not supported (use off, null, tty or file=)`);
     }
     this.devices.push({
-      id: c.id ?? '_console', deviceType: VirtioDeviceType.Console, numQueues: 2, fds,
+      id: c.id ?? '_console', deviceType: VirtioDeviceType.Console, numQueues: 2, fds, iothread: '',
       // Keyboard input goes to the serial port when that is tty, else to this console.
       spec: { kind: 'console', outFd, inFd: c.mode === 'Tty' && cfg.serial.mode !== 'Tty' ? 0 : -1, cols: 80, rows: 24 },
     });
@@ -280,7 +294,7 @@ export class VirtioManager {
     } catch (e) {
       throw new VirtioConfigError(`cannot open entropy source '${src}': ${(e as Error).message}`);
     }
-    this.devices.push({ id: cfg.rng.id ?? '_rng0', deviceType: VirtioDeviceType.Rng, numQueues: 1, segment: cfg.rng.pci_segment ?? 0, fds: [fd], spec: { kind: 'rng', fd } });
+    this.devices.push({ id: cfg.rng.id ?? '_rng0', deviceType: VirtioDeviceType.Rng, numQueues: 1, segment: cfg.rng.pci_segment ?? 0, fds: [fd], iothread: '', spec: { kind: 'rng', fd } });
   }
 
   /**
@@ -307,7 +321,7 @@ export class VirtioManager {
       throw new VirtioConfigError(`${id}: vsock socket '${v.socket}' ${why}`);
     }
     const host: HostDevice = {
-      id, deviceType: VirtioDeviceType.Vsock, numQueues: 3, segment: v.pci_segment ?? 0, fds: [fd], unlink: v.socket,
+      id, deviceType: VirtioDeviceType.Vsock, numQueues: 3, segment: v.pci_segment ?? 0, fds: [fd], unlink: v.socket, iothread: v.iothread ?? '',
       spec: { kind: 'vsock', cid: v.cid, listenFd: fd, socketPath: v.socket },
     };
     this.devices.push(host);
@@ -316,30 +330,36 @@ export class VirtioManager {
   }
 
   /**
-   * Start the devices for one guest run: eventfds, irqfds, workers. Returns the device thread's
-   * part. Nothing reaches a worker (guest memory included) until every device is set up; on
-   * failure everything is undone before this returns.
+   * Start the devices for one guest run: eventfds, irqfds, I/O threads (one for every device
+   * without an `iothread=` of its own, one per name otherwise). Returns the device thread's part.
+   * Nothing reaches a thread (guest memory included) until every device is set up; on failure
+   * everything is undone before this returns.
    */
   start(vm: Vm, mem: GuestMemory, onError: (m: string) => void): VirtioPciInit[] {
     const placements = this.place();
     let gsi = MSI_GSI_BASE;
     const inits: VirtioPciInit[] = [];
-    const pending: Array<{ w: Worker; data: VirtioWorkerData }> = [];
     const memDesc = mem.describe();
     this.runMem = mem;
+    const eventfd = () => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
+    const byName = new Map<string, RunThread>();
     try {
       this.devices.forEach((h, i) => {
+        let t = byName.get(h.iothread);
+        if (t === undefined) {
+          t = { name: h.iothread, worker: null, controlFd: -1, devices: [], exited: Promise.resolve() };
+          byName.set(h.iothread, t);
+          this.threads.push(t);
+          t.controlFd = eventfd();
+        }
         const vectors = h.numQueues + 1;
         const shared = createShared({ numQueues: h.numQueues, vectors });
-        const eventfd = () => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
         const r: RunDevice = {
-          host: h, shared, words: new Int32Array(shared, 0, Word.QueueBase),
-          queueFds: [], irqFds: [], gsis: [], controlFd: -1,
-          worker: null, exited: Promise.resolve(),
+          host: h, thread: t, shared, words: new Int32Array(shared, 0, Word.QueueBase),
+          queueFds: [], irqFds: [], gsis: [],
           counters: new Float64Array(new SharedArrayBuffer(MAX_COUNTERS * 8)), counterNames: [],
         };
-        this.running.push(r);
-        r.controlFd = eventfd();
+        t.devices.push(r);
         for (let q = 0; q < h.numQueues; q++) r.queueFds.push(eventfd());
         for (let v = 0; v < vectors; v++) {
           const fd = eventfd();
@@ -347,45 +367,54 @@ export class VirtioManager {
           vm.registerIrqfd(fd, gsi);
           r.gsis.push(gsi++);
         }
-        const w = new Worker(new URL('./virtio_worker.js', import.meta.url), THREAD_OPTIONS);
-        r.worker = w;
-        r.exited = new Promise<void>((res) => w.once('exit', () => { r.done = true; res(); }));
-        w.on('message', (m: VirtioWorkerEvent) => {
-          if (m.type === 'needs-reset') { this.log(`${m.id}: device needs reset: ${m.message}`); this.onNeedsReset(m.id, m.message); }
-          else if (m.type === 'error') onError(`${m.id}: ${m.message}`);
-          else if (m.type === 'counter-names') r.counterNames = m.names;
-          else if (m.type === 'log') (m.warn ? this.warn : this.log)(`${m.id}: ${m.message}`);
-        });
-        w.on('error', (e) => onError(`${h.id} I/O thread failed: ${e.stack ?? e.message}`));
-        pending.push({
-          w,
-          data: {
-            id: h.id, spec: h.spec, numQueues: h.numQueues, shared, mem: memDesc,
-            queueFds: r.queueFds, irqFds: r.irqFds, controlFd: r.controlFd, counters: r.counters.buffer as SharedArrayBuffer,
-          },
-        });
         inits.push({
           id: h.id, deviceType: h.deviceType, numQueues: h.numQueues,
           segment: placements[i]!.segment, slot: placements[i]!.slot, barAddr: placements[i]!.barAddr,
-          shared, queueFds: r.queueFds, irqFds: r.irqFds, gsis: r.gsis, controlFd: r.controlFd,
+          shared, queueFds: r.queueFds, irqFds: r.irqFds, gsis: r.gsis, controlFd: t.controlFd,
         });
       });
+      for (const t of this.threads) {
+        const w = new Worker(new URL('./virtio_worker.js', import.meta.url), THREAD_OPTIONS);
+        t.worker = w;
+        t.exited = new Promise<void>((res) => w.once('exit', () => { t.done = true; res(); }));
+        const byId = new Map(t.devices.map((r) => [r.host.id, r]));
+        w.on('message', (m: VirtioWorkerEvent) => {
+          if (m.type === 'needs-reset') { this.log(`${m.id}: device needs reset: ${m.message}`); this.onNeedsReset(m.id, m.message); }
+          else if (m.type === 'error') onError(`${m.id}: ${m.message}`);
+          else if (m.type === 'counter-names') { const r = byId.get(m.id); if (r) r.counterNames = m.names; }
+          else if (m.type === 'log') (m.warn ? this.warn : this.log)(`${m.id}: ${m.message}`);
+        });
+        w.on('error', (e) => onError(`${threadLabel(t)} failed: ${e.stack ?? e.message}`));
+      }
     } catch (e) {
       this.abort(vm);
       throw e;
     }
-    for (const p of pending) p.w.postMessage(p.data);
+    for (const t of this.threads) {
+      const devices: VirtioWorkerDevice[] = t.devices.map((r) => ({
+        id: r.host.id, spec: r.host.spec, numQueues: r.host.numQueues, shared: r.shared,
+        queueFds: r.queueFds, irqFds: r.irqFds, counters: r.counters.buffer as SharedArrayBuffer,
+      }));
+      const data: VirtioWorkerData = { name: t.name, mem: memDesc, controlFd: t.controlFd, devices };
+      t.worker!.postMessage(data);
+    }
     return inits;
   }
 
-  /** Undo start() at once (its workers never got guest memory, or the VM is going away now). */
+  /** I/O threads of the current guest run (1 unless devices asked for their own). */
+  get threadCount(): number {
+    return this.threads.length;
+  }
+
+  /** Undo start() at once (its threads never got guest memory, or the VM is going away now). */
   abort(vm: Vm): void {
-    const runs = this.running;
-    this.running = [];
+    const threads = this.threads;
+    this.threads = [];
     this.runMem = null;
-    for (const r of runs) {
-      if (r.worker) void r.worker.terminate();
-      this.release(vm, r);
+    for (const t of threads) {
+      if (t.worker) void t.worker.terminate();
+      for (const r of t.devices) this.release(vm, r);
+      if (t.controlFd >= 0) libc.close(t.controlFd);
     }
   }
 
@@ -395,64 +424,79 @@ export class VirtioManager {
       libc.close(fd);
     });
     for (const fd of r.queueFds) libc.close(fd);
-    if (r.controlFd >= 0) libc.close(r.controlFd);
   }
 
   /** Malformed-request counts per device (vm.counters). */
   counters(): Record<string, Record<string, number>> {
     const out: Record<string, Record<string, number>> = {};
-    for (const r of this.running) {
-      const c: Record<string, number> = {};
-      r.counterNames.forEach((n, i) => { c[n] = r.counters[i]!; });
-      c.malformed_requests = Atomics.load(r.words, Word.Errors);
-      if (r.host.stuckCount) c.io_threads_stuck = r.host.stuckCount;
-      out[r.host.id] = c;
+    for (const t of this.threads) {
+      for (const r of t.devices) {
+        const c: Record<string, number> = {};
+        r.counterNames.forEach((n, i) => { c[n] = r.counters[i]!; });
+        c.malformed_requests = Atomics.load(r.words, Word.Errors);
+        if (r.host.stuckCount) c.io_threads_stuck = r.host.stuckCount;
+        out[r.host.id] = c;
+      }
     }
     return out;
   }
 
   /**
-   * Stop the workers of the current guest run and release its eventfds (after the vCPUs stopped).
-   * Bounded in time: guest memory is revoked first (devices abandon long requests between
-   * chunks), then each worker gets stopTimeouts.graceMs to stop, then terminate() and
+   * Stop the I/O threads of the current guest run and release its eventfds (after the vCPUs
+   * stopped). Bounded in time: guest memory is revoked first (devices abandon long requests
+   * between chunks), then each thread gets stopTimeouts.graceMs to stop, then terminate() and
    * terminateMs more. terminate() cannot interrupt a blocking system call (a read from an
-   * entropy source nobody writes, a preadv from an image on a hung NFS server): such a thread is
-   * reported (log line, io_threads_stuck counter) and returned in `stuck`, and its eventfds and
-   * the device's host fds stay open until it exits, so that no fd number it holds is reused
-   * under it. The caller must then retire guest memory instead of freeing it (GuestMemory.retire).
+   * entropy source nobody writes, a preadv from an image on a hung NFS server): such a thread's
+   * devices are reported (log line, io_threads_stuck counter) and returned in `stuck`, and its
+   * eventfds and its devices' host fds stay open until it exits, so that no fd number it holds
+   * is reused under it. The caller must then retire guest memory instead of freeing it
+   * (GuestMemory.retire).
    */
   async stop(vm: Vm): Promise<VirtioStopResult> {
-    const runs = this.running;
-    this.running = [];
+    const threads = this.threads;
+    this.threads = [];
     this.runMem?.revoke();
     this.runMem = null;
-    for (const r of runs) {
-      postCommand(r.words, Command.Stop);
-      try { libc.write(r.controlFd, ONE); } catch { /* closed below */ }
+    for (const t of threads) {
+      for (const r of t.devices) postCommand(r.words, Command.Stop);
+      try { libc.write(t.controlFd, ONE); } catch { /* closed below */ }
     }
     const { graceMs, terminateMs } = this.stopTimeouts;
-    await Promise.all(runs.map((r) => Promise.race([r.exited, sleep(graceMs)])));
-    // A worker that did not stop by itself is terminated: its poll has a timeout, so one
+    await Promise.all(threads.map((t) => Promise.race([t.exited, sleep(graceMs)])));
+    // A thread that did not stop by itself is terminated: its poll has a timeout, so one
     // waiting there stops; one inside a device call stops when the call returns to JavaScript.
-    await Promise.all(runs.map((r) => (r.done || !r.worker ? undefined : Promise.race([r.worker.terminate().then(() => undefined), r.exited, sleep(terminateMs)]))));
-    const stuck: RunDevice[] = [];
-    for (const r of runs) {
-      if (r.done || !r.worker) { this.release(vm, r); continue; }
-      stuck.push(r);
-      const h = r.host;
-      h.stuckCount = (h.stuckCount ?? 0) + 1;
-      this.log(`${h.id}: the I/O thread did not stop within ${graceMs + terminateMs} ms (blocked in a system call); its guest memory is made inaccessible and its fds stay open until it exits`);
+    await Promise.all(threads.map((t) => (t.done || !t.worker ? undefined : Promise.race([t.worker.terminate().then(() => undefined), t.exited, sleep(terminateMs)]))));
+    const stuck: RunThread[] = [];
+    for (const t of threads) {
+      if (t.done || !t.worker) {
+        for (const r of t.devices) this.release(vm, r);
+        libc.close(t.controlFd);
+        continue;
+      }
+      stuck.push(t);
+      const ids = t.devices.map((r) => r.host.id).join(', ');
+      this.log(`${ids}: the I/O thread did not stop within ${graceMs + terminateMs} ms (blocked in a system call); its guest memory is made inaccessible and its fds stay open until it exits`);
       // The VM side (irqfd routes) goes now; the fds are closed when the thread is gone.
-      r.irqFds.forEach((fd, v) => { try { vm.unregisterIrqfd(fd, r.gsis[v]!); } catch { /* the VM goes away next */ } });
+      for (const r of t.devices) {
+        r.host.stuckCount = (r.host.stuckCount ?? 0) + 1;
+        r.irqFds.forEach((fd, v) => { try { vm.unregisterIrqfd(fd, r.gsis[v]!); } catch { /* the VM goes away next */ } });
+      }
       const closeFds = () => {
-        for (const fd of [...r.irqFds, ...r.queueFds, r.controlFd]) { if (fd >= 0) { try { libc.close(fd); } catch { /* already closed */ } } }
-        this.log(`${h.id}: the stuck I/O thread has exited; its fds are closed`);
+        for (const r of t.devices) for (const fd of [...r.irqFds, ...r.queueFds]) { try { libc.close(fd); } catch { /* already closed */ } }
+        try { libc.close(t.controlFd); } catch { /* already closed */ }
+        this.log(`${ids}: the stuck I/O thread has exited; its fds are closed`);
       };
-      const gone = r.exited.then(closeFds);
-      (h.stuck ??= []).push(gone);
-      void gone.then(() => { h.stuck = h.stuck?.filter((p) => p !== gone); });
+      const gone = t.exited.then(closeFds);
+      for (const r of t.devices) {
+        const h = r.host;
+        (h.stuck ??= []).push(gone);
+        void gone.then(() => { h.stuck = h.stuck?.filter((p) => p !== gone); });
+      }
     }
-    return { stuck: stuck.map((r) => r.host.id), allExited: Promise.all(stuck.map((r) => r.exited)).then(() => undefined) };
+    return {
+      stuck: stuck.flatMap((t) => t.devices.map((r) => r.host.id)),
+      allExited: Promise.all(stuck.map((t) => t.exited)).then(() => undefined),
+    };
   }
 
   /** Release host resources (images, taps, files). */

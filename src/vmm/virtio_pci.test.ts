@@ -68,8 +68,8 @@ async function setup() {
   const exited = new Promise<number>((r) => worker.once('exit', r));
   worker.on('message', (m: VirtioWorkerEvent) => events.push(m));
   const data: VirtioWorkerData = {
-    id: 'rng-test', spec: { kind: 'rng', fd: rngFd }, numQueues, shared, mem: mem.describe(), queueFds, irqFds, controlFd,
-    counters: new SharedArrayBuffer(128),
+    name: '', mem: mem.describe(), controlFd,
+    devices: [{ id: 'rng-test', spec: { kind: 'rng', fd: rngFd }, numQueues, shared, queueFds, irqFds, counters: new SharedArrayBuffer(128) }],
   };
   worker.postMessage(data);
   const words = new Int32Array(shared, 0, Word.QueueBase);

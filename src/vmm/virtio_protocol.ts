@@ -1,7 +1,9 @@
-// Messages between the VMM's main thread and a virtio device's I/O worker (virtio_worker.ts).
+// Messages between the VMM's main thread and a VM's virtio I/O thread (virtio_worker.ts). One
+// I/O thread serves every virtio device of a VM by default; a device configured with its own
+// `iothread=` name gets a thread of its own (or shares it with the devices naming the same one).
 import type { GuestMemoryDescriptor } from '../memory/guest_memory.js';
 
-/** Everything a worker needs to build its device model; structured-cloneable (fds are numbers). */
+/** Everything a thread needs to build a device model; structured-cloneable (fds are numbers). */
 export type VirtioDeviceSpec =
   | { kind: 'block'; fd: number; size: number; readonly: boolean; numQueues: number; queueSize: number; serial: string }
   | { kind: 'rng'; fd: number }
@@ -11,21 +13,33 @@ export type VirtioDeviceSpec =
   | { kind: 'fs'; socketFd: number; socketPath: string; tag: string; numRequestQueues: number; queueSize: number; connection: SharedArrayBuffer }
   | { kind: 'vsock'; cid: number; listenFd: number; socketPath: string };
 
-export interface VirtioWorkerData {
+/** One device served by an I/O thread. */
+export interface VirtioWorkerDevice {
   /** Device id for messages and logs (e.g. "_disk0"). */
   id: string;
   spec: VirtioDeviceSpec;
   numQueues: number;
+  /** The transport state shared with the device thread (virtio/pci/shared.ts). */
   shared: SharedArrayBuffer;
-  mem: GuestMemoryDescriptor;
   /** One eventfd per queue, registered as the queue's notify ioeventfd. */
   queueFds: number[];
   /** One eventfd per MSI-X vector, registered as an irqfd on the vector's GSI. */
   irqFds: number[];
-  /** The transport's wake-up eventfd (commands in the shared words). */
-  controlFd: number;
-  /** Float64 slots the worker mirrors the device's counters into (names sent once, see below). */
+  /** Float64 slots the thread mirrors the device's counters into (names sent once, see below). */
   counters: SharedArrayBuffer;
+}
+
+/** What an I/O thread gets once, right after it started. */
+export interface VirtioWorkerData {
+  /** Thread name for logs: "" for the VM's shared I/O thread, else the devices' `iothread=`. */
+  name: string;
+  mem: GuestMemoryDescriptor;
+  /**
+   * The thread's wake-up eventfd: every transport of its devices writes it after posting a
+   * command in its shared words (activate, reset, stop).
+   */
+  controlFd: number;
+  devices: VirtioWorkerDevice[];
 }
 
 export const MAX_COUNTERS = 16;

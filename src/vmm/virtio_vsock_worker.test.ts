@@ -76,8 +76,8 @@ test('virtio-vsock worker: CONNECT through the real worker, 512 KiB host->guest 
   const errors: string[] = [];
   worker.on('message', (m: { type: string; message?: string }) => { if (m.type === 'error' || m.type === 'needs-reset') errors.push(m.message ?? m.type); });
   const data: VirtioWorkerData = {
-    id: 'vsock-test', spec: { kind: 'vsock', cid: 3, listenFd, socketPath: path }, numQueues, shared, mem: mem.describe(), queueFds, irqFds, controlFd,
-    counters: new SharedArrayBuffer(128),
+    name: '', mem: mem.describe(), controlFd,
+    devices: [{ id: 'vsock-test', spec: { kind: 'vsock', cid: 3, listenFd, socketPath: path }, numQueues, shared, queueFds, irqFds, counters: new SharedArrayBuffer(128) }],
   };
   worker.postMessage(data);
   const words = new Int32Array(shared, 0, Word.QueueBase);

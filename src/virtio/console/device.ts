@@ -7,6 +7,7 @@ import { readSync } from 'node:fs';
 import type { GuestMemory } from '../../memory/guest_memory.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, type VirtioActivation, type VirtioDevice } from '../device.js';
 import { DescriptorChain, MAX_QUEUE_SIZE, type SplitQueue } from '../queue.js';
+import { HeldChain } from '../held_chain.js';
 
 /** Feature bits (5.3.3). */
 export const VIRTIO_CONSOLE_F_SIZE = 0n;
@@ -70,9 +71,8 @@ export class ConsoleDevice implements VirtioDevice {
   private readonly configView = new DataView(this.config.buffer);
   private readonly stage = new Uint8Array(STAGE_BYTES);
   private txChain: DescriptorChain;
-  private rxChain: DescriptorChain;
-  /** rxChain was popped and waits for input. */
-  private rxHeld = false;
+  /** The receiveq chain popped for input (or pending output) that has not come yet. */
+  private readonly rx: HeldChain;
   private pending: Uint8Array[] = [];
   private pendingOff = 0;
   private pendingBytes = 0;
@@ -95,7 +95,7 @@ export class ConsoleDevice implements VirtioDevice {
     this.inputFd = opts.input?.fd ?? -1;
     this.inputFds = Object.freeze(this.inputFd >= 0 ? [this.inputFd] : []);
     this.txChain = new DescriptorChain(qs);
-    this.rxChain = new DescriptorChain(qs);
+    this.rx = new HeldChain(qs);
     this.setSizeFields(opts.cols ?? 80, opts.rows ?? 24);
   }
 
@@ -134,9 +134,8 @@ export class ConsoleDevice implements VirtioDevice {
     for (const q of a.queues) if (q !== null && q.size > max) max = q.size;
     if (max > this.txChain.capacity) {
       this.txChain = new DescriptorChain(max);
-      this.rxChain = new DescriptorChain(max);
     }
-    this.rxHeld = false;
+    this.rx.grow(max);
     this.act = a;
   }
 
@@ -176,7 +175,7 @@ export class ConsoleDevice implements VirtioDevice {
     if (this.inputFd < 0 || this.inputEof) return NO_FDS;
     const q = this.act?.queues[CONSOLE_RECEIVEQ];
     if (q === undefined || q === null) return NO_FDS;
-    return this.rxHeld || q.hasAvailable() ? this.inputFds : NO_FDS;
+    return this.rx.held || q.hasAvailable() ? this.inputFds : NO_FDS;
   }
 
   /** The input fd is readable: one read(2) into the next receive buffer. */
@@ -186,18 +185,15 @@ export class ConsoleDevice implements VirtioDevice {
     if (a === null) return;
     const q = a.queues[CONSOLE_RECEIVEQ];
     if (q === undefined || q === null) return;
-    const c = this.rxChain;
     try {
       for (;;) {
-        if (!this.rxHeld) {
-          if (!q.pop(c)) return;
-          this.rxHeld = true;
-        }
+        const c = this.rx.next(q);
+        if (c === null) return;
         // The first non-empty device-writable segment takes the read.
         let k = c.readableCount;
         while (k < c.length && c.len[k] === 0) k++;
         if (k === c.length) { // nowhere to put input: hand it back empty, try the next one
-          this.complete(q, 0);
+          this.rx.complete(q, 0);
           continue;
         }
         const len = Math.min(c.len[k]!, STAGE_BYTES);
@@ -210,7 +206,7 @@ export class ConsoleDevice implements VirtioDevice {
           n = 0; // EIO (hung-up tty) and the like: treat as the end of input
         }
         if (n === 0) { this.inputEof = true; return; }
-        this.complete(q, n);
+        this.rx.complete(q, n);
         return;
       }
     } finally {
@@ -220,7 +216,7 @@ export class ConsoleDevice implements VirtioDevice {
 
   reset(): void {
     this.act = null;
-    this.rxHeld = false;
+    this.rx.release();
     this.pending = [];
     this.pendingOff = 0;
     this.pendingBytes = 0;
@@ -232,11 +228,6 @@ export class ConsoleDevice implements VirtioDevice {
   }
 
   // -------------------------------------------------------------------------------------------
-
-  private complete(q: SplitQueue, len: number): void {
-    q.addUsed(this.rxChain.head, len);
-    this.rxHeld = false;
-  }
 
   /** transmitq (5.3.6): every readable byte of each chain goes to the sink; used length 0. */
   private transmit(a: VirtioActivation, q: SplitQueue): void {
@@ -279,13 +270,10 @@ export class ConsoleDevice implements VirtioDevice {
   /** receiveq: pushInput() bytes into posted receive buffers. */
   private deliverPending(a: VirtioActivation, q: SplitQueue): void {
     if (this.pendingBytes === 0) return;
-    const c = this.rxChain;
     try {
       while (this.pendingBytes > 0) {
-        if (!this.rxHeld) {
-          if (!q.pop(c)) return;
-          this.rxHeld = true;
-        }
+        const c = this.rx.next(q);
+        if (c === null) return;
         let done = 0;
         for (let k = c.readableCount; k < c.length && this.pendingBytes > 0; k++) {
           const addr = c.addr[k]!;
@@ -305,7 +293,7 @@ export class ConsoleDevice implements VirtioDevice {
             }
           }
         }
-        this.complete(q, done);
+        this.rx.complete(q, done);
       }
     } finally {
       if (q.needsInterrupt()) a.notifyQueue(CONSOLE_RECEIVEQ);

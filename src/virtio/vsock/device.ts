@@ -25,6 +25,7 @@ import * as libc from '../../sys/libc.js';
 import type { GuestMemory } from '../../memory/guest_memory.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, type VirtioActivation, type VirtioDevice } from '../device.js';
 import { DescriptorChain, MAX_QUEUE_SIZE, VirtqueueError, type SplitQueue } from '../queue.js';
+import { HeldChain } from '../held_chain.js';
 import {
   Hdr, MAX_PKT_PAYLOAD, MIN_GUEST_CID, Op, VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE, VIRTIO_VSOCK_SHUTDOWN_F_SEND,
   VIRTIO_VSOCK_TYPE_STREAM, VMADDR_CID_HOST, VSOCK_CONFIG_SIZE, VSOCK_RX, VSOCK_TX,
@@ -150,9 +151,9 @@ export class VsockDevice implements VirtioDevice {
   private readonly config = new Uint8Array(VSOCK_CONFIG_SIZE);
 
   private act: VirtioActivation | null = null;
-  private rxChain: DescriptorChain;
+  /** The receiveq chain popped for a packet that could not be written yet. */
+  private readonly rx: HeldChain;
   private txChain: DescriptorChain;
-  private rxHeld = false;
   private readonly hdr = new Uint8Array(Hdr.size);
   private readonly hdrView = new DataView(this.hdr.buffer);
   private readonly out = new Uint8Array(Hdr.size);
@@ -190,7 +191,7 @@ export class VsockDevice implements VirtioDevice {
     this.socketPath = opts.socketPath;
     this.maxConns = opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     this.maxPending = opts.maxPendingClients ?? DEFAULT_MAX_PENDING;
-    this.rxChain = new DescriptorChain(qs);
+    this.rx = new HeldChain(qs);
     this.txChain = new DescriptorChain(qs);
     new DataView(this.config.buffer).setBigUint64(0, BigInt(opts.cid), true);
   }
@@ -222,9 +223,8 @@ export class VsockDevice implements VirtioDevice {
     for (const q of a.queues) if (q !== null && q.size > max) max = q.size;
     if (max > this.txChain.capacity) {
       this.txChain = new DescriptorChain(max);
-      this.rxChain = new DescriptorChain(max);
     }
-    this.rxHeld = false;
+    this.rx.grow(max);
     this.act = a;
   }
 
@@ -281,7 +281,7 @@ export class VsockDevice implements VirtioDevice {
 
   reset(): void {
     this.act = null;
-    this.rxHeld = false;
+    this.rx.release();
     for (const c of this.byFd.values()) { c.dead = true; libc.close(c.fd); }
     this.byFd.clear();
     this.byPort.clear();
@@ -634,16 +634,10 @@ export class VsockDevice implements VirtioDevice {
     if (a === null) return;
     const q = a.queues[VSOCK_RX];
     if (q === undefined || q === null) return;
-    const ch = this.rxChain;
     try {
       while (this.rstCount > 0 || this.rxList.length > 0) {
-        if (!this.rxHeld) {
-          if (!q.pop(ch)) {
-            if (!q.enableNotification()) return;
-            continue;
-          }
-          this.rxHeld = true;
-        }
+        const ch = this.rx.next(q, true);
+        if (ch === null) return;
         if (ch.writableBytes < Hdr.size) {
           throw new VirtqueueError('request', `vsock receive buffer of ${ch.writableBytes} bytes cannot hold a ${Hdr.size}-byte header`);
         }
@@ -663,8 +657,7 @@ export class VsockDevice implements VirtioDevice {
           }
         }
         if (used > 0) {
-          q.addUsed(ch.head, used);
-          this.rxHeld = false;
+          this.rx.complete(q, used);
           this.counters.rxPackets++;
         }
       }

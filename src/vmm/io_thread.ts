@@ -1,0 +1,361 @@
+// The loop of a virtio I/O thread, without the thread: one poll(2) set over the thread's control
+// eventfd, every queue's notify eventfd (registered as an ioeventfd, so a guest kick wakes the
+// thread with no vCPU exit to user space) and every device's host fds (tap, console input and
+// output, vsock listener and connections, the vhost-user socket), for all the devices the thread
+// serves. Interrupts raised while a poll round is handled are delivered once at its end (one
+// irqfd write per MSI-X vector and round; whether to interrupt at all is the queue's decision,
+// virtio 1.2, 2.7.10, with VIRTIO_F_EVENT_IDX honoured). A malformed request puts only its device
+// into DEVICE_NEEDS_RESET. virtio_worker.ts runs this in a worker; nothing here needs one.
+import * as libc from '../sys/libc.js';
+import { GuestMemory, GuestMemoryRevokedError } from '../memory/guest_memory.js';
+import { SplitQueue, VirtqueueError, type QueueLayout } from '../virtio/queue.js';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit, type ExternalQueue, type VirtioDevice } from '../virtio/device.js';
+import {
+  Word, QueueWord, Command, VECTOR_MASKED, VECTOR_PENDING, VIRTIO_MSI_NO_VECTOR, CONFIG_BYTES,
+  sharedViews, queueWord, vectorWord, join64, lo32, hi32,
+} from '../virtio/pci/shared.js';
+import { MAX_COUNTERS, type VirtioWorkerDevice, type VirtioWorkerEvent } from './virtio_protocol.js';
+
+const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+
+/** Poll slot kinds beside a queue index (>= 0): the device's extra fd k is EXTRA - k. */
+const OUT_SLOT = -1;
+const EXTRA = -2;
+
+/** Whatever failed, the transport must not wait for a device that will never be ready. */
+export function failReady(shared: SharedArrayBuffer): void {
+  const w = new Int32Array(shared, 0, Word.QueueBase);
+  Atomics.compareExchange(w, Word.Ready, 0, -1);
+  Atomics.notify(w, Word.Ready);
+}
+
+/** One device of an I/O thread: the transport's shared words on one side, the model on the other. */
+export class DeviceRunner {
+  readonly id: string;
+  /** Told to stop (Command.Stop): out of the poll set, the model reset. */
+  stopped = false;
+  private active = false;
+  private readonly nq: number;
+  private readonly words: Int32Array;
+  private readonly config: Uint8Array;
+  private readonly configTmp = new Uint8Array(CONFIG_BYTES);
+  private readonly external: boolean;
+  private readonly enabled: Uint8Array;
+  private readonly queueVector: Int32Array;
+  private readonly irq: readonly number[];
+  /** MSI-X vectors raised this round, delivered by flushInterrupts(). */
+  private readonly raised: Uint8Array;
+  private anyRaised = false;
+  private readonly scratch = new Uint8Array(8);
+  private readonly counterKeys: string[];
+  private readonly counterOut: Float64Array;
+  /** The device's extra fds as of the last pollSlots(). */
+  private extra: readonly number[] = [];
+
+  constructor(
+    private readonly d: VirtioWorkerDevice,
+    private readonly dev: VirtioDevice,
+    private readonly mem: GuestMemory,
+    private readonly post: (e: VirtioWorkerEvent) => void,
+    /** Called the first time in a round that this device raises an interrupt. */
+    private readonly onRaise: (r: DeviceRunner) => void,
+  ) {
+    this.id = d.id;
+    const nq = (this.nq = d.numQueues);
+    if (dev.numQueues !== nq) throw new Error(`${d.id}: device has ${dev.numQueues} queues, transport ${nq}`);
+    const { words, config } = sharedViews(d.shared, { numQueues: nq, vectors: d.irqFds.length });
+    this.words = words;
+    this.config = config;
+    this.external = dev.activateExternal !== undefined;
+    this.enabled = new Uint8Array(nq);
+    this.queueVector = new Int32Array(nq);
+    this.irq = d.irqFds;
+    this.raised = new Uint8Array(d.irqFds.length);
+    // Publish what the transport answers from: features, queue size limit, configuration bytes.
+    const feats = dev.features;
+    Atomics.store(words, Word.DeviceFeaturesLo, lo32(feats));
+    Atomics.store(words, Word.DeviceFeaturesHi, hi32(feats));
+    Atomics.store(words, Word.QueueMax, dev.queueMaxSize);
+    for (let q = 0; q < nq; q++) Atomics.store(words, queueWord(q, QueueWord.Size), dev.queueMaxSize);
+    this.publishConfig();
+    // Counters: names once (snake_case, as Cloud Hypervisor's vm.counters), values mirrored into
+    // shared Float64 slots after every round of work.
+    this.counterKeys = dev.counters ? Object.keys(dev.counters).slice(0, MAX_COUNTERS) : [];
+    this.counterOut = new Float64Array(d.counters);
+    if (this.counterKeys.length > 0) post({ type: 'counter-names', id: d.id, names: this.counterKeys.map((k) => k.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())) });
+    Atomics.store(words, Word.Ready, 1);
+    Atomics.notify(words, Word.Ready);
+  }
+
+  private publishConfig(): void {
+    const tmp = this.configTmp;
+    tmp.fill(0);
+    try { this.dev.readConfig(0, tmp); } catch { /* shorter config space: the rest reads 0 */ }
+    this.config.set(tmp);
+  }
+
+  mirrorCounters(): void {
+    const src = this.dev.counters;
+    const keys = this.counterKeys;
+    for (let i = 0; i < keys.length; i++) this.counterOut[i] = src![keys[i]!]!;
+  }
+
+  /** Raise MSI-X vector `v` (delivered at the end of the round). */
+  private raise(v: number): void {
+    if (v === VIRTIO_MSI_NO_VECTOR || v >= this.irq.length) return; // no INTx: nothing to raise
+    this.raised[v] = 1;
+    if (!this.anyRaised) { this.anyRaised = true; this.onRaise(this); }
+  }
+
+  /** Send the vectors raised this round, or leave them pending while the guest masks them (PCI 6.8.2.9). */
+  flushInterrupts(): void {
+    this.anyRaised = false;
+    const words = this.words;
+    const r = this.raised;
+    for (let v = 0; v < r.length; v++) {
+      if (r[v] === 0) continue;
+      r[v] = 0;
+      const w = vectorWord(this.nq, v);
+      if ((Atomics.load(words, w) & VECTOR_MASKED) === 0) { libc.write(this.irq[v]!, ONE); continue; }
+      Atomics.or(words, w, VECTOR_PENDING);
+      // The transport may have unmasked in between: whoever clears the pending bit delivers it.
+      if ((Atomics.load(words, w) & VECTOR_MASKED) === 0 && (Atomics.and(words, w, ~VECTOR_PENDING) & VECTOR_PENDING) !== 0) {
+        libc.write(this.irq[v]!, ONE);
+      }
+    }
+  }
+
+  private readonly notifyQueue = (i: number): void => this.raise(this.queueVector[i]!);
+  private readonly notifyConfig = (): void => {
+    this.publishConfig();
+    Atomics.add(this.words, Word.ConfigGeneration, 1);
+    this.raise(Atomics.load(this.words, Word.ConfigVector));
+  };
+
+  private needsReset(why: string): void {
+    Atomics.add(this.words, Word.Errors, 1);
+    if (!this.active) return;
+    this.active = false;
+    Atomics.store(this.words, Word.NeedsReset, 1);
+    this.post({ type: 'needs-reset', id: this.id, message: why });
+    this.notifyConfig();
+  }
+
+  /** A device call; what it throws becomes DEVICE_NEEDS_RESET (nothing, while guest RAM is revoked). */
+  private guard(e: unknown): void {
+    if (e instanceof GuestMemoryRevokedError) return; // the VM is stopping: the Stop command follows
+    this.needsReset(e instanceof VirtqueueError ? e.message : `device error: ${(e as Error).message}`);
+  }
+
+  private process(i: number): void {
+    try { this.dev.processQueue(i); } catch (e) { this.guard(e); }
+  }
+
+  /** Queue q as the driver set it up (vector and enable latched), or null when not enabled. */
+  private queueLayout(q: number): QueueLayout | null {
+    const words = this.words;
+    this.queueVector[q] = Atomics.load(words, queueWord(q, QueueWord.Vector));
+    this.enabled[q] = Atomics.load(words, queueWord(q, QueueWord.Enable)) === 1 ? 1 : 0;
+    if (!this.enabled[q]) return null;
+    const addr = (w: number) => Number(join64(Atomics.load(words, queueWord(q, w)), Atomics.load(words, queueWord(q, w + 1))));
+    return {
+      size: Atomics.load(words, queueWord(q, QueueWord.Size)),
+      descTable: addr(QueueWord.DescLo), availRing: addr(QueueWord.AvailLo), usedRing: addr(QueueWord.UsedLo),
+    };
+  }
+
+  private activate(): void {
+    const words = this.words;
+    const features = join64(Atomics.load(words, Word.DriverFeaturesLo), Atomics.load(words, Word.DriverFeaturesHi));
+    const nq = this.nq;
+    this.active = true;
+    if (this.external) {
+      // A vhost-user device: its back-end gets the rings, the kick (ioeventfd) and call (irqfd) fds.
+      const queues: Array<ExternalQueue | null> = [];
+      for (let q = 0; q < nq; q++) {
+        const l = this.queueLayout(q);
+        const v = this.queueVector[q]!;
+        queues.push(l === null ? null : { ...l, kickFd: this.d.queueFds[q]!, callFd: v !== VIRTIO_MSI_NO_VECTOR && v < this.irq.length ? this.irq[v]! : -1 });
+      }
+      try {
+        this.dev.activateExternal!({ mem: this.mem, features, queues, notifyQueue: this.notifyQueue });
+      } catch (e) {
+        this.needsReset(`activation failed: ${(e as Error).message}`);
+      }
+      return;
+    }
+    const opts = { eventIdx: (features & bit(VIRTIO_F_EVENT_IDX)) !== 0n, indirect: (features & bit(VIRTIO_F_INDIRECT_DESC)) !== 0n };
+    const queues: Array<SplitQueue | null> = [];
+    for (let q = 0; q < nq; q++) {
+      const l = this.queueLayout(q);
+      if (l === null) { queues.push(null); continue; }
+      try {
+        queues.push(new SplitQueue(this.mem, l, opts));
+      } catch (e) {
+        queues.push(null);
+        this.enabled[q] = 0;
+        this.needsReset(`queue ${q}: ${(e as Error).message}`);
+      }
+    }
+    if (!this.active) return;
+    try {
+      this.dev.activate({ mem: this.mem, queues, features, notifyQueue: this.notifyQueue, notifyConfig: this.notifyConfig });
+    } catch (e) {
+      this.needsReset(`activation failed: ${(e as Error).message}`);
+      return;
+    }
+    // Kicks that came before DRIVER_OK are still counted in the eventfds; look at every queue once.
+    for (let q = 0; q < nq && this.active; q++) if (this.enabled[q]) this.process(q);
+  }
+
+  /** Apply pending commands. A reset wins over an activation posted with it; Stop sets `stopped`. */
+  control(): void {
+    const words = this.words;
+    if (this.stopped || Atomics.load(words, Word.Command) === 0) return;
+    const bits = Atomics.exchange(words, Word.Command, 0);
+    if ((bits & Command.Reset) !== 0) {
+      const seq = Atomics.load(words, Word.ResetSeq);
+      this.active = false;
+      this.enabled.fill(0);
+      try { this.dev.reset(); } catch (e) { this.post({ type: 'error', id: this.id, message: `reset: ${(e as Error).message}` }); }
+      this.publishConfig();
+      Atomics.store(words, Word.ResetAck, seq);
+      Atomics.notify(words, Word.ResetAck);
+    } else if ((bits & Command.Activate) !== 0 && !this.active) {
+      this.activate();
+    }
+    if ((bits & Command.Stop) !== 0) this.stop();
+  }
+
+  /**
+   * Leave the poll set. The host resources (image, tap, files) belong to the VMM and outlive
+   * this guest run (a guest reboot starts new threads over the same fds): only the guest's
+   * state is forgotten here.
+   */
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.active = false;
+    try { this.dev.reset(); } catch { /* on the way out */ }
+    this.post({ type: 'stopped', id: this.id });
+  }
+
+  /** How many poll slots this device needs this round (also latches its extra fds). */
+  pollCount(): number {
+    if (!this.active) return 0;
+    this.extra = this.dev.pollFds?.() ?? [];
+    return this.nq + this.extra.length + 1;
+  }
+
+  /** Put this device's fds into `set` (after pollCount()). */
+  addPollSlots(set: PollSet, self: number): void {
+    if (!this.active) return;
+    const nq = this.nq;
+    if (!this.external || this.dev.takenOver === true) {
+      for (let q = 0; q < nq; q++) if (this.enabled[q]) set.add(this.d.queueFds[q]!, libc.POLLIN, self, q);
+    }
+    const extra = this.extra;
+    const events = extra.length > 0 ? this.dev.pollEvents?.() : undefined;
+    for (let k = 0; k < extra.length; k++) set.add(extra[k]!, events === undefined ? libc.POLLIN : events[k]!, self, EXTRA - k);
+    const outFd = this.dev.pollOutFd?.() ?? -1;
+    if (outFd >= 0) set.add(outFd, libc.POLLOUT, self, OUT_SLOT);
+  }
+
+  /** Poll reported `revents` on the slot `what` (a queue, an extra fd, the POLLOUT fd). */
+  dispatch(what: number, revents: number): void {
+    if (!this.active) return;
+    if (what >= 0) {
+      drain(this.d.queueFds[what]!, this.scratch);
+      this.process(what);
+    } else if (what === OUT_SLOT) {
+      try { this.dev.onFdWritable?.(); } catch (e) { this.guard(e); }
+    } else {
+      try { this.dev.onFdReady?.(this.extra[EXTRA - what]!, revents); } catch (e) { this.guard(e); }
+    }
+  }
+}
+
+/** A pollfd array with, for each slot, the device and what of it the slot stands for. */
+export class PollSet {
+  n = 0;
+  private cap = 0;
+  fds: Int32Array = new Int32Array(0);
+  dev: Int32Array = new Int32Array(0);
+  what: Int32Array = new Int32Array(0);
+
+  /** Empty, with room for `need` slots. */
+  begin(need: number): void {
+    if (need > this.cap) {
+      this.cap = Math.max(need, this.cap * 2, 16);
+      this.fds = libc.pollFds(this.cap);
+      this.dev = new Int32Array(this.cap);
+      this.what = new Int32Array(this.cap);
+    }
+    this.n = 0;
+  }
+
+  add(fd: number, events: number, dev: number, what: number): void {
+    const i = this.n++;
+    libc.pollFdSet(this.fds, i, fd, events);
+    this.dev[i] = dev;
+    this.what[i] = what;
+  }
+
+  /** Unused slots are ignored by poll (fd -1). */
+  end(): void {
+    for (let i = this.n; i < this.cap; i++) libc.pollFdSet(this.fds, i, -1, 0);
+  }
+}
+
+/**
+ * Serve `runners` until every one was told to stop. `controlFd` is the thread's wake-up eventfd
+ * (commands are in each device's shared words). Returns when all devices stopped.
+ */
+export function runIoLoop(controlFd: number, runners: DeviceRunner[], raisedList: DeviceRunner[]): void {
+  const set = new PollSet();
+  const scratch = new Uint8Array(8);
+  const CONTROL = -1;
+  for (;;) {
+    let live = 0;
+    for (const r of runners) { r.control(); if (!r.stopped) live++; }
+    flush(raisedList);
+    if (live === 0) break;
+    let need = 1;
+    for (const r of runners) need += r.pollCount();
+    set.begin(need);
+    set.add(controlFd, libc.POLLIN, CONTROL, 0);
+    for (let i = 0; i < runners.length; i++) runners[i]!.addPollSlots(set, i);
+    set.end();
+    try {
+      // A finite timeout brings the thread back to JavaScript now and then, so that
+      // Worker.terminate() can always stop it (it cannot interrupt a blocking poll).
+      libc.poll(set.fds, 1000);
+    } catch (e) {
+      if (e instanceof libc.SysError && e.errno === libc.EINTR) continue;
+      throw e;
+    }
+    if (libc.pollRevents(set.fds, 0) !== 0) drain(controlFd, scratch);
+    // Commands first (a reset or stop posted now must not see this round's events).
+    for (const r of runners) r.control();
+    for (let i = 1; i < set.n; i++) {
+      const rev = libc.pollRevents(set.fds, i);
+      if (rev === 0) continue;
+      runners[set.dev[i]!]!.dispatch(set.what[i]!, rev);
+    }
+    flush(raisedList);
+    for (const r of runners) r.mirrorCounters();
+  }
+}
+
+function flush(list: DeviceRunner[]): void {
+  for (let i = 0; i < list.length; i++) list[i]!.flushInterrupts();
+  list.length = 0;
+}
+
+export function drain(fd: number, buf: Uint8Array): void {
+  try {
+    libc.read(fd, buf);
+  } catch (e) {
+    if (!(e instanceof libc.SysError && e.errno === libc.EAGAIN)) throw e;
+  }
+}
