@@ -20,6 +20,7 @@ import { createShared, Command, Word, postCommand } from '../src/virtio/pci/shar
 import { VirtioPciTransport, NOTIFY_OFFSET, MSIX_TABLE_OFFSET } from '../src/virtio/pci/transport.js';
 import { Hdr, Op } from '../src/virtio/vsock/packet.js';
 import { encodeHeader } from '../src/virtio/vsock/harness.fixture.js';
+import { THREAD_OPTIONS } from '../src/vmm/thread_options.js';
 import type { VirtioWorkerData } from '../src/vmm/virtio_protocol.js';
 import { median } from './stats.js';
 
@@ -83,7 +84,7 @@ function findCap(id: number): number {
   throw new Error(`capability ${id} not found`);
 }
 
-const worker = new Worker(new URL('../src/vmm/virtio_worker.js', import.meta.url));
+const worker = new Worker(new URL('../src/vmm/virtio_worker.js', import.meta.url), THREAD_OPTIONS);
 const exited = new Promise<number>((r) => worker.once('exit', r));
 worker.on('message', (m: { type: string; message?: string }) => { if (m.type === 'error' || m.type === 'needs-reset') console.error(`worker: ${m.message ?? m.type}`); });
 const data: VirtioWorkerData = {
@@ -136,7 +137,16 @@ const txFree: number[] = [];
 for (let i = 0; i < TX_CHAINS; i++) { txHdr.push(tx.alloc(Hdr.size)); txData.push(tx.alloc(TX_PAYLOAD)); txFree.push(i); }
 let rxSeen = 0;
 let txSeen = 0;
-const kickRx = () => wr(NOTIFY_OFFSET, 0, 2);
+/** avail.idx at the last kick of each queue: kick only when the device asked (vring_need_event on avail_event, 2.7.10), as Linux does. */
+const kickedAt = [0, 0];
+function kick(q: 0 | 1): void {
+  const d = drv[q]!;
+  const nw = d.availIdx;
+  const old = kickedAt[q]!;
+  kickedAt[q] = nw;
+  if (((nw - d.availEvent - 1) & 0xffff) < ((nw - old) & 0xffff)) wr(NOTIFY_OFFSET + 4 * q, q, 2);
+}
+const kickRx = () => kick(0);
 
 interface Pkt { op: number; srcPort: number; dstPort: number; len: number; flags: number; bufAlloc: number; fwdCnt: number; data: number }
 const hv = new DataView(new ArrayBuffer(Hdr.size));
@@ -160,7 +170,7 @@ function reapTx(): void {
   tx.setUsedEvent(txSeen);
 }
 /** One packet on the transmit queue (payload copied from `payload`, `len` bytes); false when no chain is free. */
-function send(p: Parameters<typeof encodeHeader>[0], payload?: Uint8Array, len = 0, kick = true): boolean {
+function send(p: Parameters<typeof encodeHeader>[0], payload?: Uint8Array, len = 0, doKick = true): boolean {
   reapTx();
   const i = txFree.pop();
   if (i === undefined) return false;
@@ -173,7 +183,7 @@ function send(p: Parameters<typeof encodeHeader>[0], payload?: Uint8Array, len =
     tx.writeDesc(2 * i, txHdr[i]!, Hdr.size, 0, 0);
   }
   tx.publish(2 * i);
-  if (kick) wr(NOTIFY_OFFSET + 4, 1, 2);
+  if (doKick) kick(1);
   return true;
 }
 
@@ -185,7 +195,7 @@ function waitFor(fd: number, evs: number): number {
   libc.pollFdSet(pfd, 0, irqFds[1]!, libc.POLLIN);
   libc.pollFdSet(pfd, 1, irqFds[2]!, libc.POLLIN);
   libc.pollFdSet(pfd, 2, fd, evs);
-  libc.poll(pfd, 2000);
+  try { libc.poll(pfd, 2000); } catch (e) { if (!(e instanceof libc.SysError && e.errno === libc.EINTR)) throw e; return 0; }
   if (libc.pollRevents(pfd, 0) !== 0) drainFd(irqFds[1]!);
   if (libc.pollRevents(pfd, 1) !== 0) drainFd(irqFds[2]!);
   return fd < 0 ? 0 : libc.pollRevents(pfd, 2);
@@ -299,7 +309,7 @@ function streamBench(): void {
       if (!send({ op: Op.RW, srcPort: 1234, dstPort: port, bufAlloc: GUEST_BUF_ALLOC, fwdCnt: fwd }, chunk, n, false)) break;
       sent += n; kicked = true;
     }
-    if (kicked) wr(NOTIFY_OFFSET + 4, 1, 2);
+    if (kicked) kick(1);
     for (;;) { const r = libc.readRaw(fd, rbuf, rbuf.length); if (r <= 0) break; got += r; }
     if (got >= bytes) break;
     waitFor(fd, libc.POLLIN);
