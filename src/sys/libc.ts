@@ -533,6 +533,8 @@ export function memcpyHost(dst: number, src: number, n: number): void {
 export const SOL_SOCKET = 1;
 export const SCM_RIGHTS = 1;
 export const MSG_DONTWAIT = 0x40;
+/** recv(2) flag: look at the bytes without taking them from the socket. */
+export const MSG_PEEK = 0x02;
 /** send(2)/sendmsg(2) flag: no SIGPIPE on a closed peer (EPIPE instead). */
 export const MSG_NOSIGNAL = 0x4000;
 export const MSG_CMSG_CLOEXEC = 0x40000000;
@@ -560,6 +562,7 @@ interface SockLibc {
   accept4: (fd: number, addr: null, len: null, flags: number) => number;
   shutdown: (fd: number, how: number) => number;
   send: (fd: number, buf: Uint8Array, len: number, flags: number) => number;
+  recv: (fd: number, buf: Uint8Array, len: number, flags: number) => number;
   sendmsg: (fd: number, msg: number, flags: number) => number;
   recvmsg: (fd: number, msg: number, flags: number) => number;
 }
@@ -576,6 +579,7 @@ function S(): SockLibc {
     accept4: f('int accept4(int fd, void *addr, void *len, int flags)'),
     shutdown: f('int shutdown(int fd, int how)'),
     send: f('long send(int fd, const void *buf, size_t len, int flags)'),
+    recv: f('long recv(int fd, void *buf, size_t len, int flags)'),
     sendmsg: f('long sendmsg(int fd, uintptr_t msg, int flags)'),
     recvmsg: f('long recvmsg(int fd, uintptr_t msg, int flags)'),
   };
@@ -737,6 +741,13 @@ export function shutdownRaw(fd: number, how: number): number {
 export function sendRaw(fd: number, buf: Uint8Array, len: number, flags: number): number {
   if (!(len >= 0 && len <= buf.byteLength)) throw new RangeError(`send: length ${len} outside a ${buf.byteLength}-byte buffer`);
   const r = (sockLibc ?? S()).send(fd, buf, len, flags);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+/** recv(2) of up to `len` bytes into `buf` with `flags` (MSG_PEEK: leave them queued): bytes, or -errno. */
+export function recvRaw(fd: number, buf: Uint8Array, len: number, flags: number): number {
+  if (!(len >= 0 && len <= buf.byteLength)) throw new RangeError(`recv: length ${len} outside a ${buf.byteLength}-byte buffer`);
+  const r = (sockLibc ?? S()).recv(fd, buf, len, flags);
   return r < 0 ? -koffi.errno() : r;
 }
 

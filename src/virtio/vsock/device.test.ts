@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import * as libc from '../../sys/libc.js';
 import { VirtioDeviceType } from '../device.js';
 import { VirtqueueError } from '../queue.js';
-import { DEFAULT_BUF_ALLOC, VsockDevice } from './device.js';
+import { DEFAULT_BUF_ALLOC, VsockDevice, parseConnectLine } from './device.js';
 import { Op, VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE, VIRTIO_VSOCK_SHUTDOWN_F_SEND, VMADDR_CID_HOST } from './packet.js';
 import { GUEST_CID, VsockRig, readNow, writeSome, type Packet } from './harness.fixture.js';
 
@@ -96,6 +96,41 @@ test('host-initiated: CONNECT, OK <port>, data both ways, half-close and close',
     assert.equal(r.dev.connectionCount, 0);
   } finally {
     r.close();
+  }
+});
+
+test('host-initiated: a CONNECT line in pieces; the bytes after its newline reach the guest as data', () => {
+  const r = new VsockRig();
+  try {
+    const fd = r.client();
+    writeSome(fd, Buffer.from('CONN'));
+    r.postRx(8);
+    r.pump();
+    assert.equal(r.received().length, 0, 'no request before the newline');
+    assert.equal(r.dev.pendingClientCount, 1);
+    writeSome(fd, Buffer.from('ECT 77'));
+    r.pump();
+    writeSome(fd, Buffer.from('\nearly bytes'));
+    r.pump();
+    const req = r.received();
+    assert.deepEqual(req.map((p) => [p.op, p.dstPort]), [[Op.REQUEST, 77]]);
+    r.send({ op: Op.RESPONSE, srcPort: 77, dstPort: req[0]!.srcPort, bufAlloc: GUEST_BUF });
+    r.pump();
+    assert.equal(readNow(fd).data.toString(), `OK ${req[0]!.srcPort}\n`);
+    const data = drainToGuest(r).filter((p) => p.op === Op.RW);
+    assert.equal(Buffer.concat(data.map((p) => p.payload)).toString(), 'early bytes');
+  } finally {
+    r.close();
+  }
+});
+
+test('CONNECT line parser: keyword in any case, optional CR, a u32 port of 1..10 digits', () => {
+  const p = (s: string) => { const b = Buffer.from(s, 'latin1'); return parseConnectLine(b, b.length); };
+  assert.equal(p('CONNECT 1234'), 1234);
+  assert.equal(p('connect 0'), 0);
+  assert.equal(p('CoNnEcT 4294967295\r'), 0xffffffff);
+  for (const bad of ['CONNECT 4294967296', 'CONNECT ', 'CONNECT', 'CONNECT 12a', 'CONNECT  12', 'CONNECT\t12', 'CONNECT 12345678901', 'KONNECT 1', 'CONNECT -1', 'C0NNECT 1', 'CONNECT 1\r\r', '']) {
+    assert.equal(p(bad), -1, JSON.stringify(bad));
   }
 });
 

@@ -58,6 +58,40 @@ const FIRST_EPHEMERAL_PORT = 1 << 30;
 /** RSTs for packets that match no connection, waiting for a receive buffer; more are dropped. */
 const MAX_PENDING_RST = 128;
 const NO_FDS: readonly number[] = Object.freeze([]);
+const CID_HOST_BIG = BigInt(VMADDR_CID_HOST);
+
+/**
+ * The port of a `CONNECT <port>` line (`len` bytes, no newline; keyword in any case, an optional
+ * trailing CR), or -1 when the line is anything else or the port is not a u32.
+ */
+export function parseConnectLine(line: Uint8Array, len: number): number {
+  let end = len;
+  if (end > 0 && line[end - 1] === 0x0d) end--;
+  const KW = 'connect ';
+  if (end <= KW.length || end > KW.length + 10) return -1;
+  for (let i = 0; i < KW.length; i++) {
+    const ch = line[i]! | (i < KW.length - 1 ? 0x20 : 0); // ASCII lower case for the letters
+    if (ch !== KW.charCodeAt(i)) return -1;
+  }
+  let port = 0;
+  for (let i = KW.length; i < end; i++) {
+    const d = line[i]! - 0x30;
+    if (d < 0 || d > 9) return -1;
+    port = port * 10 + d;
+  }
+  return port > 0xffffffff ? -1 : port;
+}
+
+/** Write `OK <port>\n` into `b`; returns its length. */
+function putOkLine(b: Uint8Array, port: number): number {
+  b[0] = 0x4f; b[1] = 0x4b; b[2] = 0x20;
+  let n = 3;
+  let div = 1;
+  while (div * 10 <= port) div *= 10;
+  for (; div >= 1; div /= 10) b[n++] = 0x30 + (Math.floor(port / div) % 10);
+  b[n++] = 0x0a;
+  return n;
+}
 
 const ConnState = {
   /** OP_REQUEST sent (or to be sent) to the guest; waiting for OP_RESPONSE. */
@@ -157,6 +191,9 @@ export class VsockDevice implements VirtioDevice {
   private readonly hdr = new Uint8Array(Hdr.size);
   private readonly hdrView = new DataView(this.hdr.buffer);
   private readonly out = new Uint8Array(Hdr.size);
+  /** `OK <port>\n` for the host client, built in place. */
+  private readonly okLine = new Uint8Array(16);
+  private readonly cidBig: bigint;
   private readonly outView = new DataView(this.out.buffer);
 
   /** localPort -> peerPort -> connection. */
@@ -185,6 +222,7 @@ export class VsockDevice implements VirtioDevice {
     if (!Number.isInteger(ba) || ba < 4096 || ba > 64 << 20) throw new RangeError(`virtio-vsock: bufAlloc ${ba} is not in 4 KiB..64 MiB`);
     this.queueMaxSize = qs;
     this.cid = opts.cid;
+    this.cidBig = BigInt(opts.cid);
     this.bufAlloc = ba;
     this.creditThreshold = ba >>> 2;
     this.listenFd = opts.listenFd;
@@ -300,32 +338,44 @@ export class VsockDevice implements VirtioDevice {
   // ---- host clients (hybrid backend) --------------------------------------------------------
 
   private acceptClients(): void {
+    let any = false;
     while (this.clients.size < this.maxPending) {
       const fd = libc.accept4Raw(this.listenFd, libc.SOCK_NONBLOCK | libc.SOCK_CLOEXEC);
-      if (fd < 0) return; // EAGAIN, or an error the next poll reports again
-      this.clients.set(fd, { fd, line: new Uint8Array(MAX_CONNECT_LINE), len: 0 });
+      if (fd < 0) break; // EAGAIN, or an error the next poll reports again
+      const cl: Client = { fd, line: new Uint8Array(MAX_CONNECT_LINE), len: 0 };
+      this.clients.set(fd, cl);
+      // A client usually wrote its CONNECT line before it was accepted: take it now rather than
+      // one poll round later (EAGAIN leaves the client waiting in the poll set).
+      this.readConnectLine(cl);
+      any = true;
     }
+    if (any) this.fillRx();
   }
 
   /**
-   * Read the CONNECT line one byte at a time, so that bytes after it stay in the socket for the
-   * guest. EOF, an error, garbage or an over-long line close this client only.
+   * Read the CONNECT line, leaving the bytes after it in the socket for the guest: peek at what
+   * is queued (MSG_PEEK), then take exactly the bytes up to the newline. EOF, an error, garbage
+   * or an over-long line close this client only.
    */
   private readConnectLine(cl: Client): void {
-    for (;;) {
-      if (cl.len >= MAX_CONNECT_LINE) { this.dropClient(cl); return; }
-      const r = libc.readRaw(cl.fd, cl.line.subarray(cl.len, cl.len + 1), 1);
-      if (r === -libc.EAGAIN || r === -libc.EINTR) return;
-      if (r <= 0) { this.dropClient(cl); return; }
-      if (cl.line[cl.len] === 0x0a) break;
-      cl.len++;
+    const line = cl.line;
+    const r = libc.recvRaw(cl.fd, line, MAX_CONNECT_LINE, libc.MSG_PEEK);
+    if (r === -libc.EAGAIN || r === -libc.EINTR) return;
+    if (r <= 0) { this.dropClient(cl); return; }
+    let nl = Math.min(cl.len, r); // the bytes before cl.len were peeked before and hold no newline
+    while (nl < r && line[nl] !== 0x0a) nl++;
+    if (nl === r) {
+      // No newline yet: wait for more, unless the line is already too long.
+      if (r >= MAX_CONNECT_LINE) this.dropClient(cl);
+      else cl.len = r;
+      return;
     }
+    // Take the line and its newline off the socket (a Unix stream gives back what was peeked).
+    if (libc.readRaw(cl.fd, line, nl + 1) !== nl + 1) { this.dropClient(cl); return; }
+    cl.len = nl;
     this.clients.delete(cl.fd);
-    let end = cl.len;
-    if (end > 0 && cl.line[end - 1] === 0x0d) end--;
-    const m = /^connect ([0-9]{1,10})$/i.exec(Buffer.from(cl.line.subarray(0, end)).toString('latin1'));
-    const port = m === null ? -1 : Number(m[1]);
-    if (port < 0 || port > 0xffffffff || this.nConns >= this.maxConns) {
+    const port = parseConnectLine(line, nl);
+    if (port < 0 || this.nConns >= this.maxConns) {
       this.counters.refusedClients++;
       libc.close(cl.fd);
       return;
@@ -442,7 +492,7 @@ export class VsockDevice implements VirtioDevice {
     const type = h.getUint16(Hdr.type, true);
     const op = h.getUint16(Hdr.op, true);
     // 5.10.6.1: packets not from this guest or not to the host are dropped.
-    if (srcCid !== BigInt(this.cid) || dstCid !== BigInt(VMADDR_CID_HOST)) { this.counters.malformedPackets++; return; }
+    if (srcCid !== this.cidBig || dstCid !== CID_HOST_BIG) { this.counters.malformedPackets++; return; }
     const c = this.find(dstPort, srcPort);
     const payload = ch.readableBytes - Hdr.size;
     if (type !== VIRTIO_VSOCK_TYPE_STREAM || len > MAX_PKT_PAYLOAD || len > payload || (op !== Op.RW && len !== 0)) {
@@ -468,7 +518,7 @@ export class VsockDevice implements VirtioDevice {
       case Op.RESPONSE:
         if (c.state !== ConnState.LocalInit) { this.kill(c, true); return; }
         c.state = ConnState.Established;
-        this.hostBound(c, Buffer.from(`OK ${c.localPort}\n`, 'latin1'));
+        this.hostBound(c, this.okLine, putOkLine(this.okLine, c.localPort));
         return;
       case Op.RST:
         this.kill(c, false);
@@ -583,9 +633,9 @@ export class VsockDevice implements VirtioDevice {
    * Device-generated bytes for the host peer (the `OK <port>` line), not guest data: they must go
    * out at once (a fresh socket always takes a few bytes); otherwise the connection is reset.
    */
-  private hostBound(c: Conn, bytes: Uint8Array): void {
-    const r = libc.sendRaw(c.fd, bytes, bytes.length, libc.MSG_NOSIGNAL);
-    if (r !== bytes.length) this.kill(c, true);
+  private hostBound(c: Conn, bytes: Uint8Array, len: number): void {
+    const r = libc.sendRaw(c.fd, bytes, len, libc.MSG_NOSIGNAL);
+    if (r !== len) this.kill(c, true);
   }
 
   /** POLLOUT: write buffered guest bytes. */
@@ -690,8 +740,8 @@ export class VsockDevice implements VirtioDevice {
   /** Fill the header fields common to every packet to the guest. */
   private setHeader(localPort: number, peerPort: number, op: number, len: number, flags: number, c: Conn | null): void {
     const o = this.outView;
-    o.setBigUint64(Hdr.srcCid, BigInt(VMADDR_CID_HOST), true);
-    o.setBigUint64(Hdr.dstCid, BigInt(this.cid), true);
+    o.setBigUint64(Hdr.srcCid, CID_HOST_BIG, true);
+    o.setBigUint64(Hdr.dstCid, this.cidBig, true);
     o.setUint32(Hdr.srcPort, localPort, true);
     o.setUint32(Hdr.dstPort, peerPort, true);
     o.setUint32(Hdr.len, len, true);
