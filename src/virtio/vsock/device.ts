@@ -471,6 +471,7 @@ export class VsockDevice implements VirtioDevice {
   /** Copy the header out of the chain's readable segments; false when they hold fewer than 44 bytes. */
   private readHeader(mem: GuestMemory, ch: DescriptorChain): boolean {
     if (ch.readableBytes < Hdr.size) return false;
+    if (ch.len[0]! >= Hdr.size) { mem.readBytes(ch.addr[0]!, this.hdr); return true; } // the usual layout: no view per packet
     let got = 0;
     for (let k = 0; k < ch.readableCount && got < Hdr.size; k++) {
       const n = Math.min(ch.len[k]!, Hdr.size - got);
@@ -755,8 +756,10 @@ export class VsockDevice implements VirtioDevice {
 
   /** Scatter the 44 header bytes over the chain's writable segments. */
   private putHeader(mem: GuestMemory, ch: DescriptorChain): void {
+    const k0 = ch.readableCount;
+    if (ch.len[k0]! >= Hdr.size) { mem.writeBytes(ch.addr[k0]!, this.out); return; } // the usual layout: no view per packet
     let put = 0;
-    for (let k = ch.readableCount; k < ch.length && put < Hdr.size; k++) {
+    for (let k = k0; k < ch.length && put < Hdr.size; k++) {
       const n = Math.min(ch.len[k]!, Hdr.size - put);
       mem.slice(ch.addr[k]!, n).set(this.out.subarray(put, put + n));
       put += n;
