@@ -339,7 +339,9 @@ export class VsockDevice implements VirtioDevice {
 
   private acceptClients(): void {
     let any = false;
-    while (this.clients.size < this.maxPending) {
+    // At most maxPending accepts per call, even when each client's line completes at once (the
+    // listener stays readable: the next poll round takes the rest, other fds get their turn).
+    for (let n = 0; n < this.maxPending && this.clients.size < this.maxPending; n++) {
       const fd = libc.accept4Raw(this.listenFd, libc.SOCK_NONBLOCK | libc.SOCK_CLOEXEC);
       if (fd < 0) break; // EAGAIN, or an error the next poll reports again
       const cl: Client = { fd, line: new Uint8Array(MAX_CONNECT_LINE), len: 0 };
