@@ -24,6 +24,8 @@ const POLL_MS = 1000;
 /** Keystrokes and pastes go out in pieces the server accepts (its limit is 64 KiB a message). */
 const INPUT_CHUNK = 16 * 1024;
 const CHART_WIDTH = 400, CHART_HEIGHT = 140;
+/** Tick steps of the bytes/s axis in whole KiB, MiB, GiB... (1, 2, 5, 10, ... 500 of each). */
+const BYTE_INCRS = [0, 1, 2, 3, 4].flatMap((e) => [1, 2, 5, 10, 20, 50, 100, 200, 500].map((m) => m * 1024 ** e));
 const COLORS = ['#4fc3f7', '#ffb74d', '#81c784', '#e57373', '#ba68c8', '#fff176', '#4db6ac', '#f06292'];
 
 const $ = <T extends HTMLElement>(root: ParentNode, sel: string): T => root.querySelector(sel) as T;
@@ -149,8 +151,9 @@ class CounterChart {
         cursor: { show: false },
         scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(1, max) * 1.05] } },
         axes: [
-          { ...axis, size: 24 },
-          { ...axis, size: 64, values: (_u, vals) => vals.map((v) => fmtRate(v, bytes)) },
+          // Wall-clock seconds (HH:MM:SS), at least 10 s apart.
+          { ...axis, size: 24, space: 70, incrs: [10, 15, 30, 60, 120, 300, 600], values: (_u, vals) => vals.map((v) => new Date(v * 1000).toLocaleTimeString([], { hour12: false })) },
+          { ...axis, size: 78, ...(bytes ? { incrs: BYTE_INCRS } : {}), values: (_u, vals) => vals.map((v) => fmtRate(v, bytes)) },
         ],
         series: [{}, ...series.map((s, i) => ({ label: s.name, stroke: COLORS[i % COLORS.length]!, width: 1.5, points: { show: false } }))],
         hooks: {
