@@ -119,7 +119,7 @@ function canvasImage(page: Page, chart: string): Promise<string> {
 }
 
 test('the page: uPlot counter charts that follow vm.counters; a serial socket that closes, a VMM that goes away and a console that stops are shown', async (t) => {
-  if (!existsSync(CHROMIUM)) { t.skip(`${CHROMIUM} is missing (Debian package chromium; npm test installs it for the e2e suite)`); return; }
+  if (!existsSync(CHROMIUM)) { t.skip(`${CHROMIUM} is missing (Debian package chromium, which npm test installs when it runs as root)`); return; }
   assert.ok(existsSync(join(WEB_DIR, 'app.js')), `the page is not built (${WEB_DIR}/app.js): run npm run build`);
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
   t.after(() => browser.close());

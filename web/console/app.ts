@@ -1,5 +1,5 @@
 // The Stratovisor console page (bundled by esbuild, scripts/build-console.mjs): polls
-// /api/vms, draws one card per VM (state, config, uptime, counter charts, lifecycle buttons, a
+// /api/vms, draws one card per VM (state, config, uptime, counter charts in uPlot, lifecycle buttons, a
 // boot form for an idle VMM) and a serial console per VM in xterm.js over /ws/serial/ID.
 import { Terminal } from '@xterm/xterm';
 import { FitAddon } from '@xterm/addon-fit';
