@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Bundles the web console's page (web/console/) with esbuild into dist/console-web/:
-// app.js (xterm.js and the page), app.css (xterm's and ours), index.html.
+// app.js (xterm.js, uPlot and the page), app.css (xterm's, uPlot's and ours), index.html; no
+// file the page loads comes from anywhere else (its CSP allows 'self' only).
 import { build } from 'esbuild';
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { join, dirname } from 'node:path';

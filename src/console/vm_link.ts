@@ -234,12 +234,19 @@ export class VmLink {
       this.broadcastStatus();
     });
     s.on('data', (b: Buffer) => this.output(b));
-    s.on('error', (e) => { this.serialMessage = `serial socket ${path}: ${e.message}`; });
+    // After the VMM closed the socket, the reconnects (one per poll) keep saying so first: the
+    // page then reads "the VMM closed ... (reconnecting: connect ENOENT ...)", not a bare ENOENT.
+    let failed = false;
+    const closed = `the VMM closed the serial socket ${path}`;
+    s.on('error', (e) => {
+      failed = true;
+      this.serialMessage = this.serialMessage.startsWith(closed) ? `${closed} (reconnecting: ${e.message})` : `serial socket ${path}: ${e.message}`;
+    });
     s.on('close', () => {
       if (this.serial !== s) return;
       this.serial = null;
       this.serialConnected = false;
-      if (!this.serialMessage.startsWith('serial socket')) this.serialMessage = `the VMM closed the serial socket ${path}`;
+      if (!failed) this.serialMessage = closed;
       this.broadcastStatus();
     });
   }

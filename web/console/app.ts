@@ -1,9 +1,11 @@
 // The Stratovisor console page (bundled by esbuild, scripts/build-console.mjs): polls
-// /api/vms, draws one card per VM (state, config, uptime, counter charts, lifecycle buttons, a
+// /api/vms, draws one card per VM (state, config, uptime, counter charts in uPlot, lifecycle buttons, a
 // boot form for an idle VMM) and a serial console per VM in xterm.js over /ws/serial/ID.
 import { Terminal } from '@xterm/xterm';
 import { FitAddon } from '@xterm/addon-fit';
+import uPlot from 'uplot';
 import '@xterm/xterm/css/xterm.css';
+import 'uplot/dist/uPlot.min.css';
 import './style.css';
 
 interface ConfigSummary {
@@ -21,6 +23,9 @@ interface VmView {
 const POLL_MS = 1000;
 /** Keystrokes and pastes go out in pieces the server accepts (its limit is 64 KiB a message). */
 const INPUT_CHUNK = 16 * 1024;
+const CHART_WIDTH = 400, CHART_HEIGHT = 140;
+/** Tick steps of the bytes/s axis in whole KiB, MiB, GiB... (1, 2, 5, 10, ... 500 of each). */
+const BYTE_INCRS = [0, 1, 2, 3, 4].flatMap((e) => [1, 2, 5, 10, 20, 50, 100, 200, 500].map((m) => m * 1024 ** e));
 const COLORS = ['#4fc3f7', '#ffb74d', '#81c784', '#e57373', '#ba68c8', '#fff176', '#4db6ac', '#f06292'];
 
 const $ = <T extends HTMLElement>(root: ParentNode, sel: string): T => root.querySelector(sel) as T;
@@ -118,42 +123,64 @@ class SerialView {
   }
 }
 
-/** A small line chart of the last samples on a canvas (one line per series). */
-function drawChart(canvas: HTMLCanvasElement, series: Array<{ name: string; values: number[] }>, bytes: boolean): void {
-  const dpr = window.devicePixelRatio || 1;
-  const w = canvas.clientWidth, h = canvas.clientHeight;
-  if (canvas.width !== w * dpr) { canvas.width = w * dpr; canvas.height = h * dpr; }
-  const g = canvas.getContext('2d')!;
-  g.setTransform(dpr, 0, 0, dpr, 0, 0);
-  g.clearRect(0, 0, w, h);
-  const max = Math.max(1, ...series.flatMap((s) => s.values));
-  g.strokeStyle = '#2b2f36';
-  g.fillStyle = '#8a919c';
-  g.font = '10px sans-serif';
-  for (let i = 0; i <= 2; i++) {
-    const y = 4 + ((h - 8) * i) / 2;
-    g.beginPath(); g.moveTo(0, y); g.lineTo(w, y); g.stroke();
-    g.fillText(fmtRate((max * (2 - i)) / 2, bytes), 4, y + (i === 2 ? -2 : 10));
+/**
+ * One live counter chart (uPlot): the last samples of a VM's counters as lines, time on x. The
+ * plot is made again only when the set of series changes (a device appears); otherwise each poll
+ * hands it the new samples (setData). The chart's box carries what it last drew
+ * (data-samples, data-series, data-max) so the page's test can follow it.
+ */
+class CounterChart {
+  private plot: uPlot | null = null;
+  private keys = '';
+
+  constructor(private readonly box: HTMLElement, private readonly bytes: boolean) {}
+
+  update(times: number[], series: Array<{ name: string; values: number[] }>): void {
+    const keys = series.map((s) => s.name).join('\n');
+    if (this.plot && keys !== this.keys) { this.plot.destroy(); this.plot = null; }
+    this.keys = keys;
+    // uPlot's x is in seconds; every series has a value for every sample.
+    const data: uPlot.AlignedData = [times.map((t) => t / 1000), ...series.map((s) => s.values)];
+    if (!this.plot) {
+      const bytes = this.bytes;
+      const axis = { stroke: '#8a919c', grid: { stroke: '#2b2f36', width: 1 }, ticks: { stroke: '#2b2f36', width: 1 }, font: '10px sans-serif' };
+      this.plot = new uPlot({
+        width: CHART_WIDTH,
+        height: CHART_HEIGHT,
+        legend: { show: false },
+        cursor: { show: false },
+        scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, Math.max(1, max) * 1.05] } },
+        axes: [
+          // Wall-clock seconds (HH:MM:SS), at least 10 s apart.
+          { ...axis, size: 24, space: 70, incrs: [10, 15, 30, 60, 120, 300, 600], values: (_u, vals) => vals.map((v) => new Date(v * 1000).toLocaleTimeString([], { hour12: false })) },
+          { ...axis, size: 78, ...(bytes ? { incrs: BYTE_INCRS } : {}), values: (_u, vals) => vals.map((v) => fmtRate(v, bytes)) },
+        ],
+        series: [{}, ...series.map((s, i) => ({ label: s.name, stroke: COLORS[i % COLORS.length]!, width: 1.5, points: { show: false } }))],
+        hooks: {
+          draw: [(u: uPlot) => {
+            const ys = u.data.slice(1) as number[][];
+            this.box.dataset.samples = String(u.data[0].length);
+            this.box.dataset.series = String(ys.length);
+            this.box.dataset.max = String(Math.max(0, ...ys.flatMap((y) => y)));
+          }],
+        },
+      }, data, this.box);
+    } else {
+      this.plot.setData(data);
+    }
   }
-  const n = 60;
-  series.forEach((s, k) => {
-    const vals = s.values.slice(-n);
-    g.strokeStyle = COLORS[k % COLORS.length]!;
-    g.lineWidth = 1.5;
-    g.beginPath();
-    vals.forEach((v, i) => {
-      const x = w - ((vals.length - 1 - i) * w) / (n - 1);
-      const y = h - 4 - ((h - 8) * v) / max;
-      if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
-    });
-    g.stroke();
-  });
+
+  close(): void {
+    this.plot?.destroy();
+    this.plot = null;
+  }
 }
 
 class VmCard {
   readonly root: HTMLElement;
   private serial: SerialView | null = null;
   private view: VmView | null = null;
+  private readonly charts: Record<'bytes' | 'ops', CounterChart>;
 
   constructor(private readonly id: string) {
     this.root = el('section', { class: 'vm', 'data-vm': id });
@@ -178,13 +205,14 @@ class VmCard {
       <div class="row" hidden>
         <div class="term-box"><div class="term"></div><div class="term-status"></div></div>
         <div class="charts">
-          <h3>bytes per second</h3><canvas class="bytes"></canvas><div class="legend bytes-legend"></div>
-          <h3>operations per second</h3><canvas class="ops"></canvas><div class="legend ops-legend"></div>
+          <h3>bytes per second</h3><div class="chart bytes"></div><div class="legend bytes-legend"></div>
+          <h3>operations per second</h3><div class="chart ops"></div><div class="legend ops-legend"></div>
         </div>
       </div>`;
     for (const b of this.root.querySelectorAll<HTMLButtonElement>('button[data-action]')) {
       b.addEventListener('click', () => void this.act(b.dataset.action!));
     }
+    this.charts = { bytes: new CounterChart($(this.root, '.chart.bytes'), true), ops: new CounterChart($(this.root, '.chart.ops'), false) };
     const form = $<HTMLFormElement>(this.root, 'form.boot');
     form.addEventListener('submit', (e) => { e.preventDefault(); void this.boot(form); });
   }
@@ -272,7 +300,8 @@ class VmCard {
         const dev = key.slice(0, dot), k = key.slice(dot + 1);
         return { name: key, values: v.history.map((s) => s.rates[dev]?.[k] ?? 0) };
       });
-      drawChart($<HTMLCanvasElement>(this.root, `canvas.${kind}`), series, bytes);
+      // Drawn once the row shows (a VM with no config yet has no devices to chart).
+      if (!$(this.root, '.row').hidden) this.charts[kind].update(v.history.map((s) => s.t), series);
       const legend = $(this.root, `.${kind}-legend`);
       legend.replaceChildren(...series.map((s, i) => {
         const last = s.values[s.values.length - 1] ?? 0;
@@ -288,6 +317,8 @@ class VmCard {
 
   close(): void {
     this.serial?.close();
+    this.charts.bytes.close();
+    this.charts.ops.close();
     this.root.remove();
   }
 }
