@@ -220,11 +220,18 @@ function setLapicReg(lapic: Uint8Array, reg: number, v: number): void {
   new DataView(lapic.buffer, lapic.byteOffset).setUint32(reg, v >>> 0, true);
 }
 
-/** Parts of a vCPU state that must read back identically (the TSC and the timer's current count tick). */
+// MSRs that are clocks and tick between two reads: KVM lists Hyper-V's HV_X64_MSR_VP_RUNTIME
+// (the vCPU's run time, 100 ns units) and HV_X64_MSR_TIME_REF_COUNT (the partition's reference
+// counter; a host write is ignored, TLFS "Partition Reference Counter") with the TSC.
+const HV_X64_MSR_VP_RUNTIME = 0x40000010;
+const HV_X64_MSR_TIME_REF_COUNT = 0x40000020;
+const TICKING_MSRS = new Set([MSR_IA32_TSC, HV_X64_MSR_VP_RUNTIME, HV_X64_MSR_TIME_REF_COUNT]);
+
+/** Parts of a vCPU state that must read back identically (clock MSRs and the timer's current count tick). */
 function comparable(s: VcpuState): VcpuState {
   const lapic = s.lapic.slice();
   setLapicReg(lapic, APIC_TMCCT, 0);
-  return { ...s, msrs: s.msrs.filter((m) => m.index !== MSR_IA32_TSC), lapic };
+  return { ...s, msrs: s.msrs.filter((m) => !TICKING_MSRS.has(m.index)), lapic };
 }
 
 function comparableVm(s: VmState): VmState {

@@ -22,6 +22,9 @@ function absent<T>(f: () => T): T | null {
   }
 }
 import { KvmVcpu } from './vcpu.js';
+import { encodeIoeventfd } from '../ioeventfd.js';
+
+const IOEVENTFD_FLAGS = { deassign: abi.KVM_IOEVENTFD_FLAG_DEASSIGN, pio: abi.KVM_IOEVENTFD_FLAG_PIO, datamatch: abi.KVM_IOEVENTFD_FLAG_DATAMATCH };
 
 const L = abi.layout;
 
@@ -160,26 +163,7 @@ export class KvmVm implements Vm {
   }
 
   private ioeventfd(fd: number, addr: IoEventAddress, opts: IoEventOptions | undefined, deassign: boolean): void {
-    const o = L.kvm_ioeventfd;
-    const dv = this.ioevDv;
-    this.ioevBuf.fill(0);
-    let flags = deassign ? abi.KVM_IOEVENTFD_FLAG_DEASSIGN : 0;
-    if (addr.space === 'pio') {
-      if (!Number.isInteger(addr.addr) || addr.addr < 0 || addr.addr > 0xffff) throw new RangeError(`ioeventfd: port ${addr.addr} is not 0..0xffff`);
-      flags |= abi.KVM_IOEVENTFD_FLAG_PIO;
-    }
-    let len: number = opts?.len ?? 0;
-    const dm = opts?.datamatch;
-    if (dm !== undefined && dm !== null) {
-      flags |= abi.KVM_IOEVENTFD_FLAG_DATAMATCH;
-      len = dm.len;
-      dv.setBigUint64(o.datamatch, BigInt.asUintN(64, BigInt(dm.value)), true);
-    }
-    if (![0, 1, 2, 4, 8].includes(len)) throw new RangeError(`ioeventfd: length ${len} is not 0, 1, 2, 4 or 8`);
-    dv.setBigUint64(o.addr, BigInt(addr.addr), true);
-    dv.setUint32(o.len, len, true);
-    dv.setInt32(o.fd, fd, true);
-    dv.setUint32(o.flags, flags, true);
+    const len = encodeIoeventfd(this.ioevBuf, this.ioevDv, L.kvm_ioeventfd, IOEVENTFD_FLAGS, fd, addr, opts, deassign);
     libc.ioctl(this.fd, abi.KVM_IOEVENTFD, this.ioevBuf,
       `KVM_IOEVENTFD(${deassign ? 'deassign' : 'assign'} ${addr.space} 0x${addr.addr.toString(16)} len ${len})`);
   }

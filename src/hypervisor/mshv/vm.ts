@@ -14,6 +14,9 @@ import { newIoapicState, UserspaceIoapic, IOAPIC_PINS } from './ioapic.js';
 import type { MshvSys } from './sys.js';
 import { realSys } from './sys.js';
 import { MshvVcpu, unsupportedState } from './vcpu.js';
+import { encodeIoeventfd } from '../ioeventfd.js';
+
+const IOEVENTFD_FLAGS = { deassign: 1 << abi.MSHV_IOEVENTFD_BIT_DEASSIGN, pio: 1 << abi.MSHV_IOEVENTFD_BIT_PIO, datamatch: 1 << abi.MSHV_IOEVENTFD_BIT_DATAMATCH };
 
 const L = abi.layout;
 
@@ -135,26 +138,7 @@ export class MshvVm implements Vm {
   }
 
   private ioeventfd(fd: number, addr: IoEventAddress, opts: IoEventOptions | undefined, deassign: boolean): void {
-    const o = L.mshv_user_ioeventfd;
-    const dv = this.ioevDv;
-    this.ioevBuf.fill(0);
-    let flags = deassign ? 1 << abi.MSHV_IOEVENTFD_BIT_DEASSIGN : 0;
-    if (addr.space === 'pio') {
-      if (!Number.isInteger(addr.addr) || addr.addr < 0 || addr.addr > 0xffff) throw new RangeError(`ioeventfd: port ${addr.addr} is not 0..0xffff`);
-      flags |= 1 << abi.MSHV_IOEVENTFD_BIT_PIO;
-    }
-    let len: number = opts?.len ?? 0;
-    const dm = opts?.datamatch;
-    if (dm !== undefined && dm !== null) {
-      flags |= 1 << abi.MSHV_IOEVENTFD_BIT_DATAMATCH;
-      len = dm.len;
-      dv.setBigUint64(o.datamatch, BigInt.asUintN(64, BigInt(dm.value)), true);
-    }
-    if (![0, 1, 2, 4, 8].includes(len)) throw new RangeError(`ioeventfd: length ${len} is not 0, 1, 2, 4 or 8`);
-    dv.setBigUint64(o.addr, BigInt(addr.addr), true);
-    dv.setUint32(o.len, len, true);
-    dv.setInt32(o.fd, fd, true);
-    dv.setUint32(o.flags, flags, true);
+    const len = encodeIoeventfd(this.ioevBuf, this.ioevDv, L.mshv_user_ioeventfd, IOEVENTFD_FLAGS, fd, addr, opts, deassign);
     this.sys.ioctl(this.fd, abi.MSHV_IOEVENTFD, this.ioevBuf, `MSHV_IOEVENTFD(${deassign ? 'deassign' : 'assign'} ${addr.space} 0x${addr.addr.toString(16)} len ${len})`);
   }
 
