@@ -74,6 +74,15 @@ export function dependsOf(name, version) {
  * Idempotent: a folder with its `.unpacked` stamp is reused.
  */
 export function unpackDeb(name, version, { log = () => {} } = {}) {
+  return fetchUnpacked(name, version, { log });
+}
+
+/**
+ * apt-get download name=version (with `aptOpts`: a private suite's lists) and unpack it under
+ * .cache/debs/<name>_<version>/ through a temporary folder renamed into place; returns that
+ * folder. A folder with its `.unpacked` stamp is reused.
+ */
+function fetchUnpacked(name, version, { aptOpts = [], suite = '', log = () => {} } = {}) {
   const safe = `${name}_${version}`.replace(/[^A-Za-z0-9_.+-]/g, '_');
   const dir = join(DEBS, safe);
   if (existsSync(join(dir, '.unpacked'))) return dir;
@@ -81,12 +90,13 @@ export function unpackDeb(name, version, { log = () => {} } = {}) {
   const dl = join(DEBS, `.download-${process.pid}`);
   rmSync(dl, { recursive: true, force: true });
   mkdirSync(dl, { recursive: true });
-  log(`fetching ${name} ${version} (apt-get download, unpacked into ${dir})`);
+  const from = suite ? ` from ${suite}` : '';
+  log(`fetching ${name} ${version}${from} (apt-get download, unpacked into ${dir})`);
   try {
-    execFileSync('apt-get', ['download', '-qq', `${name}=${version}`], { cwd: dl, stdio: ['ignore', 'ignore', 'pipe'], env: aptEnv() });
+    execFileSync('apt-get', [...aptOpts, 'download', '-qq', `${name}=${version}`], { cwd: dl, stdio: ['ignore', 'ignore', 'pipe'], env: aptEnv() });
   } catch (e) {
     rmSync(dl, { recursive: true, force: true });
-    throw new DebError(`apt-get download ${name}=${version} failed: ${String(e.stderr || e.message).trim()}`);
+    throw new DebError(`apt-get download ${name}=${version}${suite ? ` (${suite})` : ''} failed: ${String(e.stderr || e.message).trim()}`);
   }
   const deb = readdirSync(dl).find((f) => f.endsWith('.deb'));
   if (!deb) throw new DebError(`apt-get download ${name}=${version} left no .deb`);
@@ -162,29 +172,7 @@ export function unpackPrivate(name, suite, { log = () => {} } = {}) {
   const line = (r.stdout ?? '').split('\n').map((l) => l.split('|').map((s) => s.trim())).find(([p]) => p === name);
   if (!line) throw new DebError(`${name} has no version in ${suite}`);
   const version = line[1];
-  const safe = `${name}_${version}`.replace(/[^A-Za-z0-9_.+-]/g, '_');
-  const dir = join(DEBS, safe);
-  if (existsSync(join(dir, '.unpacked'))) return { name, version, dir };
-  const dl = join(DEBS, `.download-${process.pid}`);
-  rmSync(dl, { recursive: true, force: true });
-  mkdirSync(dl, { recursive: true });
-  log(`fetching ${name} ${version} from ${suite} (apt-get download, unpacked into ${dir})`);
-  try {
-    execFileSync('apt-get', [...opts, 'download', '-qq', `${name}=${version}`], { cwd: dl, stdio: ['ignore', 'ignore', 'pipe'], env: aptEnv() });
-  } catch (e) {
-    rmSync(dl, { recursive: true, force: true });
-    throw new DebError(`apt-get download ${name}=${version} (${suite}) failed: ${String(e.stderr || e.message).trim()}`);
-  }
-  const deb = readdirSync(dl).find((f) => f.endsWith('.deb'));
-  if (!deb) throw new DebError(`apt-get download ${name}=${version} left no .deb`);
-  const tmp = `${dir}.tmp-${process.pid}`;
-  rmSync(tmp, { recursive: true, force: true });
-  execFileSync('dpkg-deb', ['-x', join(dl, deb), tmp]);
-  writeFileSync(join(tmp, '.unpacked'), `${name} ${version}\n`);
-  rmSync(dir, { recursive: true, force: true });
-  renameSync(tmp, dir);
-  rmSync(dl, { recursive: true, force: true });
-  return { name, version, dir };
+  return { name, version, dir: fetchUnpacked(name, version, { aptOpts: opts, suite, log }) };
 }
 
 /** A package name matching `re` in a private suite (e.g. linux-headers-<ver>-common). */

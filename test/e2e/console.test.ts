@@ -109,10 +109,13 @@ test('the web console shows a running guest, types into its serial console, paus
 
   step(`console at ${url.replace(/#.*/, '#token=…')}; starting Chromium`);
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
-  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  // A context of our own (not browser.newPage's page-owned one): the Origin check below opens a
+  // second page in it, with its cookie.
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   // Chromium under the nested TCG sandbox takes tens of seconds to a page (the default is 30 s).
-  page.setDefaultNavigationTimeout(150_000);
-  page.setDefaultTimeout(90_000);
+  context.setDefaultNavigationTimeout(150_000);
+  context.setDefaultTimeout(90_000);
+  page = await context.newPage();
   const consoleMessages: string[] = [];
   page.on('console', (m) => consoleMessages.push(m.text()));
   await page.goto(url);
@@ -188,6 +191,8 @@ test('the web console shows a running guest, types into its serial console, paus
     ws.onerror = () => resolve('refused');
   });
   const anon = await browser.newContext();
+  anon.setDefaultNavigationTimeout(150_000);
+  anon.setDefaultTimeout(90_000);
   const anonPage = await anon.newPage();
   const login = await anonPage.goto(`${base}/`);
   assert.equal(login?.status(), 401, 'no token: 401');
