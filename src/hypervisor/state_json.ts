@@ -1,11 +1,12 @@
 // The file form of the hypervisor-level saved state (VmState + every VcpuState): versioned JSON
-// with 64-bit values as "0x…" hex strings and byte blobs as base64. One schema below gives both
-// directions, so what is written is exactly what is read back. Parsing is strict: a missing or
-// unknown field, a wrong type, a number out of its field's range, a blob of the wrong size all
-// throw a StateFormatError naming the field (`vcpus[1].sregs.cs.limit: …`); nothing else is
-// thrown for any input, so a hostile snapshot file gives a clear error.
+// through the strict codecs of src/snapshot/codec.ts (errors are a StateFormatError naming the
+// field, `hypervisor state: vcpus[1].sregs.cs.limit: …`).
 
 import type { VcpuState, VmState } from './hypervisor.js';
+import {
+  array, bytes, decodeVersioned, hex32, i64, literal, nullable, oneOf, parseJsonText, struct, tuple, u16, u32, u64, u8,
+  type Codec, type Json,
+} from '../snapshot/codec.js';
 import { MP_STATES } from './regs.js';
 import type {
   CpuIdEntry, DescriptorTable, FpuState, MsrEntry, PicState, PitChannelState, SegmentRegister,
@@ -23,169 +24,7 @@ export interface HypervisorState {
   vcpus: VcpuState[];
 }
 
-export class StateFormatError extends Error {
-  /** Path of the offending field, e.g. `vcpus[0].msrs[3].data` (empty: the whole document). */
-  readonly field: string;
-  constructor(field: string, problem: string) {
-    super(field === '' ? `hypervisor state: ${problem}` : `hypervisor state: ${field}: ${problem}`);
-    this.name = 'StateFormatError';
-    this.field = field;
-  }
-}
-
-export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
-
-interface Codec<T> {
-  enc(v: T): Json;
-  dec(j: unknown, path: string): T;
-}
-
-function describe(j: unknown): string {
-  if (j === undefined) return 'nothing';
-  if (j === null) return 'null';
-  if (Array.isArray(j)) return `an array of ${j.length}`;
-  if (typeof j === 'object') return 'an object';
-  if (typeof j === 'string') return j.length > 40 ? `"${j.slice(0, 40)}…" (${j.length} characters)` : JSON.stringify(j);
-  return String(j);
-}
-
-function fail(path: string, expected: string, got: unknown): never {
-  throw new StateFormatError(path, `expected ${expected}, got ${describe(got)}`);
-}
-
-function uint(bits: 8 | 16 | 32): Codec<number> {
-  const max = 2 ** bits - 1;
-  return {
-    enc: (v) => v,
-    dec(j, path) {
-      if (typeof j !== 'number' || !Number.isInteger(j) || j < 0 || j > max) fail(path, `an integer 0..${max}`, j);
-      return j;
-    },
-  };
-}
-const u8 = uint(8);
-const u16 = uint(16);
-const u32 = uint(32);
-
-const HEX = /^0x[0-9a-f]{1,16}$/;
-
-/** 64-bit unsigned as "0x…" (lower case, no leading zeros). */
-const u64: Codec<bigint> = {
-  enc: (v) => `0x${BigInt.asUintN(64, v).toString(16)}`,
-  dec(j, path) {
-    if (typeof j !== 'string' || !HEX.test(j)) fail(path, 'a 64-bit hex string "0x…"', j);
-    return BigInt(j);
-  },
-};
-
-/** 64-bit signed as "0x…" or "-0x…". */
-const i64: Codec<bigint> = {
-  enc: (v) => (v < 0n ? `-0x${(-BigInt.asIntN(64, v)).toString(16)}` : `0x${BigInt.asIntN(64, v).toString(16)}`),
-  dec(j, path) {
-    const neg = typeof j === 'string' && j.startsWith('-');
-    const body = neg ? (j as string).slice(1) : j;
-    if (typeof body !== 'string' || !HEX.test(body)) fail(path, 'a signed 64-bit hex string "0x…" or "-0x…"', j);
-    const v = neg ? -BigInt(body) : BigInt(body);
-    if (v < -(2n ** 63n) || v >= 2n ** 63n) fail(path, 'a signed 64-bit hex string in -0x8000000000000000..0x7fffffffffffffff', j);
-    return v;
-  },
-};
-
-/** 32-bit unsigned as "0x…" (MSR indices read better in hex). */
-const hex32: Codec<number> = {
-  enc: (v) => `0x${(v >>> 0).toString(16)}`,
-  dec(j, path) {
-    if (typeof j !== 'string' || !/^0x[0-9a-f]{1,8}$/.test(j)) fail(path, 'a 32-bit hex string "0x…"', j);
-    return Number.parseInt(j.slice(2), 16);
-  },
-};
-
-const B64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
-
-function bytes(min: number, max: number): Codec<Uint8Array> {
-  const size = min === max ? `${min} bytes` : `${min}..${max} bytes`;
-  return {
-    enc: (v) => Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64'),
-    dec(j, path) {
-      if (typeof j !== 'string' || !B64.test(j)) fail(path, `base64 of ${size}`, j);
-      const n = (j.length / 4) * 3 - (j.endsWith('==') ? 2 : j.endsWith('=') ? 1 : 0);
-      if (n < min || n > max) throw new StateFormatError(path, `expected base64 of ${size}, got ${n} bytes`);
-      return new Uint8Array(Buffer.from(j, 'base64'));
-    },
-  };
-}
-
-function oneOf<T extends string>(values: readonly T[]): Codec<T> {
-  return {
-    enc: (v) => v,
-    dec(j, path) {
-      if (typeof j !== 'string' || !(values as readonly string[]).includes(j)) fail(path, `one of ${values.map((v) => `"${v}"`).join(', ')}`, j);
-      return j as T;
-    },
-  };
-}
-
-function literal<T extends string | number>(value: T): Codec<T> {
-  return {
-    enc: (v) => v,
-    dec(j, path) {
-      if (j !== value) fail(path, JSON.stringify(value), j);
-      return value;
-    },
-  };
-}
-
-function nullable<T>(c: Codec<T>): Codec<T | null> {
-  return {
-    enc: (v) => (v === null ? null : c.enc(v)),
-    dec: (j, path) => (j === null ? null : c.dec(j, path)),
-  };
-}
-
-function array<T>(c: Codec<T>, min: number, max: number): Codec<T[]> {
-  const count = min === max ? `${min}` : `${min}..${max}`;
-  return {
-    enc: (v) => v.map((e) => c.enc(e)),
-    dec(j, path) {
-      if (!Array.isArray(j) || j.length < min || j.length > max) fail(path, `an array of ${count}`, j);
-      return j.map((e, i) => c.dec(e, `${path}[${i}]`));
-    },
-  };
-}
-
-function tuple<T>(c: Codec<T>, n: 3): Codec<[T, T, T]>;
-function tuple<T>(c: Codec<T>, n: 4): Codec<[T, T, T, T]>;
-function tuple<T>(c: Codec<T>, n: number): Codec<T[]> {
-  return array(c, n, n);
-}
-
-type Fields<T> = { [K in keyof T]-?: Codec<T[K]> };
-
-function struct<T extends object>(fields: Fields<T>): Codec<T> {
-  const keys = Object.keys(fields) as Array<keyof T & string>;
-  const known = new Set<string>(keys);
-  return {
-    enc(v) {
-      const o: { [k: string]: Json } = {};
-      for (const k of keys) o[k] = fields[k].enc(v[k]);
-      return o;
-    },
-    dec(j, path) {
-      if (typeof j !== 'object' || j === null || Array.isArray(j)) fail(path, 'an object', j);
-      const o = j as Record<string, unknown>;
-      for (const k of Object.keys(o)) {
-        if (!known.has(k)) throw new StateFormatError(path === '' ? k : `${path}.${k}`, 'unknown field');
-      }
-      const out = {} as T;
-      for (const k of keys) {
-        const p = path === '' ? k : `${path}.${k}`;
-        if (!Object.prototype.hasOwnProperty.call(o, k)) throw new StateFormatError(p, 'missing');
-        out[k] = fields[k].dec(o[k], p);
-      }
-      return out;
-    },
-  };
-}
+export { StateFormatError, type Json } from '../snapshot/codec.js';
 
 // ---------------------------------------------------------------------------------------------
 // The schema (field names are those of regs.ts / hypervisor.ts)
@@ -286,6 +125,8 @@ const documentCodec = struct<Document>({
 // ---------------------------------------------------------------------------------------------
 // Entry points
 
+const DOCUMENT = 'hypervisor state';
+
 /** The JSON value (JSON.stringify it) of a hypervisor state. */
 export function hypervisorStateToJson(s: HypervisorState): Json {
   return documentCodec.enc({ format: HYPERVISOR_STATE_FORMAT, version: HYPERVISOR_STATE_VERSION, ...s });
@@ -293,30 +134,13 @@ export function hypervisorStateToJson(s: HypervisorState): Json {
 
 /** Parse a JSON value (from JSON.parse). Throws StateFormatError naming the bad field. */
 export function hypervisorStateFromJson(j: unknown): HypervisorState {
-  if (typeof j !== 'object' || j === null || Array.isArray(j)) fail('', 'a JSON object', j);
-  const o = j as Record<string, unknown>;
-  // The version decides how to read the rest: check it (and the format) before anything else.
-  if (o['format'] !== HYPERVISOR_STATE_FORMAT) fail('format', `"${HYPERVISOR_STATE_FORMAT}"`, o['format']);
-  const v = o['version'];
-  if (typeof v !== 'number' || !Number.isInteger(v)) fail('version', 'an integer', v);
-  if (v !== HYPERVISOR_STATE_VERSION) {
-    throw new StateFormatError('version', v > HYPERVISOR_STATE_VERSION
-      ? `version ${v} was written by a newer Stratovisor; this one reads version ${HYPERVISOR_STATE_VERSION}`
-      : `version ${v} is older than any this Stratovisor can convert (it reads version ${HYPERVISOR_STATE_VERSION})`);
-  }
-  const d = documentCodec.dec(j, '');
+  const d = decodeVersioned(j, DOCUMENT, HYPERVISOR_STATE_FORMAT, HYPERVISOR_STATE_VERSION, documentCodec);
   return { arch: d.arch, vm: d.vm, vcpus: d.vcpus };
 }
 
 /** JSON text to state; text that is not JSON is a StateFormatError too. */
 export function parseHypervisorState(text: string): HypervisorState {
-  let j: unknown;
-  try {
-    j = JSON.parse(text);
-  } catch (e) {
-    throw new StateFormatError('', `not JSON (${(e as Error).message})`);
-  }
-  return hypervisorStateFromJson(j);
+  return hypervisorStateFromJson(parseJsonText(text, DOCUMENT));
 }
 
 export function stringifyHypervisorState(s: HypervisorState): string {
