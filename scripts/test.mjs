@@ -42,8 +42,10 @@ export function tapCounts(path) {
 }
 
 async function runNodeTests(label, files, { sandbox = false, env = {}, concurrency } = {}) {
-  const tap = join(CACHE, 'test-results', `${label}.tap`);
-  mkdirSync(join(CACHE, 'test-results'), { recursive: true });
+  // Per checkout: worktrees that share one .cache (a symlink) do not overwrite each other's results.
+  const results = join(CACHE, 'test-results', basename(REPO));
+  const tap = join(results, `${label}.tap`);
+  mkdirSync(results, { recursive: true });
   rmSync(tap, { force: true });
   const args = ['--test', '--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=tap', `--test-reporter-destination=${tap}`];
   if (concurrency) args.push(`--test-concurrency=${concurrency}`);

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, openSync, closeSync, readSync, readFileSync, rmSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { OutputSink } from './sink.js';
+import { DEFAULT_SINK_BUFFER_BYTES, OutputSink, sinkBufferBytes } from './sink.js';
 import { Serial, UART_LSR, LSR_THRE } from '../devices/serial.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'stv-sink-'));
@@ -96,4 +96,13 @@ test('a sink whose reader went away is dropped (output discarded and counted), n
   sink.write(new Uint8Array(10));
   assert.equal(sink.pending, 0);
   closeSync(writer);
+});
+
+test('STV_SINK_BUFFER_BYTES sets the sink buffer; a bad value is refused by name', () => {
+  assert.equal(sinkBufferBytes({}), DEFAULT_SINK_BUFFER_BYTES);
+  assert.equal(sinkBufferBytes({ STV_SINK_BUFFER_BYTES: '' }), DEFAULT_SINK_BUFFER_BYTES);
+  assert.equal(sinkBufferBytes({ STV_SINK_BUFFER_BYTES: '4096' }), 4096);
+  for (const bad of ['0', '511', '-1', '4k', '1.5', String((16 << 20) + 1)]) {
+    assert.throws(() => sinkBufferBytes({ STV_SINK_BUFFER_BYTES: bad }), new RegExp(`STV_SINK_BUFFER_BYTES .*'${bad.replace('.', '\\.')}'`), bad);
+  }
 });

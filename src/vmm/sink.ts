@@ -8,7 +8,22 @@ import { closeSync, fstatSync, openSync, writeSync, constants } from 'node:fs';
 import * as libc from '../sys/libc.js';
 
 /** Default buffer of a sink: output beyond this, while the sink is not writable, is dropped. */
-export const SINK_BUFFER_BYTES = 64 * 1024;
+export const DEFAULT_SINK_BUFFER_BYTES = 64 * 1024;
+
+/**
+ * The buffer size of every sink: STV_SINK_BUFFER_BYTES (512 B .. 16 MiB) overrides the default,
+ * e.g. for a test that must overrun it without printing megabytes through an emulated UART.
+ */
+export function sinkBufferBytes(env: NodeJS.ProcessEnv = process.env): number {
+  const v = env.STV_SINK_BUFFER_BYTES;
+  if (v === undefined || v === '') return DEFAULT_SINK_BUFFER_BYTES;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 512 || n > 16 << 20) throw new Error(`STV_SINK_BUFFER_BYTES must be a byte count from 512 to 16777216, not '${v}'`);
+  return n;
+}
+
+/** Computed once per thread (every thread gets the same environment). */
+export const SINK_BUFFER_BYTES = sinkBufferBytes();
 /** Largest write to a sink we could not make non-blocking (a socket): POLLOUT guarantees this much room. */
 const GUARDED_WRITE_BYTES = 512;
 
