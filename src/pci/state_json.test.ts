@@ -338,5 +338,6 @@ test('PCI state fuzz: mutated documents only ever give a StateFormatError; what 
   }
   console.log(`# fuzz seed ${seed}: ${rejected} rejected (${fields.size} distinct fields), ${accepted} accepted and run`);
   assert.ok(rejected > cases / 2, 'most mutations are refused');
-  assert.ok([...fields].some((f) => f.endsWith('.config.bytes[]')) && [...fields].some((f) => f.endsWith('.msix.pba')), `restore checks reached: ${[...fields].join(', ')}`);
+  // With the default budget (any seed) the devices' own checks are reached, not only the codecs'.
+  if (cases >= 1000) assert.ok([...fields].some((f) => f.endsWith('.config.bytes[]')) && [...fields].some((f) => f.endsWith('.msix.pba')), `restore checks reached: ${[...fields].join(', ')}`);
 });
