@@ -20,6 +20,7 @@
 import type { BusDevice } from './bus.js';
 import type { InterruptLine } from './interrupt.js';
 import { NO_INTERRUPT } from './interrupt.js';
+import { StateCheck } from './state.js';
 
 /** SLP_EN: bit 5 of the sleep control register. */
 export const SLP_EN = 0x20;
@@ -106,6 +107,17 @@ export interface AcpiPowerOptions {
   layout?: AcpiPowerLayout;
 }
 
+/**
+ * The power/reset registers keep no state (sleep control and reset act at once, sleep status
+ * reads 0). What is saved is the layout: the guest found it in the FADT of the saved VM, so the
+ * device it is restored into must decode the same registers.
+ */
+export interface AcpiPowerState {
+  layout: AcpiPowerLayout;
+}
+
+const LAYOUT_FIELDS = ['base', 'length', 'sleepControlOffset', 'sleepStatusOffset', 'resetOffset', 'resetValue', 's5SleepType'] as const;
+
 export class AcpiPowerDevice implements BusDevice {
   readonly layout: Readonly<AcpiPowerLayout>;
   private readonly onShutdown: () => void;
@@ -132,6 +144,21 @@ export class AcpiPowerDevice implements BusDevice {
     this.onShutdown = options.onShutdown;
     this.onReset = options.onReset;
     this.onSleep = options.onSleep;
+  }
+
+  saveState(): AcpiPowerState {
+    return { layout: { ...this.layout } };
+  }
+
+  /** Check that the state was saved by a device with this layout (a StateFormatError names the field that differs). */
+  restoreState(s: AcpiPowerState): void {
+    const c = new StateCheck('ACPI power state');
+    c.object('', s);
+    c.object('layout', s.layout);
+    for (const k of LAYOUT_FIELDS) {
+      const v: unknown = s.layout[k];
+      if (v !== this.layout[k]) c.fail(`layout.${k}`, `the saved VM's FADT says ${String(v)}, this device decodes ${this.layout[k]}`);
+    }
   }
 
   read(_offset: number, data: Uint8Array): void {
@@ -177,6 +204,11 @@ export const GED_DEVICE_SIZE = 1;
  * on its bits, e.g. Notify(\_SB.PWRB, 0x80) for the power button. Reading the
  * register returns the pending events and clears them.
  */
+/** The GED's saved state: events latched and not yet read by the guest's _EVT. */
+export interface AcpiGedState {
+  pending: number;
+}
+
 export class AcpiGedDevice implements BusDevice {
   private readonly interrupt: InterruptLine;
   private pending = 0;
@@ -188,6 +220,17 @@ export class AcpiGedDevice implements BusDevice {
   /** Events latched and not yet read by the guest. */
   get pendingEvents(): number {
     return this.pending;
+  }
+
+  saveState(): AcpiGedState {
+    return { pending: this.pending };
+  }
+
+  /** Take over the latched events; no interrupt is raised (the saved device raised it already). */
+  restoreState(s: AcpiGedState): void {
+    const c = new StateCheck('ACPI GED state');
+    c.object('', s);
+    this.pending = c.uint('pending', s.pending, 0xff);
   }
 
   /** Latch `events` (GED_* bits) and raise the GED interrupt. */

@@ -19,6 +19,7 @@
 // Threading: see bus.ts; one caller at a time.
 
 import type { BusDevice } from './bus.js';
+import { StateCheck, hex8 } from './state.js';
 
 export const CMOS_BASE = 0x70;
 export const CMOS_LENGTH = 2;
@@ -60,6 +61,34 @@ export const CMOS_MEM_ABOVE_4G_HI = 0x5d;
 
 const MIB = 1024 * 1024;
 const GIB = 1024 * MIB;
+
+/** Registers that are not storage: the clock (read from the host clock plus the guest's offset) and Status C/D. */
+const CLOCK_REGISTERS: readonly number[] = [
+  RTC_SECONDS, RTC_MINUTES, RTC_HOURS, RTC_DAY_OF_WEEK, RTC_DAY_OF_MONTH, RTC_MONTH, RTC_YEAR, RTC_CENTURY, RTC_REG_C, RTC_REG_D,
+];
+/** The years the clock registers can hold (century and year 00..99 each): 0000-01-01 .. 9999-12-31. */
+export const RTC_TIME_MIN_MS = -62167219200000;
+export const RTC_TIME_MAX_MS = 253402300799999;
+
+/**
+ * What the guest can observe of the CMOS/RTC, as plain data (file form: state_json.ts). The clock
+ * is saved as the time the guest's RTC showed at the save; a restore sets it running from there
+ * (as the hypervisor restores kvmclock, src/hypervisor: guest time goes on from the saved value,
+ * so the guest's two clocks keep the distance they had), not from the host's time at restore.
+ */
+export interface CmosState {
+  /** Index register: the CMOS address (bits 0-6) the next data access uses. */
+  index: number;
+  /** NMI disable (bit 7 of the last index write). */
+  nmiDisabled: boolean;
+  /**
+   * The 128 bytes of CMOS RAM as stored. The clock registers (0x00, 0x02, 0x04, 0x06-0x09, 0x32)
+   * and Status C/D (0x0c, 0x0d) are not storage and are 0 here; Status A without UIP.
+   */
+  nvram: Uint8Array;
+  /** The guest's RTC (UTC) at the save, in ms since the epoch. */
+  rtcTimeMs: number;
+}
 
 export interface CmosOptions {
   /** Guest RAM below 4 GiB in bytes (counted from address 0). */
@@ -211,6 +240,31 @@ export class Cmos implements BusDevice {
         this.data[reg & 0x7f] = v;
         return;
     }
+  }
+
+  saveState(): CmosState {
+    return { index: this.index, nmiDisabled: this.nmiDisabled, nvram: this.data.slice(), rtcTimeMs: Math.floor(this.now() + this.offsetMs) };
+  }
+
+  /** Take over a saved state (checked first: a StateFormatError names what does not fit). The RTC runs on from `rtcTimeMs`. */
+  restoreState(s: CmosState): void {
+    const c = new StateCheck('CMOS state');
+    c.object('', s);
+    c.uint('index', s.index, 0x7f);
+    c.bool('nmiDisabled', s.nmiDisabled);
+    const nvram = c.bytes('nvram', s.nvram, CMOS_SIZE, CMOS_SIZE);
+    for (const r of CLOCK_REGISTERS) {
+      if (nvram[r] !== 0) c.fail(`nvram[${hex8(r)}]`, `register ${hex8(r)} is not storage (it reads from the clock or is read-only) and must be 0, got ${hex8(nvram[r]!)}`);
+    }
+    if ((nvram[RTC_REG_A]! & REG_A_UIP) !== 0) c.fail(`nvram[${hex8(RTC_REG_A)}]`, 'Status A is kept without UIP (bit 7)');
+    const t = s.rtcTimeMs;
+    if (typeof t !== 'number' || !Number.isInteger(t) || t < RTC_TIME_MIN_MS || t > RTC_TIME_MAX_MS) {
+      c.fail('rtcTimeMs', `expected an integer ${RTC_TIME_MIN_MS}..${RTC_TIME_MAX_MS} (years 0000..9999), got ${String(t)}`);
+    }
+    this.index = s.index;
+    this.nmiDisabled = s.nmiDisabled;
+    this.data.set(nvram);
+    this.offsetMs = t - this.now();
   }
 
   private setTimeField(reg: number, v: number, b: number): void {

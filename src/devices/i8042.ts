@@ -23,6 +23,7 @@
 import type { BusDevice } from './bus.js';
 import type { InterruptLine } from './interrupt.js';
 import { NO_INTERRUPT } from './interrupt.js';
+import { StateCheck, hex8 } from './state.js';
 
 export const I8042_DATA_PORT = 0x60;
 export const I8042_COMMAND_PORT = 0x64;
@@ -75,6 +76,29 @@ export const AUX_TEST_NO_PORT = 0x02;
 
 const KBD_ACK = 0xfa;
 const BUF_SIZE = 16;
+
+/** Controller commands that wait for a data byte at port 0x60. */
+const DATA_COMMANDS: readonly number[] = [CMD_WRITE_CTR, CMD_WRITE_OUTP, CMD_KBD_LOOP, CMD_AUX_LOOP, CMD_AUX_SEND];
+/** Keyboard commands that take a parameter byte (set LEDs, scancode set, typematic rate). */
+const KBD_PARAM_COMMANDS: readonly number[] = [0xed, 0xf0, 0xf3];
+/** Status bits this model ever sets. */
+const STATUS_BITS = STATUS_OBF | STATUS_SYS | STATUS_CMD | STATUS_UNLOCKED;
+
+/** What the guest can observe of the controller, as plain data (file form: state_json.ts). */
+export interface I8042State {
+  /** Status register (OBF, SYS, CMD/DATA, UNLOCKED). */
+  status: number;
+  /** Controller configuration byte (command 0x20/0x60). */
+  ctr: number;
+  /** Output port (command 0xD0/0xD1). */
+  outp: number;
+  /** Controller command waiting for its data byte at 0x60, or 0. */
+  pendingCommand: number;
+  /** Keyboard command waiting for its parameter byte, or 0. */
+  pendingKbdCommand: number;
+  /** Bytes queued for the guest at port 0x60, oldest first (at most 16). */
+  outputBuffer: Uint8Array;
+}
 
 export interface I8042Options {
   /** Called when the guest pulses the CPU reset line (command 0xFE, or output port bit 0 cleared). */
@@ -154,6 +178,45 @@ export class I8042 implements BusDevice {
     let n = 0;
     while (n < bytes.length && this.bufCount < BUF_SIZE) this.push(bytes[n++]!);
     return n;
+  }
+
+  saveState(): I8042State {
+    const outputBuffer = new Uint8Array(this.bufCount);
+    for (let i = 0; i < this.bufCount; i++) outputBuffer[i] = this.buf[(this.bufHead + i) % BUF_SIZE]!;
+    return {
+      status: this.status, ctr: this.ctr, outp: this.outp,
+      pendingCommand: this.pendingCommand, pendingKbdCommand: this.pendingKbdCommand, outputBuffer,
+    };
+  }
+
+  /**
+   * Take over a saved state (checked first: a StateFormatError names the field this controller
+   * could never hold). No interrupt is raised: IRQ 1 is an edge the saved controller already gave
+   * (it is in the interrupt controller's saved state).
+   */
+  restoreState(s: I8042State): void {
+    const c = new StateCheck('i8042 state');
+    c.object('', s);
+    const status = c.bits('status', s.status, STATUS_BITS, 'the status register');
+    c.uint('ctr', s.ctr, 0xff);
+    c.uint('outp', s.outp, 0xff);
+    const cmd = c.uint('pendingCommand', s.pendingCommand, 0xff);
+    if (cmd !== 0 && !DATA_COMMANDS.includes(cmd)) c.fail('pendingCommand', `${hex8(cmd)} is not a controller command that takes a data byte`);
+    const kbd = c.uint('pendingKbdCommand', s.pendingKbdCommand, 0xff);
+    if (kbd !== 0 && !KBD_PARAM_COMMANDS.includes(kbd)) c.fail('pendingKbdCommand', `${hex8(kbd)} is not a keyboard command that takes a parameter`);
+    const out = c.bytes('outputBuffer', s.outputBuffer, 0, BUF_SIZE);
+    if (((status & STATUS_OBF) !== 0) !== (out.length > 0)) {
+      c.fail('status', `OBF is ${(status & STATUS_OBF) !== 0 ? 'set' : 'clear'} with ${out.length} bytes in the output buffer`);
+    }
+    this.status = status;
+    this.ctr = s.ctr;
+    this.outp = s.outp;
+    this.pendingCommand = cmd;
+    this.pendingKbdCommand = kbd;
+    this.buf.fill(0);
+    this.buf.set(out, 0);
+    this.bufHead = 0;
+    this.bufCount = out.length;
   }
 
   private command(cmd: number): void {

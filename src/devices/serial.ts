@@ -24,6 +24,7 @@
 import type { BusDevice } from './bus.js';
 import type { InterruptLine } from './interrupt.js';
 import { NO_INTERRUPT } from './interrupt.js';
+import { StateCheck, hex8 } from './state.js';
 
 // Register offsets.
 export const UART_RX = 0; // RBR (DLAB=0, read)
@@ -99,6 +100,36 @@ const MSR_DELTA_MASK = 0x0f;
 const DEFAULT_DIVISOR = 12;
 /** Default receive FIFO capacity (a real 16550A has 16; bigger helps pasting). */
 export const DEFAULT_SERIAL_INPUT_CAPACITY = 64;
+
+/**
+ * What the guest can observe of a UART, as plain data (file form: state_json.ts). IIR and the LSR
+ * DR/THRE/TEMT/FIFO-error bits are not stored: they follow from these (interruptId, readRegister).
+ */
+export interface SerialState {
+  /** IER (bits 0-3). */
+  ier: number;
+  lcr: number;
+  /** MCR (bits 0-4). */
+  mcr: number;
+  /** FCR as kept: FIFO enable (bit 0) and receiver trigger (bits 6-7); 0 with the FIFOs off. */
+  fcr: number;
+  scr: number;
+  /** Divisor latch, low and high byte (read and written with LCR.DLAB set). */
+  dll: number;
+  dlm: number;
+  /** LSR error bits (OE, PE, FE, BI) the guest has not read yet. */
+  lsrErrors: number;
+  /** MSR delta bits (DCTS, DDSR, TERI, DDCD) the guest has not read yet. */
+  msrDelta: number;
+  /** MSR line bits (CTS, DSR, RI, DCD): the modem lines, or MCR's outputs in loopback. */
+  msrStatus: number;
+  /** A THRE interrupt is pending (cleared by an IIR read that reports it, re-armed by THR writes). */
+  thrPending: boolean;
+  /** Receive FIFO capacity of the UART that saved it (a restore needs the same). */
+  rxCapacity: number;
+  /** Received bytes the guest has not read, oldest first. */
+  rxFifo: Uint8Array;
+}
 
 /** Receives transmitted bytes. The view is only valid during the call: copy to keep. */
 export type SerialSink = (bytes: Uint8Array) => void;
@@ -328,6 +359,66 @@ export class Serial implements BusDevice {
       default:
         return;
     }
+  }
+
+  /** The guest-visible state (a copy; the UART goes on unchanged). */
+  saveState(): SerialState {
+    const rxFifo = new Uint8Array(this.rxCount);
+    for (let i = 0; i < this.rxCount; i++) rxFifo[i] = this.rx[(this.rxHead + i) % this.rx.length]!;
+    return {
+      ier: this.ier, lcr: this.lcr, mcr: this.mcr, fcr: this.fcr, scr: this.scr, dll: this.dll, dlm: this.dlm,
+      lsrErrors: this.lsrErrors, msrDelta: this.msrDelta, msrStatus: this.msrStatus, thrPending: this.thrPending,
+      rxCapacity: this.rx.length, rxFifo,
+    };
+  }
+
+  /**
+   * Take over a saved state. It is checked first (a StateFormatError names the field that does
+   * not fit this UART: another FIFO capacity, bits a 16550A never holds, modem lines other than
+   * this UART's); then INTR is re-derived from the registers without an edge: the edge the saved
+   * UART raised is part of the interrupt controller's saved state.
+   */
+  restoreState(s: SerialState): void {
+    const c = new StateCheck('serial state');
+    c.object('', s);
+    c.bits('ier', s.ier, IER_MASK, 'IER (bits 4-7 are 0 on a 16550A)');
+    c.uint('lcr', s.lcr, 0xff);
+    const mcr = c.bits('mcr', s.mcr, MCR_MASK, 'MCR');
+    const fcr = c.bits('fcr', s.fcr, FCR_ENABLE_FIFO | FCR_TRIGGER_MASK, 'the FCR bits a 16550A keeps');
+    if (fcr !== 0 && (fcr & FCR_ENABLE_FIFO) === 0) c.fail('fcr', `a receiver trigger level (${hex8(fcr)}) with the FIFOs disabled`);
+    c.uint('scr', s.scr, 0xff);
+    c.uint('dll', s.dll, 0xff);
+    c.uint('dlm', s.dlm, 0xff);
+    c.bits('lsrErrors', s.lsrErrors, LSR_ERRORS, 'the LSR error bits (OE, PE, FE, BI)');
+    c.bits('msrDelta', s.msrDelta, MSR_DELTA_MASK, 'the MSR delta bits');
+    const lines = (mcr & MCR_LOOP) !== 0 ? loopbackModemStatus(mcr) : this.externalModemStatus;
+    if (c.uint('msrStatus', s.msrStatus, 0xff) !== lines) {
+      const how = (mcr & MCR_LOOP) !== 0 ? "this UART's MCR outputs (loopback) give" : "this UART's modem lines give";
+      c.fail('msrStatus', `the state has ${hex8(s.msrStatus)}, ${how} ${hex8(lines)}`);
+    }
+    c.bool('thrPending', s.thrPending);
+    if (c.uint('rxCapacity', s.rxCapacity, 2 ** 31) !== this.rx.length) {
+      c.fail('rxCapacity', `the state's receive FIFO holds ${s.rxCapacity} bytes, this UART's ${this.rx.length}`);
+    }
+    c.bytes('rxFifo', s.rxFifo, 0, this.rx.length);
+
+    this.ier = s.ier;
+    this.lcr = s.lcr;
+    this.mcr = s.mcr;
+    this.fcr = s.fcr;
+    this.scr = s.scr;
+    this.dll = s.dll;
+    this.dlm = s.dlm;
+    this.lsrErrors = s.lsrErrors;
+    this.msrDelta = s.msrDelta;
+    this.msrStatus = s.msrStatus;
+    this.thrPending = s.thrPending;
+    this.rx.fill(0);
+    this.rx.set(s.rxFifo, 0);
+    this.rxHead = 0;
+    this.rxCount = s.rxFifo.length;
+    this.inputRefused = false;
+    this.intr = this.interruptId() !== IIR_NO_INT;
   }
 
   /** Reset to power-on state (FIFO content dropped). */

@@ -4,7 +4,9 @@
 // devices; nothing here knows about the hypervisor.
 
 import type { BusDevice } from '../devices/bus.js';
-import { PciConfiguration, PCIE_CONFIG_SPACE_SIZE } from './config.js';
+import { PciConfiguration, PCIE_CONFIG_SPACE_SIZE, PCI_CAP_ID_MSIX, type PciConfigurationState } from './config.js';
+import { Msix, MSIX_CTRL_ENABLE, MSIX_CTRL_FUNCTION_MASK, type MsixState } from './msix.js';
+import { StateCheck, underField } from '../devices/state.js';
 
 /** A PCI function's configuration space as seen by the root (offsets 0..4095). */
 export interface PciDevice {
@@ -26,6 +28,37 @@ export class PciHostBridge implements PciDevice {
   writeConfig(offset: number, data: Uint8Array): void { this.config.write(offset, data); }
 }
 
+/**
+ * A function whose registers are a PciConfiguration (and MSI-X) the root can save and restore:
+ * the host bridge, the virtio-pci transport. Others are saved by their owners.
+ */
+export interface PciFunctionRegisters {
+  readonly config: PciConfiguration;
+  readonly msix?: Msix;
+}
+
+function registersOf(d: PciDevice): PciFunctionRegisters | null {
+  const r = d as Partial<PciFunctionRegisters>;
+  if (!(r.config instanceof PciConfiguration)) return null;
+  return r.msix instanceof Msix ? { config: r.config, msix: r.msix } : { config: r.config };
+}
+
+/** One present function of a bus as saved (device `slot`, function 0). */
+export interface PciFunctionState {
+  slot: number;
+  /** Its configuration space; null for a function whose owner saves its registers. */
+  config: PciConfigurationState | null;
+  /** Its MSI-X table and PBA; null when it has no MSI-X (or config is null). */
+  msix: MsixState | null;
+}
+
+/** A root's saved state: every present function, host bridge (00.0) first, by device number. */
+export interface PciRootState {
+  functions: PciFunctionState[];
+}
+
+const ROOT_DOC = 'PCI bus state';
+
 export class PciRoot {
   private readonly slots: Array<PciDevice | null> = new Array<PciDevice | null>(PCI_SLOTS).fill(null);
 
@@ -41,6 +74,81 @@ export class PciRoot {
     if (this.slots[s]) throw new RangeError(`PCI slot ${s} is already used`);
     this.slots[s] = dev;
     return s;
+  }
+
+  /** Device numbers with a function 0, in order (0 is the host bridge). */
+  presentSlots(): number[] {
+    const out: number[] = [];
+    this.slots.forEach((d, i) => { if (d) out.push(i); });
+    return out;
+  }
+
+  saveState(): PciRootState {
+    return {
+      functions: this.presentSlots().map((slot) => {
+        const r = registersOf(this.slots[slot]!);
+        return { slot, config: r ? r.config.saveState() : null, msix: r?.msix ? r.msix.saveState() : null };
+      }),
+    };
+  }
+
+  /**
+   * Take over a saved bus: the same functions must be present (same device numbers, each the same
+   * device: IDs, BARs, MSI-X size), all checked before any is changed; a StateFormatError names
+   * the field (`functions[1].config.bars[0].size`). Each function's configuration space comes
+   * back (BARs re-mapped through its owner), then MSI-X (routes re-derived through its owner),
+   * then Message Control is written again through the function, as the guest wrote it, so an
+   * owner that acts on that write (the virtio transport tells its worker) sees it.
+   */
+  restoreState(s: PciRootState): void {
+    this.checkState(s);
+    s.functions.forEach((f, i) => underField(`functions[${i}]`, ROOT_DOC, () => {
+      const dev = this.slots[f.slot]!;
+      const r = registersOf(dev);
+      if (!r || !f.config) return;
+      underField('config', ROOT_DOC, () => r.config.restoreState(f.config!));
+      if (r.msix && f.msix) r.msix.restoreState(f.msix);
+      const cap = r.msix ? r.config.findCapability(PCI_CAP_ID_MSIX) : -1;
+      if (cap >= 0) dev.writeConfig(cap + 2, r.config.bytes.slice(cap + 2, cap + 4));
+    }));
+  }
+
+  /** The checks of restoreState, changing nothing. */
+  checkState(s: PciRootState): void {
+    const c: StateCheck = new StateCheck(ROOT_DOC);
+    c.object('', s);
+    if (!Array.isArray(s.functions)) c.fail('functions', 'expected an array');
+    const slots = this.presentSlots();
+    const name = (l: readonly number[]) => l.map((n) => `${n.toString(16).padStart(2, '0')}.0`).join(', ');
+    const saved = s.functions.map((f, i) => { c.object(`functions[${i}]`, f); return f.slot; });
+    if (saved.length !== slots.length || saved.some((n, i) => n !== slots[i])) {
+      c.fail('functions', `the state has functions ${name(saved.map((n) => (typeof n === 'number' ? n : -1)))}, this bus ${name(slots)}`);
+    }
+    s.functions.forEach((f, i) => underField(`functions[${i}]`, ROOT_DOC, () => this.checkFunction(f)));
+  }
+
+  /** Check one function's state against the function present. */
+  private checkFunction(f: PciFunctionState): void {
+    const c: StateCheck = new StateCheck(ROOT_DOC);
+    const r = registersOf(this.slots[f.slot]!);
+    if (r === null) {
+      if (f.config !== null) c.fail('config', "this function's registers are saved by its owner, not with the bus: expected null");
+      if (f.msix !== null) c.fail('msix', 'expected null (no configuration space saved with the bus)');
+      return;
+    }
+    if (f.config === null) c.fail('config', "missing: this function's configuration space is saved with the bus");
+    underField('config', ROOT_DOC, () => r.config.checkState(f.config!));
+    if (!r.msix) {
+      if (f.msix !== null) c.fail('msix', 'the state has MSI-X, this function has none');
+      return;
+    }
+    if (f.msix === null) c.fail('msix', `missing: this function has MSI-X with ${r.msix.vectors} vectors`);
+    underField('msix', ROOT_DOC, () => r.msix!.checkState(f.msix!));
+    const cap = r.config.findCapability(PCI_CAP_ID_MSIX);
+    if (cap < 0) return;
+    const control = f.config.bytes[cap + 2]! | (f.config.bytes[cap + 3]! << 8);
+    if (f.msix.enabled !== ((control & MSIX_CTRL_ENABLE) !== 0)) c.fail('msix.enabled', `${String(f.msix.enabled)}, but Message Control (config bytes[0x${(cap + 2).toString(16)}]) is 0x${control.toString(16)}`);
+    if (f.msix.functionMasked !== ((control & MSIX_CTRL_FUNCTION_MASK) !== 0)) c.fail('msix.functionMasked', `${String(f.msix.functionMasked)}, but Message Control (config bytes[0x${(cap + 2).toString(16)}]) is 0x${control.toString(16)}`);
   }
 
   device(bus: number, slot: number, fn: number): PciDevice | null {
@@ -66,10 +174,27 @@ export class PciRoot {
  * (Linux takes pci_config_lock around each address/data pair), so scans of absent functions are
  * answered without leaving the vCPU thread and present ones go to the device thread as ECAM.
  */
+/** The CONFIG_ADDRESS latch of one PciType1 (one per vCPU thread). */
+export interface PciType1State {
+  configAddress: number;
+}
+
 export class PciType1 {
   private address = 0;
   /** @param slots device numbers 0..slots-1 on bus 0 are present (function 0 only). */
   constructor(private readonly slots: number) {}
+
+  saveState(): PciType1State {
+    return { configAddress: this.address };
+  }
+
+  restoreState(s: PciType1State): void {
+    const c = new StateCheck('PCI CONFIG_ADDRESS state');
+    c.object('', s);
+    const a = c.uint('configAddress', s.configAddress, 0xffffffff);
+    if ((a & 0x3) !== 0) c.fail('configAddress', `bits 0-1 of CONFIG_ADDRESS read 0 (PCI 3.0, 3.2.2.3.2), got 0x${a.toString(16)}`);
+    this.address = a;
+  }
 
   /** CONFIG_ADDRESS: only a 32-bit access at 0xCF8 reaches the register. */
   writeAddress(portOffset: number, data: Uint8Array): void {
@@ -98,7 +223,8 @@ export class PciType1 {
 
 /** Ports 0xCF8-0xCFF served directly against a root (tests, or a VMM without the vCPU front end). */
 export class PciConfigIo implements BusDevice {
-  private readonly type1 = new PciType1(PCI_SLOTS);
+  /** The CONFIG_ADDRESS latch (saveState/restoreState there). */
+  readonly type1 = new PciType1(PCI_SLOTS);
   constructor(private readonly root: PciRoot) {}
 
   read(offset: number, data: Uint8Array): void {

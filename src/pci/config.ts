@@ -2,6 +2,8 @@
 // the sizing protocol (6.2.5.1), a capability list (6.7) and per-byte write masks so that
 // read-only fields stay read-only whatever the guest writes.
 
+import { StateCheck, hex8 } from '../devices/state.js';
+
 export const PCI_CONFIG_SPACE_SIZE = 256;
 export const PCIE_CONFIG_SPACE_SIZE = 4096;
 
@@ -68,6 +70,27 @@ interface Bar {
   addr: number;
 }
 
+/** A memory BAR as saved: its shape (must match the device it is restored into) and where it is mapped. */
+export interface PciBarState {
+  index: number;
+  size: number;
+  is64: boolean;
+  prefetch: boolean;
+  /** The address the BAR is mapped at (what the owner accepted; the register may say otherwise while sizing or refused). */
+  addr: number;
+}
+
+/** A function's configuration space as plain data (file form: src/pci/state_json.ts). */
+export interface PciConfigurationState {
+  /** The register file as the guest reads it (256 or 4096 bytes): command, BAR registers as programmed, capabilities. */
+  bytes: Uint8Array;
+  /** Its memory BARs by index. */
+  bars: PciBarState[];
+}
+
+/** Highest address a BAR is placed at (syncBars: a 52-bit physical address space). */
+const BAR_ADDR_LIMIT = 2 ** 52;
+
 export class PciConfiguration {
   /** The register file, little endian. */
   readonly bytes: Uint8Array;
@@ -127,6 +150,81 @@ export class PciConfiguration {
     const out: BarInfo[] = [];
     this.bars.forEach((b, index) => { if (b) out.push({ index, addr: b.addr, size: b.size, is64: b.is64 }); });
     return out;
+  }
+
+  /** The first capability with ID `id` in the capability list, or -1. */
+  findCapability(id: number): number {
+    let at = this.bytes[PCI_CAPABILITY_LIST]! & 0xfc;
+    for (let n = 0; at >= FIRST_CAP && n < 48; n++) {
+      if (this.bytes[at] === id) return at;
+      at = this.bytes[at + 1]! & 0xfc;
+    }
+    return -1;
+  }
+
+  saveState(): PciConfigurationState {
+    const bars: PciBarState[] = [];
+    this.bars.forEach((b, index) => { if (b) bars.push({ index, size: b.size, is64: b.is64, prefetch: b.prefetch, addr: b.addr }); });
+    return { bytes: this.bytes.slice(), bars };
+  }
+
+  /** The checks of restoreState, changing nothing. */
+  checkState(s: PciConfigurationState): void {
+    const c = new StateCheck('PCI configuration state');
+    c.object('', s);
+    const bytes = c.bytes('bytes', s.bytes, 0, PCIE_CONFIG_SPACE_SIZE);
+    if (bytes.length !== this.bytes.length) c.fail('bytes', `the state has a ${bytes.length}-byte configuration space, this function ${this.bytes.length}`);
+    if (!Array.isArray(s.bars)) c.fail('bars', 'expected an array');
+    const mine = this.saveState().bars;
+    if (s.bars.length !== mine.length) c.fail('bars', `the state has ${s.bars.length} BARs, this function ${mine.length} (BARs ${mine.map((b) => b.index).join(', ') || 'none'})`);
+    s.bars.forEach((b, i) => {
+      const m = mine[i]!;
+      const f = `bars[${i}]`;
+      c.object(f, b);
+      for (const k of ['index', 'size', 'is64', 'prefetch'] as const) {
+        if (b[k] !== m[k]) c.fail(`${f}.${k}`, `the state has ${String(b[k])}, this function's BAR ${m.index} has ${String(m[k])}`);
+      }
+      const a = b.addr;
+      const limit = b.is64 ? BAR_ADDR_LIMIT : 2 ** 32;
+      if (typeof a !== 'number' || !Number.isInteger(a) || a < 0 || a + b.size > limit) c.fail(`${f}.addr`, `expected an address below 0x${limit.toString(16)}, got ${String(a)}`);
+      if (a % b.size !== 0) c.fail(`${f}.addr`, `0x${a.toString(16)} is not aligned to the BAR's size 0x${b.size.toString(16)}`);
+    });
+    const wmask = this.guestWritableMask();
+    for (let o = 0; o < bytes.length; o++) {
+      const diff = (bytes[o]! ^ this.bytes[o]!) & ~wmask[o]!;
+      if (diff !== 0) c.fail(`bytes[${hex8(o)}]`, `read-only bits ${hex8(diff)} differ: the state has ${hex8(bytes[o]!)}, this function ${hex8(this.bytes[o]!)} (another device?)`);
+    }
+  }
+
+  /**
+   * Take over a saved configuration space. Checked first (checkState), a StateFormatError naming the field:
+   * the size, the BARs (count, index, size, type), and every read-only bit (IDs, class, header,
+   * capability list: the saved function must be this one). Then each BAR mapped elsewhere than
+   * now is moved there through onBarMove, so the owner maps it as the guest had it; a move the
+   * owner refuses is an error naming the BAR (the configuration is then only partly restored).
+   */
+  restoreState(s: PciConfigurationState): void {
+    this.checkState(s);
+    const c = new StateCheck('PCI configuration state');
+    this.bytes.set(s.bytes);
+    s.bars.forEach((sb, i) => {
+      const b = this.bars[sb.index]!;
+      if (sb.addr === b.addr) return;
+      if (this.onBarMove && !this.onBarMove(sb.index, b.addr, sb.addr)) c.fail(`bars[${i}].addr`, `the owner refused to map BAR ${sb.index} at 0x${sb.addr.toString(16)}`);
+      b.addr = sb.addr;
+    });
+  }
+
+  /** Per byte, the bits a guest write can change: the write masks plus the BARs' address bits. */
+  private guestWritableMask(): Uint8Array {
+    const m = this.wmask.slice();
+    const dv = new DataView(m.buffer);
+    this.bars.forEach((b, index) => {
+      if (!b) return;
+      dv.setUint32(PCI_BASE_ADDRESS_0 + index * 4, ~(b.size - 1) >>> 0, true);
+      if (b.is64) dv.setUint32(PCI_BASE_ADDRESS_0 + (index + 1) * 4, 0xffffffff, true);
+    });
+    return m;
   }
 
   private barFlags(b: Bar): number {

@@ -3,6 +3,7 @@
 // callbacks; this model only keeps the registers and the masking rules.
 
 import { PCI_CAP_ID_MSIX } from './config.js';
+import { StateCheck } from '../devices/state.js';
 
 export const MSIX_ENTRY_SIZE = 16;
 export const MSIX_CTRL_ENABLE = 0x8000;
@@ -20,6 +21,19 @@ export interface MsiMessageValue {
 export interface MsixEvents {
   /** Vector `v`'s message or mask changed (including through the function mask or enable). */
   vectorChanged(v: number): void;
+}
+
+/** MSI-X state as plain data (file form: src/pci/state_json.ts). */
+export interface MsixState {
+  /** Table Size + 1 of the function that saved it (a restore needs the same). */
+  vectors: number;
+  /** The vector table, 16 bytes per vector (message address, data, vector control), as the guest wrote it. */
+  table: Uint8Array;
+  /** The pending bit array as the guest reads it (a bit per vector, in qwords; bits past the last vector 0). */
+  pba: Uint8Array;
+  /** Message Control: MSI-X Enable and Function Mask, as last written. */
+  enabled: boolean;
+  functionMasked: boolean;
 }
 
 export class Msix {
@@ -68,6 +82,45 @@ export class Msix {
     this.enabled = enabled;
     this.functionMasked = fmask;
     for (let v = 0; v < this.vectors; v++) this.events.vectorChanged(v);
+  }
+
+  saveState(): MsixState {
+    const pba = new Uint8Array(this.pbaSize);
+    for (let v = 0; v < this.vectors; v++) if (this.pending[v]) pba[v >> 3]! |= 1 << (v & 7);
+    return { vectors: this.vectors, table: this.table.slice(), pba, enabled: this.enabled, functionMasked: this.functionMasked };
+  }
+
+  /**
+   * Take over a saved table, PBA and Message Control (checked first: a StateFormatError names
+   * what does not fit: the vector count, the table or PBA size, reserved bits). Then every
+   * vector is reported through vectorChanged, so the owner re-derives its routes and masks.
+   */
+  restoreState(s: MsixState): void {
+    this.checkState(s);
+    this.table.set(s.table);
+    for (let v = 0; v < this.vectors; v++) this.pending[v] = (s.pba[v >> 3]! >> (v & 7)) & 1;
+    this.enabled = s.enabled;
+    this.functionMasked = s.functionMasked;
+    for (let v = 0; v < this.vectors; v++) this.events.vectorChanged(v);
+  }
+
+  /** The checks of restoreState, changing nothing. */
+  checkState(s: MsixState): void {
+    const c = new StateCheck('MSI-X state');
+    c.object('', s);
+    if (c.uint('vectors', s.vectors, MSIX_MAX_VECTORS) !== this.vectors) c.fail('vectors', `the state has ${s.vectors} MSI-X vectors, this function ${this.vectors}`);
+    const table = c.bytes('table', s.table, this.tableSize, this.tableSize);
+    const tdv = new DataView(table.buffer, table.byteOffset, table.byteLength);
+    for (let v = 0; v < this.vectors; v++) {
+      const ctl = tdv.getUint32(v * MSIX_ENTRY_SIZE + 12, true);
+      if ((ctl & ~MSIX_ENTRY_CTRL_MASKED) !== 0) c.fail('table', `vector ${v}: Vector Control has reserved bits set (0x${ctl.toString(16)})`);
+    }
+    const pba = c.bytes('pba', s.pba, this.pbaSize, this.pbaSize);
+    for (let i = this.vectors; i < this.pbaSize * 8; i++) {
+      if ((pba[i >> 3]! >> (i & 7)) & 1) c.fail('pba', `pending bit ${i} is set, this function has vectors 0..${this.vectors - 1}`);
+    }
+    c.bool('enabled', s.enabled);
+    c.bool('functionMasked', s.functionMasked);
   }
 
   /** True when vector `v` must not be delivered now (it becomes pending instead). */

@@ -4,7 +4,8 @@
 // the others only through ECAM, as on Cloud Hypervisor.
 
 import type { Bus } from '../devices/bus.js';
-import { BarAllocator, PciConfigMmio, PciRoot, PCI_SLOTS } from './bus.js';
+import { BarAllocator, PciConfigMmio, PciRoot, PCI_SLOTS, type PciRootState, type PciType1 } from './bus.js';
+import { StateCheck, underField } from '../devices/state.js';
 
 /** What a segment needs from the platform layout (src/arch/x86_64/layout.ts PciSegmentLayout). */
 export interface PciSegmentWindows {
@@ -58,4 +59,40 @@ export function slotsInUse(placements: readonly PciPlacement[], segment: number)
   let max = 0;
   for (const p of placements) if (p.segment === segment && p.slot > max) max = p.slot;
   return max + 1;
+}
+
+/**
+ * The PCI part of a VM's saved state: each segment's bus (by segment number) and the
+ * CONFIG_ADDRESS latch of each 0xCF8 front end (one per vCPU, by vCPU id: a vCPU may be paused
+ * between its address and data accesses). ECAM keeps no state. File form: state_json.ts.
+ */
+export interface PciState {
+  segments: PciRootState[];
+  configAddress: number[];
+}
+
+const PCI_DOC = 'PCI state';
+
+export function savePciState(segments: readonly PciSegment[], type1: readonly PciType1[]): PciState {
+  return { segments: segments.map((s) => s.root.saveState()), configAddress: type1.map((t) => t.saveState().configAddress) };
+}
+
+/** Restore into a VM built with the same segments, devices and vCPU count; a StateFormatError names what does not fit. */
+export function restorePciState(segments: readonly PciSegment[], type1: readonly PciType1[], s: PciState): void {
+  const c: StateCheck = new StateCheck(PCI_DOC);
+  c.object('', s);
+  if (!Array.isArray(s.segments) || s.segments.length !== segments.length) {
+    c.fail('segments', `the state has ${Array.isArray(s.segments) ? s.segments.length : 'no'} PCI segments, this VM ${segments.length}`);
+  }
+  if (!Array.isArray(s.configAddress) || s.configAddress.length !== type1.length) {
+    c.fail('configAddress', `the state has ${Array.isArray(s.configAddress) ? s.configAddress.length : 'no'} CONFIG_ADDRESS latches (one per vCPU), this VM ${type1.length}`);
+  }
+  s.configAddress.forEach((a, i) => {
+    c.uint(`configAddress[${i}]`, a, 0xffffffff);
+    if ((a & 0x3) !== 0) c.fail(`configAddress[${i}]`, `bits 0-1 of CONFIG_ADDRESS read 0 (PCI 3.0, 3.2.2.3.2), got 0x${a.toString(16)}`);
+  });
+  // Everything is checked before anything changes.
+  s.segments.forEach((r, i) => underField(`segments[${i}]`, PCI_DOC, () => segments[i]!.root.checkState(r)));
+  s.configAddress.forEach((a, i) => type1[i]!.restoreState({ configAddress: a }));
+  s.segments.forEach((r, i) => underField(`segments[${i}]`, PCI_DOC, () => segments[i]!.root.restoreState(r)));
 }

@@ -55,6 +55,25 @@ export const u8 = uint(8);
 export const u16 = uint(16);
 export const u32 = uint(32);
 
+/** An integer min..max (both safe integers; may be negative), as a JSON number. */
+export function int(min: number, max: number): Codec<number> {
+  return {
+    enc: (v) => v,
+    dec(j, path) {
+      if (typeof j !== 'number' || !Number.isSafeInteger(j) || j < min || j > max) fail(path, `an integer ${min}..${max}`, j);
+      return j;
+    },
+  };
+}
+
+export const bool: Codec<boolean> = {
+  enc: (v) => v,
+  dec(j, path) {
+    if (typeof j !== 'boolean') fail(path, 'true or false', j);
+    return j;
+  },
+};
+
 const HEX = /^0x[0-9a-f]{1,16}$/;
 
 /** 64-bit unsigned as "0x…" (lower case, no leading zeros). */
