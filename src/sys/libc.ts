@@ -167,6 +167,8 @@ interface Libc {
   fallocate: (fd: number, mode: number, offset: number, len: number) => number;
   flock: (fd: number, op: number) => number;
   pipe2: (fds: Int32Array, flags: number) => number;
+  lseek: (fd: number, offset: number, whence: number) => number;
+  fsync: (fd: number) => number;
 }
 
 let libc: Libc | null = null;
@@ -200,6 +202,8 @@ function L(): Libc {
     fallocate: f('int fallocate(int fd, int mode, int64_t offset, int64_t len)'),
     flock: f('int flock(int fd, int op)'),
     pipe2: f('int pipe2(void *fds, int flags)'),
+    lseek: f('int64_t lseek(int fd, int64_t offset, int whence)'),
+    fsync: f('int fsync(int fd)'),
   };
   return libc;
 }
@@ -289,6 +293,21 @@ export function memfdCreate(name: string, flags: number): number {
 
 export function ftruncate(fd: number, length: number): void {
   check(L().ftruncate(fd, length), 'ftruncate');
+}
+
+/** lseek(2) whence values (unistd.h; SEEK_DATA/SEEK_HOLE: lseek(2), Linux 3.1). */
+export const SEEK_SET = 0;
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
+
+/** lseek(2): the new offset, or -errno (ENXIO: no data / hole at or after `offset` with SEEK_DATA/SEEK_HOLE). */
+export function lseekRaw(fd: number, offset: number, whence: number): number {
+  const r = L().lseek(fd, offset, whence);
+  return r < 0 ? -koffi.errno() : r;
+}
+
+export function fsync(fd: number): void {
+  check(L().fsync(fd), 'fsync');
 }
 
 /** fallocate(2) modes (linux/falloc.h). */
