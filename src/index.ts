@@ -96,6 +96,12 @@ export class Stratovisor extends EventEmitter<StratovisorEvents> {
     return this.controller.resumeVm();
   }
 
+  /** vm.snapshot: the paused VM into the existing directory of a file:// URL (config.json, state.json, memory-ranges). */
+  async snapshot(destinationUrl: string): Promise<void> {
+    if (this.controller.snapshotVm === undefined) throw new Error('vm.snapshot is not available on this controller');
+    await this.controller.snapshotVm(destinationUrl);
+  }
+
   shutdown(): Promise<void> {
     return this.controller.shutdownVm();
   }

@@ -78,6 +78,12 @@ export interface VmmController {
    * 204 after this resolves and then emits 'vmm-shutdown'; the process owner exits.
    */
   shutdownVmm(): Promise<void>;
+  /**
+   * vm.snapshot {destination_url}: write config.json, state.json and memory-ranges into the
+   * existing directory of a file:// URL. 404 if not created, 405 if not paused, 400 for a bad
+   * URL, a missing directory or a file that exists already. Optional: 500 "not implemented".
+   */
+  snapshotVm?(destinationUrl: string): Promise<void>;
   /** vm.info: 404 if not created. */
   info(): VmInfo;
   /** vm.counters: 404 if not created, 405 if not booted. */
@@ -186,7 +192,8 @@ export type VmAction =
   | 'power-button'
   | 'delete'
   | 'info'
-  | 'counters';
+  | 'counters'
+  | 'snapshot';
 
 /**
  * The VM state after `action` from `state` (undefined = no VM), or throws the
@@ -230,6 +237,10 @@ export function nextVmState(state: VmState | undefined, action: VmAction): VmSta
       return 'Running';
     case 'power-button':
       if (!booted) throw new VmStateError(verb, state, 'not booted');
+      return state;
+    case 'snapshot':
+      // Cloud Hypervisor snapshots a paused VM only (vmm/src/vm.rs Vm::snapshot).
+      if (state !== 'Paused') throw new VmStateError(verb, state, booted ? 'not paused' : 'not booted');
       return state;
   }
 }

@@ -185,6 +185,9 @@ export function withLifecycleEvents(controller: VmmController, monitor: EventMon
     rebootVm: around('reboot', 'rebooting', 'rebooted', () => controller.rebootVm()),
     powerButton: around('power-button', undefined, 'power-button', () => controller.powerButton()),
     ...(controller.addVsock !== undefined ? { addVsock: (v: VsockConfig) => controller.addVsock!(v) } : {}),
+    ...(controller.snapshotVm !== undefined
+      ? { snapshotVm: (url: string) => around('snapshot', 'snapshotting', 'snapshotted', () => controller.snapshotVm!(url))() }
+      : {}),
     deleteVm: async () => {
       // CH: deleting when nothing exists succeeds silently; only report a real delete.
       const existed = state() !== undefined;

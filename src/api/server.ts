@@ -301,6 +301,14 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     );
     this.handlers.set('PUT /vm.boot', serial(() => c.bootVm()));
     this.handlers.set('PUT /vm.pause', serial(() => c.pauseVm()));
+    this.handlers.set('PUT /vm.snapshot', (body) =>
+      this.serialized(async () => {
+        if (c.snapshotVm === undefined) throw new NotImplementedError('vm.snapshot');
+        const url = (body as { destination_url?: unknown } | null)?.destination_url;
+        if (typeof url !== 'string' || url === '') throw new BodyError('vm.snapshot: invalid snapshot configuration', ['destination_url: required (a file:// URL of an existing directory)']);
+        await c.snapshotVm(url);
+      }).then(() => undefined),
+    );
     this.handlers.set('PUT /vm.resume', serial(() => c.resumeVm()));
     this.handlers.set('PUT /vm.shutdown', serial(() => c.shutdownVm()));
     this.handlers.set('PUT /vm.reboot', serial(() => c.rebootVm()));

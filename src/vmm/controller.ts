@@ -33,6 +33,7 @@ import type { EventMonitor } from '../api/events.js';
 import { assertValidVmConfig, validateVmConfig, type FsConfig, type NetConfig, type VmConfig, type VsockConfig } from './config.js';
 import * as libc from '../sys/libc.js';
 import { VirtualMachine, type VirtualMachineOptions, type VmExitInfo } from './vm.js';
+import { SnapshotError, snapshotDirectory } from './snapshot.js';
 
 export interface VmmCoreOptions {
   /** Passed to every VirtualMachine built (serial tty fd, log, hypervisor). */
@@ -152,6 +153,23 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     }
     // The guest may have powered off while we waited.
     if (this.vm === vm && this.state === 'Running') this.state = next;
+  }
+
+  async snapshotVm(destinationUrl: string): Promise<void> {
+    nextVmState(this.state, 'snapshot');
+    let dir: string;
+    try {
+      dir = snapshotDirectory(destinationUrl);
+    } catch (e) {
+      throw new BadRequestError(`vm.snapshot: ${(e as Error).message}`);
+    }
+    try {
+      const w = await this.vm!.snapshot(dir);
+      this.log(`snapshot written to ${dir}: ${w.memoryDataBytes} bytes of guest RAM in a ${w.memoryFileSize}-byte sparse memory-ranges`);
+    } catch (e) {
+      if (e instanceof SnapshotError) throw new BadRequestError(`vm.snapshot: ${e.message}`);
+      throw new ApiError(500, 'Internal', `vm.snapshot: ${(e as Error).message}`);
+    }
   }
 
   async resumeVm(): Promise<void> {

@@ -10,7 +10,8 @@ import { AcpiPowerDevice } from '../devices/acpi_power.js';
 import { NO_INTERRUPT } from '../devices/interrupt.js';
 import { EventFdInterrupt } from './interrupts.js';
 import { MailboxServer, MailboxOp, SPIN_LIMIT } from './mailbox.js';
-import type { DeviceWorkerData, DeviceEvent } from './protocol.js';
+import { DeviceControl, DeviceControlOp, type DeviceWorkerData, type DeviceEvent } from './protocol.js';
+import { saveLegacyDevices } from '../devices/state_json.js';
 import { ByteRing } from './ring.js';
 import { PIO_COM1, PIO_I8042, PIO_CMOS, PIO_ACPI_POWER } from './layout_ports.js';
 import { vmFromHandle } from '../hypervisor/handle.js';
@@ -52,12 +53,15 @@ function start(data: DeviceWorkerData): void {
   const pio = createPioBus();
   const mmio = createMmioBus();
   pio.insert(serial, PIO_COM1.base, PIO_COM1.length);
-  pio.insert(new I8042({ reset: () => { if (!powerEvent) { powerEvent = true; post({ type: 'reset', reason: 'i8042 reset line' }); } } }), PIO_I8042.base, PIO_I8042.length);
-  pio.insert(new Cmos({ memBelow4g: data.memBelow4g, memAbove4g: data.memAbove4g }), PIO_CMOS.base, PIO_CMOS.length);
-  pio.insert(new AcpiPowerDevice({
+  const i8042 = new I8042({ reset: () => { if (!powerEvent) { powerEvent = true; post({ type: 'reset', reason: 'i8042 reset line' }); } } });
+  pio.insert(i8042, PIO_I8042.base, PIO_I8042.length);
+  const cmos = new Cmos({ memBelow4g: data.memBelow4g, memAbove4g: data.memAbove4g });
+  pio.insert(cmos, PIO_CMOS.base, PIO_CMOS.length);
+  const acpiPower = new AcpiPowerDevice({
     onShutdown: () => { if (!powerEvent) { powerEvent = true; post({ type: 'shutdown' }); } },
     onReset: () => { if (!powerEvent) { powerEvent = true; post({ type: 'reset', reason: 'ACPI reset register' }); } },
-  }), PIO_ACPI_POWER.base, PIO_ACPI_POWER.length);
+  });
+  pio.insert(acpiPower, PIO_ACPI_POWER.base, PIO_ACPI_POWER.length);
 
   const pci = setupPci(mmio, vmFromHandle(data.vm), data.virtio, (m) => { if (data.verbose) process.stderr.write(`stratovisor: ${m}\n`); }, data.pciSegments);
 
@@ -89,11 +93,29 @@ function start(data: DeviceWorkerData): void {
     if (accepted > 0) ring.consume(accepted);
   }
 
+  // Requests from the main thread (protocol.ts DeviceControl), seen when the doorbell rings.
+  const control = data.control ? new Int32Array(data.control) : null;
+  let controlSeq = control ? Atomics.load(control, DeviceControl.Seq) : 0;
+  function serveControl(): void {
+    if (!control || Atomics.load(control, DeviceControl.Seq) === controlSeq) return;
+    controlSeq = Atomics.load(control, DeviceControl.Seq);
+    const op = Atomics.load(control, DeviceControl.Op);
+    try {
+      if (op !== DeviceControlOp.SaveState) throw new Error(`unknown device thread request ${op}`);
+      // The VM is paused: no vCPU is inside a device access, so the state is consistent.
+      if (pci.transports.length > 0) throw new Error(`saving the state of virtio devices is not implemented yet (${data.virtio.map((d) => d.id).join(', ')})`);
+      post({ type: 'state', seq: controlSeq, state: { legacy: saveLegacyDevices({ serial, i8042, cmos, acpiPower }), pciRoots: pci.roots.map((r) => r.saveState()) } });
+    } catch (e) {
+      post({ type: 'state-error', seq: controlSeq, message: (e as Error).message });
+    }
+  }
+
   const bell = server.bell;
   while (!server.stopRequested()) {
     const seq = Atomics.load(bell, 0);
     const served = server.serve(handle);
     pumpInput();
+    serveControl();
     if (served === 0) {
       // A vCPU that just got an answer often asks again at once (the UART's LSR, then THR):
       // spin a little before sleeping, and write buffered output only when going to sleep.

@@ -3,6 +3,8 @@ import type { VcpuHandle, VmHandle } from '../hypervisor/hypervisor.js';
 import type { VirtioPciInit } from './pci_setup.js';
 import type { MailboxShared } from './mailbox.js';
 import type { PciSegmentLayout } from '../arch/x86_64/layout.js';
+import type { LegacyDeviceState } from '../devices/state_json.js';
+import type { PciRootState } from '../pci/bus.js';
 
 export interface VcpuWorkerData {
   handle: VcpuHandle;
@@ -17,7 +19,8 @@ export const RunState = { Run: 0, Pause: 1, Stop: 2 } as const;
 
 export type VcpuEvent =
   | { type: 'started'; id: number }
-  | { type: 'paused'; id: number }
+  /** `configAddress`: the vCPU's 0xCF8 CONFIG_ADDRESS latch as it parked (saved state). */
+  | { type: 'paused'; id: number; configAddress: number }
   | { type: 'shutdown'; id: number }
   | { type: 'reset'; id: number; reason: string }
   | { type: 'error'; id: number; message: string }
@@ -40,10 +43,28 @@ export interface DeviceWorkerData {
   verbose: boolean;
   /** Float64 [tx_bytes, tx_dropped_bytes] of the serial sink, mirrored by the device thread. */
   serialCounters?: SharedArrayBuffer;
+  /** Int32 words (DeviceControl): requests from the main thread, answered by a DeviceEvent. */
+  control?: SharedArrayBuffer;
+}
+
+/**
+ * Requests to the device thread, which never waits for messages (it sleeps on the doorbell):
+ * the main thread writes Op, bumps Seq and rings the doorbell; the answer carries Seq.
+ */
+export const DeviceControl = { Seq: 0, Op: 1, Words: 2 } as const;
+export const DeviceControlOp = { None: 0, SaveState: 1 } as const;
+
+/** What the device thread saves for a snapshot (the VM paused). */
+export interface DeviceThreadState {
+  legacy: LegacyDeviceState;
+  /** Each PCI segment's bus, by segment number. */
+  pciRoots: PciRootState[];
 }
 
 export type DeviceEvent =
   | { type: 'shutdown' }
   | { type: 'reset'; reason: string }
-  | { type: 'stats'; pioUnhandled: number; mmioUnhandled: number };
+  | { type: 'stats'; pioUnhandled: number; mmioUnhandled: number }
+  | { type: 'state'; seq: number; state: DeviceThreadState }
+  | { type: 'state-error'; seq: number; message: string };
 

@@ -93,7 +93,7 @@ function start(wd: VcpuWorkerData): void {
         vcpu.takeKick();
         let s = Atomics.load(state, 0);
         if (s === RunState.Pause) {
-          post({ type: 'paused', id });
+          post({ type: 'paused', id, configAddress: pciType1.saveState().configAddress });
           while ((s = Atomics.load(state, 0)) === RunState.Pause) Atomics.wait(state, 0, RunState.Pause);
         }
         if (s === RunState.Stop) break loop;

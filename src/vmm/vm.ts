@@ -27,7 +27,11 @@ import { VirtioManager } from './virtio_manager.js';
 import { SerialSocketSink } from './serial_socket.js';
 import { THREAD_OPTIONS } from './thread_options.js';
 import type { VirtioPciInit } from './pci_setup.js';
-import { RunState, type DeviceWorkerData, type DeviceEvent, type VcpuWorkerData, type VcpuEvent } from './protocol.js';
+import {
+  DeviceControl, DeviceControlOp, RunState, type DeviceThreadState, type DeviceWorkerData, type DeviceEvent, type VcpuWorkerData, type VcpuEvent,
+} from './protocol.js';
+import { saveHypervisorState } from '../hypervisor/state.js';
+import { writeSnapshot, type SnapshotWritten } from './snapshot.js';
 
 /** Addresses KVM needs for its real-mode TSS and identity map on Intel (below the 4 GiB top). */
 const KVM_IDENTITY_MAP_ADDR = 0xfffbc000;
@@ -70,6 +74,12 @@ interface Running {
   deviceExited: Promise<void>;
   /** Resolves when every thread has stopped and everything is released (see stopGuest). */
   stopped: Promise<void> | null;
+  /** DeviceControl words shared with the device thread. */
+  control: Int32Array;
+  /** Answers of the device thread to control requests, by sequence number. */
+  controlWaiters: Map<number, (e: DeviceEvent) => void>;
+  /** vCPUs parked by the current pause: id -> their 0xCF8 latch. */
+  parked: Map<number, number>;
 }
 
 type KernelKind = 'bzImage' | 'elf';
@@ -292,17 +302,20 @@ export class VirtualMachine extends EventEmitter {
 
     const shared = createMailboxes(ncpu);
     const runStateSab = new SharedArrayBuffer(4);
+    const controlSab = new SharedArrayBuffer(4 * DeviceControl.Words);
     const deviceData: DeviceWorkerData = {
       shared, input: this.input.sab, serialFd, serialIrqfd,
       memBelow4g: lowRamEnd(memSize), memAbove4g: memSize - lowRamEnd(memSize),
       vm: vm.handle(), virtio: virtioInits, verbose: this.opts.log !== undefined,
       pciSegments: this.virtio.pciSegments, serialCounters: this.serialCounters.buffer as SharedArrayBuffer,
+      control: controlSab,
     };
     deviceWorker.off('error', early);
     deviceWorker.postMessage(deviceData);
     const run: Running = {
       vm, mem: mem!, vcpus, vcpuWorkers: [], deviceWorker, shared, runState: new Int32Array(runStateSab),
       serialIrqfd, serialFd, ownsSerialFd, stopping: false, vcpuExited, deviceExited, stopped: null,
+      control: new Int32Array(controlSab), controlWaiters: new Map(), parked: new Map(),
     };
     runRef = run;
     this.run = run;
@@ -364,6 +377,49 @@ export class VirtualMachine extends EventEmitter {
   private onDeviceEvent(run: Running, m: DeviceEvent): void {
     if (m.type === 'shutdown') void this.guestPowerOff(run);
     else if (m.type === 'reset') void this.guestReset(run, m.reason);
+    else if (m.type === 'state' || m.type === 'state-error') {
+      const w = run.controlWaiters.get(m.seq);
+      run.controlWaiters.delete(m.seq);
+      w?.(m);
+    }
+  }
+
+  /** Ask the device thread for its devices' state (the VM paused); its answer or a VmError. */
+  private deviceThreadState(run: Running): Promise<DeviceThreadState> {
+    return new Promise((resolve, reject) => {
+      const seq = (Atomics.load(run.control, DeviceControl.Seq) + 1) | 0;
+      const timer = setTimeout(() => {
+        run.controlWaiters.delete(seq);
+        reject(new VmError(`the device thread did not answer within ${DEVICE_STOP_MS} ms`));
+      }, DEVICE_STOP_MS);
+      run.controlWaiters.set(seq, (e) => {
+        clearTimeout(timer);
+        if (e.type === 'state') resolve(e.state);
+        else reject(new VmError(e.type === 'state-error' ? e.message : 'unexpected answer'));
+      });
+      Atomics.store(run.control, DeviceControl.Op, DeviceControlOp.SaveState);
+      Atomics.store(run.control, DeviceControl.Seq, seq);
+      ringDoorbell(run.shared.doorbell);
+    });
+  }
+
+  /**
+   * Write a snapshot of the paused VM into the existing directory `dir` (config.json, state.json,
+   * memory-ranges; src/vmm/snapshot.ts). The VM stays paused.
+   */
+  async snapshot(dir: string): Promise<SnapshotWritten> {
+    const run = this.run;
+    if (this.state !== 'Paused' || !run) throw new VmError(`cannot snapshot a VM in state ${this.state}: pause it first`);
+    if (run.stopping) throw new VmError('cannot snapshot: the VM is stopping');
+    const ncpu = run.vcpus.length;
+    if (run.parked.size < ncpu) throw new VmError(`cannot snapshot: ${ncpu - run.parked.size} of ${ncpu} vCPU(s) have not stopped yet`);
+    const devices = await this.deviceThreadState(run);
+    if (this.state !== 'Paused' || this.run !== run || run.stopping) throw new VmError('cannot snapshot: the VM stopped meanwhile');
+    const hypervisor = saveHypervisorState(run.vm, run.vcpus);
+    const configAddress = run.vcpus.map((v) => run.parked.get(v.id) ?? 0);
+    return writeSnapshot(dir, {
+      config: this.config, hypervisor, devices: devices.legacy, pci: { segments: devices.pciRoots, configAddress }, mem: run.mem,
+    });
   }
 
   private onVcpuEvent(run: Running, m: VcpuEvent): void {
@@ -371,7 +427,10 @@ export class VirtualMachine extends EventEmitter {
       case 'shutdown': void this.guestPowerOff(run); break;
       case 'reset': void this.guestReset(run, m.reason); break;
       case 'error': this.fail(run, m.message); break;
-      case 'paused': this.emit('vcpu-paused', m.id); break;
+      case 'paused':
+        if (this.state === 'Paused') run.parked.set(m.id, m.configAddress);
+        this.emit('vcpu-paused', m.id);
+        break;
       case 'stopped': this.log(`vCPU ${m.id} stopped after ${m.exits} exits (${m.deviceExits} to devices): ${JSON.stringify(m.kinds)}`); break;
       case 'started': this.log(`vCPU ${m.id} thread running`); break;
       default: break;
@@ -475,6 +534,7 @@ export class VirtualMachine extends EventEmitter {
   resume(): void {
     if (this.state !== 'Paused' || !this.run) throw new VmError(`cannot resume a VM in state ${this.state}`);
     if (this.run.stopping) return; // the stop in progress wins; its Stop state must stay
+    this.run.parked.clear();
     Atomics.store(this.run.runState, 0, RunState.Run);
     Atomics.notify(this.run.runState, 0);
     this.state = 'Running';

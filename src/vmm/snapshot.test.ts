@@ -1,0 +1,143 @@
+// The snapshot directory: what writeSnapshot writes is what readSnapshot reads (real devices'
+// state, real guest memory, a well-formed hypervisor state), files are created exclusively and a
+// failure leaves nothing behind, and state.json errors name the field.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Serial } from '../devices/serial.js';
+import { I8042 } from '../devices/i8042.js';
+import { Cmos } from '../devices/cmos.js';
+import { AcpiPowerDevice } from '../devices/acpi_power.js';
+import { saveLegacyDevices } from '../devices/state_json.js';
+import { createMmioBus } from '../devices/bus.js';
+import { attachPciSegments, savePciState } from '../pci/segment.js';
+import { PciType1 } from '../pci/bus.js';
+import { pciSegmentLayouts } from '../arch/x86_64/layout.js';
+import { GuestMemory } from '../memory/guest_memory.js';
+import { restoreGuestMemory } from '../memory/snapshot.js';
+import { sampleHypervisorState } from '../hypervisor/testing/sample_state.js';
+import { StateFormatError } from '../snapshot/codec.js';
+import {
+  CONFIG_FILE, MEMORY_FILE, STATE_FILE, SnapshotError, parseSnapshotState, readSnapshot, snapshotDirectory, writeSnapshot,
+  type SnapshotParts,
+} from './snapshot.js';
+
+const MiB = 1 << 20;
+const root = mkdtempSync(join(tmpdir(), 'stv-snapdir-'));
+process.on('exit', () => rmSync(root, { recursive: true, force: true }));
+
+function parts(mem: GuestMemory): SnapshotParts {
+  const serial = new Serial({});
+  serial.write(3, Uint8Array.of(0x03)); // LCR: 8N1
+  serial.enqueueInput(new TextEncoder().encode('typed'));
+  const cmos = new Cmos({ memBelow4g: 8 * MiB, memAbove4g: 0 });
+  const i8042 = new I8042({ reset: () => undefined });
+  const acpiPower = new AcpiPowerDevice({ onShutdown: () => undefined, onReset: () => undefined });
+  const segments = attachPciSegments(createMmioBus(), pciSegmentLayouts(1));
+  return {
+    config: { cpus: { boot_vcpus: 2 }, memory: { size: 8 * MiB } },
+    hypervisor: sampleHypervisorState(5),
+    devices: saveLegacyDevices({ serial, i8042, cmos, acpiPower }),
+    pci: savePciState(segments, [new PciType1(1), new PciType1(1)]),
+    mem,
+  };
+}
+
+test('writeSnapshot then readSnapshot: config, every part of the state and guest RAM come back', () => {
+  const mem = GuestMemory.allocate([{ gpa: 0, size: 8 * MiB }]);
+  const fresh = GuestMemory.allocate([{ gpa: 0, size: 8 * MiB }]);
+  try {
+    mem.writeBytes(0x10_0000, new TextEncoder().encode('kernel text'));
+    const p = parts(mem);
+    const dir = join(root, 'ok');
+    mkdirSync(dir);
+    const w = writeSnapshot(dir, p);
+    assert.deepEqual(readdirSync(dir).sort(), [CONFIG_FILE, MEMORY_FILE, STATE_FILE].sort());
+    assert.equal(w.memoryFileSize, 8 * MiB);
+    const r = readSnapshot(dir);
+    assert.deepEqual(r.config, p.config);
+    assert.deepEqual(r.state.hypervisor, p.hypervisor);
+    assert.deepEqual(r.state.devices, p.devices);
+    assert.deepEqual(r.state.pci, p.pci);
+    assert.deepEqual(r.state.memory.ranges, [{ gpa: 0, length: 8 * MiB, fileOffset: 0 }]);
+    restoreGuestMemory(fresh, r.memoryFile, r.state.memory.ranges);
+    assert.equal(new TextDecoder().decode(fresh.slice(0x10_0000, 11)), 'kernel text');
+  } finally {
+    mem.free();
+    fresh.free();
+  }
+});
+
+test('a snapshot never overwrites: any of the three names taken writes nothing; a failure removes what it wrote', () => {
+  const mem = GuestMemory.allocate([{ gpa: 0, size: 8 * MiB }]);
+  try {
+    for (const taken of [CONFIG_FILE, MEMORY_FILE, STATE_FILE]) {
+      const dir = join(root, `taken-${taken}`);
+      mkdirSync(dir);
+      writeFileSync(join(dir, taken), 'precious');
+      assert.throws(() => writeSnapshot(dir, parts(mem)), (e: unknown) => e instanceof SnapshotError && /exists already/.test(e.message));
+      assert.deepEqual(readdirSync(dir), [taken]);
+      assert.equal(readFileSync(join(dir, taken), 'utf8'), 'precious');
+    }
+    // Guest memory that cannot be saved (test memory without a host mapping) fails after
+    // config.json was written: it and the partial memory-ranges are removed.
+    const dir = join(root, 'fails');
+    mkdirSync(dir);
+    const unsaveable = GuestMemory.fromBuffers([{ gpa: 0, buffer: new ArrayBuffer(8 * MiB) }]);
+    assert.throws(() => writeSnapshot(dir, { ...parts(mem), mem: unsaveable }), (e: unknown) => e instanceof SnapshotError && /no host mapping/.test(e.message));
+    assert.deepEqual(readdirSync(dir), []);
+  } finally {
+    mem.free();
+  }
+});
+
+test('state.json errors name the field, through the embedded documents', () => {
+  const mem = GuestMemory.allocate([{ gpa: 0, size: 8 * MiB }]);
+  try {
+    const dir = join(root, 'fields');
+    mkdirSync(dir);
+    writeSnapshot(dir, parts(mem));
+    const text = readFileSync(join(dir, STATE_FILE), 'utf8');
+    /** state.json with the value at `path` replaced (undefined: deleted). */
+    const edit = (path: ReadonlyArray<string | number>, value: unknown): string => {
+      const j = JSON.parse(text) as unknown;
+      let o = j as Record<string | number, unknown>;
+      for (const k of path.slice(0, -1)) o = o[k] as Record<string | number, unknown>;
+      const last = path[path.length - 1]!;
+      if (value === undefined) delete o[last];
+      else o[last] = value;
+      return JSON.stringify(j);
+    };
+    const field = (t: string): string => {
+      try {
+        parseSnapshotState(t);
+      } catch (e) {
+        assert.ok(e instanceof StateFormatError, String(e));
+        assert.ok(e.message.startsWith('snapshot state: '), e.message);
+        return e.field;
+      }
+      assert.fail('accepted');
+    };
+    assert.equal(field(edit(['version'], 2)), 'version');
+    assert.equal(field(edit(['hypervisor', 'vcpus', 1, 'regs', 'rip'], 7)), 'hypervisor.vcpus[1].regs.rip');
+    assert.equal(field(edit(['devices', 'serial'], undefined)), 'devices.serial');
+    assert.equal(field(edit(['pci', 'configAddress'], 'x')), 'pci.configAddress');
+    assert.equal(field(edit(['memory', 'ranges', 0, 'length'], -1)), 'memory.ranges[0].length');
+    assert.equal(field(edit(['extra'], 1)), 'extra');
+    assert.equal(field('{"format":'), '');
+  } finally {
+    mem.free();
+  }
+});
+
+test('destination_url: file:// of an existing directory only, each refusal says why', () => {
+  assert.equal(snapshotDirectory(pathToFileURL(root).href), root);
+  assert.throws(() => snapshotDirectory('not a url'), /is not a URL/);
+  assert.throws(() => snapshotDirectory('http://host/x'), /only file:\/\/ URLs/);
+  assert.throws(() => snapshotDirectory(pathToFileURL(join(root, 'missing')).href), /is not an existing directory/);
+  writeFileSync(join(root, 'a-file'), '');
+  assert.throws(() => snapshotDirectory(pathToFileURL(join(root, 'a-file')).href), /is not an existing directory/);
+});

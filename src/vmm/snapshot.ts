@@ -1,0 +1,185 @@
+// A VM snapshot on disk, in Cloud Hypervisor's layout: a directory holding
+//   config.json    the VmConfig the VM was built from,
+//   memory-ranges  guest RAM, sparse (src/memory/snapshot.ts),
+//   state.json     everything else the guest can observe, one versioned document that embeds
+//                  the versioned documents of each part (hypervisor, legacy devices, PCI).
+// Every file is created exclusively (an existing file is an error, never overwritten) and
+// state.json is written last, so a directory with a state.json holds a complete snapshot; a
+// failed snapshot removes what it wrote. Reading is strict: a StateFormatError names the field,
+// e.g. `snapshot state: hypervisor.vcpus[1].sregs.cs.limit: …`.
+import { closeSync, openSync, readFileSync, statSync, unlinkSync, writeSync, fsyncSync, constants } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as libc from '../sys/libc.js';
+import {
+  array, decodeVersioned, literal, parseJsonText, struct, StateFormatError, type Codec, type Json,
+} from '../snapshot/codec.js';
+import { hypervisorStateFromJson, hypervisorStateToJson, type HypervisorState } from '../hypervisor/state_json.js';
+import { legacyDeviceStateFromJson, legacyDeviceStateToJson, type LegacyDeviceState } from '../devices/state_json.js';
+import { pciStateFromJson, pciStateToJson } from '../pci/state_json.js';
+import type { PciState } from '../pci/segment.js';
+import { saveGuestMemory, type MemoryRange } from '../memory/snapshot.js';
+import type { GuestMemory } from '../memory/guest_memory.js';
+
+export const SNAPSHOT_STATE_FORMAT = 'stratovisor-snapshot-state';
+/** Bump when the meaning or shape of a field changes; readers refuse other versions by name. */
+export const SNAPSHOT_STATE_VERSION = 1;
+export const CONFIG_FILE = 'config.json';
+export const STATE_FILE = 'state.json';
+export const MEMORY_FILE = 'memory-ranges';
+
+const DOCUMENT = 'snapshot state';
+
+/** state.json without its format/version. */
+export interface SnapshotState {
+  arch: 'x86_64';
+  hypervisor: HypervisorState;
+  devices: LegacyDeviceState;
+  pci: PciState;
+  memory: { file: typeof MEMORY_FILE; ranges: MemoryRange[] };
+}
+
+export class SnapshotError extends Error {
+  override name = 'SnapshotError';
+}
+
+/** A versioned document of its own, inside state.json: its errors gain the field's path. */
+function embedded<T>(toJson: (v: T) => Json, fromJson: (j: unknown) => T): Codec<T> {
+  return {
+    enc: toJson,
+    dec(j, path) {
+      try {
+        return fromJson(j);
+      } catch (e) {
+        if (e instanceof StateFormatError) throw new StateFormatError(e.field === '' ? path : `${path}.${e.field}`, e.problem);
+        throw e;
+      }
+    },
+  };
+}
+
+const safeUint: Codec<number> = {
+  enc: (v) => v,
+  dec(j, path) {
+    if (typeof j !== 'number' || !Number.isSafeInteger(j) || j < 0) throw new StateFormatError(path, `expected a non-negative integer, got ${JSON.stringify(j)}`);
+    return j;
+  },
+};
+
+const rangeCodec = struct<MemoryRange>({ gpa: safeUint, length: safeUint, fileOffset: safeUint });
+
+interface Document extends SnapshotState {
+  format: typeof SNAPSHOT_STATE_FORMAT;
+  version: typeof SNAPSHOT_STATE_VERSION;
+}
+
+const documentCodec = struct<Document>({
+  format: literal(SNAPSHOT_STATE_FORMAT),
+  version: literal(SNAPSHOT_STATE_VERSION),
+  arch: literal('x86_64'),
+  hypervisor: embedded(hypervisorStateToJson, hypervisorStateFromJson),
+  devices: embedded(legacyDeviceStateToJson, legacyDeviceStateFromJson),
+  pci: embedded(pciStateToJson, pciStateFromJson),
+  memory: struct<SnapshotState['memory']>({ file: literal(MEMORY_FILE), ranges: array(rangeCodec, 1, 64) }),
+});
+
+export function snapshotStateToJson(s: SnapshotState): Json {
+  return documentCodec.enc({ format: SNAPSHOT_STATE_FORMAT, version: SNAPSHOT_STATE_VERSION, ...s });
+}
+
+export function parseSnapshotState(text: string): SnapshotState {
+  const d = decodeVersioned(parseJsonText(text, DOCUMENT), DOCUMENT, SNAPSHOT_STATE_FORMAT, SNAPSHOT_STATE_VERSION, documentCodec);
+  return { arch: d.arch, hypervisor: d.hypervisor, devices: d.devices, pci: d.pci, memory: d.memory };
+}
+
+/** The directory of a `destination_url` / `source_url` (Cloud Hypervisor: file:// only). */
+export function snapshotDirectory(url: string, what = 'destination_url'): string {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new SnapshotError(`${what} '${url}' is not a URL (expected file:///path/to/dir)`);
+  }
+  if (u.protocol !== 'file:') throw new SnapshotError(`${what} '${url}': only file:// URLs are supported`);
+  const dir = fileURLToPath(u);
+  let isDir = false;
+  try { isDir = statSync(dir).isDirectory(); } catch { /* reported below */ }
+  if (!isDir) throw new SnapshotError(`${what} '${url}': ${dir} is not an existing directory`);
+  return dir;
+}
+
+function writeNewFile(path: string, text: string): void {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | libc.O_CLOEXEC, 0o600);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new SnapshotError(code === 'EEXIST' ? `'${path}' exists already (a snapshot never overwrites a file)` : `cannot create '${path}': ${(e as Error).message}`);
+  }
+  try {
+    writeSync(fd, text);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export interface SnapshotParts {
+  config: unknown;
+  hypervisor: HypervisorState;
+  devices: LegacyDeviceState;
+  pci: PciState;
+  mem: GuestMemory;
+}
+
+export interface SnapshotWritten {
+  dir: string;
+  memoryDataBytes: number;
+  memoryFileSize: number;
+}
+
+/** Write a snapshot into the existing directory `dir` (see the header). */
+export function writeSnapshot(dir: string, p: SnapshotParts): SnapshotWritten {
+  const created: string[] = [];
+  const make = (name: string, write: (path: string) => void) => {
+    const path = join(dir, name);
+    write(path);
+    created.push(path);
+  };
+  try {
+    // Nothing is written when any of the three names is taken.
+    for (const name of [CONFIG_FILE, MEMORY_FILE, STATE_FILE]) {
+      let exists = true;
+      try { statSync(join(dir, name)); } catch { exists = false; }
+      if (exists) throw new SnapshotError(`'${join(dir, name)}' exists already (a snapshot never overwrites a file)`);
+    }
+    make(CONFIG_FILE, (path) => writeNewFile(path, `${JSON.stringify(p.config, null, 2)}\n`));
+    let mem = { ranges: [] as MemoryRange[], dataBytes: 0, fileSize: 0 };
+    make(MEMORY_FILE, (path) => { mem = saveGuestMemory(p.mem, path); });
+    const state: SnapshotState = { arch: 'x86_64', hypervisor: p.hypervisor, devices: p.devices, pci: p.pci, memory: { file: MEMORY_FILE, ranges: mem.ranges } };
+    make(STATE_FILE, (path) => writeNewFile(path, JSON.stringify(snapshotStateToJson(state))));
+    return { dir, memoryDataBytes: mem.dataBytes, memoryFileSize: mem.fileSize };
+  } catch (e) {
+    for (const f of created) { try { unlinkSync(f); } catch { /* gone */ } }
+    throw e instanceof SnapshotError ? e : new SnapshotError(`snapshot to ${dir} failed: ${(e as Error).message}`);
+  }
+}
+
+/** Read and check a snapshot directory's state and config (guest RAM stays in its file). */
+export function readSnapshot(dir: string): { config: unknown; state: SnapshotState; memoryFile: string } {
+  const read = (name: string) => {
+    try {
+      return readFileSync(join(dir, name), 'utf8');
+    } catch (e) {
+      throw new SnapshotError(`cannot read ${join(dir, name)}: ${(e as Error).message}`);
+    }
+  };
+  const state = parseSnapshotState(read(STATE_FILE));
+  let config: unknown;
+  try {
+    config = JSON.parse(read(CONFIG_FILE));
+  } catch (e) {
+    throw e instanceof SnapshotError ? e : new SnapshotError(`${join(dir, CONFIG_FILE)} is not JSON: ${(e as Error).message}`);
+  }
+  return { config, state, memoryFile: join(dir, MEMORY_FILE) };
+}
