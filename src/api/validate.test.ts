@@ -91,8 +91,8 @@ test("Stratovisor's supported VmConfig fields all exist in the document's VmConf
 
 test('vmConfigFromBody applies defaults and reports unsupported features by path', () => {
   const v = getValidator();
-  const r = vmConfigFromBody({ payload: { kernel: '/k' }, net: [{ tap: 't0', vhost_mode: 'Client', rate_limiter_config: { ops: { size: 1, refill_time: 1 } } }] }, v);
-  assert.deepEqual(r, { ok: false, issues: [{ path: 'net[0].rate_limiter_config', message: 'not supported yet in Stratovisor' }] });
+  const r = vmConfigFromBody({ payload: { kernel: '/k' }, net: [{ tap: 't0', vhost_mode: 'Client', pci_device_id: 5 }] }, v);
+  assert.deepEqual(r, { ok: false, issues: [{ path: 'net[0].pci_device_id', message: 'not supported yet in Stratovisor' }] });
   const ok = vmConfigFromBody({ payload: { kernel: '/k' }, net: [{ tap: 't0', vhost_mode: 'Client' }] }, v);
   assert.ok(ok.ok);
   if (ok.ok) {
@@ -186,4 +186,39 @@ test('a build that generated validators generated them from the shipped document
   const { documentHash } = await import('./validate_codegen.js');
   assert.equal(pre.source, documentHash(), 'openapi_validators.cjs is stale: run npm run build');
   assert.ok(getValidator().validate('VmConfig', {}).length > 0);
+});
+
+test('rate_limiter_config and rate_limit_groups from a vm.create body: accepted as the document has them; bad numbers named', () => {
+  const v = getValidator();
+  const body = {
+    payload: { kernel: '/k' },
+    disks: [
+      { path: '/a', rate_limiter_config: { bandwidth: { size: 1048576, refill_time: 100 }, ops: { size: 100, one_time_burst: 10, refill_time: 1000 } } },
+      { path: '/b', rate_limit_group: 'g0' },
+    ],
+    net: [{ tap: 't0', rate_limiter_config: { bandwidth: { size: 1000, refill_time: 10 } } }],
+    rate_limit_groups: [{ id: 'g0', rate_limiter_config: { ops: { size: 5, refill_time: 50 } } }],
+  };
+  assert.deepEqual(v.validate('VmConfig', body), []);
+  const ok = vmConfigFromBody(body, v);
+  assert.ok(ok.ok, JSON.stringify(ok));
+  if (ok.ok) {
+    assert.deepEqual(ok.config.disks![0]!.rate_limiter_config, body.disks[0]!.rate_limiter_config);
+    assert.equal(ok.config.disks![1]!.rate_limit_group, 'g0');
+    assert.deepEqual(ok.config.net![0]!.rate_limiter_config, body.net[0]!.rate_limiter_config);
+    assert.deepEqual(ok.config.rate_limit_groups, body.rate_limit_groups);
+  }
+  // The document's own rules: size and refill_time required, minimum 0.
+  const neg = v.validate('VmConfig', { ...body, net: [{ tap: 't0', rate_limiter_config: { bandwidth: { size: -1, refill_time: 10 } } }] });
+  assert.ok(neg.some((i) => i.path === 'net[0].rate_limiter_config.bandwidth.size'), JSON.stringify(neg));
+  const missing = v.validate('VmConfig', { ...body, net: [{ tap: 't0', rate_limiter_config: { ops: { size: 1 } } }] });
+  assert.ok(missing.some((i) => i.path.startsWith('net[0].rate_limiter_config.ops')), JSON.stringify(missing));
+  // Ours: a bucket that never refills, an unknown group, a group and a limiter together.
+  const bad = vmConfigFromBody({
+    ...body,
+    disks: [{ path: '/a', rate_limiter_config: { bandwidth: { size: 10, refill_time: 0 } } }, { path: '/b', rate_limit_group: 'nope' }],
+  }, v);
+  assert.deepEqual(bad.ok ? [] : bad.issues.map((i) => i.path), ['disks[0].rate_limiter_config.bandwidth.refill_time', 'disks[1].rate_limit_group']);
+  const both = vmConfigFromBody({ ...body, disks: [{ path: '/a', rate_limit_group: 'g0', rate_limiter_config: { ops: { size: 1, refill_time: 1 } } }] }, v);
+  assert.deepEqual(both.ok ? [] : both.issues, [{ path: 'disks[0].rate_limit_group', message: 'and rate_limiter_config are mutually exclusive' }]);
 });

@@ -9,7 +9,7 @@
 // Hypervisor's defaults) and `validateVmConfig` (ranges and cross-field rules).
 
 import { isDeepStrictEqual } from 'node:util';
-import { createVmConfig, defaultNetConfig, validateVmConfig, type NetConfig, type VmConfig, type VmConfigInput } from '../vmm/config.js';
+import { createVmConfig, defaultNetConfig, validateVmConfig, type NetConfig, type RateLimiterConfig, type VmConfig, type VmConfigInput } from '../vmm/config.js';
 import type { SchemaObject, SchemaValidator, ValidationIssue } from './validate.js';
 
 /** `true` for a supported leaf, a nested shape for an object, [shape] for an array of objects. */
@@ -21,6 +21,11 @@ type Shape<T> = {
     : Required<T>[K] extends object
       ? Shape<Required<T>[K]>
       : true;
+};
+
+const RATE_LIMITER: Shape<RateLimiterConfig> = {
+  bandwidth: { size: true, one_time_burst: true, refill_time: true },
+  ops: { size: true, one_time_burst: true, refill_time: true },
 };
 
 /**
@@ -62,6 +67,8 @@ export const SUPPORTED_VM_CONFIG_FIELDS: Shape<VmConfig> = {
       id: true,
       serial: true,
       pci_segment: true,
+      rate_limiter_config: RATE_LIMITER,
+      rate_limit_group: true,
     },
   ],
   net: [
@@ -82,6 +89,7 @@ export const SUPPORTED_VM_CONFIG_FIELDS: Shape<VmConfig> = {
       offload_tso: true,
       offload_ufo: true,
       offload_csum: true,
+      rate_limiter_config: RATE_LIMITER,
     },
   ],
   fs: [{ tag: true, socket: true, num_queues: true, queue_size: true, id: true, pci_segment: true }],
@@ -93,6 +101,7 @@ export const SUPPORTED_VM_CONFIG_FIELDS: Shape<VmConfig> = {
   watchdog: true,
   pvpanic: true,
   platform: { num_pci_segments: true },
+  rate_limit_groups: [{ id: true, rate_limiter_config: RATE_LIMITER }],
 };
 
 type AnyShape = true | { [k: string]: AnyShape } | [AnyShape];

@@ -314,3 +314,46 @@ test('iothread=<name> on --disk, --net, --fs and --vsock: a thread of the device
   fails(['--kernel', '/k', '--net', 'tap=t0,iothread=a/b'], /--net #1: iothread must be a name/);
   fails(['--kernel', '/k', '--vsock', 'cid=3,socket=/v,iothread=' + 'x'.repeat(33)], /iothread must be a name of 1\.\.32/);
 });
+
+test('rate limits: --disk/--net bw_*/ops_* and --rate-limit-group as Cloud Hypervisor', () => {
+  const r = run(
+    '--kernel', '/k',
+    '--disk', 'path=/a.img,bw_size=1048576,bw_refill_time=100,bw_one_time_burst=2M', 'path=/b.img,rate_limit_group=g0,id=b', 'path=/c.img,ops_size=100,ops_refill_time=1000',
+    '--net', 'tap=t0,bw_size=10M,bw_refill_time=1000,ops_size=1000,ops_one_time_burst=50,ops_refill_time=1000',
+    '--rate-limit-group', 'bw_size=1048576,bw_refill_time=100,id=g0',
+  );
+  assert.deepEqual(r.config!.disks![0]!.rate_limiter_config, { bandwidth: { size: MIB, refill_time: 100, one_time_burst: 2 * MIB } });
+  assert.equal(r.config!.disks![0]!.rate_limit_group, undefined);
+  assert.equal(r.config!.disks![1]!.rate_limiter_config, undefined);
+  assert.equal(r.config!.disks![1]!.rate_limit_group, 'g0');
+  assert.deepEqual(r.config!.disks![2]!.rate_limiter_config, { ops: { size: 100, refill_time: 1000 } });
+  assert.deepEqual(r.config!.net![0]!.rate_limiter_config, {
+    bandwidth: { size: 10 * MIB, refill_time: 1000 }, ops: { size: 1000, refill_time: 1000, one_time_burst: 50 },
+  });
+  assert.deepEqual(r.config!.rate_limit_groups, [{ id: 'g0', rate_limiter_config: { bandwidth: { size: MIB, refill_time: 100 } } }]);
+  // A group-limited disk only (CH's io_throttling.md example, with the group's id).
+  const g = run('--kernel', '/k', '--disk', 'path=/a,rate_limit_group=group0', 'path=/b,rate_limit_group=group0', '--rate-limit-group', 'bw_size=1048576,bw_refill_time=100,id=group0');
+  assert.deepEqual(g.config!.disks!.map((d) => d.rate_limit_group), ['group0', 'group0']);
+});
+
+test('rate limits: bad forms are refused, naming the flag and the key', () => {
+  fails(['--kernel', '/k', '--disk', 'path=/a,bw_size=1000'], /^--disk: bw_refill_time is required with bw_size/, '--disk');
+  fails(['--kernel', '/k', '--disk', 'path=/a,ops_refill_time=10'], /^--disk: ops_size is required with ops_refill_time/, '--disk');
+  fails(['--kernel', '/k', '--disk', 'path=/a,bw_one_time_burst=10'], /^--disk: bw_size is required with bw_one_time_burst/, '--disk');
+  fails(['--kernel', '/k', '--disk', 'path=/a,bw_size=1000,bw_refill_time=0'], /^--disk #1: bw_refill_time must be > 0 for a bucket of size 1000/, '--disk');
+  fails(['--kernel', '/k', '--net', 'tap=t0,ops_size=-1,ops_refill_time=10'], /--net: bad number "-1" for ops_size/, '--net');
+  fails(['--kernel', '/k', '--net', 'tap=t0,bw_size=1x,bw_refill_time=10'], /--net: bad size "1x" for bw_size/, '--net');
+  fails(['--kernel', '/k', '--net', 'tap=t0,ops_size=1,ops_refill_time=99999999999'], /--net #1: ops_refill_time must be an integer in 0\.\.4294967295/, '--net');
+  fails(['--kernel', '/k', '--net', 'tap=t0,rate_limit_group=g'], /--net: unknown key "rate_limit_group"/, '--net');
+  fails(['--kernel', '/k', '--disk', 'path=/a,rate_limit_group=nope'], /--disk #1: rate_limit_group "nope" is not a rate_limit_groups id/, '--disk');
+  fails(['--kernel', '/k', '--disk', 'path=/a,rate_limit_group=g,bw_size=1,bw_refill_time=1', '--rate-limit-group', 'id=g,ops_size=1,ops_refill_time=1'],
+    /--disk #1: rate_limit_group and rate_limiter_config are mutually exclusive/, '--disk');
+  fails(['--kernel', '/k', '--rate-limit-group', 'bw_size=1,bw_refill_time=1'], /--rate-limit-group: id=<id> is required/, '--rate-limit-group');
+  fails(['--kernel', '/k', '--rate-limit-group', 'id=g'], /--rate-limit-group g: no limit given/, '--rate-limit-group');
+  fails(['--kernel', '/k', '--rate-limit-group', 'id=g,ops_size=1,ops_refill_time=1', 'id=g,ops_size=2,ops_refill_time=1'],
+    /--rate-limit-group #2: id "g" is already used by another rate limit group/, '--rate-limit-group');
+  fails(['--kernel', '/k', '--rate-limit-group', 'id=g,bw_size=5,bw_refill_time=0'], /--rate-limit-group #1: bw_refill_time must be > 0/, '--rate-limit-group');
+  // A group's limiter lives in one I/O thread.
+  fails(['--kernel', '/k', '--disk', 'path=/a,rate_limit_group=g', 'path=/b,rate_limit_group=g,iothread=t1', '--rate-limit-group', 'id=g,ops_size=1,ops_refill_time=1'],
+    /--disk #2: rate_limit_group "g" is shared with disks\[0\], which is served by the VM's shared I\/O thread; disks of one rate limit group must name the same iothread/);
+});

@@ -25,6 +25,9 @@ import {
   type FsConfig,
   type MemoryConfig,
   type NetConfig,
+  type RateLimitGroupConfig,
+  type RateLimiterConfig,
+  type TokenBucketConfig,
   type VsockConfig,
   type VmConfig,
   type VmConfigInput,
@@ -147,7 +150,8 @@ const FLAGS: readonly FlagSpec[] = [
     value: true,
     multi: true,
     syntax:
-      'path=<path>[,readonly=on|off][,direct=on|off][,iommu=on|off][,num_queues=<n>][,queue_size=<n>][,vhost_user=on|off][,socket=<path>][,id=<id>][,serial=<s>][,pci_segment=<n>][,iothread=<name>]',
+      'path=<path>[,readonly=on|off][,direct=on|off][,iommu=on|off][,num_queues=<n>][,queue_size=<n>][,vhost_user=on|off][,socket=<path>][,id=<id>][,serial=<s>][,pci_segment=<n>][,iothread=<name>]' +
+      '[,bw_size=<bytes>,bw_refill_time=<ms>[,bw_one_time_burst=<bytes>]][,ops_size=<n>,ops_refill_time=<ms>[,ops_one_time_burst=<n>]][,rate_limit_group=<id>]',
     help: 'virtio-blk disks (one or more values, repeatable); iothread=<name>: serve it from an I/O thread of its own (devices naming the same one share it) instead of the VM\'s shared one',
   },
   { name: 'event-monitor', value: true, syntax: 'path=<path>|fd=<fd>', help: 'File to report events on' },
@@ -182,8 +186,16 @@ const FLAGS: readonly FlagSpec[] = [
     value: true,
     multi: true,
     syntax:
-      'tap=<if>[,ip=<ip>][,mask=<mask>][,mac=<mac>][,host_mac=<mac>][,mtu=<n>][,num_queues=<n>][,queue_size=<n>][,id=<id>][,iommu=on|off][,vhost_user=on|off][,socket=<path>][,offload_tso|ufo|csum=on|off][,pci_segment=<n>][,iothread=<name>]',
-    help: 'virtio-net devices (one or more values, repeatable); iothread=<name> as for --disk',
+      'tap=<if>[,ip=<ip>][,mask=<mask>][,mac=<mac>][,host_mac=<mac>][,mtu=<n>][,num_queues=<n>][,queue_size=<n>][,id=<id>][,iommu=on|off][,vhost_user=on|off][,socket=<path>][,offload_tso|ufo|csum=on|off][,pci_segment=<n>][,iothread=<name>]' +
+      '[,bw_size=<bytes>,bw_refill_time=<ms>[,bw_one_time_burst=<bytes>]][,ops_size=<n>,ops_refill_time=<ms>[,ops_one_time_burst=<n>]]',
+    help: 'virtio-net devices (one or more values, repeatable); iothread=<name> as for --disk; bw_*/ops_*: rate limits, RX and TX each',
+  },
+  {
+    name: 'rate-limit-group',
+    value: true,
+    multi: true,
+    syntax: 'id=<id>[,bw_size=<bytes>,bw_refill_time=<ms>[,bw_one_time_burst=<bytes>]][,ops_size=<n>,ops_refill_time=<ms>[,ops_one_time_burst=<n>]]',
+    help: 'A rate limiter that the disks naming it (--disk rate_limit_group=<id>) share; a bucket of <size> tokens refilled every <refill_time> ms',
   },
   { name: 'platform', value: true, syntax: 'num_pci_segments=<n>', help: 'Platform: PCI segments 0..n-1 (default 1, at most 16); place devices with pci_segment=' },
   { name: 'pvpanic', value: false, syntax: '', help: 'Enable the pvpanic device' },
@@ -241,7 +253,6 @@ const UNSUPPORTED_CH_FLAGS = new Set([
   'pci-segment',
   'pmem',
   'pvmemcontrol',
-  'rate-limit-group',
   'restore',
   'rtc',
   'tpm',
@@ -267,6 +278,7 @@ const VM_FLAGS = new Set([
   'watchdog',
   'platform',
   'vsock',
+  'rate-limit-group',
 ]);
 
 function buildUsage(): string {
@@ -493,6 +505,37 @@ function parseConsoleLike(
   return out;
 }
 
+/** CH's rate limiter keys (vmm/src/config.rs): a bandwidth and an ops token bucket. */
+const RATE_LIMITER_KEYS = ['bw_size', 'bw_one_time_burst', 'bw_refill_time', 'ops_size', 'ops_one_time_burst', 'ops_refill_time'] as const;
+
+/** The rate limiter the bw_* / ops_* keys describe, or undefined when none is given. */
+function parseRateLimiter(flag: string, o: Map<string, string>): RateLimiterConfig | undefined {
+  const bucket = (p: 'bw' | 'ops'): TokenBucketConfig | undefined => {
+    const num = p === 'bw' ? sizeOpt : intOpt;
+    const size = num(flag, `${p}_size`, o.get(`${p}_size`));
+    const burst = num(flag, `${p}_one_time_burst`, o.get(`${p}_one_time_burst`));
+    const refill = intOpt(flag, `${p}_refill_time`, o.get(`${p}_refill_time`));
+    if (size === undefined && burst === undefined && refill === undefined) return undefined;
+    if (size === undefined) throw new CliError(`${flag}: ${p}_size is required with ${refill !== undefined ? `${p}_refill_time` : `${p}_one_time_burst`} (the bucket's capacity)`, flag);
+    if (refill === undefined) throw new CliError(`${flag}: ${p}_refill_time is required with ${p}_size (the ms to refill the bucket)`, flag);
+    return { size, refill_time: refill, ...(burst !== undefined ? { one_time_burst: burst } : {}) };
+  };
+  const bandwidth = bucket('bw');
+  const ops = bucket('ops');
+  if (bandwidth === undefined && ops === undefined) return undefined;
+  return { ...(bandwidth ? { bandwidth } : {}), ...(ops ? { ops } : {}) };
+}
+
+function parseRateLimitGroup(v: string): DeepPartial<RateLimitGroupConfig> {
+  const f = '--rate-limit-group';
+  const o = parseOptionList(f, v, ['id', ...RATE_LIMITER_KEYS]);
+  const id = o.get('id');
+  if (id === undefined) throw new CliError(`${f}: id=<id> is required (disks name it with rate_limit_group=<id>)`, f);
+  const cfg = parseRateLimiter(f, o);
+  if (cfg === undefined) throw new CliError(`${f} ${id}: no limit given (bw_size=,bw_refill_time= and/or ops_size=,ops_refill_time=)`, f);
+  return { id, rate_limiter_config: cfg };
+}
+
 function parseDisk(v: string): DeepPartial<DiskConfig> {
   const f = '--disk';
   const o = parseOptionList(f, v, [
@@ -508,8 +551,12 @@ function parseDisk(v: string): DeepPartial<DiskConfig> {
     'serial',
     'pci_segment',
     'iothread',
+    'rate_limit_group',
+    ...RATE_LIMITER_KEYS,
   ]);
   const d: DeepPartial<DiskConfig> = {};
+  setIf(d, 'rate_limiter_config', parseRateLimiter(f, o));
+  setIf(d, 'rate_limit_group', o.get('rate_limit_group'));
   setIf(d, 'path', o.get('path'));
   for (const k of ['readonly', 'direct', 'iommu', 'vhost_user'] as const) setIf(d, k, toggleOpt(f, k, o.get(k)));
   setIf(d, 'num_queues', intOpt(f, 'num_queues', o.get('num_queues')));
@@ -542,8 +589,10 @@ function parseNet(v: string): DeepPartial<NetConfig> {
     'offload_ufo',
     'offload_csum',
     'iothread',
+    ...RATE_LIMITER_KEYS,
   ]);
   const n: DeepPartial<NetConfig> = {};
+  setIf(n, 'rate_limiter_config', parseRateLimiter(f, o));
   for (const k of ['tap', 'ip', 'mask', 'mac', 'host_mac', 'id', 'iothread'] as const) setIf(n, k, o.get(k));
   setIf(n, 'vhost_socket', o.get('socket'));
   for (const k of ['mtu', 'num_queues', 'queue_size', 'pci_segment'] as const) setIf(n, k, intOpt(f, k, o.get(k)));
@@ -600,7 +649,7 @@ function flagForPath(path: string): string {
   if (path.startsWith('payload')) return '--kernel';
   const m = /^(\w+)(\[(\d+)\])?/.exec(path);
   const head = m?.[1] ?? path;
-  const flag = head === 'disks' ? '--disk' : `--${head}`;
+  const flag = head === 'disks' ? '--disk' : head === 'rate_limit_groups' ? '--rate-limit-group' : `--${head}`;
   return m?.[3] !== undefined ? `${flag} #${Number(m[3]) + 1}` : flag;
 }
 
@@ -742,6 +791,8 @@ export function parseArgs(argv: readonly string[]): CliResult {
   if (fss !== undefined) input.fs = fss.map(parseFs);
   const vsock = single.get('vsock');
   if (vsock !== undefined) input.vsock = parseVsock(vsock);
+  const groups = multi.get('rate-limit-group');
+  if (groups !== undefined) input.rate_limit_groups = groups.map(parseRateLimitGroup);
   if (switches.has('watchdog')) input.watchdog = true;
   if (switches.has('pvpanic')) input.pvpanic = true;
 
@@ -749,7 +800,9 @@ export function parseArgs(argv: readonly string[]): CliResult {
   const issues = validateVmConfig(config);
   if (issues.length > 0) {
     const lines = issues.map((iss) => {
-      const field = iss.path.replace(/^[a-z_]+(\[\d+\])?\.?/, '');
+      const field = iss.path.replace(/^[a-z_]+(\[\d+\])?\.?/, '')
+        // rate_limiter_config.bandwidth.size is the CLI's bw_size (ops.* its ops_*).
+        .replace(/^rate_limiter_config\.(bandwidth|ops)\./, (_m, b: string) => (b === 'bandwidth' ? 'bw_' : 'ops_'));
       return `${flagForPath(iss.path)}: ${field === '' ? '' : `${field} `}${iss.message}`;
     });
     throw new CliError(lines.join('\n'), flagForPath(issues[0]!.path).split(' ')[0]);

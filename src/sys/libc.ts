@@ -169,6 +169,8 @@ interface Libc {
   pipe2: (fds: Int32Array, flags: number) => number;
   lseek: (fd: number, offset: number, whence: number) => number;
   fsync: (fd: number) => number;
+  timerfdCreate: (clockid: number, flags: number) => number;
+  timerfdSettime: (fd: number, flags: number, value: Uint8Array, old: Uint8Array | null) => number;
 }
 
 let libc: Libc | null = null;
@@ -204,6 +206,8 @@ function L(): Libc {
     pipe2: f('int pipe2(void *fds, int flags)'),
     lseek: f('int64_t lseek(int fd, int64_t offset, int whence)'),
     fsync: f('int fsync(int fd)'),
+    timerfdCreate: f('int timerfd_create(int clockid, int flags)'),
+    timerfdSettime: f('int timerfd_settime(int fd, int flags, const void *value, void *old)'),
   };
   return libc;
 }
@@ -336,6 +340,23 @@ export function pipe2(flags: number): [number, number] {
   const fds = new Int32Array(2);
   check(L().pipe2(fds, flags), 'pipe2');
   return [fds[0]!, fds[1]!];
+}
+
+// ---------------------------------------------------------------------------------------------
+// timerfd (timerfd_create(2))
+
+export const CLOCK_MONOTONIC = 1;
+export const TFD_NONBLOCK = O_NONBLOCK;
+export const TFD_CLOEXEC = O_CLOEXEC;
+
+export function timerfdCreate(clockid: number, flags: number): number {
+  return check(L().timerfdCreate(clockid, flags), 'timerfd_create');
+}
+
+/** timerfd_settime(2), relative: `value` is a 32-byte struct itimerspec (all zero disarms). */
+export function timerfdSettime(fd: number, value: Uint8Array): void {
+  const c = libc ?? L();
+  if (c.timerfdSettime(fd, 0, value, null) < 0) throw new SysError('timerfd_settime', koffi.errno());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -260,6 +260,14 @@ export class SplitQueue {
     return true;
   }
 
+  /**
+   * Put the chain the last pop() took back into the available ring, unconsumed (a throttled
+   * device takes it again later; nothing is written to the rings).
+   */
+  undoPop(): void {
+    this.lastAvail = (this.lastAvail - 1) & 0xffff;
+  }
+
   /** Flatten the chain starting at `head` into `chain` (2.7.5, 2.7.5.3). */
   private walk(chain: DescriptorChain, head: number): void {
     chain.head = head;

@@ -195,3 +195,31 @@ test('untrusted shapes give errors, never a crash', () => {
   (d as unknown as Record<string, unknown>)['payload'] = 'k';
   assert.deepEqual(messages(d), ['payload: is required', 'cpus: is required', 'memory: is required']);
 });
+
+test('rate limiters: bad shapes and numbers are named by path, never a crash', () => {
+  const garbage = (v: unknown) => v as never;
+  assert.throws(() => createVmConfig(garbage({ payload: { kernel: '/k' }, rate_limit_groups: 'g' })), /rate_limit_groups: must be an array/);
+  assert.throws(() => createVmConfig(garbage({ payload: { kernel: '/k' }, rate_limit_groups: [null] })), /rate_limit_groups\[0\]: must be an object/);
+  const c = createVmConfig({
+    payload: { kernel: '/k' },
+    disks: [
+      { path: '/a', rate_limiter_config: garbage({ bandwidth: 'fast' }) },
+      { path: '/b', rate_limiter_config: garbage({ ops: { size: 1, refill_time: 1, extra: 1 }, iops: 3 }) },
+      { path: '/c', rate_limiter_config: garbage(7) },
+      { path: '/d', rate_limit_group: garbage(3) },
+    ],
+    net: [{ rate_limiter_config: { bandwidth: { size: 2 ** 54, refill_time: 1 }, ops: { size: 0, refill_time: 0 } } }],
+    rate_limit_groups: garbage([{ id: '' }, { id: 'g', rate_limiter_config: { ops: { size: 3, refill_time: 1.5 } } }]),
+  });
+  assert.deepEqual(messages(c), [
+    'rate_limit_groups[0].id: is required (a non-empty string)',
+    'rate_limit_groups[0].rate_limiter_config: is required',
+    'rate_limit_groups[1].rate_limiter_config.ops.refill_time: must be an integer in 0..4294967295, got 1.5',
+    'disks[0].rate_limiter_config.bandwidth: must be an object {size, one_time_burst, refill_time}',
+    'disks[1].rate_limiter_config.ops.extra: is not a TokenBucket field',
+    'disks[1].rate_limiter_config.iops: is not a RateLimiterConfig field (bandwidth, ops)',
+    'disks[2].rate_limiter_config: must be an object {bandwidth, ops}',
+    'disks[3].rate_limit_group: must be a non-empty string',
+    `net[0].rate_limiter_config.bandwidth.size: must be an integer in 0..${Number.MAX_SAFE_INTEGER}, got ${2 ** 54}`,
+  ]);
+});

@@ -4,6 +4,15 @@
 //
 // `createVmConfig` fills in Cloud Hypervisor's defaults; `validateVmConfig`
 // checks types and ranges only (whether files exist is checked at load time).
+import { tokenBucketIssue, type RateLimiterConfig } from '../virtio/rate_limiter.js';
+
+export type { RateLimiterConfig, TokenBucketConfig } from '../virtio/rate_limiter.js';
+
+/** RateLimitGroupConfig of the OpenAPI schema: disks naming `id` share one limiter. */
+export interface RateLimitGroupConfig {
+  id: string;
+  rate_limiter_config: RateLimiterConfig;
+}
 
 /** ConsoleMode enum of the OpenAPI schema. */
 export type ConsoleMode = 'Off' | 'Pty' | 'Tty' | 'File' | 'Socket' | 'Null';
@@ -71,6 +80,10 @@ export interface DiskConfig {
   id?: string;
   serial?: string;
   pci_segment?: number;
+  /** Bandwidth / ops limits of this disk alone (docs/io_throttling.md of Cloud Hypervisor). */
+  rate_limiter_config?: RateLimiterConfig;
+  /** The id of a VmConfig.rate_limit_groups entry whose limiter this disk shares. */
+  rate_limit_group?: string;
   /**
    * Serve this device from an I/O thread of that name instead of the VM's shared one (a
    * Stratovisor extension, CLI only): devices naming the same iothread share it.
@@ -100,6 +113,8 @@ export interface NetConfig {
   offload_tso: boolean;
   offload_ufo: boolean;
   offload_csum: boolean;
+  /** Bandwidth / ops limits, applied to RX and TX independently (as Cloud Hypervisor). */
+  rate_limiter_config?: RateLimiterConfig;
   /**
    * Tap fds, one per queue pair, received with an API request (SCM_RIGHTS; never from JSON).
    * The VMM uses these instead of opening a tap; the configuration owns them.
@@ -167,6 +182,8 @@ export interface VmConfig {
   watchdog: boolean;
   pvpanic: boolean;
   platform?: PlatformConfig;
+  /** Rate limiters that disks share (DiskConfig.rate_limit_group). */
+  rate_limit_groups?: RateLimitGroupConfig[];
 }
 
 // ---- Defaults (Cloud Hypervisor's, see its vm_config.rs and main.rs) ----
@@ -228,7 +245,7 @@ export function defaultDiskConfig(input: DeepPartial<DiskConfig> = {}): DiskConf
     queue_size: DEFAULT_DISK_QUEUE_SIZE,
     vhost_user: false,
     ...stripUndefined(input),
-  };
+  } as DiskConfig; // a partial rate_limiter_config is reported by validateVmConfig
 }
 
 export function defaultNetConfig(input: DeepPartial<NetConfig> = {}): NetConfig {
@@ -243,7 +260,7 @@ export function defaultNetConfig(input: DeepPartial<NetConfig> = {}): NetConfig 
     offload_ufo: true,
     offload_csum: true,
     ...stripUndefined(input),
-  };
+  } as NetConfig; // a partial rate_limiter_config is reported by validateVmConfig
 }
 
 export function defaultFsConfig(input: DeepPartial<FsConfig> = {}): FsConfig {
@@ -266,7 +283,7 @@ function shapeIssues(input: unknown): VmConfigIssue[] {
   if (isPlainObject(cpus) && cpus['topology'] !== undefined && !isPlainObject(cpus['topology'])) {
     issues.push({ path: 'cpus.topology', message: 'must be an object' });
   }
-  for (const k of ['disks', 'net', 'fs'] as const) {
+  for (const k of ['disks', 'net', 'fs', 'rate_limit_groups'] as const) {
     const v = input[k];
     if (v === undefined) continue;
     if (!Array.isArray(v)) {
@@ -322,6 +339,7 @@ export function createVmConfig(input: VmConfigInput = {}): VmConfig {
     config.platform = { ...stripUndefined(input.platform), num_pci_segments: input.platform.num_pci_segments ?? DEFAULT_NUM_PCI_SEGMENTS };
   }
   if (input.fs !== undefined) config.fs = input.fs.map((f) => defaultFsConfig(f));
+  if (input.rate_limit_groups !== undefined) config.rate_limit_groups = input.rate_limit_groups.map((g) => stripUndefined(g) as RateLimitGroupConfig);
   if (input.vsock !== undefined && input.vsock !== null) config.vsock = stripUndefined(input.vsock) as VsockConfig;
   return config;
 }
@@ -430,6 +448,23 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
   const segment = (path: string, v: unknown) => {
     const issue = pciSegmentIssue(config, path, v);
     if (issue) issues.push(issue);
+  };
+  /** A RateLimiterConfig: {bandwidth?, ops?}, each a TokenBucket whose numbers make sense. */
+  const limiter = (path: string, v: unknown) => {
+    if (v === undefined) return;
+    if (!isPlainObject(v)) {
+      bad(path, 'must be an object {bandwidth, ops}');
+      return;
+    }
+    for (const [k, b] of Object.entries(v)) {
+      if (k !== 'bandwidth' && k !== 'ops') {
+        bad(`${path}.${k}`, 'is not a RateLimiterConfig field (bandwidth, ops)');
+        continue;
+      }
+      if (b === undefined || b === null) continue;
+      const issue = tokenBucketIssue(b);
+      if (issue) bad(issue.field === '' ? `${path}.${k}` : `${path}.${k}.${issue.field}`, issue.message);
+    }
   };
   const iothread = (path: string, v: unknown) => {
     if (v !== undefined && (typeof v !== 'string' || !IOTHREAD_NAME.test(v))) bad(path, `must be a name of 1..32 letters, digits, '_' or '-', got ${JSON.stringify(v)}`);
@@ -567,6 +602,21 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
     }
     return v;
   };
+  // rate_limit_groups (before the disks that name them)
+  const groupIds = new Set<string>();
+  const groupThread = new Map<string, { thread: string; at: string }>();
+  list('rate_limit_groups', config.rate_limit_groups).forEach((g, i) => {
+    const at = `rate_limit_groups[${i}]`;
+    if (!isPlainObject(g)) {
+      bad(at, 'must be an object {id, rate_limiter_config}');
+      return;
+    }
+    if (typeof g.id !== 'string' || g.id.length === 0) bad(`${at}.id`, 'is required (a non-empty string)');
+    else if (groupIds.has(g.id)) bad(`${at}.id`, `"${g.id}" is already used by another rate limit group`);
+    else groupIds.add(g.id);
+    if (g.rate_limiter_config === undefined) bad(`${at}.rate_limiter_config`, 'is required');
+    else limiter(`${at}.rate_limiter_config`, g.rate_limiter_config);
+  });
   list('disks', config.disks).forEach((d, i) => {
     const at = `disks[${i}]`;
     if (!isPlainObject(d)) {
@@ -599,6 +649,21 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
     for (const f of ['readonly', 'direct', 'iommu', 'vhost_user'] as const) bool(`${at}.${f}`, d[f]);
     segment(`${at}.pci_segment`, d.pci_segment);
     iothread(`${at}.iothread`, d.iothread);
+    limiter(`${at}.rate_limiter_config`, d.rate_limiter_config);
+    if (d.rate_limit_group !== undefined) {
+      const g = d.rate_limit_group;
+      if (typeof g !== 'string' || g.length === 0) bad(`${at}.rate_limit_group`, 'must be a non-empty string');
+      else if (!groupIds.has(g)) bad(`${at}.rate_limit_group`, `"${g}" is not a rate_limit_groups id (--rate-limit-group id=${g},...)`);
+      else {
+        // A group's limiter lives in one I/O thread: its disks must be served by the same one.
+        const th = d.iothread ?? '';
+        const prev = groupThread.get(g);
+        if (prev === undefined) groupThread.set(g, { thread: th, at });
+        else if (prev.thread !== th) bad(`${at}.rate_limit_group`, `"${g}" is shared with ${prev.at}, which is served by ${prev.thread === '' ? "the VM's shared I/O thread" : `iothread ${prev.thread}`}; disks of one rate limit group must name the same iothread`);
+      }
+      if (d.rate_limiter_config !== undefined) bad(`${at}.rate_limit_group`, 'and rate_limiter_config are mutually exclusive');
+    }
+    if (d.vhost_user && (d.rate_limiter_config !== undefined || d.rate_limit_group !== undefined)) bad(at, 'rate limiting is not available for vhost-user disks');
     id(`${at}.id`, d.id);
   });
 
@@ -644,6 +709,8 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
     }
     segment(`${at}.pci_segment`, n.pci_segment);
     iothread(`${at}.iothread`, n.iothread);
+    limiter(`${at}.rate_limiter_config`, n.rate_limiter_config);
+    if (n.vhost_user && n.rate_limiter_config !== undefined) bad(`${at}.rate_limiter_config`, 'is not available for vhost-user net');
     if (n.fds !== undefined) {
       // Cloud Hypervisor: one tap fd per queue pair (VnetQueueFdMismatch); fds 0..2 are reserved.
       if (!Array.isArray(n.fds) || n.fds.length === 0 || !n.fds.every((fd) => isInt(fd) && fd > 2)) {

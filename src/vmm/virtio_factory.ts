@@ -1,18 +1,32 @@
 // Build a device model from its structured-cloneable spec, inside the device's I/O worker.
 import * as libc from '../sys/libc.js';
 import type { VirtioDevice } from '../virtio/device.js';
+import { RateLimiter } from '../virtio/rate_limiter.js';
 import type { VirtioDeviceSpec } from './virtio_protocol.js';
 import { OutputSink } from './sink.js';
 
 /**
  * Each I/O thread loads only its own device's module (a thread's start-up is mostly module
- * loading, and it overlaps the guest's boot).
+ * loading, and it overlaps the guest's boot). `groups` holds the thread's rate_limit_group
+ * limiters: the disks of a group share one (config validation puts them on one thread).
  */
-export async function createDeviceModel(spec: VirtioDeviceSpec, id: string, log: (m: string, warn?: boolean) => void = () => {}): Promise<VirtioDevice> {
+export async function createDeviceModel(spec: VirtioDeviceSpec, id: string, log: (m: string, warn?: boolean) => void = () => {}, groups: Map<string, RateLimiter> = new Map()): Promise<VirtioDevice> {
   switch (spec.kind) {
     case 'block': {
       const { BlockDevice } = await import('../virtio/block/device.js');
-      return new BlockDevice({ fd: spec.fd, size: spec.size, readonly: spec.readonly, numQueues: spec.numQueues, queueSize: spec.queueSize, serial: spec.serial });
+      let rateLimiter: RateLimiter | undefined;
+      const rl = spec.rateLimit;
+      if (rl !== undefined) {
+        rateLimiter = rl.group !== undefined ? groups.get(rl.group) : undefined;
+        if (rateLimiter === undefined) {
+          rateLimiter = new RateLimiter(rl.config);
+          if (rl.group !== undefined) groups.set(rl.group, rateLimiter);
+        }
+      }
+      return new BlockDevice({
+        fd: spec.fd, size: spec.size, readonly: spec.readonly, numQueues: spec.numQueues, queueSize: spec.queueSize, serial: spec.serial,
+        ...(rateLimiter !== undefined ? { rateLimiter } : {}),
+      });
     }
     case 'rng': {
       const { RngDevice } = await import('../virtio/rng/device.js');
@@ -43,6 +57,8 @@ export async function createDeviceModel(spec: VirtioDeviceSpec, id: string, log:
       return new NetDevice({
         tapFds: spec.tapFds, mac: Uint8Array.from(spec.mac), queuePairs: spec.queuePairs, queueSize: spec.queueSize,
         ...(spec.mtu !== undefined ? { mtu: spec.mtu } : {}),
+        // RX and TX are throttled independently, each by the whole configured rate (as CH).
+        ...(spec.rateLimiter !== undefined ? { rxRateLimiter: new RateLimiter(spec.rateLimiter), txRateLimiter: new RateLimiter(spec.rateLimiter) } : {}),
         setOffload: (flags) => { for (const fd of spec.tapFds) libc.ioctl(fd, TUNSETOFFLOAD, flags, `TUNSETOFFLOAD(${id})`); },
       });
     }

@@ -21,7 +21,8 @@ import { MSI_GSI_BASE } from './interrupts.js';
 import { FS_NEEDS_SHARED, type VmConfig } from './config.js';
 import { FS_CONNECTION_STATE_BYTES } from '../virtio/fs/device.js';
 import type { VirtioPciInit } from './pci_setup.js';
-import { MAX_COUNTERS, type VirtioDeviceSpec, type VirtioWorkerData, type VirtioWorkerDevice, type VirtioWorkerEvent } from './virtio_protocol.js';
+import type { RateLimiterConfig } from '../virtio/rate_limiter.js';
+import { MAX_COUNTERS, type BlockRateLimit, type VirtioDeviceSpec, type VirtioWorkerData, type VirtioWorkerDevice, type VirtioWorkerEvent } from './virtio_protocol.js';
 
 export class VirtioConfigError extends Error {
   override name = 'VirtioConfigError';
@@ -90,6 +91,20 @@ function threadLabel(t: RunThread): string {
   return t.name === '' ? 'the I/O thread' : `I/O thread '${t.name}'`;
 }
 
+/** A disk's rate limiting for its I/O thread: its own rate_limiter_config or its group's. */
+function diskRateLimit(cfg: VmConfig, d: NonNullable<VmConfig['disks']>[number]): { rateLimit?: BlockRateLimit } {
+  if (d.rate_limit_group !== undefined) {
+    const g = cfg.rate_limit_groups?.find((x) => x.id === d.rate_limit_group);
+    if (g === undefined) throw new VirtioConfigError(`${d.id ?? 'disk'}: rate_limit_group "${d.rate_limit_group}" is not defined (--rate-limit-group id=${d.rate_limit_group},...)`);
+    return { rateLimit: { config: g.rate_limiter_config, group: g.id } };
+  }
+  return d.rate_limiter_config !== undefined ? { rateLimit: { config: d.rate_limiter_config } } : {};
+}
+
+function netRateLimit(n: NonNullable<VmConfig['net']>[number]): { rateLimiter?: RateLimiterConfig } {
+  return n.rate_limiter_config !== undefined ? { rateLimiter: n.rate_limiter_config } : {};
+}
+
 const sleep = (ms: number) => new Promise<void>((res) => setTimeout(res, ms).unref());
 
 export class VirtioManager {
@@ -116,7 +131,7 @@ export class VirtioManager {
   open(cfg: VmConfig, ttyFd: number): void {
     try {
       this.segments = pciSegmentLayouts(cfg.platform?.num_pci_segments ?? 1);
-      (cfg.disks ?? []).forEach((d, i) => this.openDisk(d, i));
+      (cfg.disks ?? []).forEach((d, i) => this.openDisk(cfg, d, i));
       (cfg.net ?? []).forEach((n, i) => this.openNet(n, i));
       this.openConsole(cfg, ttyFd);
       this.openRng(cfg);
@@ -146,7 +161,7 @@ export class VirtioManager {
     }
   }
 
-  private openDisk(d: NonNullable<VmConfig['disks']>[number], i: number): void {
+  private openDisk(cfg: VmConfig, d: NonNullable<VmConfig['disks']>[number], i: number): void {
     const id = d.id ?? `_disk${i}`;
     if (d.vhost_user) throw new VirtioConfigError(`${id}: vhost-user disks are not supported`);
     if (!d.path) throw new VirtioConfigError(`${id}: --disk needs path=`);
@@ -160,7 +175,7 @@ export class VirtioManager {
     }
     const host: HostDevice = {
       id, deviceType: VirtioDeviceType.Block, numQueues: d.num_queues, segment: d.pci_segment ?? 0, fds: [fd], iothread: d.iothread ?? '',
-      spec: { kind: 'block', fd, size: 0, readonly: d.readonly, numQueues: d.num_queues, queueSize: d.queue_size, serial: d.serial ?? id },
+      spec: { kind: 'block', fd, size: 0, readonly: d.readonly, numQueues: d.num_queues, queueSize: d.queue_size, serial: d.serial ?? id, ...diskRateLimit(cfg, d) },
     };
     this.devices.push(host);
     const st = fstatSync(fd);
@@ -209,7 +224,7 @@ export class VirtioManager {
       }
       const host: HostDevice = {
         id, deviceType: VirtioDeviceType.Net, numQueues: pairs * 2 + (pairs > 1 ? 1 : 0), fds: [], tap, iothread: n.iothread ?? '',
-        spec: { kind: 'net', tapFds: [...tap.fds], mac, queuePairs: pairs, queueSize: n.queue_size, ...(n.mtu !== undefined ? { mtu: n.mtu } : {}) },
+        spec: { kind: 'net', tapFds: [...tap.fds], mac, queuePairs: pairs, queueSize: n.queue_size, ...(n.mtu !== undefined ? { mtu: n.mtu } : {}), ...netRateLimit(n) },
       };
       this.devices.push(host);
       this.log(`${id}: tap ${tap.name} from ${n.fds.length} fd(s) sent with the API request, guest MAC ${mac.map((b) => b.toString(16).padStart(2, '0')).join(':')}`);
@@ -222,7 +237,7 @@ export class VirtioManager {
     }
     const host: HostDevice = {
       id, deviceType: VirtioDeviceType.Net, numQueues: pairs * 2 + (pairs > 1 ? 1 : 0), segment: n.pci_segment ?? 0, fds: [], tap, iothread: n.iothread ?? '',
-      spec: { kind: 'net', tapFds: [...tap.fds], mac, queuePairs: pairs, queueSize: n.queue_size, ...(n.mtu !== undefined ? { mtu: n.mtu } : {}) },
+      spec: { kind: 'net', tapFds: [...tap.fds], mac, queuePairs: pairs, queueSize: n.queue_size, ...(n.mtu !== undefined ? { mtu: n.mtu } : {}), ...netRateLimit(n) },
     };
     this.devices.push(host);
     try {

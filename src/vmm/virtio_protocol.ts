@@ -2,13 +2,21 @@
 // I/O thread serves every virtio device of a VM by default; a device configured with its own
 // `iothread=` name gets a thread of its own (or shares it with the devices naming the same one).
 import type { GuestMemoryDescriptor } from '../memory/guest_memory.js';
+import type { RateLimiterConfig } from '../virtio/rate_limiter.js';
+
+/** A disk's rate limiting: its own limiter, or the one of a group (one per group and I/O thread). */
+export interface BlockRateLimit {
+  config: RateLimiterConfig;
+  /** The rate_limit_group id, when the limiter is shared. */
+  group?: string;
+}
 
 /** Everything a thread needs to build a device model; structured-cloneable (fds are numbers). */
 export type VirtioDeviceSpec =
-  | { kind: 'block'; fd: number; size: number; readonly: boolean; numQueues: number; queueSize: number; serial: string }
+  | { kind: 'block'; fd: number; size: number; readonly: boolean; numQueues: number; queueSize: number; serial: string; rateLimit?: BlockRateLimit }
   | { kind: 'rng'; fd: number }
   | { kind: 'console'; outFd: number; inFd: number; cols: number; rows: number }
-  | { kind: 'net'; tapFds: number[]; mac: number[]; queuePairs: number; queueSize: number; mtu?: number }
+  | { kind: 'net'; tapFds: number[]; mac: number[]; queuePairs: number; queueSize: number; mtu?: number; rateLimiter?: RateLimiterConfig }
   /** virtio-fs over vhost-user: `connection` is the state kept across guest runs (virtio/fs/device.ts). */
   | { kind: 'fs'; socketFd: number; socketPath: string; tag: string; numRequestQueues: number; queueSize: number; connection: SharedArrayBuffer }
   | { kind: 'vsock'; cid: number; listenFd: number; socketPath: string };

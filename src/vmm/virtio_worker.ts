@@ -4,6 +4,7 @@
 import { parentPort } from 'node:worker_threads';
 import { GuestMemory } from '../memory/guest_memory.js';
 import { createDeviceModel } from './virtio_factory.js';
+import type { RateLimiter } from '../virtio/rate_limiter.js';
 import { DeviceRunner, failReady, runIoLoop } from './io_thread.js';
 import type { VirtioWorkerData, VirtioWorkerEvent } from './virtio_protocol.js';
 
@@ -18,11 +19,12 @@ async function start(data: VirtioWorkerData): Promise<void> {
   const runners: DeviceRunner[] = [];
   const raised: DeviceRunner[] = [];
   const onRaise = (r: DeviceRunner) => { raised.push(r); };
+  const groups = new Map<string, RateLimiter>();
   // Models are built one after another (each loads only its own module); a device that cannot
   // be built fails alone, the others are served.
   for (const d of data.devices) {
     try {
-      const dev = await createDeviceModel(d.spec, d.id, (message, warn) => post({ type: 'log', id: d.id, message, ...(warn ? { warn } : {}) }));
+      const dev = await createDeviceModel(d.spec, d.id, (message, warn) => post({ type: 'log', id: d.id, message, ...(warn ? { warn } : {}) }), groups);
       runners.push(new DeviceRunner(d, dev, mem, post, onRaise));
     } catch (e) {
       failReady(d.shared);

@@ -11,6 +11,7 @@ import { GuestMemoryRevokedError, type GuestMemory } from '../../memory/guest_me
 import * as libc from '../../sys/libc.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, type VirtioActivation, type VirtioDevice } from '../device.js';
 import { DescriptorChain, MAX_QUEUE_SIZE, VirtqueueError } from '../queue.js';
+import { LimiterTimer, type RateLimiter } from '../rate_limiter.js';
 
 /** Feature bits (5.2.3). */
 export const VIRTIO_BLK_F_SIZE_MAX = 1n;
@@ -80,7 +81,15 @@ export interface BlockDeviceOptions {
   queueSize: number;
   /** GET_ID answer: up to 20 bytes (UTF-8; longer is cut). */
   serial: string;
+  /**
+   * Cloud Hypervisor's rate_limiter_config (or the limiter of its rate_limit_group, shared with
+   * the group's other disks): each request takes its data bytes and one op (flush, get-id,
+   * discard and write-zeroes: the op only). A refused request stays in the available ring.
+   */
+  rateLimiter?: RateLimiter;
 }
+
+const EMPTY: readonly number[] = Object.freeze([]);
 
 const HEADER_BYTES = 16; // struct virtio_blk_req: le32 type, le32 reserved, le64 sector
 const DWZ_BYTES = 16; // struct virtio_blk_discard_write_zeroes: le64 sector, le32 num_sectors, le32 flags
@@ -103,8 +112,11 @@ export class BlockDevice implements VirtioDevice {
   readonly readonly: boolean;
 
   private fd: number;
-  /** Cloud Hypervisor's block counters (vm.counters); monotonic, reset() keeps them. */
-  readonly counters = { read_bytes: 0, write_bytes: 0, read_ops: 0, write_ops: 0 };
+  /**
+   * Cloud Hypervisor's block counters (vm.counters); monotonic, reset() keeps them. With a rate
+   * limiter also `rate_limited`: how many times a queue stopped to wait for tokens.
+   */
+  readonly counters: { read_bytes: number; write_bytes: number; read_ops: number; write_ops: number; rate_limited?: number } = { read_bytes: 0, write_bytes: 0, read_ops: 0, write_ops: 0 };
   private readonly config: Uint8Array;
   private readonly id = new Uint8Array(VIRTIO_BLK_ID_BYTES);
   private readonly hdr = new Uint8Array(HEADER_BYTES);
@@ -121,6 +133,14 @@ export class BlockDevice implements VirtioDevice {
   private writeZeroes = false;
   // Result of parseSector(): set instead of returned, so the request path does not allocate.
   private reqSector = 0;
+  private readonly limiter: RateLimiter | null;
+  /** Armed while a queue waits for tokens; polled (pollFds) whenever there is a limiter. */
+  private readonly timer: LimiterTimer | null;
+  private readonly timerFds: readonly number[];
+  /** Per queue: its next request was refused tokens; resumed when the timer fires. */
+  private readonly throttled: Uint8Array;
+  /** Cost of the request limitOk() last looked at. */
+  private costBytes = 0;
 
   constructor(opts: BlockDeviceOptions) {
     const { fd, size, numQueues, queueSize } = opts;
@@ -136,6 +156,11 @@ export class BlockDevice implements VirtioDevice {
     this.queueMaxSize = queueSize;
     this.capacity = Math.floor(size / SECTOR_SIZE);
     this.chain = new DescriptorChain(queueSize);
+    this.limiter = opts.rateLimiter !== undefined && !opts.rateLimiter.unlimited ? opts.rateLimiter : null;
+    this.timer = this.limiter !== null ? new LimiterTimer() : null;
+    this.timerFds = this.timer !== null ? Object.freeze([this.timer.fd]) : EMPTY;
+    this.throttled = new Uint8Array(numQueues);
+    if (this.limiter !== null) this.counters.rate_limited = 0;
     const idBytes = new TextEncoder().encode(opts.serial);
     this.id.set(idBytes.subarray(0, VIRTIO_BLK_ID_BYTES));
 
@@ -193,10 +218,19 @@ export class BlockDevice implements VirtioDevice {
     if (q === undefined || q === null) return;
     const c = this.chain;
     const mem = a.mem;
+    const lim = this.limiter;
     try {
       do {
         q.disableNotification();
-        while (q.pop(c)) q.addUsed(c.head, this.handle(mem, c));
+        while (q.pop(c)) {
+          if (lim !== null && !this.admit(lim, mem, c)) {
+            // No tokens: the request stays in the available ring until the timer fires.
+            q.undoPop();
+            this.throttle(index, lim.waitMs(this.costBytes, 1));
+            return;
+          }
+          q.addUsed(c.head, this.handle(mem, c));
+        }
       } while (q.enableNotification());
     } finally {
       // Also when a malformed chain stops us: what was completed must reach the driver.
@@ -204,20 +238,66 @@ export class BlockDevice implements VirtioDevice {
     }
   }
 
+  /** The throttle timer, when the disk has a rate limiter (readable only while armed and expired). */
+  pollFds(): readonly number[] {
+    return this.timerFds;
+  }
+
+  /** The throttle timer fired: take requests from the queues that were waiting again. */
+  onFdReady(fd: number): void {
+    const t = this.timer;
+    if (t === null || fd !== t.fd) return;
+    t.ack();
+    const th = this.throttled;
+    for (let i = 0; i < th.length; i++) {
+      if (th[i] === 0) continue;
+      th[i] = 0;
+      this.processQueue(i);
+    }
+  }
+
   reset(): void {
     this.act = null;
     this.discard = false;
     this.writeZeroes = false;
+    this.throttled.fill(0);
+    if (this.timer?.armed) this.timer.disarm();
   }
 
   /** Closes the image fd. */
   close(): void {
     this.act = null;
+    this.timer?.close();
     if (this.fd >= 0) {
       const fd = this.fd;
       this.fd = -1;
       try { closeSync(fd); } catch { /* already closed */ }
     }
+  }
+
+  // --- rate limiting -------------------------------------------------------------------------
+
+  /**
+   * Take the tokens request `c` costs: its data bytes (IN: the device-writable bytes before the
+   * status byte; OUT: the device-readable bytes after the header) and one op.
+   */
+  private admit(lim: RateLimiter, mem: GuestMemory, c: DescriptorChain): boolean {
+    let bytes = 0;
+    if (c.readableBytes >= HEADER_BYTES) {
+      this.readHeader(mem, c);
+      const type = this.hdrView.getUint32(0, true);
+      if (type === VIRTIO_BLK_T_IN) bytes = c.writableBytes > 0 ? c.writableBytes - 1 : 0;
+      else if (type === VIRTIO_BLK_T_OUT) bytes = c.readableBytes - HEADER_BYTES;
+    }
+    this.costBytes = bytes;
+    return lim.consume(bytes, 1);
+  }
+
+  private throttle(index: number, ms: number): void {
+    this.throttled[index] = 1;
+    this.counters.rate_limited!++;
+    const t = this.timer!;
+    if (!t.armed) t.arm(ms);
   }
 
   // --- requests ------------------------------------------------------------------------------

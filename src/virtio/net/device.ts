@@ -28,6 +28,7 @@ import type { GuestMemory } from '../../memory/guest_memory.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, type VirtioActivation, type VirtioDevice } from '../device.js';
 import { DescriptorChain, MAX_QUEUE_SIZE, VirtqueueError, type SplitQueue } from '../queue.js';
 import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO } from '../../net/tap.js';
+import { LimiterTimer, type RateLimiter } from '../rate_limiter.js';
 
 // ---------------------------------------------------------------------------------------------
 // 5.1.3 Feature bits
@@ -108,6 +109,14 @@ export interface NetDeviceOptions {
    * stay in use and the device itself maps fd k to receive queue k mod active pairs.
    */
   setQueueEnabled?: (pair: number, enabled: boolean) => void;
+  /**
+   * Cloud Hypervisor's rate_limiter_config, one limiter per direction (RX and TX are throttled
+   * independently, over all queue pairs): each frame takes its bytes after the virtio_net_hdr and
+   * one op. A transmit chain without tokens stays in the available ring; a received frame
+   * without tokens waits in the bounce buffer (its tap is not read meanwhile).
+   */
+  rxRateLimiter?: RateLimiter;
+  txRateLimiter?: RateLimiter;
 }
 
 /** Frame and error counts (monotonic; reset() keeps them). */
@@ -126,6 +135,9 @@ export type NetCounters = {
   rxErrors: number;
   /** setQueueEnabled failures. */
   steeringErrors: number;
+  /** With a rate limiter: how many times a queue stopped to wait for tokens. */
+  rxRateLimited?: number;
+  txRateLimited?: number;
 };
 
 /** Receive state of one receive queue. */
@@ -147,6 +159,10 @@ class RxState {
   starved = false;
   /** Round-robin start among this queue's source fds. */
   rr = 0;
+  /** The frame in `bounce` has its rate-limiter tokens. */
+  admitted = false;
+  /** The frame in `bounce` waits for tokens: the sources are not polled until the timer fires. */
+  throttled = false;
 
   constructor(bounce: Uint8Array, bounceHost: number, queueSize: number) {
     this.bounce = bounce;
@@ -161,6 +177,8 @@ class RxState {
     this.held = 0;
     this.starved = false;
     this.rr = 0;
+    this.admitted = false;
+    this.throttled = false;
   }
 }
 
@@ -220,6 +238,13 @@ export class NetDevice implements VirtioDevice {
   private pollList: readonly number[] = EMPTY;
   private pollDirty = true;
 
+  private readonly rxLimiter: RateLimiter | null;
+  private readonly txLimiter: RateLimiter | null;
+  /** Armed while a queue waits for tokens; in pollFds() whenever there is a limiter. */
+  private readonly timer: LimiterTimer | null;
+  /** Per pair: its transmit queue waits for tokens. */
+  private readonly txThrottled: Uint8Array;
+
   constructor(opts: NetDeviceOptions) {
     const { tapFds, mac, queuePairs, queueSize, mtu } = opts;
     if (!Number.isInteger(queuePairs) || queuePairs < 1 || queuePairs > VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX) {
@@ -267,6 +292,13 @@ export class NetDevice implements VirtioDevice {
     this.rxChain = new DescriptorChain(queueSize);
     this.ctrlChain = new DescriptorChain(queueSize);
     this.fdPaused = new Uint8Array(queuePairs);
+    const lim = (l: RateLimiter | undefined): RateLimiter | null => (l !== undefined && !l.unlimited ? l : null);
+    this.rxLimiter = lim(opts.rxRateLimiter);
+    this.txLimiter = lim(opts.txRateLimiter);
+    if (this.rxLimiter !== null) this.counters.rxRateLimited = 0;
+    if (this.txLimiter !== null) this.counters.txRateLimited = 0;
+    this.timer = this.rxLimiter !== null || this.txLimiter !== null ? new LimiterTimer() : null;
+    this.txThrottled = new Uint8Array(queuePairs);
   }
 
   /** The MAC address in config space. */
@@ -366,9 +398,11 @@ export class NetDevice implements VirtioDevice {
     for (let fd = 0; fd < this.pairs; fd++) {
       const j = fd % this.activePairs;
       const q = a.queues[2 * j];
-      if (q === undefined || q === null || this.rx[j]!.starved || this.fdPaused[fd] !== 0) continue;
+      const s = this.rx[j]!;
+      if (q === undefined || q === null || s.starved || s.throttled || this.fdPaused[fd] !== 0) continue;
       list.push(this.fds[fd]!);
     }
+    if (this.timer !== null) list.push(this.timer.fd);
     this.pollList = list;
     return list;
   }
@@ -376,23 +410,52 @@ export class NetDevice implements VirtioDevice {
   onFdReady(fd: number): void {
     const a = this.act;
     if (a === null) return;
+    if (this.timer !== null && fd === this.timer.fd) {
+      this.onTimer(a);
+      return;
+    }
     const k = this.fds.indexOf(fd);
     if (k < 0) return;
     if (k < this.usablePairs && this.txPending[k] !== 0) this.txPump(a, k);
     const j = k % this.activePairs;
-    if (!this.rx[j]!.starved && this.fdPaused[k] === 0) this.rxPump(a, j, k);
+    const s = this.rx[j]!;
+    if (!s.starved && !s.throttled && this.fdPaused[k] === 0) this.rxPump(a, j, k);
+  }
+
+  /** The throttle timer fired: resume the queues that were waiting for tokens. */
+  private onTimer(a: VirtioActivation): void {
+    this.timer!.ack();
+    for (let k = 0; k < this.pairs; k++) {
+      if (this.txThrottled[k] !== 0) {
+        this.txThrottled[k] = 0;
+        if (k < this.usablePairs) this.txPump(a, k);
+      }
+      const s = this.rx[k];
+      if (s !== undefined && s.throttled) {
+        s.throttled = false;
+        this.pollDirty = true;
+        if (k < this.activePairs) this.rxPump(a, k, k);
+      }
+    }
+  }
+
+  private throttle(ms: number): void {
+    const t = this.timer!;
+    if (!t.armed) t.arm(ms);
   }
 
   reset(): void {
     this.act = null;
     this.mem = null;
     this.clearState();
+    if (this.timer?.armed) this.timer.disarm();
   }
 
   /** Releases the bounce buffers; the tap fds belong to the caller and stay open. */
   close(): void {
     this.reset();
     this.closed = true;
+    this.timer?.close();
     if (this.bufHost !== 0n) {
       const h = this.bufHost;
       this.bufHost = 0n;
@@ -407,6 +470,7 @@ export class NetDevice implements VirtioDevice {
   private clearState(): void {
     for (const s of this.rx) s.clear();
     this.txPending.fill(0);
+    this.txThrottled.fill(0);
     this.fdPaused.fill(0);
     this.activePairs = 1;
     this.ctrlIndex = -1;
@@ -467,6 +531,18 @@ export class NetDevice implements VirtioDevice {
       for (;;) {
         q.disableNotification();
         while (q.pop(c)) {
+          const lim = this.txLimiter;
+          if (lim !== null) {
+            const bytes = c.readableBytes > VIRTIO_NET_HDR_SIZE ? c.readableBytes - VIRTIO_NET_HDR_SIZE : 0;
+            if (!lim.consume(bytes, 1)) {
+              // No tokens: the chain stays in the available ring until the timer fires.
+              q.undoPop();
+              this.txThrottled[k] = 1;
+              this.counters.txRateLimited!++;
+              this.throttle(lim.waitMs(bytes, 1));
+              return;
+            }
+          }
           if (!this.send(k, c)) {
             // Tap full: keep the chain; retried on the next notification or tap readiness.
             this.txPending[k] = 1;
@@ -551,6 +627,19 @@ export class NetDevice implements VirtioDevice {
             return;
           }
           if (!this.readFrame(s, j, first)) return;
+        }
+        const lim = this.rxLimiter;
+        if (lim !== null && !s.admitted) {
+          const bytes = s.len - VIRTIO_NET_HDR_SIZE;
+          if (!lim.consume(bytes, 1)) {
+            // No tokens: the frame waits in the bounce buffer, the taps are not read meanwhile.
+            s.throttled = true;
+            this.pollDirty = true;
+            this.counters.rxRateLimited!++;
+            this.throttle(lim.waitMs(bytes, 1));
+            return;
+          }
+          s.admitted = true;
         }
         if (!this.fill(q, s)) {
           s.starved = true;
@@ -647,6 +736,7 @@ export class NetDevice implements VirtioDevice {
     s.len = 0;
     s.off = 0;
     s.held = 0;
+    s.admitted = false;
     return true;
   }
 

@@ -7,6 +7,7 @@ import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit, type VirtioActivation 
 import type { SplitQueue } from '../queue.js';
 import { TestDriver } from '../testing/driver.js';
 import { NetDevice, VIRTIO_NET_HDR_SIZE } from './device.js';
+import type { RateLimiter } from '../rate_limiter.js';
 
 export type MemKind = 'host' | 'buffer';
 
@@ -30,6 +31,9 @@ export interface HarnessOptions {
   /** Device-side fds (default: one end of a fresh socketpair per pair). */
   fds?: number[];
   steering?: boolean;
+  /** Rate limiters for the device (RX and TX). */
+  rxRateLimiter?: RateLimiter;
+  txRateLimiter?: RateLimiter;
 }
 
 export class Harness {
@@ -67,6 +71,8 @@ export class Harness {
     this.dev = new NetDevice({
       tapFds: this.fds, mac: Uint8Array.from([0x52, 0x54, 0, 0x12, 0x34, 0x56]), queuePairs: pairs, queueSize,
       ...(opts.mtu !== undefined ? { mtu: opts.mtu } : {}),
+      ...(opts.rxRateLimiter !== undefined ? { rxRateLimiter: opts.rxRateLimiter } : {}),
+      ...(opts.txRateLimiter !== undefined ? { txRateLimiter: opts.txRateLimiter } : {}),
       setOffload: (f) => { this.offloads.push(f); },
       ...(opts.steering === true ? { setQueueEnabled: (k: number, en: boolean) => { this.steer.push([k, en]); } } : {}),
     });

@@ -44,8 +44,11 @@ export interface TapNet {
 }
 
 export interface VirtioDevices {
-  disk?: { path: string; readonly?: boolean; numQueues?: number };
+  /** `extra`: more Cloud Hypervisor --disk keys for Stratovisor (e.g. bw_size=...,bw_refill_time=...). */
+  disk?: { path: string; readonly?: boolean; numQueues?: number; extra?: string };
   net?: TapNet;
+  /** More --net keys for Stratovisor (e.g. a rate limit). */
+  netExtra?: string;
   rng?: boolean;
   /** virtio-console into this file; without it, no virtio-console device. */
   consoleFile?: string;
@@ -118,8 +121,8 @@ export const stratovisor: VirtioVmm = {
       // STV_VMM_CONFINE='--seccomp strict --landlock': run the checks under other confinement flags.
       ...confineArgs(),
     ];
-    if (d.disk) args.push('--disk', `path=${d.disk.path}${d.disk.readonly ? ',readonly=on' : ''}${d.disk.numQueues ? `,num_queues=${d.disk.numQueues}` : ''}`);
-    if (d.net) args.push('--net', `tap=${d.net.tap},ip=${d.net.hostIp},mask=${d.net.mask},mac=${d.net.mac}${(d.net.queuePairs ?? 1) > 1 ? `,num_queues=${2 * d.net.queuePairs!}` : ''}`);
+    if (d.disk) args.push('--disk', `path=${d.disk.path}${d.disk.readonly ? ',readonly=on' : ''}${d.disk.numQueues ? `,num_queues=${d.disk.numQueues}` : ''}${d.disk.extra ? `,${d.disk.extra}` : ''}`);
+    if (d.net) args.push('--net', `tap=${d.net.tap},ip=${d.net.hostIp},mask=${d.net.mask},mac=${d.net.mac}${(d.net.queuePairs ?? 1) > 1 ? `,num_queues=${2 * d.net.queuePairs!}` : ''}${d.netExtra ? `,${d.netExtra}` : ''}`);
     if (d.rng) args.push('--rng', 'src=/dev/urandom');
     return [process.execPath, args];
   },
