@@ -10,7 +10,7 @@ import { AcpiPowerDevice } from '../devices/acpi_power.js';
 import { NO_INTERRUPT } from '../devices/interrupt.js';
 import { EventFdInterrupt } from './interrupts.js';
 import { MailboxServer, MailboxOp, SPIN_LIMIT } from './mailbox.js';
-import type { DeviceWorkerData, DeviceEvent } from './protocol.js';
+import { RunState, type DeviceWorkerData, type DeviceEvent } from './protocol.js';
 import { ByteRing } from './ring.js';
 import { PIO_COM1, PIO_I8042, PIO_CMOS, PIO_ACPI_POWER } from './layout_ports.js';
 import { vmFromHandle } from '../hypervisor/handle.js';
@@ -82,7 +82,11 @@ function start(data: DeviceWorkerData): void {
     }
   }
 
+  const runState = data.runState ? new Int32Array(data.runState) : null;
   function pumpInput(): void {
+    // Paused (vm.pause): host input waits in the ring, the UART state and its interrupt do not
+    // change until resume.
+    if (runState !== null && Atomics.load(runState, 0) === RunState.Pause) return;
     if (ring.available() === 0) return;
     const n = ring.peek(inBuf);
     const accepted = serial.enqueueInput(n === inBuf.length ? inBuf : inBuf.subarray(0, n));

@@ -2,6 +2,7 @@
 // I/O thread serves every virtio device of a VM by default; a device configured with its own
 // `iothread=` name gets a thread of its own (or shares it with the devices naming the same one).
 import type { GuestMemoryDescriptor } from '../memory/guest_memory.js';
+import type { VirtioDeviceState } from '../virtio/state.js';
 
 /** Everything a thread needs to build a device model; structured-cloneable (fds are numbers). */
 export type VirtioDeviceSpec =
@@ -27,6 +28,8 @@ export interface VirtioWorkerDevice {
   irqFds: number[];
   /** Float64 slots the thread mirrors the device's counters into (names sent once, see below). */
   counters: SharedArrayBuffer;
+  /** Saved state to restore into the new device (it then starts paused, see io_thread.ts). */
+  restore?: VirtioDeviceState;
 }
 
 /** What an I/O thread gets once, right after it started. */
@@ -50,4 +53,6 @@ export type VirtioWorkerEvent =
   | { type: 'stopped'; id: string }
   /** Something for the VMM's log that does not stop the device. */
   | { type: 'log'; id: string; message: string; warn?: boolean }
-  | { type: 'counter-names'; id: string; names: string[] };
+  | { type: 'counter-names'; id: string; names: string[] }
+  /** The answer to state request `seq` (shared.ts Word.StateReq). */
+  | { type: 'state'; id: string; seq: number; state?: VirtioDeviceState; error?: string };

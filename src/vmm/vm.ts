@@ -27,6 +27,7 @@ import { VirtioManager } from './virtio_manager.js';
 import { SerialSocketSink } from './serial_socket.js';
 import { THREAD_OPTIONS } from './thread_options.js';
 import type { VirtioPciInit } from './pci_setup.js';
+import type { VirtioDeviceState } from '../virtio/state.js';
 import { RunState, type DeviceWorkerData, type DeviceEvent, type VcpuWorkerData, type VcpuEvent } from './protocol.js';
 
 /** Addresses KVM needs for its real-mode TSS and identity map on Intel (below the 4 GiB top). */
@@ -125,6 +126,8 @@ export class VirtualMachine extends EventEmitter {
     if (!this.opts.log) process.stderr.write(`stratovisor: warning: ${m}\n`);
   });
   private exitResolve: ((i: VmExitInfo) => void) | null = null;
+  /** A pause or resume is under way. */
+  private transition = false;
   private finished = false;
   /** Set by shutdown(): a guest reset under way must not start the guest again. */
   private shutdownRequested = false;
@@ -293,7 +296,7 @@ export class VirtualMachine extends EventEmitter {
     const shared = createMailboxes(ncpu);
     const runStateSab = new SharedArrayBuffer(4);
     const deviceData: DeviceWorkerData = {
-      shared, input: this.input.sab, serialFd, serialIrqfd,
+      shared, input: this.input.sab, serialFd, serialIrqfd, runState: runStateSab,
       memBelow4g: lowRamEnd(memSize), memAbove4g: memSize - lowRamEnd(memSize),
       vm: vm.handle(), virtio: virtioInits, verbose: this.opts.log !== undefined,
       pciSegments: this.virtio.pciSegments, serialCounters: this.serialCounters.buffer as SharedArrayBuffer,
@@ -464,20 +467,93 @@ export class VirtualMachine extends EventEmitter {
     if (this.run === run) this.run = null;
   }
 
-  pause(): void {
-    if (this.state !== 'Running' || !this.run) throw new VmError(`cannot pause a VM in state ${this.state}`);
-    if (this.run.stopping) throw new VmError('cannot pause: the VM is stopping');
-    Atomics.store(this.run.runState, 0, RunState.Pause);
-    for (const v of this.run.vcpus) v.kick();
-    this.state = 'Paused';
+  /**
+   * vm.pause: stop the vCPUs, then quiesce every device, and only then report Paused. The vCPUs
+   * are asked to stop (RunState.Pause and a kick) and each acknowledges once parked; legacy
+   * serial input from the host stays in its ring (the device thread does not feed the UART while
+   * paused); then every virtio device finishes the requests it had taken, publishes them and
+   * stops taking any (VirtioManager.pause). Asynchronous: this thread never blocks. A device that
+   * does not quiesce within `deviceTimeoutMs` fails the pause: everything is resumed and a
+   * VmError names it. Only one pause or resume runs at a time.
+   */
+  async pause(opts: { vcpuAckTimeoutMs?: number; deviceTimeoutMs?: number } = {}): Promise<void> {
+    const run = this.run;
+    if (this.state !== 'Running' || !run) throw new VmError(`cannot pause a VM in state ${this.state}`);
+    if (run.stopping) throw new VmError('cannot pause: the VM is stopping');
+    if (this.transition) throw new VmError('cannot pause: a pause or resume is already in progress');
+    this.transition = true;
+    try {
+      const ncpu = run.vcpus.length;
+      const acked = new Set<number>();
+      let onPaused: ((id: number) => void) | undefined;
+      let timer: NodeJS.Timeout | undefined;
+      const parked = new Promise<boolean>((resolve) => {
+        onPaused = (id: number) => { acked.add(id); if (acked.size >= ncpu) resolve(true); };
+        this.on('vcpu-paused', onPaused);
+        timer = setTimeout(() => resolve(false), opts.vcpuAckTimeoutMs ?? 10_000);
+      });
+      try {
+        Atomics.store(run.runState, 0, RunState.Pause);
+        for (const v of run.vcpus) v.kick();
+        // CH waits for its vCPU threads to park too; one that does not answer is logged (its
+        // KVM_RUN returns on the kick; only a thread busy in the device thread could be late).
+        if (!(await parked)) this.log(`pause: only ${acked.size} of ${ncpu} vCPU(s) acknowledged in time`);
+      } finally {
+        clearTimeout(timer);
+        if (onPaused) this.off('vcpu-paused', onPaused);
+      }
+      if (run.stopping || this.run !== run) throw new VmError('the VM stopped while it was being paused');
+      try {
+        await this.virtio.pause(opts.deviceTimeoutMs ?? 10_000);
+      } catch (e) {
+        // Not quiesced: the VM goes on running, as it was.
+        await this.virtio.resume(opts.deviceTimeoutMs ?? 10_000).catch(() => {});
+        if (!run.stopping) {
+          Atomics.store(run.runState, 0, RunState.Run);
+          Atomics.notify(run.runState, 0);
+        }
+        throw new VmError(`cannot pause: ${(e as Error).message}`);
+      }
+      if (run.stopping || this.run !== run) throw new VmError('the VM stopped while it was being paused');
+      this.state = 'Paused';
+    } finally {
+      this.transition = false;
+    }
   }
 
-  resume(): void {
-    if (this.state !== 'Paused' || !this.run) throw new VmError(`cannot resume a VM in state ${this.state}`);
-    if (this.run.stopping) return; // the stop in progress wins; its Stop state must stay
-    Atomics.store(this.run.runState, 0, RunState.Run);
-    Atomics.notify(this.run.runState, 0);
-    this.state = 'Running';
+  /**
+   * vm.resume: devices first (each looks at every queue once: what the guest posted before the
+   * pause is served), then the vCPUs. A device that does not acknowledge in time is logged; it
+   * resumes when its thread gets to the request.
+   */
+  async resume(opts: { deviceTimeoutMs?: number } = {}): Promise<void> {
+    const run = this.run;
+    if (this.state !== 'Paused' || !run) throw new VmError(`cannot resume a VM in state ${this.state}`);
+    if (run.stopping) return; // the stop in progress wins; its Stop state must stay
+    if (this.transition) throw new VmError('cannot resume: a pause or resume is already in progress');
+    this.transition = true;
+    try {
+      try {
+        await this.virtio.resume(opts.deviceTimeoutMs ?? 10_000);
+      } catch (e) {
+        this.log(`resume: ${(e as Error).message}`);
+      }
+      if (run.stopping || this.run !== run) return;
+      Atomics.store(run.runState, 0, RunState.Run);
+      Atomics.notify(run.runState, 0);
+      this.state = 'Running';
+    } finally {
+      this.transition = false;
+    }
+  }
+
+  /**
+   * The saved state of every virtio-pci device (transport registers, queues, device-specific
+   * part), taken by the I/O threads; only while Paused.
+   */
+  async virtioState(): Promise<VirtioDeviceState[]> {
+    if (this.state !== 'Paused' || !this.run) throw new VmError(`cannot save device state of a VM in state ${this.state} (pause it first)`);
+    return this.virtio.getState();
   }
 
   /** Stop the guest from the host side (API vm.shutdown, SIGTERM). */
