@@ -98,8 +98,8 @@ export class DeviceRunner {
     this.counterKeys = dev.counters ? Object.keys(dev.counters).slice(0, MAX_COUNTERS) : [];
     this.counterOut = new Float64Array(d.counters);
     if (this.counterKeys.length > 0) post({ type: 'counter-names', id: d.id, names: this.counterKeys.map((k) => k.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())) });
-    this.pauseReq = Atomics.load(words, Word.PauseReq);
-    this.stateReq = Atomics.load(words, Word.StateReq);
+    // pauseReq / stateReq start at 0: a pause asked for before this device existed is applied
+    // (and acknowledged) by the first control().
     if (d.restore !== undefined) this.restore(d.restore);
     Atomics.store(words, Word.Ready, 1);
     Atomics.notify(words, Word.Ready);
