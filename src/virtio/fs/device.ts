@@ -290,13 +290,20 @@ export class FsDevice implements VirtioDevice {
     if (at === null || this.act === null || this.takenOver || this.fe.isBroken) return;
     const fe = this.fe;
     const pfNegotiated = (this.backendFeatures & bit(VHOST_USER_F_PROTOCOL_FEATURES)) !== 0n;
-    for (const r of this.rings) {
-      fe.setVringNum(r.index, r.size);
-      fe.setVringBase(r.index, at.get(r.index) ?? 0);
-      fe.setVringAddr({ index: r.index, flags: 0, desc: r.desc, used: r.used, avail: r.avail, log: 0n });
-      fe.setVringCall(r.index, r.callFd);
-      fe.setVringKick(r.index, r.kickFd);
-      if (pfNegotiated) fe.setVringEnable(r.index, true);
+    try {
+      for (const r of this.rings) {
+        fe.setVringNum(r.index, r.size);
+        fe.setVringBase(r.index, at.get(r.index) ?? 0);
+        fe.setVringAddr({ index: r.index, flags: 0, desc: r.desc, used: r.used, avail: r.avail, log: 0n });
+        fe.setVringCall(r.index, r.callFd);
+        fe.setVringKick(r.index, r.kickFd);
+        if (pfNegotiated) fe.setVringEnable(r.index, true);
+      }
+    } catch (e) {
+      // The back-end went away while the VM was paused: as when it hangs up while running.
+      this.fe.markBroken((e as Error).message);
+      this.takeOver(`vhost-user back-end ${this.o.socketPath} could not restart its rings after the pause (${(e as Error).message}); the file system is unavailable`);
+      return;
     }
     const one = new Uint8Array(new BigUint64Array([1n]).buffer);
     for (const r of this.rings) libc.write(r.kickFd, one);
