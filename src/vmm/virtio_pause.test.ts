@@ -12,7 +12,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, constants, copyFileSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { VirtioManager } from './virtio_manager.js';
+import { VirtioManager, VirtioQuiesceError } from './virtio_manager.js';
 import { createVmConfig, type VmConfigInput } from './config.js';
 import { GuestMemory } from '../memory/guest_memory.js';
 import { TestDriver } from '../virtio/testing/driver.js';
@@ -170,6 +170,47 @@ test('pause waits for a request blocked inside its device (virtio-rng reading a 
     await paused;
     assert.equal(usedAtPause, 1, 'the blocked request completed and was published before pause resolved');
     assert.equal(drv.used()[0]!.len, 4096);
+    await m.resume();
+  } finally {
+    await m.stop(vm);
+    closeSync(ours);
+    mem.free();
+    m.close();
+  }
+});
+
+test('a device whose thread stays busy fails the pause with a VirtioQuiesceError naming it; the others are paused, and resume brings everything back', { timeout: 60_000 }, async () => {
+  const fifo = join(dir, 'slow.fifo');
+  execFileSync('mkfifo', [fifo]);
+  const ours = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+  const img = join(dir, 'own.img');
+  writeFileSync(img, new Uint8Array(1 << 20));
+  const m = new VirtioManager(() => {});
+  // The disk has its own I/O thread; the rng (on the shared thread) blocks in read(2).
+  m.open(createVmConfig({ payload: { kernel: '/nonexistent' }, disks: [{ path: img, iothread: 'disk' }], console: { mode: 'Off' }, rng: { src: fifo } } as VmConfigInput), 1);
+  const mem = GuestMemory.allocate([{ gpa: 0, size: 4 << 20 }]);
+  const vm = irqfdOnlyVm();
+  const inits = m.start(vm, mem, (e) => assert.fail(`I/O thread error: ${e}`));
+  try {
+    await m.whenReady();
+    const rng = inits.find((d) => d.deviceType === VirtioDeviceType.Rng)!;
+    const drv = new TestDriver(mem, { size: 16, base: 0x100000, dataStart: 0x110000, dataEnd: 0x200000 });
+    setQueue(rng, 0, drv);
+    activate(rng);
+    drv.addChain([], [64]);
+    writeSync(ours, Uint8Array.of(1));
+    libc.write(rng.queueFds[0]!, ONE);
+    const p = libc.pollFds(1);
+    await until('the rng thread is blocked in read(2)', () => { libc.pollFdSet(p, 0, ours, libc.POLLIN); return libc.poll(p, 0) === 0; });
+    await assert.rejects(m.pause(300), (e: unknown) => e instanceof VirtioQuiesceError && e.ids.join() === '_rng0' && /_rng0 did not pause within 300 ms/.test(e.message));
+    const disk = await m.getState(300).catch((e: Error) => e);
+    assert.ok(disk instanceof VirtioQuiesceError && /_rng0/.test(disk.message), 'no state while a device is not paused');
+    writeSync(ours, randomBytes(63));
+    await m.resume();
+    await until('the rng request completes', () => drv.usedIdx === 1);
+    await m.pause();
+    const st = await m.getState();
+    assert.deepEqual(st.map((s) => s.id), ['_disk0', '_rng0'], 'configuration order');
     await m.resume();
   } finally {
     await m.stop(vm);
