@@ -249,6 +249,9 @@ export class DeviceRunner {
     this.paused = false;
     if (!this.active) return;
     try { this.dev.resume?.(); } catch (e) { this.guard(e); }
+    // A back-end's queues: their notify eventfds are its kicks (never read here, or the
+    // back-end's read finds nothing: virtiofsd then drops the queue); its resume kicked them.
+    if (this.external && this.dev.takenOver !== true) return;
     // Kicks that came while paused are still counted in the eventfds, and the device gave back
     // what it held: look at every queue once, so that no notification is lost.
     for (let q = 0; q < this.nq && this.active; q++) {
