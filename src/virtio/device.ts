@@ -3,6 +3,7 @@
 // without: the VMM's virtio worker polls the fds and calls in; tests call in directly.
 import type { GuestMemory } from '../memory/guest_memory.js';
 import type { SplitQueue } from './queue.js';
+import type { VirtioDeviceSpecificState } from './state.js';
 
 /** Device IDs (virtio 1.2, 5 "Device Types"). */
 export const VirtioDeviceType = {
@@ -56,6 +57,9 @@ export interface ExternalQueue {
   usedRing: number;
   /** The queue's notify eventfd (registered as its ioeventfd): the back-end's kick. */
   kickFd: number;
+  /** Where the back-end starts: the next avail index and used.idx (0 for a queue just set up; restore: saved). */
+  lastAvailIdx?: number;
+  usedIdx?: number;
   /** The eventfd of the queue's MSI-X vector (an irqfd), or -1 without a vector: the back-end's call. */
   callFd: number;
 }
@@ -120,6 +124,27 @@ export interface VirtioDevice {
   readonly counters?: Readonly<Record<string, number>>;
   /** Back to the initial state: queues forgotten, nothing in flight. */
   reset(): void;
+  /**
+   * The VM pauses (its driver calls no processQueue/onFdReady/onFdWritable until `resume`): hand
+   * back every chain taken from an available ring and not used yet (SplitQueue.rewind), so that
+   * nothing is held in flight, and stop whatever touches guest RAM outside those calls (a
+   * vhost-user back-end's rings). Data read from the host and not delivered stays in the model.
+   */
+  pause?(): void;
+  /** After `pause`: carry on (the driver then looks at every queue once). */
+  resume?(): void;
+  /**
+   * The device-specific state, while paused. For an external (vhost-user) device also the ring
+   * indexes the back-end stopped at, per queue (null where not running).
+   */
+  saveState?(): VirtioDeviceSpecificState;
+  /** Ring positions of an `activateExternal` device as its back-end left them at `pause`. */
+  externalQueueIndexes?(): ReadonlyArray<{ lastAvailIdx: number; usedIdx: number } | null>;
+  /**
+   * Take saved state, on a freshly created device before activation; throws
+   * VirtioStateMismatchError when it does not fit this device (another disk size, CID…).
+   */
+  restoreState?(s: VirtioDeviceSpecificState): void;
   /** Release host resources (files, taps). */
   close(): void;
 }

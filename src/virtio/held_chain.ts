@@ -41,6 +41,13 @@ export class HeldChain {
     this.held = false;
   }
 
+  /** Hand the held chain back to the queue unused (pause): the next pop returns it again. */
+  giveBack(q: SplitQueue): void {
+    if (!this.held) return;
+    q.rewind(1);
+    this.held = false;
+  }
+
   /** Forget the held chain (reset). */
   release(): void {
     this.held = false;

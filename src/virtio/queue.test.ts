@@ -382,3 +382,23 @@ test('rings over a host view that is not 2-aligned still work (DataView fallback
   assert.equal(q.enableNotification(), false);
   assert.equal(drv.availEvent, 1);
 });
+
+test('rewind gives back chains popped and not used: the next pops return them again; never more than are in flight', () => {
+  const mem = GuestMemory.fromBuffers([{ gpa: 0, buffer: new ArrayBuffer(1 << 20) }]);
+  const drv = new TestDriver(mem, { size: 8 });
+  const q = drv.queue();
+  const heads = [drv.addChain([], [16]).head, drv.addChain([], [16]).head, drv.addChain([], [16]).head];
+  const c = new DescriptorChain(8);
+  assert.ok(q.pop(c));
+  q.addUsed(c.head, 0);
+  assert.ok(q.pop(c) && q.pop(c));
+  assert.throws(() => q.rewind(3), /rewind: 3 chains, but 2 are popped and not used/);
+  q.rewind(2);
+  assert.equal(q.lastAvailIdx, 1);
+  assert.ok(q.pop(c));
+  assert.equal(c.head, heads[1]);
+  assert.ok(q.pop(c));
+  assert.equal(c.head, heads[2]);
+  assert.equal(q.pop(c), false);
+  assert.deepEqual(drv.used().map((u) => u.id), [heads[0]], 'nothing was written to the used ring by the rewind');
+});

@@ -215,6 +215,18 @@ export class SplitQueue {
     this.signalledUsed = this.usedIdx;
   }
 
+  /**
+   * Give back the last `n` chains popped and not yet used, so that the next pops return them
+   * again (pause: a device hands back the buffers it holds without data). Nothing is written to
+   * the rings: for the driver those buffers were available all along (2.7.13). Only for devices
+   * that use chains in the order they popped them (every device here).
+   */
+  rewind(n: number): void {
+    const inFlight = (this.lastAvail - this.usedIdx) & 0xffff;
+    if (!Number.isInteger(n) || n < 0 || n > inFlight) throw new RangeError(`rewind: ${n} chains, but ${inFlight} are popped and not used`);
+    this.lastAvail = (this.lastAvail - n) & 0xffff;
+  }
+
   // --- ring field accessors (byte offsets inside each ring, always even) --------------------
 
   private availLoad(off: number): number {

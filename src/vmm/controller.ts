@@ -46,7 +46,7 @@ export interface VmmCoreOptions {
   features?: string[];
   /**
    * How long vm.pause waits for every vCPU to acknowledge that it stopped (CH waits for its
-   * vCPU threads to park). Default 10 s; after that the VM is reported paused anyway and the
+   * vCPU threads to park). Default 10 s; after that the devices are quiesced anyway and the
    * delay is logged.
    */
   pauseAckTimeoutMs?: number;
@@ -132,25 +132,8 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
   async pauseVm(): Promise<void> {
     const next = nextVmState(this.state, 'pause');
     const vm = this.vm!;
-    const ncpu = vm.config.cpus.boot_vcpus;
-    const acked = new Set<number>();
-    let timer: NodeJS.Timeout | undefined;
-    let onPaused: ((id: number) => void) | undefined;
-    const allParked = new Promise<boolean>((resolve) => {
-      onPaused = (id: number) => {
-        acked.add(id);
-        if (acked.size >= ncpu) resolve(true);
-      };
-      vm.on('vcpu-paused', onPaused);
-      timer = setTimeout(() => resolve(false), this.opts.pauseAckTimeoutMs ?? 10_000);
-    });
-    try {
-      vm.pause();
-      if (!(await allParked)) this.log(`pause: only ${acked.size} of ${ncpu} vCPU(s) acknowledged in time`);
-    } finally {
-      clearTimeout(timer);
-      if (onPaused) vm.off('vcpu-paused', onPaused);
-    }
+    // The vCPUs park, then every device quiesces (VirtualMachine.pause); answered after both.
+    await vm.pause({ vcpuAckTimeoutMs: this.opts.pauseAckTimeoutMs ?? 10_000 });
     // The guest may have powered off while we waited.
     if (this.vm === vm && this.state === 'Running') this.state = next;
   }
@@ -174,8 +157,9 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
 
   async resumeVm(): Promise<void> {
     const next = nextVmState(this.state, 'resume');
-    this.vm!.resume();
-    this.state = next;
+    const vm = this.vm!;
+    await vm.resume();
+    if (this.vm === vm && this.state === 'Paused') this.state = next;
   }
 
   async shutdownVm(): Promise<void> {

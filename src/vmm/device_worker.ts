@@ -10,7 +10,7 @@ import { AcpiPowerDevice } from '../devices/acpi_power.js';
 import { NO_INTERRUPT } from '../devices/interrupt.js';
 import { EventFdInterrupt } from './interrupts.js';
 import { MailboxServer, MailboxOp, SPIN_LIMIT } from './mailbox.js';
-import { DeviceControl, DeviceControlOp, type DeviceWorkerData, type DeviceEvent } from './protocol.js';
+import { DeviceControl, DeviceControlOp, RunState, type DeviceWorkerData, type DeviceEvent } from './protocol.js';
 import { saveLegacyDevices } from '../devices/state_json.js';
 import { ByteRing } from './ring.js';
 import { PIO_COM1, PIO_I8042, PIO_CMOS, PIO_ACPI_POWER } from './layout_ports.js';
@@ -86,7 +86,11 @@ function start(data: DeviceWorkerData): void {
     }
   }
 
+  const runState = data.runState ? new Int32Array(data.runState) : null;
   function pumpInput(): void {
+    // Paused (vm.pause): host input waits in the ring, the UART state and its interrupt do not
+    // change until resume.
+    if (runState !== null && Atomics.load(runState, 0) === RunState.Pause) return;
     if (ring.available() === 0) return;
     const n = ring.peek(inBuf);
     const accepted = serial.enqueueInput(n === inBuf.length ? inBuf : inBuf.subarray(0, n));
@@ -102,8 +106,9 @@ function start(data: DeviceWorkerData): void {
     const op = Atomics.load(control, DeviceControl.Op);
     try {
       if (op !== DeviceControlOp.SaveState) throw new Error(`unknown device thread request ${op}`);
-      // The VM is paused: no vCPU is inside a device access, so the state is consistent.
-      if (pci.transports.length > 0) throw new Error(`saving the state of virtio devices is not implemented yet (${data.virtio.map((d) => d.id).join(', ')})`);
+      // The VM is paused: no vCPU is inside a device access, so the state is consistent. The
+      // virtio functions' config space and MSI-X table are saved here with the bus; their
+      // transport registers, queues and pending vectors by the I/O threads (virtio state).
       post({ type: 'state', seq: controlSeq, state: { legacy: saveLegacyDevices({ serial, i8042, cmos, acpiPower }), pciRoots: pci.roots.map((r) => r.saveState()) } });
     } catch (e) {
       post({ type: 'state-error', seq: controlSeq, message: (e as Error).message });

@@ -6,13 +6,21 @@
 // irqfd write per MSI-X vector and round; whether to interrupt at all is the queue's decision,
 // virtio 1.2, 2.7.10, with VIRTIO_F_EVENT_IDX honoured). A malformed request puts only its device
 // into DEVICE_NEEDS_RESET. virtio_worker.ts runs this in a worker; nothing here needs one.
+//
+// Pause (vm.pause, shared.ts "Pause"): applied between poll rounds, so every request a round
+// took has completed and its used entry is published by then; the device hands back the buffers
+// it held without data (VirtioDevice.pause), its interrupts are delivered, then PauseAck is set.
+// While paused the device has no slot in the poll set: kicks stay counted in the queue eventfds,
+// tap frames, console input and vsock data and connections wait in their host fds, nothing is
+// read from a ring or written to guest RAM or an image. Resume looks at every queue once.
 import * as libc from '../sys/libc.js';
 import { GuestMemory, GuestMemoryRevokedError } from '../memory/guest_memory.js';
 import { SplitQueue, VirtqueueError, type QueueLayout } from '../virtio/queue.js';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit, type ExternalQueue, type VirtioDevice } from '../virtio/device.js';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, DeviceStatus, bit, type ExternalQueue, type VirtioDevice } from '../virtio/device.js';
+import { VirtioStateMismatchError, type VirtioDeviceState, type VirtqueueState } from '../virtio/state.js';
 import {
   Word, QueueWord, Command, VECTOR_MASKED, VECTOR_PENDING, VIRTIO_MSI_NO_VECTOR, CONFIG_BYTES,
-  sharedViews, queueWord, vectorWord, join64, lo32, hi32,
+  sharedViews, queueWord, vectorWord, join64, lo32, hi32, clearTransportWords,
 } from '../virtio/pci/shared.js';
 import { MAX_COUNTERS, type VirtioWorkerDevice, type VirtioWorkerEvent } from './virtio_protocol.js';
 
@@ -34,7 +42,14 @@ export class DeviceRunner {
   readonly id: string;
   /** Told to stop (Command.Stop): out of the poll set, the model reset. */
   stopped = false;
+  /** Paused (vm.pause): out of the poll set, nothing taken from a ring until resumed. */
+  paused = false;
   private active = false;
+  /** The queues of the current activation (null: not enabled, or served by a back-end). */
+  private queues: Array<SplitQueue | null> = [];
+  /** The last PauseReq / StateReq applied. */
+  private pauseReq = 0;
+  private stateReq = 0;
   private readonly nq: number;
   private readonly words: Int32Array;
   private readonly config: Uint8Array;
@@ -83,6 +98,9 @@ export class DeviceRunner {
     this.counterKeys = dev.counters ? Object.keys(dev.counters).slice(0, MAX_COUNTERS) : [];
     this.counterOut = new Float64Array(d.counters);
     if (this.counterKeys.length > 0) post({ type: 'counter-names', id: d.id, names: this.counterKeys.map((k) => k.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())) });
+    // pauseReq / stateReq start at 0: a pause asked for before this device existed is applied
+    // (and acknowledged) by the first control().
+    if (d.restore !== undefined) this.restore(d.restore);
     Atomics.store(words, Word.Ready, 1);
     Atomics.notify(words, Word.Ready);
   }
@@ -164,7 +182,7 @@ export class DeviceRunner {
     };
   }
 
-  private activate(): void {
+  private activate(at?: ReadonlyArray<VirtqueueState>): void {
     const words = this.words;
     const features = join64(Atomics.load(words, Word.DriverFeaturesLo), Atomics.load(words, Word.DriverFeaturesHi));
     const nq = this.nq;
@@ -175,10 +193,16 @@ export class DeviceRunner {
       for (let q = 0; q < nq; q++) {
         const l = this.queueLayout(q);
         const v = this.queueVector[q]!;
-        queues.push(l === null ? null : { ...l, kickFd: this.d.queueFds[q]!, callFd: v !== VIRTIO_MSI_NO_VECTOR && v < this.irq.length ? this.irq[v]! : -1 });
+        queues.push(l === null ? null : {
+          ...l, kickFd: this.d.queueFds[q]!, callFd: v !== VIRTIO_MSI_NO_VECTOR && v < this.irq.length ? this.irq[v]! : -1,
+          lastAvailIdx: at?.[q]?.lastAvailIdx ?? 0, usedIdx: at?.[q]?.usedIdx ?? 0,
+        });
       }
+      this.queues = [];
       try {
         this.dev.activateExternal!({ mem: this.mem, features, queues, notifyQueue: this.notifyQueue });
+        // Activated while paused (a restore): the back-end must not run the rings until resume.
+        if (this.paused) this.dev.pause?.();
       } catch (e) {
         this.needsReset(`activation failed: ${(e as Error).message}`);
       }
@@ -190,7 +214,10 @@ export class DeviceRunner {
       const l = this.queueLayout(q);
       if (l === null) { queues.push(null); continue; }
       try {
-        queues.push(new SplitQueue(this.mem, l, opts));
+        const sq = new SplitQueue(this.mem, l, opts);
+        const p = at?.[q];
+        if (p !== undefined) sq.resumeAt(p.lastAvailIdx, p.usedIdx);
+        queues.push(sq);
       } catch (e) {
         queues.push(null);
         this.enabled[q] = 0;
@@ -198,27 +225,177 @@ export class DeviceRunner {
       }
     }
     if (!this.active) return;
+    this.queues = queues;
     try {
       this.dev.activate({ mem: this.mem, queues, features, notifyQueue: this.notifyQueue, notifyConfig: this.notifyConfig });
     } catch (e) {
       this.needsReset(`activation failed: ${(e as Error).message}`);
       return;
     }
-    // Kicks that came before DRIVER_OK are still counted in the eventfds; look at every queue once.
+    // Kicks that came before DRIVER_OK are still counted in the eventfds; look at every queue
+    // once (while paused: at resume).
+    if (this.paused) return;
     for (let q = 0; q < nq && this.active; q++) if (this.enabled[q]) this.process(q);
+  }
+
+  /** Pause or resume (want 1 / 0); see "Pause" at the top. */
+  private applyPause(want: boolean): void {
+    if (want === this.paused) return;
+    if (want) {
+      if (this.active) { try { this.dev.pause?.(); } catch (e) { this.guard(e); } }
+      this.paused = true;
+      return;
+    }
+    this.paused = false;
+    if (!this.active) return;
+    try { this.dev.resume?.(); } catch (e) { this.guard(e); }
+    // A back-end's queues: their notify eventfds are its kicks (never read here, or the
+    // back-end's read finds nothing: virtiofsd then drops the queue); its resume kicked them.
+    if (this.external && this.dev.takenOver !== true) return;
+    // Kicks that came while paused are still counted in the eventfds, and the device gave back
+    // what it held: look at every queue once, so that no notification is lost.
+    for (let q = 0; q < this.nq && this.active; q++) {
+      if (!this.enabled[q]) continue;
+      drain(this.d.queueFds[q]!, this.scratch);
+      this.process(q);
+    }
+  }
+
+  /** The transport registers and queue positions as they are now, and the model's own state. */
+  private captureState(): VirtioDeviceState {
+    const w = this.words;
+    const dev = this.dev;
+    if (dev.saveState === undefined) throw new Error('this device model cannot save its state');
+    const ext = this.external && this.active ? dev.externalQueueIndexes?.() : undefined;
+    const addr = (q: number, k: number) => join64(Atomics.load(w, queueWord(q, k)), Atomics.load(w, queueWord(q, k + 1)));
+    const queues: VirtqueueState[] = [];
+    for (let q = 0; q < this.nq; q++) {
+      const sq = this.active ? this.queues[q] : null;
+      const e = ext?.[q];
+      queues.push({
+        size: Atomics.load(w, queueWord(q, QueueWord.Size)),
+        ready: Atomics.load(w, queueWord(q, QueueWord.Enable)) === 1,
+        msixVector: Atomics.load(w, queueWord(q, QueueWord.Vector)) & 0xffff,
+        descTable: addr(q, QueueWord.DescLo), availRing: addr(q, QueueWord.AvailLo), usedRing: addr(q, QueueWord.UsedLo),
+        lastAvailIdx: sq ? sq.lastAvailIdx : e ? e.lastAvailIdx : 0,
+        usedIdx: sq ? sq.usedIndex : e ? e.usedIdx : 0,
+      });
+    }
+    const vectorMasked: boolean[] = [];
+    const vectorPending: boolean[] = [];
+    for (let v = 0; v < this.irq.length; v++) {
+      const x = Atomics.load(w, vectorWord(this.nq, v));
+      vectorMasked.push((x & VECTOR_MASKED) !== 0);
+      vectorPending.push((x & VECTOR_PENDING) !== 0);
+    }
+    return {
+      id: this.id,
+      transport: {
+        deviceType: dev.deviceType,
+        deviceStatus: Atomics.load(w, Word.Status) & 0xff,
+        deviceFeatures: join64(Atomics.load(w, Word.DeviceFeaturesLo), Atomics.load(w, Word.DeviceFeaturesHi)) | bit(VIRTIO_F_VERSION_1),
+        driverFeatures: join64(Atomics.load(w, Word.DriverFeaturesLo), Atomics.load(w, Word.DriverFeaturesHi)),
+        deviceFeatureSelect: Atomics.load(w, Word.DeviceFeatureSelect) >>> 0,
+        driverFeatureSelect: Atomics.load(w, Word.DriverFeatureSelect) >>> 0,
+        queueSelect: Atomics.load(w, Word.QueueSelect) & 0xffff,
+        configGeneration: Atomics.load(w, Word.ConfigGeneration) >>> 0,
+        msixConfigVector: Atomics.load(w, Word.ConfigVector) & 0xffff,
+        needsReset: Atomics.load(w, Word.NeedsReset) !== 0,
+        queues, vectorMasked, vectorPending,
+      },
+      device: dev.saveState(),
+    };
+  }
+
+  /**
+   * Saved state into this freshly built device (before Ready: the transport and the vCPUs have
+   * not looked at it yet). The device comes up paused; a driven device (DRIVER_OK) is activated
+   * with its queues where the saved indexes say. Throws VirtioStateMismatchError for a state of
+   * another device.
+   */
+  private restore(s: VirtioDeviceState): void {
+    const t = s.transport;
+    const dev = this.dev;
+    const no = (m: string): never => { throw new VirtioStateMismatchError(`${this.id}: saved state of ${s.id} does not fit: ${m}`); };
+    if (t.deviceType !== dev.deviceType) no(`device type ${t.deviceType}, this device is type ${dev.deviceType}`);
+    if (t.queues.length !== this.nq) no(`${t.queues.length} queues, this device has ${this.nq}`);
+    if (t.vectorMasked.length !== this.irq.length || t.vectorPending.length !== this.irq.length) no(`${t.vectorMasked.length} MSI-X vectors, this device has ${this.irq.length}`);
+    const offered = dev.features | bit(VIRTIO_F_VERSION_1);
+    if (t.deviceFeatures !== offered) no(`it was offered features 0x${t.deviceFeatures.toString(16)}, this device offers 0x${offered.toString(16)}`);
+    if ((t.driverFeatures & ~offered) !== 0n) no(`the driver accepted features 0x${t.driverFeatures.toString(16)} beyond those offered`);
+    t.queues.forEach((q, i) => { if (q.size > dev.queueMaxSize) no(`queue ${i} has size ${q.size}, more than this device's ${dev.queueMaxSize}`); });
+    if (dev.restoreState === undefined) no('this device model cannot restore state');
+    dev.restoreState!(s.device);
+    this.publishConfig();
+    const w = this.words;
+    Atomics.store(w, Word.Status, t.deviceStatus);
+    Atomics.store(w, Word.DriverFeaturesLo, lo32(t.driverFeatures));
+    Atomics.store(w, Word.DriverFeaturesHi, hi32(t.driverFeatures));
+    Atomics.store(w, Word.DeviceFeatureSelect, t.deviceFeatureSelect | 0);
+    Atomics.store(w, Word.DriverFeatureSelect, t.driverFeatureSelect | 0);
+    Atomics.store(w, Word.QueueSelect, t.queueSelect);
+    Atomics.store(w, Word.ConfigGeneration, t.configGeneration | 0);
+    Atomics.store(w, Word.ConfigVector, t.msixConfigVector);
+    Atomics.store(w, Word.NeedsReset, t.needsReset ? 1 : 0);
+    t.queues.forEach((q, i) => {
+      Atomics.store(w, queueWord(i, QueueWord.Size), q.size);
+      Atomics.store(w, queueWord(i, QueueWord.Enable), q.ready ? 1 : 0);
+      Atomics.store(w, queueWord(i, QueueWord.Vector), q.msixVector);
+      const set = (k: number, v: bigint) => { Atomics.store(w, queueWord(i, k), lo32(v)); Atomics.store(w, queueWord(i, k + 1), hi32(v)); };
+      set(QueueWord.DescLo, q.descTable);
+      set(QueueWord.AvailLo, q.availRing);
+      set(QueueWord.UsedLo, q.usedRing);
+    });
+    for (let v = 0; v < this.irq.length; v++) {
+      Atomics.store(w, vectorWord(this.nq, v), (t.vectorMasked[v] ? VECTOR_MASKED : 0) | (t.vectorPending[v] ? VECTOR_PENDING : 0));
+    }
+    this.paused = true;
+    const driven = DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK;
+    if ((t.deviceStatus & driven) === driven && !t.needsReset && (t.deviceStatus & DeviceStatus.FAILED) === 0) this.activate(t.queues);
   }
 
   /** Apply pending commands. A reset wins over an activation posted with it; Stop sets `stopped`. */
   control(): void {
     const words = this.words;
-    if (this.stopped || Atomics.load(words, Word.Command) === 0) return;
+    if (this.stopped) return;
+    if (Atomics.load(words, Word.Command) !== 0) this.commands();
+    if (this.stopped) return;
+    const pr = Atomics.load(words, Word.PauseReq);
+    if (pr !== this.pauseReq) {
+      this.pauseReq = pr;
+      this.applyPause((pr & 1) === 1);
+      // What the round completed is interrupted before the VMM hears "paused".
+      this.flushInterrupts();
+      Atomics.store(words, Word.PauseAck, pr);
+      Atomics.notify(words, Word.PauseAck);
+    }
+    const sr = Atomics.load(words, Word.StateReq);
+    if (sr !== this.stateReq) {
+      this.stateReq = sr;
+      if (!this.paused) {
+        this.post({ type: 'state', id: this.id, seq: sr, error: 'the device is not paused (state is taken while the VM is paused)' });
+      } else {
+        try {
+          this.post({ type: 'state', id: this.id, seq: sr, state: this.captureState() });
+        } catch (e) {
+          this.post({ type: 'state', id: this.id, seq: sr, error: (e as Error).message });
+        }
+      }
+    }
+  }
+
+  private commands(): void {
+    const words = this.words;
     const bits = Atomics.exchange(words, Word.Command, 0);
     if ((bits & Command.Reset) !== 0) {
       const seq = Atomics.load(words, Word.ResetSeq);
       this.active = false;
       this.enabled.fill(0);
+      this.queues = [];
       try { this.dev.reset(); } catch (e) { this.post({ type: 'error', id: this.id, message: `reset: ${(e as Error).message}` }); }
       this.publishConfig();
+      // The registers read as after a reset from now on (captured state agrees with the model).
+      clearTransportWords(words, this.nq, this.irq.length);
       Atomics.store(words, Word.ResetAck, seq);
       Atomics.notify(words, Word.ResetAck);
     } else if ((bits & Command.Activate) !== 0 && !this.active) {
@@ -236,20 +413,21 @@ export class DeviceRunner {
     if (this.stopped) return;
     this.stopped = true;
     this.active = false;
+    this.queues = [];
     try { this.dev.reset(); } catch { /* on the way out */ }
     this.post({ type: 'stopped', id: this.id });
   }
 
   /** How many poll slots this device needs this round (also latches its extra fds). */
   pollCount(): number {
-    if (!this.active) return 0;
+    if (!this.active || this.paused) return 0;
     this.extra = this.dev.pollFds?.() ?? [];
     return this.nq + this.extra.length + 1;
   }
 
   /** Put this device's fds into `set` (after pollCount()). */
   addPollSlots(set: PollSet, self: number): void {
-    if (!this.active) return;
+    if (!this.active || this.paused) return;
     const nq = this.nq;
     if (!this.external || this.dev.takenOver === true) {
       for (let q = 0; q < nq; q++) if (this.enabled[q]) set.add(this.d.queueFds[q]!, libc.POLLIN, self, q);
@@ -263,7 +441,7 @@ export class DeviceRunner {
 
   /** Poll reported `revents` on the slot `what` (a queue, an extra fd, the POLLOUT fd). */
   dispatch(what: number, revents: number): void {
-    if (!this.active) return;
+    if (!this.active || this.paused) return;
     if (what >= 0) {
       drain(this.d.queueFds[what]!, this.scratch);
       this.process(what);

@@ -29,6 +29,8 @@ export type VcpuEvent =
 export interface DeviceWorkerData {
   shared: MailboxShared;
   input: SharedArrayBuffer;
+  /** The vCPUs' RunState word: while Pause, host input is not fed to the serial port. */
+  runState?: SharedArrayBuffer;
   /** fd that serial output is written to, or -1 to discard it. */
   serialFd: number;
   serialIrqfd: number;

@@ -42,6 +42,7 @@ function parts(mem: GuestMemory): SnapshotParts {
     hypervisor: sampleHypervisorState(5),
     devices: saveLegacyDevices({ serial, i8042, cmos, acpiPower }),
     pci: savePciState(segments, [new PciType1(1), new PciType1(1)]),
+    virtio: [],
     mem,
   };
 }
@@ -62,6 +63,7 @@ test('writeSnapshot then readSnapshot: config, every part of the state and guest
     assert.deepEqual(r.state.hypervisor, p.hypervisor);
     assert.deepEqual(r.state.devices, p.devices);
     assert.deepEqual(r.state.pci, p.pci);
+    assert.deepEqual(r.state.virtio, p.virtio);
     assert.deepEqual(r.state.memory.ranges, [{ gpa: 0, length: 8 * MiB, fileOffset: 0 }]);
     restoreGuestMemory(fresh, r.memoryFile, r.state.memory.ranges);
     assert.equal(new TextDecoder().decode(fresh.slice(0x10_0000, 11)), 'kernel text');

@@ -2,7 +2,8 @@
 //   config.json    the VmConfig the VM was built from,
 //   memory-ranges  guest RAM, sparse (src/memory/snapshot.ts),
 //   state.json     everything else the guest can observe, one versioned document that embeds
-//                  the versioned documents of each part (hypervisor, legacy devices, PCI).
+//                  the versioned documents of each part (hypervisor, legacy devices, PCI,
+//                  virtio devices).
 // Every file is created exclusively (an existing file is an error, never overwritten) and
 // state.json is written last, so a directory with a state.json holds a complete snapshot; a
 // failed snapshot removes what it wrote. Reading is strict: a StateFormatError names the field,
@@ -17,6 +18,7 @@ import {
 import { hypervisorStateFromJson, hypervisorStateToJson, type HypervisorState } from '../hypervisor/state_json.js';
 import { legacyDeviceStateFromJson, legacyDeviceStateToJson, type LegacyDeviceState } from '../devices/state_json.js';
 import { pciStateFromJson, pciStateToJson } from '../pci/state_json.js';
+import { virtioStateFromJson, virtioStateToJson, type VirtioDeviceState } from '../virtio/state.js';
 import type { PciState } from '../pci/segment.js';
 import { saveGuestMemory, type MemoryRange } from '../memory/snapshot.js';
 import type { GuestMemory } from '../memory/guest_memory.js';
@@ -36,6 +38,8 @@ export interface SnapshotState {
   hypervisor: HypervisorState;
   devices: LegacyDeviceState;
   pci: PciState;
+  /** Each virtio-pci device: transport registers, queues, device-specific part. */
+  virtio: VirtioDeviceState[];
   memory: { file: typeof MEMORY_FILE; ranges: MemoryRange[] };
 }
 
@@ -80,6 +84,7 @@ const documentCodec = struct<Document>({
   hypervisor: embedded(hypervisorStateToJson, hypervisorStateFromJson),
   devices: embedded(legacyDeviceStateToJson, legacyDeviceStateFromJson),
   pci: embedded(pciStateToJson, pciStateFromJson),
+  virtio: embedded(virtioStateToJson, virtioStateFromJson),
   memory: struct<SnapshotState['memory']>({ file: literal(MEMORY_FILE), ranges: array(rangeCodec, 1, 64) }),
 });
 
@@ -89,7 +94,7 @@ export function snapshotStateToJson(s: SnapshotState): Json {
 
 export function parseSnapshotState(text: string): SnapshotState {
   const d = decodeVersioned(parseJsonText(text, DOCUMENT), DOCUMENT, SNAPSHOT_STATE_FORMAT, SNAPSHOT_STATE_VERSION, documentCodec);
-  return { arch: d.arch, hypervisor: d.hypervisor, devices: d.devices, pci: d.pci, memory: d.memory };
+  return { arch: d.arch, hypervisor: d.hypervisor, devices: d.devices, pci: d.pci, virtio: d.virtio, memory: d.memory };
 }
 
 /** The directory of a `destination_url` / `source_url` (Cloud Hypervisor: file:// only). */
@@ -129,6 +134,7 @@ export interface SnapshotParts {
   hypervisor: HypervisorState;
   devices: LegacyDeviceState;
   pci: PciState;
+  virtio: VirtioDeviceState[];
   mem: GuestMemory;
 }
 
@@ -156,7 +162,7 @@ export function writeSnapshot(dir: string, p: SnapshotParts): SnapshotWritten {
     make(CONFIG_FILE, (path) => writeNewFile(path, `${JSON.stringify(p.config, null, 2)}\n`));
     let mem = { ranges: [] as MemoryRange[], dataBytes: 0, fileSize: 0 };
     make(MEMORY_FILE, (path) => { mem = saveGuestMemory(p.mem, path); });
-    const state: SnapshotState = { arch: 'x86_64', hypervisor: p.hypervisor, devices: p.devices, pci: p.pci, memory: { file: MEMORY_FILE, ranges: mem.ranges } };
+    const state: SnapshotState = { arch: 'x86_64', hypervisor: p.hypervisor, devices: p.devices, pci: p.pci, virtio: p.virtio, memory: { file: MEMORY_FILE, ranges: mem.ranges } };
     make(STATE_FILE, (path) => writeNewFile(path, JSON.stringify(snapshotStateToJson(state))));
     return { dir, memoryDataBytes: mem.dataBytes, memoryFileSize: mem.fileSize };
   } catch (e) {

@@ -23,9 +23,38 @@ import { FS_CONNECTION_STATE_BYTES } from '../virtio/fs/device.js';
 import type { VirtioPciInit } from './pci_setup.js';
 import type { RateLimiterConfig } from '../virtio/rate_limiter.js';
 import { MAX_COUNTERS, type BlockRateLimit, type VirtioDeviceSpec, type VirtioWorkerData, type VirtioWorkerDevice, type VirtioWorkerEvent } from './virtio_protocol.js';
+import type { VirtioDeviceState } from '../virtio/state.js';
 
 export class VirtioConfigError extends Error {
   override name = 'VirtioConfigError';
+}
+
+/** Devices that did not acknowledge a pause / resume / state request in time (their I/O thread is busy or stuck). */
+export class VirtioQuiesceError extends Error {
+  override name = 'VirtioQuiesceError';
+  constructor(message: string, readonly ids: string[]) {
+    super(message);
+  }
+}
+
+// Atomics.waitAsync (ES2024; Node 16+) is not in this project's ES2022 lib.
+type WaitAsyncResult = { async: false; value: 'not-equal' | 'timed-out' } | { async: true; value: Promise<'ok' | 'timed-out'> };
+const waitAsync = (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number, t: number): WaitAsyncResult }).waitAsync;
+
+/**
+ * Wait without blocking this thread until words[index] === want, `gone()` (the thread that
+ * would store it is not running), or `deadline` (Date.now()). True unless the deadline passed.
+ */
+async function waitWord(words: Int32Array, index: number, want: number, deadline: number, gone: () => boolean): Promise<boolean> {
+  for (;;) {
+    const v = Atomics.load(words, index);
+    if (v === want || gone()) return true;
+    const left = deadline - Date.now();
+    if (left <= 0) return false;
+    // Bounded waits: the thread exiting does not store anything.
+    const r = waitAsync(words, index, v, Math.min(left, 100));
+    if (r.async) await r.value;
+  }
 }
 
 interface HostDevice {
@@ -69,6 +98,8 @@ interface RunThread {
   exited: Promise<void>;
   /** Set when the worker has exited. */
   done?: boolean;
+  /** State requests waiting for their answer, by `${id}:${seq}`. */
+  stateWaiters: Map<string, (m: Extract<VirtioWorkerEvent, { type: 'state' }>) => void>;
 }
 
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
@@ -105,6 +136,14 @@ function netRateLimit(n: NonNullable<VmConfig['net']>[number]): { rateLimiter?: 
   return n.rate_limiter_config !== undefined ? { rateLimiter: n.rate_limiter_config } : {};
 }
 
+/** Until Word.Ready is not 0 (1 built, -1 failed), the thread is gone, or the deadline. */
+async function waitReady(words: Int32Array, deadline: number, gone: () => boolean): Promise<void> {
+  while (Atomics.load(words, Word.Ready) === 0 && !gone() && Date.now() < deadline) {
+    const r = waitAsync(words, Word.Ready, 0, Math.min(100, Math.max(1, deadline - Date.now())));
+    if (r.async) await r.value;
+  }
+}
+
 const sleep = (ms: number) => new Promise<void>((res) => setTimeout(res, ms).unref());
 
 export class VirtioManager {
@@ -114,6 +153,9 @@ export class VirtioManager {
   private runMem: GuestMemory | null = null;
   /** How long stop() waits for I/O threads: to stop by themselves, then after terminate(). */
   stopTimeouts = { graceMs: 5000, terminateMs: 2000 };
+  /** Sequence of pause/resume requests (shared.ts Word.PauseReq) and of state requests. */
+  private pauseSeq = 0;
+  private stateSeq = 0;
   private segments: PciSegmentLayout[] = pciSegmentLayouts(1);
 
   constructor(
@@ -350,8 +392,13 @@ export class VirtioManager {
    * Nothing reaches a thread (guest memory included) until every device is set up; on failure
    * everything is undone before this returns.
    */
-  start(vm: Vm, mem: GuestMemory, onError: (m: string) => void): VirtioPciInit[] {
+  start(vm: Vm, mem: GuestMemory, onError: (m: string) => void, restore?: ReadonlyMap<string, VirtioDeviceState>): VirtioPciInit[] {
     const placements = this.place();
+    if (restore !== undefined) {
+      const ids = new Set(this.devices.map((h) => h.id));
+      for (const id of restore.keys()) if (!ids.has(id)) throw new VirtioConfigError(`the saved state has virtio device '${id}', which this VM does not have`);
+      for (const h of this.devices) if (!restore.has(h.id)) throw new VirtioConfigError(`the saved state has nothing for virtio device '${h.id}'`);
+    }
     let gsi = MSI_GSI_BASE;
     const inits: VirtioPciInit[] = [];
     const memDesc = mem.describe();
@@ -362,7 +409,7 @@ export class VirtioManager {
       this.devices.forEach((h, i) => {
         let t = byName.get(h.iothread);
         if (t === undefined) {
-          t = { name: h.iothread, worker: null, controlFd: -1, devices: [], exited: Promise.resolve() };
+          t = { name: h.iothread, worker: null, controlFd: -1, devices: [], exited: Promise.resolve(), stateWaiters: new Map() };
           byName.set(h.iothread, t);
           this.threads.push(t);
           t.controlFd = eventfd();
@@ -398,6 +445,7 @@ export class VirtioManager {
           else if (m.type === 'error') onError(`${m.id}: ${m.message}`);
           else if (m.type === 'counter-names') { const r = byId.get(m.id); if (r) r.counterNames = m.names; }
           else if (m.type === 'log') (m.warn ? this.warn : this.log)(`${m.id}: ${m.message}`);
+          else if (m.type === 'state') { const k = `${m.id}:${m.seq}`; const f = t.stateWaiters.get(k); t.stateWaiters.delete(k); f?.(m); }
         });
         w.on('error', (e) => onError(`${threadLabel(t)} failed: ${e.stack ?? e.message}`));
       }
@@ -409,11 +457,92 @@ export class VirtioManager {
       const devices: VirtioWorkerDevice[] = t.devices.map((r) => ({
         id: r.host.id, spec: r.host.spec, numQueues: r.host.numQueues, shared: r.shared,
         queueFds: r.queueFds, irqFds: r.irqFds, counters: r.counters.buffer as SharedArrayBuffer,
+        ...(restore?.has(r.host.id) ? { restore: restore.get(r.host.id)! } : {}),
       }));
       const data: VirtioWorkerData = { name: t.name, mem: memDesc, controlFd: t.controlFd, devices };
       t.worker!.postMessage(data);
     }
     return inits;
+  }
+
+  /**
+   * Resolves once every device of this run has been built (Word.Ready; a restored one with its
+   * state applied). Rejects naming the devices that failed, or that were not built in time.
+   */
+  async whenReady(timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    const all = this.threads.flatMap((t) => t.devices.map((r) => ({ t, r })));
+    await Promise.all(all.map(({ t, r }) => waitReady(r.words, deadline, () => t.done === true)));
+    const failed = all.filter(({ r }) => Atomics.load(r.words, Word.Ready) !== 1).map(({ r }) => r.host.id);
+    if (failed.length > 0) throw new VirtioQuiesceError(`virtio device(s) ${failed.join(', ')} could not be started (see the log)`, failed);
+  }
+
+  /**
+   * Quiesce every device (vm.pause, after the vCPUs stopped): each I/O thread finishes the round
+   * it is in (every request taken completes and is published, interrupts delivered), devices
+   * hand back buffers they held without data, and from then on nothing is taken from a ring and
+   * nothing written to guest RAM or an image until resume(). Resolves once every device has
+   * acknowledged, without blocking this thread. A device whose thread is busy past `timeoutMs`
+   * (a request blocked in a system call) is a VirtioQuiesceError; the others stay paused (call
+   * resume()). Devices whose thread is gone or that were never built have nothing to quiesce.
+   */
+  pause(timeoutMs = 10_000): Promise<void> {
+    return this.setPaused(true, timeoutMs);
+  }
+
+  /** Undo pause(): every device looks at each of its queues once and carries on. */
+  resume(timeoutMs = 10_000): Promise<void> {
+    return this.setPaused(false, timeoutMs);
+  }
+
+  private async setPaused(want: boolean, timeoutMs: number): Promise<void> {
+    this.pauseSeq = (this.pauseSeq + 1) & 0x3fffffff;
+    const req = (this.pauseSeq << 1) | (want ? 1 : 0);
+    const threads = this.threads;
+    for (const t of threads) {
+      for (const r of t.devices) Atomics.store(r.words, Word.PauseReq, req);
+      try { libc.write(t.controlFd, ONE); } catch { /* the thread is gone */ }
+    }
+    const deadline = Date.now() + timeoutMs;
+    const late: string[] = [];
+    await Promise.all(threads.flatMap((t) => t.devices.map(async (r) => {
+      const gone = () => t.done === true || Atomics.load(r.words, Word.Ready) === -1;
+      if (!(await waitWord(r.words, Word.PauseAck, req, deadline, gone))) late.push(r.host.id);
+    })));
+    if (late.length > 0) {
+      throw new VirtioQuiesceError(`virtio device(s) ${late.join(', ')} did not ${want ? 'pause' : 'resume'} within ${timeoutMs} ms (their I/O thread is busy with a request)`, late);
+    }
+  }
+
+  /**
+   * The saved state of every device (in configuration order), taken by each device's I/O thread
+   * while paused (after pause() resolved). Rejects naming a device that is not paused, cannot
+   * save its state, or does not answer within `timeoutMs`.
+   */
+  async getState(timeoutMs = 10_000): Promise<VirtioDeviceState[]> {
+    const threads = this.threads;
+    const answers: Array<Promise<VirtioDeviceState>> = [];
+    for (const t of threads) {
+      for (const r of t.devices) {
+        this.stateSeq = (this.stateSeq + 1) | 0;
+        const seq = this.stateSeq;
+        const id = r.host.id;
+        answers.push(new Promise<VirtioDeviceState>((resolve, reject) => {
+          if (t.done === true || Atomics.load(r.words, Word.Ready) !== 1) { reject(new VirtioQuiesceError(`${id}: the device is not running, it has no state to save`, [id])); return; }
+          const timer = setTimeout(() => { t.stateWaiters.delete(`${id}:${seq}`); reject(new VirtioQuiesceError(`${id}: no state within ${timeoutMs} ms (its I/O thread is busy)`, [id])); }, timeoutMs);
+          t.stateWaiters.set(`${id}:${seq}`, (m) => {
+            clearTimeout(timer);
+            if (m.state !== undefined) resolve(m.state);
+            else reject(new VirtioQuiesceError(`${id}: cannot save its state: ${m.error ?? 'no answer'}`, [id]));
+          });
+          Atomics.store(r.words, Word.StateReq, seq);
+        }));
+      }
+      try { libc.write(t.controlFd, ONE); } catch { /* answered by the timeout */ }
+    }
+    const got = await Promise.all(answers);
+    const order = new Map(this.devices.map((h, i) => [h.id, i]));
+    return got.sort((a, b) => (order.get(a.id) ?? 0) - (order.get(b.id) ?? 0));
   }
 
   /** I/O threads of the current guest run (1 unless devices asked for their own). */

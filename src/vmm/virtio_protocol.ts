@@ -10,6 +10,7 @@ export interface BlockRateLimit {
   /** The rate_limit_group id, when the limiter is shared. */
   group?: string;
 }
+import type { VirtioDeviceState } from '../virtio/state.js';
 
 /** Everything a thread needs to build a device model; structured-cloneable (fds are numbers). */
 export type VirtioDeviceSpec =
@@ -35,6 +36,8 @@ export interface VirtioWorkerDevice {
   irqFds: number[];
   /** Float64 slots the thread mirrors the device's counters into (names sent once, see below). */
   counters: SharedArrayBuffer;
+  /** Saved state to restore into the new device (it then starts paused, see io_thread.ts). */
+  restore?: VirtioDeviceState;
 }
 
 /** What an I/O thread gets once, right after it started. */
@@ -58,4 +61,6 @@ export type VirtioWorkerEvent =
   | { type: 'stopped'; id: string }
   /** Something for the VMM's log that does not stop the device. */
   | { type: 'log'; id: string; message: string; warn?: boolean }
-  | { type: 'counter-names'; id: string; names: string[] };
+  | { type: 'counter-names'; id: string; names: string[] }
+  /** The answer to state request `seq` (shared.ts Word.StateReq). */
+  | { type: 'state'; id: string; seq: number; state?: VirtioDeviceState; error?: string };

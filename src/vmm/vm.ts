@@ -27,6 +27,7 @@ import { VirtioManager } from './virtio_manager.js';
 import { SerialSocketSink } from './serial_socket.js';
 import { THREAD_OPTIONS } from './thread_options.js';
 import type { VirtioPciInit } from './pci_setup.js';
+import type { VirtioDeviceState } from '../virtio/state.js';
 import {
   DeviceControl, DeviceControlOp, RunState, type DeviceThreadState, type DeviceWorkerData, type DeviceEvent, type VcpuWorkerData, type VcpuEvent,
 } from './protocol.js';
@@ -135,6 +136,8 @@ export class VirtualMachine extends EventEmitter {
     if (!this.opts.log) process.stderr.write(`stratovisor: warning: ${m}\n`);
   });
   private exitResolve: ((i: VmExitInfo) => void) | null = null;
+  /** A pause or resume is under way. */
+  private transition = false;
   private finished = false;
   /** Set by shutdown(): a guest reset under way must not start the guest again. */
   private shutdownRequested = false;
@@ -304,7 +307,7 @@ export class VirtualMachine extends EventEmitter {
     const runStateSab = new SharedArrayBuffer(4);
     const controlSab = new SharedArrayBuffer(4 * DeviceControl.Words);
     const deviceData: DeviceWorkerData = {
-      shared, input: this.input.sab, serialFd, serialIrqfd,
+      shared, input: this.input.sab, serialFd, serialIrqfd, runState: runStateSab,
       memBelow4g: lowRamEnd(memSize), memAbove4g: memSize - lowRamEnd(memSize),
       vm: vm.handle(), virtio: virtioInits, verbose: this.opts.log !== undefined,
       pciSegments: this.virtio.pciSegments, serialCounters: this.serialCounters.buffer as SharedArrayBuffer,
@@ -414,11 +417,12 @@ export class VirtualMachine extends EventEmitter {
     const ncpu = run.vcpus.length;
     if (run.parked.size < ncpu) throw new VmError(`cannot snapshot: ${ncpu - run.parked.size} of ${ncpu} vCPU(s) have not stopped yet`);
     const devices = await this.deviceThreadState(run);
+    const virtio = await this.virtio.getState();
     if (this.state !== 'Paused' || this.run !== run || run.stopping) throw new VmError('cannot snapshot: the VM stopped meanwhile');
     const hypervisor = saveHypervisorState(run.vm, run.vcpus);
     const configAddress = run.vcpus.map((v) => run.parked.get(v.id) ?? 0);
     return writeSnapshot(dir, {
-      config: this.config, hypervisor, devices: devices.legacy, pci: { segments: devices.pciRoots, configAddress }, mem: run.mem,
+      config: this.config, hypervisor, devices: devices.legacy, pci: { segments: devices.pciRoots, configAddress }, virtio, mem: run.mem,
     });
   }
 
@@ -428,7 +432,7 @@ export class VirtualMachine extends EventEmitter {
       case 'reset': void this.guestReset(run, m.reason); break;
       case 'error': this.fail(run, m.message); break;
       case 'paused':
-        if (this.state === 'Paused') run.parked.set(m.id, m.configAddress);
+        if (Atomics.load(run.runState, 0) === RunState.Pause) run.parked.set(m.id, m.configAddress);
         this.emit('vcpu-paused', m.id);
         break;
       case 'stopped': this.log(`vCPU ${m.id} stopped after ${m.exits} exits (${m.deviceExits} to devices): ${JSON.stringify(m.kinds)}`); break;
@@ -523,21 +527,94 @@ export class VirtualMachine extends EventEmitter {
     if (this.run === run) this.run = null;
   }
 
-  pause(): void {
-    if (this.state !== 'Running' || !this.run) throw new VmError(`cannot pause a VM in state ${this.state}`);
-    if (this.run.stopping) throw new VmError('cannot pause: the VM is stopping');
-    Atomics.store(this.run.runState, 0, RunState.Pause);
-    for (const v of this.run.vcpus) v.kick();
-    this.state = 'Paused';
+  /**
+   * vm.pause: stop the vCPUs, then quiesce every device, and only then report Paused. The vCPUs
+   * are asked to stop (RunState.Pause and a kick) and each acknowledges once parked; legacy
+   * serial input from the host stays in its ring (the device thread does not feed the UART while
+   * paused); then every virtio device finishes the requests it had taken, publishes them and
+   * stops taking any (VirtioManager.pause). Asynchronous: this thread never blocks. A device that
+   * does not quiesce within `deviceTimeoutMs` fails the pause: everything is resumed and a
+   * VmError names it. Only one pause or resume runs at a time.
+   */
+  async pause(opts: { vcpuAckTimeoutMs?: number; deviceTimeoutMs?: number } = {}): Promise<void> {
+    const run = this.run;
+    if (this.state !== 'Running' || !run) throw new VmError(`cannot pause a VM in state ${this.state}`);
+    if (run.stopping) throw new VmError('cannot pause: the VM is stopping');
+    if (this.transition) throw new VmError('cannot pause: a pause or resume is already in progress');
+    this.transition = true;
+    try {
+      const ncpu = run.vcpus.length;
+      const acked = new Set<number>();
+      let onPaused: ((id: number) => void) | undefined;
+      let timer: NodeJS.Timeout | undefined;
+      const parked = new Promise<boolean>((resolve) => {
+        onPaused = (id: number) => { acked.add(id); if (acked.size >= ncpu) resolve(true); };
+        this.on('vcpu-paused', onPaused);
+        timer = setTimeout(() => resolve(false), opts.vcpuAckTimeoutMs ?? 10_000);
+      });
+      try {
+        Atomics.store(run.runState, 0, RunState.Pause);
+        for (const v of run.vcpus) v.kick();
+        // CH waits for its vCPU threads to park too; one that does not answer is logged (its
+        // KVM_RUN returns on the kick; only a thread busy in the device thread could be late).
+        if (!(await parked)) this.log(`pause: only ${acked.size} of ${ncpu} vCPU(s) acknowledged in time`);
+      } finally {
+        clearTimeout(timer);
+        if (onPaused) this.off('vcpu-paused', onPaused);
+      }
+      if (run.stopping || this.run !== run) throw new VmError('the VM stopped while it was being paused');
+      try {
+        await this.virtio.pause(opts.deviceTimeoutMs ?? 10_000);
+      } catch (e) {
+        // Not quiesced: the VM goes on running, as it was.
+        await this.virtio.resume(opts.deviceTimeoutMs ?? 10_000).catch(() => {});
+        if (!run.stopping) {
+          Atomics.store(run.runState, 0, RunState.Run);
+          Atomics.notify(run.runState, 0);
+        }
+        throw new VmError(`cannot pause: ${(e as Error).message}`);
+      }
+      if (run.stopping || this.run !== run) throw new VmError('the VM stopped while it was being paused');
+      this.state = 'Paused';
+    } finally {
+      this.transition = false;
+    }
   }
 
-  resume(): void {
-    if (this.state !== 'Paused' || !this.run) throw new VmError(`cannot resume a VM in state ${this.state}`);
-    if (this.run.stopping) return; // the stop in progress wins; its Stop state must stay
-    this.run.parked.clear();
-    Atomics.store(this.run.runState, 0, RunState.Run);
-    Atomics.notify(this.run.runState, 0);
-    this.state = 'Running';
+  /**
+   * vm.resume: devices first (each looks at every queue once: what the guest posted before the
+   * pause is served), then the vCPUs. A device that does not acknowledge in time is logged; it
+   * resumes when its thread gets to the request.
+   */
+  async resume(opts: { deviceTimeoutMs?: number } = {}): Promise<void> {
+    const run = this.run;
+    if (this.state !== 'Paused' || !run) throw new VmError(`cannot resume a VM in state ${this.state}`);
+    if (run.stopping) return; // the stop in progress wins; its Stop state must stay
+    if (this.transition) throw new VmError('cannot resume: a pause or resume is already in progress');
+    this.transition = true;
+    try {
+      try {
+        await this.virtio.resume(opts.deviceTimeoutMs ?? 10_000);
+      } catch (e) {
+        this.log(`resume: ${(e as Error).message}`);
+      }
+      if (run.stopping || this.run !== run) return;
+      run.parked.clear();
+      Atomics.store(run.runState, 0, RunState.Run);
+      Atomics.notify(run.runState, 0);
+      this.state = 'Running';
+    } finally {
+      this.transition = false;
+    }
+  }
+
+  /**
+   * The saved state of every virtio-pci device (transport registers, queues, device-specific
+   * part), taken by the I/O threads; only while Paused.
+   */
+  async virtioState(): Promise<VirtioDeviceState[]> {
+    if (this.state !== 'Paused' || !this.run) throw new VmError(`cannot save device state of a VM in state ${this.state} (pause it first)`);
+    return this.virtio.getState();
   }
 
   /** Stop the guest from the host side (API vm.shutdown, SIGTERM). */

@@ -8,7 +8,9 @@
 //      guest power-off leaves an API-created VM in Shutdown with the VMM still up;
 //   d. a VM given on the command line with --api-socket: the guest's power-off ends the VMM;
 //   e. the Node library (src/index.ts) boots, pauses, resumes a guest in-process and reports
-//      its power-off as events.
+//      its power-off as events;
+//   f. pause quiesces the devices: a guest writing its virtio-blk disk without pause leaves the
+//      image unchanged for seconds while Paused; after resume its writes go on and it powers off.
 //
 // test/e2e/lib/cloud-hypervisor-api.ts is generated, not written: regenerate it with
 //   npx openapi-typescript src/api/openapi/cloud-hypervisor.yaml --default-non-nullable=false -o test/e2e/lib/cloud-hypervisor-api.ts
@@ -17,6 +19,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import createClient from 'openapi-fetch';
@@ -287,6 +290,54 @@ test('pause stops the vCPUs: a command typed while paused is answered only after
   while ((await state(sock)) !== 'Shutdown') await new Promise((r) => setTimeout(r, 100));
   assert.equal((await apiRequest(sock, 'GET', 'vmm.ping')).status, 200);
   assert.equal((await apiRequest(sock, 'PUT', 'vm.shutdown')).status, 405);
+  await put(sock, 'vmm.shutdown');
+  assert.equal((await vmm.exit).code, 0, vmm.explain());
+});
+
+test('pause quiesces the devices: a guest writing its disk continuously leaves the image unchanged while paused; after resume the writes go on and it powers off cleanly', { timeout: GUEST_TIMEOUT_MS }, async (t) => {
+  const dir = sockDir();
+  const sock = join(dir, 'api.sock');
+  const disk = join(dir, 'disk.img');
+  writeFileSync(disk, new Uint8Array(4 << 20));
+  const imageHash = () => createHash('sha256').update(readFileSync(disk)).digest('hex');
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const vmm = startVmm(t, 'stv-api-pause-quiesce', ['--api-socket', `path=${sock}`]);
+  await waitForPing(sock, vmm);
+  await put(sock, 'vm.create', { ...kataLikeConfig('shell'), disks: [{ path: disk }] });
+  await put(sock, 'vm.boot');
+  await vmm.waitMarker('scenario', 1, 'shell');
+  // The guest writes /dev/vda without pause: each round a 512-byte record at the next sector,
+  // flushed (conv=fsync: a write and a FLUSH request to virtio-blk), its count kept in /tmp/n.
+  vmm.send('i=0; while :; do i=$((i+1)); echo "stv write $i" | dd of=/dev/vda bs=512 seek=$((i % 8192)) conv=notrunc,fsync 2>/dev/null; echo $i > /tmp/n; done &\n');
+  const count = async (k: number): Promise<number> => {
+    vmm.send(`echo "@@stv:n:$(cat /tmp/n 2>/dev/null || echo 0)@""@"\n`);
+    await vmm.waitMarker('n', k);
+    return Number(vmm.markers.filter((m) => m.event === 'n')[k - 1]!.data);
+  };
+  const h0 = imageHash();
+  while (imageHash() === h0) await sleep(200); // the writes reach the image
+  const n1 = await count(1);
+
+  await put(sock, 'vm.pause');
+  const hp = imageHash();
+  assert.equal(await state(sock), 'Paused');
+  // Quiesced: nothing reaches the image while paused, however long (here 5 s, checked 10 times).
+  for (let k = 0; k < 10; k++) {
+    await sleep(500);
+    assert.equal(imageHash(), hp, `the image changed while paused (after ${(k + 1) * 500} ms)\n${vmm.explain()}`);
+  }
+  assert.equal(await state(sock), 'Paused');
+
+  await put(sock, 'vm.resume');
+  assert.equal(await state(sock), 'Running');
+  while (imageHash() === hp) await sleep(200); // the guest's writes go on
+  const n2 = await count(2);
+  assert.ok(n2 > n1, `the write loop went on after resume (${n1} -> ${n2})`);
+  t.diagnostic(`guest write rounds: ${n1} before the pause, ${n2} after resume`);
+
+  vmm.send('kill %1; poweroff\n');
+  while ((await state(sock)) !== 'Shutdown') await sleep(100);
+  assert.equal(vmm.count('poweroff'), 1, vmm.explain());
   await put(sock, 'vmm.shutdown');
   assert.equal((await vmm.exit).code, 0, vmm.explain());
 });

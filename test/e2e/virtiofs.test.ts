@@ -3,7 +3,8 @@
 // test_virtio_fs: the guest mounts the shared host directory, reads a host file, writes one the
 // host then checks. Also: a back-end that is not there (clear one-line error at start, naming the
 // socket), and a back-end killed while the guest is idle (a logged device error; the guest's fs
-// I/O fails, the other devices work, the guest powers off and the VMM exits 0).
+// I/O fails, the other devices work, the guest powers off and the VMM exits 0); and a
+// vm.pause / vm.resume while the guest reads through the share.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -14,6 +15,7 @@ import { explain, guestImages, runGuest, type GuestRun } from './lib/guest.js';
 import { HostService, stopAll } from './lib/services.js';
 import { STRATOVISOR, stratovisorArgs } from './lib/stratovisor.js';
 import { scratchDir, sha256 } from './lib/virtio.js';
+import { apiRequest } from '../../src/cli/remote.js';
 
 const VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
 
@@ -170,6 +172,48 @@ test('virtio-fs across a guest reboot: the device is set up again (new guest RAM
     assert.equal(marker(run, 'fs-second-boot')?.data, token, `the second boot reads what the first wrote\n${why2()}`);
     assert.equal(readFileSync(join(s.shared, 'boot1.txt'), 'utf8').trim(), token);
     assert.ok(marker(run, 'fs-done'), why2());
+    assert.equal(run.exitCode, 0, `the VMM did not exit 0\n${why2()}`);
+  } finally {
+    await stopAll(vfsd);
+    rmSync(s.dir, { recursive: true, force: true });
+  }
+});
+
+test('virtio-fs across vm.pause / vm.resume: the rings stop and start again where they were; the guest\'s reads and writes complete correctly', async (t) => {
+  const why = skipWhy();
+  if (why) return t.skip(why);
+  const s = makeShare('virtiofs-pause');
+  const sock = join(s.dir, 'api.sock');
+  let vfsd: HostService | null = null;
+  const paused: string[] = [];
+  try {
+    vfsd = await startVirtiofsd('virtiofsd-pause', s);
+    const token = randomBytes(8).toString('hex');
+    let cycle: Promise<void> | null = null;
+    const run = await runGuest(process.execPath, [...fsArgs(s.socket, `stv.fs_token=${token}`), '--api-socket', sock, '-v'], {
+      name: 'stratovisor-virtiofs-pause', timeoutMs: 300_000,
+      // While the guest reads host.bin (3 MiB of FUSE requests in flight): pause, stay paused 2 s, resume.
+      onMarker: (m) => {
+        if (m.event !== 'fs-mounted' || cycle !== null) return;
+        cycle = (async () => {
+          const pause = await apiRequest(sock, 'PUT', 'vm.pause');
+          paused.push(`pause ${pause.status} ${pause.text}`);
+          const info = await apiRequest(sock, 'GET', 'vm.info');
+          paused.push(`state ${(JSON.parse(info.text) as { state: string }).state}`);
+          await new Promise((r) => setTimeout(r, 2000));
+          const resume = await apiRequest(sock, 'PUT', 'vm.resume');
+          paused.push(`resume ${resume.status} ${resume.text}`);
+        })().catch((e: Error) => { paused.push(`error ${e.message}`); });
+      },
+    });
+    await cycle;
+    const why2 = () => `${paused.join('\n')}\n${explain(run, 40)}\n${vfsd!.explain()}`;
+    assert.deepEqual(paused, ['pause 204 ', 'state Paused', 'resume 204 '], why2());
+    assert.deepEqual(run.markers.filter((m) => m.event === 'fs-error').map((m) => m.data), [], `the guest reported errors\n${why2()}`);
+    assert.equal(keyed(run, 'fs-read', 'host.bin'), s.hostBin, `the guest read host.bin right across the pause\n${why2()}`);
+    const got = readFileSync(join(s.shared, 'guest.bin'));
+    assert.equal(sha256(got), keyed(run, 'fs-wrote', 'guest.bin'), `the host reads the bytes the guest wrote\n${why2()}`);
+    assert.ok(marker(run, 'fs-done') && marker(run, 'poweroff'), `the guest did not finish\n${why2()}`);
     assert.equal(run.exitCode, 0, `the VMM did not exit 0\n${why2()}`);
   } finally {
     await stopAll(vfsd);

@@ -12,6 +12,7 @@ import * as libc from '../../sys/libc.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, type VirtioActivation, type VirtioDevice } from '../device.js';
 import { DescriptorChain, MAX_QUEUE_SIZE, VirtqueueError } from '../queue.js';
 import { LimiterTimer, type RateLimiter } from '../rate_limiter.js';
+import { VirtioStateMismatchError, type VirtioDeviceSpecificState } from '../state.js';
 
 /** Feature bits (5.2.3). */
 export const VIRTIO_BLK_F_SIZE_MAX = 1n;
@@ -262,6 +263,22 @@ export class BlockDevice implements VirtioDevice {
     this.writeZeroes = false;
     this.throttled.fill(0);
     if (this.timer?.armed) this.timer.disarm();
+  }
+
+  /** Requests complete within processQueue: after a pause nothing is in flight, nothing to hand back. */
+  pause(): void {}
+
+  saveState(): VirtioDeviceSpecificState {
+    return { kind: 'block', capacity: BigInt(this.capacity), readonly: this.readonly, numQueues: this.numQueues, config: this.config.slice() };
+  }
+
+  /** The saved configuration must be this disk's: same capacity, mode and queues. */
+  restoreState(s: VirtioDeviceSpecificState): void {
+    if (s.kind !== 'block') throw new VirtioStateMismatchError(`saved ${s.kind} state for a virtio-blk device`);
+    if (s.capacity !== BigInt(this.capacity)) throw new VirtioStateMismatchError(`the saved disk had ${s.capacity} sectors, this image has ${this.capacity}`);
+    if (s.readonly !== this.readonly) throw new VirtioStateMismatchError(`the saved disk was ${s.readonly ? 'read-only' : 'read-write'}, this one is ${this.readonly ? 'read-only' : 'read-write'}`);
+    if (s.numQueues !== this.numQueues) throw new VirtioStateMismatchError(`the saved disk had ${s.numQueues} queues, this one has ${this.numQueues}`);
+    if (s.config.length !== this.config.length || s.config.some((b, i) => b !== this.config[i])) throw new VirtioStateMismatchError('the saved disk configuration (5.2.4) differs from this one\'s');
   }
 
   /** Closes the image fd. */

@@ -146,3 +146,34 @@ test('reset forgets the queues and the held receive buffer', () => {
   r.dev.processQueue(1);
   assert.deepEqual(r.rx.used(), []);
 });
+
+test('pause hands back the receive buffer held for input that has not come; after resume the input fills it (no buffer lost, none handed back empty)', () => {
+  const fifo = join(dir, 'pause-in.fifo');
+  execFileSync('mkfifo', [fifo]);
+  const fd = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+  try {
+    const out: Uint8Array[] = [];
+    const dev = new ConsoleDevice({ sink: (b) => out.push(b), input: { fd } });
+    const mem = GuestMemory.fromBuffers([{ gpa: 0, buffer: new ArrayBuffer(4 << 20) }]);
+    const rx = new TestDriver(mem, { size: 8, base: 0, dataStart: 0x10000, dataEnd: 0x100000 });
+    const tx = new TestDriver(mem, { size: 8, base: 0x8000, dataStart: 0x100000, dataEnd: 0x400000 });
+    const rq = rx.queue({ eventIdx: false, indirect: true });
+    dev.activate({ mem, queues: [rq, tx.queue()], features: dev.features, notifyQueue: () => {}, notifyConfig: () => {} });
+    const c = rx.addChain([], [64]);
+    dev.onFdReady(fd); // poll said readable, read(2) says EAGAIN: the chain stays held
+    assert.equal(rq.lastAvailIdx, 1, 'the device holds the receive buffer');
+    dev.pause();
+    assert.equal(rq.lastAvailIdx, 0, 'given back at pause: nothing held in flight');
+    assert.deepEqual(rx.used(), []);
+    writeSync(fd, Buffer.from('typed while paused'));
+    dev.onFdReady(fd);
+    const u = rx.used();
+    assert.equal(u.length, 1);
+    assert.equal(u[0]!.id, c.head, 'the same buffer, taken again');
+    assert.equal(Buffer.from(mem.slice(c.writable[0]!, u[0]!.len)).toString(), 'typed while paused');
+    const s = dev.saveState();
+    assert.deepEqual(s, { kind: 'console', cols: 80, rows: 24 });
+  } finally {
+    closeSync(fd);
+  }
+});

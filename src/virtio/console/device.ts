@@ -8,6 +8,7 @@ import type { GuestMemory } from '../../memory/guest_memory.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, type VirtioActivation, type VirtioDevice } from '../device.js';
 import { DescriptorChain, MAX_QUEUE_SIZE, type SplitQueue } from '../queue.js';
 import { HeldChain } from '../held_chain.js';
+import { VirtioStateMismatchError, type VirtioDeviceSpecificState } from '../state.js';
 
 /** Feature bits (5.3.3). */
 export const VIRTIO_CONSOLE_F_SIZE = 0n;
@@ -220,6 +221,21 @@ export class ConsoleDevice implements VirtioDevice {
     this.pending = [];
     this.pendingOff = 0;
     this.pendingBytes = 0;
+  }
+
+  /** Hand back the receive buffer held for input that has not come (input stays in the host fd). */
+  pause(): void {
+    const q = this.act?.queues[CONSOLE_RECEIVEQ];
+    if (q !== undefined && q !== null) this.rx.giveBack(q);
+  }
+
+  saveState(): VirtioDeviceSpecificState {
+    return { kind: 'console', cols: this.cols, rows: this.rows };
+  }
+
+  restoreState(s: VirtioDeviceSpecificState): void {
+    if (s.kind !== 'console') throw new VirtioStateMismatchError(`saved ${s.kind} state for a virtio-console device`);
+    this.setSizeFields(s.cols, s.rows);
   }
 
   /** Nothing to release: the input fd belongs to the caller. */

@@ -5,11 +5,22 @@
 // vhost-user.rst asks), its start index, the queue's notify eventfd as kick and the MSI-X
 // vector's irqfd as call; on reset it stops the rings (GET_VRING_BASE) so that the driver can set
 // the device up again.
+//
+// Pause (vm.pause) stops the rings as QEMU does when the VM stops (vhost_dev_stop): per ring
+// SET_VRING_ENABLE 0, then GET_VRING_BASE, which the back-end answers once it has stopped the ring
+// (virtiofsd takes the ring's lock, so its request loop over that ring has ended) with the next
+// avail index; resume sets each ring up again from that index (NUM, BASE, ADDR, CALL, KICK,
+// ENABLE 1) and kicks it. Cloud Hypervisor only sends SET_VRING_ENABLE 0 / 1, which a back-end
+// may take effect on only after requests it is processing; GET_VRING_BASE is the stronger stop.
+// Not quiesced: a request virtiofsd handed to its own thread pool (--thread-pool-size > 0) may
+// still complete after GET_VRING_BASE answered; and the FUSE session (open files, inodes) lives
+// in virtiofsd and is not part of the saved state.
 import * as libc from '../../sys/libc.js';
 import {
   VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTIO_F_IN_ORDER, VirtioDeviceType, bit,
   type ExternalActivation, type VirtioActivation, type VirtioDevice,
 } from '../device.js';
+import { VirtioStateMismatchError, type VirtioDeviceSpecificState } from '../state.js';
 import { availRingBytes, descTableBytes, usedRingBytes, MAX_QUEUE_SIZE, DescriptorChain, SplitQueue } from '../queue.js';
 import { VhostUserFrontend, VhostUserError, VHOST_USER_F_PROTOCOL_FEATURES, ProtocolFeature, type MemRegionFd } from '../vhost_user/frontend.js';
 import { MAX_MEM_REGIONS } from '../vhost_user/message.js';
@@ -67,6 +78,10 @@ export class FsDevice implements VirtioDevice {
   private chain: DescriptorChain;
   /** Rings the back-end is running (to stop on reset). */
   private started: number[] = [];
+  /** How each started ring was set up (to set it up again at resume). */
+  private rings: Array<{ index: number; size: number; desc: bigint; avail: bigint; used: bigint; usedGpa: number; kickFd: number; callFd: number }> = [];
+  /** Paused: the rings are stopped; the next avail index GET_VRING_BASE answered, per ring index. */
+  private stoppedAt: Map<number, number> | null = null;
   private errFds: number[] = [];
   private readonly owner: Int32Array;
   private readonly lastTable: Float64Array;
@@ -159,8 +174,10 @@ export class FsDevice implements VirtioDevice {
       const avail = hva(q.availRing, availRingBytes(q.size) + eventIdx, 'available ring');
       const used = hva(q.usedRing, usedRingBytes(q.size) + eventIdx, 'used ring');
       fe.setVringNum(i, q.size);
-      fe.setVringBase(i, 0); // a freshly set up queue starts at index 0 (2.7.13.1)
+      // A freshly set up queue starts at index 0 (2.7.13.1); a restored one where it was saved.
+      fe.setVringBase(i, q.lastAvailIdx ?? 0);
       fe.setVringAddr({ index: i, flags: 0, desc, used, avail, log: 0n });
+      this.rings.push({ index: i, size: q.size, desc, avail, used, usedGpa: q.usedRing, kickFd: q.kickFd, callFd: q.callFd });
       const err = libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
       this.errFds.push(err);
       fe.setVringErr(i, err);
@@ -246,11 +263,83 @@ export class FsDevice implements VirtioDevice {
     throw new VhostUserError(`vhost-user back-end ${this.o.socketPath} reported an error on queue ${q}`);
   }
 
+  /** Stop the rings (see "Pause" at the top); the back-end keeps its memory table and features. */
+  pause(): void {
+    if (this.act === null || this.takenOver || this.stoppedAt !== null) return;
+    const pfNegotiated = (this.backendFeatures & bit(VHOST_USER_F_PROTOCOL_FEATURES)) !== 0n;
+    const at = new Map<number, number>();
+    for (const r of this.rings) {
+      let base = this.act.mem.readU16(r.usedGpa + 2);
+      if (!this.fe.isBroken) {
+        try {
+          if (pfNegotiated) this.fe.setVringEnable(r.index, false);
+          base = this.fe.getVringBase(r.index);
+        } catch (e) {
+          this.log(`pausing ring ${r.index}: ${(e as Error).message}`, true);
+        }
+      }
+      at.set(r.index, base & 0xffff);
+    }
+    this.stoppedAt = at;
+  }
+
+  /** Set the stopped rings up again where they stopped, and kick each (a kick while stopped may be lost). */
+  resume(): void {
+    const at = this.stoppedAt;
+    this.stoppedAt = null;
+    if (at === null || this.act === null || this.takenOver || this.fe.isBroken) return;
+    const fe = this.fe;
+    const pfNegotiated = (this.backendFeatures & bit(VHOST_USER_F_PROTOCOL_FEATURES)) !== 0n;
+    try {
+      for (const r of this.rings) {
+        fe.setVringNum(r.index, r.size);
+        fe.setVringBase(r.index, at.get(r.index) ?? 0);
+        fe.setVringAddr({ index: r.index, flags: 0, desc: r.desc, used: r.used, avail: r.avail, log: 0n });
+        fe.setVringCall(r.index, r.callFd);
+        fe.setVringKick(r.index, r.kickFd);
+        if (pfNegotiated) fe.setVringEnable(r.index, true);
+      }
+    } catch (e) {
+      // The back-end went away while the VM was paused: as when it hangs up while running.
+      this.fe.markBroken((e as Error).message);
+      this.takeOver(`vhost-user back-end ${this.o.socketPath} could not restart its rings after the pause (${(e as Error).message}); the file system is unavailable`);
+      return;
+    }
+    const one = new Uint8Array(new BigUint64Array([1n]).buffer);
+    for (const r of this.rings) libc.write(r.kickFd, one);
+  }
+
+  /** Where each queue stands while paused (the back-end's stop index; used.idx from guest RAM). */
+  externalQueueIndexes(): ReadonlyArray<{ lastAvailIdx: number; usedIdx: number } | null> {
+    const out: Array<{ lastAvailIdx: number; usedIdx: number } | null> = [];
+    for (let i = 0; i < this.numQueues; i++) {
+      const own = this.own[i];
+      if (this.takenOver) { out.push(own ? { lastAvailIdx: own.lastAvailIdx, usedIdx: own.usedIndex } : null); continue; }
+      const r = this.rings.find((x) => x.index === i);
+      const base = this.stoppedAt?.get(i);
+      out.push(r === undefined || base === undefined || this.act === null ? null : { lastAvailIdx: base, usedIdx: this.act.mem.readU16(r.usedGpa + 2) });
+    }
+    return out;
+  }
+
+  saveState(): VirtioDeviceSpecificState {
+    return { kind: 'fs', tag: this.o.tag, numRequestQueues: this.o.numRequestQueues };
+  }
+
+  restoreState(st: VirtioDeviceSpecificState): void {
+    if (st.kind !== 'fs') throw new VirtioStateMismatchError(`saved ${st.kind} state for a virtio-fs device`);
+    if (st.tag !== this.o.tag) throw new VirtioStateMismatchError(`saved virtio-fs tag '${st.tag}', this device has '${this.o.tag}'`);
+    if (st.numRequestQueues !== this.o.numRequestQueues) throw new VirtioStateMismatchError(`saved ${st.numRequestQueues} request queues, this device has ${this.o.numRequestQueues}`);
+  }
+
   /** Stop the rings the back-end runs; never throws (a back-end that is gone is only logged). */
   private stopRings(): void {
     const pfNegotiated = (this.backendFeatures & bit(VHOST_USER_F_PROTOCOL_FEATURES)) !== 0n;
+    // Paused: the rings are stopped already.
+    const stopped = this.stoppedAt !== null;
+    this.stoppedAt = null;
     for (const i of this.started) {
-      if (this.fe.isBroken) break;
+      if (this.fe.isBroken || stopped) break;
       try {
         if (pfNegotiated) this.fe.setVringEnable(i, false);
         this.fe.getVringBase(i);
@@ -262,6 +351,7 @@ export class FsDevice implements VirtioDevice {
       try { this.fe.resetDevice(); } catch (e) { this.log(`RESET_DEVICE: ${(e as Error).message}`); }
     }
     this.started = [];
+    this.rings = [];
     for (const fd of this.errFds) libc.close(fd);
     this.errFds = [];
     this.own = [];

@@ -27,6 +27,7 @@ import * as libc from '../../sys/libc.js';
 import type { GuestMemory } from '../../memory/guest_memory.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, type VirtioActivation, type VirtioDevice } from '../device.js';
 import { DescriptorChain, MAX_QUEUE_SIZE, VirtqueueError, type SplitQueue } from '../queue.js';
+import { VirtioStateMismatchError, type VirtioDeviceSpecificState } from '../state.js';
 import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, TUN_F_UFO } from '../../net/tap.js';
 import { LimiterTimer, type RateLimiter } from '../rate_limiter.js';
 
@@ -237,6 +238,8 @@ export class NetDevice implements VirtioDevice {
 
   private pollList: readonly number[] = EMPTY;
   private pollDirty = true;
+  /** Queue pairs the restored driver had enabled (VQ_PAIRS_SET), for the next activate(). */
+  private restoredPairs = 0;
 
   private readonly rxLimiter: RateLimiter | null;
   private readonly txLimiter: RateLimiter | null;
@@ -328,7 +331,8 @@ export class NetDevice implements VirtioDevice {
     this.mtuNegotiated = has(VIRTIO_NET_F_MTU) && this.mtu !== undefined;
     this.mq = has(VIRTIO_NET_F_MQ) && this.pairs > 1;
     this.usablePairs = this.mq ? this.pairs : 1;
-    this.activePairs = 1;
+    this.activePairs = this.restoredPairs > 0 && this.restoredPairs <= this.usablePairs ? this.restoredPairs : 1;
+    this.restoredPairs = 0;
     // 5.1.2: controlq is 2N, N = max_virtqueue_pairs with MQ, else 1.
     this.ctrlIndex = has(VIRTIO_NET_F_CTRL_VQ) && this.pairs > 1 ? 2 * this.usablePairs : -1;
 
@@ -449,6 +453,42 @@ export class NetDevice implements VirtioDevice {
     this.mem = null;
     this.clearState();
     if (this.timer?.armed) this.timer.disarm();
+  }
+
+  /**
+   * Hand back what is held without being published: a transmit chain the tap refused (EAGAIN;
+   * sent again after resume) and the receive chains a frame was being spread over (MRG_RXBUF;
+   * the frame stays in the bounce buffer and is copied again after resume).
+   */
+  pause(): void {
+    const a = this.act;
+    if (a === null) return;
+    for (let k = 0; k < this.usablePairs; k++) {
+      if (this.txPending[k] !== 0) {
+        a.queues[2 * k + 1]?.rewind(1);
+        this.txPending[k] = 0;
+      }
+      const s = this.rx[k];
+      if (s !== undefined && s.held > 0) {
+        a.queues[2 * k]?.rewind(s.held);
+        s.held = 0;
+        s.off = 0;
+      }
+    }
+  }
+
+  saveState(): VirtioDeviceSpecificState {
+    return { kind: 'net', mac: this.config.slice(0, 6), config: this.config.slice(), activePairs: this.activePairs };
+  }
+
+  /** The saved MAC and configuration must be this device's; the enabled queue pairs are taken over. */
+  restoreState(s: VirtioDeviceSpecificState): void {
+    if (s.kind !== 'net') throw new VirtioStateMismatchError(`saved ${s.kind} state for a virtio-net device`);
+    const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(':');
+    if (s.mac.some((b, i) => b !== this.config[i])) throw new VirtioStateMismatchError(`the saved MAC is ${hex(s.mac)}, this device has ${hex(this.config.subarray(0, 6))}`);
+    if (s.config.length !== this.config.length || s.config.some((b, i) => b !== this.config[i])) throw new VirtioStateMismatchError('the saved network configuration (5.1.4: status, queue pairs, MTU) differs from this device\'s');
+    if (s.activePairs < 1 || s.activePairs > this.pairs) throw new VirtioStateMismatchError(`the saved driver enabled ${s.activePairs} queue pairs, this device has ${this.pairs}`);
+    this.restoredPairs = s.activePairs;
   }
 
   /** Releases the bounce buffers; the tap fds belong to the caller and stay open. */

@@ -8,6 +8,12 @@
 // in ResetAck once the device model has stopped using the queues, and only then does the
 // transport let device_status read 0, which the driver polls for (virtio 1.2, 2.4 / 4.1.4.3.2).
 // The device thread never waits for the worker.
+//
+// Pause (vm.pause): the VMM's main thread writes PauseReq = (seq << 1) | want (1 paused, 0
+// running) and signals the control eventfd; the worker applies it between poll rounds (whatever
+// a round started has completed by then), then stores the same value in PauseAck. State capture
+// (while paused): the main thread bumps StateReq; the worker answers with a 'state' message
+// carrying that sequence number.
 
 export const Word = {
   /** Published by the worker once the device model exists: 1 ready, -1 failed. */
@@ -30,7 +36,16 @@ export const Word = {
   NeedsReset: 14,
   /** Malformed requests seen since creation (never reset). */
   Errors: 15,
-  QueueBase: 16,
+  /** The common configuration's selectors (4.1.4.3), kept here so that device state has them. */
+  DeviceFeatureSelect: 16,
+  DriverFeatureSelect: 17,
+  QueueSelect: 18,
+  /** (seq << 1) | want: see "Pause" above. */
+  PauseReq: 19,
+  PauseAck: 20,
+  /** Sequence number of the last state request. */
+  StateReq: 21,
+  QueueBase: 24,
   QueueStride: 12,
 } as const;
 
@@ -84,6 +99,31 @@ export function createShared(l: VirtioSharedLayout): SharedArrayBuffer {
 export function sharedViews(sab: SharedArrayBuffer, l: VirtioSharedLayout): { words: Int32Array; config: Uint8Array } {
   const n = sharedWords(l);
   return { words: new Int32Array(sab, 0, n), config: new Uint8Array(sab, n * 4, CONFIG_BYTES) };
+}
+
+/**
+ * Back to the reset state (2.4): what device_status 0 means for the registers. The worker does
+ * this before it acknowledges a reset (so that state captured afterwards agrees with the
+ * model), and the transport again when it sees the acknowledgement.
+ */
+export function clearTransportWords(w: Int32Array, numQueues: number, vectors: number): void {
+  Atomics.store(w, Word.Status, 0);
+  Atomics.store(w, Word.DriverFeaturesLo, 0);
+  Atomics.store(w, Word.DriverFeaturesHi, 0);
+  Atomics.store(w, Word.ConfigVector, VIRTIO_MSI_NO_VECTOR);
+  Atomics.store(w, Word.NeedsReset, 0);
+  Atomics.store(w, Word.DeviceFeatureSelect, 0);
+  Atomics.store(w, Word.DriverFeatureSelect, 0);
+  Atomics.store(w, Word.QueueSelect, 0);
+  const max = Atomics.load(w, Word.QueueMax);
+  for (let q = 0; q < numQueues; q++) {
+    Atomics.store(w, queueWord(q, QueueWord.Size), max);
+    Atomics.store(w, queueWord(q, QueueWord.Enable), 0);
+    Atomics.store(w, queueWord(q, QueueWord.Vector), VIRTIO_MSI_NO_VECTOR);
+    for (let k = QueueWord.DescLo; k <= QueueWord.UsedHi; k++) Atomics.store(w, queueWord(q, k), 0);
+  }
+  // Interrupts left pending from before the reset are stale (they would be spurious).
+  for (let v = 0; v < vectors; v++) Atomics.and(w, vectorWord(numQueues, v), ~VECTOR_PENDING);
 }
 
 export function hi32(v: bigint): number { return Number((v >> 32n) & 0xffffffffn) | 0; }

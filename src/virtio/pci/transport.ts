@@ -12,7 +12,7 @@ import { Msix, type MsiMessageValue } from '../../pci/msix.js';
 import { DeviceStatus, VIRTIO_F_VERSION_1, bit } from '../device.js';
 import {
   Word, QueueWord, Command, VECTOR_MASKED, VECTOR_PENDING, VIRTIO_MSI_NO_VECTOR, CONFIG_BYTES,
-  sharedViews, queueWord, vectorWord, join64, postCommand,
+  sharedViews, queueWord, vectorWord, join64, postCommand, clearTransportWords,
 } from './shared.js';
 
 export const VIRTIO_PCI_VENDOR_ID = 0x1af4;
@@ -92,9 +92,6 @@ export class VirtioPciTransport implements PciDevice, BusDevice {
   private readonly msixCap: number;
   /** A reset the worker has not acknowledged yet (its ResetSeq), or -1. */
   private resetPending = -1;
-  private deviceFeatureSelect = 0;
-  private driverFeatureSelect = 0;
-  private queueSelect = 0;
   /** 0 not known yet, 1 the worker published the device, -1 it failed or never answered. */
   private ready = 0;
   /** Reads/writes that hit nothing or had a bad width (diagnostics). */
@@ -122,6 +119,14 @@ export class VirtioPciTransport implements PciDevice, BusDevice {
     const cap = this.msix.capability(0, MSIX_TABLE_OFFSET, 0, MSIX_PBA_OFFSET);
     this.msixCap = this.config.addCapability(cap.body, cap.writable);
   }
+
+  // The selectors live in the shared words (device state captures them); only this thread writes them.
+  private get deviceFeatureSelect(): number { return Atomics.load(this.words, Word.DeviceFeatureSelect) >>> 0; }
+  private set deviceFeatureSelect(v: number) { Atomics.store(this.words, Word.DeviceFeatureSelect, v | 0); }
+  private get driverFeatureSelect(): number { return Atomics.load(this.words, Word.DriverFeatureSelect) >>> 0; }
+  private set driverFeatureSelect(v: number) { Atomics.store(this.words, Word.DriverFeatureSelect, v | 0); }
+  private get queueSelect(): number { return Atomics.load(this.words, Word.QueueSelect); }
+  private set queueSelect(v: number) { Atomics.store(this.words, Word.QueueSelect, v & 0xffff); }
 
   get barAddr(): number {
     return this.config.barInfo()[0]!.addr;
@@ -366,23 +371,6 @@ export class VirtioPciTransport implements PciDevice, BusDevice {
 
   private finishReset(): void {
     this.resetPending = -1;
-    const w = this.words;
-    Atomics.store(w, Word.Status, 0);
-    Atomics.store(w, Word.DriverFeaturesLo, 0);
-    Atomics.store(w, Word.DriverFeaturesHi, 0);
-    Atomics.store(w, Word.ConfigVector, VIRTIO_MSI_NO_VECTOR);
-    Atomics.store(w, Word.NeedsReset, 0);
-    const max = Atomics.load(w, Word.QueueMax);
-    for (let q = 0; q < this.numQueues; q++) {
-      Atomics.store(w, queueWord(q, QueueWord.Size), max);
-      Atomics.store(w, queueWord(q, QueueWord.Enable), 0);
-      Atomics.store(w, queueWord(q, QueueWord.Vector), VIRTIO_MSI_NO_VECTOR);
-      for (let k = QueueWord.DescLo; k <= QueueWord.UsedHi; k++) Atomics.store(w, queueWord(q, k), 0);
-    }
-    // Interrupts left pending from before the reset are stale (they would be spurious).
-    for (let v = 0; v < this.vectors; v++) Atomics.and(w, vectorWord(this.numQueues, v), ~VECTOR_PENDING);
-    this.deviceFeatureSelect = 0;
-    this.driverFeatureSelect = 0;
-    this.queueSelect = 0;
+    clearTransportWords(this.words, this.numQueues, this.vectors);
   }
 }

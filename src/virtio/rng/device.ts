@@ -5,6 +5,7 @@ import { closeSync, readSync } from 'node:fs';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, type VirtioActivation, type VirtioDevice } from '../device.js';
 import { DescriptorChain, MAX_QUEUE_SIZE } from '../queue.js';
 import { GuestMemoryRevokedError } from '../../memory/guest_memory.js';
+import { VirtioStateMismatchError, type VirtioDeviceSpecificState } from '../state.js';
 
 export interface RngDeviceOptions {
   /** Open entropy source (the VMM opens `src`, default /dev/urandom); closed by close(). */
@@ -103,6 +104,17 @@ export class RngDevice implements VirtioDevice {
 
   reset(): void {
     this.act = null;
+  }
+
+  /** Requests complete within processQueue: nothing is held. */
+  pause(): void {}
+
+  saveState(): VirtioDeviceSpecificState {
+    return { kind: 'rng' };
+  }
+
+  restoreState(s: VirtioDeviceSpecificState): void {
+    if (s.kind !== 'rng') throw new VirtioStateMismatchError(`saved ${s.kind} state for a virtio-rng device`);
   }
 
   /** Closes the source fd. */

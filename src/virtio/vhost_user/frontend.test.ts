@@ -198,3 +198,48 @@ test('fuzz: random replies never crash the front-end (only VhostUserError or a v
     await done;
   }
 });
+
+test('virtio-fs pause stops every ring (SET_VRING_ENABLE 0, GET_VRING_BASE) and resume sets each up again from the index the back-end stopped at, then kicks it', async () => {
+  const { fe, done } = await backend('good');
+  const mem = GuestMemory.allocate([{ gpa: 0, size: 4 << 20 }], { shared: true });
+  const kick = [0, 1].map(() => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK));
+  const call = [0, 1].map(() => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK));
+  try {
+    const dev = new FsDevice({ socketFd: fe, socketPath: 'test.sock', tag: 'myfs', numRequestQueues: 1, queueSize: 256, connection: new SharedArrayBuffer(FS_CONNECTION_STATE_BYTES), timeoutMs: 5000 });
+    const queues = [0, 1].map((i) => ({ size: 256, descTable: 0x10000 + i * 0x10000, availRing: 0x11000 + i * 0x10000, usedRing: 0x12000 + i * 0x10000, kickFd: kick[i]!, callFd: call[i]! }));
+    mem.writeU16(0x22000 + 2, 5); // ring 1's used.idx as the back-end left it
+    dev.activateExternal({ mem, features: (1n << 32n) | (1n << 29n), queues, notifyQueue: () => {} });
+    dev.pause();
+    assert.deepEqual(dev.externalQueueIndexes(), [{ lastAvailIdx: 7, usedIdx: 0 }, { lastAvailIdx: 7, usedIdx: 5 }], 'the back-end\'s stop index, used.idx from guest RAM');
+    assert.deepEqual(dev.saveState(), { kind: 'fs', tag: 'myfs', numRequestQueues: 1 });
+    dev.resume();
+    for (const k of kick) {
+      const b = new Uint8Array(8);
+      libc.read(k, b);
+      assert.equal(decodeU64(b), 1n, 'each ring is kicked after resume (a kick while stopped may have been dropped)');
+    }
+    dev.reset();
+    libc.close(fe);
+    const r = await done;
+    assert.equal(r.error, undefined);
+    const name = (q: number) => Object.entries(Request).find(([, v]) => v === q)?.[0] ?? String(q);
+    const conv = r.messages.slice(r.messages.findIndex((m) => m.request === Request.SET_VRING_ENABLE && decodeVringState(Uint8Array.from(m.payload)).num === 1));
+    const steps = conv.map((m) => {
+      const n = name(m.request);
+      if (m.request === Request.SET_VRING_ENABLE || m.request === Request.SET_VRING_BASE || m.request === Request.GET_VRING_BASE || m.request === Request.SET_VRING_NUM) {
+        const s = decodeVringState(Uint8Array.from(m.payload));
+        return `${n} ${s.index} ${m.request === Request.GET_VRING_BASE ? '' : s.num}`.trim();
+      }
+      return n;
+    });
+    assert.deepEqual(steps.slice(0, 18), [
+      'SET_VRING_ENABLE 0 1', 'SET_VRING_ENABLE 1 1', // activation
+      'SET_VRING_ENABLE 0 0', 'GET_VRING_BASE 0', 'SET_VRING_ENABLE 1 0', 'GET_VRING_BASE 1', // pause
+      'SET_VRING_NUM 0 256', 'SET_VRING_BASE 0 7', 'SET_VRING_ADDR', 'SET_VRING_CALL', 'SET_VRING_KICK', 'SET_VRING_ENABLE 0 1', // resume
+      'SET_VRING_NUM 1 256', 'SET_VRING_BASE 1 7', 'SET_VRING_ADDR', 'SET_VRING_CALL', 'SET_VRING_KICK', 'SET_VRING_ENABLE 1 1',
+    ]);
+  } finally {
+    for (const f of [...kick, ...call]) libc.close(f);
+    mem.free();
+  }
+});

@@ -26,9 +26,10 @@ import type { GuestMemory } from '../../memory/guest_memory.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, type VirtioActivation, type VirtioDevice } from '../device.js';
 import { DescriptorChain, MAX_QUEUE_SIZE, VirtqueueError, type SplitQueue } from '../queue.js';
 import { HeldChain } from '../held_chain.js';
+import { VirtioStateMismatchError, type VirtioDeviceSpecificState } from '../state.js';
 import {
   Hdr, MAX_PKT_PAYLOAD, MIN_GUEST_CID, Op, VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE, VIRTIO_VSOCK_SHUTDOWN_F_SEND,
-  VIRTIO_VSOCK_TYPE_STREAM, VMADDR_CID_HOST, VSOCK_CONFIG_SIZE, VSOCK_RX, VSOCK_TX,
+  VIRTIO_VSOCK_TYPE_STREAM, VMADDR_CID_HOST, VSOCK_CONFIG_SIZE, VSOCK_RX, VSOCK_TX, VSOCK_EVENT, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET,
 } from './packet.js';
 
 export interface VsockDeviceOptions {
@@ -209,6 +210,9 @@ export class VsockDevice implements VirtioDevice {
 
   private readonly pollOut: number[] = [];
   private readonly pollEv: number[] = [];
+  /** Restored from saved state: the guest's connections are gone; tell it (5.10.6.6) once running. */
+  private transportResetPending = false;
+  private evChain: DescriptorChain;
 
   constructor(opts: VsockDeviceOptions) {
     const qs = opts.queueSize ?? 256;
@@ -231,6 +235,7 @@ export class VsockDevice implements VirtioDevice {
     this.maxPending = opts.maxPendingClients ?? DEFAULT_MAX_PENDING;
     this.rx = new HeldChain(qs);
     this.txChain = new DescriptorChain(qs);
+    this.evChain = new DescriptorChain(qs);
     new DataView(this.config.buffer).setBigUint64(0, BigInt(opts.cid), true);
   }
 
@@ -261,6 +266,7 @@ export class VsockDevice implements VirtioDevice {
     for (const q of a.queues) if (q !== null && q.size > max) max = q.size;
     if (max > this.txChain.capacity) {
       this.txChain = new DescriptorChain(max);
+      this.evChain = new DescriptorChain(max);
     }
     this.rx.grow(max);
     this.act = a;
@@ -275,8 +281,49 @@ export class VsockDevice implements VirtioDevice {
       this.fillRx();
     } else if (index === VSOCK_RX) {
       this.fillRx();
+    } else if (index === VSOCK_EVENT) {
+      this.sendTransportReset();
     }
-    // The event queue (2) carries only VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, which this device never sends.
+  }
+
+  /** Hand back the receive buffer held for a packet not written yet (host data stays in the sockets). */
+  pause(): void {
+    const q = this.act?.queues[VSOCK_RX];
+    if (q !== undefined && q !== null) this.rx.giveBack(q);
+  }
+
+  resume(): void {
+    this.sendTransportReset();
+  }
+
+  saveState(): VirtioDeviceSpecificState {
+    return { kind: 'vsock', cid: BigInt(this.cid) };
+  }
+
+  /**
+   * The guest CID must be the saved one. Connections are not saved (Firecracker and Cloud
+   * Hypervisor do the same): the guest gets VIRTIO_VSOCK_EVENT_TRANSPORT_RESET when it runs again.
+   */
+  restoreState(s: VirtioDeviceSpecificState): void {
+    if (s.kind !== 'vsock') throw new VirtioStateMismatchError(`saved ${s.kind} state for a virtio-vsock device`);
+    if (s.cid !== BigInt(this.cid)) throw new VirtioStateMismatchError(`the saved guest CID is ${s.cid}, this device has ${this.cid}`);
+    this.transportResetPending = true;
+  }
+
+  /** 5.10.6.6: the event, in the next event-queue buffer (le32 id), once one is there. */
+  private sendTransportReset(): void {
+    const a = this.act;
+    if (!this.transportResetPending || a === null) return;
+    const q = a.queues[VSOCK_EVENT];
+    if (q === undefined || q === null) return;
+    const c = this.evChain;
+    if (!q.pop(c)) { q.enableNotification(); return; }
+    this.transportResetPending = false;
+    let k = c.readableCount;
+    while (k < c.length && c.len[k]! < 4) k++;
+    if (k < c.length) a.mem.writeU32(c.addr[k]!, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET);
+    q.addUsed(c.head, k < c.length ? 4 : 0);
+    if (q.needsInterrupt()) a.notifyQueue(VSOCK_EVENT);
   }
 
   pollFds(): readonly number[] {
@@ -320,6 +367,7 @@ export class VsockDevice implements VirtioDevice {
   reset(): void {
     this.act = null;
     this.rx.release();
+    this.transportResetPending = false;
     for (const c of this.byFd.values()) { c.dead = true; libc.close(c.fd); }
     this.byFd.clear();
     this.byPort.clear();

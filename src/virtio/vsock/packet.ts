@@ -27,6 +27,9 @@ export const Hdr = {
   size: 44,
 } as const;
 
+/** struct virtio_vsock_event id (5.10.6.6): the device's connections are gone (after migration). */
+export const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET = 0;
+
 /** type (5.10.6). */
 export const VIRTIO_VSOCK_TYPE_STREAM = 1;
 
