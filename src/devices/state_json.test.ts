@@ -22,7 +22,7 @@ import {
 } from './state_json.js';
 import { StateFormatError, type Json } from '../snapshot/codec.js';
 import { Prng, seedFromEnv, countFromEnv } from '../testing/prng.js';
-import { mutateJson } from '../testing/json_fuzz.js';
+import { mutateJson, stateErrorOf } from '../testing/json_fuzz.js';
 
 const MiB = 1024 * 1024;
 const ACPI_PORT = DEFAULT_ACPI_POWER_LAYOUT.base;
@@ -187,15 +187,7 @@ test('UART: the state keeps the FIFO bytes in order across a wrapped ring, the d
   assert.deepEqual([sb.ier, sb.fcr], [0x0f, 0xc1]);
 });
 
-function errorOf(fn: () => unknown): StateFormatError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof StateFormatError) return e;
-    throw new Error(`expected a StateFormatError, got ${String(e)}`, { cause: e });
-  }
-  throw new Error('expected a StateFormatError, nothing was thrown');
-}
+const errorOf = stateErrorOf;
 
 type Edit = (d: { [k: string]: Json }) => void;
 const b64 = (bytes: number[]) => Buffer.from(bytes).toString('base64');

@@ -153,18 +153,25 @@ function transfer(write: boolean, fd: number, host: bigint, len: number, off: nu
 }
 
 /**
+ * Create `path` for writing, exclusively (O_EXCL, mode 0600): an existing file is an error, never
+ * overwritten. Errors are made by `error` from one sentence naming the file.
+ */
+export function createExclusive(path: string, error: (message: string) => Error): number {
+  try {
+    return openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | libc.O_CLOEXEC, 0o600);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw error(code === 'EEXIST' ? `'${path}' exists already (a snapshot never overwrites a file)` : `cannot create '${path}': ${(e as Error).message}`);
+  }
+}
+
+/**
  * Write guest RAM to a new file at `path` (created exclusively: an existing file is an error and
  * is left alone), sparse, and fsync it. The VM must be paused with its devices quiesced. A failure
  * removes the partial file.
  */
 export function saveGuestMemory(mem: GuestMemory, path: string): MemorySaveResult {
-  let fd: number;
-  try {
-    fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | libc.O_CLOEXEC, 0o600);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new MemorySnapshotError(code === 'EEXIST' ? `'${path}' exists already (a snapshot never overwrites a file)` : `cannot create '${path}': ${(e as Error).message}`);
-  }
+  const fd = createExclusive(path, (m) => new MemorySnapshotError(m));
   try {
     const ranges: MemoryRange[] = [];
     let fileOffset = 0;

@@ -15,7 +15,7 @@ import { attachPciSegments, restorePciState, savePciState, type PciSegment } fro
 import { parsePciState, pciStateFromJson, pciStateToJson, stringifyPciState } from './state_json.js';
 import { StateFormatError, type Json } from '../snapshot/codec.js';
 import { Prng, countFromEnv, seedFromEnv } from '../testing/prng.js';
-import { mutateJson } from '../testing/json_fuzz.js';
+import { mutateJson, stateErrorOf } from '../testing/json_fuzz.js';
 
 const BAR0_SIZE = 0x10000;
 const TABLE = 0x8000;
@@ -229,15 +229,7 @@ test('PCI: save, JSON text, restore into a fresh VM: config space, BAR mappings,
   assert.deepEqual((pa as Json[]).slice(-4, -2), [[1, 4], 0b1000], 'vector 1 delivered on unmask, 3 pending, 4 delivered');
 });
 
-function errorOf(fn: () => unknown): StateFormatError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof StateFormatError) return e;
-    throw new Error(`expected a StateFormatError, got ${String(e)}`, { cause: e });
-  }
-  throw new Error('expected a StateFormatError, nothing was thrown');
-}
+const errorOf = stateErrorOf;
 
 type Obj = { [k: string]: Json };
 const obj = (j: Json | undefined) => j as Obj;

@@ -4,7 +4,7 @@
 // one bit, a blob of the right size with other bytes) so that the devices' own restore checks are
 // reached too.
 
-import type { Json } from '../snapshot/codec.js';
+import { StateFormatError, type Json } from '../snapshot/codec.js';
 import type { Prng } from './prng.js';
 
 /** Values a hostile file might put anywhere. */
@@ -61,4 +61,15 @@ export function mutateJson(doc: Json, p: Prng): void {
       else if (keys.length > 0) { const k = keys[p.int(keys.length)]!; node[k] = op === 2 ? nearMiss(node[k]!, p) : p.pick(NASTY); }
     }
   }
+}
+
+/** The StateFormatError `fn` throws; anything else (or nothing) fails the test. */
+export function stateErrorOf(fn: () => unknown): StateFormatError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof StateFormatError) return e;
+    throw new Error(`expected a StateFormatError, got ${String(e)}`, { cause: e });
+  }
+  throw new Error('expected a StateFormatError, nothing was thrown');
 }

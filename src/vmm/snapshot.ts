@@ -8,10 +8,9 @@
 // state.json is written last, so a directory with a state.json holds a complete snapshot; a
 // failed snapshot removes what it wrote. Reading is strict: a StateFormatError names the field,
 // e.g. `snapshot state: hypervisor.vcpus[1].sregs.cs.limit: …`.
-import { closeSync, openSync, readFileSync, statSync, unlinkSync, writeSync, fsyncSync, constants } from 'node:fs';
+import { closeSync, readFileSync, statSync, unlinkSync, writeSync, fsyncSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import * as libc from '../sys/libc.js';
 import {
   array, decodeVersioned, literal, parseJsonText, struct, StateFormatError, type Codec, type Json,
 } from '../snapshot/codec.js';
@@ -20,7 +19,7 @@ import { legacyDeviceStateFromJson, legacyDeviceStateToJson, type LegacyDeviceSt
 import { pciStateFromJson, pciStateToJson } from '../pci/state_json.js';
 import { virtioStateFromJson, virtioStateToJson, type VirtioDeviceState } from '../virtio/state.js';
 import type { PciState } from '../pci/segment.js';
-import { saveGuestMemory, type MemoryRange } from '../memory/snapshot.js';
+import { createExclusive, saveGuestMemory, type MemoryRange } from '../memory/snapshot.js';
 import type { GuestMemory } from '../memory/guest_memory.js';
 
 export const SNAPSHOT_STATE_FORMAT = 'stratovisor-snapshot-state';
@@ -114,13 +113,7 @@ export function snapshotDirectory(url: string, what = 'destination_url'): string
 }
 
 function writeNewFile(path: string, text: string): void {
-  let fd: number;
-  try {
-    fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | libc.O_CLOEXEC, 0o600);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new SnapshotError(code === 'EEXIST' ? `'${path}' exists already (a snapshot never overwrites a file)` : `cannot create '${path}': ${(e as Error).message}`);
-  }
+  const fd = createExclusive(path, (m) => new SnapshotError(m));
   try {
     writeSync(fd, text);
     fsyncSync(fd);
