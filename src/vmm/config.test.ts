@@ -195,3 +195,12 @@ test('untrusted shapes give errors, never a crash', () => {
   (d as unknown as Record<string, unknown>)['payload'] = 'k';
   assert.deepEqual(messages(d), ['payload: is required', 'cpus: is required', 'memory: is required']);
 });
+
+test('cpus.kvm_hyperv: off unless set (as Cloud Hypervisor), true kept, a non-boolean named', () => {
+  assert.equal(valid().cpus.kvm_hyperv, false);
+  const on = createVmConfig({ payload: { kernel: '/k' }, cpus: { boot_vcpus: 2, kvm_hyperv: true } });
+  assert.equal(on.cpus.kvm_hyperv, true);
+  assert.deepEqual(validateVmConfig(on), []);
+  const bad = createVmConfig({ payload: { kernel: '/k' }, cpus: { kvm_hyperv: 'on' as unknown as boolean } });
+  assert.deepEqual(messages(bad), ['cpus.kvm_hyperv: must be a boolean']);
+});
