@@ -17,7 +17,7 @@
 //                           0x40000100 beats 0x40000005, and the guest says "Hypervisor detected:
 //                           KVM" and runs on kvm-clock (seen in the sandbox with Debian's 6.1).
 //                           Without them the guest has no kvm-clock, PV EOI, steal time or async
-//                           page faults; Hyper-V's TSC page, APIC MSRs and timers stand in.
+//                           page faults; Hyper-V's TSC page and APIC MSRs (lazy EOI) stand in.
 
 import type { CpuIdEntry } from '../../hypervisor/regs.js';
 
@@ -92,19 +92,28 @@ export function cpuidVendor(e: CpuIdEntry): string {
 /**
  * The enlightenments this VMM offers (each still needs the hypervisor's support): the
  * hypercall page and VP index (every Hyper-V guest needs them), VP runtime, the partition
- * reference counter and reference TSC page (hyperv_clocksource_tsc_page), SynIC with its
- * synthetic timers (direct mode too), the TSC/APIC frequency MSRs, the APIC access MSRs
- * (EOI/ICR/TPR), relaxed timing; post-message/signal-event hypercalls with SynIC (the VMM
- * answers them, VMBus needs them). Not offered: the reset MSR (the guest resets through ACPI and
- * the i8042 here), invariant TSC (it would make Linux prefer the raw TSC over the TSC page),
- * crash MSRs, stats pages, reenlightenment, TLB-flush/IPI hypercalls, enlightened VMCS.
+ * reference counter and reference TSC page (hyperv_clocksource_tsc_page), SynIC, the TSC/APIC
+ * frequency MSRs, the APIC access MSRs (EOI/ICR/TPR, the VP assist page's lazy EOI), relaxed
+ * timing; post-message/signal-event hypercalls with SynIC (the VMM answers them, VMBus needs
+ * them). Not offered: the reset MSR (the guest resets through ACPI and the i8042 here),
+ * invariant TSC (it would make Linux prefer the raw TSC over the TSC page), crash MSRs, stats
+ * pages, reenlightenment, TLB-flush/IPI hypercalls, enlightened VMCS, and the synthetic timers
+ * (TLFS 12.4; with direct mode, 12.4.4). Without synthetic timers a Linux guest keeps the local
+ * APIC timer as its clockevent (its hv_stimer clockevent registers only with
+ * HV_MSR_SYNTIMER_AVAILABLE, drivers/clocksource/hyperv_timer.c); Windows uses the APIC timer
+ * then too. Why they are left out: of the sandbox boots of a 2-vCPU Linux guest with them,
+ * 2 of 5 went wrong (a console that stopped mid-echo; a sandbox whose CPUs spun in its kernel),
+ * none of the boots without them did; KVM's synthetic timers are reported to storm on an expiry
+ * in the past under nested virtualisation without TSC scaling, as in the sandbox. Not proven:
+ * README "Hyper-V enlightenments" has the counts. The bits stay
+ * defined, and hypervLeaves keeps their dependencies, for when they are offered again.
  */
 export const HYPERV_OFFERED = {
   eax: HV_MSR_VP_RUNTIME_AVAILABLE | HV_MSR_TIME_REF_COUNT_AVAILABLE | HV_MSR_SYNIC_AVAILABLE
-    | HV_MSR_SYNTIMER_AVAILABLE | HV_MSR_APIC_ACCESS_AVAILABLE | HV_MSR_HYPERCALL_AVAILABLE
+    | HV_MSR_APIC_ACCESS_AVAILABLE | HV_MSR_HYPERCALL_AVAILABLE
     | HV_MSR_VP_INDEX_AVAILABLE | HV_MSR_REFERENCE_TSC_AVAILABLE | HV_ACCESS_FREQUENCY_MSRS,
   ebx: HV_POST_MESSAGES | HV_SIGNAL_EVENTS,
-  edx: HV_FEATURE_FREQUENCY_MSRS_AVAILABLE | HV_STIMER_DIRECT_MODE_AVAILABLE,
+  edx: HV_FEATURE_FREQUENCY_MSRS_AVAILABLE,
   hints: HV_APIC_ACCESS_RECOMMENDED | HV_RELAXED_TIMING_RECOMMENDED,
 } as const;
 
