@@ -100,13 +100,13 @@ export function cpuidVendor(e: CpuIdEntry): string {
  * pages, reenlightenment, TLB-flush/IPI hypercalls, enlightened VMCS, and the synthetic timers
  * (TLFS 12.4; with direct mode, 12.4.4). Without synthetic timers a Linux guest keeps the local
  * APIC timer as its clockevent (its hv_stimer clockevent registers only with
- * HV_MSR_SYNTIMER_AVAILABLE, drivers/clocksource/hyperv_timer.c); Windows uses the APIC timer
- * then too. Why they are left out: of the sandbox boots of a 2-vCPU Linux guest with them,
- * 2 of 5 went wrong (a console that stopped mid-echo; a sandbox whose CPUs spun in its kernel),
- * none of the boots without them did; KVM's synthetic timers are reported to storm on an expiry
- * in the past under nested virtualisation without TSC scaling, as in the sandbox. Not proven:
- * README "Hyper-V enlightenments" has the counts. The bits stay
- * defined, and hypervLeaves keeps their dependencies, for when they are offered again.
+ * HV_MSR_SYNTIMER_AVAILABLE, drivers/clocksource/hyperv_timer.c). Why they are left out: of
+ * the sandbox boots of a 2-vCPU Linux guest with them, 2 of 8 went wrong (a console that
+ * stopped mid-echo; a sandbox whose CPUs spun in its kernel), none of the 6 without them did;
+ * KVM's synthetic timers are reported to storm on an expiry in the past under nested
+ * virtualisation without TSC scaling, as in the sandbox. Not proven: README "Hyper-V
+ * enlightenments" has the counts. The bits stay defined, and hypervLeaves keeps their
+ * dependencies, for when they are offered again.
  */
 export const HYPERV_OFFERED = {
   eax: HV_MSR_VP_RUNTIME_AVAILABLE | HV_MSR_TIME_REF_COUNT_AVAILABLE | HV_MSR_SYNIC_AVAILABLE
