@@ -137,6 +137,7 @@ describe('API routes', () => {
       ['null for a required nested field', JSON.stringify({ ...MINIMAL_VM, cpus: { boot_vcpus: 1, max_vcpus: null } }), /cpus\.max_vcpus: must be integer, got null/],
       ['wrong type next to an unknown field', JSON.stringify({ ...MINIMAL_VM, bogus: 1, rng: { src: 7 } }), /rng\.src: must be string, got integer/],
       ['wrong type', JSON.stringify({ ...MINIMAL_VM, cpus: { boot_vcpus: '2', max_vcpus: 2 } }), /cpus\.boot_vcpus: must be integer, got string/],
+      ['kvm_hyperv not a boolean', JSON.stringify({ ...MINIMAL_VM, cpus: { boot_vcpus: 1, max_vcpus: 1, kvm_hyperv: 'on' } }), /cpus\.kvm_hyperv: must be boolean, got string/],
       ['wrong type at the root', '[1,2]', /must be object, got array/],
       ['missing payload', JSON.stringify({ cpus: { boot_vcpus: 1, max_vcpus: 1 } }), /payload: missing required field/],
       ['missing nested required', JSON.stringify({ ...MINIMAL_VM, cpus: { boot_vcpus: 1 } }), /cpus\.max_vcpus: missing required field/],
@@ -155,6 +156,26 @@ describe('API routes', () => {
         assert.equal(t.controller.state, undefined);
       });
     }
+
+    test('cpus.kvm_hyperv: true reaches the VM\'s config (and vm.info); absent is false', async () => {
+      const t2 = await startTestServer({});
+      try {
+        const body = { ...MINIMAL_VM, cpus: { boot_vcpus: 2, max_vcpus: 2, kvm_hyperv: true } };
+        assert.equal((await request(t2.socketPath, 'PUT', 'vm.create', JSON.stringify(body))).status, 204);
+        assert.equal(t2.controller.config?.cpus.kvm_hyperv, true);
+        const info = await request(t2.socketPath, 'GET', 'vm.info');
+        assert.equal((info.json as { config: { cpus: { kvm_hyperv: unknown } } }).config.cpus.kvm_hyperv, true);
+      } finally {
+        await t2.close();
+      }
+      const t3 = await startTestServer({});
+      try {
+        assert.equal((await request(t3.socketPath, 'PUT', 'vm.create', JSON.stringify(MINIMAL_VM))).status, 204);
+        assert.equal(t3.controller.config?.cpus.kvm_hyperv, false);
+      } finally {
+        await t3.close();
+      }
+    });
 
     test('unknown fields are ignored (and logged), as Cloud Hypervisor\'s serde structs do', async () => {
       const lines: string[] = [];

@@ -130,6 +130,13 @@ test('cpus topology and memory options', () => {
   assert.equal(c.memory.thp, false);
 });
 
+test('--cpus kvm_hyperv=on|off turns Hyper-V enlightenments on or off; absent is off; a bad value is named', () => {
+  assert.equal(run('--kernel', 'k', '--cpus', 'boot=2,kvm_hyperv=on').config!.cpus.kvm_hyperv, true);
+  assert.equal(run('--kernel', 'k', '--cpus', 'kvm_hyperv=off,boot=2').config!.cpus.kvm_hyperv, false);
+  assert.equal(run('--kernel', 'k', '--cpus', 'boot=2').config!.cpus.kvm_hyperv, false);
+  assert.throws(() => parseArgs(['--kernel', 'k', '--cpus', 'boot=2,kvm_hyperv=yes please']), /--cpus: bad value "yes please" for kvm_hyperv \(expected on or off\)/);
+});
+
 test('sizes', () => {
   assert.equal(parseSize('512M'), 512 * MIB);
   assert.equal(parseSize('1G'), GIB);

@@ -82,12 +82,16 @@ export const VmExitKind = {
   IrqWindowOpen: 11,
   Debug: 12,
   Exception: 13,
+  /** Hyper-V SynIC MSR write (SCONTROL, SIEFP, SIMP): `e.msr` says which. See enableHyperV. */
+  HypervSynic: 14,
+  /** A Hyper-V hypercall the hypervisor left to the VMM: `e.hypercallCode`; answer with completeHypercall. */
+  HypervHcall: 15,
 } as const;
 export type VmExitKind = (typeof VmExitKind)[keyof typeof VmExitKind];
 
 export const VmExitKindName: readonly string[] = [
   'Unknown', 'IoIn', 'IoOut', 'MmioRead', 'MmioWrite', 'Hlt', 'Shutdown', 'SystemEvent', 'Intr',
-  'FailEntry', 'InternalError', 'IrqWindowOpen', 'Debug', 'Exception',
+  'FailEntry', 'InternalError', 'IrqWindowOpen', 'Debug', 'Exception', 'HypervSynic', 'HypervHcall',
 ];
 
 export type SystemEventType = 'shutdown' | 'reset' | 'crash' | 'wakeup' | 'suspend' | 'unknown';
@@ -111,6 +115,10 @@ export interface VcpuExit {
   data: Uint8Array;
   /** SystemEvent: the backend's raw event type (KVM_SYSTEM_EVENT_*). */
   eventType: number;
+  /** HypervSynic: the SynIC MSR the guest wrote. */
+  msr: number;
+  /** HypervHcall: the call code, bits 15:0 of the hypercall input value (TLFS 3.7). */
+  hypercallCode: number;
 }
 
 /** The allocated, self-describing form of an exit (vcpu.decodeExit()). */
@@ -128,6 +136,8 @@ export type VmExit =
   | { kind: 'IrqWindowOpen' }
   | { kind: 'Debug' }
   | { kind: 'Exception'; exception: number; errorCode: number }
+  | { kind: 'HypervSynic'; msr: number; control: bigint; evtPage: bigint; msgPage: bigint }
+  | { kind: 'HypervHcall'; input: bigint; params: [bigint, bigint] }
   | { kind: 'Unknown'; reason: number; hardwareExitReason: bigint };
 
 export interface UserMemoryRegion {
@@ -199,6 +209,17 @@ export interface HypervisorCapabilities {
   maxMemslots: number;
   x2apicApi: boolean;
   tscDeadlineTimer: boolean;
+}
+
+/** What `Vcpu.enableHyperV` turned on. */
+export interface HyperVSupport {
+  /**
+   * The Hyper-V CPUID leaves (0x40000000..) the hypervisor can emulate, as it reports them
+   * (KVM_GET_SUPPORTED_HV_CPUID); src/arch/x86_64/hyperv.ts makes the guest's leaves of them.
+   */
+  cpuid: CpuIdEntry[];
+  /** The synthetic interrupt controller is on for this vCPU (SynIC MSRs, timers, messages). */
+  synic: boolean;
 }
 
 export interface Hypervisor {
@@ -289,6 +310,15 @@ export interface Vcpu {
   setupLapicLints(): void;
   /** Inject an NMI. */
   nmi(): void;
+  /**
+   * Turn on the hypervisor's emulation of Hyper-V's guest interface (TLFS) for this vCPU and
+   * say what it supports. Call after the irqchip exists and before setCpuid2, whose table must
+   * then carry Hyper-V's leaves (the hypervisor enables its Hyper-V MSRs and hypercalls from
+   * CPUID 0x40000001 = "Hv#1"). Throws, naming what is missing, where the backend cannot.
+   */
+  enableHyperV(): HyperVSupport;
+  /** Answer the HypervHcall exit run() last returned: the status (TLFS 3.10) goes to the guest's RAX. */
+  completeHypercall(status: number): void;
 
   // Saved state. getState()/setState() do it all, in the order the KVM API doc and Cloud
   // Hypervisor/Firecracker use; the parts are here for tests and tools.

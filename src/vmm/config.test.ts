@@ -223,3 +223,12 @@ test('rate limiters: bad shapes and numbers are named by path, never a crash', (
     `net[0].rate_limiter_config.bandwidth.size: must be an integer in 0..${Number.MAX_SAFE_INTEGER}, got ${2 ** 54}`,
   ]);
 });
+
+test('cpus.kvm_hyperv: off unless set (as Cloud Hypervisor), true kept, a non-boolean named', () => {
+  assert.equal(valid().cpus.kvm_hyperv, false);
+  const on = createVmConfig({ payload: { kernel: '/k' }, cpus: { boot_vcpus: 2, kvm_hyperv: true } });
+  assert.equal(on.cpus.kvm_hyperv, true);
+  assert.deepEqual(validateVmConfig(on), []);
+  const bad = createVmConfig({ payload: { kernel: '/k' }, cpus: { kvm_hyperv: 'on' as unknown as boolean } });
+  assert.deepEqual(messages(bad), ['cpus.kvm_hyperv: must be a boolean']);
+});

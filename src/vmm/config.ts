@@ -316,6 +316,7 @@ export function createVmConfig(input: VmConfigInput = {}): VmConfig {
       boot_vcpus: boot,
       max_vcpus: cpus.max_vcpus ?? boot,
       max_phys_bits: cpus.max_phys_bits ?? DEFAULT_MAX_PHYS_BITS,
+      kvm_hyperv: cpus.kvm_hyperv ?? false,
     },
     memory: {
       mergeable: false,

@@ -10,6 +10,7 @@ import { RunState, type VcpuWorkerData, type VcpuEvent } from './protocol.js';
 import { DEVICE_PORTS, PIO_PCI_CONFIG } from './layout_ports.js';
 import { PciType1 } from '../pci/bus.js';
 import { PCI_ECAM_START } from '../arch/x86_64/layout.js';
+import { HV_STATUS_INVALID_HYPERCALL_CODE } from '../arch/x86_64/hyperv.js';
 
 const post = (e: VcpuEvent) => parentPort!.postMessage(e);
 
@@ -89,6 +90,11 @@ function start(wd: VcpuWorkerData): void {
       case VmExitKind.MmioWrite: deviceExits++; mailbox.access(MailboxOp.MmioWrite, e.addr, e.data); break;
       case VmExitKind.MmioRead: deviceExits++; mailbox.access(MailboxOp.MmioRead, e.addr, e.data); break;
       case VmExitKind.Hlt: break; // only without an in-kernel LAPIC; the next run() waits
+      // kvm_hyperv: the hypervisor has applied the SynIC MSR write and only tells (no VMBus to
+      // tell yet). Hypercalls it leaves to the VMM (HvPostMessage, HvSignalEvent to a connection
+      // with no event fd) have no server here yet: the guest gets "invalid hypercall code" (TLFS 3.10).
+      case VmExitKind.HypervSynic: break;
+      case VmExitKind.HypervHcall: vcpu.completeHypercall(HV_STATUS_INVALID_HYPERCALL_CODE); break;
       case VmExitKind.Intr: {
         vcpu.takeKick();
         let s = Atomics.load(state, 0);

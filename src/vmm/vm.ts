@@ -17,6 +17,7 @@ import { loadPvhKernel, parseElfKernel } from '../arch/x86_64/pvh.js';
 import { FileImage, readImage, type ImageSource } from '../arch/x86_64/image_source.js';
 import { buildAcpiTables, buildMcfgForSegments, pciSegmentsAml } from '../arch/x86_64/acpi.js';
 import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
+import { HyperVCpuidError, hypervLeaves } from '../arch/x86_64/hyperv.js';
 import { writeResetVectorStub } from '../arch/x86_64/reset_vector.js';
 import { linux64BootState, pvhBootState, writeBootTables, defaultFpu, bootMsrEntries } from '../arch/x86_64/regs.js';
 import type { VmConfig } from './config.js';
@@ -279,7 +280,7 @@ export class VirtualMachine extends EventEmitter {
       for (let id = 0; id < ncpu; id++) {
         const vcpu = vm.createVcpu(id);
         vcpus.push(vcpu);
-        vcpu.setCpuid2(vcpuCpuid(this.supportedCpuid, id, ncpu));
+        vcpu.setCpuid2(vcpuCpuid(this.supportedCpuid, id, ncpu, { hyperv: cfg.cpus.kvm_hyperv === true ? this.hypervCpuid(vcpu, id) : null }));
         vcpu.setMsrs(bootMsrEntries());
         vcpu.setupLapicLints();
         vcpu.setFpu(defaultFpu());
@@ -338,6 +339,24 @@ export class VirtualMachine extends EventEmitter {
     }
     if (earlyFailure !== null) this.fail(run, earlyFailure);
     this.log(`guest started: ${ncpu} vCPU(s), ${fmtBytes(memSize)}, ${this.kernelType} kernel`);
+  }
+
+  /**
+   * cpus.kvm_hyperv: the hypervisor's Hyper-V emulation on for this vCPU, and the Hyper-V CPUID
+   * leaves it gets (src/arch/x86_64/hyperv.ts). Before KVM_SET_CPUID2 (see Vcpu.enableHyperV).
+   */
+  private hypervCpuid(vcpu: Vcpu, id: number): CpuIdEntry[] {
+    const support = vcpu.enableHyperV();
+    try {
+      const { entries, missing } = hypervLeaves({ supported: support.cpuid, synic: support.synic });
+      if (id === 0) {
+        this.log(`Hyper-V enlightenments on${support.synic ? '' : ' without SynIC (no KVM_CAP_HYPERV_SYNIC2)'}${missing.length ? `; the hypervisor lacks: ${missing.join(', ')}` : ''}`);
+      }
+      return entries;
+    } catch (e) {
+      if (e instanceof HyperVCpuidError) throw new VmError(`kvm_hyperv=on: ${e.message}`);
+      throw e;
+    }
   }
 
   private openSerialSink(): { fd: number; owned: boolean } {

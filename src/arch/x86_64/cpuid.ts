@@ -18,9 +18,11 @@
 //   - MONITOR/MWAIT (0x1 ECX[3]): KVM normally does not report it; cleared defensively because
 //     we do not enable KVM_CAP_X86_DISABLE_EXITS, so MWAIT would trap.
 // Kept as given: TSC-deadline (0x1 ECX[24]; the in-kernel LAPIC emulates it), the KVM paravirt
-// leaves 0x40000000 ("KVMKVMKVM\0\0\0") and 0x40000001, and everything else.
+// leaves 0x40000000 ("KVMKVMKVM\0\0\0") and 0x40000001 (replaced by Hyper-V's with the `hyperv`
+// option: hyperv.ts says why they cannot stay), and everything else.
 
 import type { CpuIdEntry } from '../../hypervisor/regs.js';
+import { withHyperVLeaves } from './hyperv.js';
 
 export const KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1;
 
@@ -42,6 +44,8 @@ export type CpuVendor = 'intel' | 'amd' | 'unknown';
 export interface CpuidOptions {
   /** Keep VMX/SVM (nested virtualization). Default false. */
   nested?: boolean;
+  /** Hyper-V's leaves 0x40000000.. (hyperv.ts hypervLeaves): they replace KVM's. */
+  hyperv?: readonly CpuIdEntry[] | null;
 }
 
 export class CpuidError extends Error {
@@ -152,5 +156,5 @@ export function vcpuCpuid(supported: readonly CpuIdEntry[], cpuId: number, cpuCo
     e.eax >>>= 0; e.ebx >>>= 0; e.ecx >>>= 0; e.edx >>>= 0;
     out.push(e);
   }
-  return out;
+  return opts.hyperv ? withHyperVLeaves(out, opts.hyperv) : out;
 }

@@ -45,6 +45,15 @@ export const layout = {
     mmio: { phys_addr: 32, data: { OFFSET: 40, SIZE: 8 }, len: 48, is_write: 52 },
     internal: { suberror: 32, ndata: 36, data: { OFFSET: 40, SIZE: 128 } },
     system_event: { type: 32, ndata: 36, data: { OFFSET: 40, SIZE: 128 } },
+    /** KVM_EXIT_HYPERV (KVM API doc 5, struct kvm_hyperv_exit). */
+    hyperv: {
+      OFFSET: 32,
+      type: 32,
+      u: {
+        synic: { msr: 40, control: 48, evt_page: 56, msg_page: 64 },
+        hcall: { input: 40, result: 48, params: { OFFSET: 56, SIZE: 16 } },
+      },
+    },
     kvm_valid_regs: 288,
     kvm_dirty_regs: 296,
     s: { OFFSET: 304, SIZE: 2048 },
@@ -131,6 +140,15 @@ export const layout = {
   kvm_pit_state2: { SIZE: 112, channels: 0, flags: 72, reserved: 76 },
   kvm_coalesced_mmio_zone: { SIZE: 16, addr: 0, size: 8, pad: 12, pio: 12 },
   kvm_dirty_log: { SIZE: 16, slot: 0, padding1: 4, dirty_bitmap: 8 },
+  kvm_hyperv_exit: {
+    SIZE: 56, type: 0, pad1: 4,
+    u: {
+      OFFSET: 8,
+      SIZE: 48,
+      synic: { msr: 8, pad2: 12, control: 16, evt_page: 24, msg_page: 32 },
+      hcall: { input: 8, result: 16, params: 24 },
+    },
+  },
 } as const;
 
 // Struct sizes used by the ioctl encodings below.
@@ -147,6 +165,11 @@ export const KVM_GET_VCPU_MMAP_SIZE = _IO(KVMIO, 0x04);
 export const KVM_GET_SUPPORTED_CPUID = _IOWR(KVMIO, 0x05, S.kvm_cpuid2.SIZE);
 export const KVM_GET_EMULATED_CPUID = _IOWR(KVMIO, 0x09, S.kvm_cpuid2.SIZE);
 export const KVM_GET_MSR_FEATURE_INDEX_LIST = _IOWR(KVMIO, 0x0a, S.kvm_msr_list.SIZE);
+/**
+ * Hyper-V CPUID leaves KVM can emulate (KVM API doc 4.118): on /dev/kvm with
+ * KVM_CAP_SYS_HYPERV_CPUID, on a vCPU fd with KVM_CAP_HYPERV_CPUID. Same number on both.
+ */
+export const KVM_GET_SUPPORTED_HV_CPUID = _IOWR(KVMIO, 0xc1, S.kvm_cpuid2.SIZE);
 
 // ioctls on a VM fd
 export const KVM_SET_MEMORY_REGION = _IOW(KVMIO, 0x40, 24);
@@ -246,6 +269,11 @@ export const KVM_EXIT_DIRTY_RING_FULL = 31;
 export const KVM_EXIT_X86_BUS_LOCK = 33;
 export const KVM_EXIT_XEN = 34;
 export const KVM_EXIT_NOTIFY = 37;
+
+// kvm_run.hyperv.type (KVM API doc 5, KVM_EXIT_HYPERV)
+export const KVM_EXIT_HYPERV_SYNIC = 1;
+export const KVM_EXIT_HYPERV_HCALL = 2;
+export const KVM_EXIT_HYPERV_SYNDBG = 3;
 
 export const KVM_EXIT_IO_IN = 0;
 export const KVM_EXIT_IO_OUT = 1;
@@ -349,6 +377,9 @@ export const KVM_CAP_ADJUST_CLOCK = 39;
 export const KVM_CAP_INTERNAL_ERROR_DATA = 40;
 export const KVM_CAP_VCPU_EVENTS = 41;
 export const KVM_CAP_DEBUGREGS = 50;
+export const KVM_CAP_HYPERV = 44;
+export const KVM_CAP_HYPERV_VAPIC = 45;
+export const KVM_CAP_HYPERV_SPIN = 46;
 export const KVM_CAP_ENABLE_CAP = 54;
 export const KVM_CAP_XSAVE = 55;
 export const KVM_CAP_XCRS = 56;
@@ -363,25 +394,31 @@ export const KVM_CAP_SIGNAL_MSI = 77;
 export const KVM_CAP_READONLY_MEM = 81;
 export const KVM_CAP_IRQFD_RESAMPLE = 82;
 export const KVM_CAP_EXT_EMUL_CPUID = 95;
+export const KVM_CAP_HYPERV_TIME = 96;
 export const KVM_CAP_ENABLE_CAP_VM = 98;
 export const KVM_CAP_IOEVENTFD_NO_LENGTH = 100;
 export const KVM_CAP_CHECK_EXTENSION_VM = 105;
 export const KVM_CAP_DISABLE_QUIRKS = 116;
 export const KVM_CAP_X86_SMM = 117;
 export const KVM_CAP_SPLIT_IRQCHIP = 121;
+export const KVM_CAP_HYPERV_SYNIC = 123;
 export const KVM_CAP_IOEVENTFD_ANY_LENGTH = 122;
 export const KVM_CAP_MAX_VCPU_ID = 128;
 export const KVM_CAP_X2APIC_API = 129;
 export const KVM_CAP_MSI_DEVID = 131;
 export const KVM_CAP_IMMEDIATE_EXIT = 136;
 export const KVM_CAP_X86_DISABLE_EXITS = 143;
+export const KVM_CAP_HYPERV_SYNIC2 = 148;
+export const KVM_CAP_HYPERV_VP_INDEX = 149;
 export const KVM_CAP_GET_MSR_FEATURES = 153;
 export const KVM_CAP_NESTED_STATE = 157;
+export const KVM_CAP_HYPERV_CPUID = 167;
 export const KVM_CAP_COALESCED_PIO = 162;
 export const KVM_CAP_EXCEPTION_PAYLOAD = 164;
 export const KVM_CAP_HALT_POLL = 182;
 export const KVM_CAP_X86_USER_SPACE_MSR = 188;
 export const KVM_CAP_X86_MSR_FILTER = 189;
+export const KVM_CAP_SYS_HYPERV_CPUID = 191;
 export const KVM_CAP_DIRTY_LOG_RING = 192;
 export const KVM_CAP_SREGS2 = 200;
 export const KVM_CAP_BINARY_STATS_FD = 203;

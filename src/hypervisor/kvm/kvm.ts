@@ -4,7 +4,7 @@ import * as libc from '../../sys/libc.js';
 import type { CpuIdEntry } from '../regs.js';
 import type { Hypervisor, HypervisorCapabilities } from '../hypervisor.js';
 import * as abi from './abi.js';
-import { cpuidBuffer, decodeCpuid } from './serialize.js';
+import { readCpuidIoctl } from './cpuid_ioctl.js';
 import { KvmVm } from './vm.js';
 import { readMsrList } from './msrs.js';
 
@@ -29,6 +29,7 @@ export class KvmHypervisor implements Hypervisor {
   readonly fd: number;
   readonly vcpuMmapSize: number;
   private closed = false;
+  private hvCpuid: CpuIdEntry[] | null | undefined;
 
   private constructor(fd: number) {
     this.fd = fd;
@@ -104,7 +105,7 @@ export class KvmHypervisor implements Hypervisor {
     for (let attempt = 0; ; attempt++) {
       try {
         const fd = libc.ioctl(this.fd, abi.KVM_CREATE_VM, 0, 'KVM_CREATE_VM');
-        return new KvmVm(fd, this.vcpuMmapSize, (cap) => this.checkExtension(cap));
+        return new KvmVm(fd, this.vcpuMmapSize, (cap) => this.checkExtension(cap), true, () => this.getSupportedHvCpuid());
       } catch (e) {
         if (e instanceof libc.SysError && e.errno === libc.EINTR && attempt < 100) continue;
         throw e;
@@ -113,16 +114,21 @@ export class KvmHypervisor implements Hypervisor {
   }
 
   getSupportedCpuid(): CpuIdEntry[] {
-    for (let n = 256; ; n *= 2) {
-      const buf = cpuidBuffer(n);
-      try {
-        libc.ioctl(this.fd, abi.KVM_GET_SUPPORTED_CPUID, buf, 'KVM_GET_SUPPORTED_CPUID');
-        return decodeCpuid(buf);
-      } catch (e) {
-        if (e instanceof libc.SysError && e.errno === libc.E2BIG && n < 4096) continue;
-        throw e;
-      }
+    return readCpuidIoctl(this.fd, abi.KVM_GET_SUPPORTED_CPUID, 'KVM_GET_SUPPORTED_CPUID');
+  }
+
+  /**
+   * The Hyper-V CPUID leaves KVM can emulate, from /dev/kvm (KVM_GET_SUPPORTED_HV_CPUID with
+   * KVM_CAP_SYS_HYPERV_CPUID, Linux 5.11+; API doc 4.118); null without that capability (the
+   * vCPU ioctl answers then: KvmVcpu.enableHyperV). Read once.
+   */
+  getSupportedHvCpuid(): CpuIdEntry[] | null {
+    if (this.hvCpuid === undefined) {
+      this.hvCpuid = this.checkExtension(abi.KVM_CAP_SYS_HYPERV_CPUID) > 0
+        ? readCpuidIoctl(this.fd, abi.KVM_GET_SUPPORTED_HV_CPUID, 'KVM_GET_SUPPORTED_HV_CPUID', 64)
+        : null;
     }
+    return this.hvCpuid?.map((e) => ({ ...e })) ?? null;
   }
 
   getMsrIndexList(): number[] {

@@ -23,13 +23,14 @@ import {
   APIC_LVT_LINT0, APIC_LVT_LINT1, APIC_MODE_EXTINT, APIC_MODE_NMI, setLvtDeliveryMode,
   VcpuControl, VmExitKind,
 } from '../hypervisor.js';
-import type { SystemEventType, Vcpu, VcpuExit, VcpuHandle, VcpuState, VmExit } from '../hypervisor.js';
+import type { HyperVSupport, SystemEventType, Vcpu, VcpuExit, VcpuHandle, VcpuState, VmExit } from '../hypervisor.js';
 import * as abi from './abi.js';
 import {
   decodeCpuid, decodeDebugRegs, decodeFpu, decodeMsrEntry, decodeRegs, decodeSregs, decodeVcpuEvents,
   decodeXcrs, encodeCpuid, encodeDebugRegs, encodeFpu, encodeMsrEntry, encodeRegs, encodeSregs,
   encodeVcpuEvents, encodeXcrs, msrsBuffer, cpuidBuffer,
 } from './serialize.js';
+import { readCpuidIoctl } from './cpuid_ioctl.js';
 import {
   EXTRA_STATE_MSRS, MSRS_PER_IOCTL, orderStateMsrs, systemMsrIndexList, systemXsaveSize,
 } from './msrs.js';
@@ -47,6 +48,14 @@ const RUN = abi.layout.kvm_run;
 const EV_OFF = RUN.exit_reason;
 /** kvm_run.system_event.data / internal.data: u64[16] right after type/suberror + ndata. */
 const EVENT_DATA = RUN.system_event.data.OFFSET;
+const HV = RUN.hyperv;
+
+/** What a vCPU made by its VM can ask of the VM and /dev/kvm (absent in a vCPU rebuilt from a handle). */
+export interface KvmVcpuOwner {
+  checkExtension(cap: number): number;
+  /** KVM_GET_SUPPORTED_HV_CPUID on /dev/kvm, null without KVM_CAP_SYS_HYPERV_CPUID. */
+  sysHvCpuid(): CpuIdEntry[] | null;
+}
 
 class KvmVcpuExit implements VcpuExit {
   kind: VmExitKind = VmExitKind.Unknown;
@@ -58,6 +67,8 @@ class KvmVcpuExit implements VcpuExit {
   len = 0;
   data: Uint8Array;
   eventType = 0;
+  msr = 0;
+  hypercallCode = 0;
   constructor(data: Uint8Array) {
     this.data = data;
   }
@@ -87,6 +98,7 @@ export class KvmVcpu implements Vcpu {
   private boundTid = 0;
   private kickSet: Uint8Array | null = null;
   private closed = false;
+  private readonly owner: KvmVcpuOwner | null;
 
   // Preallocated ioctl buffers.
   private readonly regsBuf = new Uint8Array(abi.layout.kvm_regs.SIZE);
@@ -97,8 +109,9 @@ export class KvmVcpu implements Vcpu {
   private readonly lapicBuf = new Uint8Array(abi.layout.kvm_lapic_state.SIZE);
 
   /** Use `KvmVm.createVcpu` or `KvmVcpu.fromHandle`. */
-  constructor(id: number, fd: number, mmapSize: number, ownsFd: boolean, control?: SharedArrayBuffer) {
+  constructor(id: number, fd: number, mmapSize: number, ownsFd: boolean, control?: SharedArrayBuffer, owner?: KvmVcpuOwner) {
     this.id = id;
+    this.owner = owner ?? null;
     this.fd = fd;
     this.mmapSize = mmapSize;
     this.ownsFd = ownsFd;
@@ -206,6 +219,22 @@ export class KvmVcpu implements Vcpu {
         return (e.kind = VmExitKind.Debug);
       case abi.KVM_EXIT_EXCEPTION:
         return (e.kind = VmExitKind.Exception);
+      case abi.KVM_EXIT_HYPERV: {
+        // KVM API doc 5, KVM_EXIT_HYPERV. SYNIC: the guest wrote SCONTROL, SIEFP or SIMP (KVM has
+        // applied it; this only tells). SYNDBG, the synthetic debugger's MSRs, tells likewise
+        // (msr at the same offset). HCALL: a hypercall KVM leaves to userspace; the result the
+        // VMM stores goes to the guest's RAX on the next KVM_RUN.
+        const type = u32[HV.type >> 2]!;
+        if (type === abi.KVM_EXIT_HYPERV_HCALL) {
+          e.hypercallCode = u32[HV.u.hcall.input >> 2]! & 0xffff;
+          return (e.kind = VmExitKind.HypervHcall);
+        }
+        if (type === abi.KVM_EXIT_HYPERV_SYNIC || type === abi.KVM_EXIT_HYPERV_SYNDBG) {
+          e.msr = u32[HV.u.synic.msr >> 2]!;
+          return (e.kind = VmExitKind.HypervSynic);
+        }
+        return (e.kind = VmExitKind.Unknown);
+      }
       default:
         return (e.kind = VmExitKind.Unknown);
     }
@@ -277,6 +306,16 @@ export class KvmVcpu implements Vcpu {
         for (let i = 0; i < n; i++) data.push(dv.getBigUint64(EVENT_DATA + i * 8, true));
         return { kind: 'SystemEvent', type: systemEventType(e.eventType), rawType: e.eventType, data };
       }
+      case VmExitKind.HypervSynic:
+        return {
+          kind: 'HypervSynic', msr: dv.getUint32(HV.u.synic.msr, true), control: dv.getBigUint64(HV.u.synic.control, true),
+          evtPage: dv.getBigUint64(HV.u.synic.evt_page, true), msgPage: dv.getBigUint64(HV.u.synic.msg_page, true),
+        };
+      case VmExitKind.HypervHcall:
+        return {
+          kind: 'HypervHcall', input: dv.getBigUint64(HV.u.hcall.input, true),
+          params: [dv.getBigUint64(HV.u.hcall.params.OFFSET, true), dv.getBigUint64(HV.u.hcall.params.OFFSET + 8, true)],
+        };
       case VmExitKind.FailEntry:
         return {
           kind: 'FailEntry',
@@ -409,6 +448,54 @@ export class KvmVcpu implements Vcpu {
 
   nmi(): void {
     libc.ioctl(this.fd, abi.KVM_NMI, 0, 'KVM_NMI');
+  }
+
+  /**
+   * KVM's Hyper-V emulation for this vCPU (KVM API doc 4.118, 8.x): its Hyper-V CPUID leaves
+   * from /dev/kvm (KVM_CAP_SYS_HYPERV_CPUID) or this vCPU (KVM_CAP_HYPERV_CPUID), and SynIC
+   * through KVM_ENABLE_CAP(KVM_CAP_HYPERV_SYNIC2) on the vCPU, which needs the in-kernel LAPIC
+   * (as QEMU's hyperv_init_vcpu does it; SYNIC2 leaves the message and event pages' contents
+   * alone when they are enabled). KVM turns its Hyper-V MSRs on when the CPUID set afterwards
+   * says "Hv#1" in 0x40000001.
+   */
+  enableHyperV(): HyperVSupport {
+    const owner = this.owner;
+    if (owner === null) throw new Error(`vCPU ${this.id}: enable Hyper-V on the vCPU its VM created, not on one rebuilt from a handle`);
+    if (owner.checkExtension(abi.KVM_CAP_HYPERV) <= 0) {
+      throw new Error('kvm_hyperv=on: this KVM has no Hyper-V emulation (KVM_CAP_HYPERV; a kernel built without CONFIG_KVM_HYPERV?)');
+    }
+    let cpuid = owner.sysHvCpuid();
+    if (cpuid === null) {
+      if (owner.checkExtension(abi.KVM_CAP_HYPERV_CPUID) <= 0) {
+        throw new Error('kvm_hyperv=on: this KVM cannot report its Hyper-V CPUID leaves (KVM_CAP_HYPERV_CPUID, Linux 5.0+)');
+      }
+      cpuid = readCpuidIoctl(this.fd, abi.KVM_GET_SUPPORTED_HV_CPUID, 'KVM_GET_SUPPORTED_HV_CPUID', 64);
+    }
+    let synic = false;
+    if (owner.checkExtension(abi.KVM_CAP_HYPERV_SYNIC2) > 0) {
+      this.enableCap(abi.KVM_CAP_HYPERV_SYNIC2);
+      synic = true;
+    }
+    return { cpuid, synic };
+  }
+
+  /** KVM_ENABLE_CAP on this vCPU (KVM API doc 4.37). */
+  enableCap(cap: number, args: readonly bigint[] = [], flags = 0): void {
+    const o = abi.layout.kvm_enable_cap;
+    const buf = new Uint8Array(o.SIZE);
+    const dv = new DataView(buf.buffer);
+    dv.setUint32(o.cap, cap, true);
+    dv.setUint32(o.flags, flags, true);
+    args.slice(0, 4).forEach((a, i) => dv.setBigUint64(o.args + i * 8, a, true));
+    libc.ioctl(this.fd, abi.KVM_ENABLE_CAP, buf, `KVM_ENABLE_CAP(${cap}) on vCPU ${this.id}`);
+  }
+
+  /** kvm_run.hyperv.u.hcall.result: KVM puts it in RAX when the next KVM_RUN completes the call. */
+  completeHypercall(status: number): void {
+    if (this.exit.kind !== VmExitKind.HypervHcall) throw new Error(`vCPU ${this.id}: completeHypercall after a ${this.exit.kind} exit, not a hypercall`);
+    const at = HV.u.hcall.result >> 2;
+    this.runU32[at] = status >>> 0;
+    this.runU32[at + 1] = 0;
   }
 
   /** Inject an external interrupt vector (only without an in-kernel LAPIC). */

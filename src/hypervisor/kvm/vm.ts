@@ -4,7 +4,7 @@ import * as libc from '../../sys/libc.js';
 import type {
   IoEventAddress, IoEventOptions, IrqRoute, MsiMessage, UserMemoryRegion, Vm, VmHandle, VmState,
 } from '../hypervisor.js';
-import type { ClockState, PitState } from '../regs.js';
+import type { ClockState, CpuIdEntry, PitState } from '../regs.js';
 import * as abi from './abi.js';
 import {
   decodeClock, decodeIoapic, decodePic, decodePit, encodeClock, encodeIoapic, encodePic, encodePit,
@@ -32,6 +32,7 @@ export class KvmVm implements Vm {
   readonly fd: number;
   private readonly mmapSize: number;
   private readonly checkExt: (cap: number) => number;
+  private readonly sysHvCpuid: () => CpuIdEntry[] | null;
   private readonly memBuf = new Uint8Array(L.kvm_userspace_memory_region.SIZE);
   private readonly memDv = new DataView(this.memBuf.buffer);
   private readonly irqfdBuf = new Uint8Array(L.kvm_irqfd.SIZE);
@@ -46,8 +47,10 @@ export class KvmVm implements Vm {
   private readonly owned: boolean;
 
   /** Use `KvmHypervisor.createVm` or `KvmVm.fromHandle`. */
-  constructor(fd: number, vcpuMmapSize: number, checkExtension: (cap: number) => number, owned = true) {
+  constructor(fd: number, vcpuMmapSize: number, checkExtension: (cap: number) => number, owned = true,
+    sysHvCpuid: () => CpuIdEntry[] | null = () => null) {
     this.fd = fd;
+    this.sysHvCpuid = sysHvCpuid;
     this.mmapSize = vcpuMmapSize;
     this.checkExt = checkExtension;
     this.owned = owned;
@@ -94,7 +97,7 @@ export class KvmVm implements Vm {
   createVcpu(id: number): KvmVcpu {
     const fd = libc.ioctl(this.fd, abi.KVM_CREATE_VCPU, id, `KVM_CREATE_VCPU ${id}`);
     try {
-      return new KvmVcpu(id, fd, this.mmapSize, true);
+      return new KvmVcpu(id, fd, this.mmapSize, true, undefined, { checkExtension: (cap) => this.checkExtension(cap), sysHvCpuid: this.sysHvCpuid });
     } catch (e) {
       libc.close(fd);
       throw e;

@@ -362,6 +362,20 @@ test('MSHV_RUN_VP: port I/O and MMIO exits, then RIP advance and the destination
   assert.equal(vcpu.takeKick(), true);
 });
 
+test('kvm_hyperv on the mshv backend: a clear "not supported" error, nothing sent to the hypervisor (recording fake)', () => {
+  const sys = new FakeSys();
+  const hv = MshvHypervisor.open('/dev/mshv', sys);
+  const vm = hv.createVm();
+  const vcpu = vm.createVcpu(0);
+  sys.log.length = 0;
+  assert.throws(() => vcpu.enableHyperV(), /kvm_hyperv=on is not supported on the mshv backend/);
+  assert.throws(() => vcpu.completeHypercall(2), /no hypercall exits/);
+  assert.deepEqual(sys.log, []);
+  vcpu.close();
+  vm.close();
+  hv.close();
+});
+
 test('--hypervisor selection: auto picks mshv only without /dev/kvm; a missing device is a clear error', () => {
   const has = (...d: string[]) => (p: string) => d.includes(p);
   assert.equal(chooseHypervisor('auto', has('/dev/mshv')), 'mshv');

@@ -12,7 +12,7 @@ import { decodeMmio, emptyInsn, InsnOp } from '../../arch/x86_64/decoder.js';
 import * as libc from '../../sys/libc.js';
 import type { CpuIdEntry, DebugRegisters, FpuState, MpState, MsrEntry, SegmentRegister, SpecialRegisters, StandardRegisters, VcpuEvents, XcrEntry } from '../regs.js';
 import { VcpuControl, VmExitKind } from '../hypervisor.js';
-import type { Vcpu, VcpuExit, VcpuHandle, VcpuState, VmExit } from '../hypervisor.js';
+import type { HyperVSupport, Vcpu, VcpuExit, VcpuHandle, VcpuState, VmExit } from '../hypervisor.js';
 import * as abi from './abi.js';
 import { HvCaller } from './hvcall.js';
 import { IOAPIC_ADDR, IOAPIC_LEN, UserspaceIoapic } from './ioapic.js';
@@ -83,6 +83,8 @@ class MshvVcpuExit implements VcpuExit {
   len = 0;
   data: Uint8Array = new Uint8Array(0);
   eventType = 0;
+  msr = 0;
+  hypercallCode = 0;
 }
 
 export class MshvVcpu implements Vcpu {
@@ -299,6 +301,19 @@ export class MshvVcpu implements Vcpu {
 
   setLapic(_lapic: Uint8Array): void {
     throw new Error('MSHV backend: LAPIC state (MSHV_SET_VP_STATE LAPIC) is not implemented');
+  }
+
+  /**
+   * kvm_hyperv is KVM's emulation of Hyper-V's guest interface. Under the Microsoft Hypervisor a
+   * child partition gets the real one, through partition properties and synthetic processor
+   * features: not implemented in this backend yet.
+   */
+  enableHyperV(): HyperVSupport {
+    throw new Error('kvm_hyperv=on is not supported on the mshv backend (Hyper-V enlightenments for MSHV child partitions are not implemented); use --hypervisor kvm or leave kvm_hyperv off');
+  }
+
+  completeHypercall(_status: number): void {
+    throw new Error('MSHV backend: no hypercall exits to complete (Hyper-V enlightenments are not supported on mshv)');
   }
 
   /** The hypervisor's LAPIC resets with LINT0 ExtINT / LINT1 NMI already (virtual wire). */
