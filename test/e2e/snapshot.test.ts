@@ -60,7 +60,7 @@ test('vm.snapshot of a paused guest: config.json, state.json (strict), sparse me
   };
 
   await waitForPing(sock, child);
-  await waitFor(/stv# $/m, 0, 'the guest shell prompt');
+  await waitFor(/stv# /, 0, 'the guest shell prompt');
   const api = (method: string, ep: string, body?: unknown) => apiRequest(sock, method, ep, body === undefined ? undefined : JSON.stringify(body));
   const url = pathToFileURL(snapDir).href;
 
