@@ -3,6 +3,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { editJson, stateErrorOf } from '../testing/json_fuzz.js';
 import { rng, sampleHypervisorState as sample } from './testing/sample_state.js';
 import {
   HYPERVISOR_STATE_VERSION, hypervisorStateFromJson, parseHypervisorState,
@@ -22,29 +23,8 @@ test('state JSON: exact round trip through text, 64-bit values as hex, blobs as 
   }
 });
 
-function errorOf(f: () => unknown): StateFormatError {
-  try {
-    f();
-  } catch (e) {
-    if (e instanceof StateFormatError) return e;
-    throw e;
-  }
-  assert.fail('expected a StateFormatError');
-}
-
-/** Delete (`del`) or replace (`set`) the value at `path` in a parsed document. */
-function edit(doc: Json, path: ReadonlyArray<string | number>, change: { del: true } | { set: Json }): void {
-  let node: Json = doc;
-  for (const k of path.slice(0, -1)) node = (node as Record<string | number, Json>)[k]!;
-  const last = path[path.length - 1]!;
-  const obj = node as Record<string | number, Json>;
-  if ('del' in change) {
-    if (Array.isArray(node)) node.splice(Number(last), 1);
-    else delete obj[last];
-  } else {
-    obj[last] = change.set;
-  }
-}
+const errorOf = stateErrorOf;
+const edit = editJson;
 
 test('state JSON: malformed documents name the bad field', () => {
   const V = HYPERVISOR_STATE_VERSION;

@@ -73,3 +73,17 @@ export function stateErrorOf(fn: () => unknown): StateFormatError {
   }
   throw new Error('expected a StateFormatError, nothing was thrown');
 }
+
+/** Delete (`del`) or replace (`set`) the value at `path` in a parsed document (an array element is spliced out). */
+export function editJson(doc: Json, path: ReadonlyArray<string | number>, change: { del: true } | { set: Json }): void {
+  let node: Json = doc;
+  for (const k of path.slice(0, -1)) node = (node as Record<string | number, Json>)[k]!;
+  const last = path[path.length - 1]!;
+  const obj = node as Record<string | number, Json>;
+  if ('del' in change) {
+    if (Array.isArray(node)) node.splice(Number(last), 1);
+    else delete obj[last];
+  } else {
+    obj[last] = change.set;
+  }
+}

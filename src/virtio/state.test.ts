@@ -3,6 +3,7 @@
 // throw StateFormatError (seeded: STV_FUZZ_SEED replays a run).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { editJson, stateErrorOf } from '../testing/json_fuzz.js';
 import {
   parseVirtioState, stringifyVirtioState, virtioStateFromJson, VIRTIO_STATE_VERSION,
   type VirtioDeviceSpecificState, type VirtioDeviceState,
@@ -52,28 +53,8 @@ test('virtio state JSON: every device kind writes and reads back the same', () =
   assert.equal(Buffer.from(j.devices[0]!.device.config!, 'base64').length, 60, 'byte blobs are base64');
 });
 
-function errorOf(f: () => unknown): StateFormatError {
-  try {
-    f();
-  } catch (e) {
-    if (e instanceof StateFormatError) return e;
-    throw e;
-  }
-  assert.fail('expected a StateFormatError');
-}
-
-function edit(doc: Json, path: ReadonlyArray<string | number>, change: { del: true } | { set: Json }): void {
-  let node: Json = doc;
-  for (const k of path.slice(0, -1)) node = (node as Record<string | number, Json>)[k]!;
-  const last = path[path.length - 1]!;
-  const obj = node as Record<string | number, Json>;
-  if ('del' in change) {
-    if (Array.isArray(node)) node.splice(Number(last), 1);
-    else delete obj[last];
-  } else {
-    obj[last] = change.set;
-  }
-}
+const errorOf = stateErrorOf;
+const edit = editJson;
 
 test('virtio state JSON: malformed documents name the bad field', () => {
   const cases: Array<[ReadonlyArray<string | number>, { del: true } | { set: Json }, string, RegExp]> = [

@@ -19,7 +19,8 @@ import { pciSegmentLayouts } from '../arch/x86_64/layout.js';
 import { GuestMemory } from '../memory/guest_memory.js';
 import { restoreGuestMemory } from '../memory/snapshot.js';
 import { sampleHypervisorState } from '../hypervisor/testing/sample_state.js';
-import { StateFormatError } from '../snapshot/codec.js';
+import { StateFormatError, type Json } from '../snapshot/codec.js';
+import { editJson } from '../testing/json_fuzz.js';
 import {
   CONFIG_FILE, MEMORY_FILE, STATE_FILE, SnapshotError, parseSnapshotState, readSnapshot, snapshotDirectory, writeSnapshot,
   type SnapshotParts,
@@ -104,13 +105,9 @@ test('state.json errors name the field, through the embedded documents', () => {
     writeSnapshot(dir, parts(mem));
     const text = readFileSync(join(dir, STATE_FILE), 'utf8');
     /** state.json with the value at `path` replaced (undefined: deleted). */
-    const edit = (path: ReadonlyArray<string | number>, value: unknown): string => {
-      const j = JSON.parse(text) as unknown;
-      let o = j as Record<string | number, unknown>;
-      for (const k of path.slice(0, -1)) o = o[k] as Record<string | number, unknown>;
-      const last = path[path.length - 1]!;
-      if (value === undefined) delete o[last];
-      else o[last] = value;
+    const edit = (path: ReadonlyArray<string | number>, value: Json | undefined): string => {
+      const j = JSON.parse(text) as Json;
+      editJson(j, path, value === undefined ? { del: true } : { set: value });
       return JSON.stringify(j);
     };
     const field = (t: string): string => {
