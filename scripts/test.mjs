@@ -13,7 +13,8 @@ import { basename, join, relative } from 'node:path';
 import { ensureGuestImages, REPO, CACHE } from './lib/images.mjs';
 import { ensureNodeModules, build, log } from './lib/setup.mjs';
 import { ensurePackages } from './lib/deps.mjs';
-import { spawnWait, hostFacts } from './lib/sandbox.mjs';
+import { spawnWait, hostFacts, chooseSandboxMode } from './lib/sandbox.mjs';
+import { tapCounts, tapFailures } from './lib/tap.mjs';
 
 /** Debian packages the browser tests need on the host (the sandbox runs this machine's /): the
  * console page's unit test (src/console/page.test.ts) and the console e2e file. */
@@ -30,17 +31,6 @@ function findTests(dir, re) {
   return out.sort();
 }
 
-/** Sum the "# pass/# fail/# skipped/# todo" trailers of a TAP file written by node --test. */
-export function tapCounts(path) {
-  const c = { pass: 0, fail: 0, skipped: 0, todo: 0, cancelled: 0, found: false };
-  if (!existsSync(path)) return c;
-  for (const line of readFileSync(path, 'utf8').split('\n')) {
-    const m = /^# (pass|fail|skipped|todo|cancelled) (\d+)$/.exec(line);
-    if (m) { c[m[1]] += Number(m[2]); c.found = true; }
-  }
-  return c;
-}
-
 async function runNodeTests(label, files, { sandbox = false, env = {}, concurrency } = {}) {
   // Per checkout: worktrees that share one .cache (a symlink) do not overwrite each other's results.
   const results = join(CACHE, 'test-results', basename(REPO));
@@ -55,6 +45,7 @@ async function runNodeTests(label, files, { sandbox = false, env = {}, concurren
   const cmd = sandbox ? [join(REPO, 'scripts', 'kvm-sandbox'), process.execPath, ...args] : [process.execPath, ...args];
   const status = await spawnWait(cmd[0], cmd.slice(1), { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, ...env } });
   const counts = tapCounts(tap);
+  counts.failures = tapFailures(tap);
   counts.label = label;
   counts.status = status;
   // scripts/kvm-sandbox: 124 timed out, 125 the sandbox failed (see its console tail above).
@@ -90,7 +81,9 @@ async function main() {
   const add = (c) => {
     total.pass += c.pass; total.fail += c.fail; total.skipped += c.skipped + c.todo;
     times.push([c.label, c.ms, c.pass, c.fail, c.skipped + c.todo, c.attempts ?? 1]);
+    for (const f of c.failures ?? []) failures.push({ label: c.label, ...f });
   };
+  const failures = [];
 
   // One sandbox boot per file, one guest at a time (the sandbox has 2 vCPUs), so that a sandbox
   // that dies (its L1 kernel has panicked under TCG's SVM emulation) costs one file. Limits per
@@ -124,9 +117,12 @@ async function main() {
       ...findTests(join(REPO, 'scripts', 'test'), /\.test\.mjs$/),
     ];
     // Tests that run tiny guests on /dev/kvm (they import the KVM test guest): on the host when
-    // its /dev/kvm opens, else inside the sandbox, whose nested KVM runs them.
+    // its /dev/kvm is hardware KVM (the sandbox would run "direct"), else inside the sandbox, whose
+    // nested KVM runs them. A PVM /dev/kvm (kvm_pvm: opens, runs most tiny guests, but fails to
+    // emulate SSE in them and cannot run stock kernels) counts as none.
     const needsKvm = (f) => f.endsWith('.js') && readFileSync(f, 'utf8').includes('testguest.js');
-    const hostKvm = hostFacts().kvmUsable;
+    const kvmMode = chooseSandboxMode(hostFacts());
+    const hostKvm = kvmMode.mode === 'direct';
     const kvmUnit = hostKvm ? [] : unit.filter(needsKvm);
     // The console page's test drives Debian's headless Chromium; without it (not root, no apt) it skips, saying so.
     if (unit.some((f) => basename(f) === 'page.test.js')) {
@@ -137,7 +133,7 @@ async function main() {
     c.ms = Date.now() - t0;
     add(countRunnerFailure(c));
     if (kvmUnit.length) {
-      log(`unit-kvm: this host has no usable /dev/kvm; ${kvmUnit.length} KVM unit test files run inside scripts/kvm-sandbox (its nested KVM)`);
+      log(`unit-kvm: ${kvmMode.reason}; ${kvmUnit.length} KVM unit test files run inside scripts/kvm-sandbox (its nested KVM)`);
       add(countRunnerFailure(await inSandbox('unit-kvm', kvmUnit, env)));
     }
   }
@@ -158,6 +154,10 @@ async function main() {
     }
   }
   const fmtS = (ms) => `${(ms / 1000).toFixed(0)} s`;
+  // Again at the end (CI shows the tail of a long log): what failed, and why.
+  if (failures.length) {
+    process.stdout.write(`\nfailed (${failures.length}):\n${failures.map((f) => `  [${f.label}] ${f.name}\n${f.error.map((l) => `      ${l}`).join('\n')}`).join('\n')}\n`);
+  }
   process.stdout.write(`\ntime per file:\n${times.map(([l, ms, p, f, sk, a]) => `  ${l.padEnd(40)} ${fmtS(ms).padStart(7)}  ${p} passed, ${f} failed, ${sk} skipped${a > 1 ? `, ${a} sandbox attempts` : ''}`).join('\n')}\n`);
   process.stdout.write(`\ntests: ${total.pass} passed, ${total.fail} failed, ${total.skipped} skipped\n`);
   process.exit(total.fail ? 1 : 0);

@@ -16,6 +16,7 @@ import {
   type VmmController,
   type VmmPingResponse,
   type VmState,
+  type RestoreConfig,
 } from './api/controller.js';
 import { EventMonitor, withLifecycleEvents, type EventMonitorTarget, type LifecycleEvent } from './api/events.js';
 import { ApiServer, parseApiSocketArg, type ApiSocketTarget } from './api/server.js';
@@ -25,7 +26,7 @@ import type { VmExitInfo } from './vmm/vm.js';
 
 export type { VmConfig, VmConfigInput } from './vmm/config.js';
 export { createVmConfig, validateVmConfig, VmConfigError } from './vmm/config.js';
-export type { VmCounters, VmInfo, VmmController, VmmPingResponse, VmState, ApiErrorKind } from './api/controller.js';
+export type { VmCounters, VmInfo, VmmController, VmmPingResponse, VmState, ApiErrorKind, RestoreConfig } from './api/controller.js';
 export { ApiError, VmNotCreatedError, VmStateError, VmAlreadyCreatedError, NotImplementedError } from './api/controller.js';
 export type { LifecycleEvent, EventMonitorTarget } from './api/events.js';
 export { EventMonitor } from './api/events.js';
@@ -100,6 +101,15 @@ export class Stratovisor extends EventEmitter<StratovisorEvents> {
   async snapshot(destinationUrl: string): Promise<void> {
     if (this.controller.snapshotVm === undefined) throw new Error('vm.snapshot is not available on this controller');
     await this.controller.snapshotVm(destinationUrl);
+  }
+
+  /**
+   * vm.restore: with no VM created, build the VM of a snapshot directory (file:// URL) and
+   * give it its saved state; it is Paused afterwards (Running with `resume: true`).
+   */
+  async restore(config: RestoreConfig): Promise<void> {
+    if (this.controller.restoreVm === undefined) throw new Error('vm.restore is not available on this controller');
+    await this.controller.restoreVm(config);
   }
 
   shutdown(): Promise<void> {

@@ -24,6 +24,15 @@ export interface VmmPingResponse {
   features?: string[];
 }
 
+/** RestoreConfig schema. */
+export interface RestoreConfig {
+  source_url: string;
+  prefault?: boolean;
+  memory_restore_mode?: 'Copy' | 'OnDemand';
+  resume?: boolean;
+  zone_updates?: unknown[];
+}
+
 /** DeviceNode schema. */
 export interface DeviceNode {
   id?: string;
@@ -84,6 +93,12 @@ export interface VmmController {
    * URL, a missing directory or a file that exists already. Optional: 500 "not implemented".
    */
   snapshotVm?(destinationUrl: string): Promise<void>;
+  /**
+   * vm.restore {source_url, resume?, prefault?, memory_restore_mode?}: build the VM a snapshot
+   * directory describes and end Paused (Running with `resume`). 409 if a VM exists, 400 for a
+   * bad URL or a snapshot that cannot be read or does not fit. Optional: 500 "not implemented".
+   */
+  restoreVm?(config: RestoreConfig): Promise<void>;
   /** vm.info: 404 if not created. */
   info(): VmInfo;
   /** vm.counters: 404 if not created, 405 if not booted. */
@@ -144,8 +159,8 @@ export class VmNotCreatedError extends ApiError {
  */
 export class VmAlreadyCreatedError extends ApiError {
   override name = 'VmAlreadyCreatedError';
-  constructor() {
-    super(409, 'VmAlreadyCreated', 'cannot create the VM: a VM is already created (delete it first)');
+  constructor(action = 'create the VM') {
+    super(409, 'VmAlreadyCreated', `cannot ${action}: a VM is already created (delete it first)`);
   }
 }
 
@@ -193,7 +208,8 @@ export type VmAction =
   | 'delete'
   | 'info'
   | 'counters'
-  | 'snapshot';
+  | 'snapshot'
+  | 'restore';
 
 /**
  * The VM state after `action` from `state` (undefined = no VM), or throws the
@@ -209,6 +225,11 @@ export function nextVmState(state: VmState | undefined, action: VmAction): VmSta
   if (action === 'create') {
     if (state !== undefined) throw new VmAlreadyCreatedError();
     return 'Created';
+  }
+  // Cloud Hypervisor restores into a VMM without a VM (vmm/src/lib.rs vm_restore); it ends Paused.
+  if (action === 'restore') {
+    if (state !== undefined) throw new VmAlreadyCreatedError('restore a VM');
+    return 'Paused';
   }
   if (action === 'delete') return undefined;
   const verb = action === 'power-button' ? 'press the power button' : action === 'info' || action === 'counters' ? `get ${action}` : action;

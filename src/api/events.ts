@@ -11,7 +11,7 @@
 
 import { EventEmitter } from 'node:events';
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { nextVmState, type VmAction, type VmmController, type VmState } from './controller.js';
+import { nextVmState, type RestoreConfig, type VmAction, type VmmController, type VmState } from './controller.js';
 import type { VsockConfig } from '../vmm/config.js';
 
 /** One event as written to the monitor file. */
@@ -187,6 +187,9 @@ export function withLifecycleEvents(controller: VmmController, monitor: EventMon
     ...(controller.addVsock !== undefined ? { addVsock: (v: VsockConfig) => controller.addVsock!(v) } : {}),
     ...(controller.snapshotVm !== undefined
       ? { snapshotVm: (url: string) => around('snapshot', 'snapshotting', 'snapshotted', () => controller.snapshotVm!(url))() }
+      : {}),
+    ...(controller.restoreVm !== undefined
+      ? { restoreVm: (rc: RestoreConfig) => around('restore', 'restoring', 'restored', () => controller.restoreVm!(rc))() }
       : {}),
     deleteVm: async () => {
       // CH: deleting when nothing exists succeeds silently; only report a real delete.

@@ -2,7 +2,7 @@
 // with `nextVmState` (the same rules a real controller uses) and records calls.
 
 import type { NetConfig, VmConfig } from '../vmm/config.js';
-import { NotImplementedError, VmNotCreatedError, nextVmState, pingResponse, type PciDeviceInfo, type VmAction, type VmCounters, type VmInfo, type VmmController, type VmmPingResponse, type VmState } from './controller.js';
+import { NotImplementedError, VmNotCreatedError, nextVmState, pingResponse, type PciDeviceInfo, type RestoreConfig, type VmAction, type VmCounters, type VmInfo, type VmmController, type VmmPingResponse, type VmState } from './controller.js';
 
 export class MemoryController implements VmmController {
   state: VmState | undefined;
@@ -54,6 +54,17 @@ export class MemoryController implements VmmController {
   }
   deleteVm(): Promise<void> {
     return this.act('delete');
+  }
+  /** The bodies of vm.snapshot / vm.restore, as the server passed them on. */
+  readonly snapshots: string[] = [];
+  readonly restores: RestoreConfig[] = [];
+  async snapshotVm(destinationUrl: string): Promise<void> {
+    await this.act('snapshot');
+    this.snapshots.push(destinationUrl);
+  }
+  async restoreVm(config: RestoreConfig): Promise<void> {
+    await this.act('restore');
+    this.restores.push(config);
   }
   async shutdownVmm(): Promise<void> {
     this.calls.push('shutdown-vmm');

@@ -29,7 +29,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { isMainThread } from 'node:worker_threads';
-import { ApiError, NotImplementedError, type VmmController } from './controller.js';
+import { ApiError, NotImplementedError, type RestoreConfig, type VmmController } from './controller.js';
 import { closeFds, FdPoller, FdSocketStream, socketFd } from './fd_stream.js';
 import { formatIssues, getValidator, type ApiOperation, type SchemaValidator } from './validate.js';
 import { validateVmConfig, VmConfigError, defaultFsConfig, type DeepPartial, type FsConfig, type VmConfig, type VsockConfig } from '../vmm/config.js';
@@ -307,6 +307,13 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
         const url = (body as { destination_url?: unknown } | null)?.destination_url;
         if (typeof url !== 'string' || url === '') throw new BodyError('vm.snapshot: invalid snapshot configuration', ['destination_url: required (a file:// URL of an existing directory)']);
         await c.snapshotVm(url);
+      }).then(() => undefined),
+    );
+    this.handlers.set('PUT /vm.restore', (body) =>
+      this.serialized(async () => {
+        if (c.restoreVm === undefined) throw new NotImplementedError('vm.restore');
+        // The body is a valid RestoreConfig here (source_url required by the document).
+        await c.restoreVm(body as RestoreConfig);
       }).then(() => undefined),
     );
     this.handlers.set('PUT /vm.resume', serial(() => c.resumeVm()));

@@ -364,3 +364,16 @@ test('rate limits: bad forms are refused, naming the flag and the key', () => {
   fails(['--kernel', '/k', '--disk', 'path=/a,rate_limit_group=g', 'path=/b,rate_limit_group=g,iothread=t1', '--rate-limit-group', 'id=g,ops_size=1,ops_refill_time=1'],
     /--disk #2: rate_limit_group "g" is shared with disks\[0\], which is served by the VM's shared I\/O thread; disks of one rate limit group must name the same iothread/);
 });
+
+test('--restore source_url=…[,prefault=][,resume=] (Cloud Hypervisor syntax): no VM flags beside it; paused needs --api-socket', () => {
+  let r = run('--api-socket', '/tmp/a.sock', '--restore', 'source_url=file:///var/snap,prefault=on');
+  assert.deepEqual(r.restore, { source_url: 'file:///var/snap', prefault: true });
+  assert.equal(r.config, null);
+  r = run('--restore', 'source_url=file:///var/snap,resume=on');
+  assert.deepEqual(r.restore, { source_url: 'file:///var/snap', resume: true });
+  fails(['--restore', 'prefault=on', '--api-socket', '/tmp/a'], /source_url= is required/, '--restore');
+  fails(['--restore', 'source_url=file:///s', '--kernel', '/k', '--api-socket', '/tmp/a'], /cannot be combined with --kernel/, '--restore');
+  fails(['--restore', 'source_url=file:///s'], /starts paused; give --api-socket/, '--restore');
+  fails(['--restore', 'source_url=file:///s,resume=maybe'], /resume/, '--restore');
+  fails(['--restore', 'source_url=file:///s,zone=1', '--api-socket', '/tmp/a'], /unknown key "zone"/, '--restore');
+});

@@ -32,6 +32,7 @@ import {
   type VmConfig,
   type VmConfigInput,
 } from '../vmm/config.js';
+import type { RestoreConfig } from '../api/controller.js';
 import { parseSeccompMode, type SeccompMode } from '../sys/seccomp.js';
 import { parseAccess, type LandlockRule } from '../sys/landlock.js';
 
@@ -61,6 +62,8 @@ export interface RunArgs {
   confine: ConfineArgs;
   /** --hypervisor (absent: auto). */
   hypervisor?: 'kvm' | 'mshv' | 'auto';
+  /** --restore: the RestoreConfig of vm.restore (no VM flags with it, as in CH). */
+  restore?: RestoreConfig;
 }
 
 /** --seccomp (default true, as in CH), --landlock, --landlock-rules, --self-test-forbidden. */
@@ -227,6 +230,12 @@ const FLAGS: readonly FlagSpec[] = [
     help: 'virtio-vsock device; host side: the Unix socket <path> (CONNECT <port>) and <path>_<port>',
   },
   { name: 'watchdog', value: false, syntax: '', help: 'Enable virtio-watchdog' },
+  {
+    name: 'restore',
+    value: true,
+    syntax: 'source_url=<file:///dir>[,prefault=on|off][,resume=on|off]',
+    help: 'Restore the VM of a snapshot directory (vm.snapshot); it starts paused unless resume=on',
+  },
   { name: 'help', value: false, syntax: '', help: 'Print help (also -h)' },
 ];
 
@@ -253,7 +262,6 @@ const UNSUPPORTED_CH_FLAGS = new Set([
   'pci-segment',
   'pmem',
   'pvmemcontrol',
-  'restore',
   'rtc',
   'tpm',
   'user-device',
@@ -746,6 +754,27 @@ export function parseArgs(argv: readonly string[]): CliResult {
   }
 
   const anyVm = [...single.keys(), ...multi.keys(), ...switches].some((k) => VM_FLAGS.has(k));
+  const restore = single.get('restore');
+  if (restore !== undefined) {
+    // CH: --restore brings its VM from the snapshot's config.json; it conflicts with --kernel etc.
+    if (anyVm) {
+      const other = [...single.keys(), ...multi.keys(), ...switches].find((k) => VM_FLAGS.has(k))!;
+      throw new CliError(`--restore cannot be combined with --${other} (the VM comes from the snapshot's config.json)`, '--restore');
+    }
+    const o = parseOptionList('--restore', restore, ['source_url', 'prefault', 'resume']);
+    const url = o.get('source_url');
+    if (url === undefined) throw new CliError('--restore: source_url= is required (file:///path/to/snapshot-dir)', '--restore');
+    const rc: RestoreConfig = { source_url: url };
+    const prefault = toggleOpt('--restore', 'prefault', o.get('prefault'));
+    if (prefault !== undefined) rc.prefault = prefault;
+    const resume = toggleOpt('--restore', 'resume', o.get('resume'));
+    if (resume !== undefined) rc.resume = resume;
+    if (rc.resume !== true && result.apiSocket === undefined) {
+      throw new CliError('--restore: the VM starts paused; give --api-socket (to send vm.resume) or resume=on', '--restore');
+    }
+    result.restore = rc;
+    return result;
+  }
   if (!anyVm) return result;
 
   const input: VmConfigInput = { payload: {} };

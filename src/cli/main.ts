@@ -33,7 +33,7 @@ function errorExit(msg: string, code = 1): never {
  */
 async function runVmm(args: RunArgs): Promise<number> {
   const cfg = args.config;
-  if (!cfg && args.apiSocket === undefined && args.confine.selfTestForbidden === undefined) errorExit('no VM to run: give --kernel (or --api-socket to wait for vm.create)');
+  if (!cfg && !args.restore && args.apiSocket === undefined && args.confine.selfTestForbidden === undefined) errorExit('no VM to run: give --kernel (or --api-socket to wait for vm.create)');
   const log = verboseLog(args.verbosity);
   // Landlock (re-executes the VMM inside its ruleset) and seccomp, before anything listens or runs.
   for (const note of confineVmm(args)) log(note);
@@ -112,7 +112,7 @@ async function runVmm(args: RunArgs): Promise<number> {
     log(`API listening on ${'path' in args.apiSocket ? args.apiSocket.path : `fd ${args.apiSocket.fd}`}`);
   }
 
-  if (cfg) {
+  if (cfg || args.restore) {
     // CH: a VM given on the command line ends the VMM when the guest stops.
     core.on('guest-exit', (info) => {
       if (info.reason === 'error') process.stderr.write(`stratovisor: error: ${info.message ?? 'the VM failed'}\n`);
@@ -120,8 +120,14 @@ async function runVmm(args: RunArgs): Promise<number> {
       void exit(info.reason === 'error' ? 1 : 0, false);
     });
     try {
-      await controller.createVm(cfg);
-      await controller.bootVm();
+      if (args.restore) {
+        if (controller.restoreVm === undefined) throw new Error('--restore: not supported by this controller');
+        await controller.restoreVm(args.restore);
+        if (args.restore.resume !== true) process.stderr.write(`stratovisor: restored from ${args.restore.source_url}; the VM is paused (vm.resume, or --restore …,resume=on)\n`);
+      } else {
+        await controller.createVm(cfg!);
+        await controller.bootVm();
+      }
     } catch (e) {
       await server?.close();
       await monitor.close();

@@ -29,6 +29,31 @@ describe('stratovisor remote', () => {
     await t.close();
   });
 
+  test('snapshot URL and restore source_url=…,prefault=on,resume=off (or a bare URL): the bodies vm.snapshot and vm.restore get; bad options exit 2', async () => {
+    t.controller.state = undefined;
+    let r = await remote('--api-socket', sock, 'restore', 'source_url=file:///tmp/snap,prefault=on,resume=off');
+    assert.equal(r.code, 0, r.err);
+    assert.equal(r.out, 'VM restored\n');
+    assert.deepEqual(t.controller.restores.at(-1), { source_url: 'file:///tmp/snap', prefault: true, resume: false });
+    assert.equal(t.controller.state, 'Paused');
+    r = await remote('--api-socket', sock, 'snapshot', 'file:///tmp/snap2');
+    assert.equal(r.code, 0, r.err);
+    assert.equal(t.controller.snapshots.at(-1), 'file:///tmp/snap2');
+    r = await remote('--api-socket', sock, 'restore', 'file:///tmp/snap');
+    assert.equal(r.code, 1, 'a VM exists: the API refuses');
+    assert.match(r.err, /vm\.restore failed: 409/);
+    t.controller.state = undefined;
+    r = await remote('--api-socket', sock, 'restore', 'file:///tmp/snap');
+    assert.equal(r.code, 0, r.err);
+    assert.deepEqual(t.controller.restores.at(-1), { source_url: 'file:///tmp/snap' });
+    for (const [arg, why] of [['prefault=on', /source_url= is required/], ['source_url=file:///x,resume=maybe', /resume=maybe: expected on or off/], ['source_url=file:///x,speed=9', /unknown key "speed"/]] as const) {
+      r = await remote('--api-socket', sock, 'restore', arg);
+      assert.equal(r.code, 2, arg);
+      assert.match(r.err, why);
+    }
+    t.controller.state = undefined;
+  });
+
   test('ping, human-readable and --json', async () => {
     let r = await remote('remote', '--api-socket', sock, 'ping');
     assert.equal(r.code, 0, r.err);

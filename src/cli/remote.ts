@@ -2,14 +2,15 @@
 // Hypervisor's ch-remote (cloud-hypervisor/src/bin/ch-remote.rs).
 //
 //   stratovisor remote --api-socket PATH ping|info|create FILE|boot|pause|resume|shutdown|
-//                      reboot|power-button|counters|delete|shutdown-vmm [--json]
+//                      reboot|power-button|counters|delete|shutdown-vmm|snapshot URL|
+//                      restore source_url=URL[,prefault=on][,resume=on] [--json]
 //
 // Output is human-readable by default; --json prints the response body as sent.
 // Errors (no socket, nothing listening, an error answer) go to stderr, exit status 1.
 
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
-import { CliError, parseArgs, type RemoteCommand } from './args.js';
+import { CliError, parseArgs, parseOptionList, type RemoteCommand } from './args.js';
 
 /** A response of the API. */
 export interface ApiResponse {
@@ -80,6 +81,24 @@ interface CommandSpec {
   args: string[];
   /** Human-readable text for a successful answer. */
   render: (body: unknown) => string;
+  /** The request body made from the positional arguments (CliError for a bad one). */
+  body?: (args: string[]) => string;
+}
+
+/** ch-remote restore: `source_url=file:///dir[,prefault=on][,resume=on]` (or the bare URL). */
+function restoreBody(args: string[]): string {
+  const a = args[0]!;
+  const opts = a.includes('=') ? parseOptionList('restore', a, ['source_url', 'prefault', 'resume']) : new Map([['source_url', a]]);
+  const url = opts.get('source_url');
+  if (url === undefined) throw new CliError('restore: source_url= is required (source_url=file:///path/to/snapshot-dir)');
+  const body: Record<string, string | boolean> = { source_url: url };
+  for (const k of ['prefault', 'resume']) {
+    const v = opts.get(k);
+    if (v === undefined) continue;
+    if (!/^(on|off|true|false)$/i.test(v)) throw new CliError(`restore: ${k}=${v}: expected on or off`);
+    body[k] = /^(on|true)$/i.test(v);
+  }
+  return JSON.stringify(body);
 }
 
 const done = (what: string) => () => `${what}\n`;
@@ -97,6 +116,11 @@ const COMMANDS: Partial<Record<RemoteCommand, CommandSpec>> = {
   'power-button': { method: 'PUT', endpoint: 'vm.power-button', args: [], render: done('power button pressed') },
   delete: { method: 'PUT', endpoint: 'vm.delete', args: [], render: done('VM deleted') },
   'shutdown-vmm': { method: 'PUT', endpoint: 'vmm.shutdown', args: [], render: done('VMM shut down') },
+  snapshot: {
+    method: 'PUT', endpoint: 'vm.snapshot', args: ['DESTINATION_URL'], render: done('VM snapshot written'),
+    body: (a) => JSON.stringify({ destination_url: a[0] }),
+  },
+  restore: { method: 'PUT', endpoint: 'vm.restore', args: ['SOURCE_URL|source_url=…'], render: done('VM restored'), body: restoreBody },
 };
 
 /** Where output goes (tests capture it). */
@@ -161,6 +185,14 @@ export async function runRemote(argv: string[], io: RemoteIo = defaultIo): Promi
     } catch (e) {
       io.stderr(`stratovisor remote: cannot read VM config ${file}: ${(e as Error).message}\n`);
       return 1;
+    }
+  } else if (spec.body) {
+    try {
+      body = spec.body(parsed.args);
+    } catch (e) {
+      if (!(e instanceof CliError)) throw e;
+      io.stderr(`stratovisor remote: ${e.message}\n`);
+      return 2;
     }
   }
 

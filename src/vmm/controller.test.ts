@@ -2,7 +2,8 @@
 // (booting a stock kernel needs a KVM this host lacks: test/e2e/api.test.ts covers it).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VmmCore } from './controller.js';
@@ -11,6 +12,9 @@ import { ApiError } from '../api/controller.js';
 import { EventMonitor, withLifecycleEvents, type LifecycleEvent } from '../api/events.js';
 import { ApiServer } from '../api/server.js';
 import { request } from '../api/test_server.fixture.js';
+import { GuestMemory } from '../memory/guest_memory.js';
+import { writeSnapshot } from './snapshot.js';
+import { sampleSnapshotParts } from './testing/sample_snapshot.js';
 
 const cfg = () => createVmConfig({ payload: { kernel: '/nonexistent/stv-kernel', cmdline: 'console=ttyS0' }, memory: { size: 64 * 1024 * 1024 } });
 
@@ -184,6 +188,37 @@ test('vm.add-vsock: before boot it joins the configuration; one per VM; bad bodi
     assert.match(r.text, /already has one/);
   } finally {
     await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('vm.restore without a guest: 409 with a VM; 400 for a missing directory, OnDemand, a config.json that is no VmConfig, a kernel that is gone; nothing is left behind', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'stv-restore-core-'));
+  const mem = GuestMemory.allocate([{ gpa: 0, size: 8 * 1024 * 1024 }]);
+  try {
+    const snap = (name: string, config: unknown) => {
+      const d = join(dir, name);
+      mkdirSync(d);
+      writeSnapshot(d, sampleSnapshotParts(mem, config));
+      return pathToFileURL(d).href;
+    };
+    const core = new VmmCore();
+    await core.createVm(cfg());
+    await rejectsWith(core.restoreVm({ source_url: snap('a', cfg()) }), 409, /cannot restore a VM: a VM is already created/);
+    await core.deleteVm();
+    await rejectsWith(core.restoreVm({ source_url: pathToFileURL(join(dir, 'missing')).href }), 400, /source_url .* is not an existing directory/);
+    await rejectsWith(core.restoreVm({ source_url: 'http://example.com/s' }), 400, /only file:\/\/ URLs/);
+    await rejectsWith(core.restoreVm({ source_url: snap('b', cfg()), memory_restore_mode: 'OnDemand' }), 400, /OnDemand is not supported/);
+    await rejectsWith(core.restoreVm({ source_url: snap('c', [1, 2]) }), 400, /config\.json: expected a VmConfig object/);
+    await rejectsWith(core.restoreVm({ source_url: snap('d', { cpus: { boot_vcpus: 2 }, memory: { size: 8 << 20 } }) }), 400, /config\.json: .*payload: is required/);
+    // A config that does not fit the state, and a valid one whose kernel is gone: refused before anything is built.
+    await rejectsWith(core.restoreVm({ source_url: snap('e', cfg()) }), 400, /the snapshot has 2 vCPU state\(s\), its config 1 boot vCPU\(s\)/);
+    const two = { ...cfg(), cpus: { ...cfg().cpus, boot_vcpus: 2, max_vcpus: 2 } };
+    await rejectsWith(core.restoreVm({ source_url: snap('f', two) }), 400, /kernel '\/nonexistent\/stv-kernel' does not exist/);
+    assert.equal(core.vmState, undefined, 'no VM after a refused restore');
+    await rejectsWith(Promise.resolve().then(() => core.info()), 404, /not created/);
+  } finally {
+    mem.free();
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -17,12 +17,14 @@ import { EventEmitter } from 'node:events';
 import {
   ApiError,
   BadRequestError,
+  VmAlreadyCreatedError,
   NotImplementedError,
   VmNotCreatedError,
   VmStateError,
   nextVmState,
   type PciDeviceInfo,
   pingResponse,
+  type RestoreConfig,
   type VmCounters,
   type VmInfo,
   type VmmController,
@@ -33,7 +35,8 @@ import type { EventMonitor } from '../api/events.js';
 import { assertValidVmConfig, validateVmConfig, type FsConfig, type NetConfig, type VmConfig, type VsockConfig } from './config.js';
 import * as libc from '../sys/libc.js';
 import { VirtualMachine, type VirtualMachineOptions, type VmExitInfo } from './vm.js';
-import { SnapshotError, snapshotDirectory } from './snapshot.js';
+import { readSnapshot, SnapshotError, snapshotDirectory } from './snapshot.js';
+import { StateFormatError } from '../snapshot/codec.js';
 
 export interface VmmCoreOptions {
   /** Passed to every VirtualMachine built (serial tty fd, log, hypervisor). */
@@ -153,6 +156,54 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
       if (e instanceof SnapshotError) throw new BadRequestError(`vm.snapshot: ${e.message}`);
       throw new ApiError(500, 'Internal', `vm.snapshot: ${(e as Error).message}`);
     }
+  }
+
+  /**
+   * vm.restore (Cloud Hypervisor vmm/src/lib.rs vm_restore): with no VM created, read the
+   * snapshot directory (config.json, state.json, memory-ranges), build the VM its config
+   * describes and give every part its saved state; it ends Paused (Running with `resume`).
+   * Guest RAM is copied in (memory_restore_mode Copy, so `prefault` changes nothing).
+   */
+  async restoreVm(rc: RestoreConfig): Promise<void> {
+    if (this.shutDown) throw new Error('the VMM is shutting down');
+    nextVmState(this.state, 'restore');
+    const bad = (m: string) => new BadRequestError(`vm.restore: ${m}`);
+    if (rc.memory_restore_mode === 'OnDemand') throw bad('memory_restore_mode OnDemand is not supported yet (use Copy, the default)');
+    if (rc.zone_updates !== undefined && rc.zone_updates.length > 0) throw bad('zone_updates are not supported (this VMM has no memory zones)');
+    let snap: ReturnType<typeof readSnapshot>;
+    try {
+      snap = readSnapshot(snapshotDirectory(rc.source_url, 'source_url'));
+    } catch (e) {
+      if (e instanceof SnapshotError || e instanceof StateFormatError) throw bad(e.message);
+      throw e;
+    }
+    const cfg = snap.config;
+    if (typeof cfg !== 'object' || cfg === null || Array.isArray(cfg)) throw bad(`${snap.configFile}: expected a VmConfig object`);
+    const issues = validateVmConfig(cfg as VmConfig);
+    if (issues.length > 0) throw bad(`${snap.configFile}: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
+    const config = cfg as VmConfig;
+    // Tap fds named in the saved config belonged to the VMM that took the snapshot.
+    if ((config.net ?? []).some((n) => (n.fds ?? []).length > 0)) throw bad('the snapshot has a NIC on tap fds passed to the old VMM; restoring it needs net_fds, which are not supported yet');
+    if (this.state !== undefined) throw new VmAlreadyCreatedError('restore a VM');
+    const vm = new VirtualMachine(config, this.opts.vm ?? {});
+    this.attach(vm);
+    try {
+      await vm.restore({ state: snap.state, memoryFile: snap.memoryFile });
+    } catch (e) {
+      this.detach(vm);
+      vm.close();
+      throw bad((e as Error).message);
+    }
+    this.config = config;
+    this.vm = vm;
+    this.state = 'Paused';
+    this.log(`VM restored from ${rc.source_url} (paused)`);
+    try {
+      this.emit('vm-booted', vm);
+    } catch (e) {
+      this.log(`error: after the restore: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    }
+    if (rc.resume === true) await this.resumeVm();
   }
 
   async resumeVm(): Promise<void> {

@@ -11,7 +11,8 @@ import { NO_INTERRUPT } from '../devices/interrupt.js';
 import { EventFdInterrupt } from './interrupts.js';
 import { MailboxServer, MailboxOp, SPIN_LIMIT } from './mailbox.js';
 import { DeviceControl, DeviceControlOp, RunState, type DeviceWorkerData, type DeviceEvent } from './protocol.js';
-import { saveLegacyDevices } from '../devices/state_json.js';
+import { saveLegacyDevices, restoreLegacyDevices } from '../devices/state_json.js';
+import { underField } from '../devices/state.js';
 import { ByteRing } from './ring.js';
 import { PIO_COM1, PIO_I8042, PIO_CMOS, PIO_ACPI_POWER } from './layout_ports.js';
 import { vmFromHandle } from '../hypervisor/handle.js';
@@ -64,6 +65,21 @@ function start(data: DeviceWorkerData): void {
   pio.insert(acpiPower, PIO_ACPI_POWER.base, PIO_ACPI_POWER.length);
 
   const pci = setupPci(mmio, vmFromHandle(data.vm), data.virtio, (m) => { if (data.verbose) process.stderr.write(`stratovisor: ${m}\n`); }, data.pciSegments);
+
+  if (data.restore !== undefined) {
+    // A restore (protocol.ts): before any vCPU runs, every device takes its saved state; the
+    // buses are checked whole before anything changes (PciRoot.restoreState).
+    const r = data.restore;
+    try {
+      restoreLegacyDevices({ serial, i8042, cmos, acpiPower }, r.legacy);
+      if (r.pciRoots.length !== pci.roots.length) throw new Error(`the state has ${r.pciRoots.length} PCI segment(s), this VM ${pci.roots.length}`);
+      r.pciRoots.forEach((root, i) => underField(`segments[${i}]`, 'PCI state', () => pci.roots[i]!.checkState(root)));
+      r.pciRoots.forEach((root, i) => underField(`segments[${i}]`, 'PCI state', () => pci.roots[i]!.restoreState(root)));
+      post({ type: 'restored' });
+    } catch (e) {
+      post({ type: 'restore-error', message: (e as Error).message });
+    }
+  }
 
   const server = new MailboxServer(data.shared);
   const ring = new ByteRing(data.input);

@@ -13,6 +13,11 @@ export interface VcpuWorkerData {
   runState: SharedArrayBuffer;
   /** PCI bus 0 has devices 0..pciSlots-1 (the host bridge and the virtio devices). */
   pciSlots: number;
+  /**
+   * A restored vCPU: its 0xCF8 CONFIG_ADDRESS latch as saved. A vCPU whose RunState is Pause
+   * when it starts (a restore) parks before its first KVM_RUN and says 'paused'.
+   */
+  configAddress?: number;
 }
 
 export const RunState = { Run: 0, Pause: 1, Stop: 2 } as const;
@@ -47,6 +52,11 @@ export interface DeviceWorkerData {
   serialCounters?: SharedArrayBuffer;
   /** Int32 words (DeviceControl): requests from the main thread, answered by a DeviceEvent. */
   control?: SharedArrayBuffer;
+  /**
+   * A restore: the legacy devices' and PCI buses' saved state, applied before any vCPU runs;
+   * answered by 'restored' or 'restore-error'.
+   */
+  restore?: DeviceThreadState;
 }
 
 /**
@@ -68,5 +78,7 @@ export type DeviceEvent =
   | { type: 'reset'; reason: string }
   | { type: 'stats'; pioUnhandled: number; mmioUnhandled: number }
   | { type: 'state'; seq: number; state: DeviceThreadState }
-  | { type: 'state-error'; seq: number; message: string };
+  | { type: 'state-error'; seq: number; message: string }
+  | { type: 'restored' }
+  | { type: 'restore-error'; message: string };
 

@@ -7,20 +7,11 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { Serial } from '../devices/serial.js';
-import { I8042 } from '../devices/i8042.js';
-import { Cmos } from '../devices/cmos.js';
-import { AcpiPowerDevice } from '../devices/acpi_power.js';
-import { saveLegacyDevices } from '../devices/state_json.js';
-import { createMmioBus } from '../devices/bus.js';
-import { attachPciSegments, savePciState } from '../pci/segment.js';
-import { PciType1 } from '../pci/bus.js';
-import { pciSegmentLayouts } from '../arch/x86_64/layout.js';
 import { GuestMemory } from '../memory/guest_memory.js';
 import { restoreGuestMemory } from '../memory/snapshot.js';
-import { sampleHypervisorState } from '../hypervisor/testing/sample_state.js';
 import { StateFormatError, type Json } from '../snapshot/codec.js';
 import { editJson } from '../testing/json_fuzz.js';
+import { sampleSnapshotParts } from './testing/sample_snapshot.js';
 import {
   CONFIG_FILE, MEMORY_FILE, STATE_FILE, SnapshotError, parseSnapshotState, readSnapshot, snapshotDirectory, writeSnapshot,
   type SnapshotParts,
@@ -30,23 +21,7 @@ const MiB = 1 << 20;
 const root = mkdtempSync(join(tmpdir(), 'stv-snapdir-'));
 process.on('exit', () => rmSync(root, { recursive: true, force: true }));
 
-function parts(mem: GuestMemory): SnapshotParts {
-  const serial = new Serial({});
-  serial.write(3, Uint8Array.of(0x03)); // LCR: 8N1
-  serial.enqueueInput(new TextEncoder().encode('typed'));
-  const cmos = new Cmos({ memBelow4g: 8 * MiB, memAbove4g: 0 });
-  const i8042 = new I8042({ reset: () => undefined });
-  const acpiPower = new AcpiPowerDevice({ onShutdown: () => undefined, onReset: () => undefined });
-  const segments = attachPciSegments(createMmioBus(), pciSegmentLayouts(1));
-  return {
-    config: { cpus: { boot_vcpus: 2 }, memory: { size: 8 * MiB } },
-    hypervisor: sampleHypervisorState(5),
-    devices: saveLegacyDevices({ serial, i8042, cmos, acpiPower }),
-    pci: savePciState(segments, [new PciType1(1), new PciType1(1)]),
-    virtio: [],
-    mem,
-  };
-}
+const parts = (mem: GuestMemory): SnapshotParts => sampleSnapshotParts(mem);
 
 test('writeSnapshot then readSnapshot: config, every part of the state and guest RAM come back', () => {
   const mem = GuestMemory.allocate([{ gpa: 0, size: 8 * MiB }]);

@@ -165,7 +165,7 @@ export function writeSnapshot(dir: string, p: SnapshotParts): SnapshotWritten {
 }
 
 /** Read and check a snapshot directory's state and config (guest RAM stays in its file). */
-export function readSnapshot(dir: string): { config: unknown; state: SnapshotState; memoryFile: string } {
+export function readSnapshot(dir: string): { config: unknown; configFile: string; state: SnapshotState; memoryFile: string } {
   const read = (name: string) => {
     try {
       return readFileSync(join(dir, name), 'utf8');
@@ -180,5 +180,5 @@ export function readSnapshot(dir: string): { config: unknown; state: SnapshotSta
   } catch (e) {
     throw e instanceof SnapshotError ? e : new SnapshotError(`${join(dir, CONFIG_FILE)} is not JSON: ${(e as Error).message}`);
   }
-  return { config, state, memoryFile: join(dir, MEMORY_FILE) };
+  return { config, configFile: join(dir, CONFIG_FILE), state, memoryFile: join(dir, MEMORY_FILE) };
 }

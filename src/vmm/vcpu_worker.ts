@@ -32,6 +32,7 @@ function start(wd: VcpuWorkerData): void {
   const tracePio = process.env.STV_TRACE_PIO === '1';
   const pciBase = PIO_PCI_CONFIG.base;
   const pciType1 = new PciType1(wd.pciSlots);
+  if (wd.configAddress !== undefined) pciType1.restoreState({ configAddress: wd.configAddress });
 
   /** 0xCF8-0xCFF: the address latch lives here; only accesses to present functions leave the thread. */
   function pciConfig(op: MailboxOp, port: number, d: Uint8Array): void {
@@ -73,13 +74,40 @@ function start(wd: VcpuWorkerData): void {
     }
   }
 
+  /** Registers that say where a triple fault happened (the exit itself carries nothing). */
+  function faultContext(): string {
+    try {
+      const r = vcpu.getRegs();
+      const sr = vcpu.getSregs();
+      const hex = (v: bigint | number) => `0x${v.toString(16)}`;
+      return `rip=${hex(r.rip)} rsp=${hex(r.rsp)} rflags=${hex(r.rflags)} cr0=${hex(sr.cr0)} cr2=${hex(sr.cr2)} cr3=${hex(sr.cr3)} cr4=${hex(sr.cr4)} efer=${hex(sr.efer)} cs=${hex(sr.cs.selector)} idt=${hex(sr.idt.base)}+${hex(sr.idt.limit)} after ${exits} exits`;
+    } catch (e) {
+      return `registers unavailable: ${(e as Error).message}`;
+    }
+  }
+
   let exits = 0;
   /** Exits per VmExitKind, reported when the vCPU stops (shown with -v). */
   const byKind = new Float64Array(16);
   /** Port/MMIO exits that went to the device thread. */
   let deviceExits = 0;
+  /** RunState Pause: say so (with the latch, for a snapshot) and wait for Run or Stop. */
+  function park(): number {
+    let s = Atomics.load(state, 0);
+    if (s === RunState.Pause) {
+      post({ type: 'paused', id, configAddress: pciType1.saveState().configAddress });
+      while ((s = Atomics.load(state, 0)) === RunState.Pause) Atomics.wait(state, 0, RunState.Pause);
+    }
+    return s;
+  }
+
   post({ type: 'started', id });
   const e = vcpu.exit;
+  // A restored VM starts paused: no KVM_RUN before vm.resume.
+  if (park() === RunState.Stop) {
+    post({ type: 'stopped', id, exits: 0, deviceExits: 0, kinds: {} });
+    return;
+  }
   loop: for (;;) {
     const kind = vcpu.run();
     exits++;
@@ -97,17 +125,13 @@ function start(wd: VcpuWorkerData): void {
       case VmExitKind.HypervHcall: vcpu.completeHypercall(HV_STATUS_INVALID_HYPERCALL_CODE); break;
       case VmExitKind.Intr: {
         vcpu.takeKick();
-        let s = Atomics.load(state, 0);
-        if (s === RunState.Pause) {
-          post({ type: 'paused', id, configAddress: pciType1.saveState().configAddress });
-          while ((s = Atomics.load(state, 0)) === RunState.Pause) Atomics.wait(state, 0, RunState.Pause);
-        }
-        if (s === RunState.Stop) break loop;
+        if (park() === RunState.Stop) break loop;
         break;
       }
       case VmExitKind.Shutdown:
-        // Triple fault: a PC resets (Cloud Hypervisor and Firecracker do the same).
-        post({ type: 'reset', id, reason: 'triple fault (KVM_EXIT_SHUTDOWN)' });
+        // Triple fault: a PC resets (Cloud Hypervisor and Firecracker do the same). Where the
+        // guest was goes into the reason (the log), for telling a guest bug from a host one.
+        post({ type: 'reset', id, reason: `triple fault (KVM_EXIT_SHUTDOWN) on vCPU ${id}: ${faultContext()}` });
         break loop;
       case VmExitKind.SystemEvent: {
         const d = vcpu.decodeExit();

@@ -32,8 +32,10 @@ import type { VirtioDeviceState } from '../virtio/state.js';
 import {
   DeviceControl, DeviceControlOp, RunState, type DeviceThreadState, type DeviceWorkerData, type DeviceEvent, type VcpuWorkerData, type VcpuEvent,
 } from './protocol.js';
-import { saveHypervisorState } from '../hypervisor/state.js';
-import { writeSnapshot, type SnapshotWritten } from './snapshot.js';
+import { saveHypervisorState, restoreHypervisorState } from '../hypervisor/state.js';
+import { writeSnapshot, type SnapshotState, type SnapshotWritten } from './snapshot.js';
+import { restoreGuestMemory } from '../memory/snapshot.js';
+import { PciType1 } from '../pci/bus.js';
 
 /** Addresses KVM needs for its real-mode TSS and identity map on Intel (below the 4 GiB top). */
 const KVM_IDENTITY_MAP_ADDR = 0xfffbc000;
@@ -82,6 +84,16 @@ interface Running {
   controlWaiters: Map<number, (e: DeviceEvent) => void>;
   /** vCPUs parked by the current pause: id -> their 0xCF8 latch. */
   parked: Map<number, number>;
+  /** A restore's answer from the device thread ('restored' or 'restore-error'), and its resolver. */
+  restored: Promise<DeviceEvent>;
+  answerRestore: (e: DeviceEvent) => void;
+}
+
+/** What a restore builds the guest from (src/vmm/snapshot.ts readSnapshot). */
+export interface GuestRestore {
+  state: SnapshotState;
+  /** The snapshot's memory-ranges file. */
+  memoryFile: string;
 }
 
 type KernelKind = 'bzImage' | 'elf';
@@ -214,7 +226,54 @@ export class VirtualMachine extends EventEmitter {
     this.emit('booted');
   }
 
-  private startGuest(): void {
+  /**
+   * Build the VM from a snapshot (its config is this VM's config) and end Paused, as Cloud
+   * Hypervisor's vm.restore: guest RAM read from memory-ranges, every vCPU and the VM's
+   * in-kernel state set, the legacy devices, PCI buses and virtio devices given their saved
+   * state, every thread started and parked before its first instruction. Nothing of the guest
+   * runs until resume(). A snapshot that does not fit this VM is a VmError naming what.
+   */
+  async restore(from: GuestRestore, opts: { timeoutMs?: number } = {}): Promise<void> {
+    if (this.state !== 'Created') throw new VmError(`cannot restore into a VM in state ${this.state}`);
+    const ncpu = this.config.cpus.boot_vcpus;
+    const saved = from.state;
+    if (saved.hypervisor.vcpus.length !== ncpu) throw new VmError(`the snapshot has ${saved.hypervisor.vcpus.length} vCPU state(s), its config ${ncpu} boot vCPU(s)`);
+    if (saved.pci.configAddress.length !== ncpu) throw new VmError(`the snapshot has ${saved.pci.configAddress.length} PCI CONFIG_ADDRESS latch(es), its config ${ncpu} vCPU(s)`);
+    saved.pci.configAddress.forEach((a) => new PciType1(1).restoreState({ configAddress: a }));
+    this.preflight();
+    try {
+      if (!this.hv) {
+        this.hv = openHypervisor(this.opts.hypervisorKind ?? 'kvm');
+        this.hv.checkRequiredExtensions();
+      }
+      this.startGuest(from);
+    } catch (e) {
+      this.virtio.close();
+      this.closeImages();
+      throw e instanceof VmError ? e : new VmError(`restore failed: ${(e as Error).message}`);
+    }
+    const run = this.run!;
+    const timeoutMs = opts.timeoutMs ?? 10_000;
+    try {
+      const answer = await withTimeout(run.restored, timeoutMs, 'the device thread did not take its saved state');
+      if (answer.type === 'restore-error') throw new VmError(`restore failed: ${answer.message}`);
+      await this.virtio.whenReady(timeoutMs);
+      await withTimeout(new Promise<void>((resolve) => {
+        const check = () => { if (run.parked.size >= ncpu || run.stopping) { this.off('vcpu-paused', check); resolve(); } };
+        this.on('vcpu-paused', check);
+        check();
+      }), timeoutMs, 'the vCPU threads did not start');
+      if (run.stopping || this.run !== run) throw new VmError('restore failed: the VM stopped while it was being restored (see the log)');
+    } catch (e) {
+      await this.stopGuest(run);
+      this.finish({ reason: 'error', message: (e as Error).message });
+      throw e instanceof VmError ? e : new VmError(`restore failed: ${(e as Error).message}`);
+    }
+    this.state = 'Paused';
+    this.emit('restored');
+  }
+
+  private startGuest(restore?: GuestRestore): void {
     const hv = this.hv!;
     const cfg = this.config;
     const ncpu = cfg.cpus.boot_vcpus;
@@ -260,40 +319,61 @@ export class VirtualMachine extends EventEmitter {
       mem.regions.forEach((r, slot) => {
         vm.setUserMemoryRegion({ slot, guestPhysAddr: BigInt(r.gpa), memorySize: r.size, userspaceAddr: r.hostAddress });
       });
-      const pciSegments = this.virtio.pciSegments;
-      const acpi = buildAcpiTables({ cpus: ncpu, sbDevices: pciSegmentsAml(pciSegments), extraTables: [buildMcfgForSegments(pciSegments)] }, mem);
-      writeResetVectorStub(mem);
-      const cmdline = cfg.payload.cmdline ?? '';
-      const kernel = this.kernel!;
-      const load = { cmdline, memSize, rsdpAddr: acpi.rsdpAddr, ...(this.initramfs ? { initramfs: this.initramfs } : {}) };
-      let boot;
-      if (this.kernelType === 'elf') {
-        const r = loadPvhKernel(mem, kernel, load);
-        boot = pvhBootState(r.entry, r.startInfoAddr);
+      if (restore) {
+        // Guest RAM as saved: the firmware tables, the kernel and everything since are in it.
+        try {
+          restoreGuestMemory(mem, restore.memoryFile, restore.state.memory.ranges);
+        } catch (e) {
+          throw new VmError(`restore: ${(e as Error).message}`);
+        }
+        for (let id = 0; id < ncpu; id++) {
+          const vcpu = vm.createVcpu(id);
+          vcpus.push(vcpu);
+          // The Hyper-V capability before the saved CPUID is set (its leaves need it).
+          if (cfg.cpus.kvm_hyperv === true) vcpu.enableHyperV();
+        }
+        try {
+          restoreHypervisorState(vm, vcpus, restore.state.hypervisor);
+        } catch (e) {
+          throw new VmError(`restore: ${(e as Error).message}`);
+        }
       } else {
-        const r = loadBzImage(mem, kernel, load);
-        boot = linux64BootState(r.entry, r.bootParamsAddr);
-      }
-      writeBootTables(mem, boot.writes);
+        const pciSegments = this.virtio.pciSegments;
+        const acpi = buildAcpiTables({ cpus: ncpu, sbDevices: pciSegmentsAml(pciSegments), extraTables: [buildMcfgForSegments(pciSegments)] }, mem);
+        writeResetVectorStub(mem);
+        const cmdline = cfg.payload.cmdline ?? '';
+        const kernel = this.kernel!;
+        const load = { cmdline, memSize, rsdpAddr: acpi.rsdpAddr, ...(this.initramfs ? { initramfs: this.initramfs } : {}) };
+        let boot;
+        if (this.kernelType === 'elf') {
+          const r = loadPvhKernel(mem, kernel, load);
+          boot = pvhBootState(r.entry, r.startInfoAddr);
+        } else {
+          const r = loadBzImage(mem, kernel, load);
+          boot = linux64BootState(r.entry, r.bootParamsAddr);
+        }
+        writeBootTables(mem, boot.writes);
 
-      this.supportedCpuid ??= hv.getSupportedCpuid();
-      for (let id = 0; id < ncpu; id++) {
-        const vcpu = vm.createVcpu(id);
-        vcpus.push(vcpu);
-        vcpu.setCpuid2(vcpuCpuid(this.supportedCpuid, id, ncpu, { hyperv: cfg.cpus.kvm_hyperv === true ? this.hypervCpuid(vcpu, id) : null }));
-        vcpu.setMsrs(bootMsrEntries());
-        vcpu.setupLapicLints();
-        vcpu.setFpu(defaultFpu());
-        if (id === 0) {
-          vcpu.setSregs(boot.sregs);
-          vcpu.setRegs(boot.regs);
+        this.supportedCpuid ??= hv.getSupportedCpuid();
+        for (let id = 0; id < ncpu; id++) {
+          const vcpu = vm.createVcpu(id);
+          vcpus.push(vcpu);
+          vcpu.setCpuid2(vcpuCpuid(this.supportedCpuid, id, ncpu, { hyperv: cfg.cpus.kvm_hyperv === true ? this.hypervCpuid(vcpu, id) : null }));
+          vcpu.setMsrs(bootMsrEntries());
+          vcpu.setupLapicLints();
+          vcpu.setFpu(defaultFpu());
+          if (id === 0) {
+            vcpu.setSregs(boot.sregs);
+            vcpu.setRegs(boot.regs);
+          }
         }
       }
 
       serialIrqfd = libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
       vm.registerIrqfd(serialIrqfd, IRQ_COM1);
       ({ fd: serialFd, owned: ownsSerialFd } = this.openSerialSink());
-      virtioInits = this.virtio.start(vm, mem, (m) => { if (runRef) this.fail(runRef, m); else this.log(`error: ${m}`); });
+      const virtioRestore = restore ? new Map(restore.state.virtio.map((d) => [d.id, d])) : undefined;
+      virtioInits = this.virtio.start(vm, mem, (m) => { if (runRef) this.fail(runRef, m); else this.log(`error: ${m}`); }, virtioRestore);
     } catch (e) {
       for (const w of [deviceWorker, ...vcpuWorkers]) void w.terminate();
       this.virtio.abort(vm);
@@ -306,6 +386,8 @@ export class VirtualMachine extends EventEmitter {
 
     const shared = createMailboxes(ncpu);
     const runStateSab = new SharedArrayBuffer(4);
+    // A restored guest starts paused: every thread parks before the guest runs (protocol.ts).
+    if (restore) Atomics.store(new Int32Array(runStateSab), 0, RunState.Pause);
     const controlSab = new SharedArrayBuffer(4 * DeviceControl.Words);
     const deviceData: DeviceWorkerData = {
       shared, input: this.input.sab, serialFd, serialIrqfd, runState: runStateSab,
@@ -313,13 +395,16 @@ export class VirtualMachine extends EventEmitter {
       vm: vm.handle(), virtio: virtioInits, verbose: this.opts.log !== undefined,
       pciSegments: this.virtio.pciSegments, serialCounters: this.serialCounters.buffer as SharedArrayBuffer,
       control: controlSab,
+      ...(restore ? { restore: { legacy: restore.state.devices, pciRoots: restore.state.pci.segments } } : {}),
     };
     deviceWorker.off('error', early);
     deviceWorker.postMessage(deviceData);
+    let onRestored: (e: DeviceEvent) => void = () => {};
+    const restored = new Promise<DeviceEvent>((r) => { onRestored = r; });
     const run: Running = {
       vm, mem: mem!, vcpus, vcpuWorkers: [], deviceWorker, shared, runState: new Int32Array(runStateSab),
       serialIrqfd, serialFd, ownsSerialFd, stopping: false, vcpuExited, deviceExited, stopped: null,
-      control: new Int32Array(controlSab), controlWaiters: new Map(), parked: new Map(),
+      control: new Int32Array(controlSab), controlWaiters: new Map(), parked: new Map(), restored, answerRestore: onRestored,
     };
     runRef = run;
     this.run = run;
@@ -328,7 +413,10 @@ export class VirtualMachine extends EventEmitter {
     deviceWorker.on('error', (e) => this.fail(run, `device thread failed: ${e.stack ?? e.message}`));
     deviceWorker.once('exit', (code) => { if (!run.stopping) this.fail(run, `the device thread exited unexpectedly (code ${code})`); });
     for (const [i, v] of vcpus.entries()) {
-      const wd: VcpuWorkerData = { handle: v.handle(), shared, runState: runStateSab, pciSlots: 1 + virtioInits.filter((d) => (d.segment ?? 0) === 0).length };
+      const wd: VcpuWorkerData = {
+        handle: v.handle(), shared, runState: runStateSab, pciSlots: 1 + virtioInits.filter((d) => (d.segment ?? 0) === 0).length,
+        ...(restore ? { configAddress: restore.state.pci.configAddress[i]! } : {}),
+      };
       const w = vcpuWorkers[i]!;
       w.off('error', early);
       w.postMessage(wd);
@@ -338,7 +426,7 @@ export class VirtualMachine extends EventEmitter {
       run.vcpuWorkers.push(w);
     }
     if (earlyFailure !== null) this.fail(run, earlyFailure);
-    this.log(`guest started: ${ncpu} vCPU(s), ${fmtBytes(memSize)}, ${this.kernelType} kernel`);
+    this.log(restore ? `guest restored (paused): ${ncpu} vCPU(s), ${fmtBytes(memSize)}` : `guest started: ${ncpu} vCPU(s), ${fmtBytes(memSize)}, ${this.kernelType} kernel`);
   }
 
   /**
@@ -399,6 +487,7 @@ export class VirtualMachine extends EventEmitter {
   private onDeviceEvent(run: Running, m: DeviceEvent): void {
     if (m.type === 'shutdown') void this.guestPowerOff(run);
     else if (m.type === 'reset') void this.guestReset(run, m.reason);
+    else if (m.type === 'restored' || m.type === 'restore-error') run.answerRestore(m);
     else if (m.type === 'state' || m.type === 'state-error') {
       const w = run.controlWaiters.get(m.seq);
       run.controlWaiters.delete(m.seq);
@@ -470,6 +559,8 @@ export class VirtualMachine extends EventEmitter {
   private async guestReset(run: Running, reason: string): Promise<void> {
     if (run.stopping || this.run !== run) return;
     this.log(`guest reset (${reason}): rebooting`);
+    // A triple fault is a crash of the guest (or of a hypervisor under it): worth a line always.
+    if (!this.opts.log && reason.startsWith('triple fault')) process.stderr.write(`stratovisor: warning: guest reset by a ${reason}\n`);
     this.emit('rebooting');
     await this.stopGuest(run);
     if (this.shutdownRequested) {
@@ -650,6 +741,13 @@ export class VirtualMachine extends EventEmitter {
     this.hv?.close();
     this.hv = null;
   }
+}
+
+/** `p`, or a VmError saying `what` after `ms`. */
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new VmError(`restore failed: ${what} within ${ms} ms`)), ms); });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
 
 /** How long a stop waits for the device thread to exit, then again after terminate(). */

@@ -57,9 +57,13 @@ async function until<T>(what: string, f: () => T | undefined | Promise<T | undef
   }
 }
 
+/** What terminalText last read (shown when a wait times out). */
+let lastTerminal = '';
+
 /** The text xterm.js shows in a VM's card (its DOM renderer's rows, scroll-back excluded). */
 async function terminalText(page: Page): Promise<string> {
-  return (await page.locator('[data-vm="vm1"] .xterm-rows').innerText()).replace(/\u00a0/g, ' ');
+  lastTerminal = (await page.locator('[data-vm="vm1"] .xterm-rows').innerText()).replace(/\u00a0/g, ' ');
+  return lastTerminal;
 }
 
 test('the web console shows a running guest, types into its serial console, pauses and resumes it, charts its disk', { timeout: 900_000 }, async (t) => {
@@ -87,7 +91,7 @@ test('the web console shows a running guest, types into its serial console, paus
   let browser: Browser | null = null;
   let page: Page | null = null;
   const shot = async (name: string) => { if (page) await page.screenshot({ path: join(LOG_DIR, `console-${name}.png`), fullPage: true }); };
-  const explain = () => `--- vmm ---\n${vmm.out.slice(-2000)}\n--- console ---\n${con?.out.slice(-2000) ?? ''}`;
+  const explain = () => `--- vmm ---\n${vmm.out.slice(-2000)}\n--- console ---\n${con?.out.slice(-2000) ?? ''}\n--- terminal in the page ---\n${lastTerminal.slice(-1500)}`;
   t.after(async () => {
     if (page) {
       try { writeFileSync(join(LOG_DIR, 'console-terminal.log'), await terminalText(page)); } catch (e) { step(`terminal text not saved: ${(e as Error).message}`); }
@@ -137,7 +141,7 @@ test('the web console shows a running guest, types into its serial console, paus
     if ((await terminalText(page!)).includes('stv# ')) return true;
     if (Date.now() - lastEnter > 30_000) { lastEnter = Date.now(); await term.click(); await page!.keyboard.press('Enter'); }
     return undefined;
-  }, 150_000, explain);
+  }, 240_000, explain);
   await shot('running');
   step('the guest prompt is in the page');
 
