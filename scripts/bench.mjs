@@ -13,19 +13,22 @@
 //  6. in the same sandbox boot: virtio-vsock stream MB/s both ways and connect latency, QEMU q35
 //     vhost-vsock-pci (in-kernel) vs Stratovisor --vsock (hybrid socket) (bench/vsock.ts;
 //     STV_BENCH_VSOCK_MIB, 64; STV_BENCH_VSOCK_CONNS, 20).
+//  7. in the same sandbox boot: pause+snapshot time and size, restore-to-running time (lazily
+//     mapped and prefaulted), QEMU q35 stop + migrate file: / -incoming file: vs Stratovisor
+//     vm.snapshot / vm.restore (bench/snapshot.ts; STV_BENCH_SNAP_MIB, "512,2048").
 // Env: STV_BENCH_RUNS (5), STV_BENCH_VMMS (comma list: qemu-microvm, qemu-q35, stratovisor),
 // STV_BENCH_ONLY=pio|api|boot|io|fs|vsock (a comma list runs several), and for io: STV_BENCH_IO_MIB (64),
 // STV_BENCH_RAND_S (5), STV_BENCH_NET_MIB (32).
 import { join } from 'node:path';
 import { ensureGuestImages, REPO } from './lib/images.mjs';
 import { ensureNodeModules, build, log } from './lib/setup.mjs';
-import { runInSandbox, shq, hostFacts, spawnWait } from './lib/sandbox.mjs';
+import { runInSandbox, shq, hostFacts, chooseSandboxMode, spawnWait } from './lib/sandbox.mjs';
 
 ensureNodeModules();
 if (!build()) process.exit(1);
 const images = ensureGuestImages({ log });
 const runs = Number(process.env.STV_BENCH_RUNS ?? 5);
-const KINDS = ['pio', 'api', 'boot', 'io', 'fs', 'vsock'];
+const KINDS = ['pio', 'api', 'boot', 'io', 'fs', 'vsock', 'snapshot'];
 const only = process.env.STV_BENCH_ONLY ? process.env.STV_BENCH_ONLY.split(',') : null;
 for (const k of only ?? []) {
   if (!KINDS.includes(k)) {
@@ -36,8 +39,8 @@ for (const k of only ?? []) {
 const want = (k) => !only || only.includes(k);
 let status = 0;
 
-// Port-I/O exits: on the host's /dev/kvm when it has a usable one, else in the sandbox below.
-const hostKvm = hostFacts().kvmUsable;
+// Port-I/O exits: on the host's /dev/kvm when it is hardware KVM (not PVM's), else in the sandbox below.
+const hostKvm = chooseSandboxMode(hostFacts()).mode === 'direct';
 if (want('pio') && hostKvm) {
   status = (await spawnWait(process.execPath, [join(REPO, 'dist', 'bench', 'pio.js')], { stdio: 'inherit' })) || status;
 }
@@ -53,7 +56,7 @@ if (want('api')) {
   ]));
 }
 // The boot and I/O benchmarks share one sandbox boot, one after the other.
-const inSandbox = [...(hostKvm ? [] : ['pio']), 'boot', 'io', 'fs', 'vsock'].filter(want).map((k) => join(REPO, 'dist', 'bench', `${k}.js`));
+const inSandbox = [...(hostKvm ? [] : ['pio']), 'boot', 'io', 'fs', 'vsock', 'snapshot'].filter(want).map((k) => join(REPO, 'dist', 'bench', `${k}.js`));
 if (inSandbox.length) {
   process.env.STV_GUEST_BZIMAGE = images.bzImage;
   process.env.STV_GUEST_VMLINUX = images.vmlinux;

@@ -70,6 +70,11 @@ export interface GuestRegion {
   readonly windows: readonly ArrayBufferLike[];
   /** The memfd backing the region (shared memory), mapped from offset 0; -1 when none. */
   readonly fd: number;
+  /**
+   * A file the region is mapped from copy-on-write (a snapshot's memory-ranges, restored
+   * lazily): pages not written since read from there, so they hold data without being present.
+   */
+  readonly source?: { fd: number; offset: number };
 }
 
 /** Structured-cloneable description of a GuestMemory, for `GuestMemory.attach()` in a worker. */
@@ -108,6 +113,8 @@ interface Region {
   buffers: ArrayBufferLike[];
   /** memfd backing the region, or -1. */
   fd: number;
+  /** mapCopyOnWrite(): the file (owned) and offset the region is mapped from. */
+  source?: { fd: number; offset: number };
 }
 
 const HEX = (n: Gpa): string => `0x${n.toString(16)}`;
@@ -281,10 +288,12 @@ export class GuestMemory {
       libc.mmapFixed(addr, len, libc.PROT_NONE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE | libc.MAP_FIXED, -1, 0);
     }
     // Drop the views without unmapping (free() of memory that is not owned).
+    const sources = this.owned ? this.regs.flatMap((r) => (r.source ? [r.source.fd] : [])) : [];
     this.owned = false;
     this.free();
     void until.finally(() => {
       for (const [addr, len] of ranges) libc.munmap(addr, len);
+      for (const fd of sources) libc.close(fd);
     });
     return ranges;
   }
@@ -395,6 +404,7 @@ export class GuestMemory {
   get regions(): GuestRegion[] {
     return this.regs.map((r) => ({
       gpa: r.start, size: r.end - r.start, hostAddress: r.hostAddress, buffer: r.buffers[0]!, windows: r.buffers.slice(), fd: r.fd,
+      ...(r.source ? { source: { ...r.source } } : {}),
     }));
   }
 
@@ -484,8 +494,42 @@ export class GuestMemory {
       for (const r of regs) {
         libc.munmap(r.hostAddress, r.end - r.start);
         if (r.fd >= 0) libc.close(r.fd);
+        if (r.source) libc.close(r.source.fd);
       }
     }
+  }
+
+  /**
+   * Map region `index` from `fd` at `offset` copy-on-write (MAP_PRIVATE | MAP_FIXED over the
+   * region's own address, so every view and every thread's attached copy stays valid): the
+   * guest reads pages from the file as it touches them, and its writes stay in this process
+   * (a restore that does not read all of RAM first, as Firecracker's file-backed restore).
+   * Only owned, private memory whose region is not mapped from a file yet; `offset` page
+   * aligned. The region takes `fd` over (closed by free()), also when this throws.
+   */
+  mapCopyOnWrite(index: number, fd: number, offset: number, opts: { thp?: boolean } = {}): void {
+    const r = this.regs[index];
+    try {
+      this.assertLive();
+      if (r === undefined) throw new GuestMemoryError(`no region ${index}`, 0, 0);
+      if (!this.owned || r.hostAddress === 0n) throw new GuestMemoryError(`region ${HEX(r.start)} is not owned host memory`, r.start, r.end - r.start);
+      if (r.fd >= 0) throw new GuestMemoryError(`region ${HEX(r.start)} is shared memory (a memfd): it cannot be mapped from a file`, r.start, r.end - r.start);
+      if (r.source) throw new GuestMemoryError(`region ${HEX(r.start)} is mapped from a file already`, r.start, r.end - r.start);
+      if (!Number.isSafeInteger(offset) || offset < 0 || offset % PAGE_SIZE !== 0) throw new GuestMemoryError(`file offset ${offset} for region ${HEX(r.start)} is not page aligned`, r.start, r.end - r.start);
+      try {
+        libc.mmapFixed(r.hostAddress, r.end - r.start, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_PRIVATE | libc.MAP_NORESERVE, fd, offset);
+      } catch (e) {
+        // A failed MAP_FIXED may have unmapped the range already: put fresh anonymous RAM back,
+        // so the views over it stay valid.
+        libc.mmapFixed(r.hostAddress, r.end - r.start, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE, -1, 0);
+        throw e;
+      }
+    } catch (e) {
+      libc.close(fd);
+      throw e;
+    }
+    r.source = { fd, offset };
+    adviseGuestRam(r.hostAddress, r.end - r.start, opts.thp ?? true);
   }
 
   get isFreed(): boolean { return this.freed; }

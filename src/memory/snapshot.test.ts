@@ -2,12 +2,12 @@
 // anonymous and shared memfd), a real file; only touched, non-zero pages take file blocks.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, statSync, writeFileSync, existsSync, truncateSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, writeFileSync, existsSync, truncateSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { GuestMemory, PAGE_SIZE } from './guest_memory.js';
-import { MemorySnapshotError, restoreGuestMemory, saveGuestMemory, touchedRuns } from './snapshot.js';
+import { MemorySnapshotError, mapGuestMemory, restoreGuestMemory, saveGuestMemory, touchedRuns, unionRuns } from './snapshot.js';
 import { Prng } from '../testing/prng.js';
 
 const MiB = 1 << 20;
@@ -104,4 +104,63 @@ test('restore refuses ranges that do not match this VM or do not fit in the file
     mem.free();
     fresh.free();
   }
+});
+
+test('mapGuestMemory: the file mapped copy-on-write reads as the saved RAM without reading it first; writes stay private; a snapshot of it is whole', () => {
+  const mem = GuestMemory.allocate(LAYOUT, { thp: false });
+  const lazy = GuestMemory.allocate(LAYOUT, { thp: false });
+  const again = GuestMemory.allocate(LAYOUT, { thp: false });
+  try {
+    scribble(mem, 23);
+    const path = join(dir, 'memory-ranges-lazy');
+    const saved = saveGuestMemory(mem, path);
+    const fileBefore = createHash('sha256').update(readFileSync(path)).digest('hex');
+    mapGuestMemory(lazy, path, saved.ranges);
+    const regions = lazy.regions;
+    assert.deepEqual(regions.map((r) => r.source?.offset), [0, 16 * MiB], 'each region knows its file and offset');
+    // Nothing is read by the mapping itself: touchedRuns still finds the data (from the file).
+    const touched = regions.map((r) => touchedRuns(r));
+    assert.ok(touched.every((t) => t.length > 0), 'the file data counts as data');
+    assert.equal(digest(lazy), digest(mem), 'the mapped RAM reads as the saved RAM');
+    // The guest writes: its pages change, the file does not.
+    lazy.writeBytes(3 * MiB, new TextEncoder().encode('written after the restore'));
+    assert.equal(createHash('sha256').update(readFileSync(path)).digest('hex'), fileBefore, 'the memory-ranges file was changed');
+    // A snapshot of the lazily restored RAM holds both what came from the file and what was written since.
+    const path2 = join(dir, 'memory-ranges-lazy-2');
+    const saved2 = saveGuestMemory(lazy, path2);
+    restoreGuestMemory(again, path2, saved2.ranges);
+    assert.equal(digest(again), digest(lazy));
+  } finally {
+    mem.free();
+    lazy.free();
+    again.free();
+  }
+});
+
+test('mapGuestMemory refuses shared memory, unaligned offsets and a short file, by name; the RAM stays usable', () => {
+  const mem = GuestMemory.allocate(LAYOUT, { thp: false });
+  const shared = GuestMemory.allocate(LAYOUT, { shared: true, thp: false });
+  const lazy = GuestMemory.allocate(LAYOUT, { thp: false });
+  try {
+    const path = join(dir, 'memory-ranges-refuse');
+    const saved = saveGuestMemory(mem, path);
+    assert.throws(() => mapGuestMemory(shared, path, saved.ranges), (e: unknown) => e instanceof MemorySnapshotError && /shared memory: restore it by copying/.test(e.message));
+    const unaligned = saved.ranges.map((r, i) => (i === 1 ? { ...r, fileOffset: r.fileOffset - 512 } : r));
+    assert.throws(() => mapGuestMemory(lazy, path, unaligned), (e: unknown) => e instanceof MemorySnapshotError && /range 1: file offset .* is not page aligned/.test(e.message));
+    const short = join(dir, 'memory-ranges-short');
+    writeFileSync(short, new Uint8Array(PAGE_SIZE));
+    assert.throws(() => mapGuestMemory(lazy, short, saved.ranges), (e: unknown) => e instanceof MemorySnapshotError && /does not fit in/.test(e.message));
+    // Region 0 got mapped before region 1 was refused: it reads the file; region 1 is still RAM.
+    lazy.writeBytes(64 * MiB, Uint8Array.of(1, 2, 3));
+    assert.deepEqual([...lazy.slice(64 * MiB, 3)], [1, 2, 3]);
+  } finally {
+    mem.free();
+    shared.free();
+    lazy.free();
+  }
+});
+
+test('unionRuns merges overlapping and touching runs', () => {
+  assert.deepEqual(unionRuns([[0, 4096], [16384, 20480]], [[4096, 8192], [12288, 17000], [40960, 45056]]), [[0, 8192], [12288, 20480], [40960, 45056]]);
+  assert.deepEqual(unionRuns([], []), []);
 });

@@ -8,8 +8,11 @@
 //   - shared memory (a memfd per region): lseek(SEEK_DATA / SEEK_HOLE) on the memfd;
 //   - private anonymous memory: /proc/self/pagemap, bit 63 (present) or bit 62 (swapped)
 //     (Documentation/admin-guide/mm/pagemap.rst), never mincore(2), which misses swapped pages.
-// Restore reads only the file's data extents (SEEK_DATA / SEEK_HOLE again) into fresh guest RAM,
-// whose untouched pages are zero already.
+// Restore either reads only the file's data extents (SEEK_DATA / SEEK_HOLE again) into fresh
+// guest RAM, whose untouched pages are zero already (restoreGuestMemory, "Copy"), or maps the file
+// copy-on-write over guest RAM (mapGuestMemory, "OnDemand"): nothing is read until the guest
+// touches a page. A region mapped so holds data in pages it never touched: the next snapshot of
+// it also writes the file's data extents.
 import { closeSync, openSync, readSync, unlinkSync, fstatSync, constants } from 'node:fs';
 import * as libc from '../sys/libc.js';
 import { PAGE_SIZE, type GuestMemory, type GuestRegion } from './guest_memory.js';
@@ -46,7 +49,23 @@ const ZERO_SCAN_WINDOW = 2 << 20;
 export function touchedRuns(region: GuestRegion): Array<[number, number]> {
   if (region.fd >= 0) return seekDataRuns(region.fd, 0, region.size);
   if (region.hostAddress === 0n) return region.size > 0 ? [[0, region.size]] : [];
-  return pagemapRuns(region.hostAddress, region.size);
+  const present = pagemapRuns(region.hostAddress, region.size);
+  if (!region.source) return present;
+  const { fd, offset } = region.source;
+  const fromFile = seekDataRuns(fd, offset, offset + region.size);
+  return unionRuns(present, fromFile);
+}
+
+/** The union of two sorted lists of disjoint [start, end) runs, sorted and merged. */
+export function unionRuns(a: ReadonlyArray<[number, number]>, b: ReadonlyArray<[number, number]>): Array<[number, number]> {
+  const all = [...a, ...b].sort((x, y) => x[0] - y[0]);
+  const out: Array<[number, number]> = [];
+  for (const [s, e] of all) {
+    const last = out[out.length - 1];
+    if (last && s <= last[1]) last[1] = Math.max(last[1], e);
+    else out.push([s, e]);
+  }
+  return out;
 }
 
 /** Data extents of `fd` within [start, end), page-aligned, as offsets from `start`. */
@@ -204,6 +223,47 @@ export function saveGuestMemory(mem: GuestMemory, path: string): MemorySaveResul
  * file's data extents are read.
  */
 export function restoreGuestMemory(mem: GuestMemory, path: string, ranges: readonly MemoryRange[]): { dataBytes: number } {
+  const fd = openChecked(mem, path, ranges);
+  try {
+    let dataBytes = 0;
+    mem.regions.forEach((r, i) => {
+      const m = ranges[i]!;
+      for (const [a, b] of seekDataRuns(fd, m.fileOffset, m.fileOffset + m.length)) {
+        transfer(false, fd, r.hostAddress + BigInt(a), b - a, m.fileOffset + a, `memory-ranges '${path}'`);
+        dataBytes += b - a;
+      }
+    });
+    return { dataBytes };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Map guest RAM saved by saveGuestMemory copy-on-write over `mem` (fresh, private), with the
+ * same checks as restoreGuestMemory: no page is read now; the guest faults them in from the
+ * file's page cache as it touches them, and what it writes stays private. The file must not be
+ * changed or truncated while the VM runs (a snapshot never rewrites its files).
+ */
+export function mapGuestMemory(mem: GuestMemory, path: string, ranges: readonly MemoryRange[], opts: { thp?: boolean } = {}): void {
+  const fd = openChecked(mem, path, ranges);
+  try {
+    mem.regions.forEach((r, i) => {
+      if (r.fd >= 0) throw new MemorySnapshotError(`region at 0x${r.gpa.toString(16)} is shared memory: restore it by copying (memory_restore_mode Copy)`);
+      const m = ranges[i]!;
+      if (m.fileOffset % PAGE_SIZE !== 0) throw new MemorySnapshotError(`memory range ${i}: file offset ${m.fileOffset} is not page aligned, it cannot be mapped`);
+      // One descriptor per region: each region owns (and closes) its own.
+      mem.mapCopyOnWrite(i, libc.dupCloexec(fd), m.fileOffset, opts);
+    });
+  } catch (e) {
+    throw e instanceof MemorySnapshotError ? e : new MemorySnapshotError(`mapping '${path}': ${(e as Error).message}`);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Open the memory-ranges file after checking that `ranges` describe exactly `mem` and fit in it. */
+function openChecked(mem: GuestMemory, path: string, ranges: readonly MemoryRange[]): number {
   const regions = mem.regions;
   if (ranges.length !== regions.length) {
     throw new MemorySnapshotError(`the snapshot has ${ranges.length} memory range(s), this VM's RAM has ${regions.length} region(s)`);
@@ -217,7 +277,6 @@ export function restoreGuestMemory(mem: GuestMemory, path: string, ranges: reado
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) throw new MemorySnapshotError(`'${path}' is not a regular file`);
-    let dataBytes = 0;
     regions.forEach((r, i) => {
       const m = ranges[i]!;
       const where = `memory range ${i}`;
@@ -228,13 +287,10 @@ export function restoreGuestMemory(mem: GuestMemory, path: string, ranges: reado
         throw new MemorySnapshotError(`${where} (file offset ${m.fileOffset}, ${m.length} bytes) does not fit in '${path}' (${st.size} bytes)`);
       }
       if (r.hostAddress === 0n) throw new MemorySnapshotError(`region at 0x${r.gpa.toString(16)} has no host mapping (test memory)`);
-      for (const [a, b] of seekDataRuns(fd, m.fileOffset, m.fileOffset + m.length)) {
-        transfer(false, fd, r.hostAddress + BigInt(a), b - a, m.fileOffset + a, `memory-ranges '${path}'`);
-        dataBytes += b - a;
-      }
     });
-    return { dataBytes };
-  } finally {
+    return fd;
+  } catch (e) {
     closeSync(fd);
+    throw e;
   }
 }

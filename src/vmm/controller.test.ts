@@ -192,7 +192,7 @@ test('vm.add-vsock: before boot it joins the configuration; one per VM; bad bodi
   }
 });
 
-test('vm.restore without a guest: 409 with a VM; 400 for a missing directory, OnDemand, a config.json that is no VmConfig, a kernel that is gone; nothing is left behind', async () => {
+test('vm.restore without a guest: 409 with a VM; 400 for a missing directory, OnDemand of shared memory, a config.json that is no VmConfig, a kernel that is gone; nothing is left behind', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'stv-restore-core-'));
   const mem = GuestMemory.allocate([{ gpa: 0, size: 8 * 1024 * 1024 }]);
   try {
@@ -208,7 +208,8 @@ test('vm.restore without a guest: 409 with a VM; 400 for a missing directory, On
     await core.deleteVm();
     await rejectsWith(core.restoreVm({ source_url: pathToFileURL(join(dir, 'missing')).href }), 400, /source_url .* is not an existing directory/);
     await rejectsWith(core.restoreVm({ source_url: 'http://example.com/s' }), 400, /only file:\/\/ URLs/);
-    await rejectsWith(core.restoreVm({ source_url: snap('b', cfg()), memory_restore_mode: 'OnDemand' }), 400, /OnDemand is not supported/);
+    const sharedCfg = { ...cfg(), memory: { ...cfg().memory, shared: true } };
+    await rejectsWith(core.restoreVm({ source_url: snap('b', sharedCfg), memory_restore_mode: 'OnDemand' }), 400, /OnDemand needs private guest memory; this VM has memory.shared=on/);
     await rejectsWith(core.restoreVm({ source_url: snap('c', [1, 2]) }), 400, /config\.json: expected a VmConfig object/);
     await rejectsWith(core.restoreVm({ source_url: snap('d', { cpus: { boot_vcpus: 2 }, memory: { size: 8 << 20 } }) }), 400, /config\.json: .*payload: is required/);
     // A config that does not fit the state, and a valid one whose kernel is gone: refused before anything is built.

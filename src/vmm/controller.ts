@@ -162,13 +162,12 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
    * vm.restore (Cloud Hypervisor vmm/src/lib.rs vm_restore): with no VM created, read the
    * snapshot directory (config.json, state.json, memory-ranges), build the VM its config
    * describes and give every part its saved state; it ends Paused (Running with `resume`).
-   * Guest RAM is copied in (memory_restore_mode Copy, so `prefault` changes nothing).
+   * Guest RAM is mapped copy-on-write from memory-ranges, or read in first (see below).
    */
   async restoreVm(rc: RestoreConfig): Promise<void> {
     if (this.shutDown) throw new Error('the VMM is shutting down');
     nextVmState(this.state, 'restore');
     const bad = (m: string) => new BadRequestError(`vm.restore: ${m}`);
-    if (rc.memory_restore_mode === 'OnDemand') throw bad('memory_restore_mode OnDemand is not supported yet (use Copy, the default)');
     if (rc.zone_updates !== undefined && rc.zone_updates.length > 0) throw bad('zone_updates are not supported (this VMM has no memory zones)');
     let snap: ReturnType<typeof readSnapshot>;
     try {
@@ -184,11 +183,17 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     const config = cfg as VmConfig;
     // Tap fds named in the saved config belonged to the VMM that took the snapshot.
     if ((config.net ?? []).some((n) => (n.fds ?? []).length > 0)) throw bad('the snapshot has a NIC on tap fds passed to the old VMM; restoring it needs net_fds, which are not supported yet');
+    // Guest RAM: mapped copy-on-write (nothing read before the guest runs) unless the memory is
+    // shared (a memfd for vhost-user back-ends: copied in), `prefault` asks for it all now, or
+    // Copy is asked for. OnDemand is CH's userfaultfd mode; the mapping gives the same laziness.
+    const shared = config.memory.shared === true;
+    if (rc.memory_restore_mode === 'OnDemand' && shared) throw bad('memory_restore_mode OnDemand needs private guest memory; this VM has memory.shared=on (vhost-user devices): use Copy');
+    const memory = shared || rc.prefault === true || rc.memory_restore_mode === 'Copy' ? 'copy' : 'map';
     if (this.state !== undefined) throw new VmAlreadyCreatedError('restore a VM');
     const vm = new VirtualMachine(config, this.opts.vm ?? {});
     this.attach(vm);
     try {
-      await vm.restore({ state: snap.state, memoryFile: snap.memoryFile });
+      await vm.restore({ state: snap.state, memoryFile: snap.memoryFile, memory });
     } catch (e) {
       this.detach(vm);
       vm.close();

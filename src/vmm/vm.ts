@@ -34,7 +34,7 @@ import {
 } from './protocol.js';
 import { saveHypervisorState, restoreHypervisorState } from '../hypervisor/state.js';
 import { writeSnapshot, type SnapshotState, type SnapshotWritten } from './snapshot.js';
-import { restoreGuestMemory } from '../memory/snapshot.js';
+import { mapGuestMemory, restoreGuestMemory } from '../memory/snapshot.js';
 import { PciType1 } from '../pci/bus.js';
 
 /** Addresses KVM needs for its real-mode TSS and identity map on Intel (below the 4 GiB top). */
@@ -94,6 +94,11 @@ export interface GuestRestore {
   state: SnapshotState;
   /** The snapshot's memory-ranges file. */
   memoryFile: string;
+  /**
+   * 'map': the file mapped copy-on-write over guest RAM (pages read as the guest touches them;
+   * private memory only); 'copy': its data read into guest RAM before the guest runs.
+   */
+  memory: 'map' | 'copy';
 }
 
 type KernelKind = 'bzImage' | 'elf';
@@ -321,11 +326,14 @@ export class VirtualMachine extends EventEmitter {
       });
       if (restore) {
         // Guest RAM as saved: the firmware tables, the kernel and everything since are in it.
+        const t0 = performance.now();
         try {
-          restoreGuestMemory(mem, restore.memoryFile, restore.state.memory.ranges);
+          if (restore.memory === 'map') mapGuestMemory(mem, restore.memoryFile, restore.state.memory.ranges, { thp: cfg.memory.thp });
+          else restoreGuestMemory(mem, restore.memoryFile, restore.state.memory.ranges);
         } catch (e) {
           throw new VmError(`restore: ${(e as Error).message}`);
         }
+        this.log(`guest RAM ${restore.memory === 'map' ? 'mapped copy-on-write from' : 'read from'} ${restore.memoryFile} in ${(performance.now() - t0).toFixed(1)} ms`);
         for (let id = 0; id < ncpu; id++) {
           const vcpu = vm.createVcpu(id);
           vcpus.push(vcpu);

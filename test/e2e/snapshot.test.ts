@@ -11,7 +11,9 @@
 //   - a missing directory and a state.json with a wrong field are refused (400, naming it);
 //   - the restored VM is Paused; a second restore is refused (409); resumed, the guest goes on
 //     where it was: its shell still holds the variable set before the snapshot, its clock went
-//     on, its virtio-blk disk and virtio-rng answer, and it powers off.
+//     on, a counter in its RAM counts on from where it was, its virtio-blk disk and virtio-rng
+//     answer, and it powers off (guest RAM mapped copy-on-write from memory-ranges);
+// --restore …,prefault=on,resume=on on the command line: the same guest runs (RAM read in first).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -37,7 +39,7 @@ process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 const snapDir = join(dir, 'snap');
 const disk = join(dir, 'disk.img');
 /** What the first test saw the guest print just before the snapshot. */
-let saved: { mark: string; uptime: number } | null = null;
+let saved: { mark: string; uptime: number; count: number } | null = null;
 
 /** A VMM process: its serial console on stdout (stdin types into it), its API socket, its log file. */
 class Vmm {
@@ -101,9 +103,11 @@ test('vm.snapshot of a paused guest: config.json, state.json (strict), sparse me
 
   await waitForPing(vmm.sock, vmm.child);
   await vmm.waitFor(/stv# /, 0, 'the guest shell prompt');
-  // Guest state the restored VM must still have: a shell variable, and its clock.
-  const m = await vmm.shell('X=$RANDOM$RANDOM; echo mark-$X; cut -d" " -f1 /proc/uptime', /mark-(\d+)\s+(\d+\.\d+)/, 'the mark before the snapshot');
-  saved = { mark: m[1]!, uptime: Number(m[2]) };
+  // Guest state the restored VM must still have: a shell variable, a counter in RAM (a file in
+  // the initramfs' tmpfs, bumped every second by a background loop), and its clock.
+  await vmm.shell('(i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done) & sleep 2; echo started-$(cat /tmp/count)', /started-\d+/, 'the counter running');
+  const m = await vmm.shell('X=$RANDOM$RANDOM; echo mark-$X; cut -d" " -f1 /proc/uptime; echo count-$(cat /tmp/count)', /mark-(\d+)\s+(\d+\.\d+)\s+count-(\d+)\s/, 'the mark before the snapshot');
+  saved = { mark: m[1]!, uptime: Number(m[2]), count: Number(m[3]) };
   const url = pathToFileURL(snapDir).href;
 
   let r = await api('PUT', 'vm.snapshot', { destination_url: url });
@@ -183,6 +187,7 @@ test('vm.restore in a new VMM: bad snapshots refused by name; the restored guest
   assert.equal(r.status, 204, `vm.restore: ${r.status} ${r.text}\n${explain()}`);
   const info = JSON.parse((await vmm.api('GET', 'vm.info')).text) as { state: string; config: { cpus: { boot_vcpus: number } } };
   assert.equal(info.state, 'Paused');
+  assert.match(vmm.err, /guest RAM mapped copy-on-write from/, 'by default guest RAM is mapped, not read in');
   assert.equal(info.config.cpus.boot_vcpus, 2);
   r = await vmm.api('PUT', 'vm.restore', { source_url: pathToFileURL(snapDir).href });
   assert.equal(r.status, 409, `a second restore: ${r.status} ${r.text}`);
@@ -190,14 +195,29 @@ test('vm.restore in a new VMM: bad snapshots refused by name; the restored guest
   const t1 = performance.now();
   assert.equal((await vmm.api('PUT', 'vm.resume')).status, 204);
   // The shell is the one of the snapshot: it still holds X; the guest's clock went on from there.
-  const m = await vmm.shell('echo got-$X; cut -d" " -f1 /proc/uptime', /got-(\d*)\s+(\d+\.\d+)/, 'the restored shell answering');
+  const m = await vmm.shell('echo got-$X; cut -d" " -f1 /proc/uptime', /got-(\d*)\s+(\d+\.\d+)\s/, 'the restored shell answering');
   t.diagnostic(`vm.restore answered in ${restoreMs.toFixed(0)} ms; resume to the shell's answer ${(performance.now() - t1).toFixed(0)} ms (the sandbox is ~10x slower than a host)`);
   assert.equal(m[1], saved.mark, 'the shell variable set before the snapshot');
   assert.ok(Number(m[2]) >= saved.uptime, `uptime went on: ${m[2]} after ${saved.uptime}`);
+  // The counter goes on from where it was (no reboot, no lost RAM) and keeps counting.
+  const c1 = Number((await vmm.shell('echo count-$(cat /tmp/count)', /count-(\d+)\s/, 'the counter after restore'))[1]);
+  const c2 = Number((await vmm.shell('sleep 3; echo count-$(cat /tmp/count)', /count-(\d+)\s/, 'the counter still counting'))[1]);
+  assert.ok(c1 >= saved.count && c2 > c1, `counter ${saved.count} at the snapshot, ${c1} then ${c2} after the restore`);
   // Its virtio devices work on from their saved queues.
   await vmm.shell('dd if=/dev/vda bs=512 count=1 2>/dev/null | head -c 16; echo', new RegExp(DISK_MARK), 'the disk read by the restored guest');
   await vmm.shell('head -c 8 /dev/hwrng | od -An -tx1 | wc -w', /^\s*8\s*$/m, 'virtio-rng bytes in the restored guest');
   await vmm.shell('poweroff', /@@stv:poweroff@@/, 'the restored guest powered off');
   await vmm.api('PUT', 'vmm.shutdown').catch(() => undefined);
   assert.equal(await vmm.exited, 0, explain());
+});
+
+test('--restore source_url=…,prefault=on,resume=on on the command line: the guest runs on (RAM read in first), powers off, the VMM exits 0', { timeout: TIMEOUT_MS }, async (t) => {
+  if (saved === null) { t.skip('the snapshot test did not get as far as the snapshot'); return; }
+  const vmm = new Vmm('restore-cli', join(dir, 'api3.sock'), ['--restore', `source_url=${pathToFileURL(snapDir).href},prefault=on,resume=on`, '-v']);
+  t.after(() => vmm.end());
+  const m = await vmm.shell('echo cli-$X', /cli-(\d+)\s/, 'the shell of the snapshot answering');
+  assert.equal(m[1], saved.mark);
+  assert.match(vmm.err, /guest RAM read from/, 'prefault=on reads guest RAM in (Copy)');
+  await vmm.shell('poweroff', /@@stv:poweroff@@/, 'the restored guest powered off');
+  assert.equal(await vmm.exited, 0, vmm.explain());
 });

@@ -1,0 +1,235 @@
+// Snapshot/restore benchmark, run inside scripts/kvm-sandbox by `npm run bench` (STV_BENCH_ONLY=
+// snapshot): QEMU q35 and Stratovisor, the same kernel, initramfs (scenario "shell") and size,
+// 2 vCPUs, guests of 512 MiB and 2 GiB (STV_BENCH_SNAP_MIB, comma list). Per run:
+//   - boot to the shell prompt, then pause + snapshot: QEMU `stop` + `migrate file:` (QMP; done
+//     when query-migrate says completed), Stratovisor vm.pause + vm.snapshot; ms, and the bytes
+//     the snapshot takes on disk (QEMU's stream file, Stratovisor's directory, sparse);
+//   - the VMM killed (SIGKILL), then restore to running: a new process; ms from its spawn until
+//     the restored guest's shell answers `echo` typed after the resume: QEMU `-incoming file:`
+//     then `cont`; Stratovisor vm.restore (RAM mapped copy-on-write, the default, and
+//     prefault=on, read in first) then vm.resume.
+// Alternating VMMs run by run; medians of STV_BENCH_RUNS (default 3 here: each run boots).
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { guestImages, REPO } from '../test/e2e/lib/guest.js';
+import { qemuArgs } from '../test/e2e/lib/qemu.js';
+import { STRATOVISOR } from '../test/e2e/lib/stratovisor.js';
+import { apiRequest } from '../src/cli/remote.js';
+import { waitForPing } from '../src/api/testing/spawn_vmm.js';
+import { median, fmt, ratio, table } from './stats.js';
+
+const QEMU = '/usr/bin/qemu-system-x86_64';
+const CPUS = 2;
+const img = guestImages();
+
+/** A VMM process with its serial console on stdin/stdout. */
+class Proc {
+  out = '';
+  readonly child: ChildProcessWithoutNullStreams;
+  readonly t0 = performance.now();
+  private readonly waiters: Array<() => void> = [];
+  constructor(cmd: string, args: string[]) {
+    this.child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const add = (b: Buffer) => { this.out += b.toString('latin1'); for (const w of this.waiters.splice(0)) w(); };
+    this.child.stdout.on('data', add);
+    this.child.stderr.on('data', add);
+  }
+  async waitFor(re: RegExp, from: number, ms = 240_000): Promise<void> {
+    const end = performance.now() + ms;
+    while (!re.test(this.out.slice(from))) {
+      if (this.child.exitCode !== null || this.child.signalCode !== null) throw new Error(`exited before ${re}: ${this.out.slice(-1500)}`);
+      if (performance.now() > end) throw new Error(`no ${re} within ${ms} ms: ${this.out.slice(-1500)}`);
+      await new Promise<void>((r) => { this.waiters.push(r); setTimeout(r, 200); });
+    }
+  }
+  /** Type `echo` into the guest shell; resolves when it answered. */
+  async answers(): Promise<void> {
+    const mark = this.out.length;
+    this.child.stdin.write('echo restored-$((6*7))\n');
+    await this.waitFor(/restored-42/, mark);
+  }
+  async kill(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    const gone = new Promise((r) => this.child.once('close', r));
+    this.child.kill('SIGKILL');
+    await gone;
+  }
+}
+
+/** A QMP client (QEMU's JSON monitor) on a Unix socket. */
+class Qmp {
+  private buf = '';
+  private readonly pending: Array<(v: Record<string, unknown>) => void> = [];
+  private constructor(private readonly sock: net.Socket) {
+    sock.on('data', (b) => {
+      this.buf += b.toString('utf8');
+      for (let i; (i = this.buf.indexOf('\n')) >= 0;) {
+        const line = this.buf.slice(0, i);
+        this.buf = this.buf.slice(i + 1);
+        const msg = JSON.parse(line) as Record<string, unknown>;
+        if ('return' in msg || 'error' in msg) this.pending.shift()?.(msg);
+      }
+    });
+  }
+  static async connect(path: string, ms = 120_000): Promise<Qmp> {
+    const end = performance.now() + ms;
+    for (;;) {
+      try {
+        const s = await new Promise<net.Socket>((res, rej) => { const c = net.connect(path, () => res(c)); c.once('error', rej); });
+        const q = new Qmp(s);
+        await q.cmd('qmp_capabilities');
+        return q;
+      } catch (e) {
+        if (performance.now() > end) throw e;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  }
+  cmd(execute: string, args?: Record<string, unknown>): Promise<Record<string, unknown>> {
+    return new Promise((resolve, reject) => {
+      this.pending.push((m) => ('error' in m ? reject(new Error(`${execute}: ${JSON.stringify(m.error)}`)) : resolve(m)));
+      this.sock.write(`${JSON.stringify(args ? { execute, arguments: args } : { execute })}\n`);
+    });
+  }
+  close(): void { this.sock.destroy(); }
+}
+
+function diskBytes(path: string): number {
+  const st = statSync(path);
+  if (!st.isDirectory()) return st.blocks * 512;
+  return readdirSync(path).reduce((n, f) => n + statSync(join(path, f)).blocks * 512, 0);
+}
+
+interface Sample { snapMs: number; snapBytes: number; restoreMs: number; prefaultMs?: number }
+
+async function qemuRun(memMiB: number, dir: string): Promise<Sample> {
+  const qmpPath = join(dir, 'qmp.sock');
+  const base = [...qemuArgs({ machine: 'q35', kernel: img.bzImage, initramfs: img.initramfs, cpus: CPUS, memMiB, scenario: 'shell' }), '-qmp', `unix:${qmpPath},server=on,wait=off`];
+  const file = join(dir, 'qemu.state');
+  const a = new Proc(QEMU, base);
+  try {
+    await a.waitFor(/stv# /, 0);
+    const q = await Qmp.connect(qmpPath);
+    const t = performance.now();
+    await q.cmd('stop');
+    await q.cmd('migrate', { uri: `file:${file}` });
+    for (;;) {
+      const r = (await q.cmd('query-migrate')).return as { status?: string };
+      if (r.status === 'completed') break;
+      if (r.status === 'failed') throw new Error('QEMU migrate to file failed');
+      await new Promise((res) => setTimeout(res, 10));
+    }
+    const snapMs = performance.now() - t;
+    q.close();
+    await a.kill();
+    rmSync(qmpPath, { force: true });
+    const b = new Proc(QEMU, [...base, '-incoming', `file:${file}`]);
+    try {
+      const q2 = await Qmp.connect(qmpPath);
+      for (;;) {
+        const s = (await q2.cmd('query-status')).return as { status?: string };
+        if (s.status === 'paused' || s.status === 'running') break;
+        await new Promise((res) => setTimeout(res, 10));
+      }
+      await q2.cmd('cont');
+      await b.answers();
+      const restoreMs = performance.now() - b.t0;
+      q2.close();
+      return { snapMs, snapBytes: diskBytes(file), restoreMs };
+    } finally {
+      await b.kill();
+    }
+  } finally {
+    await a.kill();
+  }
+}
+
+async function stratovisorRun(memMiB: number, dir: string): Promise<Sample> {
+  const sock = join(dir, 'a.sock');
+  const snap = join(dir, 'snap');
+  mkdirSync(snap);
+  const a = new Proc(process.execPath, [STRATOVISOR, '--api-socket', `path=${sock}`, '--kernel', img.bzImage, '--initramfs', img.initramfs,
+    '--cmdline', 'console=ttyS0 quiet stv.scenario=shell', '--cpus', `boot=${CPUS}`, '--memory', `size=${memMiB}M`, '--serial', 'tty', '--console', 'off']);
+  let snapMs: number;
+  try {
+    await waitForPing(sock, a.child);
+    await a.waitFor(/stv# /, 0);
+    const t = performance.now();
+    const p = await apiRequest(sock, 'PUT', 'vm.pause');
+    const s = await apiRequest(sock, 'PUT', 'vm.snapshot', JSON.stringify({ destination_url: pathToFileURL(snap).href }));
+    snapMs = performance.now() - t;
+    if (p.status !== 204 || s.status !== 204) throw new Error(`pause ${p.status} ${p.text}, snapshot ${s.status} ${s.text}`);
+  } finally {
+    await a.kill();
+  }
+  const restore = async (n: number, prefault: boolean) => {
+    const sock2 = join(dir, `r${n}.sock`);
+    const b = new Proc(process.execPath, [STRATOVISOR, '--api-socket', `path=${sock2}`]);
+    try {
+      await waitForPing(sock2, b.child, { pollMs: 2 });
+      const r = await apiRequest(sock2, 'PUT', 'vm.restore', JSON.stringify({ source_url: pathToFileURL(snap).href, prefault }));
+      if (r.status !== 204) throw new Error(`vm.restore ${r.status} ${r.text}`);
+      const m = await apiRequest(sock2, 'PUT', 'vm.resume');
+      if (m.status !== 204) throw new Error(`vm.resume ${m.status} ${m.text}`);
+      await b.answers();
+      return performance.now() - b.t0;
+    } finally {
+      await b.kill();
+    }
+  };
+  const restoreMs = await restore(1, false);
+  const prefaultMs = await restore(2, true);
+  return { snapMs, snapBytes: diskBytes(snap), restoreMs, prefaultMs };
+}
+
+async function main(): Promise<void> {
+  const runs = Number(process.env.STV_BENCH_RUNS ?? 3);
+  const sizes = (process.env.STV_BENCH_SNAP_MIB ?? '512,2048').split(',').map(Number);
+  const vmms: Array<[string, (m: number, d: string) => Promise<Sample>]> = [['stratovisor', stratovisorRun]];
+  if (existsSync(QEMU)) vmms.unshift(['qemu-q35', qemuRun]);
+  else process.stderr.write(`bench: skipping qemu-q35: ${QEMU} not installed\n`);
+  const results: Record<string, Sample[]> = {};
+  for (const mem of sizes) {
+    for (let i = 0; i < runs; i++) {
+      for (const [name, run] of vmms) {
+        const dir = mkdtempSync(join(process.env.TMPDIR ?? tmpdir(), 'stv-bench-snap-'));
+        try {
+          const s = await run(mem, dir);
+          (results[`${name}@${mem}`] ??= []).push(s);
+          process.stderr.write(`bench: snapshot ${name} ${mem} MiB run ${i + 1}/${runs}: snapshot ${fmt(s.snapMs)} ms, ${fmt(s.snapBytes / 2 ** 20, 1)} MiB on disk; restore to running ${fmt(s.restoreMs)} ms${s.prefaultMs !== undefined ? ` (prefault ${fmt(s.prefaultMs)} ms)` : ''}\n`);
+        } catch (e) {
+          process.stderr.write(`bench: snapshot ${name} ${mem} MiB run ${i + 1} failed: ${(e as Error).message}\n`);
+        } finally {
+          rmSync(dir, { recursive: true, force: true });
+        }
+      }
+    }
+  }
+  const med = (k: string, f: keyof Sample) => median((results[k] ?? []).map((s) => s[f] ?? NaN));
+  const rows: string[][] = [];
+  for (const mem of sizes) {
+    const q = `qemu-q35@${mem}`;
+    for (const [name] of vmms) {
+      const k = `${name}@${mem}`;
+      rows.push([`${name}, ${mem} MiB`, `${(results[k] ?? []).length}/${runs}`,
+        fmt(med(k, 'snapMs')), ratio(med(k, 'snapMs'), med(q, 'snapMs')),
+        fmt(med(k, 'snapBytes') / 2 ** 20, 1), ratio(med(k, 'snapBytes'), med(q, 'snapBytes')),
+        fmt(med(k, 'restoreMs')), ratio(med(k, 'restoreMs'), med(q, 'restoreMs')),
+        fmt(med(k, 'prefaultMs')), ratio(med(k, 'prefaultMs'), med(q, 'restoreMs'))]);
+    }
+  }
+  console.log(`\n${table(['snapshot/restore (2 vCPU, shell guest)', 'ok', 'pause+snapshot ms', 'vs QEMU', 'on disk MiB', 'vs QEMU',
+    'restore to running ms', 'vs QEMU', 'prefaulted ms', 'vs QEMU'], rows)}\n(medians inside the KVM sandbox; restore to running: from the new process's spawn to the guest shell's answer after resume; QEMU: stop + migrate file:, -incoming file: + cont)`);
+  const out = join(REPO, '.cache', 'bench');
+  mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, 'snapshot.json'), JSON.stringify(results, null, 2));
+}
+
+main().catch((e: unknown) => {
+  console.error(e instanceof Error ? e.stack : e);
+  process.exitCode = 1;
+});
