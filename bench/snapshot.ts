@@ -1,11 +1,11 @@
 // Snapshot/restore benchmark, run inside scripts/kvm-sandbox by `npm run bench` (STV_BENCH_ONLY=
 // snapshot): QEMU q35 and Stratovisor, the same kernel, initramfs (scenario "shell") and size,
 // 2 vCPUs, guests of 512 MiB and 2 GiB (STV_BENCH_SNAP_MIB, comma list). Per run:
-//   - boot to the shell prompt, then pause + snapshot: QEMU `stop` + `migrate file:` (QMP; done
+//   - boot to the shell prompt, then pause + snapshot: QEMU `stop` + `migrate exec:cat > file` (QMP; done
 //     when query-migrate says completed), Stratovisor vm.pause + vm.snapshot; ms, and the bytes
 //     the snapshot takes on disk (QEMU's stream file, Stratovisor's directory, sparse);
 //   - the VMM killed (SIGKILL), then restore to running: a new process; ms from its spawn until
-//     the restored guest's shell answers `echo` typed after the resume: QEMU `-incoming file:`
+//     the restored guest's shell answers `echo` typed after the resume: QEMU `-incoming exec:cat file`
 //     then `cont`; Stratovisor vm.restore (RAM mapped copy-on-write, the default, and
 //     prefault=on, read in first) then vm.resume.
 // Alternating VMMs run by run; medians of STV_BENCH_RUNS (default 3 here: each run boots).
@@ -116,7 +116,8 @@ async function qemuRun(memMiB: number, dir: string): Promise<Sample> {
     const q = await Qmp.connect(qmpPath);
     const t = performance.now();
     await q.cmd('stop');
-    await q.cmd('migrate', { uri: `file:${file}` });
+    // exec: (bookworm's QEMU 7.2 has no file: URI): the stream through cat into the file.
+    await q.cmd('migrate', { uri: `exec:cat > ${file}` });
     for (;;) {
       const r = (await q.cmd('query-migrate')).return as { status?: string };
       if (r.status === 'completed') break;
@@ -127,7 +128,7 @@ async function qemuRun(memMiB: number, dir: string): Promise<Sample> {
     q.close();
     await a.kill();
     rmSync(qmpPath, { force: true });
-    const b = new Proc(QEMU, [...base, '-incoming', `file:${file}`]);
+    const b = new Proc(QEMU, [...base, '-incoming', `exec:cat ${file}`]);
     try {
       const q2 = await Qmp.connect(qmpPath);
       for (;;) {
@@ -223,7 +224,7 @@ async function main(): Promise<void> {
     }
   }
   console.log(`\n${table(['snapshot/restore (2 vCPU, shell guest)', 'ok', 'pause+snapshot ms', 'vs QEMU', 'on disk MiB', 'vs QEMU',
-    'restore to running ms', 'vs QEMU', 'prefaulted ms', 'vs QEMU'], rows)}\n(medians inside the KVM sandbox; restore to running: from the new process's spawn to the guest shell's answer after resume; QEMU: stop + migrate file:, -incoming file: + cont)`);
+    'restore to running ms', 'vs QEMU', 'prefaulted ms', 'vs QEMU'], rows)}\n(medians inside the KVM sandbox; restore to running: from the new process's spawn to the guest shell's answer after resume; QEMU: stop + migrate exec:cat > file, -incoming exec:cat file + cont)`);
   const out = join(REPO, '.cache', 'bench');
   mkdirSync(out, { recursive: true });
   writeFileSync(join(out, 'snapshot.json'), JSON.stringify(results, null, 2));

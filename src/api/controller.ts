@@ -33,6 +33,20 @@ export interface RestoreConfig {
   zone_updates?: unknown[];
 }
 
+/** SendMigrationData schema (the fields Stratovisor acts on). */
+export interface SendMigrationData {
+  destination_url: string;
+  local?: boolean;
+  downtime_ms?: number;
+  timeout_s?: number;
+}
+
+/** ReceiveMigrationData schema. */
+export interface ReceiveMigrationData {
+  receiver_url: string;
+  tls_dir?: string;
+}
+
 /** DeviceNode schema. */
 export interface DeviceNode {
   id?: string;
@@ -99,6 +113,17 @@ export interface VmmController {
    * bad URL or a snapshot that cannot be read or does not fit. Optional: 500 "not implemented".
    */
   restoreVm?(config: RestoreConfig): Promise<void>;
+  /**
+   * vm.send-migration {destination_url: "unix:/path" | "tcp:host:port"}: move the booted VM to a
+   * receiving VMM; once it has it, the VM is gone from here (the CLI's VMM then exits). 405 if
+   * not booted, 400 for a bad URL, 500 when the migration fails (the VM goes on here).
+   */
+  sendMigration?(data: SendMigrationData): Promise<void>;
+  /**
+   * vm.receive-migration {receiver_url}: with no VM here, listen, take one migration and run (or
+   * keep paused) the VM it brings. 409 if a VM exists, 400 for a bad URL, 500 when it fails.
+   */
+  receiveMigration?(data: ReceiveMigrationData): Promise<void>;
   /** vm.info: 404 if not created. */
   info(): VmInfo;
   /** vm.counters: 404 if not created, 405 if not booted. */
@@ -209,7 +234,9 @@ export type VmAction =
   | 'info'
   | 'counters'
   | 'snapshot'
-  | 'restore';
+  | 'restore'
+  | 'send-migration'
+  | 'receive-migration';
 
 /**
  * The VM state after `action` from `state` (undefined = no VM), or throws the
@@ -230,6 +257,11 @@ export function nextVmState(state: VmState | undefined, action: VmAction): VmSta
   if (action === 'restore') {
     if (state !== undefined) throw new VmAlreadyCreatedError('restore a VM');
     return 'Paused';
+  }
+  // The destination of a migration has no VM of its own yet (CH vm_receive_migration).
+  if (action === 'receive-migration') {
+    if (state !== undefined) throw new VmAlreadyCreatedError('receive a migration');
+    return 'Running';
   }
   if (action === 'delete') return undefined;
   const verb = action === 'power-button' ? 'press the power button' : action === 'info' || action === 'counters' ? `get ${action}` : action;
@@ -257,6 +289,9 @@ export function nextVmState(state: VmState | undefined, action: VmAction): VmSta
       if (!booted) throw new VmStateError(verb, state, 'not booted');
       return 'Running';
     case 'power-button':
+      if (!booted) throw new VmStateError(verb, state, 'not booted');
+      return state;
+    case 'send-migration':
       if (!booted) throw new VmStateError(verb, state, 'not booted');
       return state;
     case 'snapshot':

@@ -11,7 +11,7 @@
 
 import { EventEmitter } from 'node:events';
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { nextVmState, type RestoreConfig, type VmAction, type VmmController, type VmState } from './controller.js';
+import { nextVmState, type ReceiveMigrationData, type RestoreConfig, type SendMigrationData, type VmAction, type VmmController, type VmState } from './controller.js';
 import type { VsockConfig } from '../vmm/config.js';
 
 /** One event as written to the monitor file. */
@@ -187,6 +187,12 @@ export function withLifecycleEvents(controller: VmmController, monitor: EventMon
     ...(controller.addVsock !== undefined ? { addVsock: (v: VsockConfig) => controller.addVsock!(v) } : {}),
     ...(controller.snapshotVm !== undefined
       ? { snapshotVm: (url: string) => around('snapshot', 'snapshotting', 'snapshotted', () => controller.snapshotVm!(url))() }
+      : {}),
+    ...(controller.sendMigration !== undefined
+      ? { sendMigration: (d: SendMigrationData) => around('send-migration', 'migrating', 'migrated', () => controller.sendMigration!(d))() }
+      : {}),
+    ...(controller.receiveMigration !== undefined
+      ? { receiveMigration: (d: ReceiveMigrationData) => around('receive-migration', 'receiving-migration', 'migration-received', () => controller.receiveMigration!(d))() }
       : {}),
     ...(controller.restoreVm !== undefined
       ? { restoreVm: (rc: RestoreConfig) => around('restore', 'restoring', 'restored', () => controller.restoreVm!(rc))() }

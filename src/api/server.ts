@@ -29,7 +29,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { isMainThread } from 'node:worker_threads';
-import { ApiError, NotImplementedError, type RestoreConfig, type VmmController } from './controller.js';
+import { ApiError, NotImplementedError, type ReceiveMigrationData, type RestoreConfig, type SendMigrationData, type VmmController } from './controller.js';
 import { closeFds, FdPoller, FdSocketStream, socketFd } from './fd_stream.js';
 import { formatIssues, getValidator, type ApiOperation, type SchemaValidator } from './validate.js';
 import { validateVmConfig, VmConfigError, defaultFsConfig, type DeepPartial, type FsConfig, type VmConfig, type VsockConfig } from '../vmm/config.js';
@@ -75,6 +75,8 @@ export interface ApiServerOptions {
 export interface ApiServerEvents {
   /** vmm.shutdown was answered: the owner should close the server and exit. */
   'vmm-shutdown': [];
+  /** vm.send-migration was answered 204: the VM runs elsewhere now. */
+  'vm-migrated': [];
 }
 
 /** The fds received with one request; whatever the handler does not claim is closed after it. */
@@ -316,6 +318,18 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
         await c.restoreVm(body as RestoreConfig);
       }).then(() => undefined),
     );
+    this.handlers.set('PUT /vm.send-migration', (body) =>
+      this.serialized(async () => {
+        if (c.sendMigration === undefined) throw new NotImplementedError('vm.send-migration');
+        await c.sendMigration(body as SendMigrationData);
+      }).then(() => undefined),
+    );
+    this.handlers.set('PUT /vm.receive-migration', (body) =>
+      this.serialized(async () => {
+        if (c.receiveMigration === undefined) throw new NotImplementedError('vm.receive-migration');
+        await c.receiveMigration(body as ReceiveMigrationData);
+      }).then(() => undefined),
+    );
     this.handlers.set('PUT /vm.resume', serial(() => c.resumeVm()));
     this.handlers.set('PUT /vm.shutdown', serial(() => c.shutdownVm()));
     this.handlers.set('PUT /vm.reboot', serial(() => c.rebootVm()));
@@ -437,6 +451,8 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
         // 'close' also fires when the client left before reading the answer.
         res.once('close', () => {
           if (route === '/vmm.shutdown') this.emit('vmm-shutdown');
+          // The VM runs elsewhere now: a VMM process of its own ends (CH's source VMM exits).
+          if (route === '/vm.send-migration') this.emit('vm-migrated');
         });
         this.send(res, 204, undefined, req);
       } else {

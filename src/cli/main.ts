@@ -109,6 +109,7 @@ async function runVmm(args: RunArgs): Promise<number> {
     const { ApiServer } = await import('../api/server.js');
     server = await ApiServer.listen({ controller, socket: args.apiSocket, log, errorLog: (m) => process.stderr.write(`stratovisor: error: ${m}\n`) });
     server.on('vmm-shutdown', () => { void exit(0, true); });
+    server.on('vm-migrated', () => { log('the VM was migrated away: exiting'); void exit(0, true); });
     log(`API listening on ${'path' in args.apiSocket ? args.apiSocket.path : `fd ${args.apiSocket.fd}`}`);
   }
 

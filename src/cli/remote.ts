@@ -3,7 +3,8 @@
 //
 //   stratovisor remote --api-socket PATH ping|info|create FILE|boot|pause|resume|shutdown|
 //                      reboot|power-button|counters|delete|shutdown-vmm|snapshot URL|
-//                      restore source_url=URL[,prefault=on][,resume=on] [--json]
+//                      restore source_url=URL[,prefault=on][,resume=on]|
+//                      send-migration unix:PATH|tcp:HOST:PORT|receive-migration URL [--json]
 //
 // Output is human-readable by default; --json prints the response body as sent.
 // Errors (no socket, nothing listening, an error answer) go to stderr, exit status 1.
@@ -119,6 +120,14 @@ const COMMANDS: Partial<Record<RemoteCommand, CommandSpec>> = {
   snapshot: {
     method: 'PUT', endpoint: 'vm.snapshot', args: ['DESTINATION_URL'], render: done('VM snapshot written'),
     body: (a) => JSON.stringify({ destination_url: a[0] }),
+  },
+  'send-migration': {
+    method: 'PUT', endpoint: 'vm.send-migration', args: ['DESTINATION_URL'], render: done('VM migrated'),
+    body: (a) => JSON.stringify({ destination_url: a[0] }),
+  },
+  'receive-migration': {
+    method: 'PUT', endpoint: 'vm.receive-migration', args: ['RECEIVER_URL'], render: done('VM received'),
+    body: (a) => JSON.stringify({ receiver_url: a[0] }),
   },
   restore: { method: 'PUT', endpoint: 'vm.restore', args: ['SOURCE_URL|source_url=…'], render: done('VM restored'), body: restoreBody },
 };

@@ -153,6 +153,12 @@ function nonZeroRuns(host: bigint, runs: Array<[number, number]>): Array<[number
   return out;
 }
 
+/** The region-relative runs of `region` that a snapshot or a migration must carry: touched, not all zero. */
+export function dataRuns(region: GuestRegion): Array<[number, number]> {
+  if (region.hostAddress === 0n) throw new MemorySnapshotError(`region at 0x${region.gpa.toString(16)} has no host mapping (test memory)`);
+  return nonZeroRuns(region.hostAddress, touchedRuns(region));
+}
+
 const iov = new Uint8Array(libc.IOVEC_SIZE);
 const iovDv = new DataView(iov.buffer);
 
@@ -202,7 +208,7 @@ export function saveGuestMemory(mem: GuestMemory, path: string): MemorySaveResul
     let dataBytes = 0;
     mem.regions.forEach((r, i) => {
       if (r.hostAddress === 0n) throw new MemorySnapshotError(`region at 0x${r.gpa.toString(16)} has no host mapping (test memory) and cannot be saved`);
-      for (const [a, b] of nonZeroRuns(r.hostAddress, touchedRuns(r))) {
+      for (const [a, b] of dataRuns(r)) {
         transfer(true, fd, r.hostAddress + BigInt(a), b - a, ranges[i]!.fileOffset + a, `memory-ranges '${path}'`);
         dataBytes += b - a;
       }

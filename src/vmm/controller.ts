@@ -25,6 +25,8 @@ import {
   type PciDeviceInfo,
   pingResponse,
   type RestoreConfig,
+  type SendMigrationData,
+  type ReceiveMigrationData,
   type VmCounters,
   type VmInfo,
   type VmmController,
@@ -37,6 +39,8 @@ import * as libc from '../sys/libc.js';
 import { VirtualMachine, type VirtualMachineOptions, type VmExitInfo } from './vm.js';
 import { readSnapshot, SnapshotError, snapshotDirectory } from './snapshot.js';
 import { StateFormatError } from '../snapshot/codec.js';
+import { MigrationError, parseMigrationUrl, type MigrationAddress } from '../migration/protocol.js';
+import { receiveMigration, sendMigration } from './migration.js';
 
 export interface VmmCoreOptions {
   /** Passed to every VirtualMachine built (serial tty fd, log, hypervisor). */
@@ -62,6 +66,8 @@ export interface VmmCoreEvents {
   'guest-exit': [VmExitInfo];
   /** The guest reset itself and was booted again. */
   'guest-rebooted': [];
+  /** vm.send-migration succeeded: the VM runs elsewhere now (the CLI's VMM exits). */
+  migrated: [];
 }
 
 /** Holds at most one VM and implements the API's lifecycle on real VirtualMachines. */
@@ -209,6 +215,64 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
       this.log(`error: after the restore: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
     }
     if (rc.resume === true) await this.resumeVm();
+  }
+
+  /**
+   * vm.send-migration (Cloud Hypervisor vm_send_migration): the VM to the VMM receiving at
+   * destination_url (src/vmm/migration.ts). On success the VM is stopped here and forgotten;
+   * on failure it goes on as it was.
+   */
+  async sendMigration(d: SendMigrationData): Promise<void> {
+    nextVmState(this.state, 'send-migration');
+    if (d.local === true) throw new BadRequestError('vm.send-migration: local=true (guest RAM handed over as memfds) is not supported yet');
+    const to = this.migrationAddress(d.destination_url, 'destination_url');
+    const vm = this.vm!;
+    try {
+      const r = await sendMigration(vm, to, (m) => this.log(m));
+      this.log(`migrated to ${d.destination_url}: ${(r.memoryBytes / 2 ** 20).toFixed(1)} MiB of RAM, downtime ${r.downtimeMs.toFixed(0)} ms, ${r.totalMs.toFixed(0)} ms in all`);
+    } catch (e) {
+      throw new ApiError(500, 'Internal', `vm.send-migration: ${(e as Error).message}`);
+    }
+    await this.stopCurrent();
+    this.config = undefined;
+    this.state = undefined;
+    this.emit('migrated');
+  }
+
+  /** vm.receive-migration (CH vm_receive_migration): wait for one migration and run its VM here. */
+  async receiveMigration(d: ReceiveMigrationData): Promise<void> {
+    if (this.shutDown) throw new Error('the VMM is shutting down');
+    nextVmState(this.state, 'receive-migration');
+    if (d.tls_dir !== undefined) throw new BadRequestError('vm.receive-migration: tls_dir is not supported yet');
+    const at = this.migrationAddress(d.receiver_url, 'receiver_url');
+    let built: VirtualMachine | undefined;
+    try {
+      const r = await receiveMigration(at, {
+        build: (config) => { built = new VirtualMachine(config, this.opts.vm ?? {}); this.attach(built); return built; },
+        log: (m) => this.log(m),
+      });
+      if (this.state !== undefined) throw new MigrationError('a VM was created here while the migration was received');
+      this.config = r.config;
+      this.vm = r.vm;
+      this.state = r.running ? 'Running' : 'Paused';
+    } catch (e) {
+      if (built && this.vm !== built) { this.detach(built); built.close(); }
+      throw new ApiError(500, 'Internal', `vm.receive-migration: ${(e as Error).message}`);
+    }
+    this.log(`VM received from a migration on ${d.receiver_url} (${this.state})`);
+    try {
+      this.emit('vm-booted', this.vm);
+    } catch (e) {
+      this.log(`error: after the migration: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    }
+  }
+
+  private migrationAddress(url: string, what: string): MigrationAddress {
+    try {
+      return parseMigrationUrl(url, what);
+    } catch (e) {
+      throw new BadRequestError(`vm.${what === 'receiver_url' ? 'receive' : 'send'}-migration: ${(e as Error).message}`);
+    }
   }
 
   async resumeVm(): Promise<void> {

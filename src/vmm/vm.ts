@@ -33,7 +33,7 @@ import {
   DeviceControl, DeviceControlOp, RunState, type DeviceThreadState, type DeviceWorkerData, type DeviceEvent, type VcpuWorkerData, type VcpuEvent,
 } from './protocol.js';
 import { saveHypervisorState, restoreHypervisorState } from '../hypervisor/state.js';
-import { writeSnapshot, type SnapshotState, type SnapshotWritten } from './snapshot.js';
+import { writeSnapshot, type SnapshotParts, type SnapshotState, type SnapshotWritten } from './snapshot.js';
 import { mapGuestMemory, restoreGuestMemory } from '../memory/snapshot.js';
 import { PciType1 } from '../pci/bus.js';
 
@@ -523,23 +523,29 @@ export class VirtualMachine extends EventEmitter {
   }
 
   /**
+   * Everything a snapshot or a migration takes of the paused VM: the state of every part (the
+   * device thread's and the I/O threads' answers, then the hypervisor's) and its guest RAM.
+   */
+  async collectState(what: string): Promise<SnapshotParts> {
+    const run = this.run;
+    if (this.state !== 'Paused' || !run) throw new VmError(`cannot ${what} a VM in state ${this.state}: pause it first`);
+    if (run.stopping) throw new VmError(`cannot ${what}: the VM is stopping`);
+    const ncpu = run.vcpus.length;
+    if (run.parked.size < ncpu) throw new VmError(`cannot ${what}: ${ncpu - run.parked.size} of ${ncpu} vCPU(s) have not stopped yet`);
+    const devices = await this.deviceThreadState(run);
+    const virtio = await this.virtio.getState();
+    if (this.state !== 'Paused' || this.run !== run || run.stopping) throw new VmError(`cannot ${what}: the VM stopped meanwhile`);
+    const hypervisor = saveHypervisorState(run.vm, run.vcpus);
+    const configAddress = run.vcpus.map((v) => run.parked.get(v.id) ?? 0);
+    return { config: this.config, hypervisor, devices: devices.legacy, pci: { segments: devices.pciRoots, configAddress }, virtio, mem: run.mem };
+  }
+
+  /**
    * Write a snapshot of the paused VM into the existing directory `dir` (config.json, state.json,
    * memory-ranges; src/vmm/snapshot.ts). The VM stays paused.
    */
   async snapshot(dir: string): Promise<SnapshotWritten> {
-    const run = this.run;
-    if (this.state !== 'Paused' || !run) throw new VmError(`cannot snapshot a VM in state ${this.state}: pause it first`);
-    if (run.stopping) throw new VmError('cannot snapshot: the VM is stopping');
-    const ncpu = run.vcpus.length;
-    if (run.parked.size < ncpu) throw new VmError(`cannot snapshot: ${ncpu - run.parked.size} of ${ncpu} vCPU(s) have not stopped yet`);
-    const devices = await this.deviceThreadState(run);
-    const virtio = await this.virtio.getState();
-    if (this.state !== 'Paused' || this.run !== run || run.stopping) throw new VmError('cannot snapshot: the VM stopped meanwhile');
-    const hypervisor = saveHypervisorState(run.vm, run.vcpus);
-    const configAddress = run.vcpus.map((v) => run.parked.get(v.id) ?? 0);
-    return writeSnapshot(dir, {
-      config: this.config, hypervisor, devices: devices.legacy, pci: { segments: devices.pciRoots, configAddress }, virtio, mem: run.mem,
-    });
+    return writeSnapshot(dir, await this.collectState('snapshot'));
   }
 
   private onVcpuEvent(run: Running, m: VcpuEvent): void {

@@ -16,14 +16,12 @@
 // --restore …,prefault=on,resume=on on the command line: the same guest runs (RAM read in first).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { closeSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { guestImages, LOG_DIR } from './lib/guest.js';
-import { STRATOVISOR } from './lib/stratovisor.js';
-import { apiRequest } from '../../src/cli/remote.js';
+import { guestImages } from './lib/guest.js';
+import { VmmProcess as Vmm } from './lib/vmm_process.js';
 import { waitForPing } from '../../src/api/testing/spawn_vmm.js';
 import { readSnapshot, CONFIG_FILE, MEMORY_FILE, STATE_FILE } from '../../src/vmm/snapshot.js';
 
@@ -40,50 +38,6 @@ const snapDir = join(dir, 'snap');
 const disk = join(dir, 'disk.img');
 /** What the first test saw the guest print just before the snapshot. */
 let saved: { mark: string; uptime: number; count: number } | null = null;
-
-/** A VMM process: its serial console on stdout (stdin types into it), its API socket, its log file. */
-class Vmm {
-  out = '';
-  err = '';
-  done = false;
-  readonly child;
-  readonly exited: Promise<number | null>;
-  private readonly waiters: Array<() => void> = [];
-  constructor(readonly name: string, readonly sock: string, readonly args: string[]) {
-    this.child = spawn(process.execPath, [STRATOVISOR, '--api-socket', `path=${sock}`, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-    const wake = () => { for (const w of this.waiters.splice(0)) w(); };
-    this.child.stdout.on('data', (b: Buffer) => { this.out += b.toString('latin1'); wake(); });
-    this.child.stderr.on('data', (b: Buffer) => { this.err += b.toString('latin1'); wake(); });
-    this.exited = new Promise((r) => this.child.on('close', (c) => { this.done = true; wake(); r(c); }));
-  }
-  explain(): string {
-    return `--- ${this.name} console (last 2000) ---\n${this.out.slice(-2000)}\n--- stderr ---\n${this.err.slice(-3000)}`;
-  }
-  /** Kill it if still running, and keep its log. */
-  end(): void {
-    if (!this.done) this.child.kill('SIGKILL');
-    mkdirSync(LOG_DIR, { recursive: true });
-    writeFileSync(join(LOG_DIR, `stv-${this.name}.log`), `$ stratovisor ${this.args.join(' ')}\n${this.out}\n--- stderr ---\n${this.err}\n`);
-  }
-  /** Wait until the console output after `from` matches; its match. */
-  async waitFor(re: RegExp, from: number, what: string): Promise<RegExpExecArray> {
-    for (;;) {
-      const m = re.exec(this.out.slice(from));
-      if (m) return m;
-      if (this.done) assert.fail(`the VMM exited before ${what}\n${this.explain()}`);
-      await new Promise<void>((r) => { this.waiters.push(r); setTimeout(r, 1000); });
-    }
-  }
-  /** Type a shell line; the console output after it matches `re`. */
-  async shell(line: string, re: RegExp, what: string): Promise<RegExpExecArray> {
-    const mark = this.out.length;
-    this.child.stdin.write(`${line}\n`);
-    return this.waitFor(re, mark, what);
-  }
-  api(method: string, ep: string, body?: unknown) {
-    return apiRequest(this.sock, method, ep, body === undefined ? undefined : JSON.stringify(body));
-  }
-}
 
 test('vm.snapshot of a paused guest: config.json, state.json (strict), sparse memory-ranges; the guest resumes', { timeout: TIMEOUT_MS }, async (t) => {
   mkdirSync(snapDir);

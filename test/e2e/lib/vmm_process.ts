@@ -1,0 +1,54 @@
+// A Stratovisor process for e2e tests that drive a guest shell and the API: its serial console on
+// stdout (stdin types into it), its API socket, its log kept under LOG_DIR when it ends.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { LOG_DIR } from './guest.js';
+import { STRATOVISOR } from './stratovisor.js';
+import { apiRequest } from '../../../src/cli/remote.js';
+
+/** A VMM process: its serial console on stdout (stdin types into it), its API socket, its log file. */
+export class VmmProcess {
+  out = '';
+  err = '';
+  done = false;
+  readonly child;
+  readonly exited: Promise<number | null>;
+  private readonly waiters: Array<() => void> = [];
+  constructor(readonly name: string, readonly sock: string, readonly args: string[]) {
+    this.child = spawn(process.execPath, [STRATOVISOR, '--api-socket', `path=${sock}`, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const wake = () => { for (const w of this.waiters.splice(0)) w(); };
+    this.child.stdout.on('data', (b: Buffer) => { this.out += b.toString('latin1'); wake(); });
+    this.child.stderr.on('data', (b: Buffer) => { this.err += b.toString('latin1'); wake(); });
+    this.exited = new Promise((r) => this.child.on('close', (c) => { this.done = true; wake(); r(c); }));
+  }
+  explain(): string {
+    return `--- ${this.name} console (last 2000) ---\n${this.out.slice(-2000)}\n--- stderr ---\n${this.err.slice(-3000)}`;
+  }
+  /** Kill it if still running, and keep its log. */
+  end(): void {
+    if (!this.done) this.child.kill('SIGKILL');
+    mkdirSync(LOG_DIR, { recursive: true });
+    writeFileSync(join(LOG_DIR, `stv-${this.name}.log`), `$ stratovisor ${this.args.join(' ')}\n${this.out}\n--- stderr ---\n${this.err}\n`);
+  }
+  /** Wait until the console output after `from` matches; its match. */
+  async waitFor(re: RegExp, from: number, what: string): Promise<RegExpExecArray> {
+    for (;;) {
+      const m = re.exec(this.out.slice(from));
+      if (m) return m;
+      if (this.done) assert.fail(`the VMM exited before ${what}\n${this.explain()}`);
+      await new Promise<void>((r) => { this.waiters.push(r); setTimeout(r, 1000); });
+    }
+  }
+  /** Type a shell line; the console output after it matches `re`. */
+  async shell(line: string, re: RegExp, what: string): Promise<RegExpExecArray> {
+    const mark = this.out.length;
+    this.child.stdin.write(`${line}\n`);
+    return this.waitFor(re, mark, what);
+  }
+  api(method: string, ep: string, body?: unknown) {
+    return apiRequest(this.sock, method, ep, body === undefined ? undefined : JSON.stringify(body));
+  }
+}
+
