@@ -311,25 +311,16 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
         await c.snapshotVm(url);
       }).then(() => undefined),
     );
-    this.handlers.set('PUT /vm.restore', (body) =>
-      this.serialized(async () => {
-        if (c.restoreVm === undefined) throw new NotImplementedError('vm.restore');
-        // The body is a valid RestoreConfig here (source_url required by the document).
-        await c.restoreVm(body as RestoreConfig);
-      }).then(() => undefined),
-    );
-    this.handlers.set('PUT /vm.send-migration', (body) =>
-      this.serialized(async () => {
-        if (c.sendMigration === undefined) throw new NotImplementedError('vm.send-migration');
-        await c.sendMigration(body as SendMigrationData);
-      }).then(() => undefined),
-    );
-    this.handlers.set('PUT /vm.receive-migration', (body) =>
-      this.serialized(async () => {
-        if (c.receiveMigration === undefined) throw new NotImplementedError('vm.receive-migration');
-        await c.receiveMigration(body as ReceiveMigrationData);
-      }).then(() => undefined),
-    );
+    // Optional operations: the body is valid against its schema here (required fields present).
+    const optional = (endpoint: string, call: ((body: unknown) => Promise<void>) | undefined) =>
+      this.handlers.set(`PUT /${endpoint}`, (body) =>
+        this.serialized(async () => {
+          if (call === undefined) throw new NotImplementedError(endpoint);
+          await call(body);
+        }).then(() => undefined));
+    optional('vm.restore', c.restoreVm && ((b) => c.restoreVm!(b as RestoreConfig)));
+    optional('vm.send-migration', c.sendMigration && ((b) => c.sendMigration!(b as SendMigrationData)));
+    optional('vm.receive-migration', c.receiveMigration && ((b) => c.receiveMigration!(b as ReceiveMigrationData)));
     this.handlers.set('PUT /vm.resume', serial(() => c.resumeVm()));
     this.handlers.set('PUT /vm.shutdown', serial(() => c.shutdownVm()));
     this.handlers.set('PUT /vm.reboot', serial(() => c.rebootVm()));

@@ -6,6 +6,7 @@
 //   B → C over TCP (loopback): C runs it, B exits 0; the guest powers off in C.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -33,6 +34,9 @@ async function until(what: string, f: () => boolean, ms: number): Promise<void> 
 }
 
 test('migration A → B (unix) → closed port (refused, B runs on) → C (tcp) while the guest writes its RAM; the guest carries on at each hop', { timeout: 420_000 }, async (t) => {
+  // The sandbox starts with its loopback interface down (a no-op where it is up already).
+  const lo = spawnSync('ip', ['link', 'set', 'lo', 'up'], { encoding: 'utf8' });
+  if (lo.status !== 0) t.diagnostic(`ip link set lo up: ${lo.stderr.trim()}`);
   const dir = mkdtempSync(join(tmpdir(), 'stv-migr-e2e-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const a = new VmmProcess('migration-a', join(dir, 'a.sock'), [
