@@ -17,7 +17,9 @@ export const CACHE = join(REPO, '.cache');
 const GUEST_DIR = join(REPO, 'guest');
 
 /**
- * Modules the test guest loads: virtio over PCI, the devices, ext4 and vsock. modules.dep has no
+ * Modules the test guest loads: virtio over PCI, the devices, ext4, vsock and virtio-pmem
+ * (virtio_pmem registers an nvdimm region, libnvdimm's nd_pmem makes it /dev/pmemN; modules.dep
+ * does not say that nd_pmem is needed). modules.dep has no
  * soft dependencies: ext4 and jbd2 declare `softdep pre: crypto-crc32c` (modules.softdep), which
  * Debian builds as a module, and mounting an ext4 with metadata_csum (mke2fs's default) fails
  * without it ("Cannot load crc32c driver"), so crc32c_generic is listed, before ext4.
@@ -25,6 +27,7 @@ const GUEST_DIR = join(REPO, 'guest');
 export const GUEST_MODULES = [
   'virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_console', 'virtio_rng',
   'vmw_vsock_virtio_transport', 'virtiofs', 'crc32c_generic', 'ext4',
+  'virtio_pmem', 'nd_pmem',
 ];
 /** Modules the sandbox loads: virtio-9p for the host's root, KVM on AMD SVM, and tun for the
  * e2e tests' and benchmarks' tap devices; vhost_vsock for QEMU's vhost-vsock-pci (bench/vsock.ts). */

@@ -222,3 +222,18 @@ test('rate_limiter_config and rate_limit_groups from a vm.create body: accepted 
   const both = vmConfigFromBody({ ...body, disks: [{ path: '/a', rate_limit_group: 'g0', rate_limiter_config: { ops: { size: 1, refill_time: 1 } } }] }, v);
   assert.deepEqual(both.ok ? [] : both.issues, [{ path: 'disks[0].rate_limit_group', message: 'and rate_limiter_config are mutually exclusive' }]);
 });
+
+test('vm.create pmem: PmemConfig fields and defaults; pci_device_id refused by path; bad size named', () => {
+  const v = getValidator();
+  const ok = vmConfigFromBody({ payload: { kernel: '/k' }, pmem: [{ file: '/img', size: 64 << 20, discard_writes: true, id: 'p0', pci_segment: 0 }, { file: '/b' }] }, v);
+  assert.ok(ok.ok, JSON.stringify(ok));
+  if (ok.ok) {
+    assert.deepEqual(ok.config.pmem, [
+      { file: '/img', size: 64 << 20, iommu: false, discard_writes: true, id: 'p0', pci_segment: 0 },
+      { file: '/b', iommu: false, discard_writes: false },
+    ]);
+  }
+  assert.deepEqual(vmConfigFromBody({ payload: { kernel: '/k' }, pmem: [{ file: '/img', pci_device_id: 3 }] }, v), { ok: false, issues: [{ path: 'pmem[0].pci_device_id', message: 'not supported yet in Stratovisor' }] });
+  const bad = vmConfigFromBody({ payload: { kernel: '/k' }, pmem: [{ file: '/img', size: 3 << 20 }] }, v);
+  assert.deepEqual(bad, { ok: false, issues: [{ path: 'pmem[0].size', message: '3145728 is not a multiple of 2 MiB (virtio-pmem regions are mapped in 2 MiB units)' }] });
+});

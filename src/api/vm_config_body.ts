@@ -93,6 +93,7 @@ export const SUPPORTED_VM_CONFIG_FIELDS: Shape<VmConfig> = {
     },
   ],
   fs: [{ tag: true, socket: true, num_queues: true, queue_size: true, id: true, pci_segment: true }],
+  pmem: [{ file: true, size: true, iommu: true, discard_writes: true, id: true, pci_segment: true }],
   rng: { src: true, iommu: true, id: true, pci_segment: true },
   serial: { mode: true, file: true, socket: true },
   console: { mode: true, file: true, socket: true, iommu: true, id: true },

@@ -377,3 +377,22 @@ test('--restore source_url=…[,prefault=][,resume=] (Cloud Hypervisor syntax): 
   fails(['--restore', 'source_url=file:///s,resume=maybe'], /resume/, '--restore');
   fails(['--restore', 'source_url=file:///s,zone=1', '--api-socket', '/tmp/a'], /unknown key "zone"/, '--restore');
 });
+
+test('--pmem (Cloud Hypervisor syntax): file, size, discard_writes, id, pci_segment; repeatable; bad values named', () => {
+  const c = run('--kernel', '/k', '--platform', 'num_pci_segments=2', '--pmem', 'file=/a.img,size=64M,discard_writes=on,id=p0,pci_segment=1', 'file=/b', '--pmem', 'file=/c,iommu=off').config!;
+  assert.deepEqual(c.pmem, [
+    { file: '/a.img', size: 64 * MIB, iommu: false, discard_writes: true, id: 'p0', pci_segment: 1 },
+    { file: '/b', iommu: false, discard_writes: false },
+    { file: '/c', iommu: false, discard_writes: false },
+  ]);
+  fails(['--kernel', '/k', '--pmem', 'size=2M'], /^--pmem #1: file is required \(file=<path> of the backing file\)$/, '--pmem');
+  fails(['--kernel', '/k', '--pmem', 'file=/a,size=3M'], /^--pmem #1: size 3145728 is not a multiple of 2 MiB/, '--pmem');
+  fails(['--kernel', '/k', '--pmem', 'file=/a', 'file=/b,size=0'], /^--pmem #2: size must be a positive integer/, '--pmem');
+  fails(['--kernel', '/k', '--pmem', 'file=/a,size=lots'], /--pmem: bad size "lots" for size/, '--pmem');
+  fails(['--kernel', '/k', '--pmem', 'file=/a,discard_writes=maybe'], /--pmem: bad value "maybe" for discard_writes \(expected on or off\)/, '--pmem');
+  fails(['--kernel', '/k', '--pmem', 'file=/a,iommu=on'], /^--pmem #1: iommu is not supported/, '--pmem');
+  fails(['--kernel', '/k', '--pmem', 'file=/a,pci_segment=1'], /--pmem #1: pci_segment 1 names a PCI segment that does not exist/, '--pmem');
+  fails(['--kernel', '/k', '--pmem', 'file=/a,id=x', '--disk', 'path=/d,id=x'], /"x" is already used by/);
+  fails(['--kernel', '/k', '--pmem', 'file=/a,mergeable=on'], /--pmem: unknown key "mergeable"/, '--pmem');
+  assert.match(usage, /--pmem <file=<path>\[,size=<size>\]\[,iommu=on\|off\]\[,discard_writes=on\|off\]\[,id=<id>\]\[,pci_segment=<n>\]>/);
+});

@@ -25,6 +25,7 @@ import {
   type FsConfig,
   type MemoryConfig,
   type NetConfig,
+  type PmemConfig,
   type RateLimitGroupConfig,
   type RateLimiterConfig,
   type TokenBucketConfig,
@@ -201,6 +202,13 @@ const FLAGS: readonly FlagSpec[] = [
     help: 'A rate limiter that the disks naming it (--disk rate_limit_group=<id>) share; a bucket of <size> tokens refilled every <refill_time> ms',
   },
   { name: 'platform', value: true, syntax: 'num_pci_segments=<n>', help: 'Platform: PCI segments 0..n-1 (default 1, at most 16); place devices with pci_segment=' },
+  {
+    name: 'pmem',
+    value: true,
+    multi: true,
+    syntax: 'file=<path>[,size=<size>][,iommu=on|off][,discard_writes=on|off][,id=<id>][,pci_segment=<n>]',
+    help: 'virtio-pmem devices: the file mapped into guest memory (size: default the file\'s, a multiple of 2 MiB); discard_writes=on: guest writes never reach the file',
+  },
   { name: 'pvpanic', value: false, syntax: '', help: 'Enable the pvpanic device' },
   { name: 'hypervisor', value: true, syntax: 'kvm|mshv|auto', help: 'Hypervisor backend (default auto: mshv when /dev/mshv exists and /dev/kvm does not, else kvm)' },
   {
@@ -260,7 +268,6 @@ const UNSUPPORTED_CH_FLAGS = new Set([
   'no-shutdown',
   'numa',
   'pci-segment',
-  'pmem',
   'pvmemcontrol',
   'rtc',
   'tpm',
@@ -279,6 +286,7 @@ const VM_FLAGS = new Set([
   'disk',
   'net',
   'fs',
+  'pmem',
   'rng',
   'serial',
   'console',
@@ -619,6 +627,18 @@ function parseFs(v: string): DeepPartial<FsConfig> {
   return out;
 }
 
+function parsePmem(v: string): DeepPartial<PmemConfig> {
+  const f = '--pmem';
+  const o = parseOptionList(f, v, ['file', 'size', 'iommu', 'discard_writes', 'id', 'pci_segment']);
+  const out: DeepPartial<PmemConfig> = {};
+  setIf(out, 'file', o.get('file'));
+  setIf(out, 'id', o.get('id'));
+  setIf(out, 'size', sizeOpt(f, 'size', o.get('size')));
+  setIf(out, 'pci_segment', intOpt(f, 'pci_segment', o.get('pci_segment')));
+  for (const k of ['iommu', 'discard_writes'] as const) setIf(out, k, toggleOpt(f, k, o.get(k)));
+  return out;
+}
+
 function parseVsock(v: string): DeepPartial<VsockConfig> {
   const f = '--vsock';
   const o = parseOptionList(f, v, ['cid', 'socket', 'iommu', 'id', 'pci_segment', 'iothread']);
@@ -818,6 +838,8 @@ export function parseArgs(argv: readonly string[]): CliResult {
   if (nets !== undefined) input.net = nets.map(parseNet);
   const fss = multi.get('fs');
   if (fss !== undefined) input.fs = fss.map(parseFs);
+  const pmems = multi.get('pmem');
+  if (pmems !== undefined) input.pmem = pmems.map(parsePmem);
   const vsock = single.get('vsock');
   if (vsock !== undefined) input.vsock = parseVsock(vsock);
   const groups = multi.get('rate-limit-group');

@@ -93,6 +93,7 @@ export function vmFiles(args: RunArgs): Array<{ path: string; readonly: boolean 
   if (c === null) return out;
   for (const p of [c.payload.kernel, c.payload.initramfs, c.payload.firmware]) if (p) out.push({ path: p, readonly: true });
   for (const d of c.disks ?? []) if (d.path) out.push({ path: d.path, readonly: d.readonly });
+  for (const p of c.pmem ?? []) if (p.file) out.push({ path: p.file, readonly: p.discard_writes });
   if (c.rng.src && !c.rng.src.startsWith('/dev/')) out.push({ path: c.rng.src, readonly: true });
   return out;
 }

@@ -13,6 +13,7 @@ export const VirtioDeviceType = {
   Rng: 4,
   Fs: 26,
   Vsock: 19,
+  Pmem: 27,
 } as const;
 
 /** Device status bits (virtio 1.2, 2.1). */

@@ -9,12 +9,13 @@
 //   - the device wrote guest memory only inside the used ring and the device-writable buffers of
 //     chains it popped; each used element names the chain just popped, with a length no larger
 //     than its writable bytes, and (virtio-blk) a status byte of OK, IOERR or UNSUPP;
-//   - the image file keeps its size; a read-only image keeps its contents.
+//   - the image file keeps its size; a read-only image keeps its contents; virtio-pmem answers
+//     every request it completes with a 4-byte response of OK or EIO and never writes its file.
 // Afterwards, reset() and a well-formed request on a fresh queue still work.
 //
 // STV_FUZZ_SEED=<n> replays a run (the seed is printed); STV_FUZZ_CASES=<n> changes the count of
 // cases, STV_FUZZ_OPS=<n> runs each device until it was called n times (npm run soak: 10^6), and
-// STV_FUZZ_DEVICES=blk,blk-ro,rng,console picks devices (src/testing/prng.ts).
+// STV_FUZZ_DEVICES=blk,blk-ro,rng,console,pmem picks devices (src/testing/prng.ts).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -51,6 +52,7 @@ import {
 } from './block/device.js';
 import { RngDevice } from './rng/device.js';
 import { ConsoleDevice } from './console/device.js';
+import { PmemDevice, VIRTIO_PMEM_REQ_TYPE_FLUSH, VIRTIO_PMEM_RESP_TYPE_EIO, VIRTIO_PMEM_RESP_TYPE_OK } from './pmem/device.js';
 import { Prng as Rng, fuzzBudget, fuzzDeviceWanted, seedFromEnv } from '../testing/prng.js';
 
 const SEED = seedFromEnv('STV_FUZZ_SEED');
@@ -72,7 +74,7 @@ const CAPACITY = IMAGE_BYTES / 512;
 const dir = mkdtempSync(join(tmpdir(), 'stv-fuzz-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-type Kind = 'blk' | 'blk-ro' | 'rng' | 'console';
+type Kind = 'blk' | 'blk-ro' | 'rng' | 'console' | 'pmem';
 
 interface Seg { addr: number | bigint; len: number; write: boolean }
 
@@ -168,6 +170,13 @@ class CaseGen {
         if (nseg > 0) readable(b.length, b);
       }
       if (r.chance(0.95)) writable(status);
+    } else if (kind === 'pmem') {
+      // struct virtio_pmem_req { le32 type } (mostly FLUSH), then struct virtio_pmem_resp.
+      const type = r.chance(0.8) ? VIRTIO_PMEM_REQ_TYPE_FLUSH : r.u32();
+      const req = new Uint8Array(r.chance(0.9) ? 4 : r.pick([0, 1, 3, 8]));
+      if (req.length >= 4) new DataView(req.buffer).setUint32(0, type, true);
+      if (r.chance(0.9)) readable(req.length, req);
+      if (r.chance(0.95)) writable(r.chance(0.85) ? 4 : r.pick([0, 1, 3, 64]));
     } else if (kind === 'rng' || (kind === 'console' && qi === 0)) {
       if (r.chance(0.1)) readable(r.int(100));
       const parts = 1 + r.int(3);
@@ -208,9 +217,17 @@ class CheckingQueue extends SplitQueue {
     super(m, layout, opts);
   }
 
+  /** The first device-writable byte of the chain popped last (-1 if none). */
+  private firstWritableAddr = -1;
+  firstWritable(): number {
+    return this.firstWritableAddr;
+  }
+
   override pop(c: DescriptorChain): boolean {
     const ok = super.pop(c);
     if (!ok) return false;
+    this.firstWritableAddr = -1;
+    for (let k = c.readableCount; k < c.length && this.firstWritableAddr < 0; k++) if (c.len[k]! > 0) this.firstWritableAddr = c.addr[k]!;
     this.lastHead = c.head;
     this.lastWritable = c.writableBytes;
     this.lastStatusAddr = -1;
@@ -234,6 +251,15 @@ class CheckingQueue extends SplitQueue {
     }
     if (this.kind === 'console' && this.qi === 1 && len !== 0) this.problems.push(`console transmit used length ${len}`);
     if (this.kind === 'rng' && len > 65536) this.problems.push(`rng used length ${len} above the cap`);
+    if (this.kind === 'pmem') {
+      if (len !== 4) this.problems.push(`pmem used length ${len}, not the 4-byte response`);
+      else if (this.lastStatusAddr >= 0) {
+        // The response's first byte is at the chain's first writable byte; its value is 0 or 1.
+        const first = this.writableSegs.length >= 2 ? this.firstWritable() : -1;
+        const ret = first >= 0 ? this.m.readU8(first) : -1;
+        if (ret !== VIRTIO_PMEM_RESP_TYPE_OK && ret !== VIRTIO_PMEM_RESP_TYPE_EIO) this.problems.push(`pmem response ${ret} for head ${head}`);
+      }
+    }
     this.lastHead = -1;
     super.addUsed(head, len);
     this.completed++;
@@ -261,6 +287,18 @@ function makeDevice(kind: Kind, r: Rng): { dev: VirtioDevice; check: () => void;
     };
   }
   if (kind === 'rng') return { dev: new RngDevice({ fd: openSync('/dev/urandom', 'r') }), inputFd: -1, check: () => {}, finish: () => {} };
+  if (kind === 'pmem') {
+    const path = join(dir, 'pmem.raw');
+    const image = r.bytes(IMAGE_BYTES);
+    writeFileSync(path, image);
+    const hash = createHash('sha256').update(image).digest('hex');
+    const fd = openSync(path, 'r+');
+    const dev = new PmemDevice({ fd, start: 0x1_0000_0000, size: 2 << 20 });
+    return {
+      dev, inputFd: -1, check: () => {},
+      finish: () => { assert.equal(createHash('sha256').update(readFileSync(path)).digest('hex'), hash, 'the pmem device wrote its file'); },
+    };
+  }
   const fd = openSync('/dev/urandom', 'r'); // console input that is always readable
   return { dev: new ConsoleDevice({ sink: () => {}, input: { fd } }), inputFd: fd, check: () => {}, finish: () => closeSync(fd) };
 }
@@ -474,6 +512,13 @@ function wellFormedAfterwards(kind: Kind, dev: VirtioDevice, mem: GuestMemory, u
     assert.equal(mem.readU8(rd.writable[1]!), VIRTIO_BLK_S_OK);
     if (kind === 'blk') assert.deepEqual(mem.slice(rd.writable[0]!, 1024), data);
     assert.deepEqual(drv.used().map((u) => u.len), [1, 1025]);
+  } else if (kind === 'pmem') {
+    const req = new Uint8Array(4);
+    new DataView(req.buffer).setUint32(0, VIRTIO_PMEM_REQ_TYPE_FLUSH, true);
+    const f = drv.addChain([req], [4], { indirect: true });
+    dev.processQueue(qi);
+    assert.equal(mem.readU32(f.writable[0]!), VIRTIO_PMEM_RESP_TYPE_OK);
+    assert.deepEqual(drv.used().map((u) => u.len), [4]);
   } else if (kind === 'rng') {
     drv.addChain([], [256]);
     dev.processQueue(qi);
@@ -486,9 +531,9 @@ function wellFormedAfterwards(kind: Kind, dev: VirtioDevice, mem: GuestMemory, u
   assert.ok(notified > 0);
 }
 
-for (const kind of ['blk', 'blk-ro', 'rng', 'console'] as const) {
+for (const kind of ['blk', 'blk-ro', 'rng', 'console', 'pmem'] as const) {
   test(`fuzz ${kind}: ${BUDGET.label} of random malformed virtqueues end in a defined state`, { skip: fuzzDeviceWanted(kind) ? false : `not in STV_FUZZ_DEVICES=${process.env.STV_FUZZ_DEVICES}` }, (t) => {
-    const seed = (SEED ^ { blk: 0x1111, 'blk-ro': 0x2222, rng: 0x3333, console: 0x4444 }[kind]) >>> 0;
+    const seed = (SEED ^ { blk: 0x1111, 'blk-ro': 0x2222, rng: 0x3333, console: 0x4444, pmem: 0x5555 }[kind]) >>> 0;
     t.diagnostic(`STV_FUZZ_SEED=${SEED} (${kind} stream seed ${seed})`);
     const s = fuzzDevice(kind, seed);
     const errs = [...s.errors].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k}:${v}`).join(' ');

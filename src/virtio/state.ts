@@ -72,7 +72,9 @@ export type VirtioDeviceSpecificState =
   /** virtio-vsock: the guest CID; connections are not saved (reset on restore, 5.10.6.6). */
   | { kind: 'vsock'; cid: bigint }
   /** virtio-fs: the tag and queue count; the back-end's FUSE session is not saved. */
-  | { kind: 'fs'; tag: string; numRequestQueues: number };
+  | { kind: 'fs'; tag: string; numRequestQueues: number }
+  /** virtio-pmem: its configuration (5.19.4); the memory itself is the backing file. */
+  | { kind: 'pmem'; start: bigint; size: bigint };
 
 export type VirtioDeviceKind = VirtioDeviceSpecificState['kind'];
 
@@ -134,6 +136,7 @@ const deviceCodecs: { [K in VirtioDeviceKind]: Codec<Variant<K>> } = {
   rng: struct<Variant<'rng'>>({ kind: literal('rng') }),
   vsock: struct<Variant<'vsock'>>({ kind: literal('vsock'), cid: u64 }),
   fs: struct<Variant<'fs'>>({ kind: literal('fs'), tag: str(36), numRequestQueues: u16 }),
+  pmem: struct<Variant<'pmem'>>({ kind: literal('pmem'), start: u64, size: u64 }),
 };
 const KINDS = Object.keys(deviceCodecs) as VirtioDeviceKind[];
 

@@ -232,3 +232,17 @@ test('cpus.kvm_hyperv: off unless set (as Cloud Hypervisor), true kept, a non-bo
   const bad = createVmConfig({ payload: { kernel: '/k' }, cpus: { kvm_hyperv: 'on' as unknown as boolean } });
   assert.deepEqual(messages(bad), ['cpus.kvm_hyperv: must be a boolean']);
 });
+
+test('pmem: defaults, and every bad field named by path', () => {
+  const c = createVmConfig({ payload: { kernel: '/k' }, pmem: [{ file: '/a' }, { file: '', size: 5 }, { file: '/c', size: 4 * MIB, iommu: true, id: 'c' }, { file: '/d', id: 'c', discard_writes: 'yes' as unknown as boolean }] });
+  assert.deepEqual(c.pmem![0], { file: '/a', iommu: false, discard_writes: false });
+  assert.deepEqual(messages(c), [
+    'pmem[1].file: is required (file=<path> of the backing file)',
+    'pmem[1].size: 5 is not a multiple of 2 MiB (virtio-pmem regions are mapped in 2 MiB units)',
+    'pmem[2].iommu: is not supported (no virtual IOMMU)',
+    'pmem[3].discard_writes: must be a boolean',
+    'pmem[3].id: "c" is already used by pmem[2]',
+  ]);
+  assert.throws(() => createVmConfig({ payload: { kernel: '/k' }, pmem: {} as unknown as [] }), /pmem: must be an array/);
+  assert.throws(() => createVmConfig({ payload: { kernel: '/k' }, pmem: [7 as unknown as { file: string }] }), /pmem\[0\]: must be an object/);
+});

@@ -144,6 +144,25 @@ export interface RngConfig {
   pci_segment?: number;
 }
 
+/**
+ * virtio-pmem (virtio 1.2, 5.19): a file mapped into guest physical memory (Cloud Hypervisor's
+ * PmemConfig; `pci_device_id` is not supported).
+ */
+export interface PmemConfig {
+  /** The backing file (a disk image, e.g. Kata's rootfs). */
+  file: string;
+  /** Bytes of the file to map (default: its size); a multiple of 2 MiB, at most the file's size. */
+  size?: number;
+  iommu: boolean;
+  /** Map the file MAP_PRIVATE: guest writes never reach it (Kata's read-only rootfs). */
+  discard_writes: boolean;
+  id?: string;
+  pci_segment?: number;
+}
+
+/** virtio-pmem regions are mapped in 2 MiB units (Cloud Hypervisor's rule; Linux maps them as huge pages). */
+export const PMEM_ALIGNMENT = 2 * 1024 * 1024;
+
 /** PlatformConfig of the OpenAPI schema (the part Stratovisor has). */
 export interface PlatformConfig {
   /** PCI segments 0..num_pci_segments-1 (default 1; CH's --platform num_pci_segments=). */
@@ -173,6 +192,7 @@ export interface VmConfig {
   disks?: DiskConfig[];
   net?: NetConfig[];
   fs?: FsConfig[];
+  pmem?: PmemConfig[];
   rng: RngConfig;
   serial: SerialConfig;
   console: ConsoleConfig;
@@ -263,6 +283,10 @@ export function defaultNetConfig(input: DeepPartial<NetConfig> = {}): NetConfig 
   } as NetConfig; // a partial rate_limiter_config is reported by validateVmConfig
 }
 
+export function defaultPmemConfig(input: DeepPartial<PmemConfig> = {}): PmemConfig {
+  return { file: '', iommu: false, discard_writes: false, ...stripUndefined(input) } as PmemConfig;
+}
+
 export function defaultFsConfig(input: DeepPartial<FsConfig> = {}): FsConfig {
   return { tag: '', socket: '', num_queues: DEFAULT_FS_NUM_QUEUES, queue_size: DEFAULT_FS_QUEUE_SIZE, ...stripUndefined(input) } as FsConfig;
 }
@@ -283,7 +307,7 @@ function shapeIssues(input: unknown): VmConfigIssue[] {
   if (isPlainObject(cpus) && cpus['topology'] !== undefined && !isPlainObject(cpus['topology'])) {
     issues.push({ path: 'cpus.topology', message: 'must be an object' });
   }
-  for (const k of ['disks', 'net', 'fs', 'rate_limit_groups'] as const) {
+  for (const k of ['disks', 'net', 'fs', 'pmem', 'rate_limit_groups'] as const) {
     const v = input[k];
     if (v === undefined) continue;
     if (!Array.isArray(v)) {
@@ -340,6 +364,7 @@ export function createVmConfig(input: VmConfigInput = {}): VmConfig {
     config.platform = { ...stripUndefined(input.platform), num_pci_segments: input.platform.num_pci_segments ?? DEFAULT_NUM_PCI_SEGMENTS };
   }
   if (input.fs !== undefined) config.fs = input.fs.map((f) => defaultFsConfig(f));
+  if (input.pmem !== undefined) config.pmem = input.pmem.map((p) => defaultPmemConfig(p));
   if (input.rate_limit_groups !== undefined) config.rate_limit_groups = input.rate_limit_groups.map((g) => stripUndefined(g) as RateLimitGroupConfig);
   if (input.vsock !== undefined && input.vsock !== null) config.vsock = stripUndefined(input.vsock) as VsockConfig;
   return config;
@@ -744,6 +769,24 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
     iothread(`${at}.iothread`, f.iothread);
     if (isPlainObject(config.memory) && config.memory.shared !== true) bad(at, FS_NEEDS_SHARED);
     id(`${at}.id`, f.id);
+  });
+
+  // pmem (virtio-pmem)
+  list('pmem', config.pmem).forEach((pm, i) => {
+    const at = `pmem[${i}]`;
+    if (!isPlainObject(pm)) {
+      bad(at, 'must be an object');
+      return;
+    }
+    if (typeof pm.file !== 'string' || pm.file.length === 0) bad(`${at}.file`, 'is required (file=<path> of the backing file)');
+    if (pm.size !== undefined) {
+      if (!isInt(pm.size) || pm.size <= 0) bad(`${at}.size`, `must be a positive integer number of bytes, got ${String(pm.size)}`);
+      else if (pm.size % PMEM_ALIGNMENT !== 0) bad(`${at}.size`, `${pm.size} is not a multiple of 2 MiB (virtio-pmem regions are mapped in 2 MiB units)`);
+    }
+    for (const f of ['iommu', 'discard_writes'] as const) bool(`${at}.${f}`, pm[f]);
+    if (pm.iommu === true) bad(`${at}.iommu`, 'is not supported (no virtual IOMMU)');
+    segment(`${at}.pci_segment`, pm.pci_segment);
+    id(`${at}.id`, pm.id);
   });
 
   // rng

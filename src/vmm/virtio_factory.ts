@@ -62,6 +62,10 @@ export async function createDeviceModel(spec: VirtioDeviceSpec, id: string, log:
         setOffload: (flags) => { for (const fd of spec.tapFds) libc.ioctl(fd, TUNSETOFFLOAD, flags, `TUNSETOFFLOAD(${id})`); },
       });
     }
+    case 'pmem': {
+      const { PmemDevice } = await import('../virtio/pmem/device.js');
+      return new PmemDevice({ fd: spec.fd, start: spec.start, size: spec.size, discardWrites: spec.discardWrites });
+    }
     case 'vsock': {
       const { VsockDevice } = await import('../virtio/vsock/device.js');
       return new VsockDevice({ cid: spec.cid, listenFd: spec.listenFd, socketPath: spec.socketPath });

@@ -1,11 +1,12 @@
 // Host side of the virtio devices: what the user gave is checked and opened before any VM exists.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VirtioManager, VirtioConfigError } from './virtio_manager.js';
 import { parseMac } from '../net/tap.js';
+import { view as libcView } from '../sys/libc.js';
 import { createVmConfig, type VmConfig, type VmConfigInput } from './config.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'stv-virtio-mgr-'));
@@ -81,4 +82,35 @@ test('vsock: the manager listens on socket=, refuses a path that exists or canno
   assert.throws(() => new VirtioManager(() => {}).open(cfg([], { vsock: { cid: 3, socket: file } }), 1), /already exists/);
   assert.throws(() => new VirtioManager(() => {}).open(cfg([], { vsock: { cid: 3, socket: join(dir, 'no', 'such', 'dir', 's') } }), 1), /vsock socket '.*' is in a directory that does not exist/);
   assert.throws(() => new VirtioManager(() => {}).open(cfg([], { vsock: { cid: 3, socket: join(dir, 'x'.repeat(120)) } }), 1), /cannot be used/);
+});
+
+test('virtio-pmem: the file is mapped above RAM (shared, or private with discard_writes); bad files and sizes are named', () => {
+  const MiB = 1 << 20;
+  const pm = (pmem: VmConfigInput['pmem']) => ({ ...createVmConfig({ payload: { kernel: '/nonexistent' }, console: { mode: 'Off' }, memory: { size: 256 * MiB }, pmem } as VmConfigInput) });
+  const a = image('pmem-a.raw', 4 * MiB);
+  const b = image('pmem-b.raw', 6 * MiB);
+  const m = new VirtioManager(() => {});
+  m.open(pm([{ file: a, id: 'pa' }, { file: b, size: 2 * MiB, discard_writes: true }]), 1);
+  try {
+    const mem = m.deviceMemory;
+    assert.deepEqual(mem.map((d) => [d.id, d.gpa, d.size]), [['pa', 4 * 1024 * MiB, 4 * MiB], ['_pmem1', 4 * 1024 * MiB + 4 * MiB, 2 * MiB]]);
+    // Shared: a store through the mapping is in the file; private: it is not.
+    const shared = new Uint8Array(libcView(mem[0]!.hostAddress, 4 * MiB));
+    shared.set([1, 2, 3], 4096);
+    assert.deepEqual([...readFileSync(a).subarray(4096, 4099)], [1, 2, 3]);
+    const priv = new Uint8Array(libcView(mem[1]!.hostAddress, 2 * MiB));
+    priv.set([9, 9], 0);
+    assert.deepEqual([...readFileSync(b).subarray(0, 2)], [0, 0]);
+    // A writable file is locked against a second VMM.
+    assert.throws(() => new VirtioManager(() => {}).open(pm([{ file: a }]), 1), /_pmem0: pmem file '.*pmem-a\.raw' is locked by another process/);
+  } finally {
+    m.close();
+  }
+  assert.throws(() => m.open(pm([{ file: join(dir, 'no-such.raw') }]), 1), /_pmem0: pmem file '.*no-such\.raw' does not exist/);
+  assert.throws(() => m.open(pm([{ file: dir }]), 1), /is a directory|is not a regular file/);
+  assert.throws(() => m.open(pm([{ file: image('pmem-odd.raw', 3 * MiB) }]), 1), /is 3145728 bytes, not a multiple of 2 MiB .*give size=/);
+  assert.throws(() => m.open(pm([{ file: image('pmem-small.raw', 2 * MiB), size: 4 * MiB }]), 1), /is 2097152 bytes, smaller than size=4194304 \(4 MiB\)/);
+  assert.throws(() => m.open(pm([{ file: image('pmem-empty.raw', 0) }]), 1), /pmem file '.*pmem-empty\.raw' is empty/);
+  assert.equal(m.count, 0, 'nothing stays open after a failed open');
+  assert.deepEqual(m.deviceMemory, []);
 });

@@ -16,9 +16,9 @@ import { createShared, Word, Command, postCommand } from '../virtio/pci/shared.j
 import { BAR_SIZE } from '../virtio/pci/transport.js';
 import { PCI_SLOTS } from '../pci/bus.js';
 import { placePciDevices, type PciPlacement } from '../pci/segment.js';
-import { pciSegmentLayouts, type PciSegmentLayout } from '../arch/x86_64/layout.js';
+import { deviceMemoryRanges, pciSegmentLayouts, type PciSegmentLayout } from '../arch/x86_64/layout.js';
 import { MSI_GSI_BASE } from './interrupts.js';
-import { FS_NEEDS_SHARED, type VmConfig } from './config.js';
+import { FS_NEEDS_SHARED, PMEM_ALIGNMENT, type VmConfig } from './config.js';
 import { FS_CONNECTION_STATE_BYTES } from '../virtio/fs/device.js';
 import type { VirtioPciInit } from './pci_setup.js';
 import type { RateLimiterConfig } from '../virtio/rate_limiter.js';
@@ -75,6 +75,16 @@ interface HostDevice {
   stuck?: Array<Promise<void>>;
   /** How many of this device's I/O threads would not stop in time (vm.counters io_threads_stuck). */
   stuckCount?: number;
+  /** virtio-pmem: the backing file's mapping (munmapped by close()) and where the guest sees it. */
+  memory?: DeviceMemory;
+}
+
+/** Host memory a device puts into guest physical memory (a KVM memory slot), virtio-pmem's file. */
+export interface DeviceMemory {
+  id: string;
+  gpa: number;
+  size: number;
+  hostAddress: bigint;
 }
 
 interface RunDevice {
@@ -178,6 +188,8 @@ export class VirtioManager {
       this.openConsole(cfg, ttyFd);
       this.openRng(cfg);
       (cfg.fs ?? []).forEach((f, i) => this.openFs(cfg, f, i));
+      (cfg.pmem ?? []).forEach((p, i) => this.openPmem(p, i));
+      this.placeDeviceMemory(cfg.memory.size);
       if (cfg.vsock !== undefined) this.openVsock(cfg.vsock);
       if (this.devices.length > PCI_SLOTS - 1 && this.segments.length === 1) {
         throw new VirtioConfigError(`${this.devices.length} virtio devices do not fit on PCI bus 0 (at most ${PCI_SLOTS - 1})`);
@@ -187,6 +199,14 @@ export class VirtioManager {
       this.close();
       throw e;
     }
+  }
+
+  /**
+   * Memory ranges the devices put into guest physical memory (virtio-pmem files), for the VM's
+   * memory slots; the same at every guest run (and in a VM restored from a snapshot).
+   */
+  get deviceMemory(): DeviceMemory[] {
+    return this.devices.flatMap((h) => (h.memory !== undefined ? [h.memory] : []));
   }
 
   /** The PCI segments of the configuration opened last. */
@@ -315,6 +335,80 @@ export class VirtioManager {
       spec: { kind: 'fs', socketFd: fd, socketPath: f.socket, tag: f.tag, numRequestQueues: f.num_queues, queueSize: f.queue_size, connection: new SharedArrayBuffer(FS_CONNECTION_STATE_BYTES) },
     });
     this.log(`${id}: virtio-fs tag '${f.tag}' over vhost-user socket ${f.socket}`);
+  }
+
+  /**
+   * virtio-pmem (virtio 1.2, 5.19): open the file (read-only with discard_writes), check its size
+   * (Cloud Hypervisor's rules: `size` or the file's size, a multiple of 2 MiB) and map it, shared
+   * (guest writes reach the file; a flush fsyncs it) or private (discard_writes: they never do).
+   * Where the guest sees it is decided once every device is open (placeDeviceMemory).
+   */
+  private openPmem(p: NonNullable<VmConfig['pmem']>[number], i: number): void {
+    const id = p.id ?? `_pmem${i}`;
+    if (!p.file) throw new VirtioConfigError(`${id}: --pmem needs file=`);
+    const what = `pmem file '${p.file}'`;
+    let fd: number;
+    try {
+      fd = openSync(p.file, p.discard_writes ? 'r' : 'r+');
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not accessible (permission denied)'
+        : code === 'EISDIR' ? 'is a directory (give a file)' : code === 'EROFS' ? 'is on a read-only file system (use discard_writes=on)' : (e as Error).message;
+      throw new VirtioConfigError(`${id}: ${what} ${why}`);
+    }
+    const host: HostDevice = {
+      id, deviceType: VirtioDeviceType.Pmem, numQueues: 1, segment: p.pci_segment ?? 0, fds: [fd], iothread: '',
+      spec: { kind: 'pmem', fd, start: 0, size: 0, discardWrites: p.discard_writes },
+    };
+    this.devices.push(host);
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new VirtioConfigError(`${id}: ${what} is not a regular file`);
+    // One writer per file, as for disk images; a private mapping only reads it.
+    try {
+      libc.flock(fd, (p.discard_writes ? libc.LOCK_SH : libc.LOCK_EX) | libc.LOCK_NB);
+    } catch (e) {
+      if (e instanceof libc.SysError && e.errno === libc.EWOULDBLOCK) throw new VirtioConfigError(`${id}: ${what} is locked by another process (in use by another VMM?)`);
+      throw e;
+    }
+    const MiB = 1024 * 1024;
+    let size: number;
+    if (p.size !== undefined) {
+      if (p.size % PMEM_ALIGNMENT !== 0) throw new VirtioConfigError(`${id}: size ${p.size} is not a multiple of 2 MiB`);
+      if (st.size < p.size) throw new VirtioConfigError(`${id}: ${what} is ${st.size} bytes, smaller than size=${p.size} (${p.size / MiB} MiB)`);
+      size = p.size;
+    } else {
+      if (st.size === 0) throw new VirtioConfigError(`${id}: ${what} is empty`);
+      if (st.size % PMEM_ALIGNMENT !== 0) {
+        throw new VirtioConfigError(`${id}: ${what} is ${st.size} bytes, not a multiple of 2 MiB (virtio-pmem maps 2 MiB units): resize it or give size= (a multiple of 2 MiB, at most the file's size)`);
+      }
+      size = st.size;
+    }
+    let addr: bigint;
+    try {
+      addr = libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, p.discard_writes ? libc.MAP_PRIVATE | libc.MAP_NORESERVE : libc.MAP_SHARED, fd, 0);
+    } catch (e) {
+      throw new VirtioConfigError(`${id}: cannot map ${what}: ${(e as Error).message}`);
+    }
+    host.memory = { id, gpa: 0, size, hostAddress: addr };
+    this.log(`${id}: virtio-pmem ${what}, ${size / MiB} MiB${p.discard_writes ? ', writes discarded' : ''}`);
+  }
+
+  /** Guest physical addresses of the devices' memory, above RAM (layout.ts deviceMemoryRanges). */
+  private placeDeviceMemory(memSize: number): void {
+    const withMemory = this.devices.filter((h) => h.memory !== undefined);
+    if (withMemory.length === 0) return;
+    let ranges: Array<{ gpa: number; size: number }>;
+    try {
+      ranges = deviceMemoryRanges(memSize, withMemory.map((h) => h.memory!.size));
+    } catch (e) {
+      throw new VirtioConfigError(`virtio-pmem: ${(e as Error).message}`);
+    }
+    withMemory.forEach((h, k) => {
+      const r = ranges[k]!;
+      h.memory!.gpa = r.gpa;
+      if (h.spec.kind === 'pmem') { h.spec.start = r.gpa; h.spec.size = r.size; }
+      this.log(`${h.id}: guest physical [0x${r.gpa.toString(16)}, 0x${(r.gpa + r.size).toString(16)})`);
+    });
   }
 
   private openConsole(cfg: VmConfig, ttyFd: number): void {
@@ -647,6 +741,7 @@ export class VirtioManager {
   close(): void {
     for (const h of this.devices) {
       const release = () => {
+        if (h.memory !== undefined) { try { libc.munmap(h.memory.hostAddress, h.memory.size); } catch { /* not mapped */ } }
         for (const fd of h.fds) { try { closeSync(fd); } catch { /* already closed */ } }
         h.tap?.close();
         if (h.unlink !== undefined) { try { unlinkSync(h.unlink); } catch { /* already gone */ } }

@@ -20,7 +20,9 @@ export type VirtioDeviceSpec =
   | { kind: 'net'; tapFds: number[]; mac: number[]; queuePairs: number; queueSize: number; mtu?: number; rateLimiter?: RateLimiterConfig }
   /** virtio-fs over vhost-user: `connection` is the state kept across guest runs (virtio/fs/device.ts). */
   | { kind: 'fs'; socketFd: number; socketPath: string; tag: string; numRequestQueues: number; queueSize: number; connection: SharedArrayBuffer }
-  | { kind: 'vsock'; cid: number; listenFd: number; socketPath: string };
+  | { kind: 'vsock'; cid: number; listenFd: number; socketPath: string }
+  /** virtio-pmem: the backing file (mapped by the main thread) and where the guest sees it. */
+  | { kind: 'pmem'; fd: number; start: number; size: number; discardWrites: boolean };
 
 /** One device served by an I/O thread. */
 export interface VirtioWorkerDevice {

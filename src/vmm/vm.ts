@@ -324,6 +324,10 @@ export class VirtualMachine extends EventEmitter {
       mem.regions.forEach((r, slot) => {
         vm.setUserMemoryRegion({ slot, guestPhysAddr: BigInt(r.gpa), memorySize: r.size, userspaceAddr: r.hostAddress });
       });
+      // Device memory (virtio-pmem files, mapped by the virtio manager) in the slots after RAM's.
+      this.virtio.deviceMemory.forEach((d, k) => {
+        vm.setUserMemoryRegion({ slot: mem!.regions.length + k, guestPhysAddr: BigInt(d.gpa), memorySize: d.size, userspaceAddr: d.hostAddress });
+      });
       if (restore) {
         // Guest RAM as saved: the firmware tables, the kernel and everything since are in it.
         const t0 = performance.now();

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   ACPI_TABLES_END, APIC_START, BOOT_GDT_START, BOOT_IDT_START, CMDLINE_MAX_SIZE, CMDLINE_START, E820_RAM, E820_RESERVED,
-  e820Map, EBDA_START, GiB, HIGH_RAM_START, initramfsAddress, IOAPIC_START, MiB, PCI_ECAM_SIZE, PCI_ECAM_START,
+  DEVICE_MEMORY_ALIGN, deviceMemoryRanges, e820Map, EBDA_START, GiB, HIGH_RAM_START, initramfsAddress, IOAPIC_START, MiB, PCI_ECAM_SIZE, PCI_ECAM_START,
   PCI_MMIO32_SIZE, PCI_MMIO32_START, pciMmio64Window, PDE_PAGES, PDE_START, PDPTE_START, PLATFORM_MMIO_START, PML4_START,
   PVH_INFO_START, PVH_MEMMAP_START, ramEnd, ramRegions, RSDP_POINTER, ZERO_PAGE_START,
 } from './layout.js';
@@ -75,4 +75,19 @@ test('64-bit PCI window starts above RAM, 1 GiB aligned', () => {
   assert.equal(w.start + w.size, 2 ** 40);
   assert.equal(pciMmio64Window(1 * GiB).start, 4 * GiB);
   assert.throws(() => pciMmio64Window(GiB, 20), /outside 36..52/);
+});
+
+test('device memory (virtio-pmem) goes above RAM, 2 MiB aligned, outside e820 RAM and every fixed window', () => {
+  assert.deepEqual(deviceMemoryRanges(512 * MiB, [32 * MiB, 2 * MiB]), [{ gpa: 4 * GiB, size: 32 * MiB }, { gpa: 4 * GiB + 32 * MiB, size: 2 * MiB }]);
+  // RAM above 4 GiB: from the next 1 GiB boundary past its end (the start of the 64-bit PCI window).
+  const mem = 5 * GiB + 4 * MiB;
+  const r = deviceMemoryRanges(mem, [64 * MiB]);
+  assert.equal(r[0]!.gpa, pciMmio64Window(mem).start);
+  assert.ok(r[0]!.gpa >= ramEnd(mem));
+  assert.equal(r[0]!.gpa % DEVICE_MEMORY_ALIGN, 0);
+  for (const e of e820Map(mem)) assert.ok(e.addr + e.size <= r[0]!.gpa, `e820 entry at 0x${e.addr.toString(16)} overlaps device memory`);
+  assert.throws(() => deviceMemoryRanges(512 * MiB, [3 * MiB]), /3145728 is not a positive multiple of 2 MiB/);
+  assert.throws(() => deviceMemoryRanges(512 * MiB, [0]), /not a positive multiple/);
+  assert.throws(() => deviceMemoryRanges(512 * MiB, [2 * GiB], 32), /does not fit below 2\^32/);
+  assert.deepEqual(deviceMemoryRanges(512 * MiB, []), []);
 });

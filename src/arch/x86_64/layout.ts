@@ -206,6 +206,37 @@ export function pciMmio64Window(memSize: number, physAddrBits = 40): { start: nu
   return { start, size: top - start };
 }
 
+// --- Device memory (virtio-pmem) ---------------------------------------------------------------
+//
+// Guest-physical ranges that are memory but not RAM: a virtio-pmem device's file, which the guest
+// finds through the device's configuration (virtio 1.2, 5.19.4), never through e820. Cloud
+// Hypervisor takes them from its device area above RAM; here they start at the first 1 GiB
+// boundary above RAM (the start of pciMmio64Window, which nothing else uses: no host bridge
+// advertises a 64-bit window), one after the other, each 2 MiB aligned (Linux maps a pmem region
+// in 2 MiB subsections, mm/memremap.c). A 64-bit PCI window, once there is one, must begin above
+// deviceMemoryEnd().
+
+/** Alignment of every device memory range (start and size). */
+export const DEVICE_MEMORY_ALIGN = 2 * MiB;
+
+/** Where device memory ranges of these sizes go (each a positive multiple of 2 MiB), in order. */
+export function deviceMemoryRanges(memSize: number, sizes: readonly number[], physAddrBits = 52): Array<{ gpa: number; size: number }> {
+  assertMemSize(memSize);
+  let at = Math.ceil(Math.max(ramEnd(memSize), RAM_64BIT_START) / GiB) * GiB;
+  const out: Array<{ gpa: number; size: number }> = [];
+  for (const size of sizes) {
+    if (!Number.isSafeInteger(size) || size <= 0 || size % DEVICE_MEMORY_ALIGN !== 0) {
+      throw new RangeError(`device memory size ${size} is not a positive multiple of 2 MiB`);
+    }
+    if (at + size > 2 ** physAddrBits) {
+      throw new RangeError(`device memory of ${size} bytes at 0x${at.toString(16)} does not fit below 2^${physAddrBits}`);
+    }
+    out.push({ gpa: at, size });
+    at += size;
+  }
+  return out;
+}
+
 // --- e820 ------------------------------------------------------------------------------------
 
 /** e820 types (ACPI 6.x 15.1 "Address Range Types"). */
