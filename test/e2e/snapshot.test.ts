@@ -108,7 +108,8 @@ test('vm.snapshot of a paused guest: config.json, state.json (strict), sparse me
   await vmm.waitFor(/stv# /, 0, 'the guest shell prompt');
   // Guest state the restored VM must still have: a shell variable, a counter in RAM (a file in
   // the initramfs' tmpfs, bumped every second by a background loop), and its clock.
-  await vmm.shell('(i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 1; done) & sleep 2; echo started-$(cat /tmp/count)', /started-\d+/, 'the counter running');
+  // (Written to a new file and renamed over: a cat never sees it truncated and empty.)
+  await vmm.shell('(i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 1; done) & sleep 2; echo started-$(cat /tmp/count)', /started-\d+/, 'the counter running');
   const m = await vmm.shell('X=$RANDOM$RANDOM; echo mark-$X; cut -d" " -f1 /proc/uptime; echo count-$(cat /tmp/count)', /mark-(\d+)\s+(\d+\.\d+)\s+count-(\d+)\s/, 'the mark before the snapshot');
   saved = { mark: m[1]!, uptime: Number(m[2]), count: Number(m[3]) };
   const url = pathToFileURL(snapDir).href;
