@@ -28,6 +28,8 @@ export const GUEST_MODULES = [
   'virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_console', 'virtio_rng',
   'vmw_vsock_virtio_transport', 'virtiofs', 'crc32c_generic', 'ext4',
   'virtio_pmem', 'nd_pmem',
+  // The ACPI power button (PNP0C0C, vm.power-button) as an input device, for guest/init's acpid.
+  'button', 'evdev',
 ];
 /** Modules the sandbox loads: virtio-9p for the host's root, KVM on AMD SVM, and tun for the
  * e2e tests' and benchmarks' tap devices; vhost_vsock for QEMU's vhost-vsock-pci (bench/vsock.ts). */

@@ -10,6 +10,7 @@ import {
   DEFAULT_ACPI_POWER_LAYOUT,
   GED_DEVICE_SIZE,
   GED_POWER_BUTTON,
+  GED_VMGENID,
   S5_SLEEP_TYPE,
   SLP_EN,
   SLP_TYP_SHIFT,
@@ -95,4 +96,24 @@ test('GED: power button latches an event and raises the interrupt', () => {
   assert.equal(d[0], GED_POWER_BUTTON);
   bus.read(0xfed0_0000, d);
   assert.equal(d[0], 0, 'read clears');
+});
+
+test('GED: a new VM Generation ID latches its own bit, with a pending power button press kept', () => {
+  const irq = new CountingInterrupt();
+  const ged = new AcpiGedDevice(irq);
+  ged.powerButton();
+  ged.vmGenIdChanged();
+  assert.equal(irq.count, 2, 'one edge per event');
+  assert.equal(ged.pendingEvents, GED_POWER_BUTTON | GED_VMGENID);
+  assert.deepEqual(ged.saveState(), { pending: GED_POWER_BUTTON | GED_VMGENID });
+  const d = new Uint8Array(1);
+  ged.read(0, d);
+  assert.equal(d[0], GED_POWER_BUTTON | GED_VMGENID, '_EVT sees both in one read');
+  ged.write(0, Uint8Array.of(0xff));
+  assert.equal(ged.pendingEvents, 0, 'writes change nothing');
+  const restored = new AcpiGedDevice(irq);
+  restored.restoreState({ pending: GED_VMGENID });
+  assert.equal(restored.pendingEvents, GED_VMGENID);
+  assert.equal(irq.count, 2, 'a restore raises nothing by itself');
+  assert.throws(() => restored.restoreState({ pending: 0x100 }), /pending/);
 });

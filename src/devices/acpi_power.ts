@@ -195,6 +195,8 @@ export const GED_CPU_HOTPLUG = 0x01;
 export const GED_MEMORY_HOTPLUG = 0x02;
 export const GED_PCI_HOTPLUG = 0x04;
 export const GED_POWER_BUTTON = 0x08;
+/** The VM Generation ID changed (a restored snapshot): _EVT does Notify(\_SB_.VGEN, 0x80). */
+export const GED_VMGENID = 0x10;
 /** Size of the GED event register block (one byte). */
 export const GED_DEVICE_SIZE = 1;
 
@@ -237,6 +239,11 @@ export class AcpiGedDevice implements BusDevice {
   notify(events: number): void {
     this.pending |= events & 0xff;
     this.interrupt.trigger();
+  }
+
+  /** Tell the guest its VM Generation ID changed (written into guest RAM by the VMM first). */
+  vmGenIdChanged(): void {
+    this.notify(GED_VMGENID);
   }
 
   /** Press the ACPI power button (the guest then shuts down via S5). */

@@ -299,9 +299,13 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
 
   async powerButton(): Promise<void> {
     nextVmState(this.state, 'power-button');
-    // The GED power-button device (devices/acpi_power.ts AcpiGedDevice) is not wired into the
-    // platform or the DSDT yet: the guest would never see a press.
-    throw new NotImplementedError('vm.power-button (no ACPI power button device on this platform yet)');
+    // The ACPI GED (devices/acpi_power.ts) latches the press and interrupts the guest, whose
+    // DSDT's _EVT notifies \_SB_.PWRB (Cloud Hypervisor's vm.power-button does the same).
+    try {
+      await this.vm!.powerButton();
+    } catch (e) {
+      throw new ApiError(500, 'Internal', `vm.power-button: ${(e as Error).message}`);
+    }
   }
 
   /**

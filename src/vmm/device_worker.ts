@@ -6,7 +6,7 @@ import { createPioBus, createMmioBus } from '../devices/bus.js';
 import { Serial } from '../devices/serial.js';
 import { I8042 } from '../devices/i8042.js';
 import { Cmos } from '../devices/cmos.js';
-import { AcpiPowerDevice } from '../devices/acpi_power.js';
+import { AcpiPowerDevice, AcpiGedDevice } from '../devices/acpi_power.js';
 import { NO_INTERRUPT } from '../devices/interrupt.js';
 import { EventFdInterrupt } from './interrupts.js';
 import { MailboxServer, MailboxOp, SPIN_LIMIT } from './mailbox.js';
@@ -15,6 +15,7 @@ import { saveLegacyDevices, restoreLegacyDevices } from '../devices/state_json.j
 import { underField } from '../devices/state.js';
 import { ByteRing } from './ring.js';
 import { PIO_COM1, PIO_I8042, PIO_CMOS, PIO_ACPI_POWER } from './layout_ports.js';
+import { GED_MMIO_SIZE, GED_MMIO_START } from '../arch/x86_64/layout.js';
 import { vmFromHandle } from '../hypervisor/handle.js';
 import { setupPci } from './pci_setup.js';
 import { OutputSink } from './sink.js';
@@ -63,6 +64,10 @@ function start(data: DeviceWorkerData): void {
     onReset: () => { if (!powerEvent) { powerEvent = true; post({ type: 'reset', reason: 'ACPI reset register' }); } },
   });
   pio.insert(acpiPower, PIO_ACPI_POWER.base, PIO_ACPI_POWER.length);
+  // ACPI 6.x 5.6.9 Generic Event Device: the event register the DSDT's _EVT reads.
+  const ged = new AcpiGedDevice(data.gedIrqfd !== undefined && data.gedIrqfd >= 0 ? new EventFdInterrupt(data.gedIrqfd) : NO_INTERRUPT);
+  mmio.insert(ged, GED_MMIO_START, GED_MMIO_SIZE);
+  const legacy = { serial, i8042, cmos, acpiPower, ged };
 
   const pci = setupPci(mmio, vmFromHandle(data.vm), data.virtio, (m) => { if (data.verbose) process.stderr.write(`stratovisor: ${m}\n`); }, data.pciSegments);
 
@@ -71,10 +76,13 @@ function start(data: DeviceWorkerData): void {
     // buses are checked whole before anything changes (PciRoot.restoreState).
     const r = data.restore;
     try {
-      restoreLegacyDevices({ serial, i8042, cmos, acpiPower }, r.legacy);
+      restoreLegacyDevices(legacy, r.legacy);
       if (r.pciRoots.length !== pci.roots.length) throw new Error(`the state has ${r.pciRoots.length} PCI segment(s), this VM ${pci.roots.length}`);
       r.pciRoots.forEach((root, i) => underField(`segments[${i}]`, 'PCI state', () => pci.roots[i]!.checkState(root)));
       r.pciRoots.forEach((root, i) => underField(`segments[${i}]`, 'PCI state', () => pci.roots[i]!.restoreState(root)));
+      // A clone or restore: the guest's VMGenID driver reads the new ID on this event (the
+      // interrupt waits in the restored irqchip until the vCPUs run).
+      if (data.vmGenIdChanged === true) ged.vmGenIdChanged();
       post({ type: 'restored' });
     } catch (e) {
       post({ type: 'restore-error', message: (e as Error).message });
@@ -121,11 +129,16 @@ function start(data: DeviceWorkerData): void {
     controlSeq = Atomics.load(control, DeviceControl.Seq);
     const op = Atomics.load(control, DeviceControl.Op);
     try {
+      if (op === DeviceControlOp.PowerButton) {
+        ged.powerButton();
+        post({ type: 'done', seq: controlSeq });
+        return;
+      }
       if (op !== DeviceControlOp.SaveState) throw new Error(`unknown device thread request ${op}`);
       // The VM is paused: no vCPU is inside a device access, so the state is consistent. The
       // virtio functions' config space and MSI-X table are saved here with the bus; their
       // transport registers, queues and pending vectors by the I/O threads (virtio state).
-      post({ type: 'state', seq: controlSeq, state: { legacy: saveLegacyDevices({ serial, i8042, cmos, acpiPower }), pciRoots: pci.roots.map((r) => r.saveState()) } });
+      post({ type: 'state', seq: controlSeq, state: { legacy: saveLegacyDevices(legacy), pciRoots: pci.roots.map((r) => r.saveState()) } });
     } catch (e) {
       post({ type: 'state-error', seq: controlSeq, message: (e as Error).message });
     }

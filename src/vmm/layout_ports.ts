@@ -16,6 +16,11 @@ export const PIO_ACPI_POWER: PortRange = { base: ACPI_POWER_PORT, length: DEFAUL
 /** IRQs (ISA numbering = GSI with the in-kernel PIC/IOAPIC's default routing). */
 export const IRQ_COM1 = 4;
 export const IRQ_KEYBOARD = 1;
+/**
+ * The ACPI GED's interrupt (DSDT \_SB_.GED_ _CRS): GSI 5, an ISA IRQ nothing else here uses
+ * (edge, active high, as the MADT's default ISA polarity), raised through an irqfd.
+ */
+export const IRQ_GED = 5;
 
 /** Port ranges the device thread serves; vCPU threads answer every other port themselves. */
 export const DEVICE_PORTS: readonly PortRange[] = [PIO_I8042, PIO_CMOS, PIO_ACPI_POWER, PIO_COM1];

@@ -39,6 +39,8 @@ export interface DeviceWorkerData {
   /** fd that serial output is written to, or -1 to discard it. */
   serialFd: number;
   serialIrqfd: number;
+  /** irqfd of the ACPI GED's interrupt (IRQ_GED), or -1 for none. */
+  gedIrqfd?: number;
   memBelow4g: number;
   memAbove4g: number;
   /** The VM, for ioeventfd registration and MSI routing from the device thread. */
@@ -57,6 +59,11 @@ export interface DeviceWorkerData {
    * answered by 'restored' or 'restore-error'.
    */
   restore?: DeviceThreadState;
+  /**
+   * With `restore`: the VMM wrote a new VM Generation ID into guest RAM; the GED latches the
+   * event and raises its interrupt once its state is restored (the guest sees it when it runs).
+   */
+  vmGenIdChanged?: boolean;
 }
 
 /**
@@ -64,7 +71,7 @@ export interface DeviceWorkerData {
  * the main thread writes Op, bumps Seq and rings the doorbell; the answer carries Seq.
  */
 export const DeviceControl = { Seq: 0, Op: 1, Words: 2 } as const;
-export const DeviceControlOp = { None: 0, SaveState: 1 } as const;
+export const DeviceControlOp = { None: 0, SaveState: 1, PowerButton: 2 } as const;
 
 /** What the device thread saves for a snapshot (the VM paused). */
 export interface DeviceThreadState {
@@ -79,6 +86,8 @@ export type DeviceEvent =
   | { type: 'stats'; pioUnhandled: number; mmioUnhandled: number }
   | { type: 'state'; seq: number; state: DeviceThreadState }
   | { type: 'state-error'; seq: number; message: string }
+  /** A control request without a result (PowerButton) was carried out. */
+  | { type: 'done'; seq: number }
   | { type: 'restored' }
   | { type: 'restore-error'; message: string };
 

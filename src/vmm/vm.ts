@@ -6,16 +6,17 @@ import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
 import { openSync, closeSync } from 'node:fs';
 import { totalmem } from 'node:os';
+import { randomBytes } from 'node:crypto';
 import * as libc from '../sys/libc.js';
 import { openHypervisor, type HypervisorKind } from '../hypervisor/select.js';
 import type { Hypervisor, Vm, Vcpu } from '../hypervisor/hypervisor.js';
 import type { CpuIdEntry } from '../hypervisor/regs.js';
 import { GuestMemory } from '../memory/guest_memory.js';
-import { ramRegions, lowRamEnd } from '../arch/x86_64/layout.js';
+import { ramRegions, lowRamEnd, GED_MMIO_START, VMGENID_ADDR, VMGENID_SIZE } from '../arch/x86_64/layout.js';
 import { loadBzImage, parseBzImage } from '../arch/x86_64/bzimage.js';
 import { loadPvhKernel, parseElfKernel } from '../arch/x86_64/pvh.js';
 import { FileImage, readImage, type ImageSource } from '../arch/x86_64/image_source.js';
-import { buildAcpiTables, buildMcfgForSegments, pciSegmentsAml } from '../arch/x86_64/acpi.js';
+import { buildAcpiTables, buildMcfgForSegments, gedAml, pciSegmentsAml, writeVmGenerationId } from '../arch/x86_64/acpi.js';
 import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
 import { HyperVCpuidError, hypervLeaves } from '../arch/x86_64/hyperv.js';
 import { writeResetVectorStub } from '../arch/x86_64/reset_vector.js';
@@ -23,7 +24,7 @@ import { linux64BootState, pvhBootState, writeBootTables, defaultFpu, bootMsrEnt
 import type { VmConfig } from './config.js';
 import { createMailboxes, ringDoorbell, type MailboxShared } from './mailbox.js';
 import { ByteRing } from './ring.js';
-import { IRQ_COM1 } from './layout_ports.js';
+import { IRQ_COM1, IRQ_GED } from './layout_ports.js';
 import { VirtioManager } from './virtio_manager.js';
 import { SerialSocketSink } from './serial_socket.js';
 import { THREAD_OPTIONS } from './thread_options.js';
@@ -70,6 +71,8 @@ interface Running {
   shared: MailboxShared;
   runState: Int32Array;
   serialIrqfd: number;
+  /** irqfd of the ACPI GED (IRQ_GED). */
+  gedIrqfd: number;
   serialFd: number;
   ownsSerialFd: boolean;
   stopping: boolean;
@@ -307,6 +310,7 @@ export class VirtualMachine extends EventEmitter {
     let mem: GuestMemory | null = null;
     const vcpus: Vcpu[] = [];
     let serialIrqfd = -1;
+    let gedIrqfd = -1;
     let serialFd = -1;
     let ownsSerialFd = false;
     let virtioInits: VirtioPciInit[] = [];
@@ -351,7 +355,8 @@ export class VirtualMachine extends EventEmitter {
         }
       } else {
         const pciSegments = this.virtio.pciSegments;
-        const acpi = buildAcpiTables({ cpus: ncpu, sbDevices: pciSegmentsAml(pciSegments), extraTables: [buildMcfgForSegments(pciSegments)] }, mem);
+        const sbDevices = [...pciSegmentsAml(pciSegments), ...gedAml({ mmioBase: GED_MMIO_START, gsi: IRQ_GED, vmGenIdAddr: VMGENID_ADDR })];
+        const acpi = buildAcpiTables({ cpus: ncpu, sbDevices, extraTables: [buildMcfgForSegments(pciSegments)] }, mem);
         writeResetVectorStub(mem);
         const cmdline = cfg.payload.cmdline ?? '';
         const kernel = this.kernel!;
@@ -381,8 +386,13 @@ export class VirtualMachine extends EventEmitter {
         }
       }
 
+      // A new VM Generation ID at every boot and restore (the restored guest is told through the
+      // GED, DeviceWorkerData.vmGenIdChanged); the address is the one its DSDT gave.
+      writeVmGenerationId(mem, randomBytes(VMGENID_SIZE));
       serialIrqfd = libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
       vm.registerIrqfd(serialIrqfd, IRQ_COM1);
+      gedIrqfd = libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
+      vm.registerIrqfd(gedIrqfd, IRQ_GED);
       ({ fd: serialFd, owned: ownsSerialFd } = this.openSerialSink());
       const virtioRestore = restore ? new Map(restore.state.virtio.map((d) => [d.id, d])) : undefined;
       virtioInits = this.virtio.start(vm, mem, (m) => { if (runRef) this.fail(runRef, m); else this.log(`error: ${m}`); }, virtioRestore);
@@ -391,6 +401,7 @@ export class VirtualMachine extends EventEmitter {
       this.virtio.abort(vm);
       for (const v of vcpus) v.close();
       if (serialIrqfd >= 0) libc.close(serialIrqfd);
+      if (gedIrqfd >= 0) libc.close(gedIrqfd);
       vm.close();
       mem?.free();
       throw e;
@@ -402,12 +413,12 @@ export class VirtualMachine extends EventEmitter {
     if (restore) Atomics.store(new Int32Array(runStateSab), 0, RunState.Pause);
     const controlSab = new SharedArrayBuffer(4 * DeviceControl.Words);
     const deviceData: DeviceWorkerData = {
-      shared, input: this.input.sab, serialFd, serialIrqfd, runState: runStateSab,
+      shared, input: this.input.sab, serialFd, serialIrqfd, gedIrqfd, runState: runStateSab,
       memBelow4g: lowRamEnd(memSize), memAbove4g: memSize - lowRamEnd(memSize),
       vm: vm.handle(), virtio: virtioInits, verbose: this.opts.log !== undefined,
       pciSegments: this.virtio.pciSegments, serialCounters: this.serialCounters.buffer as SharedArrayBuffer,
       control: controlSab,
-      ...(restore ? { restore: { legacy: restore.state.devices, pciRoots: restore.state.pci.segments } } : {}),
+      ...(restore ? { restore: { legacy: restore.state.devices, pciRoots: restore.state.pci.segments }, vmGenIdChanged: true } : {}),
     };
     deviceWorker.off('error', early);
     deviceWorker.postMessage(deviceData);
@@ -415,7 +426,7 @@ export class VirtualMachine extends EventEmitter {
     const restored = new Promise<DeviceEvent>((r) => { onRestored = r; });
     const run: Running = {
       vm, mem: mem!, vcpus, vcpuWorkers: [], deviceWorker, shared, runState: new Int32Array(runStateSab),
-      serialIrqfd, serialFd, ownsSerialFd, stopping: false, vcpuExited, deviceExited, stopped: null,
+      serialIrqfd, gedIrqfd, serialFd, ownsSerialFd, stopping: false, vcpuExited, deviceExited, stopped: null,
       control: new Int32Array(controlSab), controlWaiters: new Map(), parked: new Map(), restored, answerRestore: onRestored,
     };
     runRef = run;
@@ -500,7 +511,7 @@ export class VirtualMachine extends EventEmitter {
     if (m.type === 'shutdown') void this.guestPowerOff(run);
     else if (m.type === 'reset') void this.guestReset(run, m.reason);
     else if (m.type === 'restored' || m.type === 'restore-error') run.answerRestore(m);
-    else if (m.type === 'state' || m.type === 'state-error') {
+    else if (m.type === 'state' || m.type === 'state-error' || m.type === 'done') {
       const w = run.controlWaiters.get(m.seq);
       run.controlWaiters.delete(m.seq);
       w?.(m);
@@ -508,7 +519,26 @@ export class VirtualMachine extends EventEmitter {
   }
 
   /** Ask the device thread for its devices' state (the VM paused); its answer or a VmError. */
-  private deviceThreadState(run: Running): Promise<DeviceThreadState> {
+  private async deviceThreadState(run: Running): Promise<DeviceThreadState> {
+    const e = await this.deviceControl(run, DeviceControlOp.SaveState);
+    if (e.type === 'state') return e.state;
+    throw new VmError(e.type === 'state-error' ? e.message : 'unexpected answer');
+  }
+
+  /**
+   * vm.power-button: the GED latches a power button event and raises its interrupt; the guest's
+   * ACPI button driver gets Notify(PWRB, 0x80) from _EVT (what it does then is up to the guest).
+   * Paused, the press waits in the irqchip until resume.
+   */
+  async powerButton(): Promise<void> {
+    const run = this.run;
+    if ((this.state !== 'Running' && this.state !== 'Paused') || !run || run.stopping) throw new VmError(`cannot press the power button of a VM in state ${this.state}`);
+    const e = await this.deviceControl(run, DeviceControlOp.PowerButton);
+    if (e.type !== 'done') throw new VmError(e.type === 'state-error' ? e.message : 'unexpected answer');
+  }
+
+  /** One DeviceControl request to the device thread; its answer, or a VmError after DEVICE_STOP_MS. */
+  private deviceControl(run: Running, op: number): Promise<DeviceEvent> {
     return new Promise((resolve, reject) => {
       const seq = (Atomics.load(run.control, DeviceControl.Seq) + 1) | 0;
       const timer = setTimeout(() => {
@@ -517,10 +547,9 @@ export class VirtualMachine extends EventEmitter {
       }, DEVICE_STOP_MS);
       run.controlWaiters.set(seq, (e) => {
         clearTimeout(timer);
-        if (e.type === 'state') resolve(e.state);
-        else reject(new VmError(e.type === 'state-error' ? e.message : 'unexpected answer'));
+        resolve(e);
       });
-      Atomics.store(run.control, DeviceControl.Op, DeviceControlOp.SaveState);
+      Atomics.store(run.control, DeviceControl.Op, op);
       Atomics.store(run.control, DeviceControl.Seq, seq);
       ringDoorbell(run.shared.doorbell);
     });
@@ -631,8 +660,10 @@ export class VirtualMachine extends EventEmitter {
     const vs = await this.virtio.stop(run.vm);
     for (const v of run.vcpus) v.close();
     try { run.vm.unregisterIrqfd(run.serialIrqfd, IRQ_COM1); } catch { /* the VM goes away next */ }
+    try { run.vm.unregisterIrqfd(run.gedIrqfd, IRQ_GED); } catch { /* the VM goes away next */ }
     const releaseDeviceFds = () => {
       libc.close(run.serialIrqfd);
+      libc.close(run.gedIrqfd);
       if (run.ownsSerialFd) closeSync(run.serialFd);
       run.vm.close();
     };

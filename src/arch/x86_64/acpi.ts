@@ -11,7 +11,8 @@ import type { GuestMemory } from '../../memory/guest_memory.js';
 import * as aml from './aml.js';
 import {
   ACPI_TABLES_END, ACPI_TABLES_START, APIC_START, IOAPIC_START, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_BUS_END,
-  PCI_ECAM_BUS_START, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START, RSDP_POINTER, type PciSegmentLayout,
+  PCI_ECAM_BUS_START, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START, RSDP_POINTER, VMGENID_ADDR, VMGENID_SIZE,
+  type PciSegmentLayout,
 } from './layout.js';
 
 export class AcpiError extends Error {
@@ -290,6 +291,80 @@ export function com1Aml(): Uint8Array {
     aml.name('_UID', aml.integer(0)),
     aml.name('_CRS', aml.resourceTemplate([aml.ioPort(COM1_PORT, COM1_PORT, 0, 8), aml.irqNoFlags(COM1_IRQ)])),
   ]);
+}
+
+// --- Generic Event Device, power button, VM Generation ID ----------------------------------------
+
+/**
+ * GED event bits the DSDT's _EVT dispatches on; the same bits as the device side
+ * (src/devices/acpi_power.ts GED_POWER_BUTTON, GED_VMGENID).
+ */
+export const GED_EVENT_POWER_BUTTON = 0x08;
+export const GED_EVENT_VMGENID = 0x10;
+/** Notify value of a power button press (ACPI 6.x 4.8.2.2.1.1) and of a new VM Generation ID. */
+export const NOTIFY_DEVICE_SPECIFIC = 0x80;
+
+/** VGEN's _HID: an ACPI ID (4 characters, 4 hex digits; iasl refuses "VMGENCTR" as one). */
+export const VMGENID_HID = 'STRV0001';
+
+export interface GedAmlOptions {
+  /** Guest-physical address of the one-byte GED event register (SystemMemory). */
+  mmioBase: number;
+  /** The GSI the GED interrupt arrives on (edge, active high). */
+  gsi: number;
+  /** Address of the 16-byte VM Generation ID; omitted: no VGEN device. */
+  vmGenIdAddr?: number;
+}
+
+/**
+ * \_SB_.GED_ (ACPI 6.x 5.6.9 Generic Event Device, _HID ACPI0013), \_SB_.PWRB (a control-method
+ * power button, PNP0C0C, 4.8.2.2.1.2) and \_SB_.VGEN (Microsoft's "Virtual Machine Generation
+ * ID": _CID VM_GEN_COUNTER, which Linux's drivers/virt/vmgenid.c matches, under our own _HID
+ * in the ACPI ID form, 6.1.5; ADDR returns the ID's address as Package {low 32 bits, high 32}). The GED's _CRS is its
+ * interrupt; on it the OS runs _EVT, which reads the event register (reading clears it) and
+ * notifies the devices whose bits are set: Notify(PWRB, 0x80) is a press, Notify(VGEN, 0x80)
+ * says the generation ID changed.
+ */
+export function gedAml(o: GedAmlOptions): Uint8Array[] {
+  const bit = (mask: number, target: string): Uint8Array =>
+    aml.ifThen(aml.lEqual(aml.and(aml.local(0), aml.integer(mask)), aml.integer(mask)), [aml.notify(target, NOTIFY_DEVICE_SPECIFIC)]);
+  const evt = [aml.store(aml.ref('GDAT'), aml.local(0)), bit(GED_EVENT_POWER_BUTTON, '\\_SB_.PWRB')];
+  if (o.vmGenIdAddr !== undefined) evt.push(bit(GED_EVENT_VMGENID, '\\_SB_.VGEN'));
+  const out = [
+    aml.device('GED_', [
+      aml.name('_HID', aml.string('ACPI0013')),
+      aml.name('_UID', aml.integer(0)),
+      aml.name('_CRS', aml.resourceTemplate([aml.extendedInterrupt([o.gsi], { edge: true })])),
+      aml.operationRegion('GDST', aml.REGION_SYSTEM_MEMORY, o.mmioBase, 1),
+      aml.field('GDST', [{ name: 'GDAT', bits: 8 }], { access: aml.FIELD_ACCESS_BYTE, update: aml.FIELD_UPDATE_WRITE_AS_ZEROS }),
+      aml.method('_EVT', 1, true, evt),
+    ]),
+    aml.device('PWRB', [
+      aml.name('_HID', aml.eisaId('PNP0C0C')),
+      aml.name('_UID', aml.integer(0)),
+    ]),
+  ];
+  if (o.vmGenIdAddr !== undefined) {
+    const a = o.vmGenIdAddr;
+    if (!Number.isInteger(a) || a < 0 || a >= 2 ** 52) throw new AcpiError(`VM Generation ID address ${a} is not a guest-physical address`);
+    out.push(aml.device('VGEN', [
+      aml.name('_HID', aml.string(VMGENID_HID)),
+      aml.name('_CID', aml.string('VM_GEN_COUNTER')),
+      aml.name('_DDN', aml.string('VM_Gen_Counter')),
+      aml.method('ADDR', 0, false, [aml.ret(aml.pkg([aml.integer(a % 2 ** 32), aml.integer(Math.floor(a / 2 ** 32))]))]),
+    ]));
+  }
+  return out;
+}
+
+/**
+ * Write the 16-byte VM Generation ID where VGEN's ADDR points (VMGENID_ADDR, reserved in e820):
+ * a fresh random one at each boot and at each restore, so that two VMs restored from one
+ * snapshot (clones) tell their guests apart.
+ */
+export function writeVmGenerationId(mem: GuestMemory, id: Uint8Array, addr = VMGENID_ADDR): void {
+  if (id.length !== VMGENID_SIZE) throw new AcpiError(`a VM Generation ID is ${VMGENID_SIZE} bytes, got ${id.length}`);
+  mem.writeBytes(addr, id);
 }
 
 export interface PciHostBridgeOptions {

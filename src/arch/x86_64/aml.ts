@@ -242,3 +242,131 @@ export function dwordMemory(min: number, max: number, cacheable = false): Uint8A
 export function qwordMemory(min: number | bigint, max: number | bigint, cacheable = false): Uint8Array {
   return addressDescriptor(0x8a, 8, ADDR_TYPE_MEMORY, 0x01 | (cacheable ? 0x02 : 0), BigInt(min), BigInt(max));
 }
+
+/**
+ * Interrupt(ResourceConsumer, Edge|Level, ActiveHigh|ActiveLow, Exclusive|Shared){ gsis }: the
+ * Extended Interrupt descriptor (6.4.3.6), for interrupts that are GSIs (e.g. a GED's _CRS).
+ */
+export function extendedInterrupt(gsis: readonly number[], o: { edge?: boolean; activeLow?: boolean; shared?: boolean } = {}): Uint8Array {
+  if (gsis.length < 1 || gsis.length > 255) throw new AmlError(`an Interrupt descriptor lists 1-255 interrupts, got ${gsis.length}`);
+  const out = new Uint8Array(5 + 4 * gsis.length);
+  const dv = new DataView(out.buffer);
+  out[0] = 0x89;
+  dv.setUint16(1, 2 + 4 * gsis.length, true);
+  // Flags: bit 0 consumer, bit 1 edge, bit 2 active low, bit 3 shared.
+  out[3] = 0x01 | (o.edge !== false ? 0x02 : 0) | (o.activeLow === true ? 0x04 : 0) | (o.shared === true ? 0x08 : 0);
+  out[4] = gsis.length;
+  gsis.forEach((g, i) => {
+    if (!Number.isInteger(g) || g < 0 || g > 0xffffffff) throw new AmlError(`interrupt number ${g} out of range`);
+    dv.setUint32(5 + 4 * i, g, true);
+  });
+  return out;
+}
+
+// --- Named objects, operators and control flow (20.2.5, 20.2.6) ----------------------------------
+
+export const OP_REGION_OP = 0x80; // after EXT_OP_PREFIX
+export const FIELD_OP = 0x81; // after EXT_OP_PREFIX
+export const LOCAL0_OP = 0x60;
+export const ARG0_OP = 0x68;
+export const STORE_OP = 0x70;
+export const AND_OP = 0x7b;
+export const NOTIFY_OP = 0x86;
+export const LEQUAL_OP = 0x93;
+export const IF_OP = 0xa0;
+
+/** Operation region spaces (19.6.100 OperationRegion, RegionSpace). */
+export const REGION_SYSTEM_MEMORY = 0x00;
+export const REGION_SYSTEM_IO = 0x01;
+
+/** Field access types and update rules (19.6.48 Field, FieldFlags). */
+export const FIELD_ACCESS_ANY = 0;
+export const FIELD_ACCESS_BYTE = 1;
+export const FIELD_ACCESS_WORD = 2;
+export const FIELD_ACCESS_DWORD = 3;
+export const FIELD_UPDATE_PRESERVE = 0;
+export const FIELD_UPDATE_WRITE_AS_ONES = 1;
+export const FIELD_UPDATE_WRITE_AS_ZEROS = 2;
+
+/** Local0..Local7 (20.2.6.2 LocalObj). */
+export function local(n: number): Uint8Array {
+  if (!Number.isInteger(n) || n < 0 || n > 7) throw new AmlError(`Local${n} does not exist (Local0-Local7)`);
+  return Uint8Array.of(LOCAL0_OP + n);
+}
+
+/** Arg0..Arg6 (20.2.6.1 ArgObj). */
+export function arg(n: number): Uint8Array {
+  if (!Number.isInteger(n) || n < 0 || n > 6) throw new AmlError(`Arg${n} does not exist (Arg0-Arg6)`);
+  return Uint8Array.of(ARG0_OP + n);
+}
+
+/** A reference to a named object, as an operand or target (NameString). */
+export function ref(n: string): Uint8Array {
+  return nameString(n);
+}
+
+/** OperationRegion(name, space, offset, length) (20.2.5.2 DefOpRegion). */
+export function operationRegion(n: string, space: number, offset: number | bigint, length: number | bigint): Uint8Array {
+  if (!Number.isInteger(space) || space < 0 || space > 0xff) throw new AmlError(`invalid region space ${space}`);
+  return concat([[EXT_OP_PREFIX, OP_REGION_OP], nameString(n), [space], integer(offset), integer(length)]);
+}
+
+/** One named field unit of a Field: its 4-character name and width in bits. */
+export interface FieldUnit {
+  name: string;
+  bits: number;
+}
+
+/**
+ * Field(region, access, NoLock, update){ units } (20.2.5.2 DefField). Each NamedField is a NameSeg
+ * then its width in bits in PkgLength encoding (the value itself, not counting its own bytes).
+ */
+export function field(region: string, units: readonly FieldUnit[], o: { access?: number; update?: number } = {}): Uint8Array {
+  const access = o.access ?? FIELD_ACCESS_ANY;
+  const update = o.update ?? FIELD_UPDATE_PRESERVE;
+  if (access < 0 || access > 5) throw new AmlError(`invalid field access type ${access}`);
+  if (update < 0 || update > 2) throw new AmlError(`invalid field update rule ${update}`);
+  const list: Array<Uint8Array | number[]> = [];
+  for (const u of units) {
+    if (!Number.isInteger(u.bits) || u.bits < 1 || u.bits >= 1 << 28) throw new AmlError(`field ${u.name} width ${u.bits} bits out of range`);
+    list.push(nameSeg(u.name), rawPkgLength(u.bits));
+  }
+  const body = concat([nameString(region), [access | (update << 5)], ...list]);
+  return concat([[EXT_OP_PREFIX, FIELD_OP], pkgLength(body.length), body]);
+}
+
+/** A PkgLength encoding of `value` itself (field widths). */
+function rawPkgLength(value: number): Uint8Array {
+  if (value < 0x40) return Uint8Array.of(value);
+  const n = value < 1 << 12 ? 2 : value < 1 << 20 ? 3 : 4;
+  const out = new Uint8Array(n);
+  out[0] = ((n - 1) << 6) | (value & 0xf);
+  for (let i = 1; i < n; i++) out[i] = (value >>> (4 + 8 * (i - 1))) & 0xff;
+  return out;
+}
+
+/** Store(source, target) (20.2.5.4 DefStore). */
+export function store(source: Uint8Array, target: Uint8Array): Uint8Array {
+  return concat([[STORE_OP], source, target]);
+}
+
+/** And(a, b) with no target (20.2.5.4 DefAnd; Target NullName). */
+export function and(a: Uint8Array, b: Uint8Array): Uint8Array {
+  return concat([[AND_OP], a, b, [0x00]]);
+}
+
+/** LEqual(a, b) (20.2.5.4 DefLEqual). */
+export function lEqual(a: Uint8Array, b: Uint8Array): Uint8Array {
+  return concat([[LEQUAL_OP], a, b]);
+}
+
+/** If(predicate){ terms } (20.2.5.3 DefIfElse, no Else). */
+export function ifThen(predicate: Uint8Array, terms: ReadonlyArray<Uint8Array>): Uint8Array {
+  const body = concat([predicate, ...terms]);
+  return concat([[IF_OP], pkgLength(body.length), body]);
+}
+
+/** Notify(object, value) (20.2.5.3 DefNotify). */
+export function notify(object: string, value: number): Uint8Array {
+  return concat([[NOTIFY_OP], nameString(object), integer(value)]);
+}

@@ -10,6 +10,7 @@
 //   0x0002_0000  kernel command line (CMDLINE_MAX_SIZE)
 //   0x0009_FC00  EBDA .. 0x10_0000: reserved in the e820 map (legacy video/BIOS area)
 //   0x000E_0000  ACPI tables (RSDP first: Linux scans 0xE0000-0xFFFFF for it, ACPI 6.x 5.2.5.1)
+//   0x000E_F000  VM Generation ID (16 bytes; the DSDT's VGEN device points at it)
 //   0x0010_0000  (1 MiB) protected-mode kernel / high RAM
 //   ...          RAM up to MEM_32BIT_GAP_START (3 GiB)
 //   0xC000_0000  32-bit PCI device (BAR) window, 640 MiB
@@ -68,7 +69,15 @@ export const EBDA_START = 0x9fc00;
 /** ACPI tables area inside the reserved BIOS area; the RSDP goes first (0xE0000, 16-aligned). */
 export const ACPI_TABLES_START = 0xe0000;
 export const RSDP_POINTER = ACPI_TABLES_START;
-export const ACPI_TABLES_END = 0xf0000;
+export const ACPI_TABLES_END = 0xef000;
+/**
+ * The 16-byte VM Generation ID (Microsoft "Virtual Machine Generation ID", ACPI device VGEN's
+ * ADDR): the last page of the ACPI area, reserved in e820 (so the guest kernel never allocates
+ * it) and scanned by nothing (Linux looks for the RSDP in 0xE0000-0xFFFFF, for MP and SMBIOS
+ * tables from 0xF0000 on). In guest RAM, so a snapshot keeps it at the same address.
+ */
+export const VMGENID_ADDR = 0xef000;
+export const VMGENID_SIZE = 16;
 /** SMBIOS tables, if ever added. */
 export const SMBIOS_START = 0xf0000;
 
@@ -145,6 +154,12 @@ export function pciSegmentLayouts(n = 1): PciSegmentLayout[] {
 /** Platform (non-PCI) MMIO devices, e.g. virtio-mmio transports. */
 export const PLATFORM_MMIO_START = PCI_ECAM_START + PCI_ECAM_SIZE; // 0xF800_0000
 export const PLATFORM_MMIO_SIZE = 0xfec00000 - PLATFORM_MMIO_START; // 108 MiB
+/**
+ * The ACPI Generic Event Device's event register (one byte, src/devices/acpi_power.ts
+ * AcpiGedDevice): the first page of the platform MMIO area, read by the DSDT's GED _EVT.
+ */
+export const GED_MMIO_START = PLATFORM_MMIO_START;
+export const GED_MMIO_SIZE = 1;
 
 /** IOAPIC (MADT), GSI base 0, 24 pins. */
 export const IOAPIC_START = 0xfec00000;
