@@ -7,7 +7,7 @@
 // it, and a flush has nothing to do.
 
 import { closeSync, fsyncSync } from 'node:fs';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, type VirtioActivation, type VirtioDevice } from '../device.js';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, serveQueue, type VirtioActivation, type VirtioDevice } from '../device.js';
 import { DescriptorChain, MAX_QUEUE_SIZE, VirtqueueError } from '../queue.js';
 import { VirtioStateMismatchError, type VirtioDeviceSpecificState } from '../state.js';
 
@@ -101,18 +101,11 @@ export class PmemDevice implements VirtioDevice {
   processQueue(index: number): void {
     const a = this.act;
     if (a === null || index !== 0) return;
-    const q = a.queues[0];
-    if (q === undefined || q === null) return;
-    const c = this.chain;
-    try {
-      do {
-        q.disableNotification();
-        while (q.pop(c)) q.addUsed(c.head, this.handle(a, c));
-      } while (q.enableNotification());
-    } finally {
-      if (q.needsInterrupt()) a.notifyQueue(0);
-    }
+    serveQueue(a, 0, this.chain, this.serve);
   }
+
+  /** Bound once: processQueue allocates nothing. */
+  private readonly serve = (c: DescriptorChain): number => this.handle(this.act!, c);
 
   /**
    * One request (5.19.6): a device-readable virtio_pmem_req, then a device-writable

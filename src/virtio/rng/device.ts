@@ -2,7 +2,7 @@
 // buffers, filled from a host entropy source.
 
 import { closeSync, readSync } from 'node:fs';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, type VirtioActivation, type VirtioDevice } from '../device.js';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioDeviceType, bit, serveQueue, type VirtioActivation, type VirtioDevice } from '../device.js';
 import { DescriptorChain, MAX_QUEUE_SIZE } from '../queue.js';
 import { GuestMemoryRevokedError } from '../../memory/guest_memory.js';
 import { VirtioStateMismatchError, type VirtioDeviceSpecificState } from '../state.js';
@@ -60,18 +60,11 @@ export class RngDevice implements VirtioDevice {
   processQueue(index: number): void {
     const a = this.act;
     if (a === null || index !== 0) return;
-    const q = a.queues[0];
-    if (q === undefined || q === null) return;
-    const c = this.chain;
-    try {
-      do {
-        q.disableNotification();
-        while (q.pop(c)) q.addUsed(c.head, this.fill(a, c));
-      } while (q.enableNotification());
-    } finally {
-      if (q.needsInterrupt()) a.notifyQueue(0);
-    }
+    serveQueue(a, 0, this.chain, this.serve);
   }
+
+  /** Bound once: processQueue allocates nothing. */
+  private readonly serve = (c: DescriptorChain): number => this.fill(this.act!, c);
 
   /**
    * 5.4.6.2: place one or more random bytes in the device-writable part of
