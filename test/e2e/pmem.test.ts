@@ -10,14 +10,12 @@
 //     file system clean.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { guestImages, LOG_DIR } from './lib/guest.js';
-import { STRATOVISOR } from './lib/stratovisor.js';
+import { guestImages } from './lib/guest.js';
+import { VmmProcess as Vmm } from './lib/vmm_process.js';
 import { debugfsCat, fsckProblems, makeHostDisk, scratchDir, sha256 } from './lib/virtio.js';
-import { apiRequest } from '../../src/cli/remote.js';
 import { waitForPing } from '../../src/api/testing/spawn_vmm.js';
 
 const img = guestImages();
@@ -25,46 +23,6 @@ const TIMEOUT_MS = 300_000;
 const MiB = 1024 * 1024;
 const MARK = 'stv-pmem-marker-0';
 const SECOND = 'stv-pmem-second1';
-
-/** A VMM process: its serial console on stdout (stdin types into it), its API socket. */
-class Vmm {
-  out = '';
-  err = '';
-  done = false;
-  readonly child;
-  readonly exited: Promise<number | null>;
-  private readonly waiters: Array<() => void> = [];
-  constructor(readonly name: string, readonly sock: string, readonly args: string[]) {
-    this.child = spawn(process.execPath, [STRATOVISOR, '--api-socket', `path=${sock}`, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-    const wake = () => { for (const w of this.waiters.splice(0)) w(); };
-    this.child.stdout.on('data', (b: Buffer) => { this.out += b.toString('latin1'); wake(); });
-    this.child.stderr.on('data', (b: Buffer) => { this.err += b.toString('latin1'); wake(); });
-    this.exited = new Promise((r) => this.child.on('close', (c) => { this.done = true; wake(); r(c); }));
-  }
-  explain(): string {
-    return `--- ${this.name} console (last 3000) ---\n${this.out.slice(-3000)}\n--- stderr ---\n${this.err.slice(-3000)}`;
-  }
-  end(): void {
-    if (!this.done) this.child.kill('SIGKILL');
-    mkdirSync(LOG_DIR, { recursive: true });
-    writeFileSync(join(LOG_DIR, `stv-${this.name}.log`), `$ stratovisor ${this.args.join(' ')}\n${this.out}\n--- stderr ---\n${this.err}\n`);
-  }
-  async waitFor(re: RegExp, from: number, what: string): Promise<RegExpExecArray> {
-    for (;;) {
-      const m = re.exec(this.out.slice(from));
-      if (m) return m;
-      if (this.done) assert.fail(`the VMM exited before ${what}\n${this.explain()}`);
-      await new Promise<void>((r) => { this.waiters.push(r); setTimeout(r, 1000); });
-    }
-  }
-  /** Type a shell line; returns the console output after it up to the match of `re`. */
-  async shell(line: string, re: RegExp, what: string): Promise<{ m: RegExpExecArray; text: string }> {
-    const mark = this.out.length;
-    this.child.stdin.write(`${line}\n`);
-    const m = await this.waitFor(re, mark, what);
-    return { m, text: this.out.slice(mark) };
-  }
-}
 
 function rawFile(path: string, size: number): Buffer {
   const b = Buffer.alloc(size);
@@ -96,7 +54,7 @@ test('virtio-pmem: /dev/pmemN of the right size, reads and persistent writes (fl
   await vmm.waitFor(/stv# /, 0, 'the guest shell prompt');
 
   // nd_pmem binds the regions as the modules load; wait until all three disks are there.
-  const list = await vmm.shell(
+  const list = await vmm.shellOutput(
     'for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do [ -b /dev/pmem2 ] && break; sleep 1; done; ' +
     'for b in /sys/block/pmem*; do n=${b##*/}; echo "PM""EM $n $(cat $b/size) $(dd if=/dev/$n bs=4096 count=1 2>/dev/null | head -c 17 | tr -c "a-z0-9-" .)"; done; echo LIST""ED',
     /LISTED/, 'the list of pmem disks');
@@ -116,7 +74,7 @@ test('virtio-pmem: /dev/pmemN of the right size, reads and persistent writes (fl
   assert.equal(dis.head, MARK, 'the guest reads the marker at offset 0 of the discard_writes file');
 
   // Writes: the second marker at offset 4096 of both, fsync'ed (a flush request) and synced.
-  const w = await vmm.shell(
+  const w = await vmm.shellOutput(
     `printf ${SECOND} > /tmp/m; for n in ${sh.dev} ${dis.dev}; do dd if=/tmp/m of=/dev/$n bs=4096 seek=1 conv=notrunc,fsync 2>/dev/null || echo "WRITE ""FAILED $n"; done; sync; ` +
     `for n in ${sh.dev} ${dis.dev}; do echo "BACK""READ $n $(dd if=/dev/$n bs=4096 skip=1 count=1 2>/dev/null | head -c 16)"; done; echo WRIT""TEN`,
     /WRITTEN/, 'the writes to the pmem disks');
@@ -125,7 +83,7 @@ test('virtio-pmem: /dev/pmemN of the right size, reads and persistent writes (fl
   assert.match(w.text, new RegExp(`BACKREAD ${dis.dev} ${SECOND}`), 'the guest reads its write back (discard_writes: its private copy)');
 
   // ext4 on pmem: DAX when the kernel offers it for this region, else through the page cache.
-  const e = await vmm.shell(
+  const e = await vmm.shellOutput(
     `mkdir -p /mnt/p; if mount -t ext4 -o dax /dev/${fs.dev} /mnt/p 2>/dev/null; then echo "DA""X=on"; else mount -t ext4 /dev/${fs.dev} /mnt/p && echo "DA""X=off"; fi; ` +
     'echo "HOST""TXT $(cat /mnt/p/host.txt)"; echo "stratovisor guest wrote this on pmem" > /mnt/p/guest.txt; umount /mnt/p && echo UMOUN""TED || echo UMOUNT""FAILED',
     // Not the prompt: busybox redraws it while a long line is echoed, before the command ran.
@@ -135,7 +93,7 @@ test('virtio-pmem: /dev/pmemN of the right size, reads and persistent writes (fl
   assert.match(e.text, /UMOUNTED/, `umount\n${vmm.explain()}`);
 
   // The guest's flushes went through the device (conv=fsync, sync, ext4's journal and umount).
-  const c = await apiRequest(vmm.sock, 'GET', 'vm.counters');
+  const c = await vmm.api('GET', 'vm.counters');
   assert.equal(c.status, 200, c.text);
   const counters = JSON.parse(c.text) as Record<string, Record<string, number>>;
   t.diagnostic(`vm.counters: ${JSON.stringify({ pmem_shared: counters['pmem_shared'], pmem_discard: counters['pmem_discard'], pmem_ext4: counters['pmem_ext4'] })}`);
@@ -144,7 +102,7 @@ test('virtio-pmem: /dev/pmemN of the right size, reads and persistent writes (fl
   assert.equal(counters['pmem_shared']?.['malformed_requests'], 0);
 
   await vmm.shell('poweroff', /@@stv:poweroff@@/, 'the guest powered off');
-  await apiRequest(vmm.sock, 'PUT', 'vmm.shutdown').catch(() => undefined);
+  await vmm.api('PUT', 'vmm.shutdown').catch(() => undefined);
   await vmm.exited;
 
   const after = readFileSync(shared);

@@ -24,7 +24,7 @@ export class VmmProcess {
     this.exited = new Promise((r) => this.child.on('close', (c) => { this.done = true; wake(); r(c); }));
   }
   explain(): string {
-    return `--- ${this.name} console (last 2000) ---\n${this.out.slice(-2000)}\n--- stderr ---\n${this.err.slice(-3000)}`;
+    return `--- ${this.name} console (last 3000) ---\n${this.out.slice(-3000)}\n--- stderr ---\n${this.err.slice(-3000)}`;
   }
   /** Kill it if still running, and keep its log. */
   end(): void {
@@ -43,9 +43,14 @@ export class VmmProcess {
   }
   /** Type a shell line; the console output after it matches `re`. */
   async shell(line: string, re: RegExp, what: string): Promise<RegExpExecArray> {
+    return (await this.shellOutput(line, re, what)).m;
+  }
+  /** shell(), with the console output from the line up to the match. */
+  async shellOutput(line: string, re: RegExp, what: string): Promise<{ m: RegExpExecArray; text: string }> {
     const mark = this.out.length;
     this.child.stdin.write(`${line}\n`);
-    return this.waitFor(re, mark, what);
+    const m = await this.waitFor(re, mark, what);
+    return { m, text: this.out.slice(mark) };
   }
   api(method: string, ep: string, body?: unknown) {
     return apiRequest(this.sock, method, ep, body === undefined ? undefined : JSON.stringify(body));
