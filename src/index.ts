@@ -17,11 +17,12 @@ import {
   type VmmPingResponse,
   type VmState,
   type RestoreConfig,
+  type PciDeviceInfo,
 } from './api/controller.js';
 import { EventMonitor, withLifecycleEvents, type EventMonitorTarget, type LifecycleEvent } from './api/events.js';
 import { ApiServer, parseApiSocketArg, type ApiSocketTarget } from './api/server.js';
 import { VmmCore } from './vmm/controller.js';
-import { createVmConfig, type VmConfig, type VmConfigInput } from './vmm/config.js';
+import { createVmConfig, defaultDiskConfig, defaultNetConfig, type DeepPartial, type DiskConfig, type NetConfig, type VmConfig, type VmConfigInput } from './vmm/config.js';
 import type { VmExitInfo } from './vmm/vm.js';
 
 export type { VmConfig, VmConfigInput } from './vmm/config.js';
@@ -122,6 +123,27 @@ export class Stratovisor extends EventEmitter<StratovisorEvents> {
 
   powerButton(): Promise<void> {
     return this.controller.powerButton();
+  }
+
+  /**
+   * vm.add-disk: before boot the disk joins the configuration (undefined); on a running VM it is
+   * hot-plugged and this resolves with its id and PCI address ("0000:00:06.0").
+   */
+  addDisk(disk: DeepPartial<DiskConfig> & { path: string }): Promise<PciDeviceInfo | undefined> {
+    return this.core.addDisk(defaultDiskConfig(disk));
+  }
+
+  /** vm.add-net: as addDisk, for a NIC (a tap the VMM opens by name, or one it creates). */
+  addNet(net: DeepPartial<NetConfig> = {}): Promise<PciDeviceInfo | undefined> {
+    return this.core.addNet(defaultNetConfig(net));
+  }
+
+  /**
+   * vm.remove-device: ask the guest to eject the device; a 'device-removed' lifecycle event
+   * (source 'vm') follows once it has.
+   */
+  removeDevice(id: string): Promise<void> {
+    return this.core.removeDevice(id);
   }
 
   delete(): Promise<void> {

@@ -11,7 +11,7 @@
 // implementation answers wrong-state requests the same way.
 
 import { readFileSync } from 'node:fs';
-import type { FsConfig, NetConfig, VmConfig, VsockConfig } from '../vmm/config.js';
+import type { DiskConfig, FsConfig, NetConfig, VmConfig, VsockConfig } from '../vmm/config.js';
 
 /** VmState enum of the OpenAPI document. */
 export type VmState = 'Created' | 'Running' | 'Shutdown' | 'Paused' | 'BreakPoint';
@@ -132,14 +132,14 @@ export interface VmmController {
    * vm.add-fs: add a virtio-fs device to the configuration of a VM not booted yet (404 if not
    * created, 405 once booted: hotplug is not supported; 400 if the result is not valid).
    */
-  addFs?(fs: FsConfig): Promise<void>;
+  addFs?(fs: FsConfig): Promise<PciDeviceInfo | undefined | void>;
 
   /**
    * vm.add-vsock before vm.boot: adds the device to the configuration (204). 404 if not created,
    * 400 for an invalid device or a second vsock, 409 for an id in use, 500 once booted (no
    * hotplug yet). Optional: a controller without it answers 500 "not implemented".
    */
-  addVsock?(config: VsockConfig): Promise<void>;
+  addVsock?(config: VsockConfig): Promise<PciDeviceInfo | undefined | void>;
 
   /**
    * vm.add-net: add a NIC (its `fds`, if any, are owned by the controller once this
@@ -147,6 +147,18 @@ export interface VmmController {
    * vmm/src/lib.rs vm_add_net); on a booted VM, hotplug (PciDeviceInfo). 404 if not created.
    */
   addNet(net: NetConfig): Promise<PciDeviceInfo | undefined>;
+
+  /**
+   * vm.add-disk: as addNet (before boot: into the configuration, 204; running: hot-plugged,
+   * 200 with PciDeviceInfo). 409 for an id or image in use. Optional: 500 "not implemented".
+   */
+  addDisk?(disk: DiskConfig): Promise<PciDeviceInfo | undefined>;
+
+  /**
+   * vm.remove-device {id}: running, the guest is asked to eject the device (204; a 'device-removed'
+   * event follows once it did); before boot it leaves the configuration. 404 for no such device.
+   */
+  removeDevice?(id: string): Promise<void>;
 }
 
 /** Machine-readable kind of an API error. */

@@ -211,5 +211,7 @@ export function withLifecycleEvents(controller: VmmController, monitor: EventMon
     counters: () => controller.counters(),
     ...(controller.addFs ? { addFs: (fs: Parameters<NonNullable<VmmController['addFs']>>[0]) => controller.addFs!(fs) } : {}),
     addNet: (net) => controller.addNet(net),
+    ...(controller.addDisk ? { addDisk: (d: Parameters<NonNullable<VmmController['addDisk']>>[0]) => controller.addDisk!(d) } : {}),
+    ...(controller.removeDevice ? { removeDevice: (id: string) => controller.removeDevice!(id) } : {}),
   };
 }

@@ -33,7 +33,7 @@ import { ApiError, NotImplementedError, type ReceiveMigrationData, type RestoreC
 import { closeFds, FdPoller, FdSocketStream, socketFd } from './fd_stream.js';
 import { formatIssues, getValidator, type ApiOperation, type SchemaValidator } from './validate.js';
 import { validateVmConfig, VmConfigError, defaultFsConfig, type DeepPartial, type FsConfig, type VmConfig, type VsockConfig } from '../vmm/config.js';
-import { netConfigFromBody, vmConfigFromBody } from './vm_config_body.js';
+import { diskConfigFromBody, netConfigFromBody, vmConfigFromBody } from './vm_config_body.js';
 
 /** The document's server URL path. */
 export const API_ROOT = '/api/v1';
@@ -269,8 +269,8 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     this.handlers.set('PUT /vm.add-fs', (body) =>
       this.serialized(async () => {
         if (!c.addFs) throw new NotImplementedError('vm.add-fs');
-        await c.addFs(defaultFsConfig(body as DeepPartial<FsConfig>));
-      }).then(() => undefined),
+        return (await c.addFs(defaultFsConfig(body as DeepPartial<FsConfig>))) ?? undefined;
+      }),
     );
     this.handlers.set('PUT /vm.add-vsock', (body) =>
       this.serialized(async () => {
@@ -282,8 +282,8 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
         if (b.iommu !== undefined && b.iommu !== null) v.iommu = b.iommu as boolean;
         if (typeof b.id === 'string') v.id = b.id;
         if (typeof b.pci_segment === 'number') v.pci_segment = b.pci_segment;
-        await c.addVsock(v);
-      }).then(() => undefined),
+        return (await c.addVsock(v)) ?? undefined;
+      }),
     );
     this.handlers.set('PUT /vm.add-net', (body, fds) =>
       this.serialized(async () => {
@@ -300,6 +300,29 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
         fds.claimed = true;
         return info;
       }),
+    );
+    this.handlers.set('PUT /vm.add-disk', (body) =>
+      this.serialized(async () => {
+        if (c.addDisk === undefined) throw new NotImplementedError('vm.add-disk');
+        let vm;
+        try {
+          vm = c.info().config;
+        } catch (e) {
+          if (e instanceof ApiError && e.status === 404) throw new ApiError(404, 'VmNotCreated', 'cannot add a disk: the VM is not created');
+          throw e;
+        }
+        const r = diskConfigFromBody(body, vm, this.validator);
+        if (!r.ok) throw new BodyError('vm.add-disk: invalid disk configuration', r.issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)));
+        return c.addDisk(r.config);
+      }),
+    );
+    this.handlers.set('PUT /vm.remove-device', (body) =>
+      this.serialized(async () => {
+        if (c.removeDevice === undefined) throw new NotImplementedError('vm.remove-device');
+        const id = (body as { id?: unknown } | null)?.id;
+        if (typeof id !== 'string' || id === '') throw new BodyError('vm.remove-device: invalid request', ['id: required (the device id, as vm.info lists it)']);
+        await c.removeDevice(id);
+      }).then(() => undefined),
     );
     this.handlers.set('PUT /vm.boot', serial(() => c.bootVm()));
     this.handlers.set('PUT /vm.pause', serial(() => c.pauseVm()));

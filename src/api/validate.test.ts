@@ -91,8 +91,14 @@ test("Stratovisor's supported VmConfig fields all exist in the document's VmConf
 
 test('vmConfigFromBody applies defaults and reports unsupported features by path', () => {
   const v = getValidator();
-  const r = vmConfigFromBody({ payload: { kernel: '/k' }, net: [{ tap: 't0', vhost_mode: 'Client', pci_device_id: 5 }] }, v);
-  assert.deepEqual(r, { ok: false, issues: [{ path: 'net[0].pci_device_id', message: 'not supported yet in Stratovisor' }] });
+  const r = vmConfigFromBody({ payload: { kernel: '/k' }, fs: [{ tag: 'x', socket: '/s', pci_device_id: 5 }] }, v);
+  assert.deepEqual(r, { ok: false, issues: [{ path: 'fs[0].pci_device_id', message: 'not supported yet in Stratovisor' }] });
+  // Disks and NICs take their device number (CH's pci_device_id): 1..31.
+  const placed = vmConfigFromBody({ payload: { kernel: '/k' }, net: [{ tap: 't0', pci_device_id: 5 }], disks: [{ path: '/d', pci_device_id: 31 }] }, v);
+  assert.ok(placed.ok);
+  if (placed.ok) assert.deepEqual([placed.config.net?.[0]?.pci_device_id, placed.config.disks?.[0]?.pci_device_id], [5, 31]);
+  assert.deepEqual(vmConfigFromBody({ payload: { kernel: '/k' }, disks: [{ path: '/d', pci_device_id: 0 }] }, v),
+    { ok: false, issues: [{ path: 'disks[0].pci_device_id', message: 'must be a device number in 1..31 (0 is the host bridge), got 0' }] });
   const ok = vmConfigFromBody({ payload: { kernel: '/k' }, net: [{ tap: 't0', vhost_mode: 'Client' }] }, v);
   assert.ok(ok.ok);
   if (ok.ok) {

@@ -9,7 +9,7 @@
 // Hypervisor's defaults) and `validateVmConfig` (ranges and cross-field rules).
 
 import { isDeepStrictEqual } from 'node:util';
-import { createVmConfig, defaultNetConfig, validateVmConfig, type NetConfig, type RateLimiterConfig, type VmConfig, type VmConfigInput } from '../vmm/config.js';
+import { createVmConfig, defaultDiskConfig, defaultNetConfig, validateVmConfig, type DiskConfig, type NetConfig, type RateLimiterConfig, type VmConfig, type VmConfigInput } from '../vmm/config.js';
 import type { SchemaObject, SchemaValidator, ValidationIssue } from './validate.js';
 
 /** `true` for a supported leaf, a nested shape for an object, [shape] for an array of objects. */
@@ -67,6 +67,7 @@ export const SUPPORTED_VM_CONFIG_FIELDS: Shape<VmConfig> = {
       id: true,
       serial: true,
       pci_segment: true,
+      pci_device_id: true,
       rate_limiter_config: RATE_LIMITER,
       rate_limit_group: true,
     },
@@ -86,6 +87,7 @@ export const SUPPORTED_VM_CONFIG_FIELDS: Shape<VmConfig> = {
       vhost_socket: true,
       id: true,
       pci_segment: true,
+      pci_device_id: true,
       offload_tso: true,
       offload_ufo: true,
       offload_csum: true,
@@ -179,6 +181,9 @@ export function vmConfigFromBody(
   return { ok: true, config };
 }
 
+/** An id another device has: the VMM core answers that with 409, as Cloud Hypervisor does. */
+const ID_IN_USE = /is already used by/;
+
 /**
  * Convert a schema-valid vm.add-net body (NetConfig) into Stratovisor's NetConfig, checked as
  * the `index`-th NIC of `vm` would be, with `fds` (received with the request) as its taps.
@@ -199,8 +204,30 @@ export function netConfigFromBody(
   if (fds.length > 0) net.fds = [...fds];
   const index = vm.net?.length ?? 0;
   const semantic = validateVmConfig({ ...vm, net: [...(vm.net ?? []), net] })
-    .filter((i) => i.path.startsWith(`net[${index}]`))
+    .filter((i) => i.path.startsWith(`net[${index}]`) && !ID_IN_USE.test(i.message))
     .map((i) => ({ path: i.path.slice(`net[${index}]`.length).replace(/^\./, ''), message: i.message }));
   if (semantic.length > 0) return { ok: false, issues: semantic };
   return { ok: true, config: net };
+}
+
+/**
+ * Convert a schema-valid vm.add-disk body (DiskConfig) into Stratovisor's DiskConfig, checked as
+ * the next disk of `vm` would be.
+ */
+export function diskConfigFromBody(
+  body: unknown,
+  vm: VmConfig,
+  validator: SchemaValidator,
+): { ok: true; config: DiskConfig } | { ok: false; issues: ValidationIssue[] } {
+  const issues: ValidationIssue[] = [];
+  const shape = (SUPPORTED_VM_CONFIG_FIELDS as unknown as { disks: [AnyShape] }).disks[0];
+  const filtered = filter(body, shape, { $ref: '#/definitions/DiskConfig' }, '', validator, issues);
+  if (issues.length > 0) return { ok: false, issues };
+  const disk = defaultDiskConfig(filtered as Partial<DiskConfig>);
+  const index = vm.disks?.length ?? 0;
+  const semantic = validateVmConfig({ ...vm, disks: [...(vm.disks ?? []), disk] })
+    .filter((i) => i.path.startsWith(`disks[${index}]`) && !ID_IN_USE.test(i.message))
+    .map((i) => ({ path: i.path.slice(`disks[${index}]`.length).replace(/^\./, ''), message: i.message }));
+  if (semantic.length > 0) return { ok: false, issues: semantic };
+  return { ok: true, config: disk };
 }

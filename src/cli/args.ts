@@ -552,7 +552,7 @@ function parseRateLimitGroup(v: string): DeepPartial<RateLimitGroupConfig> {
   return { id, rate_limiter_config: cfg };
 }
 
-function parseDisk(v: string): DeepPartial<DiskConfig> {
+export function parseDisk(v: string): DeepPartial<DiskConfig> {
   const f = '--disk';
   const o = parseOptionList(f, v, [
     'path',
@@ -566,6 +566,7 @@ function parseDisk(v: string): DeepPartial<DiskConfig> {
     'id',
     'serial',
     'pci_segment',
+    'pci_device_id',
     'iothread',
     'rate_limit_group',
     ...RATE_LIMITER_KEYS,
@@ -578,6 +579,7 @@ function parseDisk(v: string): DeepPartial<DiskConfig> {
   setIf(d, 'num_queues', intOpt(f, 'num_queues', o.get('num_queues')));
   setIf(d, 'queue_size', intOpt(f, 'queue_size', o.get('queue_size')));
   setIf(d, 'pci_segment', intOpt(f, 'pci_segment', o.get('pci_segment')));
+  setIf(d, 'pci_device_id', intOpt(f, 'pci_device_id', o.get('pci_device_id')));
   setIf(d, 'vhost_socket', o.get('socket'));
   setIf(d, 'id', o.get('id'));
   setIf(d, 'serial', o.get('serial'));
@@ -585,7 +587,7 @@ function parseDisk(v: string): DeepPartial<DiskConfig> {
   return d;
 }
 
-function parseNet(v: string): DeepPartial<NetConfig> {
+export function parseNet(v: string): DeepPartial<NetConfig> {
   const f = '--net';
   const o = parseOptionList(f, v, [
     'tap',
@@ -601,6 +603,7 @@ function parseNet(v: string): DeepPartial<NetConfig> {
     'socket',
     'id',
     'pci_segment',
+    'pci_device_id',
     'offload_tso',
     'offload_ufo',
     'offload_csum',
@@ -611,7 +614,7 @@ function parseNet(v: string): DeepPartial<NetConfig> {
   setIf(n, 'rate_limiter_config', parseRateLimiter(f, o));
   for (const k of ['tap', 'ip', 'mask', 'mac', 'host_mac', 'id', 'iothread'] as const) setIf(n, k, o.get(k));
   setIf(n, 'vhost_socket', o.get('socket'));
-  for (const k of ['mtu', 'num_queues', 'queue_size', 'pci_segment'] as const) setIf(n, k, intOpt(f, k, o.get(k)));
+  for (const k of ['mtu', 'num_queues', 'queue_size', 'pci_segment', 'pci_device_id'] as const) setIf(n, k, intOpt(f, k, o.get(k)));
   for (const k of ['iommu', 'vhost_user', 'offload_tso', 'offload_ufo', 'offload_csum'] as const) {
     setIf(n, k, toggleOpt(f, k, o.get(k)));
   }

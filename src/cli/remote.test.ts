@@ -155,3 +155,40 @@ describe('stratovisor remote', () => {
     assert.equal(t.controller.vmmShutdown, true);
   });
 });
+
+test('remote add-disk / add-net / remove-device: --disk / --net syntax to a VMM core; before boot they change its configuration', async () => {
+  const { VmmCore } = await import('../vmm/controller.js');
+  const { ApiServer } = await import('../api/server.js');
+  const { createVmConfig } = await import('../vmm/config.js');
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const core = new VmmCore();
+  await core.createVm(createVmConfig({ payload: { kernel: '/nonexistent/k' }, memory: { size: 64 << 20 } }));
+  const dir = mkdtempSync(join(tmpdir(), 'stv-remote-add-'));
+  const server = await ApiServer.listen({ controller: core, socket: { path: join(dir, 'api.sock') } });
+  try {
+    const sock = server.socketPath!;
+    let r = await remote('--api-socket', sock, 'add-disk', 'path=/img/a.raw,readonly=on,id=data');
+    assert.equal(r.code, 0, r.err);
+    assert.equal(r.out, "disk added to the VM's configuration\n");
+    assert.deepEqual(core.info().config.disks?.map((d) => [d.path, d.readonly, d.id]), [['/img/a.raw', true, 'data']]);
+    r = await remote('--api-socket', sock, 'add-net', 'tap=stvx0,mac=52:54:00:00:00:09,id=n1');
+    assert.equal(r.code, 0, r.err);
+    assert.equal(core.info().config.net?.[0]?.mac, '52:54:00:00:00:09');
+    r = await remote('--api-socket', sock, 'add-disk', 'path=/img/b.raw,id=data');
+    assert.equal(r.code, 1);
+    assert.match(r.err, /409 Conflict[\s\S]*identifier 'data' is already in use/);
+    r = await remote('--api-socket', sock, 'add-disk', 'path=/img/b.raw,colour=red');
+    assert.equal(r.code, 2);
+    assert.match(r.err, /unknown key "colour"/);
+    r = await remote('--api-socket', sock, 'remove-device', 'data');
+    assert.equal(r.code, 0, r.err);
+    assert.deepEqual(core.info().config.disks, []);
+    r = await remote('--api-socket', sock, 'remove-device', 'data');
+    assert.equal(r.code, 1);
+    assert.match(r.err, /404/);
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

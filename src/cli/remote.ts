@@ -11,7 +11,7 @@
 
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
-import { CliError, parseArgs, parseOptionList, type RemoteCommand } from './args.js';
+import { CliError, parseArgs, parseDisk, parseNet, parseOptionList, type RemoteCommand } from './args.js';
 
 /** A response of the API. */
 export interface ApiResponse {
@@ -130,7 +130,23 @@ const COMMANDS: Partial<Record<RemoteCommand, CommandSpec>> = {
     body: (a) => JSON.stringify({ receiver_url: a[0] }),
   },
   restore: { method: 'PUT', endpoint: 'vm.restore', args: ['SOURCE_URL|source_url=…'], render: done('VM restored'), body: restoreBody },
+  // ch-remote add-disk / add-net take the --disk / --net option syntax.
+  'add-disk': { method: 'PUT', endpoint: 'vm.add-disk', args: ['path=…[,readonly=on,id=…]'], render: renderDeviceInfo('disk'), body: (a) => JSON.stringify(parseDisk(a[0]!)) },
+  'add-net': { method: 'PUT', endpoint: 'vm.add-net', args: ['tap=…[,mac=…,id=…]'], render: renderDeviceInfo('network device'), body: (a) => JSON.stringify(parseNet(a[0]!)) },
+  'remove-device': {
+    method: 'PUT', endpoint: 'vm.remove-device', args: ['ID'], render: done('device removal requested (the guest ejects it)'),
+    body: (a) => JSON.stringify({ id: a[0] }),
+  },
 };
+
+/** A hotplug's answer (PciDeviceInfo), or the 204 of an add before boot. */
+function renderDeviceInfo(what: string): (body: unknown) => string {
+  return (body) => {
+    const b = body as { id?: unknown; bdf?: unknown } | null | undefined;
+    if (b && typeof b.id === 'string') return `${JSON.stringify({ id: b.id, bdf: b.bdf })}\n`;
+    return `${what} added to the VM's configuration\n`;
+  };
+}
 
 /** Where output goes (tests capture it). */
 export interface RemoteIo {

@@ -76,6 +76,14 @@ export class PciRoot {
     return s;
   }
 
+  /** Take the device out of `slot` (hot unplug); the host bridge at 0 stays. */
+  remove(slot: number): PciDevice | null {
+    if (!Number.isInteger(slot) || slot < 1 || slot >= PCI_SLOTS) throw new RangeError(`PCI slot ${slot} outside 1..31`);
+    const d = this.slots[slot] ?? null;
+    this.slots[slot] = null;
+    return d;
+  }
+
   /** Device numbers with a function 0, in order (0 is the host bridge). */
   presentSlots(): number[] {
     const out: number[] = [];

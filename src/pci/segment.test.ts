@@ -91,3 +91,18 @@ test('devices are placed per segment: device numbers from 1 and BARs inside thei
   assert.throws(() => placePciDevices(many, segs, BAR), /n31: PCI segment 2 is full \(at most 31 devices/);
   assert.equal(placePciDevices(many.slice(0, 31), segs, BAR).length, 31);
 });
+
+test('placement keeps a slot a device already has (hotplug, a later boot) and gives the others the free ones; BAR by slot', () => {
+  const segs = pciSegmentLayouts(2);
+  const BAR = 0x10000;
+  const p = placePciDevices([
+    { id: 'a', segment: 0 }, { id: 'hot', segment: 0, slot: 2 }, { id: 'b', segment: 0 }, { id: 'c', segment: 0 }, { id: 'd', segment: 1, slot: 31 },
+  ], segs, BAR);
+  assert.deepEqual(p.map((x) => x.slot), [1, 2, 3, 4, 31]);
+  // A device's BAR depends only on its slot: removing a device elsewhere never moves it.
+  assert.deepEqual(p.map((x) => x.barAddr), [0, 1, 2, 3].map((k) => segs[0]!.mmio32.start + k * BAR).concat(segs[1]!.mmio32.start + 30 * BAR));
+  const again = placePciDevices([{ id: 'b', segment: 0 }, { id: 'hot', segment: 0, slot: 2 }], segs, BAR);
+  assert.deepEqual(again.map((x) => [x.slot, x.barAddr]), [[1, p[0]!.barAddr], [2, p[1]!.barAddr]]);
+  assert.throws(() => placePciDevices([{ id: 'x', segment: 0, slot: 3 }, { id: 'y', segment: 0, slot: 3 }], segs, BAR), /y: PCI slot 3 of segment 0 is taken twice/);
+  assert.throws(() => placePciDevices([{ id: 'x', segment: 0, slot: 0 }], segs, BAR), /x: PCI slot 0 outside 1\.\.31/);
+});

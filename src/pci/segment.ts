@@ -4,7 +4,7 @@
 // the others only through ECAM, as on Cloud Hypervisor.
 
 import type { Bus } from '../devices/bus.js';
-import { BarAllocator, PciConfigMmio, PciRoot, PCI_SLOTS, type PciRootState, type PciType1 } from './bus.js';
+import { PciConfigMmio, PciRoot, PCI_SLOTS, type PciRootState, type PciType1 } from './bus.js';
 import { StateCheck, underField } from '../devices/state.js';
 
 /** What a segment needs from the platform layout (src/arch/x86_64/layout.ts PciSegmentLayout). */
@@ -37,20 +37,40 @@ export interface PciPlacement {
 }
 
 /**
- * Place devices (in order) on their segments: device numbers 1, 2, ... on each segment's bus 0
- * (00.0 is its host bridge) and BARs of `barSize` from that segment's own window. Throws
- * RangeError naming the segment when one is unknown or full.
+ * Place devices on their segments' bus 0 (00.0 is the host bridge): a device that names its
+ * `slot` keeps it (a hot-plugged one, or one placed at an earlier boot), the others take the
+ * lowest free device numbers in order. BAR 0 of device number N is at its segment's window
+ * start + (N - 1) * barSize, so a slot's BAR never depends on the other devices. Throws
+ * RangeError naming the segment when one is unknown or full, or a slot is taken twice.
  */
-export function placePciDevices(devices: ReadonlyArray<{ id: string; segment: number }>, segments: readonly PciSegmentWindows[], barSize: number): PciPlacement[] {
-  const bars = new Map(segments.map((s) => [s.segment, new BarAllocator(s.mmio32.start, s.mmio32.size)]));
-  const nextSlot = new Map(segments.map((s) => [s.segment, 1]));
+export function placePciDevices(devices: ReadonlyArray<{ id: string; segment: number; slot?: number }>, segments: readonly PciSegmentWindows[], barSize: number): PciPlacement[] {
+  const windows = new Map(segments.map((s) => [s.segment, s.mmio32]));
+  const used = new Map(segments.map((s) => [s.segment, new Set<number>([0])]));
+  const known = (d: { id: string; segment: number }) => {
+    const u = used.get(d.segment);
+    if (u === undefined) throw new RangeError(`${d.id}: PCI segment ${d.segment} does not exist (segments 0..${segments.length - 1})`);
+    return u;
+  };
+  for (const d of devices) {
+    if (d.slot === undefined) continue;
+    const u = known(d);
+    if (!Number.isInteger(d.slot) || d.slot < 1 || d.slot >= PCI_SLOTS) throw new RangeError(`${d.id}: PCI slot ${d.slot} outside 1..${PCI_SLOTS - 1}`);
+    if (u.has(d.slot)) throw new RangeError(`${d.id}: PCI slot ${d.slot} of segment ${d.segment} is taken twice`);
+    u.add(d.slot);
+  }
   return devices.map((d) => {
-    const alloc = bars.get(d.segment);
-    const slot = nextSlot.get(d.segment);
-    if (alloc === undefined || slot === undefined) throw new RangeError(`${d.id}: PCI segment ${d.segment} does not exist (segments 0..${segments.length - 1})`);
-    if (slot >= PCI_SLOTS) throw new RangeError(`${d.id}: PCI segment ${d.segment} is full (at most ${PCI_SLOTS - 1} devices on its bus 0)`);
-    nextSlot.set(d.segment, slot + 1);
-    return { segment: d.segment, slot, barAddr: alloc.allocate(barSize) };
+    const u = known(d);
+    let slot = d.slot;
+    if (slot === undefined) {
+      slot = 1;
+      while (slot < PCI_SLOTS && u.has(slot)) slot++;
+      if (slot >= PCI_SLOTS) throw new RangeError(`${d.id}: PCI segment ${d.segment} is full (at most ${PCI_SLOTS - 1} devices on its bus 0)`);
+      u.add(slot);
+    }
+    const w = windows.get(d.segment)!;
+    const barAddr = Math.ceil(w.start / barSize) * barSize + (slot - 1) * barSize;
+    if (barAddr + barSize > w.start + w.size) throw new RangeError(`${d.id}: PCI BAR window 0x${w.start.toString(16)}+0x${w.size.toString(16)} is full`);
+    return { segment: d.segment, slot, barAddr };
   });
 }
 

@@ -80,6 +80,8 @@ export interface DiskConfig {
   id?: string;
   serial?: string;
   pci_segment?: number;
+  /** Device number on its segment's bus 0 (1..31; CH's pci_device_id). Omitted: the lowest free one. */
+  pci_device_id?: number;
   /** Bandwidth / ops limits of this disk alone (docs/io_throttling.md of Cloud Hypervisor). */
   rate_limiter_config?: RateLimiterConfig;
   /** The id of a VmConfig.rate_limit_groups entry whose limiter this disk shares. */
@@ -105,6 +107,8 @@ export interface NetConfig {
   vhost_socket?: string;
   id?: string;
   pci_segment?: number;
+  /** Device number on its segment's bus 0 (1..31; CH's pci_device_id). Omitted: the lowest free one. */
+  pci_device_id?: number;
   /**
    * Serve this device from an I/O thread of that name instead of the VM's shared one (a
    * Stratovisor extension, CLI only): devices naming the same iothread share it.
@@ -492,6 +496,10 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
       if (issue) bad(issue.field === '' ? `${path}.${k}` : `${path}.${k}.${issue.field}`, issue.message);
     }
   };
+  // Device number 0 is each segment's host bridge; two devices on one number: the placement says which (VirtioConfigError).
+  const deviceId = (path: string, v: unknown) => {
+    if (v !== undefined && (!isInt(v) || v < 1 || v > 31)) bad(path, `must be a device number in 1..31 (0 is the host bridge), got ${String(v)}`);
+  };
   const iothread = (path: string, v: unknown) => {
     if (v !== undefined && (typeof v !== 'string' || !IOTHREAD_NAME.test(v))) bad(path, `must be a name of 1..32 letters, digits, '_' or '-', got ${JSON.stringify(v)}`);
   };
@@ -674,6 +682,7 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
     }
     for (const f of ['readonly', 'direct', 'iommu', 'vhost_user'] as const) bool(`${at}.${f}`, d[f]);
     segment(`${at}.pci_segment`, d.pci_segment);
+    deviceId(`${at}.pci_device_id`, d.pci_device_id);
     iothread(`${at}.iothread`, d.iothread);
     limiter(`${at}.rate_limiter_config`, d.rate_limiter_config);
     if (d.rate_limit_group !== undefined) {
@@ -734,6 +743,7 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
       bool(`${at}.${f}`, n[f]);
     }
     segment(`${at}.pci_segment`, n.pci_segment);
+    deviceId(`${at}.pci_device_id`, n.pci_device_id);
     iothread(`${at}.iothread`, n.iothread);
     limiter(`${at}.rate_limiter_config`, n.rate_limiter_config);
     if (n.vhost_user && n.rate_limiter_config !== undefined) bad(`${at}.rate_limiter_config`, 'is not available for vhost-user net');

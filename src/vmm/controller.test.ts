@@ -7,7 +7,7 @@ import { pathToFileURL } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VmmCore } from './controller.js';
-import { createVmConfig, VmConfigError } from './config.js';
+import { createVmConfig, defaultDiskConfig, VmConfigError } from './config.js';
 import { ApiError } from '../api/controller.js';
 import { EventMonitor, withLifecycleEvents, type LifecycleEvent } from '../api/events.js';
 import { ApiServer } from '../api/server.js';
@@ -220,6 +220,45 @@ test('vm.restore without a guest: 409 with a VM; 400 for a missing directory, On
     await rejectsWith(Promise.resolve().then(() => core.info()), 404, /not created/);
   } finally {
     mem.free();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('vm.add-disk / vm.remove-device before boot: the configuration changes; 409 for an id or image in use, 404 for no such device; through the API too', async () => {
+  const core = new VmmCore();
+  await rejectsWith(core.addDisk(defaultDiskConfig({ path: '/a.img' })), 404, /cannot add a disk: the VM is not created/);
+  await rejectsWith(core.removeDevice('x'), 404, /not created/);
+  await core.createVm(createVmConfig({ ...cfg(), disks: [{ path: '/root.img' }], net: [{ id: 'n0' }] }));
+  assert.equal(await core.addDisk(defaultDiskConfig({ path: '/data.img', id: 'data' })), undefined);
+  assert.deepEqual(core.info().config.disks?.map((d) => d.path), ['/root.img', '/data.img']);
+  await rejectsWith(core.addDisk(defaultDiskConfig({ path: '/other.img', id: 'data' })), 409, /identifier 'data' is already in use/);
+  await rejectsWith(core.addDisk(defaultDiskConfig({ path: '/other.img', id: 'n0' })), 409, /identifier 'n0' is already in use/);
+  await rejectsWith(core.addDisk(defaultDiskConfig({ path: '/other.img', id: '_disk0' })), 409, /'_disk0' is already in use/);
+  await rejectsWith(core.addDisk(defaultDiskConfig({ path: '/root.img' })), 409, /image '\/root.img' is already a disk/);
+  await rejectsWith(core.removeDevice('nope'), 404, /no disk or network device 'nope'/);
+  await core.removeDevice('_disk0');
+  assert.deepEqual(core.info().config.disks?.map((d) => d.path), ['/data.img']);
+  await core.removeDevice('n0');
+  assert.deepEqual(core.info().config.net, []);
+
+  const dir = mkdtempSync(join(tmpdir(), 'stv-add-disk-'));
+  const server = await ApiServer.listen({ controller: core, socket: { path: join(dir, 'api.sock') } });
+  try {
+    const put = (ep: string, body: unknown) => request(server.socketPath!, 'PUT', ep, JSON.stringify(body));
+    let r = await put('vm.add-disk', { path: '/api.img', readonly: true });
+    assert.equal(r.status, 204, r.text);
+    assert.equal(core.info().config.disks?.at(-1)?.readonly, true);
+    r = await put('vm.add-disk', { path: '/x.img', num_queues: 'two' });
+    assert.equal(r.status, 400);
+    assert.match(r.text, /num_queues/);
+    r = await put('vm.add-disk', { path: '/api.img' });
+    assert.equal(r.status, 409, r.text);
+    r = await put('vm.remove-device', {});
+    assert.equal(r.status, 400);
+    r = await put('vm.remove-device', { id: 'nope' });
+    assert.equal(r.status, 404, r.text);
+  } finally {
+    await server.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -18,7 +18,6 @@ import {
   ApiError,
   BadRequestError,
   VmAlreadyCreatedError,
-  NotImplementedError,
   VmNotCreatedError,
   VmStateError,
   nextVmState,
@@ -34,7 +33,8 @@ import {
   type VmState,
 } from '../api/controller.js';
 import type { EventMonitor } from '../api/events.js';
-import { assertValidVmConfig, validateVmConfig, type FsConfig, type NetConfig, type VmConfig, type VsockConfig } from './config.js';
+import { assertValidVmConfig, validateVmConfig, type DiskConfig, type FsConfig, type NetConfig, type VmConfig, type VsockConfig } from './config.js';
+import { VirtioConfigError, type HotplugDevice } from './virtio_manager.js';
 import * as libc from '../sys/libc.js';
 import { VirtualMachine, type VirtualMachineOptions, type VmExitInfo } from './vm.js';
 import { readSnapshot, SnapshotError, snapshotDirectory } from './snapshot.js';
@@ -80,7 +80,7 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
   private shutDown = false;
   /** VMs being stopped by the host: their own 'shutdown' event is not a guest power-off. */
   private readonly hostStopping = new Set<VirtualMachine>();
-  private readonly vmListeners = new Map<VirtualMachine, { shutdown: (i: VmExitInfo) => void; rebooting: () => void; rebooted: () => void }>();
+  private readonly vmListeners = new Map<VirtualMachine, { shutdown: (i: VmExitInfo) => void; rebooting: () => void; rebooted: () => void; deviceRemoved: (id: string) => void }>();
 
   constructor(opts: VmmCoreOptions = {}) {
     super();
@@ -114,12 +114,13 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     this.state = next;
   }
 
-  /** vm.add-vsock: cold-plug only (before vm.boot), at most one per VM (as Cloud Hypervisor). */
-  async addVsock(vsock: VsockConfig): Promise<void> {
+  /** vm.add-vsock: before vm.boot into the configuration; on a running VM hot-plugged. At most one per VM (as Cloud Hypervisor). */
+  async addVsock(vsock: VsockConfig): Promise<PciDeviceInfo | undefined> {
     const config = this.config;
     if (config === undefined) throw new VmNotCreatedError('add a vsock device');
+    if (this.state === 'Running') return this.addDevice({ kind: 'vsock', config: vsock });
     if (this.state !== 'Created') {
-      throw new ApiError(500, 'InvalidState', `cannot add a vsock device: the VM is ${(this.state ?? 'not created').toLowerCase()}; hot-plugging vsock is not supported yet (add it before vm.boot)`);
+      throw new ApiError(500, 'InvalidState', `cannot add a vsock device: the VM is ${(this.state ?? 'not created').toLowerCase()}; add it before vm.boot or while it runs`);
     }
     if (config.vsock !== undefined) throw new BadRequestError('cannot add a vsock device: the VM already has one (at most one per VM)');
     const next: VmConfig = { ...config, vsock };
@@ -130,6 +131,7 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
       throw new BadRequestError(`invalid vsock device: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
     }
     this.config = next;
+    return undefined;
   }
 
   async bootVm(): Promise<void> {
@@ -309,20 +311,74 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
   }
 
   /**
-   * vm.add-net before boot: the NIC joins the configuration (Cloud Hypervisor vm_add_net with
-   * no VM built: add_to_config, answer 204). Hotplug into a booted VM is not implemented.
+   * vm.add-net: before boot the NIC joins the configuration (Cloud Hypervisor vm_add_net with
+   * no VM built: add_to_config, answer 204); on a running VM it is hot-plugged (PciDeviceInfo).
    */
   async addNet(net: NetConfig): Promise<PciDeviceInfo | undefined> {
-    if (this.state === undefined || this.config === undefined) throw new VmNotCreatedError('add a network device');
-    if (this.state !== 'Created' && this.state !== 'Shutdown') {
-      throw new NotImplementedError('vm.add-net on a booted VM (network device hotplug); add the device before vm.boot');
+    return this.addDevice({ kind: 'net', config: net });
+  }
+
+  /** vm.add-disk: as addNet, for a disk. 409 for an id or image already in the VM. */
+  async addDisk(disk: DiskConfig): Promise<PciDeviceInfo | undefined> {
+    return this.addDevice({ kind: 'disk', config: disk });
+  }
+
+  private async addDevice(device: HotplugDevice): Promise<PciDeviceInfo | undefined> {
+    const what = { disk: 'a disk', net: 'a network device', fs: 'a virtio-fs device', vsock: 'a vsock device' }[device.kind];
+    if (this.state === undefined || this.config === undefined) throw new VmNotCreatedError(`add ${what}`);
+    const cfg = this.vm?.config ?? this.config;
+    const all = [...(cfg.disks ?? []).map((d, i) => d.id ?? `_disk${i}`), ...(cfg.net ?? []).map((n, i) => n.id ?? `_net${i}`),
+      ...(cfg.fs ?? []).map((f) => f.id), ...(cfg.pmem ?? []).map((p) => p.id), cfg.vsock?.id, cfg.rng?.id].filter((i) => i !== undefined);
+    const id = device.config.id;
+    // Cloud Hypervisor: DeviceManagerError::IdentifierNotUnique / a path already used -> 409 (vm_add_* answers Conflict).
+    if (id !== undefined && all.includes(id)) throw new ApiError(409, 'BadRequest', `cannot add ${what}: identifier '${id}' is already in use`);
+    if (device.kind === 'disk' && device.config.path !== undefined && (cfg.disks ?? []).some((d) => d.path === device.config.path)) {
+      throw new ApiError(409, 'BadRequest', `cannot add a disk: image '${device.config.path}' is already a disk of this VM`);
     }
-    const ids = new Set([...(this.config.disks ?? []), ...(this.config.net ?? [])].map((d) => d.id).filter((i) => i !== undefined));
-    if (net.id !== undefined && ids.has(net.id)) throw new BadRequestError(`cannot add network device: identifier '${net.id}' is already in use`);
-    const next = { ...this.config, net: [...(this.config.net ?? []), net] };
+    const next: VmConfig = device.kind === 'disk' ? { ...cfg, disks: [...(cfg.disks ?? []), device.config] }
+      : device.kind === 'net' ? { ...cfg, net: [...(cfg.net ?? []), device.config] }
+        : device.kind === 'fs' ? { ...cfg, fs: [...(cfg.fs ?? []), device.config] } : { ...cfg, vsock: device.config };
+    if (device.kind === 'vsock' && cfg.vsock !== undefined) throw new BadRequestError('cannot add a vsock device: the VM already has one (at most one per VM)');
     assertValidVmConfig(next);
-    this.config = next;
-    return undefined;
+    if (this.state === 'Created' || this.state === 'Shutdown') {
+      this.config = next;
+      return undefined;
+    }
+    if (this.state !== 'Running' || this.vm === undefined) throw new VmStateError(`add ${what}`, this.state, 'devices are hot-plugged into a running VM');
+    let at;
+    try {
+      at = await this.vm.addDevice(device);
+    } catch (e) {
+      if (e instanceof ApiError) throw e;
+      throw new ApiError(e instanceof VirtioConfigError ? 400 : 500, e instanceof VirtioConfigError ? 'BadRequest' : 'Internal', `cannot add ${what}: ${(e as Error).message}`);
+    }
+    this.config = this.vm.config;
+    // Kata parses "bdf" as segment:bus:device.function (bus 00, function 0).
+    return { id: at.id, bdf: `${at.segment.toString(16).padStart(4, '0')}:00:${at.slot.toString(16).padStart(2, '0')}.0` };
+  }
+
+  /**
+   * vm.remove-device {id}: ask the guest to eject the device; 204 once asked. The device goes
+   * when the guest's _EJ0 runs (a 'device-removed' event). 404 for no such device.
+   */
+  async removeDevice(id: string): Promise<void> {
+    if (this.state === undefined || this.config === undefined) throw new VmNotCreatedError('remove a device');
+    if (this.state !== 'Running' && this.state !== 'Paused') {
+      const cfg = this.config;
+      const disks = (cfg.disks ?? []).filter((d, i) => (d.id ?? `_disk${i}`) !== id);
+      const net = (cfg.net ?? []).filter((n, i) => (n.id ?? `_net${i}`) !== id);
+      if (disks.length === (cfg.disks ?? []).length && net.length === (cfg.net ?? []).length) throw new ApiError(404, 'BadRequest', `cannot remove device: no disk or network device '${id}'`);
+      this.config = { ...cfg, ...(cfg.disks ? { disks } : {}), ...(cfg.net ? { net } : {}) };
+      return;
+    }
+    const vm = this.vm!;
+    if (vm.ejectPending(id)) throw new ApiError(409, 'BadRequest', `cannot remove device '${id}': its removal is already under way (the guest has not ejected it yet)`);
+    try {
+      await vm.requestEject(id);
+    } catch (e) {
+      const m = (e as Error).message;
+      throw new ApiError(/^no device/.test(m) ? 404 : 500, /^no device/.test(m) ? 'BadRequest' : 'Internal', `cannot remove device: ${m}`);
+    }
   }
 
   async deleteVm(): Promise<void> {
@@ -348,13 +404,15 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     if (existed) this.opts.monitor?.emitEvent('vm', 'deleted');
   }
 
-  async addFs(fs: FsConfig): Promise<void> {
+  async addFs(fs: FsConfig): Promise<PciDeviceInfo | undefined> {
     const state = nextVmState(this.state, 'info');
-    if (state !== 'Created') throw new VmStateError('add a virtio-fs device', state!, 'devices can only be added before vm.boot (hotplug is not supported)');
+    if (state === 'Running') return this.addDevice({ kind: 'fs', config: fs });
+    if (state !== 'Created') throw new VmStateError('add a virtio-fs device', state!, 'devices are added before vm.boot or hot-plugged while it runs');
     const config: VmConfig = { ...this.config!, fs: [...(this.config!.fs ?? []), fs] };
     const issues = validateVmConfig(config);
     if (issues.length > 0) throw new BadRequestError(`vm.add-fs: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);
     this.config = config;
+    return undefined;
   }
 
   info(): VmInfo {
@@ -424,7 +482,16 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
         this.opts.monitor?.emitEvent('vm', 'rebooted');
         this.emit('guest-rebooted');
       },
+      deviceRemoved: (id: string) => {
+        if (this.vm !== vm) return;
+        // Tap fds sent with a vm.add-net belong to the configuration entry that just went.
+        const gone = (this.config?.net ?? []).filter((n) => !(vm.config.net ?? []).some((m) => m.fds === n.fds));
+        for (const n of gone) for (const fd of n.fds ?? []) { try { libc.close(fd); } catch { /* already closed */ } }
+        this.config = vm.config;
+        this.opts.monitor?.emitEvent('vm', 'device-removed', { id });
+      },
     };
+    vm.on('device-removed', l.deviceRemoved);
     vm.on('shutdown', l.shutdown);
     vm.on('rebooting', l.rebooting);
     vm.on('rebooted', l.rebooted);
@@ -437,6 +504,7 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     vm.off('shutdown', l.shutdown);
     vm.off('rebooting', l.rebooting);
     vm.off('rebooted', l.rebooted);
+    vm.off('device-removed', l.deviceRemoved);
     this.vmListeners.delete(vm);
   }
 

@@ -1,21 +1,22 @@
 // The device thread: owns the legacy devices and the port/MMIO buses, serves the vCPUs'
 // mailboxes, feeds host input to the serial port and writes its output to the configured sink.
 // Lifecycle requests from devices (ACPI S5, reset) go to the VMM's main thread as messages.
-import { parentPort } from 'node:worker_threads';
+import { parentPort, receiveMessageOnPort } from 'node:worker_threads';
 import { createPioBus, createMmioBus } from '../devices/bus.js';
 import { Serial } from '../devices/serial.js';
 import { I8042 } from '../devices/i8042.js';
 import { Cmos } from '../devices/cmos.js';
-import { AcpiPowerDevice, AcpiGedDevice } from '../devices/acpi_power.js';
+import { AcpiPowerDevice, AcpiGedDevice, GED_PCI_HOTPLUG } from '../devices/acpi_power.js';
+import { PciHotplugController } from '../pci/hotplug.js';
 import { NO_INTERRUPT } from '../devices/interrupt.js';
 import { EventFdInterrupt } from './interrupts.js';
 import { MailboxServer, MailboxOp, SPIN_LIMIT } from './mailbox.js';
-import { DeviceControl, DeviceControlOp, RunState, type DeviceWorkerData, type DeviceEvent } from './protocol.js';
+import { DeviceControl, DeviceControlOp, RunState, type DeviceWorkerData, type DeviceEvent, type HotplugRequest } from './protocol.js';
 import { saveLegacyDevices, restoreLegacyDevices } from '../devices/state_json.js';
 import { underField } from '../devices/state.js';
 import { ByteRing } from './ring.js';
 import { PIO_COM1, PIO_I8042, PIO_CMOS, PIO_ACPI_POWER } from './layout_ports.js';
-import { GED_MMIO_SIZE, GED_MMIO_START } from '../arch/x86_64/layout.js';
+import { GED_MMIO_SIZE, GED_MMIO_START, PCI_HOTPLUG_MMIO_START, pciSegmentLayouts } from '../arch/x86_64/layout.js';
 import { vmFromHandle } from '../hypervisor/handle.js';
 import { setupPci } from './pci_setup.js';
 import { OutputSink } from './sink.js';
@@ -69,7 +70,33 @@ function start(data: DeviceWorkerData): void {
   mmio.insert(ged, GED_MMIO_START, GED_MMIO_SIZE);
   const legacy = { serial, i8042, cmos, acpiPower, ged };
 
-  const pci = setupPci(mmio, vmFromHandle(data.vm), data.virtio, (m) => { if (data.verbose) process.stderr.write(`stratovisor: ${m}\n`); }, data.pciSegments);
+  const logPci = (m: string) => { if (data.verbose) process.stderr.write(`stratovisor: ${m}\n`); };
+  const pci = setupPci(mmio, vmFromHandle(data.vm), data.virtio, logPci, data.pciSegments);
+  // ACPI PCI hotplug (src/pci/hotplug.ts): the guest's _EJ0 lands here; the device leaves the
+  // bus at once and the main thread releases the rest (its I/O thread, eventfds, host files).
+  const hotplug = new PciHotplugController((data.pciSegments ?? pciSegmentLayouts(1)).length, (segment, slot) => {
+    const d = pci.at(segment, slot);
+    if (d === null) { logPci(`PCI hotplug: eject of empty slot ${segment.toString(16).padStart(4, '0')}:00:${slot.toString(16).padStart(2, '0')}.0 ignored`); return; }
+    pci.remove(d.id);
+    logPci(`${d.id}: ejected by the guest`);
+    post({ type: 'ejected', id: d.id });
+  });
+  mmio.insert(hotplug, PCI_HOTPLUG_MMIO_START, hotplug.size);
+  function serveHotplug(): void {
+    const m = data.hotplugPort ? receiveMessageOnPort(data.hotplugPort) : undefined;
+    if (m === undefined) throw new Error('no hotplug request came with the doorbell');
+    const req = m.message as HotplugRequest;
+    if (req.type === 'add') {
+      pci.add(req.device);
+      hotplug.inserted(req.device.segment ?? 0, req.device.slot);
+      logPci(`${req.device.id}: hot-plugged at ${(req.device.segment ?? 0).toString(16).padStart(4, '0')}:00:${req.device.slot.toString(16).padStart(2, '0')}.0`);
+    } else {
+      const d = pci.get(req.id);
+      if (d === null) throw new Error(`${req.id}: not on a PCI bus`);
+      hotplug.ejectRequested(d.segment ?? 0, d.slot);
+    }
+    ged.notify(GED_PCI_HOTPLUG);
+  }
 
   if (data.restore !== undefined) {
     // A restore (protocol.ts): before any vCPU runs, every device takes its saved state; the
@@ -131,6 +158,11 @@ function start(data: DeviceWorkerData): void {
     try {
       if (op === DeviceControlOp.PowerButton) {
         ged.powerButton();
+        post({ type: 'done', seq: controlSeq });
+        return;
+      }
+      if (op === DeviceControlOp.HotplugAdd || op === DeviceControlOp.HotplugRemove) {
+        serveHotplug();
         post({ type: 'done', seq: controlSeq });
         return;
       }

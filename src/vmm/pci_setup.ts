@@ -40,6 +40,14 @@ export interface PciSetup {
   /** Every segment's root, by segment number. */
   roots: PciRoot[];
   transports: VirtioPciTransport[];
+  /** Put a device on its segment's bus at its slot and BAR (hotplug); throws RangeError when it does not fit. */
+  add(d: VirtioPciInit): VirtioPciTransport;
+  /** Take the device `id` off its bus (its notify ioeventfds and MSI routes go too); null if absent. */
+  remove(id: string): VirtioPciInit | null;
+  /** The device `id`, if it is on a bus. */
+  get(id: string): VirtioPciInit | null;
+  /** The device at (segment, slot), if any. */
+  at(segment: number, slot: number): VirtioPciInit | null;
   /** Unregister the notify ioeventfds (before the VM goes away). */
   teardown(): void;
 }
@@ -71,12 +79,18 @@ export function setupPci(
     }
   };
 
-  for (const d of devices) {
+  /** Devices on the buses, by id: where their BAR is now (the guest may have moved it). */
+  const present = new Map<string, { init: VirtioPciInit; transport: VirtioPciTransport; bar: number }>();
+
+  const add = (d: VirtioPciInit): VirtioPciTransport => {
     const seg = segments[d.segment ?? 0];
     if (seg === undefined) throw new RangeError(`${d.id}: PCI segment ${d.segment} does not exist`);
+    if (present.has(d.id)) throw new RangeError(`${d.id}: already on the bus`);
+    if (seg.root.device(0, d.slot, 0) !== null) throw new RangeError(`${d.id}: PCI slot ${d.slot} of segment ${d.segment ?? 0} is in use`);
+    if (!mmio.isFree(d.barAddr, BAR_SIZE)) throw new RangeError(`${d.id}: its BAR at 0x${d.barAddr.toString(16)} overlaps a BAR the guest moved there`);
     const window = seg.windows.mmio32;
-    let t: VirtioPciTransport | null = null;
-    t = new VirtioPciTransport({
+    let entry: { init: VirtioPciInit; transport: VirtioPciTransport; bar: number } | null = null;
+    const t: VirtioPciTransport = new VirtioPciTransport({
       deviceType: d.deviceType, numQueues: d.numQueues, shared: d.shared, barAddr: d.barAddr,
       hooks: {
         signalWorker: () => { libc.write(d.controlFd, ONE); },
@@ -89,11 +103,12 @@ export function setupPci(
           const inWindow = to >= window.start && to + BAR_SIZE <= window.start + window.size;
           mmio.remove(from);
           if (!inWindow || !mmio.isFree(to, BAR_SIZE)) {
-            mmio.insert(t!, from, BAR_SIZE);
+            mmio.insert(t, from, BAR_SIZE);
             log(`${d.id}: BAR 0 move to 0x${to.toString(16)} refused (outside the PCI window or overlapping)`);
             return false;
           }
-          mmio.insert(t!, to, BAR_SIZE);
+          mmio.insert(t, to, BAR_SIZE);
+          if (entry !== null) entry.bar = to;
           log(`${d.id}: BAR 0 moved from 0x${from.toString(16)} to 0x${to.toString(16)}`);
           unregisterNotify(d, from);
           try {
@@ -108,11 +123,44 @@ export function setupPci(
     });
     seg.root.add(t, d.slot);
     mmio.insert(t, d.barAddr, BAR_SIZE);
-    registerNotify(d, d.barAddr);
+    try {
+      registerNotify(d, d.barAddr);
+    } catch (e) {
+      unregisterNotify(d, d.barAddr);
+      mmio.remove(d.barAddr);
+      seg.root.remove(d.slot);
+      throw e;
+    }
+    entry = { init: d, transport: t, bar: d.barAddr };
+    present.set(d.id, entry);
     transports.push(t);
-  }
+    return t;
+  };
+
+  for (const d of devices) add(d);
   return {
     root: roots[0]!, roots, transports,
+    add,
+    remove(id: string): VirtioPciInit | null {
+      const e = present.get(id);
+      if (e === undefined) return null;
+      present.delete(id);
+      const d = e.init;
+      unregisterNotify(d, e.bar);
+      mmio.remove(e.bar);
+      segments[d.segment ?? 0]!.root.remove(d.slot);
+      for (const gsi of d.gsis) router.set(gsi, null);
+      const i = transports.indexOf(e.transport);
+      if (i >= 0) transports.splice(i, 1);
+      return d;
+    },
+    get(id: string): VirtioPciInit | null {
+      return present.get(id)?.init ?? null;
+    },
+    at(segment: number, slot: number): VirtioPciInit | null {
+      for (const e of present.values()) if ((e.init.segment ?? 0) === segment && e.init.slot === slot) return e.init;
+      return null;
+    },
     teardown(): void {
       for (const r of registered.splice(0)) {
         try { vm.unregisterIoevent(r.fd, { space: 'mmio', addr: r.addr }, NOTIFY_WIDTH); } catch { /* VM closing */ }

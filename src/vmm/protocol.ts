@@ -1,4 +1,5 @@
 // Messages and shared data between the VMM's main thread and its vCPU and device threads.
+import type { MessagePort } from 'node:worker_threads';
 import type { VcpuHandle, VmHandle } from '../hypervisor/hypervisor.js';
 import type { VirtioPciInit } from './pci_setup.js';
 import type { MailboxShared } from './mailbox.js';
@@ -64,14 +65,24 @@ export interface DeviceWorkerData {
    * event and raises its interrupt once its state is restored (the guest sees it when it runs).
    */
   vmGenIdChanged?: boolean;
+  /**
+   * PCI hotplug requests (HotplugRequest), read with receiveMessageOnPort when a HotplugAdd or
+   * HotplugRemove request rings (the message is posted before the doorbell).
+   */
+  hotplugPort?: MessagePort;
 }
+
+/** The payload of DeviceControlOp.HotplugAdd / HotplugRemove. */
+export type HotplugRequest =
+  | { type: 'add'; device: VirtioPciInit }
+  | { type: 'remove'; id: string };
 
 /**
  * Requests to the device thread, which never waits for messages (it sleeps on the doorbell):
  * the main thread writes Op, bumps Seq and rings the doorbell; the answer carries Seq.
  */
 export const DeviceControl = { Seq: 0, Op: 1, Words: 2 } as const;
-export const DeviceControlOp = { None: 0, SaveState: 1, PowerButton: 2 } as const;
+export const DeviceControlOp = { None: 0, SaveState: 1, PowerButton: 2, HotplugAdd: 3, HotplugRemove: 4 } as const;
 
 /** What the device thread saves for a snapshot (the VM paused). */
 export interface DeviceThreadState {
@@ -89,5 +100,7 @@ export type DeviceEvent =
   /** A control request without a result (PowerButton) was carried out. */
   | { type: 'done'; seq: number }
   | { type: 'restored' }
+  /** The guest ejected the device (its _EJ0 ran): it is off the bus. */
+  | { type: 'ejected'; id: string }
   | { type: 'restore-error'; message: string };
 

@@ -25,6 +25,13 @@ import type { RateLimiterConfig } from '../virtio/rate_limiter.js';
 import { MAX_COUNTERS, type BlockRateLimit, type VirtioDeviceSpec, type VirtioWorkerData, type VirtioWorkerDevice, type VirtioWorkerEvent } from './virtio_protocol.js';
 import type { VirtioDeviceState } from '../virtio/state.js';
 
+/** A device vm.add-* hot-plugs (its configuration as the VmConfig lists it). */
+export type HotplugDevice =
+  | { kind: 'disk'; config: NonNullable<VmConfig['disks']>[number] }
+  | { kind: 'net'; config: NonNullable<VmConfig['net']>[number] }
+  | { kind: 'fs'; config: NonNullable<VmConfig['fs']>[number] }
+  | { kind: 'vsock'; config: NonNullable<VmConfig['vsock']> };
+
 export class VirtioConfigError extends Error {
   override name = 'VirtioConfigError';
 }
@@ -63,6 +70,8 @@ interface HostDevice {
   numQueues: number;
   /** PCI segment (config pci_segment; default 0). */
   segment?: number;
+  /** Device number on the segment's bus 0, fixed once placed (a later boot keeps it). */
+  slot?: number;
   spec: VirtioDeviceSpec;
   /** The I/O thread's name (config iothread=): "" is the VM's shared I/O thread. */
   iothread: string;
@@ -110,6 +119,8 @@ interface RunThread {
   done?: boolean;
   /** State requests waiting for their answer, by `${id}:${seq}`. */
   stateWaiters: Map<string, (m: Extract<VirtioWorkerEvent, { type: 'state' }>) => void>;
+  /** Devices told to stop alone (a removal), waiting for 'stopped', by id. */
+  stopWaiters: Map<string, () => void>;
 }
 
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
@@ -167,6 +178,9 @@ export class VirtioManager {
   private pauseSeq = 0;
   private stateSeq = 0;
   private segments: PciSegmentLayout[] = pciSegmentLayouts(1);
+  /** The next free GSI for MSI-X vectors in this run. */
+  private nextGsi = MSI_GSI_BASE;
+  private onError: (m: string) => void = () => {};
 
   constructor(
     private readonly log: (m: string) => void,
@@ -216,11 +230,14 @@ export class VirtioManager {
 
   /** Device numbers and BARs on each device's segment (VirtioConfigError when a segment is unknown or full). */
   private place(): PciPlacement[] {
+    let placements: PciPlacement[];
     try {
-      return placePciDevices(this.devices.map((h) => ({ id: h.id, segment: h.segment ?? 0 })), this.segments, BAR_SIZE);
+      placements = placePciDevices(this.devices.map((h) => ({ id: h.id, segment: h.segment ?? 0, ...(h.slot !== undefined ? { slot: h.slot } : {}) })), this.segments, BAR_SIZE);
     } catch (e) {
       throw new VirtioConfigError((e as Error).message);
     }
+    this.devices.forEach((h, i) => { h.slot = placements[i]!.slot; });
+    return placements;
   }
 
   private openDisk(cfg: VmConfig, d: NonNullable<VmConfig['disks']>[number], i: number): void {
@@ -236,7 +253,7 @@ export class VirtioManager {
       throw new VirtioConfigError(`disk image '${d.path}' ${why}`);
     }
     const host: HostDevice = {
-      id, deviceType: VirtioDeviceType.Block, numQueues: d.num_queues, segment: d.pci_segment ?? 0, fds: [fd], iothread: d.iothread ?? '',
+      id, deviceType: VirtioDeviceType.Block, numQueues: d.num_queues, segment: d.pci_segment ?? 0, ...(d.pci_device_id !== undefined ? { slot: d.pci_device_id } : {}), fds: [fd], iothread: d.iothread ?? '',
       spec: { kind: 'block', fd, size: 0, readonly: d.readonly, numQueues: d.num_queues, queueSize: d.queue_size, serial: d.serial ?? id, ...diskRateLimit(cfg, d) },
     };
     this.devices.push(host);
@@ -285,7 +302,7 @@ export class VirtioManager {
         throw new VirtioConfigError(`${id}: cannot use the tap fds sent with the request: ${(e as Error).message}`);
       }
       const host: HostDevice = {
-        id, deviceType: VirtioDeviceType.Net, numQueues: pairs * 2 + (pairs > 1 ? 1 : 0), fds: [], tap, iothread: n.iothread ?? '',
+        id, deviceType: VirtioDeviceType.Net, numQueues: pairs * 2 + (pairs > 1 ? 1 : 0), segment: n.pci_segment ?? 0, ...(n.pci_device_id !== undefined ? { slot: n.pci_device_id } : {}), fds: [], tap, iothread: n.iothread ?? '',
         spec: { kind: 'net', tapFds: [...tap.fds], mac, queuePairs: pairs, queueSize: n.queue_size, ...(n.mtu !== undefined ? { mtu: n.mtu } : {}), ...netRateLimit(n) },
       };
       this.devices.push(host);
@@ -298,7 +315,7 @@ export class VirtioManager {
       throw new VirtioConfigError(`${id}: cannot open tap${n.tap ? ` '${n.tap}'` : ''}: ${(e as Error).message}`);
     }
     const host: HostDevice = {
-      id, deviceType: VirtioDeviceType.Net, numQueues: pairs * 2 + (pairs > 1 ? 1 : 0), segment: n.pci_segment ?? 0, fds: [], tap, iothread: n.iothread ?? '',
+      id, deviceType: VirtioDeviceType.Net, numQueues: pairs * 2 + (pairs > 1 ? 1 : 0), segment: n.pci_segment ?? 0, ...(n.pci_device_id !== undefined ? { slot: n.pci_device_id } : {}), fds: [], tap, iothread: n.iothread ?? '',
       spec: { kind: 'net', tapFds: [...tap.fds], mac, queuePairs: pairs, queueSize: n.queue_size, ...(n.mtu !== undefined ? { mtu: n.mtu } : {}), ...netRateLimit(n) },
     };
     this.devices.push(host);
@@ -493,70 +510,181 @@ export class VirtioManager {
       for (const id of restore.keys()) if (!ids.has(id)) throw new VirtioConfigError(`the saved state has virtio device '${id}', which this VM does not have`);
       for (const h of this.devices) if (!restore.has(h.id)) throw new VirtioConfigError(`the saved state has nothing for virtio device '${h.id}'`);
     }
-    let gsi = MSI_GSI_BASE;
+    this.nextGsi = MSI_GSI_BASE;
     const inits: VirtioPciInit[] = [];
-    const memDesc = mem.describe();
     this.runMem = mem;
-    const eventfd = () => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
+    this.onError = onError;
     const byName = new Map<string, RunThread>();
     try {
       this.devices.forEach((h, i) => {
         let t = byName.get(h.iothread);
         if (t === undefined) {
-          t = { name: h.iothread, worker: null, controlFd: -1, devices: [], exited: Promise.resolve(), stateWaiters: new Map() };
+          t = this.newThread(h.iothread);
           byName.set(h.iothread, t);
-          this.threads.push(t);
-          t.controlFd = eventfd();
         }
-        const vectors = h.numQueues + 1;
-        const shared = createShared({ numQueues: h.numQueues, vectors });
-        const r: RunDevice = {
-          host: h, thread: t, shared, words: new Int32Array(shared, 0, Word.QueueBase),
-          queueFds: [], irqFds: [], gsis: [],
-          counters: new Float64Array(new SharedArrayBuffer(MAX_COUNTERS * 8)), counterNames: [],
-        };
-        t.devices.push(r);
-        for (let q = 0; q < h.numQueues; q++) r.queueFds.push(eventfd());
-        for (let v = 0; v < vectors; v++) {
-          const fd = eventfd();
-          r.irqFds.push(fd);
-          vm.registerIrqfd(fd, gsi);
-          r.gsis.push(gsi++);
-        }
-        inits.push({
-          id: h.id, deviceType: h.deviceType, numQueues: h.numQueues,
-          segment: placements[i]!.segment, slot: placements[i]!.slot, barAddr: placements[i]!.barAddr,
-          shared, queueFds: r.queueFds, irqFds: r.irqFds, gsis: r.gsis, controlFd: t.controlFd,
-        });
+        inits.push(this.prepare(vm, h, t, placements[i]!));
       });
-      for (const t of this.threads) {
-        const w = new Worker(new URL('./virtio_worker.js', import.meta.url), THREAD_OPTIONS);
-        t.worker = w;
-        t.exited = new Promise<void>((res) => w.once('exit', () => { t.done = true; res(); }));
-        const byId = new Map(t.devices.map((r) => [r.host.id, r]));
-        w.on('message', (m: VirtioWorkerEvent) => {
-          if (m.type === 'needs-reset') { this.log(`${m.id}: device needs reset: ${m.message}`); this.onNeedsReset(m.id, m.message); }
-          else if (m.type === 'error') onError(`${m.id}: ${m.message}`);
-          else if (m.type === 'counter-names') { const r = byId.get(m.id); if (r) r.counterNames = m.names; }
-          else if (m.type === 'log') (m.warn ? this.warn : this.log)(`${m.id}: ${m.message}`);
-          else if (m.type === 'state') { const k = `${m.id}:${m.seq}`; const f = t.stateWaiters.get(k); t.stateWaiters.delete(k); f?.(m); }
-        });
-        w.on('error', (e) => onError(`${threadLabel(t)} failed: ${e.stack ?? e.message}`));
-      }
+      for (const t of this.threads) this.spawn(t, restore);
     } catch (e) {
       this.abort(vm);
       throw e;
     }
-    for (const t of this.threads) {
-      const devices: VirtioWorkerDevice[] = t.devices.map((r) => ({
-        id: r.host.id, spec: r.host.spec, numQueues: r.host.numQueues, shared: r.shared,
-        queueFds: r.queueFds, irqFds: r.irqFds, counters: r.counters.buffer as SharedArrayBuffer,
-        ...(restore?.has(r.host.id) ? { restore: restore.get(r.host.id)! } : {}),
-      }));
-      const data: VirtioWorkerData = { name: t.name, mem: memDesc, controlFd: t.controlFd, devices };
-      t.worker!.postMessage(data);
-    }
     return inits;
+  }
+
+  private newThread(name: string): RunThread {
+    const t: RunThread = { name, worker: null, controlFd: -1, devices: [], exited: Promise.resolve(), stateWaiters: new Map(), stopWaiters: new Map() };
+    this.threads.push(t);
+    t.controlFd = libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
+    return t;
+  }
+
+  /** One device of this run: its eventfds, irqfds on fresh GSIs and shared transport state, served by `t`. */
+  private prepare(vm: Vm, h: HostDevice, t: RunThread, p: PciPlacement): VirtioPciInit {
+    const eventfd = () => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
+    const vectors = h.numQueues + 1;
+    const shared = createShared({ numQueues: h.numQueues, vectors });
+    const r: RunDevice = {
+      host: h, thread: t, shared, words: new Int32Array(shared, 0, Word.QueueBase),
+      queueFds: [], irqFds: [], gsis: [],
+      counters: new Float64Array(new SharedArrayBuffer(MAX_COUNTERS * 8)), counterNames: [],
+    };
+    t.devices.push(r);
+    for (let q = 0; q < h.numQueues; q++) r.queueFds.push(eventfd());
+    for (let v = 0; v < vectors; v++) {
+      const fd = eventfd();
+      r.irqFds.push(fd);
+      vm.registerIrqfd(fd, this.nextGsi);
+      r.gsis.push(this.nextGsi++);
+    }
+    return {
+      id: h.id, deviceType: h.deviceType, numQueues: h.numQueues,
+      segment: p.segment, slot: p.slot, barAddr: p.barAddr,
+      shared, queueFds: r.queueFds, irqFds: r.irqFds, gsis: r.gsis, controlFd: t.controlFd,
+    };
+  }
+
+  /** Start `t`'s worker and hand it its devices. */
+  private spawn(t: RunThread, restore?: ReadonlyMap<string, VirtioDeviceState>): void {
+    const onError = this.onError;
+    const w = new Worker(new URL('./virtio_worker.js', import.meta.url), THREAD_OPTIONS);
+    t.worker = w;
+    t.exited = new Promise<void>((res) => w.once('exit', () => { t.done = true; res(); }));
+    const byId = new Map(t.devices.map((r) => [r.host.id, r]));
+    w.on('message', (m: VirtioWorkerEvent) => {
+      if (m.type === 'needs-reset') { this.log(`${m.id}: device needs reset: ${m.message}`); this.onNeedsReset(m.id, m.message); }
+      else if (m.type === 'error') onError(`${m.id}: ${m.message}`);
+      else if (m.type === 'counter-names') { const r = byId.get(m.id); if (r) r.counterNames = m.names; }
+      else if (m.type === 'log') (m.warn ? this.warn : this.log)(`${m.id}: ${m.message}`);
+      else if (m.type === 'state') { const k = `${m.id}:${m.seq}`; const f = t.stateWaiters.get(k); t.stateWaiters.delete(k); f?.(m); }
+      else if (m.type === 'stopped') { const f = t.stopWaiters.get(m.id); t.stopWaiters.delete(m.id); f?.(); }
+    });
+    w.on('error', (e) => onError(`${threadLabel(t)} failed: ${e.stack ?? e.message}`));
+    const devices: VirtioWorkerDevice[] = t.devices.map((r) => ({
+      id: r.host.id, spec: r.host.spec, numQueues: r.host.numQueues, shared: r.shared,
+      queueFds: r.queueFds, irqFds: r.irqFds, counters: r.counters.buffer as SharedArrayBuffer,
+      ...(restore?.has(r.host.id) ? { restore: restore.get(r.host.id)! } : {}),
+    }));
+    const data: VirtioWorkerData = { name: t.name, mem: this.runMem!.describe(), controlFd: t.controlFd, devices };
+    w.postMessage(data);
+  }
+
+  /**
+   * Hotplug, host side: open what the device needs (as at boot: the image, locked; the tap)
+   * and give it the lowest free device number on its segment. Throws VirtioConfigError with
+   * nothing left open. `kind` and `index` name the device in the configuration (its default id).
+   */
+  openHotplug(cfg: VmConfig, device: HotplugDevice): string {
+    const before = this.devices.length;
+    const taken = new Set(this.devices.map((h) => h.id));
+    let index = 0;
+    while (taken.has(`_${device.kind}${index}`)) index++;
+    try {
+      if (device.kind === 'disk') this.openDisk(cfg, device.config, index);
+      else if (device.kind === 'net') this.openNet(device.config, index);
+      else if (device.kind === 'fs') this.openFs(cfg, device.config, index);
+      else {
+        if (this.devices.some((h) => h.deviceType === VirtioDeviceType.Vsock)) throw new VirtioConfigError('the VM already has a vsock device (at most one per VM)');
+        this.openVsock(device.config);
+      }
+      this.place();
+    } catch (e) {
+      this.closeDevices(this.devices.splice(before));
+      throw e;
+    }
+    return this.devices[before]!.id;
+  }
+
+  /** The device `id`'s PCI address, once placed (segment, slot), and whether it maps memory into the guest (virtio-pmem). */
+  placement(id: string): { segment: number; slot: number; mapsMemory: boolean } | undefined {
+    const h = this.devices.find((d) => d.id === id);
+    return h?.slot === undefined ? undefined : { segment: h.segment ?? 0, slot: h.slot, mapsMemory: h.memory !== undefined };
+  }
+
+  /**
+   * Hotplug, run side: the device opened by openHotplug gets its eventfds and an I/O thread of
+   * its own in the running guest; resolves with what the device thread needs once the device is
+   * built (a VirtioConfigError, with everything of this run released, if it is not).
+   */
+  async startHotplug(vm: Vm, id: string, timeoutMs = 10_000): Promise<VirtioPciInit> {
+    const h = this.devices.find((d) => d.id === id);
+    if (h === undefined || this.runMem === null) throw new VirtioConfigError(`${id}: no such device, or the guest is not running`);
+    const [p] = placePciDevices([{ id: h.id, segment: h.segment ?? 0, slot: h.slot! }], this.segments, BAR_SIZE);
+    const t = this.newThread(`_hotplug_${id}`);
+    let init: VirtioPciInit;
+    try {
+      init = this.prepare(vm, h, t, p!);
+      this.spawn(t);
+    } catch (e) {
+      this.dropThread(vm, t);
+      throw e;
+    }
+    const r = t.devices[0]!;
+    await waitReady(r.words, Date.now() + timeoutMs, () => t.done === true);
+    if (Atomics.load(r.words, Word.Ready) !== 1) {
+      if (t.worker) await t.worker.terminate();
+      this.dropThread(vm, t);
+      throw new VirtioConfigError(`${id}: the device could not be started (see the log)`);
+    }
+    return init;
+  }
+
+  private dropThread(vm: Vm, t: RunThread): void {
+    if (t.worker && !t.done) void t.worker.terminate();
+    for (const r of t.devices) this.release(vm, r);
+    if (t.controlFd >= 0) { try { libc.close(t.controlFd); } catch { /* closed */ } }
+    this.threads = this.threads.filter((x) => x !== t);
+  }
+
+  /**
+   * Take device `id` out of the VM for good (the guest ejected it, or a hotplug failed): its
+   * I/O thread stops serving it (a thread left with no device exits), its eventfds and host
+   * resources are closed (the image unlocked). False if there is no such device.
+   */
+  async remove(vm: Vm | null, id: string, timeoutMs = 5000): Promise<boolean> {
+    const i = this.devices.findIndex((h) => h.id === id);
+    if (i < 0) return false;
+    const h = this.devices[i]!;
+    const t = this.threads.find((x) => x.devices.some((r) => r.host === h));
+    if (t !== undefined) {
+      const r = t.devices.find((x) => x.host === h)!;
+      if (!t.done) {
+        const stopped = new Promise<void>((res) => { t.stopWaiters.set(id, res); });
+        postCommand(r.words, Command.Stop);
+        try { libc.write(t.controlFd, ONE); } catch { /* the thread is gone */ }
+        await Promise.race([stopped, t.exited, sleep(timeoutMs)]);
+        t.stopWaiters.delete(id);
+      }
+      t.devices = t.devices.filter((x) => x !== r);
+      if (vm !== null) this.release(vm, r);
+      if (t.devices.length === 0) {
+        await Promise.race([t.exited, sleep(timeoutMs)]);
+        if (vm !== null) this.dropThread(vm, t);
+      }
+    }
+    this.devices.splice(i, 1);
+    this.closeDevices([h]);
+    return true;
   }
 
   /**
@@ -739,7 +867,12 @@ export class VirtioManager {
 
   /** Release host resources (images, taps, files). */
   close(): void {
-    for (const h of this.devices) {
+    this.closeDevices(this.devices);
+    this.devices.length = 0;
+  }
+
+  private closeDevices(devices: readonly HostDevice[]): void {
+    for (const h of devices) {
       const release = () => {
         if (h.memory !== undefined) { try { libc.munmap(h.memory.hostAddress, h.memory.size); } catch { /* not mapped */ } }
         for (const fd of h.fds) { try { closeSync(fd); } catch { /* already closed */ } }
@@ -755,6 +888,5 @@ export class VirtioManager {
         release();
       }
     }
-    this.devices.length = 0;
   }
 }

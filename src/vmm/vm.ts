@@ -3,7 +3,7 @@
 // to what the guest asks: ACPI S5 powers off, a reset (i8042, ACPI reset register, triple fault)
 // rebuilds the VM from scratch and boots it again, as Cloud Hypervisor and Firecracker do.
 import { EventEmitter } from 'node:events';
-import { Worker } from 'node:worker_threads';
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { openSync, closeSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -12,11 +12,11 @@ import { openHypervisor, type HypervisorKind } from '../hypervisor/select.js';
 import type { Hypervisor, Vm, Vcpu } from '../hypervisor/hypervisor.js';
 import type { CpuIdEntry } from '../hypervisor/regs.js';
 import { GuestMemory } from '../memory/guest_memory.js';
-import { ramRegions, lowRamEnd, GED_MMIO_START, VMGENID_ADDR, VMGENID_SIZE } from '../arch/x86_64/layout.js';
+import { ramRegions, lowRamEnd, GED_MMIO_START, PCI_HOTPLUG_MMIO_START, VMGENID_ADDR, VMGENID_SIZE } from '../arch/x86_64/layout.js';
 import { loadBzImage, parseBzImage } from '../arch/x86_64/bzimage.js';
 import { loadPvhKernel, parseElfKernel } from '../arch/x86_64/pvh.js';
 import { FileImage, readImage, type ImageSource } from '../arch/x86_64/image_source.js';
-import { buildAcpiTables, buildMcfgForSegments, gedAml, pciSegmentsAml, writeVmGenerationId } from '../arch/x86_64/acpi.js';
+import { buildAcpiTables, buildMcfgForSegments, gedAml, pciHostBridgeName, pciSegmentsAml, writeVmGenerationId } from '../arch/x86_64/acpi.js';
 import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
 import { HyperVCpuidError, hypervLeaves } from '../arch/x86_64/hyperv.js';
 import { writeResetVectorStub } from '../arch/x86_64/reset_vector.js';
@@ -25,18 +25,18 @@ import type { VmConfig } from './config.js';
 import { createMailboxes, ringDoorbell, type MailboxShared } from './mailbox.js';
 import { ByteRing } from './ring.js';
 import { IRQ_COM1, IRQ_GED } from './layout_ports.js';
-import { VirtioManager } from './virtio_manager.js';
+import { VirtioManager, type HotplugDevice } from './virtio_manager.js';
 import { SerialSocketSink } from './serial_socket.js';
 import { THREAD_OPTIONS } from './thread_options.js';
 import type { VirtioPciInit } from './pci_setup.js';
 import type { VirtioDeviceState } from '../virtio/state.js';
 import {
-  DeviceControl, DeviceControlOp, RunState, type DeviceThreadState, type DeviceWorkerData, type DeviceEvent, type VcpuWorkerData, type VcpuEvent,
+  DeviceControl, DeviceControlOp, RunState, type DeviceThreadState, type DeviceWorkerData, type DeviceEvent, type VcpuWorkerData, type VcpuEvent, type HotplugRequest,
 } from './protocol.js';
 import { saveHypervisorState, restoreHypervisorState } from '../hypervisor/state.js';
 import { writeSnapshot, type SnapshotParts, type SnapshotState, type SnapshotWritten } from './snapshot.js';
 import { mapGuestMemory, restoreGuestMemory } from '../memory/snapshot.js';
-import { PciType1 } from '../pci/bus.js';
+import { PciType1, PCI_SLOTS } from '../pci/bus.js';
 
 /** Addresses KVM needs for its real-mode TSS and identity map on Intel (below the 4 GiB top). */
 const KVM_IDENTITY_MAP_ADDR = 0xfffbc000;
@@ -90,6 +90,10 @@ interface Running {
   /** A restore's answer from the device thread ('restored' or 'restore-error'), and its resolver. */
   restored: Promise<DeviceEvent>;
   answerRestore: (e: DeviceEvent) => void;
+  /** Hotplug requests to the device thread (protocol.ts HotplugRequest). */
+  hotplugPort: MessagePort;
+  /** Devices whose eject the guest was asked for (vm.remove-device), not ejected yet. */
+  ejectsPending: Set<string>;
 }
 
 /** What a restore builds the guest from (src/vmm/snapshot.ts readSnapshot). */
@@ -130,7 +134,8 @@ export function kernelKind(image: Uint8Array | ImageSource): KernelKind {
 
 export class VirtualMachine extends EventEmitter {
   state: VmState = 'Created';
-  readonly config: VmConfig;
+  /** The configuration; a hot-plugged device joins it, an ejected one leaves it. */
+  config: VmConfig;
   /** Times the guest has been (re)booted. */
   boots = 0;
   /** VMM threads that did not stop in time on a stop or reboot (each also logged). */
@@ -355,7 +360,11 @@ export class VirtualMachine extends EventEmitter {
         }
       } else {
         const pciSegments = this.virtio.pciSegments;
-        const sbDevices = [...pciSegmentsAml(pciSegments), ...gedAml({ mmioBase: GED_MMIO_START, gsi: IRQ_GED, vmGenIdAddr: VMGENID_ADDR })];
+        // ACPI PCI hotplug on every segment (src/pci/hotplug.ts): vm.add-* and vm.remove-device.
+        const sbDevices = [
+          ...pciSegmentsAml(pciSegments, undefined, { mmioBase: PCI_HOTPLUG_MMIO_START }),
+          ...gedAml({ mmioBase: GED_MMIO_START, gsi: IRQ_GED, vmGenIdAddr: VMGENID_ADDR, pciHotplugBridges: pciSegments.map((p) => pciHostBridgeName(p.segment)) }),
+        ];
         const acpi = buildAcpiTables({ cpus: ncpu, sbDevices, extraTables: [buildMcfgForSegments(pciSegments)] }, mem);
         writeResetVectorStub(mem);
         const cmdline = cfg.payload.cmdline ?? '';
@@ -412,22 +421,24 @@ export class VirtualMachine extends EventEmitter {
     // A restored guest starts paused: every thread parks before the guest runs (protocol.ts).
     if (restore) Atomics.store(new Int32Array(runStateSab), 0, RunState.Pause);
     const controlSab = new SharedArrayBuffer(4 * DeviceControl.Words);
+    const hotplug = new MessageChannel();
     const deviceData: DeviceWorkerData = {
       shared, input: this.input.sab, serialFd, serialIrqfd, gedIrqfd, runState: runStateSab,
       memBelow4g: lowRamEnd(memSize), memAbove4g: memSize - lowRamEnd(memSize),
       vm: vm.handle(), virtio: virtioInits, verbose: this.opts.log !== undefined,
       pciSegments: this.virtio.pciSegments, serialCounters: this.serialCounters.buffer as SharedArrayBuffer,
-      control: controlSab,
+      control: controlSab, hotplugPort: hotplug.port2,
       ...(restore ? { restore: { legacy: restore.state.devices, pciRoots: restore.state.pci.segments }, vmGenIdChanged: true } : {}),
     };
     deviceWorker.off('error', early);
-    deviceWorker.postMessage(deviceData);
+    deviceWorker.postMessage(deviceData, [hotplug.port2]);
     let onRestored: (e: DeviceEvent) => void = () => {};
     const restored = new Promise<DeviceEvent>((r) => { onRestored = r; });
     const run: Running = {
       vm, mem: mem!, vcpus, vcpuWorkers: [], deviceWorker, shared, runState: new Int32Array(runStateSab),
       serialIrqfd, gedIrqfd, serialFd, ownsSerialFd, stopping: false, vcpuExited, deviceExited, stopped: null,
       control: new Int32Array(controlSab), controlWaiters: new Map(), parked: new Map(), restored, answerRestore: onRestored,
+      hotplugPort: hotplug.port1, ejectsPending: new Set(),
     };
     runRef = run;
     this.run = run;
@@ -437,7 +448,8 @@ export class VirtualMachine extends EventEmitter {
     deviceWorker.once('exit', (code) => { if (!run.stopping) this.fail(run, `the device thread exited unexpectedly (code ${code})`); });
     for (const [i, v] of vcpus.entries()) {
       const wd: VcpuWorkerData = {
-        handle: v.handle(), shared, runState: runStateSab, pciSlots: 1 + virtioInits.filter((d) => (d.segment ?? 0) === 0).length,
+        // Every device number of bus 0 goes to the device thread: a hot-plugged device may appear in any.
+        handle: v.handle(), shared, runState: runStateSab, pciSlots: PCI_SLOTS,
         ...(restore ? { configAddress: restore.state.pci.configAddress[i]! } : {}),
       };
       const w = vcpuWorkers[i]!;
@@ -511,6 +523,7 @@ export class VirtualMachine extends EventEmitter {
     if (m.type === 'shutdown') void this.guestPowerOff(run);
     else if (m.type === 'reset') void this.guestReset(run, m.reason);
     else if (m.type === 'restored' || m.type === 'restore-error') run.answerRestore(m);
+    else if (m.type === 'ejected') void this.deviceEjected(run, m.id);
     else if (m.type === 'state' || m.type === 'state-error' || m.type === 'done') {
       const w = run.controlWaiters.get(m.seq);
       run.controlWaiters.delete(m.seq);
@@ -535,6 +548,120 @@ export class VirtualMachine extends EventEmitter {
     if ((this.state !== 'Running' && this.state !== 'Paused') || !run || run.stopping) throw new VmError(`cannot press the power button of a VM in state ${this.state}`);
     const e = await this.deviceControl(run, DeviceControlOp.PowerButton);
     if (e.type !== 'done') throw new VmError(e.type === 'state-error' ? e.message : 'unexpected answer');
+  }
+
+  /**
+   * vm.add-disk / vm.add-net on a running VM: open the device's host side (the image, locked;
+   * the tap), start it, put it on the lowest free slot of its segment and tell the guest. The
+   * configuration gets the device (with its id) once the guest can see it. VmError / a
+   * VirtioConfigError naming the problem otherwise, with nothing left open.
+   */
+  async addDevice(device: HotplugDevice): Promise<{ id: string; segment: number; slot: number }> {
+    if (this.state !== 'Running' || !this.run || this.run.stopping) throw new VmError(`cannot hot-plug a device into a VM in state ${this.state}`);
+    const id = this.virtio.openHotplug(this.config, device);
+    const at = await this.hotplug(id);
+    const c = this.configWithIds();
+    // Disks and NICs keep their device number in the configuration (pci_device_id); virtio-fs
+    // and vsock have no such field here.
+    const placed = { id, pci_device_id: at.slot };
+    if (device.kind === 'disk') this.config = { ...c, disks: [...(c.disks ?? []), { ...device.config, ...placed }] };
+    else if (device.kind === 'net') this.config = { ...c, net: [...(c.net ?? []), { ...device.config, ...placed }] };
+    else if (device.kind === 'fs') this.config = { ...c, fs: [...(c.fs ?? []), { ...device.config, id }] };
+    else this.config = { ...c, vsock: { ...device.config, id } };
+    return { id, ...at };
+  }
+
+  /**
+   * The configuration with every disk's and NIC's id written out (the ids the virtio manager
+   * gave them at open: `_disk<i>`, `_net<i>` by position), so that removing one does not rename
+   * the ones after it.
+   */
+  private configWithIds(): VmConfig {
+    const c = this.config;
+    // And their device numbers (pci_device_id), so that a restored snapshot or another boot
+    // puts each where the guest saw it, whatever was added or removed before it.
+    const at = (id: string) => { const p = this.virtio.placement(id); return p === undefined ? {} : { pci_device_id: p.slot }; };
+    return {
+      ...c,
+      ...(c.disks ? { disks: c.disks.map((d, i) => { const id = d.id ?? `_disk${i}`; return { ...d, id, ...at(id) }; }) } : {}),
+      ...(c.net ? { net: c.net.map((n, i) => { const id = n.id ?? `_net${i}`; return { ...n, id, ...at(id) }; }) } : {}),
+      ...(c.fs ? { fs: c.fs.map((f, i) => ({ ...f, id: f.id ?? `_fs${i}` })) } : {}),
+      ...(c.vsock ? { vsock: { ...c.vsock, id: c.vsock.id ?? '_vsock0' } } : {}),
+    };
+  }
+
+  private dropFromConfig(id: string): void {
+    const c = this.configWithIds();
+    this.config = {
+      ...c,
+      ...(c.disks ? { disks: c.disks.filter((d) => d.id !== id) } : {}),
+      ...(c.net ? { net: c.net.filter((d) => d.id !== id) } : {}),
+      ...(c.fs ? { fs: c.fs.filter((f) => f.id !== id) } : {}),
+    };
+    if (c.vsock?.id === id) delete this.config.vsock;
+  }
+
+  /**
+   * Hotplug (vm.add-disk, vm.add-net): the device `id`, opened by the virtio manager
+   * (openHotplug), is started in the running guest and put on its bus; the guest is told
+   * through the GED and scans the slot. On failure the device is removed again.
+   */
+  private async hotplug(id: string): Promise<{ segment: number; slot: number }> {
+    const run = this.run;
+    if (this.state !== 'Running' || !run || run.stopping) {
+      await this.virtio.remove(null, id);
+      throw new VmError(`cannot hot-plug a device into a VM in state ${this.state}`);
+    }
+    let init: VirtioPciInit;
+    try {
+      init = await this.virtio.startHotplug(run.vm, id);
+    } catch (e) {
+      await this.virtio.remove(run.vm, id);
+      throw e;
+    }
+    run.hotplugPort.postMessage({ type: 'add', device: init } satisfies HotplugRequest);
+    const e = await this.deviceControl(run, DeviceControlOp.HotplugAdd).catch((err: Error) => ({ type: 'state-error' as const, seq: 0, message: err.message }));
+    if (e.type !== 'done') {
+      await this.virtio.remove(run.vm, id);
+      throw new VmError(`cannot put ${id} on its PCI bus: ${e.type === 'state-error' ? e.message : 'unexpected answer'}`);
+    }
+    return { segment: init.segment ?? 0, slot: init.slot };
+  }
+
+  /**
+   * vm.remove-device: ask the guest to eject `id` (GED, Notify(Sxx, 3)). Resolves when asked;
+   * the device goes (and 'device-removed' is emitted) when the guest's _EJ0 runs.
+   */
+  async requestEject(id: string): Promise<void> {
+    const run = this.run;
+    if ((this.state !== 'Running' && this.state !== 'Paused') || !run || run.stopping) throw new VmError(`cannot remove a device from a VM in state ${this.state}`);
+    const p = this.virtio.placement(id);
+    if (p === undefined) throw new VmError(`no device '${id}'`);
+    // Its file stays mapped into guest physical memory (a memory slot) for the VM's life.
+    if (p.mapsMemory) throw new VmError(`'${id}' is a virtio-pmem device: removing one from a running VM is not supported`);
+    run.hotplugPort.postMessage({ type: 'remove', id } satisfies HotplugRequest);
+    const e = await this.deviceControl(run, DeviceControlOp.HotplugRemove);
+    if (e.type !== 'done') throw new VmError(`cannot remove ${id}: ${e.type === 'state-error' ? e.message : 'unexpected answer'}`);
+    run.ejectsPending.add(id);
+  }
+
+  /** Whether the guest was asked to eject `id` and has not yet. */
+  ejectPending(id: string): boolean {
+    return this.run?.ejectsPending.has(id) ?? false;
+  }
+
+  /** The guest ejected `id` (it is off its bus): its I/O, eventfds and host files go, then 'device-removed'. */
+  private async deviceEjected(run: Running, id: string): Promise<void> {
+    run.ejectsPending.delete(id);
+    if (run.stopping) return;
+    try {
+      await this.virtio.remove(run.vm, id);
+    } catch (e) {
+      this.log(`${id}: releasing the ejected device failed: ${(e as Error).message}`);
+    }
+    this.dropFromConfig(id);
+    this.log(`${id}: removed (ejected by the guest)`);
+    this.emit('device-removed', id);
   }
 
   /** One DeviceControl request to the device thread; its answer, or a VmError after DEVICE_STOP_MS. */
@@ -658,6 +785,15 @@ export class VirtualMachine extends EventEmitter {
     // a thread does. One that will not exit keeps what it holds (VM fd, serial fds) open.
     const deviceGone = await exitsWithin(run.deviceExited, run.deviceWorker, DEVICE_STOP_MS);
     const vs = await this.virtio.stop(run.vm);
+    run.hotplugPort.close();
+    // Ejects the guest never answered: the device goes now, as asked (a later boot lacks it).
+    for (const id of run.ejectsPending) {
+      await this.virtio.remove(null, id);
+      this.dropFromConfig(id);
+      this.log(`${id}: removed (the guest stopped before it ejected the device)`);
+      this.emit('device-removed', id);
+    }
+    run.ejectsPending.clear();
     for (const v of run.vcpus) v.close();
     try { run.vm.unregisterIrqfd(run.serialIrqfd, IRQ_COM1); } catch { /* the VM goes away next */ }
     try { run.vm.unregisterIrqfd(run.gedIrqfd, IRQ_GED); } catch { /* the VM goes away next */ }

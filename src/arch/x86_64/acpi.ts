@@ -9,6 +9,8 @@
 
 import type { GuestMemory } from '../../memory/guest_memory.js';
 import * as aml from './aml.js';
+import { PCI_SLOTS } from '../../pci/bus.js';
+import { PCI_HOTPLUG_BLOCK_SIZE } from '../../pci/hotplug.js';
 import {
   ACPI_TABLES_END, ACPI_TABLES_START, APIC_START, IOAPIC_START, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_BUS_END,
   PCI_ECAM_BUS_START, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START, RSDP_POINTER, VMGENID_ADDR, VMGENID_SIZE,
@@ -270,11 +272,14 @@ export function pciHostBridgeName(segment: number): string {
  * window: PCI Firmware 3.0, 4.1.2 asks for the MCFG ranges to be reserved that way, and Linux
  * (arch/x86/pci/mmconfig-shared.c, is_acpi_reserved) looks for them there.
  */
-export function pciSegmentsAml(segments: readonly PciSegmentLayout[], mmio64?: { start: number; size: number }): Uint8Array[] {
+export function pciSegmentsAml(
+  segments: readonly PciSegmentLayout[], mmio64?: { start: number; size: number }, hotplug?: { mmioBase: number },
+): Uint8Array[] {
   const out = segments.map((s) => pciHostBridgeAml({
     segment: s.segment, busStart: s.busStart, busEnd: s.busEnd, mmio32: s.mmio32,
     name: pciHostBridgeName(s.segment), uid: s.segment, io: s.segment === 0,
     ...(mmio64 !== undefined && s.segment === 0 ? { mmio64 } : {}),
+    ...(hotplug !== undefined ? { terms: pciHotplugAml(hotplug.mmioBase + s.segment * PCI_HOTPLUG_BLOCK_SIZE) } : {}),
   }));
   out.push(aml.device('MBRD', [
     aml.name('_HID', aml.eisaId('PNP0C02')),
@@ -282,6 +287,45 @@ export function pciSegmentsAml(segments: readonly PciSegmentLayout[], mmio64?: {
     aml.name('_CRS', aml.resourceTemplate(segments.map((s) => aml.memory32Fixed(s.ecamBase, s.ecamSize)))),
   ]));
   return out;
+}
+
+/** Notify values of ACPI 6.x 5.6.6: the OS checks the device (a new one is there), or is asked to eject it. */
+export const NOTIFY_DEVICE_CHECK = 0x01;
+export const NOTIFY_EJECT_REQUEST = 0x03;
+
+/** AML name of the hotplug slot device for device number `slot` (S01_ .. S31_). */
+export function pciSlotName(slot: number): string {
+  return `S${slot.toString().padStart(2, '0')}`;
+}
+
+/**
+ * Inside a host bridge: its segment's register block of the PCI hotplug controller
+ * (src/pci/hotplug.ts; PCIU, PCID, B0EJ), a device per slot 1..31 of bus 0 (_ADR device << 16,
+ * function 0; _SUN; _EJ0 writes the slot's bit to B0EJ: the OS has ejected it) and PCNT, which
+ * the GED's _EVT calls on "PCI devices changed": Notify(Sxx, 1) for each slot in PCIU (device
+ * check: the OS scans the slot), Notify(Sxx, 3) for each in PCID (eject request). Slots with a
+ * device at boot have the same objects, so the OS can eject those too.
+ */
+export function pciHotplugAml(blockBase: number): Uint8Array[] {
+  const slots: number[] = [];
+  for (let s = 1; s < PCI_SLOTS; s++) slots.push(s);
+  const bit = (local: number, slot: number, value: number): Uint8Array =>
+    aml.ifThen(aml.lEqual(aml.and(aml.local(local), aml.integer(2 ** slot)), aml.integer(2 ** slot)), [aml.notify(pciSlotName(slot), value)]);
+  return [
+    aml.operationRegion('PCST', aml.REGION_SYSTEM_MEMORY, blockBase, PCI_HOTPLUG_BLOCK_SIZE),
+    aml.field('PCST', [{ name: 'PCIU', bits: 32 }, { name: 'PCID', bits: 32 }, { name: 'B0EJ', bits: 32 }], { access: aml.FIELD_ACCESS_DWORD, update: aml.FIELD_UPDATE_WRITE_AS_ZEROS }),
+    ...slots.map((s) => aml.device(pciSlotName(s), [
+      aml.name('_ADR', aml.integer(s * 0x10000)),
+      aml.name('_SUN', aml.integer(s)),
+      aml.method('_EJ0', 1, false, [aml.store(aml.integer(2 ** s), aml.ref('B0EJ'))]),
+    ])),
+    aml.method('PCNT', 0, true, [
+      aml.store(aml.ref('PCIU'), aml.local(0)),
+      aml.store(aml.ref('PCID'), aml.local(1)),
+      ...slots.map((s) => bit(0, s, NOTIFY_DEVICE_CHECK)),
+      ...slots.map((s) => bit(1, s, NOTIFY_EJECT_REQUEST)),
+    ]),
+  ];
 }
 
 /** \_SB_.COM1: 16550 at 0x3f8, IRQ 4. */
@@ -299,6 +343,7 @@ export function com1Aml(): Uint8Array {
  * GED event bits the DSDT's _EVT dispatches on; the same bits as the device side
  * (src/devices/acpi_power.ts GED_POWER_BUTTON, GED_VMGENID).
  */
+export const GED_EVENT_PCI_HOTPLUG = 0x04;
 export const GED_EVENT_POWER_BUTTON = 0x08;
 export const GED_EVENT_VMGENID = 0x10;
 /** Notify value of a power button press (ACPI 6.x 4.8.2.2.1.1) and of a new VM Generation ID. */
@@ -314,6 +359,8 @@ export interface GedAmlOptions {
   gsi: number;
   /** Address of the 16-byte VM Generation ID; omitted: no VGEN device. */
   vmGenIdAddr?: number;
+  /** Host bridges (AML names) whose PCNT to call on "PCI devices changed"; omitted: no PCI hotplug. */
+  pciHotplugBridges?: readonly string[];
 }
 
 /**
@@ -330,6 +377,10 @@ export function gedAml(o: GedAmlOptions): Uint8Array[] {
     aml.ifThen(aml.lEqual(aml.and(aml.local(0), aml.integer(mask)), aml.integer(mask)), [aml.notify(target, NOTIFY_DEVICE_SPECIFIC)]);
   const evt = [aml.store(aml.ref('GDAT'), aml.local(0)), bit(GED_EVENT_POWER_BUTTON, '\\_SB_.PWRB')];
   if (o.vmGenIdAddr !== undefined) evt.push(bit(GED_EVENT_VMGENID, '\\_SB_.VGEN'));
+  if (o.pciHotplugBridges !== undefined && o.pciHotplugBridges.length > 0) {
+    evt.push(aml.ifThen(aml.lEqual(aml.and(aml.local(0), aml.integer(GED_EVENT_PCI_HOTPLUG)), aml.integer(GED_EVENT_PCI_HOTPLUG)),
+      o.pciHotplugBridges.map((b) => aml.call(`\\_SB_.${b}.PCNT`))));
+  }
   const out = [
     aml.device('GED_', [
       aml.name('_HID', aml.string('ACPI0013')),
@@ -381,6 +432,8 @@ export interface PciHostBridgeOptions {
   uid?: number;
   /** Describe the legacy config ports and the I/O window (default true; segment 0 only). */
   io?: boolean;
+  /** More terms inside the bridge's Device (the hotplug slots, pciHotplugAml). */
+  terms?: readonly Uint8Array[];
 }
 
 /**
@@ -412,6 +465,7 @@ export function pciHostBridgeAml(o: PciHostBridgeOptions = {}): Uint8Array {
     aml.name('_UID', aml.integer(o.uid ?? 0)),
     aml.name('_BBN', aml.integer(busStart)),
     aml.name('_CRS', aml.resourceTemplate(crs)),
+    ...(o.terms ?? []),
   ]);
 }
 

@@ -370,3 +370,8 @@ export function ifThen(predicate: Uint8Array, terms: ReadonlyArray<Uint8Array>):
 export function notify(object: string, value: number): Uint8Array {
   return concat([[NOTIFY_OP], nameString(object), integer(value)]);
 }
+
+/** A call of the method `name` with `args` (20.2.5 MethodInvocation: NameString TermArg...). */
+export function call(name: string, args: ReadonlyArray<Uint8Array> = []): Uint8Array {
+  return concat([nameString(name), ...args]);
+}

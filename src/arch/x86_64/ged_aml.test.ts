@@ -8,9 +8,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as aml from './aml.js';
-import { buildAcpiTables, buildDsdt, gedAml, GED_EVENT_POWER_BUTTON, GED_EVENT_VMGENID, pciSegmentsAml, readAcpiTables, writeVmGenerationId } from './acpi.js';
-import { ACPI_TABLES_END, E820_RESERVED, e820Map, GED_MMIO_START, PLATFORM_MMIO_START, pciSegmentLayouts, VMGENID_ADDR, VMGENID_SIZE } from './layout.js';
-import { GED_POWER_BUTTON, GED_VMGENID } from '../../devices/acpi_power.js';
+import { buildAcpiTables, buildDsdt, gedAml, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_EVENT_VMGENID, pciSegmentsAml, readAcpiTables, writeVmGenerationId } from './acpi.js';
+import { ACPI_TABLES_END, E820_RESERVED, e820Map, GED_MMIO_START, PCI_HOTPLUG_MMIO_START, PLATFORM_MMIO_START, pciSegmentLayouts, VMGENID_ADDR, VMGENID_SIZE } from './layout.js';
+import { GED_PCI_HOTPLUG, GED_POWER_BUTTON, GED_VMGENID } from '../../devices/acpi_power.js';
 import { GuestMemory } from '../../memory/guest_memory.js';
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
@@ -137,6 +137,52 @@ test('the DSDT with GED, PWRB and VGEN disassembles with ACPICA iasl to the ASL 
     ];
     for (const re of want) assert.match(squeeze, re, `iasl -d output:\n${asl}`);
     // Compile the disassembly back: no errors (iasl exits non-zero on an error).
+    execFileSync('iasl', ['-p', join(dir, 'again'), join(dir, 'dsdt.dsl')], { stdio: 'pipe', cwd: dir });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('PCI hotplug AML: slots S01..S31 with _ADR/_SUN/_EJ0 and PCNT in each host bridge, called by the GED on event 0x04; iasl agrees', (t) => {
+  const segs = pciSegmentLayouts(2);
+  const sbDevices = [
+    ...pciSegmentsAml(segs, undefined, { mmioBase: PCI_HOTPLUG_MMIO_START }),
+    ...gedAml({ mmioBase: GED_MMIO_START, gsi: 5, vmGenIdAddr: VMGENID_ADDR, pciHotplugBridges: ['PCI0', 'PC01'] }),
+  ];
+  const dsdt = buildDsdt({ sbDevices });
+  // All 16 segments' slots and 254 vCPUs still fit the ACPI area.
+  const mem = GuestMemory.allocate([{ gpa: 0, size: 16 << 20 }]);
+  try {
+    const all = pciSegmentsAml(pciSegmentLayouts(16), undefined, { mmioBase: PCI_HOTPLUG_MMIO_START });
+    const r = buildAcpiTables({ cpus: 254, sbDevices: all }, mem);
+    assert.ok(readAcpiTables(mem, r.rsdpAddr).get('DSDT')!.length < ACPI_TABLES_END - 0xe0000);
+  } finally {
+    mem.free();
+  }
+  const ascii = Buffer.from(dsdt).toString('latin1');
+  for (const n of ['PCST', 'PCIU', 'PCID', 'B0EJ', 'PCNT', 'S01_', 'S31_', '_EJ0', '_SUN']) assert.ok(ascii.includes(n), n);
+  assert.equal(GED_EVENT_PCI_HOTPLUG, GED_PCI_HOTPLUG, 'the DSDT and the GED device agree on the bit');
+  const why = iaslOrWhy();
+  if (why !== null) { t.skip(why); return; }
+  const dir = mkdtempSync(join(tmpdir(), 'stv-iasl-'));
+  try {
+    writeFileSync(join(dir, 'dsdt.aml'), dsdt);
+    execFileSync('iasl', ['-d', join(dir, 'dsdt.aml')], { stdio: 'pipe', cwd: dir });
+    const asl = readFileSync(join(dir, 'dsdt.dsl'), 'utf8');
+    const squeeze = asl.replace(/\/\*[\s\S]*?\*\//g, '').replace(/\/\/[^\n]*/g, '').replace(/\s+/g, ' ');
+    const base = PCI_HOTPLUG_MMIO_START.toString(16).toUpperCase().padStart(8, '0');
+    const base1 = (PCI_HOTPLUG_MMIO_START + 16).toString(16).toUpperCase().padStart(8, '0');
+    const want = [
+      new RegExp(`Device \\(PCI0\\) \\{.*OperationRegion \\(PCST, SystemMemory, 0x${base}, 0x10\\)`),
+      new RegExp(`Device \\(PC01\\) \\{.*OperationRegion \\(PCST, SystemMemory, 0x${base1}, 0x10\\)`),
+      /Field \(PCST, DWordAcc, NoLock, WriteAsZeros\) \{ PCIU, 32, PCID, 32, B0EJ, 32 \}/,
+      /Device \(S05\) \{ Name \(_ADR, 0x00050000\) Name \(_SUN, 0x05\) Method \(_EJ0, 1, NotSerialized\) \{ B0EJ = 0x20 \}/,
+      /Device \(S31\) \{ Name \(_ADR, 0x001F0000\) Name \(_SUN, 0x1F\) Method \(_EJ0, 1, NotSerialized\) \{ B0EJ = 0x80000000 \}/,
+      /Method \(PCNT, 0, Serialized\) \{ Local0 = PCIU Local1 = PCID If \(\(\(Local0 & 0x02\) == 0x02\)\) \{ Notify \(S01, One\) \}/,
+      /If \(\(\(Local1 & 0x80000000\) == 0x80000000\)\) \{ Notify \(S31, 0x03\) \}/,
+      /If \(\(\(Local0 & 0x04\) == 0x04\)\) \{ \\_SB\.PCI0\.PCNT \(\) \\_SB\.PC01\.PCNT \(\) \}/,
+    ];
+    for (const re of want) assert.match(squeeze, re, `iasl -d output:\n${asl}`);
     execFileSync('iasl', ['-p', join(dir, 'again'), join(dir, 'dsdt.dsl')], { stdio: 'pipe', cwd: dir });
   } finally {
     rmSync(dir, { recursive: true, force: true });

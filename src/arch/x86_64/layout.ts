@@ -160,6 +160,11 @@ export const PLATFORM_MMIO_SIZE = 0xfec00000 - PLATFORM_MMIO_START; // 108 MiB
  */
 export const GED_MMIO_START = PLATFORM_MMIO_START;
 export const GED_MMIO_SIZE = 1;
+/**
+ * The ACPI PCI hotplug controller (src/pci/hotplug.ts): one 16-byte block per PCI segment, in
+ * the platform MMIO area's second page.
+ */
+export const PCI_HOTPLUG_MMIO_START = PLATFORM_MMIO_START + 0x1000;
 
 /** IOAPIC (MADT), GSI base 0, 24 pins. */
 export const IOAPIC_START = 0xfec00000;

@@ -1,0 +1,69 @@
+// The ACPI PCI hotplug controller's registers (hotplug.ts): what the DSDT's PCNT and _EJ0 read
+// and write, per segment, and a guest that writes garbage.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { PciHotplugController, PCI_HOTPLUG_BLOCK_SIZE, PCIU_OFFSET, PCID_OFFSET, B0EJ_OFFSET } from './hotplug.js';
+import { PciRoot, PciHostBridge } from './bus.js';
+
+const u32 = (v: number) => { const b = new Uint8Array(4); new DataView(b.buffer).setUint32(0, v >>> 0, true); return b; };
+const read32 = (c: PciHotplugController, off: number) => { const b = new Uint8Array(4); c.read(off, b); return new DataView(b.buffer).getUint32(0, true); };
+
+test('PCIU and PCID: bits per segment, cleared by reading; an insert cancels a pending eject request and back', () => {
+  const ejected: Array<[number, number]> = [];
+  const c = new PciHotplugController(2, (seg, slot) => ejected.push([seg, slot]));
+  assert.equal(c.size, 2 * PCI_HOTPLUG_BLOCK_SIZE);
+  c.inserted(0, 6);
+  c.inserted(1, 1);
+  c.inserted(1, 31);
+  assert.equal(read32(c, PCIU_OFFSET), 1 << 6);
+  assert.equal(read32(c, PCIU_OFFSET), 0, 'read clears');
+  assert.equal(read32(c, PCI_HOTPLUG_BLOCK_SIZE + PCIU_OFFSET), ((1 << 1) | (1 << 31)) >>> 0);
+  c.inserted(0, 3);
+  c.ejectRequested(0, 3);
+  assert.equal(read32(c, PCIU_OFFSET), 0, 'the eject request replaced the insert');
+  assert.equal(read32(c, PCID_OFFSET), 1 << 3);
+  assert.equal(read32(c, PCID_OFFSET), 0);
+  assert.equal(read32(c, B0EJ_OFFSET), 0, 'B0EJ reads 0');
+  assert.deepEqual(ejected, []);
+});
+
+test('B0EJ: each bit set is one eject of that slot; slot 0 (the host bridge) never', () => {
+  const ejected: Array<[number, number]> = [];
+  const c = new PciHotplugController(2, (seg, slot) => ejected.push([seg, slot]));
+  c.write(B0EJ_OFFSET, u32((1 << 4) | (1 << 7) | 1));
+  c.write(PCI_HOTPLUG_BLOCK_SIZE + B0EJ_OFFSET, u32(1 << 2));
+  assert.deepEqual(ejected, [[0, 4], [0, 7], [1, 2]]);
+});
+
+test('hostile accesses: other widths, other registers, past the last segment are ignored and counted', () => {
+  const ejected: Array<[number, number]> = [];
+  const c = new PciHotplugController(1, (seg, slot) => ejected.push([seg, slot]));
+  c.inserted(0, 5);
+  const b1 = new Uint8Array(1);
+  c.read(PCIU_OFFSET, b1);
+  assert.equal(b1[0], 0);
+  c.write(B0EJ_OFFSET, Uint8Array.of(0xff));
+  c.write(PCIU_OFFSET, u32(0xffffffff));
+  c.write(PCI_HOTPLUG_BLOCK_SIZE + B0EJ_OFFSET, u32(0xffffffff));
+  assert.equal(read32(c, PCI_HOTPLUG_BLOCK_SIZE + PCIU_OFFSET), 0);
+  assert.deepEqual(ejected, []);
+  assert.equal(c.badAccesses, 5);
+  assert.equal(read32(c, PCIU_OFFSET), 1 << 5, 'the pending bit survived the bad accesses');
+  assert.throws(() => c.inserted(1, 5), /segment 1 outside 0..0/);
+  assert.throws(() => c.ejectRequested(0, 0), /slot 0 outside 1..31/);
+  assert.throws(() => c.inserted(0, 32), /slot 32/);
+});
+
+test('PciRoot.remove: the slot reads all-ones again and can take a new device; the host bridge stays', () => {
+  const root = new PciRoot();
+  const dev = new PciHostBridge();
+  root.add(dev, 5);
+  assert.equal(root.remove(5), dev);
+  const b = new Uint8Array(4);
+  root.read(0, 5, 0, 0, b);
+  assert.deepEqual([...b], [0xff, 0xff, 0xff, 0xff]);
+  assert.equal(root.remove(5), null);
+  assert.equal(root.add(new PciHostBridge(), 5), 5);
+  assert.throws(() => root.remove(0), /outside 1..31/);
+  assert.deepEqual(root.presentSlots(), [0, 5]);
+});

@@ -1,0 +1,316 @@
+// PCI hotplug (ACPI, src/pci/hotplug.ts) on a running Debian guest, in the spirit of Cloud
+// Hypervisor's test_disk_hotplug: vm.add-disk answers 200 with the id and the PCI address Kata
+// parses ("0000:00:NN.0"); the guest's acpiphp scans the slot and virtio_blk gives /dev/vda,
+// which reads the host's data; vm.remove-device asks the guest to eject it; once the guest's
+// _EJ0 ran the device is gone in the guest, a "device-removed" event is on the event monitor,
+// the image is unlocked and the guest's write is in it. Then: add and remove several times in a
+// row, a hot-added disk kept across a guest reboot (and removed after it), and bad requests.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, openSync, readFileSync, readSync, closeSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import { join } from 'node:path';
+import { guestImages } from './lib/guest.js';
+import { VmmProcess as Vmm } from './lib/vmm_process.js';
+import { NET, deleteTap, listenWhenAddressExists, scratchDir, sha256 } from './lib/virtio.js';
+import { FdClient } from '../../src/api/testing/fd_client.js';
+import { kataGoAddNetRequest } from '../../src/api/testing/kata.js';
+import { Tap } from '../../src/net/tap.js';
+import { HostService } from './lib/services.js';
+import { waitForPing } from '../../src/api/testing/spawn_vmm.js';
+
+const img = guestImages();
+const TIMEOUT_MS = 420_000;
+const MiB = 1024 * 1024;
+
+/** A raw image: a marker at offset 0, random data after it; the sha256 of its first MiB. */
+function image(path: string, marker: string): string {
+  const b = randomBytes(4 * MiB);
+  b.write(marker.padEnd(16, '.'), 0, 'latin1');
+  writeFileSync(path, b);
+  return sha256(b.subarray(0, MiB));
+}
+
+/** 16 bytes at `offset` of a file. */
+function readAt(path: string, offset: number): string {
+  const fd = openSync(path, 'r');
+  try {
+    const b = Buffer.alloc(16);
+    readSync(fd, b, 0, 16, offset);
+    return b.toString('latin1');
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Whether another process can take the image's write lock now (the VMM holds LOCK_EX while it is a disk). */
+function unlocked(path: string): boolean {
+  try {
+    execFileSync('flock', ['-n', '-x', path, 'true'], { stdio: 'pipe' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function events(file: string): Array<{ source: string; event: string; properties?: Record<string, string> }> {
+  if (!existsSync(file)) return [];
+  const text = readFileSync(file, 'utf8');
+  // The monitor writes one JSON object after another (pretty-printed, as Cloud Hypervisor does).
+  const out: Array<{ source: string; event: string; properties?: Record<string, string> }> = [];
+  let depth = 0;
+  let start = -1;
+  for (let i = 0; i < text.length; i++) {
+    if (text[i] === '{') { if (depth++ === 0) start = i; }
+    else if (text[i] === '}' && --depth === 0) out.push(JSON.parse(text.slice(start, i + 1)) as never);
+  }
+  return out;
+}
+
+test('PCI hotplug: vm.add-disk into a running guest, read it, vm.remove-device (guest ejects, event, image unlocked), repeated, across a reboot, bad requests', { timeout: TIMEOUT_MS }, async (t) => {
+  const dir = scratchDir('hotplug');
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const disks = ['a', 'b', 'c'].map((n) => {
+    const path = join(dir, `${n}.raw`);
+    return { path, marker: `stv-hot-${n}`, hash: image(path, `stv-hot-${n}`) };
+  });
+  const evFile = join(dir, 'events.json');
+  const vmm = new Vmm('hotplug', join(dir, 'api.sock'), [
+    '--kernel', img.bzImage, '--initramfs', img.initramfs,
+    '--cmdline', 'console=ttyS0 quiet stv.scenario=shell',
+    '--cpus', 'boot=1', '--memory', 'size=256M', '--serial', 'tty', '--console', 'off',
+    '--event-monitor', `path=${evFile}`, '-v',
+  ]);
+  t.after(() => vmm.end());
+  await waitForPing(vmm.sock, vmm.child);
+  await vmm.waitFor(/stv# /, 0, 'the guest shell prompt');
+  // stvw PATH SECONDS: wait for a device node (drivers probe asynchronously).
+  const defineWait = () => vmm.shell('stvw() { i=0; while [ ! -e $1 ] && [ $i -lt $2 ]; do sleep 1; i=$((i+1)); done; [ -e $1 ]; }; echo DEF""INED', /\bDEFINED\b/, 'the wait helper');
+  await defineWait();
+
+  const removedCount = () => events(evFile).filter((e) => e.source === 'vm' && e.event === 'device-removed').length;
+  const waitRemoved = async (n: number, what: string) => {
+    for (let i = 0; i < 120 && removedCount() < n; i++) await new Promise((r) => setTimeout(r, 500));
+    assert.equal(removedCount(), n, `${what}: ${n} device-removed event(s)\n${vmm.explain()}`);
+  };
+
+  /** Add `d` as `id`, check the answer and that the guest reads it as /dev/vda; returns the bdf. */
+  const addAndRead = async (d: (typeof disks)[number], id: string, write?: string): Promise<string> => {
+    const r = await vmm.api('PUT', 'vm.add-disk', { path: d.path, id });
+    assert.equal(r.status, 200, `vm.add-disk: ${r.text}`);
+    const info = JSON.parse(r.text) as { id: string; bdf: string };
+    assert.equal(info.id, id);
+    assert.match(info.bdf, /^0000:00:[0-1][0-9a-f]\.0$/, 'segment:bus:device.function');
+    assert.equal(unlocked(d.path), false, 'the VMM holds the image lock while it is a disk');
+    const o = await vmm.shellOutput(
+      `stvw /dev/vda 30 && echo "VDA $(cat /sys/block/vda/size) $(head -c 16 /dev/vda) $(dd if=/dev/vda bs=1M count=1 2>/dev/null | sha256sum | head -c 64)" || echo "NO""VDA"; ` +
+      `ls /sys/bus/pci/devices/ | tr '\\n' ' '; echo; ${write ? `printf ${write} | dd of=/dev/vda bs=4096 seek=1 conv=notrunc,fsync 2>/dev/null; sync; ` : ''}echo RE""AD`,
+      /\bREAD\b/, `the guest's view of ${id}`);
+    assert.doesNotMatch(o.text, /NOVDA/, `the guest has no /dev/vda after vm.add-disk\n${vmm.explain()}`);
+    const m = /VDA (\d+) (\S+) ([0-9a-f]{64})/.exec(o.text);
+    assert.ok(m, `VDA line\n${vmm.explain()}`);
+    assert.equal(Number(m[1]) * 512, 4 * MiB, 'its size');
+    assert.equal(m[2], d.marker.padEnd(16, '.'), 'the marker at offset 0');
+    assert.equal(m[3], d.hash, 'the sha256 of its first MiB');
+    assert.ok(o.text.includes(info.bdf), `the guest lists ${info.bdf} in /sys/bus/pci/devices: ${o.text}`);
+    return info.bdf;
+  };
+
+  /** Remove `id`; the guest loses /dev/vda, the event comes, the image is unlocked. */
+  const removeAndCheck = async (d: (typeof disks)[number], id: string, removedBefore: number) => {
+    const r = await vmm.api('PUT', 'vm.remove-device', { id });
+    assert.equal(r.status, 204, `vm.remove-device: ${r.text}`);
+    await waitRemoved(removedBefore + 1, `removing ${id}`);
+    assert.equal(events(evFile).filter((e) => e.event === 'device-removed').at(-1)?.properties?.['id'], id);
+    const o = await vmm.shellOutput('i=0; while [ -e /dev/vda ] && [ $i -lt 20 ]; do sleep 1; i=$((i+1)); done; [ -e /dev/vda ] && echo "STILL""THERE" || echo "VDA""GONE"', /VDAGONE|STILLTHERE/, `the guest after removing ${id}`);
+    assert.match(o.text, /VDAGONE/, `/dev/vda is gone in the guest\n${vmm.explain()}`);
+    assert.equal(unlocked(d.path), true, 'the image is unlocked');
+    const info = JSON.parse((await vmm.api('GET', 'vm.info')).text) as { config: { disks?: Array<{ id?: string }> } };
+    assert.ok(!(info.config.disks ?? []).some((x) => x.id === id), `vm.info no longer lists ${id}`);
+  };
+
+  // 1. Add, read, write, remove: the write is in the host file.
+  const bdf = await addAndRead(disks[0]!, 'hot0', 'stv-guest-wrote1');
+  t.diagnostic(`hot0 at ${bdf}`);
+  await removeAndCheck(disks[0]!, 'hot0', 0);
+  assert.equal(readAt(disks[0]!.path, 4096), 'stv-guest-wrote1', 'the guest\'s write reached the image before the device went');
+
+  // 2. Several times in a row, different images and the same one again.
+  await addAndRead(disks[1]!, 'hot1');
+  await removeAndCheck(disks[1]!, 'hot1', 1);
+  await addAndRead(disks[2]!, 'hot2');
+  await removeAndCheck(disks[2]!, 'hot2', 2);
+  await addAndRead(disks[1]!, 'hot1');
+  await removeAndCheck(disks[1]!, 'hot1', 3);
+
+  // 3. Bad requests: a missing image, an id or image in use, an unknown id, a body without id.
+  let r = await vmm.api('PUT', 'vm.add-disk', { path: join(dir, 'missing.raw') });
+  assert.equal(r.status, 400, r.text);
+  assert.match(r.text, /missing\.raw' does not exist/);
+  await addAndRead(disks[2]!, 'keep');
+  r = await vmm.api('PUT', 'vm.add-disk', { path: disks[0]!.path, id: 'keep' });
+  assert.equal(r.status, 409, r.text);
+  r = await vmm.api('PUT', 'vm.add-disk', { path: disks[2]!.path });
+  assert.equal(r.status, 409, r.text);
+  r = await vmm.api('PUT', 'vm.remove-device', { id: 'nope' });
+  assert.equal(r.status, 404, r.text);
+  assert.equal(unlocked(disks[0]!.path), true, 'a refused add leaves its image unlocked');
+
+  // 4. Across a guest reboot the hot-added disk is still there (it is in the configuration),
+  //    then it is removed from the rebooted guest.
+  const mark = vmm.out.length;
+  vmm.child.stdin.write('reboot -f\n');
+  await vmm.waitFor(/@@stv:init@@[\s\S]*stv# /, mark, 'the shell after the guest rebooted');
+  await defineWait();
+  const o = await vmm.shellOutput('stvw /dev/vda 30 && echo "VDA $(head -c 16 /dev/vda)" || echo "NO""VDA"; echo BO""OTED', /\bBOOTED\b/, 'the disk after the reboot');
+  assert.match(o.text, new RegExp(`VDA ${disks[2]!.marker}`), `the hot-added disk is there after the reboot\n${vmm.explain()}`);
+  await removeAndCheck(disks[2]!, 'keep', 4);
+
+  await vmm.shell('poweroff', /@@stv:poweroff@@/, 'the guest powered off');
+  await vmm.api('PUT', 'vmm.shutdown').catch(() => undefined);
+  await vmm.exited;
+  assert.doesNotMatch(vmm.err, /device error|TypeError|RangeError/, `no device errors in the log\n${vmm.explain()}`);
+});
+
+test('PCI hotplug: a NIC added by tap fd (SCM_RIGHTS, as Kata sends it) into a running guest carries traffic; removed, eth0 goes', { timeout: TIMEOUT_MS }, async (t) => {
+  if (!existsSync('/dev/net/tun')) { t.skip('/dev/net/tun is missing (load the tun module)'); return; }
+  const TAPNAME = 'stvhot0';
+  deleteTap(TAPNAME);
+  const tap = Tap.open({ name: TAPNAME, vnetHdr: true });
+  t.after(() => tap.close());
+  tap.configure({ ip: NET.hostIp, mask: NET.mask });
+  const blob = randomBytes(256 * 1024);
+  const server = http.createServer((req, res) => { if (req.url === '/blob') res.end(blob); else { res.statusCode = 404; res.end(); } });
+  t.after(() => new Promise<void>((r) => server.close(() => r())));
+  await listenWhenAddressExists(server, NET.hostIp, NET.httpPort, 10_000);
+
+  const dir = scratchDir('hotplug-net');
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const vmm = new Vmm('hotplug-net', join(dir, 'api.sock'), [
+    '--kernel', img.bzImage, '--initramfs', img.initramfs,
+    '--cmdline', 'console=ttyS0 quiet stv.scenario=shell',
+    '--cpus', 'boot=1', '--memory', 'size=256M', '--serial', 'tty', '--console', 'off', '-v',
+  ]);
+  t.after(() => vmm.end());
+  await waitForPing(vmm.sock, vmm.child);
+  await vmm.waitFor(/stv# /, 0, 'the guest shell prompt');
+
+  const c = await FdClient.connect(vmm.sock);
+  t.after(() => c.close());
+  const r = await c.send(kataGoAddNetRequest(NET.mac), [tap.fds[0]!]);
+  assert.equal(r.status, 200, `vm.add-net: ${r.status} ${r.text}\n${vmm.explain()}`);
+  const info = r.json as { id: string; bdf: string };
+  assert.match(info.bdf, /^0000:00:[0-1][0-9a-f]\.0$/);
+  t.diagnostic(`hot-added NIC ${info.id} at ${info.bdf}`);
+  const o = await vmm.shellOutput(
+    'i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done; ' +
+    `echo "MAC $(cat /sys/class/net/eth0/address)"; ip link set eth0 up; ip addr add ${NET.guestIp}/${NET.prefix} dev eth0; ` +
+    `timeout 60 wget -q -O /tmp/blob http://${NET.hostIp}:${NET.httpPort}/blob; echo "GOT $(wc -c < /tmp/blob) $(sha256sum /tmp/blob | head -c 64)"; echo FET""CHED`,
+    /\bFETCHED\b/, 'the guest fetching over the hot-added NIC');
+  assert.match(o.text, new RegExp(`MAC ${NET.mac}`), `eth0 has the MAC of vm.add-net\n${vmm.explain()}`);
+  assert.match(o.text, new RegExp(`GOT ${blob.length} ${sha256(blob)}`), `the guest's copy of the host's file\n${vmm.explain()}`);
+
+  const rm = await c.request('PUT', 'vm.remove-device', { id: info.id });
+  assert.equal(rm.status, 204, rm.text);
+  const g = await vmm.shellOutput('i=0; while [ -e /sys/class/net/eth0 ] && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done; [ -e /sys/class/net/eth0 ] && echo "STILL""THERE" || echo "ETH""GONE"', /ETHGONE|STILLTHERE/, 'eth0 after vm.remove-device');
+  assert.match(g.text, /ETHGONE/, `eth0 is gone\n${vmm.explain()}`);
+  for (let i = 0; i < 40 && !/removed \(ejected by the guest\)/.test(vmm.err); i++) await new Promise((res) => setTimeout(res, 250));
+  assert.match(vmm.err, new RegExp(`${info.id}: removed \\(ejected by the guest\\)`), 'the VMM released it');
+
+  await vmm.shell('poweroff', /@@stv:poweroff@@/, 'the guest powered off');
+  await c.request('PUT', 'vmm.shutdown').catch(() => undefined);
+  await vmm.exited;
+});
+
+test('PCI hotplug: virtio-fs (Debian virtiofsd) and vsock added to a running guest work; both removed again', { timeout: TIMEOUT_MS }, async (t) => {
+  const VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
+  if (!existsSync(VIRTIOFSD)) { t.skip(`${VIRTIOFSD} is missing (Debian package qemu-system-common)`); return; }
+  const dir = scratchDir('hotplug-fs');
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const share = join(dir, 'share');
+  mkdirSync(share);
+  const hostText = `stratovisor host file ${randomBytes(8).toString('hex')}`;
+  writeFileSync(join(share, 'host.txt'), `${hostText}\n`);
+  const fsSock = join(dir, 'virtiofsd.sock');
+  const vfsd = await HostService.start({
+    name: 'stv-hotplug-virtiofsd', cmd: VIRTIOFSD,
+    args: [`--socket-path=${fsSock}`, '-o', `source=${share}`, '-o', 'cache=none', '-o', 'sandbox=chroot'],
+    readyPath: fsSock,
+  });
+  t.after(() => vfsd.stop());
+  const vmm = new Vmm('hotplug-fs', join(dir, 'api.sock'), [
+    '--kernel', img.bzImage, '--initramfs', img.initramfs,
+    '--cmdline', 'console=ttyS0 quiet stv.scenario=shell',
+    '--cpus', 'boot=1', '--memory', 'size=256M,shared=on', '--serial', 'tty', '--console', 'off', '-v',
+  ]);
+  t.after(() => vmm.end());
+  await waitForPing(vmm.sock, vmm.child);
+  await vmm.waitFor(/stv# /, 0, 'the guest shell prompt');
+
+  // virtio-fs: mount the hot-added tag, read the host's file, write one the host reads.
+  let r = await vmm.api('PUT', 'vm.add-fs', { tag: 'hotfs', socket: fsSock, num_queues: 1, queue_size: 512 });
+  assert.equal(r.status, 200, `vm.add-fs: ${r.text}\n${vmm.explain()}`);
+  const fsInfo = JSON.parse(r.text) as { id: string; bdf: string };
+  const m = await vmm.shellOutput(
+    'mkdir -p /mnt/h; i=0; until mount -t virtiofs hotfs /mnt/h 2>/dev/null || [ $i -ge 30 ]; do sleep 1; i=$((i+1)); done; ' +
+    'echo "HOST""TXT $(cat /mnt/h/host.txt)"; echo "guest wrote this" > /mnt/h/guest.txt; sync; umount /mnt/h && echo UMOUN""TED || echo UMOUNT""FAILED',
+    /UMOUNTED|UMOUNTFAILED/, 'the hot-added virtio-fs');
+  assert.match(m.text, new RegExp(`HOSTTXT ${hostText}`), `the guest read the host's file\n${vmm.explain()}`);
+  assert.match(m.text, /UMOUNTED/);
+  assert.equal(readFileSync(join(share, 'guest.txt'), 'utf8'), 'guest wrote this\n');
+
+  // vsock: a guest listener reached through the hybrid socket of the hot-added device.
+  const vsockPath = join(dir, 'v.sock');
+  r = await vmm.api('PUT', 'vm.add-vsock', { cid: 3, socket: vsockPath });
+  assert.equal(r.status, 200, `vm.add-vsock: ${r.text}\n${vmm.explain()}`);
+  const vsInfo = JSON.parse(r.text) as { id: string; bdf: string };
+  t.diagnostic(`virtio-fs ${fsInfo.id} at ${fsInfo.bdf}, vsock ${vsInfo.id} at ${vsInfo.bdf}`);
+  r = await vmm.api('PUT', 'vm.add-vsock', { cid: 4, socket: join(dir, 'w.sock') });
+  assert.equal(r.status, 400, `a second vsock: ${r.text}`);
+  const mark = vmm.out.length;
+  vmm.child.stdin.write('i=0; until ls /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/ 2>/dev/null | grep -q virtio || [ $i -ge 30 ]; do sleep 1; i=$((i+1)); done; stvsock serve 1234 1\n');
+  await vmm.waitFor(/@@stv:vsock-listening:1234@@/, mark, 'the guest vsock listener');
+  const payload = randomBytes(64 * 1024);
+  const reply = await new Promise<Buffer>((resolve, reject) => {
+    const s = net.createConnection(vsockPath);
+    let got = Buffer.alloc(0);
+    let ok = false;
+    s.on('error', reject);
+    s.on('connect', () => s.write('CONNECT 1234\n'));
+    s.on('data', (b: Buffer) => {
+      got = Buffer.concat([got, b]);
+      if (!ok) {
+        const nl = got.indexOf(10);
+        if (nl < 0) return;
+        const line = got.subarray(0, nl).toString('latin1');
+        if (!/^OK \d+$/.test(line)) { reject(new Error(`handshake answer ${JSON.stringify(line)}`)); s.destroy(); return; }
+        ok = true;
+        got = got.subarray(nl + 1);
+        s.end(payload);
+      }
+    });
+    s.on('end', () => resolve(got));
+  });
+  const served = await vmm.waitFor(/@@stv:vsock-served:1234:(\d+):([0-9a-f]{64}):(\d+):([0-9a-f]{64})@@/, mark, 'the guest served the connection');
+  assert.equal(Number(served[1]), payload.length, 'the guest got every byte');
+  assert.equal(served[2], sha256(payload), 'and the same bytes');
+  assert.equal(sha256(reply), served[4], 'the host got what the guest sent');
+
+  // Both removed: the guest ejects them, the VMM releases them (the vsock socket is unlinked).
+  for (const id of [fsInfo.id, vsInfo.id]) {
+    r = await vmm.api('PUT', 'vm.remove-device', { id });
+    assert.equal(r.status, 204, r.text);
+    for (let i = 0; i < 120 && !vmm.err.includes(`${id}: removed (ejected by the guest)`); i++) await new Promise((res) => setTimeout(res, 250));
+    assert.ok(vmm.err.includes(`${id}: removed (ejected by the guest)`), `${id} released\n${vmm.explain()}`);
+  }
+  assert.equal(existsSync(vsockPath), false, 'the vsock socket is gone with its device');
+  const info = JSON.parse((await vmm.api('GET', 'vm.info')).text) as { config: { fs?: unknown[]; vsock?: unknown } };
+  assert.deepEqual([info.config.fs ?? [], info.config.vsock], [[], undefined], 'vm.info lists neither');
+
+  await vmm.shell('poweroff', /@@stv:poweroff@@/, 'the guest powered off');
+  await vmm.api('PUT', 'vmm.shutdown').catch(() => undefined);
+  await vmm.exited;
+});
