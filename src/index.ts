@@ -22,7 +22,7 @@ import {
 import { EventMonitor, withLifecycleEvents, type EventMonitorTarget, type LifecycleEvent } from './api/events.js';
 import { ApiServer, parseApiSocketArg, type ApiSocketTarget } from './api/server.js';
 import { VmmCore } from './vmm/controller.js';
-import { createVmConfig, defaultDiskConfig, defaultNetConfig, type DeepPartial, type DiskConfig, type NetConfig, type VmConfig, type VmConfigInput } from './vmm/config.js';
+import { createVmConfig, defaultDiskConfig, defaultNetConfig, defaultPmemConfig, type DeepPartial, type DiskConfig, type NetConfig, type PmemConfig, type VmConfig, type VmConfigInput } from './vmm/config.js';
 import type { VmExitInfo } from './vmm/vm.js';
 
 export type { VmConfig, VmConfigInput } from './vmm/config.js';
@@ -136,6 +136,11 @@ export class Stratovisor extends EventEmitter<StratovisorEvents> {
   /** vm.add-net: as addDisk, for a NIC (a tap the VMM opens by name, or one it creates). */
   addNet(net: DeepPartial<NetConfig> = {}): Promise<PciDeviceInfo | undefined> {
     return this.core.addNet(defaultNetConfig(net));
+  }
+
+  /** vm.add-pmem: as addDisk, for a virtio-pmem device (a running VM keeps it: it cannot be removed). */
+  addPmem(pmem: DeepPartial<PmemConfig> & { file: string }): Promise<PciDeviceInfo | undefined> {
+    return this.core.addPmem(defaultPmemConfig(pmem));
   }
 
   /**

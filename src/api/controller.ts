@@ -11,7 +11,7 @@
 // implementation answers wrong-state requests the same way.
 
 import { readFileSync } from 'node:fs';
-import type { DiskConfig, FsConfig, NetConfig, VmConfig, VsockConfig } from '../vmm/config.js';
+import type { DiskConfig, FsConfig, PmemConfig, NetConfig, VmConfig, VsockConfig } from '../vmm/config.js';
 
 /** VmState enum of the OpenAPI document. */
 export type VmState = 'Created' | 'Running' | 'Shutdown' | 'Paused' | 'BreakPoint';
@@ -153,6 +153,9 @@ export interface VmmController {
    * 200 with PciDeviceInfo). 409 for an id or image in use. Optional: 500 "not implemented".
    */
   addDisk?(disk: DiskConfig): Promise<PciDeviceInfo | undefined>;
+
+  /** vm.add-pmem: as addDisk, for a virtio-pmem device. */
+  addPmem?(pmem: PmemConfig): Promise<PciDeviceInfo | undefined>;
 
   /**
    * vm.remove-device {id}: running, the guest is asked to eject the device (204; a 'device-removed'

@@ -212,6 +212,7 @@ export function withLifecycleEvents(controller: VmmController, monitor: EventMon
     ...(controller.addFs ? { addFs: (fs: Parameters<NonNullable<VmmController['addFs']>>[0]) => controller.addFs!(fs) } : {}),
     addNet: (net) => controller.addNet(net),
     ...(controller.addDisk ? { addDisk: (d: Parameters<NonNullable<VmmController['addDisk']>>[0]) => controller.addDisk!(d) } : {}),
+    ...(controller.addPmem ? { addPmem: (p: Parameters<NonNullable<VmmController['addPmem']>>[0]) => controller.addPmem!(p) } : {}),
     ...(controller.removeDevice ? { removeDevice: (id: string) => controller.removeDevice!(id) } : {}),
   };
 }

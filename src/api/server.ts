@@ -33,7 +33,7 @@ import { ApiError, NotImplementedError, type ReceiveMigrationData, type RestoreC
 import { closeFds, FdPoller, FdSocketStream, socketFd } from './fd_stream.js';
 import { formatIssues, getValidator, type ApiOperation, type SchemaValidator } from './validate.js';
 import { validateVmConfig, VmConfigError, defaultFsConfig, type DeepPartial, type FsConfig, type VmConfig, type VsockConfig } from '../vmm/config.js';
-import { diskConfigFromBody, netConfigFromBody, vmConfigFromBody } from './vm_config_body.js';
+import { deviceConfigFromBody, netConfigFromBody, vmConfigFromBody } from './vm_config_body.js';
 
 /** The document's server URL path. */
 export const API_ROOT = '/api/v1';
@@ -311,9 +311,24 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
           if (e instanceof ApiError && e.status === 404) throw new ApiError(404, 'VmNotCreated', 'cannot add a disk: the VM is not created');
           throw e;
         }
-        const r = diskConfigFromBody(body, vm, this.validator);
+        const r = deviceConfigFromBody('disks', body, vm, this.validator);
         if (!r.ok) throw new BodyError('vm.add-disk: invalid disk configuration', r.issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)));
         return c.addDisk(r.config);
+      }),
+    );
+    this.handlers.set('PUT /vm.add-pmem', (body) =>
+      this.serialized(async () => {
+        if (c.addPmem === undefined) throw new NotImplementedError('vm.add-pmem');
+        let vm;
+        try {
+          vm = c.info().config;
+        } catch (e) {
+          if (e instanceof ApiError && e.status === 404) throw new ApiError(404, 'VmNotCreated', 'cannot add a pmem device: the VM is not created');
+          throw e;
+        }
+        const r = deviceConfigFromBody('pmem', body, vm, this.validator);
+        if (!r.ok) throw new BodyError('vm.add-pmem: invalid pmem configuration', r.issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)));
+        return c.addPmem(r.config);
       }),
     );
     this.handlers.set('PUT /vm.remove-device', (body) =>

@@ -9,7 +9,7 @@
 // Hypervisor's defaults) and `validateVmConfig` (ranges and cross-field rules).
 
 import { isDeepStrictEqual } from 'node:util';
-import { createVmConfig, defaultDiskConfig, defaultNetConfig, validateVmConfig, type DiskConfig, type NetConfig, type RateLimiterConfig, type VmConfig, type VmConfigInput } from '../vmm/config.js';
+import { createVmConfig, defaultDiskConfig, defaultNetConfig, defaultPmemConfig, validateVmConfig, type DiskConfig, type NetConfig, type PmemConfig, type RateLimiterConfig, type VmConfig, type VmConfigInput } from '../vmm/config.js';
 import type { SchemaObject, SchemaValidator, ValidationIssue } from './validate.js';
 
 /** `true` for a supported leaf, a nested shape for an object, [shape] for an array of objects. */
@@ -211,23 +211,24 @@ export function netConfigFromBody(
 }
 
 /**
- * Convert a schema-valid vm.add-disk body (DiskConfig) into Stratovisor's DiskConfig, checked as
- * the next disk of `vm` would be.
+ * Convert a schema-valid vm.add-disk or vm.add-pmem body (DiskConfig, PmemConfig) into
+ * Stratovisor's, checked as the next device of its kind in `vm` would be.
  */
-export function diskConfigFromBody(
+export function deviceConfigFromBody<K extends 'disks' | 'pmem'>(
+  kind: K,
   body: unknown,
   vm: VmConfig,
   validator: SchemaValidator,
-): { ok: true; config: DiskConfig } | { ok: false; issues: ValidationIssue[] } {
+): { ok: true; config: NonNullable<VmConfig[K]>[number] } | { ok: false; issues: ValidationIssue[] } {
   const issues: ValidationIssue[] = [];
-  const shape = (SUPPORTED_VM_CONFIG_FIELDS as unknown as { disks: [AnyShape] }).disks[0];
-  const filtered = filter(body, shape, { $ref: '#/definitions/DiskConfig' }, '', validator, issues);
+  const shape = (SUPPORTED_VM_CONFIG_FIELDS as unknown as Record<K, [AnyShape]>)[kind][0];
+  const filtered = filter(body, shape, { $ref: `#/definitions/${kind === 'disks' ? 'DiskConfig' : 'PmemConfig'}` }, '', validator, issues);
   if (issues.length > 0) return { ok: false, issues };
-  const disk = defaultDiskConfig(filtered as Partial<DiskConfig>);
-  const index = vm.disks?.length ?? 0;
-  const semantic = validateVmConfig({ ...vm, disks: [...(vm.disks ?? []), disk] })
-    .filter((i) => i.path.startsWith(`disks[${index}]`) && !ID_IN_USE.test(i.message))
-    .map((i) => ({ path: i.path.slice(`disks[${index}]`.length).replace(/^\./, ''), message: i.message }));
+  const config = (kind === 'disks' ? defaultDiskConfig(filtered as Partial<DiskConfig>) : defaultPmemConfig(filtered as Partial<PmemConfig>)) as NonNullable<VmConfig[K]>[number];
+  const index = vm[kind]?.length ?? 0;
+  const semantic = validateVmConfig({ ...vm, [kind]: [...(vm[kind] ?? []), config] })
+    .filter((i) => i.path.startsWith(`${kind}[${index}]`) && !ID_IN_USE.test(i.message))
+    .map((i) => ({ path: i.path.slice(`${kind}[${index}]`.length).replace(/^\./, ''), message: i.message }));
   if (semantic.length > 0) return { ok: false, issues: semantic };
-  return { ok: true, config: disk };
+  return { ok: true, config };
 }

@@ -621,7 +621,7 @@ export function parseNet(v: string): DeepPartial<NetConfig> {
   return n;
 }
 
-function parseFs(v: string): DeepPartial<FsConfig> {
+export function parseFs(v: string): DeepPartial<FsConfig> {
   const f = '--fs';
   const o = parseOptionList(f, v, ['tag', 'socket', 'num_queues', 'queue_size', 'id', 'pci_segment', 'iothread']);
   const out: DeepPartial<FsConfig> = {};
@@ -630,7 +630,7 @@ function parseFs(v: string): DeepPartial<FsConfig> {
   return out;
 }
 
-function parsePmem(v: string): DeepPartial<PmemConfig> {
+export function parsePmem(v: string): DeepPartial<PmemConfig> {
   const f = '--pmem';
   const o = parseOptionList(f, v, ['file', 'size', 'iommu', 'discard_writes', 'id', 'pci_segment']);
   const out: DeepPartial<PmemConfig> = {};
@@ -642,7 +642,7 @@ function parsePmem(v: string): DeepPartial<PmemConfig> {
   return out;
 }
 
-function parseVsock(v: string): DeepPartial<VsockConfig> {
+export function parseVsock(v: string): DeepPartial<VsockConfig> {
   const f = '--vsock';
   const o = parseOptionList(f, v, ['cid', 'socket', 'iommu', 'id', 'pci_segment', 'iothread']);
   const out: DeepPartial<VsockConfig> = {};

@@ -11,7 +11,7 @@
 
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
-import { CliError, parseArgs, parseDisk, parseNet, parseOptionList, type RemoteCommand } from './args.js';
+import { CliError, parseArgs, parseDisk, parseFs, parseNet, parseOptionList, parsePmem, parseVsock, type RemoteCommand } from './args.js';
 
 /** A response of the API. */
 export interface ApiResponse {
@@ -133,6 +133,9 @@ const COMMANDS: Partial<Record<RemoteCommand, CommandSpec>> = {
   // ch-remote add-disk / add-net take the --disk / --net option syntax.
   'add-disk': { method: 'PUT', endpoint: 'vm.add-disk', args: ['path=…[,readonly=on,id=…]'], render: renderDeviceInfo('disk'), body: (a) => JSON.stringify(parseDisk(a[0]!)) },
   'add-net': { method: 'PUT', endpoint: 'vm.add-net', args: ['tap=…[,mac=…,id=…]'], render: renderDeviceInfo('network device'), body: (a) => JSON.stringify(parseNet(a[0]!)) },
+  'add-fs': { method: 'PUT', endpoint: 'vm.add-fs', args: ['tag=…,socket=…'], render: renderDeviceInfo('virtio-fs device'), body: (a) => JSON.stringify(parseFs(a[0]!)) },
+  'add-pmem': { method: 'PUT', endpoint: 'vm.add-pmem', args: ['file=…[,discard_writes=on]'], render: renderDeviceInfo('pmem device'), body: (a) => JSON.stringify(parsePmem(a[0]!)) },
+  'add-vsock': { method: 'PUT', endpoint: 'vm.add-vsock', args: ['cid=…,socket=…'], render: renderDeviceInfo('vsock device'), body: (a) => JSON.stringify(parseVsock(a[0]!)) },
   'remove-device': {
     method: 'PUT', endpoint: 'vm.remove-device', args: ['ID'], render: done('device removal requested (the guest ejects it)'),
     body: (a) => JSON.stringify({ id: a[0] }),

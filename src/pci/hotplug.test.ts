@@ -67,3 +67,31 @@ test('PciRoot.remove: the slot reads all-ones again and can take a new device; t
   assert.throws(() => root.remove(0), /outside 1..31/);
   assert.deepEqual(root.presentSlots(), [0, 5]);
 });
+
+test('fuzz: random guest accesses never throw, never eject slot 0 or a slot outside 1..31, and B0EJ is the only way to eject', () => {
+  let seed = Number(process.env.STV_FUZZ_SEED ?? 12345) >>> 0;
+  const rnd = () => { seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0; return seed; };
+  const ejected: Array<[number, number]> = [];
+  const c = new PciHotplugController(3, (seg, slot) => ejected.push([seg, slot]));
+  let expected = 0;
+  for (let i = 0; i < 200_000; i++) {
+    const width = [1, 2, 4, 8][rnd() % 4]!;
+    const offset = rnd() % (c.size + 24);
+    const data = new Uint8Array(width);
+    for (let k = 0; k < width; k++) data[k] = rnd() & 0xff;
+    if (rnd() % 2 === 0) {
+      c.read(offset, data);
+    } else {
+      const seg = Math.floor(offset / PCI_HOTPLUG_BLOCK_SIZE);
+      if (width === 4 && seg < 3 && offset % PCI_HOTPLUG_BLOCK_SIZE === B0EJ_OFFSET) {
+        const v = new DataView(data.buffer).getUint32(0, true) & ~1;
+        for (let s = 1; s < 32; s++) if ((v & (1 << s)) !== 0) expected++;
+      }
+      c.write(offset, data);
+    }
+    if (rnd() % 64 === 0) c.inserted(rnd() % 3, 1 + (rnd() % 31));
+    if (rnd() % 64 === 0) c.ejectRequested(rnd() % 3, 1 + (rnd() % 31));
+  }
+  assert.equal(ejected.length, expected);
+  for (const [seg, slot] of ejected) assert.ok(seg >= 0 && seg < 3 && slot >= 1 && slot <= 31);
+});

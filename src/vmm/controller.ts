@@ -33,7 +33,7 @@ import {
   type VmState,
 } from '../api/controller.js';
 import type { EventMonitor } from '../api/events.js';
-import { assertValidVmConfig, validateVmConfig, type DiskConfig, type FsConfig, type NetConfig, type VmConfig, type VsockConfig } from './config.js';
+import { assertValidVmConfig, validateVmConfig, type DiskConfig, type FsConfig, type NetConfig, type PmemConfig, type VmConfig, type VsockConfig } from './config.js';
 import { VirtioConfigError, type HotplugDevice } from './virtio_manager.js';
 import * as libc from '../sys/libc.js';
 import { VirtualMachine, type VirtualMachineOptions, type VmExitInfo } from './vm.js';
@@ -323,8 +323,13 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     return this.addDevice({ kind: 'disk', config: disk });
   }
 
+  /** vm.add-pmem: as addDisk, for a virtio-pmem device (not removable from a running VM). */
+  async addPmem(pmem: PmemConfig): Promise<PciDeviceInfo | undefined> {
+    return this.addDevice({ kind: 'pmem', config: pmem });
+  }
+
   private async addDevice(device: HotplugDevice): Promise<PciDeviceInfo | undefined> {
-    const what = { disk: 'a disk', net: 'a network device', fs: 'a virtio-fs device', vsock: 'a vsock device' }[device.kind];
+    const what = { disk: 'a disk', net: 'a network device', fs: 'a virtio-fs device', vsock: 'a vsock device', pmem: 'a pmem device' }[device.kind];
     if (this.state === undefined || this.config === undefined) throw new VmNotCreatedError(`add ${what}`);
     const cfg = this.vm?.config ?? this.config;
     const all = [...(cfg.disks ?? []).map((d, i) => d.id ?? `_disk${i}`), ...(cfg.net ?? []).map((n, i) => n.id ?? `_net${i}`),
@@ -337,7 +342,8 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     }
     const next: VmConfig = device.kind === 'disk' ? { ...cfg, disks: [...(cfg.disks ?? []), device.config] }
       : device.kind === 'net' ? { ...cfg, net: [...(cfg.net ?? []), device.config] }
-        : device.kind === 'fs' ? { ...cfg, fs: [...(cfg.fs ?? []), device.config] } : { ...cfg, vsock: device.config };
+        : device.kind === 'fs' ? { ...cfg, fs: [...(cfg.fs ?? []), device.config] }
+          : device.kind === 'pmem' ? { ...cfg, pmem: [...(cfg.pmem ?? []), device.config] } : { ...cfg, vsock: device.config };
     if (device.kind === 'vsock' && cfg.vsock !== undefined) throw new BadRequestError('cannot add a vsock device: the VM already has one (at most one per VM)');
     assertValidVmConfig(next);
     if (this.state === 'Created' || this.state === 'Shutdown') {
@@ -377,7 +383,8 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
       await vm.requestEject(id);
     } catch (e) {
       const m = (e as Error).message;
-      throw new ApiError(/^no device/.test(m) ? 404 : 500, /^no device/.test(m) ? 'BadRequest' : 'Internal', `cannot remove device: ${m}`);
+      const status = /^no device/.test(m) ? 404 : /virtio-pmem device/.test(m) ? 400 : 500;
+      throw new ApiError(status, status === 500 ? 'Internal' : 'BadRequest', `cannot remove device: ${m}`);
     }
   }
 

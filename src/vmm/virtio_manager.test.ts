@@ -114,3 +114,42 @@ test('virtio-pmem: the file is mapped above RAM (shared, or private with discard
   assert.equal(m.count, 0, 'nothing stays open after a failed open');
   assert.deepEqual(m.deviceMemory, []);
 });
+
+test('hotplug host side: the lowest free device number; a full bus, a missing image or a locked one refused with nothing left open; remove() unlocks', async () => {
+  const m = new VirtioManager(() => {});
+  const c = cfg([{ path: image('hp-root.img') }]);
+  m.open(c, 1);
+  try {
+    const base = m.count;
+    const first = m.openHotplug(c, { kind: 'disk', config: { ...c.disks![0]!, path: image('hp-1.img'), id: undefined } });
+    assert.equal(first, '_disk1', 'the first free default id');
+    const at = m.placement(first)!;
+    assert.deepEqual([at.segment, at.mapsMemory], [0, false]);
+    assert.equal(at.slot, base + 1, 'the next device number');
+    assert.throws(() => m.openHotplug(c, { kind: 'disk', config: { ...c.disks![0]!, path: join(dir, 'hp-missing.img'), id: 'x' } }), /hp-missing\.img' does not exist/);
+    assert.throws(() => m.openHotplug(c, { kind: 'disk', config: { ...c.disks![0]!, path: image('hp-1.img', 1 << 20), id: 'y' } }), /locked by another process/);
+    assert.equal(m.count, base + 1, 'refused devices leave nothing behind');
+    // Fill bus 0 (device numbers 1..31), then one more.
+    const ids: string[] = [];
+    const paths = new Map<string, string>();
+    while (m.count < 31) {
+      const path = image(`hp-f${m.count}.img`);
+      const id = m.openHotplug(c, { kind: 'disk', config: { ...c.disks![0]!, path, id: `f${m.count}` } });
+      ids.push(id);
+      paths.set(id, path);
+    }
+    assert.throws(() => m.openHotplug(c, { kind: 'disk', config: { ...c.disks![0]!, path: image('hp-over.img'), id: 'over' } }), /PCI segment 0 is full \(at most 31 devices/);
+    assert.equal(m.count, 31);
+    // A removed device's number is the next one given out; its image is unlocked.
+    const gone = m.placement(ids[3]!)!.slot;
+    assert.equal(await m.remove(null, ids[3]!), true);
+    assert.equal(await m.remove(null, ids[3]!), false, 'already gone');
+    const again = new VirtioManager(() => {});
+    again.open(cfg([{ path: paths.get(ids[3]!)! }]), 1);
+    again.close();
+    const next = m.openHotplug(c, { kind: 'disk', config: { ...c.disks![0]!, path: image('hp-new.img'), id: 'new' } });
+    assert.equal(m.placement(next)!.slot, gone);
+  } finally {
+    m.close();
+  }
+});

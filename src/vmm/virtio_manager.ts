@@ -30,7 +30,8 @@ export type HotplugDevice =
   | { kind: 'disk'; config: NonNullable<VmConfig['disks']>[number] }
   | { kind: 'net'; config: NonNullable<VmConfig['net']>[number] }
   | { kind: 'fs'; config: NonNullable<VmConfig['fs']>[number] }
-  | { kind: 'vsock'; config: NonNullable<VmConfig['vsock']> };
+  | { kind: 'vsock'; config: NonNullable<VmConfig['vsock']> }
+  | { kind: 'pmem'; config: NonNullable<VmConfig['pmem']>[number] };
 
 export class VirtioConfigError extends Error {
   override name = 'VirtioConfigError';
@@ -178,8 +179,9 @@ export class VirtioManager {
   private pauseSeq = 0;
   private stateSeq = 0;
   private segments: PciSegmentLayout[] = pciSegmentLayouts(1);
-  /** The next free GSI for MSI-X vectors in this run. */
+  /** The next never-used GSI for MSI-X vectors in this run, and those a removed device gave back. */
   private nextGsi = MSI_GSI_BASE;
+  private freeGsis: number[] = [];
   private onError: (m: string) => void = () => {};
 
   constructor(
@@ -511,6 +513,7 @@ export class VirtioManager {
       for (const h of this.devices) if (!restore.has(h.id)) throw new VirtioConfigError(`the saved state has nothing for virtio device '${h.id}'`);
     }
     this.nextGsi = MSI_GSI_BASE;
+    this.freeGsis = [];
     const inits: VirtioPciInit[] = [];
     this.runMem = mem;
     this.onError = onError;
@@ -554,8 +557,10 @@ export class VirtioManager {
     for (let v = 0; v < vectors; v++) {
       const fd = eventfd();
       r.irqFds.push(fd);
-      vm.registerIrqfd(fd, this.nextGsi);
-      r.gsis.push(this.nextGsi++);
+      // Hot add and remove cycles reuse GSIs (KVM's routing table is bounded).
+      const gsi = this.freeGsis.pop() ?? this.nextGsi++;
+      r.gsis.push(gsi);
+      vm.registerIrqfd(fd, gsi);
     }
     return {
       id: h.id, deviceType: h.deviceType, numQueues: h.numQueues,
@@ -603,7 +608,19 @@ export class VirtioManager {
       if (device.kind === 'disk') this.openDisk(cfg, device.config, index);
       else if (device.kind === 'net') this.openNet(device.config, index);
       else if (device.kind === 'fs') this.openFs(cfg, device.config, index);
-      else {
+      else if (device.kind === 'pmem') {
+        this.openPmem(device.config, index);
+        // After every range placed so far (virtio-pmem devices are never removed from a running
+        // VM, so the ranges stay in configuration order, as a restore places them).
+        const h = this.devices[this.devices.length - 1]!;
+        const others = this.devices.filter((d) => d.memory !== undefined && d !== h).map((d) => d.memory!);
+        const end = others.reduce((e, m) => Math.max(e, m.gpa + m.size), 0);
+        const first = deviceMemoryRanges(cfg.memory.size, [h.memory!.size])[0]!;
+        const gpa = Math.max(first.gpa, end);
+        if (gpa + h.memory!.size > 2 ** 52) throw new VirtioConfigError(`${h.id}: no guest physical space left for ${h.memory!.size} bytes`);
+        h.memory!.gpa = gpa;
+        if (h.spec.kind === 'pmem') { h.spec.start = gpa; h.spec.size = h.memory!.size; }
+      } else {
         if (this.devices.some((h) => h.deviceType === VirtioDeviceType.Vsock)) throw new VirtioConfigError('the VM already has a vsock device (at most one per VM)');
         this.openVsock(device.config);
       }
@@ -789,6 +806,7 @@ export class VirtioManager {
       try { vm.unregisterIrqfd(fd, r.gsis[v]!); } catch { /* the VM goes away next */ }
       libc.close(fd);
     });
+    this.freeGsis.push(...r.gsis.slice(0, r.irqFds.length));
     for (const fd of r.queueFds) libc.close(fd);
   }
 

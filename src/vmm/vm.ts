@@ -567,6 +567,7 @@ export class VirtualMachine extends EventEmitter {
     if (device.kind === 'disk') this.config = { ...c, disks: [...(c.disks ?? []), { ...device.config, ...placed }] };
     else if (device.kind === 'net') this.config = { ...c, net: [...(c.net ?? []), { ...device.config, ...placed }] };
     else if (device.kind === 'fs') this.config = { ...c, fs: [...(c.fs ?? []), { ...device.config, id }] };
+    else if (device.kind === 'pmem') this.config = { ...c, pmem: [...(c.pmem ?? []), { ...device.config, id }] };
     else this.config = { ...c, vsock: { ...device.config, id } };
     return { id, ...at };
   }
@@ -612,16 +613,25 @@ export class VirtualMachine extends EventEmitter {
       await this.virtio.remove(null, id);
       throw new VmError(`cannot hot-plug a device into a VM in state ${this.state}`);
     }
+    // virtio-pmem: its file goes into guest physical memory first (the next memory slot).
+    const memory = this.virtio.deviceMemory.find((d) => d.id === id);
+    const memSlot = memory === undefined ? -1 : run.mem.regions.length + this.virtio.deviceMemory.indexOf(memory);
+    const unmapMemory = () => {
+      if (memory !== undefined) { try { run.vm.setUserMemoryRegion({ slot: memSlot, guestPhysAddr: BigInt(memory.gpa), memorySize: 0, userspaceAddr: memory.hostAddress }); } catch { /* not mapped */ } }
+    };
     let init: VirtioPciInit;
     try {
+      if (memory !== undefined) run.vm.setUserMemoryRegion({ slot: memSlot, guestPhysAddr: BigInt(memory.gpa), memorySize: memory.size, userspaceAddr: memory.hostAddress });
       init = await this.virtio.startHotplug(run.vm, id);
     } catch (e) {
+      unmapMemory();
       await this.virtio.remove(run.vm, id);
       throw e;
     }
     run.hotplugPort.postMessage({ type: 'add', device: init } satisfies HotplugRequest);
     const e = await this.deviceControl(run, DeviceControlOp.HotplugAdd).catch((err: Error) => ({ type: 'state-error' as const, seq: 0, message: err.message }));
     if (e.type !== 'done') {
+      unmapMemory();
       await this.virtio.remove(run.vm, id);
       throw new VmError(`cannot put ${id} on its PCI bus: ${e.type === 'state-error' ? e.message : 'unexpected answer'}`);
     }

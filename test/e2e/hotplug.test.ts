@@ -4,7 +4,8 @@
 // which reads the host's data; vm.remove-device asks the guest to eject it; once the guest's
 // _EJ0 ran the device is gone in the guest, a "device-removed" event is on the event monitor,
 // the image is unlocked and the guest's write is in it. Then: add and remove several times in a
-// row, a hot-added disk kept across a guest reboot (and removed after it), and bad requests.
+// row, a hot-added disk kept across a guest reboot (and removed after it), and bad requests;
+// a NIC added by tap fd over SCM_RIGHTS; virtio-fs, vsock and virtio-pmem added to a running guest.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -225,7 +226,7 @@ test('PCI hotplug: a NIC added by tap fd (SCM_RIGHTS, as Kata sends it) into a r
   await vmm.exited;
 });
 
-test('PCI hotplug: virtio-fs (Debian virtiofsd) and vsock added to a running guest work; both removed again', { timeout: TIMEOUT_MS }, async (t) => {
+test('PCI hotplug: virtio-fs (Debian virtiofsd), vsock and virtio-pmem added to a running guest work; fs and vsock removed again', { timeout: TIMEOUT_MS }, async (t) => {
   const VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
   if (!existsSync(VIRTIOFSD)) { t.skip(`${VIRTIOFSD} is missing (Debian package qemu-system-common)`); return; }
   const dir = scratchDir('hotplug-fs');
@@ -298,6 +299,21 @@ test('PCI hotplug: virtio-fs (Debian virtiofsd) and vsock added to a running gue
   assert.equal(Number(served[1]), payload.length, 'the guest got every byte');
   assert.equal(served[2], sha256(payload), 'and the same bytes');
   assert.equal(sha256(reply), served[4], 'the host got what the guest sent');
+
+  // virtio-pmem: the guest's /dev/pmem0 reads the file; it cannot be removed (its memory slot stays).
+  const pmemFile = join(dir, 'pmem.raw');
+  const pm = Buffer.alloc(16 * MiB);
+  pm.write('stv-hot-pmem-mk0', 0, 'latin1');
+  writeFileSync(pmemFile, pm);
+  r = await vmm.api('PUT', 'vm.add-pmem', { file: pmemFile, id: 'hotpmem' });
+  assert.equal(r.status, 200, `vm.add-pmem: ${r.text}
+${vmm.explain()}`);
+  const pmo = await vmm.shellOutput('i=0; while [ ! -b /dev/pmem0 ] && [ $i -lt 30 ]; do sleep 1; i=$((i+1)); done; echo "PM""EM $(cat /sys/block/pmem0/size) $(head -c 16 /dev/pmem0)"; echo PM""DONE', /\bPMDONE\b/, 'the hot-added pmem');
+  assert.match(pmo.text, /PMEM 32768 stv-hot-pmem-mk0/, `/dev/pmem0 has the file's size and marker
+${vmm.explain()}`);
+  r = await vmm.api('PUT', 'vm.remove-device', { id: 'hotpmem' });
+  assert.equal(r.status, 400, r.text);
+  assert.match(r.text, /virtio-pmem device: removing one from a running VM is not supported/);
 
   // Both removed: the guest ejects them, the VMM releases them (the vsock socket is unlinked).
   for (const id of [fsInfo.id, vsInfo.id]) {
