@@ -6,9 +6,9 @@
 //     the managed count), vm.info's memory_actual_size is 768 MiB, and the VMM's RSS drops (the
 //     inflated pages were given back to the host). desired_balloon=0: MemTotal and
 //     memory_actual_size are back, and when the guest touches its memory again the RSS grows.
-//   - free_page_reporting=on: after the guest frees memory it had touched, it reports the free
-//     pages, the device gives them back (vm.counters reported_bytes) and the RSS drops, with no
-//     balloon inflated.
+//   - free_page_reporting=on, with --memory shared=on (guest RAM a memfd): after the guest frees
+//     memory it had touched, it reports the free pages, the device gives them back (holes punched
+//     in the memfd; vm.counters reported_bytes) and the RSS drops, with no balloon inflated.
 // Bounds are loose (the guest's own allocations move a few MiB); nothing is timed: the test
 // polls until the guest has done what it was asked.
 import { test } from 'node:test';
@@ -67,13 +67,13 @@ async function until<T>(what: string, get: () => Promise<T>, ok: (v: T) => boole
   }
 }
 
-async function boot(t: { after: (fn: () => void) => void }, name: string, balloon: string): Promise<Vmm> {
+async function boot(t: { after: (fn: () => void) => void }, name: string, balloon: string, memory = 'size=1G'): Promise<Vmm> {
   const dir = scratchDir(name);
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const vmm = new Vmm(name, join(dir, 'api.sock'), [
     '--kernel', img.bzImage, '--initramfs', img.initramfs,
     '--cmdline', 'console=ttyS0 quiet stv.scenario=shell',
-    '--cpus', 'boot=1', '--memory', 'size=1G', '--serial', 'tty', '--console', 'off',
+    '--cpus', 'boot=1', '--memory', memory, '--serial', 'tty', '--console', 'off',
     '--balloon', balloon, '-v',
   ]);
   t.after(() => vmm.end());
@@ -130,8 +130,9 @@ test('virtio-balloon: vm.resize desired_balloon inflates (MemTotal, memory_actua
   await vmm.exited;
 });
 
-test('virtio-balloon free_page_reporting=on: memory the guest frees goes back to the host (reported_bytes, RSS drops)', { timeout: TIMEOUT_MS }, async (t) => {
-  const vmm = await boot(t, 'balloon-fpr', 'size=0,free_page_reporting=on');
+test('virtio-balloon free_page_reporting=on, shared memory: memory the guest frees goes back to the host (reported_bytes, RSS drops)', { timeout: TIMEOUT_MS }, async (t) => {
+  // --memory shared=on: guest RAM is a memfd, the pages go back by punching holes in it.
+  const vmm = await boot(t, 'balloon-fpr', 'size=0,free_page_reporting=on', 'size=1G,shared=on');
   const pid = vmm.child.pid!;
   // Fill without removing first, to measure the RSS with the pages in use.
   const f = await vmm.shellOutput(
