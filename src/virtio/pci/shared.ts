@@ -14,6 +14,13 @@
 // a round started has completed by then), then stores the same value in PauseAck. State capture
 // (while paused): the main thread bumps StateReq; the worker answers with a 'state' message
 // carrying that sequence number.
+//
+// Run-time configuration: the main thread stores Word.HostValue and posts Command.HostValue
+// (virtio-balloon's new target); the worker gives it to the model, republishes the configuration
+// and signals a configuration change. The driver's writes into the part of the device
+// configuration the worker publishes as writable (Word.ConfigWritable; the balloon's `actual`) are
+// stored by the transport in the shared bytes, followed by Command.ConfigWrite; the worker hands
+// them to the model and, when it republishes the configuration, leaves those bytes alone.
 
 export const Word = {
   /** Published by the worker once the device model exists: 1 ready, -1 failed. */
