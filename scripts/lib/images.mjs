@@ -17,8 +17,8 @@ export const CACHE = join(REPO, '.cache');
 const GUEST_DIR = join(REPO, 'guest');
 
 /**
- * Modules the test guest loads: virtio over PCI, the devices, ext4, vsock and virtio-pmem
- * (virtio_pmem registers an nvdimm region, libnvdimm's nd_pmem makes it /dev/pmemN; modules.dep
+ * Modules the test guest loads: virtio over PCI, the devices, ext4, vsock, virtio-balloon and
+ * virtio-pmem (virtio_pmem registers an nvdimm region, libnvdimm's nd_pmem makes it /dev/pmemN; modules.dep
  * does not say that nd_pmem is needed). modules.dep has no
  * soft dependencies: ext4 and jbd2 declare `softdep pre: crypto-crc32c` (modules.softdep), which
  * Debian builds as a module, and mounting an ext4 with metadata_csum (mke2fs's default) fails
@@ -27,7 +27,7 @@ const GUEST_DIR = join(REPO, 'guest');
 export const GUEST_MODULES = [
   'virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_console', 'virtio_rng',
   'vmw_vsock_virtio_transport', 'virtiofs', 'crc32c_generic', 'ext4',
-  'virtio_pmem', 'nd_pmem',
+  'virtio_pmem', 'nd_pmem', 'virtio_balloon',
   // The ACPI power button (PNP0C0C, vm.power-button) as an input device, for guest/init's acpid.
   'button', 'evdev',
 ];

@@ -63,6 +63,13 @@ export interface VmInfo {
   device_tree?: Record<string, DeviceNode>;
 }
 
+/** VmResize schema (bytes for desired_ram and desired_balloon). */
+export interface VmResize {
+  desired_vcpus?: number;
+  desired_ram?: number;
+  desired_balloon?: number;
+}
+
 /** PciDeviceInfo schema: what a hotplug answers (device id and its PCI address). */
 export interface PciDeviceInfo {
   id: string;
@@ -124,6 +131,12 @@ export interface VmmController {
    * keep paused) the VM it brings. 409 if a VM exists, 400 for a bad URL, 500 when it fails.
    */
   receiveMigration?(data: ReceiveMigrationData): Promise<void>;
+  /**
+   * vm.resize: desired_balloon sets the balloon's target (a booted VM: at once; otherwise the
+   * configuration, for the next boot). 404 if not created, 400 without a balloon or for a size
+   * not below guest RAM, 500 "not implemented" for desired_vcpus / desired_ram. Optional.
+   */
+  resizeVm?(resize: VmResize): Promise<void>;
   /** vm.info: 404 if not created. */
   info(): VmInfo;
   /** vm.counters: 404 if not created, 405 if not booted. */

@@ -11,7 +11,7 @@
 
 import { EventEmitter } from 'node:events';
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { nextVmState, type ReceiveMigrationData, type RestoreConfig, type SendMigrationData, type VmAction, type VmmController, type VmState } from './controller.js';
+import { nextVmState, type ReceiveMigrationData, type RestoreConfig, type SendMigrationData, type VmAction, type VmmController, type VmResize, type VmState } from './controller.js';
 import type { VsockConfig } from '../vmm/config.js';
 
 /** One event as written to the monitor file. */
@@ -207,6 +207,9 @@ export function withLifecycleEvents(controller: VmmController, monitor: EventMon
       await controller.shutdownVmm();
       monitor.emitEvent('vmm', 'shutdown');
     },
+    ...(controller.resizeVm !== undefined
+      ? { resizeVm: async (r: VmResize) => { monitor.emitEvent('vm', 'resizing'); await controller.resizeVm!(r); monitor.emitEvent('vm', 'resized'); } }
+      : {}),
     info: () => controller.info(),
     counters: () => controller.counters(),
     ...(controller.addFs ? { addFs: (fs: Parameters<NonNullable<VmmController['addFs']>>[0]) => controller.addFs!(fs) } : {}),

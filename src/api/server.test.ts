@@ -146,7 +146,9 @@ describe('API routes', () => {
       ['integer format range', JSON.stringify({ ...MINIMAL_VM, disks: [{ path: '/d', pci_device_id: 256 }] }), /disks\[0\]\.pci_device_id: must be an integer in uint8 range 0\.\.255, got 256/],
       ['semantic check (config.ts)', JSON.stringify({ ...MINIMAL_VM, cpus: { boot_vcpus: 4, max_vcpus: 2 } }), /cpus\.max_vcpus: \(2\) is lower than boot_vcpus/],
       ['no kernel nor firmware', JSON.stringify({ payload: {} }), /a kernel or a firmware is required/],
-      ['unsupported feature', JSON.stringify({ ...MINIMAL_VM, balloon: { size: 1 << 20 } }), /balloon: not supported yet in Stratovisor/],
+      ['unsupported feature', JSON.stringify({ ...MINIMAL_VM, balloon: { size: 1 << 20, pci_device_id: 3 } }), /balloon\.pci_device_id: not supported yet in Stratovisor/],
+      ['balloon not smaller than RAM', JSON.stringify({ ...MINIMAL_VM, memory: { size: 256 << 20 }, balloon: { size: 256 << 20 } }), /balloon\.size: 268435456 bytes is not smaller than guest RAM/],
+      ['balloon without size', JSON.stringify({ ...MINIMAL_VM, balloon: { deflate_on_oom: true } }), /balloon\.size: missing required field/],
     ];
     for (const [name, body, re] of cases) {
       test(name, async () => {
@@ -216,6 +218,13 @@ describe('API routes', () => {
       const bad = await request(t.socketPath, 'PUT', 'vm.resize', JSON.stringify({ desired_vcpus: 2, desired_ram: 'lots' }));
       assert.equal(bad.status, 400);
       assert.match(messages(bad), /desired_ram: must be integer, got string/);
+    });
+
+    test('balloon (BalloonConfig) reaches the VM\'s config with CH\'s defaults', async () => {
+      const r = await request(t.socketPath, 'PUT', 'vm.create', JSON.stringify({ ...MINIMAL_VM, memory: { size: 1 << 30 }, balloon: { size: 64 << 20, free_page_reporting: true } }));
+      assert.equal(r.status, 204, r.text);
+      assert.deepEqual(t.controller.config!.balloon, { size: 64 << 20, deflate_on_oom: false, free_page_reporting: true });
+      assert.equal((await request(t.socketPath, 'PUT', 'vm.delete')).status, 204);
     });
 
     test('unsupported fields that ask for nothing ([], schema defaults) are accepted', async () => {

@@ -29,7 +29,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { isMainThread } from 'node:worker_threads';
-import { ApiError, NotImplementedError, type ReceiveMigrationData, type RestoreConfig, type SendMigrationData, type VmmController } from './controller.js';
+import { ApiError, NotImplementedError, type ReceiveMigrationData, type RestoreConfig, type SendMigrationData, type VmmController, type VmResize } from './controller.js';
 import { closeFds, FdPoller, FdSocketStream, socketFd } from './fd_stream.js';
 import { formatIssues, getValidator, type ApiOperation, type SchemaValidator } from './validate.js';
 import { validateVmConfig, VmConfigError, defaultFsConfig, type DeepPartial, type FsConfig, type VmConfig, type VsockConfig } from '../vmm/config.js';
@@ -357,6 +357,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
           await call(body);
         }).then(() => undefined));
     optional('vm.restore', c.restoreVm && ((b) => c.restoreVm!(b as RestoreConfig)));
+    optional('vm.resize', c.resizeVm && ((b) => c.resizeVm!((b ?? {}) as VmResize)));
     optional('vm.send-migration', c.sendMigration && ((b) => c.sendMigration!(b as SendMigrationData)));
     optional('vm.receive-migration', c.receiveMigration && ((b) => c.receiveMigration!(b as ReceiveMigrationData)));
     this.handlers.set('PUT /vm.resume', serial(() => c.resumeVm()));

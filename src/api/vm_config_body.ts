@@ -1,9 +1,9 @@
 // From a vm.create body (already valid against the document's VmConfig schema) to
 // Stratovisor's VmConfig (src/vmm/config.ts).
 //
-// The document's VmConfig has features Stratovisor does not have yet (balloon, fs,
-// numa, platform, ...). A field Stratovisor does not support is dropped when its value
-// says "nothing" (null, [], the schema's own `default`, or an object of such values) —
+// The document's VmConfig has features Stratovisor does not have yet (numa, memory
+// zones, ...). A field Stratovisor does not support is dropped when its value says
+// "nothing" (null, [], the schema's own `default`, or an object of such values) —
 // generated clients send those — and otherwise rejected with a 400 naming the field,
 // rather than silently ignored. What remains goes through `createVmConfig` (Cloud
 // Hypervisor's defaults) and `validateVmConfig` (ranges and cross-field rules).
@@ -96,6 +96,7 @@ export const SUPPORTED_VM_CONFIG_FIELDS: Shape<VmConfig> = {
   ],
   fs: [{ tag: true, socket: true, num_queues: true, queue_size: true, id: true, pci_segment: true }],
   pmem: [{ file: true, size: true, iommu: true, discard_writes: true, id: true, pci_segment: true }],
+  balloon: { size: true, deflate_on_oom: true, free_page_reporting: true, iommu: true, id: true, pci_segment: true },
   rng: { src: true, iommu: true, id: true, pci_segment: true },
   serial: { mode: true, file: true, socket: true },
   console: { mode: true, file: true, socket: true, iommu: true, id: true },

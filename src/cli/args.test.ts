@@ -211,7 +211,7 @@ test('error: unknown flag', () => {
   fails(['--kernal', 'k'], /unknown flag --kernal/, '--kernal');
   fails(['-x'], /unknown flag -x/, '-x');
   fails(['-vq'], /unknown flag -q \(in -vq\)/);
-  fails(['--balloon', 'size=1G'], /--balloon is a Cloud Hypervisor option that stratovisor does not support/);
+  fails(['--numa', 'guest_numa_id=0'], /--numa is a Cloud Hypervisor option that stratovisor does not support/);
   fails(['--'], /unexpected argument "--"/);
 });
 
@@ -376,6 +376,20 @@ test('--restore source_url=…[,prefault=][,resume=] (Cloud Hypervisor syntax): 
   fails(['--restore', 'source_url=file:///s'], /starts paused; give --api-socket/, '--restore');
   fails(['--restore', 'source_url=file:///s,resume=maybe'], /resume/, '--restore');
   fails(['--restore', 'source_url=file:///s,zone=1', '--api-socket', '/tmp/a'], /unknown key "zone"/, '--restore');
+});
+
+test('--balloon (Cloud Hypervisor syntax): size, deflate_on_oom, free_page_reporting, id, pci_segment; bad values named', () => {
+  const c = run('--kernel', '/k', '--memory', 'size=1G', '--balloon', 'size=256M,deflate_on_oom=on,free_page_reporting=on').config!;
+  assert.deepEqual(c.balloon, { size: 256 * 1024 * 1024, deflate_on_oom: true, free_page_reporting: true });
+  const d = run('--kernel', '/k', '--balloon', 'size=0,id=bal,pci_segment=0').config!;
+  assert.deepEqual(d.balloon, { size: 0, deflate_on_oom: false, free_page_reporting: false, id: 'bal', pci_segment: 0 });
+  assert.equal(run('--kernel', '/k').config!.balloon, undefined);
+  fails(['--kernel', '/k', '--balloon', 'deflate_on_oom=on'], /^--balloon: size is required \(size=<bytes>\)$/, '--balloon');
+  fails(['--kernel', '/k', '--memory', 'size=512M', '--balloon', 'size=512M'], /^--balloon: size 536870912 bytes is not smaller than guest RAM \(536870912 bytes\)$/, '--balloon');
+  fails(['--kernel', '/k', '--balloon', 'size=lots'], /--balloon: bad size "lots" for size/, '--balloon');
+  fails(['--kernel', '/k', '--balloon', 'size=1M,free_page_reporting=maybe'], /--balloon: bad value "maybe" for free_page_reporting \(expected on or off\)/, '--balloon');
+  fails(['--kernel', '/k', '--balloon', 'size=1M,stats=on'], /--balloon/, '--balloon');
+  fails(['--kernel', '/k', '--balloon', 'size=1M,pci_segment=1'], /--balloon: pci_segment 1 names a PCI segment that does not exist/, '--balloon');
 });
 
 test('--pmem (Cloud Hypervisor syntax): file, size, discard_writes, id, pci_segment; repeatable; bad values named', () => {

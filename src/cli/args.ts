@@ -17,6 +17,7 @@
 
 import {
   createVmConfig,
+  type BalloonConfig,
   validateVmConfig,
   type ConsoleMode,
   type CpusConfig,
@@ -209,6 +210,12 @@ const FLAGS: readonly FlagSpec[] = [
     syntax: 'file=<path>[,size=<size>][,iommu=on|off][,discard_writes=on|off][,id=<id>][,pci_segment=<n>]',
     help: 'virtio-pmem devices: the file mapped into guest memory (size: default the file\'s, a multiple of 2 MiB); discard_writes=on: guest writes never reach the file',
   },
+  {
+    name: 'balloon',
+    value: true,
+    syntax: 'size=<size>[,deflate_on_oom=on|off][,free_page_reporting=on|off][,id=<id>][,pci_segment=<n>]',
+    help: 'virtio-balloon: the balloon\'s target (K/M/G suffixes; vm.resize desired_balloon changes it); deflate_on_oom=on: the guest may deflate under memory pressure; free_page_reporting=on: the guest\'s free pages go back to the host',
+  },
   { name: 'pvpanic', value: false, syntax: '', help: 'Enable the pvpanic device' },
   { name: 'hypervisor', value: true, syntax: 'kvm|mshv|auto', help: 'Hypervisor backend (default auto: mshv when /dev/mshv exists and /dev/kvm does not, else kvm)' },
   {
@@ -251,7 +258,6 @@ const FLAG_BY_NAME = new Map(FLAGS.map((f) => [f.name, f]));
 
 /** Cloud Hypervisor flags that exist there but are not implemented here. */
 const UNSUPPORTED_CH_FLAGS = new Set([
-  'balloon',
   'dbus-object-path',
   'dbus-service-name',
   'dbus-system-bus',
@@ -287,6 +293,7 @@ const VM_FLAGS = new Set([
   'net',
   'fs',
   'pmem',
+  'balloon',
   'rng',
   'serial',
   'console',
@@ -642,6 +649,17 @@ export function parsePmem(v: string): DeepPartial<PmemConfig> {
   return out;
 }
 
+function parseBalloon(v: string): DeepPartial<BalloonConfig> {
+  const f = '--balloon';
+  const o = parseOptionList(f, v, ['size', 'deflate_on_oom', 'free_page_reporting', 'id', 'pci_segment']);
+  const out: DeepPartial<BalloonConfig> = {};
+  setIf(out, 'size', sizeOpt(f, 'size', o.get('size')));
+  setIf(out, 'id', o.get('id'));
+  setIf(out, 'pci_segment', intOpt(f, 'pci_segment', o.get('pci_segment')));
+  for (const k of ['deflate_on_oom', 'free_page_reporting'] as const) setIf(out, k, toggleOpt(f, k, o.get(k)));
+  return out;
+}
+
 export function parseVsock(v: string): DeepPartial<VsockConfig> {
   const f = '--vsock';
   const o = parseOptionList(f, v, ['cid', 'socket', 'iommu', 'id', 'pci_segment', 'iothread']);
@@ -845,6 +863,8 @@ export function parseArgs(argv: readonly string[]): CliResult {
   if (pmems !== undefined) input.pmem = pmems.map(parsePmem);
   const vsock = single.get('vsock');
   if (vsock !== undefined) input.vsock = parseVsock(vsock);
+  const balloon = single.get('balloon');
+  if (balloon !== undefined) input.balloon = parseBalloon(balloon);
   const groups = multi.get('rate-limit-group');
   if (groups !== undefined) input.rate_limit_groups = groups.map(parseRateLimitGroup);
   if (switches.has('watchdog')) input.watchdog = true;

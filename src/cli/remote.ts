@@ -11,7 +11,7 @@
 
 import { readFile } from 'node:fs/promises';
 import http from 'node:http';
-import { CliError, parseArgs, parseDisk, parseFs, parseNet, parseOptionList, parsePmem, parseVsock, type RemoteCommand } from './args.js';
+import { CliError, parseArgs, parseDisk, parseFs, parseNet, parseOptionList, parsePmem, parseSize, parseVsock, type RemoteCommand } from './args.js';
 
 /** A response of the API. */
 export interface ApiResponse {
@@ -84,6 +84,8 @@ interface CommandSpec {
   render: (body: unknown) => string;
   /** The request body made from the positional arguments (CliError for a bad one). */
   body?: (args: string[]) => string;
+  /** Takes options rather than a fixed list of arguments (`body` checks them). */
+  options?: boolean;
 }
 
 /** ch-remote restore: `source_url=file:///dir[,prefault=on][,resume=on]` (or the bare URL). */
@@ -99,6 +101,33 @@ function restoreBody(args: string[]): string {
     if (!/^(on|off|true|false)$/i.test(v)) throw new CliError(`restore: ${k}=${v}: expected on or off`);
     body[k] = /^(on|true)$/i.test(v);
   }
+  return JSON.stringify(body);
+}
+
+/**
+ * ch-remote resize: `--balloon <size>` (desired_balloon; K/M/G suffixes), `--memory <size>`
+ * (desired_ram), `--cpus <n>` (desired_vcpus); also `--flag=value`.
+ */
+function resizeBody(args: string[]): string {
+  const body: Record<string, number> = {};
+  for (let i = 0; i < args.length; i++) {
+    let flag = args[i]!;
+    let v: string | undefined;
+    const eq = flag.indexOf('=');
+    if (flag.startsWith('--') && eq > 0) {
+      v = flag.slice(eq + 1);
+      flag = flag.slice(0, eq);
+    } else {
+      v = args[++i];
+    }
+    const key = flag === '--balloon' ? 'desired_balloon' : flag === '--memory' ? 'desired_ram' : flag === '--cpus' ? 'desired_vcpus' : undefined;
+    if (key === undefined) throw new CliError(`resize: unknown option ${JSON.stringify(flag)} (use --balloon <size>, --memory <size> or --cpus <n>)`);
+    if (v === undefined) throw new CliError(`resize: ${flag} needs a value`);
+    const n = key === 'desired_vcpus' ? (/^\d+$/.test(v) ? Number(v) : undefined) : parseSize(v);
+    if (n === undefined) throw new CliError(`resize: bad value ${JSON.stringify(v)} for ${flag} (${key === 'desired_vcpus' ? 'a number' : 'bytes or a K/M/G/T suffix'})`);
+    body[key] = n;
+  }
+  if (Object.keys(body).length === 0) throw new CliError('resize: give --balloon <size> (or --memory <size>, --cpus <n>)');
   return JSON.stringify(body);
 }
 
@@ -129,6 +158,7 @@ const COMMANDS: Partial<Record<RemoteCommand, CommandSpec>> = {
     method: 'PUT', endpoint: 'vm.receive-migration', args: ['RECEIVER_URL'], render: done('VM received'),
     body: (a) => JSON.stringify({ receiver_url: a[0] }),
   },
+  resize: { method: 'PUT', endpoint: 'vm.resize', args: ['--balloon', 'SIZE'], options: true, render: done('VM resized'), body: resizeBody },
   restore: { method: 'PUT', endpoint: 'vm.restore', args: ['SOURCE_URL|source_url=…'], render: done('VM restored'), body: restoreBody },
   // ch-remote add-disk / add-net take the --disk / --net option syntax.
   'add-disk': { method: 'PUT', endpoint: 'vm.add-disk', args: ['path=…[,readonly=on,id=…]'], render: renderDeviceInfo('disk'), body: (a) => JSON.stringify(parseDisk(a[0]!)) },
@@ -199,7 +229,7 @@ export async function runRemote(argv: string[], io: RemoteIo = defaultIo): Promi
     io.stderr(`stratovisor remote: "${parsed.command}" is not supported yet by stratovisor remote (supported: ${Object.keys(COMMANDS).join(', ')})\n`);
     return 2;
   }
-  if (parsed.args.length !== spec.args.length) {
+  if (spec.options !== true && parsed.args.length !== spec.args.length) {
     const want = spec.args.length === 0 ? 'takes no arguments' : `takes ${spec.args.map((a) => `<${a}>`).join(' ')}`;
     io.stderr(`stratovisor remote: ${parsed.command} ${want}, got ${parsed.args.length === 0 ? 'none' : parsed.args.map((a) => JSON.stringify(a)).join(' ')}\n`);
     return 2;

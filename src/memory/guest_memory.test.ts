@@ -246,3 +246,37 @@ test('shared=on: guest RAM is a memfd per region; mapping its fd elsewhere shows
     for (const fd of fds) assert.throws(() => fstatSync(fd), /EBADF/, 'free() closes the memfds');
   }
 });
+
+test('discard(): the pages go back to the host and read zero (private: MADV_DONTNEED; shared: a hole in the memfd); bad ranges refused', () => {
+  const priv = GuestMemory.allocate([{ gpa: 0, size: 4 << 20 }]);
+  const shared = GuestMemory.allocate([{ gpa: 0, size: 4 << 20 }], { shared: true });
+  const test = GuestMemory.fromBuffers([{ gpa: 0, buffer: new ArrayBuffer(1 << 20) }]);
+  try {
+    for (const mem of [priv, shared, test]) {
+      mem.fill(0, 1 << 20, 0x77);
+      assert.equal(mem.discard(0x2000, 0x3000), true);
+      assert.ok(mem.slice(0x2000, 0x3000).every((x) => x === 0), 'discarded pages read zero');
+      assert.ok(mem.slice(0x1000, 0x1000).every((x) => x === 0x77) && mem.slice(0x5000, 0x1000).every((x) => x === 0x77), 'the neighbours keep their bytes');
+      assert.equal(mem.discard(0x2001, 0x1000), false, 'unaligned address');
+      assert.equal(mem.discard(0x2000, 0x800), false, 'unaligned length');
+      assert.equal(mem.discard(mem.totalSize - 0x1000, 0x2000), false, 'beyond RAM');
+      assert.equal(mem.discard(0, 0), true);
+      assert.equal(mem.readU8(0x1000), 0x77);
+    }
+    // The memfd's blocks are freed (st_blocks counts 512-byte units allocated).
+    const fd = shared.regions[0]!.fd;
+    shared.fill(0, 4 << 20, 1);
+    const full = fstatSync(fd).blocks;
+    assert.equal(shared.discard(0, 2 << 20), true);
+    assert.ok(full - fstatSync(fd).blocks >= (2 << 20) / 512, `${full} -> ${fstatSync(fd).blocks} blocks`);
+    // Private memory: the process's RSS drops by the discarded pages.
+    const rssKb = () => Number(/^VmRSS:\s+(\d+) kB$/m.exec(readFileSync('/proc/self/status', 'latin1'))![1]);
+    priv.fill(0, 4 << 20, 1);
+    const before = rssKb();
+    assert.equal(priv.discard(0, 4 << 20), true);
+    assert.ok(before - rssKb() >= 3 * 1024, `RSS ${before} -> ${rssKb()} kB`);
+  } finally {
+    priv.free();
+    shared.free();
+  }
+});

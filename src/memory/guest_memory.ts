@@ -440,6 +440,29 @@ export class GuestMemory {
     return r.hostAddress === 0n ? -1 : Number(r.hostAddress) + (gpa - r.start);
   }
 
+  /**
+   * Give the host pages under guest bytes [gpa, gpa+len) back (virtio-balloon): MADV_DONTNEED on
+   * private memory (the guest reads zeros afterwards, or the snapshot file's page for memory
+   * mapped copy-on-write), a hole punched in the memfd of shared memory (fallocate
+   * PUNCH_HOLE, zeros; other mappings of the memfd, a vhost-user back-end's, see the same), zeros
+   * written into the buffers of test memory. `gpa` and `len` must be page aligned and the range
+   * inside one region. False when not, or when the system call failed; never throws.
+   */
+  discard(gpa: number, len: number): boolean {
+    if (len === 0) return true;
+    if (gpa % PAGE_SIZE !== 0 || len % PAGE_SIZE !== 0 || !this.checkedRange(gpa, len)) return false;
+    const r = this.last;
+    const off = gpa - r.start;
+    try {
+      if (r.fd >= 0) libc.fallocate(r.fd, libc.FALLOC_FL_PUNCH_HOLE | libc.FALLOC_FL_KEEP_SIZE, off, len);
+      else if (r.hostAddress !== 0n) libc.madvise(r.hostAddress + BigInt(off), len, libc.MADV_DONTNEED);
+      else this.fill(gpa, len, 0);
+    } catch {
+      return false;
+    }
+    return true;
+  }
+
   /** A view (no copy) of guest bytes [gpa, gpa+len). Throws GuestMemoryError when not all RAM in one region. */
   slice(gpa: Gpa, len: number): Uint8Array {
     const a = this.locate(gpa, len);

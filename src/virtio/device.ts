@@ -11,6 +11,7 @@ export const VirtioDeviceType = {
   Block: 2,
   Console: 3,
   Rng: 4,
+  Balloon: 5,
   Fs: 26,
   Vsock: 19,
   Pmem: 27,
@@ -93,6 +94,18 @@ export interface VirtioDevice {
   /** Device-specific configuration space (virtio 1.2, 4.1.4.6): read at [offset, offset+data.length). */
   readConfig(offset: number, data: Uint8Array): void;
   writeConfig(offset: number, data: Uint8Array): void;
+  /**
+   * The bytes of the configuration space the driver may write (virtio-balloon's `actual`, 5.5.4):
+   * the transport keeps the driver's writes there and hands them to `writeConfig`; writes
+   * elsewhere are ignored. Absent: the configuration is read-only.
+   */
+  readonly writableConfig?: { offset: number; length: number };
+  /**
+   * A value the VMM sets at run time (shared.ts Word.HostValue), e.g. virtio-balloon's target
+   * num_pages (vm.resize desired_balloon). The driver of the device then republishes the
+   * configuration and, while the device is active, signals a configuration change.
+   */
+  onHostValue?(value: number): void;
   activate(a: VirtioActivation): void;
   /**
    * Present on devices whose queues another process processes (vhost-user): the driver of the

@@ -10,12 +10,15 @@
 //     chains it popped; each used element names the chain just popped, with a length no larger
 //     than its writable bytes, and (virtio-blk) a status byte of OK, IOERR or UNSUPP;
 //   - the image file keeps its size; a read-only image keeps its contents; virtio-pmem answers
-//     every request it completes with a 4-byte response of OK or EIO and never writes its file.
+//     every request it completes with a 4-byte response of OK or EIO and never writes its file;
+//     virtio-balloon writes nothing into its buffers (used length 0) and gives back to the host
+//     only whole, page-aligned ranges inside one RAM region (those pages may change: they read
+//     zero afterwards).
 // Afterwards, reset() and a well-formed request on a fresh queue still work.
 //
 // STV_FUZZ_SEED=<n> replays a run (the seed is printed); STV_FUZZ_CASES=<n> changes the count of
 // cases, STV_FUZZ_OPS=<n> runs each device until it was called n times (npm run soak: 10^6), and
-// STV_FUZZ_DEVICES=blk,blk-ro,rng,console,pmem picks devices (src/testing/prng.ts).
+// STV_FUZZ_DEVICES=blk,blk-ro,rng,console,pmem,balloon picks devices (src/testing/prng.ts).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -53,6 +56,7 @@ import {
 import { RngDevice } from './rng/device.js';
 import { ConsoleDevice } from './console/device.js';
 import { PmemDevice, VIRTIO_PMEM_REQ_TYPE_FLUSH, VIRTIO_PMEM_RESP_TYPE_EIO, VIRTIO_PMEM_RESP_TYPE_OK } from './pmem/device.js';
+import { BalloonDevice, INFLATEQ, REPORTINGQ } from './balloon/device.js';
 import { Prng as Rng, fuzzBudget, fuzzDeviceWanted, seedFromEnv } from '../testing/prng.js';
 
 const SEED = seedFromEnv('STV_FUZZ_SEED');
@@ -74,7 +78,12 @@ const CAPACITY = IMAGE_BYTES / 512;
 const dir = mkdtempSync(join(tmpdir(), 'stv-fuzz-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-type Kind = 'blk' | 'blk-ro' | 'rng' | 'console' | 'pmem';
+type Kind = 'blk' | 'blk-ro' | 'rng' | 'console' | 'pmem' | 'balloon';
+
+/** Ranges [gpa, len, ...] the balloon gave back to the host in the current case (allowed to change). */
+const discarded: number[] = [];
+/** Queue count of the device under test (the balloon has inflateq, deflateq, reporting_vq). */
+const QUEUES: Record<Kind, number> = { blk: 1, 'blk-ro': 1, rng: 1, console: 2, pmem: 1, balloon: 3 };
 
 interface Seg { addr: number | bigint; len: number; write: boolean }
 
@@ -177,6 +186,26 @@ class CaseGen {
       if (req.length >= 4) new DataView(req.buffer).setUint32(0, type, true);
       if (r.chance(0.9)) readable(req.length, req);
       if (r.chance(0.95)) writable(r.chance(0.85) ? 4 : r.pick([0, 1, 3, 64]));
+    } else if (kind === 'balloon' && qi !== REPORTINGQ) {
+      // An array of le32 PFNs: mostly pages of the data areas, else anything (the gap, beyond RAM).
+      const n = r.pick([1, 2, 16, 256, r.int(300)]);
+      const b = new Uint8Array(4 * n + (r.chance(0.1) ? r.int(4) : 0));
+      const dv = new DataView(b.buffer);
+      let p = (r.chance(0.5) ? B_START : DATA_START) / 4096 + r.int(16);
+      for (let i = 0; i < n; i++) {
+        p = r.chance(0.7) ? p + 1 : r.chance(0.7) ? (r.chance(0.5) ? B_START : DATA_START) / 4096 + r.int(48) : r.u32();
+        dv.setUint32(4 * i, p >>> 0, true);
+      }
+      readable(b.length, b);
+      if (r.chance(0.05)) writable(r.int(64));
+    } else if (kind === 'balloon') {
+      // A free page report: runs of free memory, device-writable as Linux adds them.
+      const parts = 1 + r.int(4);
+      for (let p = 0; p < parts; p++) {
+        const len = r.chance(0.8) ? 4096 * (1 + r.int(8)) : r.int(10000);
+        const a = r.chance(0.5) ? B_START + 4096 * r.int(8) : this.data(len, r.chance(0.8) ? 4096 : 8);
+        segs.push({ addr: a, len, write: r.chance(0.9) });
+      }
     } else if (kind === 'rng' || (kind === 'console' && qi === 0)) {
       if (r.chance(0.1)) readable(r.int(100));
       const parts = 1 + r.int(3);
@@ -251,6 +280,7 @@ class CheckingQueue extends SplitQueue {
     }
     if (this.kind === 'console' && this.qi === 1 && len !== 0) this.problems.push(`console transmit used length ${len}`);
     if (this.kind === 'rng' && len > 65536) this.problems.push(`rng used length ${len} above the cap`);
+    if (this.kind === 'balloon' && len !== 0) this.problems.push(`balloon used length ${len} (it writes nothing)`);
     if (this.kind === 'pmem') {
       if (len !== 4) this.problems.push(`pmem used length ${len}, not the 4-byte response`);
       else if (this.lastStatusAddr >= 0) {
@@ -287,6 +317,18 @@ function makeDevice(kind: Kind, r: Rng): { dev: VirtioDevice; check: () => void;
     };
   }
   if (kind === 'rng') return { dev: new RngDevice({ fd: openSync('/dev/urandom', 'r') }), inputFd: -1, check: () => {}, finish: () => {} };
+  if (kind === 'balloon') {
+    const problems: string[] = [];
+    const dev = new BalloonDevice({
+      numPages: r.int(1000), deflateOnOom: true, freePageReporting: true,
+      discard: (mem, gpa, len) => {
+        if (gpa % 4096 !== 0 || len % 4096 !== 0 || len === 0 || !mem.checkedRange(gpa, len)) problems.push(`discard of 0x${gpa.toString(16)}+0x${len.toString(16)}`);
+        discarded.push(gpa, len);
+        return mem.discard(gpa, len);
+      },
+    });
+    return { dev, inputFd: -1, check: () => assert.deepEqual(problems, [], 'the balloon gave back a range that is not whole pages of one RAM region'), finish: () => {} };
+  }
   if (kind === 'pmem') {
     const path = join(dir, 'pmem.raw');
     const image = r.bytes(IMAGE_BYTES);
@@ -320,10 +362,11 @@ function fuzzDevice(kind: Kind, seed: number): Stats {
     dev.reset();
     u8A.fill(0);
     u8B.fill(0);
+    discarded.length = 0;
     const size = r.chance(0.85) ? r.pick([1, 2, 4, 8, 16, 32, 64, 128, 256]) : r.chance(0.7) ? r.pick([512, 1024]) : r.pick([0, 3, 100, 65536]);
     const layout = chooseLayout(r, size);
     const opts: QueueOptions = { eventIdx: r.chance(0.5), indirect: r.chance(0.7) };
-    const qi = kind === 'console' ? r.int(2) : 0;
+    const qi = QUEUES[kind] > 1 ? r.int(QUEUES[kind]) : 0; // one draw only where there is a choice (seeds replay as before)
     let q: CheckingQueue;
     try {
       q = new CheckingQueue(mem, layout, opts, kind, qi);
@@ -338,7 +381,7 @@ function fuzzDevice(kind: Kind, seed: number): Stats {
 
     const snapA = u8A.slice();
     const snapB = u8B.slice();
-    const queues: Array<SplitQueue | null> = kind === 'console' ? (qi === 0 ? [q, null] : [null, q]) : [q];
+    const queues: Array<SplitQueue | null> = Array.from({ length: QUEUES[kind] }, (_, i) => (i === qi ? q : null));
     dev.activate({ mem, queues, features: dev.features, notifyQueue: () => {}, notifyConfig: () => {} });
     const rounds = r.chance(0.3) ? 2 : 1;
     for (let round = 0; round < rounds; round++) {
@@ -471,7 +514,7 @@ function publish(r: Rng, mem: GuestMemory, layout: QueueLayout, size: number, he
 function checkWrites(where: string, q: CheckingQueue, layout: QueueLayout, size: number, before: Uint8Array, after: Uint8Array, base: number): void {
   const CH = 4096;
   const usedEnd = layout.usedRing + usedRingBytes(size);
-  const segs = q.writableSegs;
+  const segs = [...q.writableSegs, ...discarded];
   for (let off = 0; off < before.length; off += CH) {
     const end = Math.min(off + CH, before.length);
     if (Buffer.compare(before.subarray(off, end), after.subarray(off, end)) === 0) continue;
@@ -495,7 +538,7 @@ function wellFormedAfterwards(kind: Kind, dev: VirtioDevice, mem: GuestMemory, u
   const q = drv.queue({ eventIdx: true, indirect: true });
   const qi = kind === 'console' ? 1 : 0;
   let notified = 0;
-  dev.activate({ mem, queues: kind === 'console' ? [null, q] : [q], features: dev.features, notifyQueue: () => { notified++; }, notifyConfig: () => {} });
+  dev.activate({ mem, queues: kind === 'console' ? [null, q] : kind === 'balloon' ? [q, null, null] : [q], features: dev.features, notifyQueue: () => { notified++; }, notifyConfig: () => {} });
   if (kind === 'blk' || kind === 'blk-ro') {
     const hdr = (type: number, sector: number): Uint8Array => {
       const h = new Uint8Array(16);
@@ -519,6 +562,16 @@ function wellFormedAfterwards(kind: Kind, dev: VirtioDevice, mem: GuestMemory, u
     dev.processQueue(qi);
     assert.equal(mem.readU32(f.writable[0]!), VIRTIO_PMEM_RESP_TYPE_OK);
     assert.deepEqual(drv.used().map((u) => u.len), [4]);
+  } else if (kind === 'balloon') {
+    const pfns = new Uint8Array(8);
+    new DataView(pfns.buffer).setUint32(0, B_START / 4096 + 2, true);
+    new DataView(pfns.buffer).setUint32(4, B_START / 4096 + 3, true);
+    u8B.fill(0x5a, 0, 5 * 4096);
+    drv.addChain([pfns], [], { indirect: true });
+    dev.processQueue(INFLATEQ);
+    assert.deepEqual(drv.used().map((u) => u.len), [0]);
+    assert.ok(u8B.subarray(2 * 4096, 4 * 4096).every((x) => x === 0), 'the inflated pages were given back');
+    assert.ok(u8B.subarray(4 * 4096, 5 * 4096).every((x) => x === 0x5a), 'the next page was not');
   } else if (kind === 'rng') {
     drv.addChain([], [256]);
     dev.processQueue(qi);
@@ -531,9 +584,9 @@ function wellFormedAfterwards(kind: Kind, dev: VirtioDevice, mem: GuestMemory, u
   assert.ok(notified > 0);
 }
 
-for (const kind of ['blk', 'blk-ro', 'rng', 'console', 'pmem'] as const) {
+for (const kind of ['blk', 'blk-ro', 'rng', 'console', 'pmem', 'balloon'] as const) {
   test(`fuzz ${kind}: ${BUDGET.label} of random malformed virtqueues end in a defined state`, { skip: fuzzDeviceWanted(kind) ? false : `not in STV_FUZZ_DEVICES=${process.env.STV_FUZZ_DEVICES}` }, (t) => {
-    const seed = (SEED ^ { blk: 0x1111, 'blk-ro': 0x2222, rng: 0x3333, console: 0x4444, pmem: 0x5555 }[kind]) >>> 0;
+    const seed = (SEED ^ { blk: 0x1111, 'blk-ro': 0x2222, rng: 0x3333, console: 0x4444, pmem: 0x5555, balloon: 0x6666 }[kind]) >>> 0;
     t.diagnostic(`STV_FUZZ_SEED=${SEED} (${kind} stream seed ${seed})`);
     const s = fuzzDevice(kind, seed);
     const errs = [...s.errors].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k}:${v}`).join(' ');

@@ -40,6 +40,7 @@ function sample(seed: number): VirtioDeviceState[] {
     device('_vsock0', 19, 3, { kind: 'vsock', cid: 3n }, seed + 4),
     device('_fs0', 26, 2, { kind: 'fs', tag: 'myfs', numRequestQueues: 1 }, seed + 5),
     device('_pmem0', 27, 1, { kind: 'pmem', start: 0x1_0000_0000n, size: 0x20_0000n }, seed + 6),
+    device('_balloon0', 5, 3, { kind: 'balloon', numPages: 65536, actual: 0xffffffff }, seed + 7),
   ];
 }
 

@@ -74,7 +74,9 @@ export type VirtioDeviceSpecificState =
   /** virtio-fs: the tag and queue count; the back-end's FUSE session is not saved. */
   | { kind: 'fs'; tag: string; numRequestQueues: number }
   /** virtio-pmem: its configuration (5.19.4); the memory itself is the backing file. */
-  | { kind: 'pmem'; start: bigint; size: bigint };
+  | { kind: 'pmem'; start: bigint; size: bigint }
+  /** virtio-balloon: its configuration (5.5.4), the target and the driver's `actual`, in 4 KiB pages. */
+  | { kind: 'balloon'; numPages: number; actual: number };
 
 export type VirtioDeviceKind = VirtioDeviceSpecificState['kind'];
 
@@ -137,6 +139,7 @@ const deviceCodecs: { [K in VirtioDeviceKind]: Codec<Variant<K>> } = {
   vsock: struct<Variant<'vsock'>>({ kind: literal('vsock'), cid: u64 }),
   fs: struct<Variant<'fs'>>({ kind: literal('fs'), tag: str(36), numRequestQueues: u16 }),
   pmem: struct<Variant<'pmem'>>({ kind: literal('pmem'), start: u64, size: u64 }),
+  balloon: struct<Variant<'balloon'>>({ kind: literal('balloon'), numPages: u32, actual: u32 }),
 };
 const KINDS = Object.keys(deviceCodecs) as VirtioDeviceKind[];
 

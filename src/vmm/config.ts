@@ -164,6 +164,22 @@ export interface PmemConfig {
   pci_segment?: number;
 }
 
+/**
+ * virtio-balloon (virtio 1.2, 5.5; Cloud Hypervisor's BalloonConfig, `pci_device_id` not
+ * supported): `size` is the balloon's target in bytes (4 KiB pages; vm.resize desired_balloon
+ * changes it at run time, and the new value is kept here for later boots).
+ */
+export interface BalloonConfig {
+  size: number;
+  /** Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM: the guest may deflate the balloon under memory pressure. */
+  deflate_on_oom: boolean;
+  /** Offer VIRTIO_BALLOON_F_PAGE_REPORTING: the guest reports free pages, which go back to the host. */
+  free_page_reporting: boolean;
+  iommu?: boolean;
+  id?: string;
+  pci_segment?: number;
+}
+
 /** virtio-pmem regions are mapped in 2 MiB units (Cloud Hypervisor's rule; Linux maps them as huge pages). */
 export const PMEM_ALIGNMENT = 2 * 1024 * 1024;
 
@@ -197,6 +213,8 @@ export interface VmConfig {
   net?: NetConfig[];
   fs?: FsConfig[];
   pmem?: PmemConfig[];
+  /** At most one balloon per VM (as Cloud Hypervisor). */
+  balloon?: BalloonConfig;
   rng: RngConfig;
   serial: SerialConfig;
   console: ConsoleConfig;
@@ -291,6 +309,10 @@ export function defaultPmemConfig(input: DeepPartial<PmemConfig> = {}): PmemConf
   return { file: '', iommu: false, discard_writes: false, ...stripUndefined(input) } as PmemConfig;
 }
 
+export function defaultBalloonConfig(input: DeepPartial<BalloonConfig> = {}): BalloonConfig {
+  return { deflate_on_oom: false, free_page_reporting: false, ...stripUndefined(input) } as BalloonConfig; // a missing size is reported by validateVmConfig
+}
+
 export function defaultFsConfig(input: DeepPartial<FsConfig> = {}): FsConfig {
   return { tag: '', socket: '', num_queues: DEFAULT_FS_NUM_QUEUES, queue_size: DEFAULT_FS_QUEUE_SIZE, ...stripUndefined(input) } as FsConfig;
 }
@@ -303,7 +325,7 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 function shapeIssues(input: unknown): VmConfigIssue[] {
   const issues: VmConfigIssue[] = [];
   if (!isPlainObject(input)) return [{ path: '(config)', message: 'must be an object' }];
-  for (const k of ['payload', 'cpus', 'memory', 'rng', 'serial', 'console', 'platform', 'vsock'] as const) {
+  for (const k of ['payload', 'cpus', 'memory', 'rng', 'serial', 'console', 'platform', 'vsock', 'balloon'] as const) {
     const v = input[k];
     if (v !== undefined && !isPlainObject(v)) issues.push({ path: k, message: 'must be an object' });
   }
@@ -371,6 +393,7 @@ export function createVmConfig(input: VmConfigInput = {}): VmConfig {
   if (input.pmem !== undefined) config.pmem = input.pmem.map((p) => defaultPmemConfig(p));
   if (input.rate_limit_groups !== undefined) config.rate_limit_groups = input.rate_limit_groups.map((g) => stripUndefined(g) as RateLimitGroupConfig);
   if (input.vsock !== undefined && input.vsock !== null) config.vsock = stripUndefined(input.vsock) as VsockConfig;
+  if (input.balloon !== undefined && input.balloon !== null) config.balloon = defaultBalloonConfig(input.balloon);
   return config;
 }
 
@@ -799,6 +822,21 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
     id(`${at}.id`, pm.id);
   });
 
+  // balloon (virtio-balloon)
+  if (config.balloon !== undefined) {
+    const b = config.balloon;
+    if (!isPlainObject(b)) bad('balloon', 'must be an object');
+    else {
+      const ram = isPlainObject(config.memory) ? config.memory.size : undefined;
+      const issue = balloonSizeIssue(b.size, ram);
+      if (issue !== undefined) bad('balloon.size', issue);
+      for (const f of ['deflate_on_oom', 'free_page_reporting', 'iommu'] as const) bool(`balloon.${f}`, b[f]);
+      if (b.iommu === true) bad('balloon.iommu', 'is not supported (no virtual IOMMU)');
+      segment('balloon.pci_segment', b.pci_segment);
+      id('balloon.id', b.id);
+    }
+  }
+
   // rng
   if (!isPlainObject(config.rng)) bad('rng', 'is required');
   else {
@@ -828,6 +866,18 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
   bool('watchdog', config.watchdog);
   bool('pvpanic', config.pvpanic);
   return issues;
+}
+
+/**
+ * The rule for a balloon size (config balloon.size, vm.resize desired_balloon): an integer number
+ * of bytes, smaller than guest RAM (Cloud Hypervisor's BalloonLargerThanRam); whole 4 KiB pages
+ * count (the rest is ignored, as in CH). Returns the problem, or undefined.
+ */
+export function balloonSizeIssue(size: unknown, ramSize: unknown): string | undefined {
+  if (size === undefined) return 'is required (size=<bytes>)';
+  if (!isInt(size) || size < 0) return `must be an integer number of bytes >= 0, got ${String(size)}`;
+  if (isInt(ramSize) && size >= ramSize) return `${size} bytes is not smaller than guest RAM (${ramSize} bytes)`;
+  return undefined;
 }
 
 /** A device's `iothread=` name. */

@@ -166,6 +166,44 @@ test('vm.add-fs: before boot it joins the configuration (validated: shared memor
   }
 });
 
+test('vm.resize before boot: desired_balloon becomes the balloon size of the configuration; no balloon, too large, vCPUs/RAM refused; through the API', async () => {
+  const core = new VmmCore();
+  await rejectsWith(core.resizeVm({ desired_balloon: 0 }), 404, /not created/);
+  await core.createVm(cfg());
+  await rejectsWith(core.resizeVm({ desired_balloon: 1 << 20 }), 400, /vm\.resize: the VM has no balloon device/);
+  await core.deleteVm();
+  const c = cfg();
+  c.balloon = { size: 0, deflate_on_oom: true, free_page_reporting: false };
+  await core.createVm(c);
+  await core.resizeVm({ desired_balloon: 16 << 20 });
+  assert.deepEqual(core.info().config.balloon, { size: 16 << 20, deflate_on_oom: true, free_page_reporting: false });
+  assert.equal(core.info().memory_actual_size, 64 << 20, 'not booted: nothing is in the balloon');
+  await rejectsWith(core.resizeVm({ desired_balloon: 64 << 20 }), 400, /desired_balloon: 67108864 bytes is not smaller than guest RAM \(67108864 bytes\)/);
+  await rejectsWith(core.resizeVm({ desired_balloon: -1 }), 400, /desired_balloon: must be an integer number of bytes >= 0/);
+  await rejectsWith(core.resizeVm({ desired_vcpus: 2, desired_balloon: 0 }), 500, /vm\.resize: not implemented yet in Stratovisor for desired_vcpus \(CPU hotplug\)/);
+  await rejectsWith(core.resizeVm({ desired_ram: 1 << 30 }), 500, /not implemented yet in Stratovisor for desired_ram \(memory hotplug\)/);
+  assert.equal(core.info().config.balloon?.size, 16 << 20, 'refused resizes change nothing');
+  await core.resizeVm({});
+
+  const dir = mkdtempSync(join(tmpdir(), 'stv-core-'));
+  const sock = join(dir, 'api.sock');
+  const monitor = new EventMonitor();
+  const events: string[] = [];
+  monitor.on('event', (e: LifecycleEvent) => events.push(`${e.source} ${e.event}`));
+  const server = await ApiServer.listen({ controller: withLifecycleEvents(core, monitor), socket: { path: sock } });
+  try {
+    const r = await request(sock, 'PUT', 'vm.resize', JSON.stringify({ desired_balloon: 32 << 20 }));
+    assert.equal(r.status, 204, r.text);
+    assert.equal(core.info().config.balloon?.size, 32 << 20);
+    assert.deepEqual(events, ['vm resizing', 'vm resized']);
+    const big = await request(sock, 'PUT', 'vm.resize', JSON.stringify({ desired_balloon: 1 << 30 }));
+    assert.equal(big.status, 400, big.text);
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('vm.add-vsock: before boot it joins the configuration; one per VM; bad bodies named (API and core)', async () => {
   const core = new VmmCore();
   await rejectsWith(core.addVsock({ cid: 3, socket: '/tmp/v.sock' }), 404, /cannot add a vsock device: the VM is not created/);

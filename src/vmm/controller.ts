@@ -30,10 +30,11 @@ import {
   type VmInfo,
   type VmmController,
   type VmmPingResponse,
+  type VmResize,
   type VmState,
 } from '../api/controller.js';
 import type { EventMonitor } from '../api/events.js';
-import { assertValidVmConfig, validateVmConfig, type DiskConfig, type FsConfig, type NetConfig, type PmemConfig, type VmConfig, type VsockConfig } from './config.js';
+import { assertValidVmConfig, balloonSizeIssue, validateVmConfig, type DiskConfig, type FsConfig, type NetConfig, type PmemConfig, type VmConfig, type VsockConfig } from './config.js';
 import { VirtioConfigError, type HotplugDevice } from './virtio_manager.js';
 import * as libc from '../sys/libc.js';
 import { VirtualMachine, type VirtualMachineOptions, type VmExitInfo } from './vm.js';
@@ -422,11 +423,42 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     return undefined;
   }
 
+  /**
+   * vm.resize (Cloud Hypervisor vm_resize): desired_balloon is the balloon's new target. A booted
+   * VM's guest is told at once; either way the configuration keeps it (a reboot uses it, as CH
+   * does). CPU and memory hotplug (desired_vcpus, desired_ram) are not implemented.
+   */
+  async resizeVm(r: VmResize): Promise<void> {
+    const state = nextVmState(this.state, 'info')!;
+    const config = this.config!;
+    const unsupported = (['desired_vcpus', 'desired_ram'] as const).filter((k) => r[k] !== undefined && r[k] !== null);
+    if (unsupported.length > 0) {
+      throw new ApiError(500, 'NotImplemented', `vm.resize: not implemented yet in Stratovisor for ${unsupported.join(' and ')} (${unsupported.map((k) => (k === 'desired_vcpus' ? 'CPU hotplug' : 'memory hotplug')).join(', ')}); desired_balloon is`);
+    }
+    const want = r.desired_balloon;
+    if (want === undefined || want === null) return;
+    if (config.balloon === undefined) throw new BadRequestError('vm.resize: the VM has no balloon device (create it with balloon: {size: 0} or --balloon size=0)');
+    const issue = balloonSizeIssue(want, config.memory.size);
+    if (issue !== undefined) throw new BadRequestError(`vm.resize: desired_balloon: ${issue}`);
+    const booted = state === 'Running' || state === 'Paused';
+    if (booted) {
+      try {
+        this.vm!.resizeBalloon(want);
+      } catch (e) {
+        throw new ApiError(500, 'Internal', `vm.resize: ${(e as Error).message}`);
+      }
+    }
+    config.balloon = { ...config.balloon, size: want };
+    this.log(`balloon target ${want} bytes${booted ? '' : ' (for the next boot)'}`);
+  }
+
   info(): VmInfo {
     const state = nextVmState(this.state, 'info')!;
     const config = this.config!;
-    // No balloon: the guest has all the memory it was given.
-    return { config, state, memory_actual_size: config.memory.size };
+    // CH: RAM less what the guest has put in the balloon (its driver's `actual`).
+    const booted = state === 'Running' || state === 'Paused';
+    const ballooned = booted && config.balloon !== undefined ? (this.vm?.balloonActualBytes() ?? 0) : 0;
+    return { config, state, memory_actual_size: config.memory.size - ballooned };
   }
 
   counters(): VmCounters {

@@ -66,6 +66,10 @@ export class DeviceRunner {
   private readonly counterOut: Float64Array;
   /** The device's extra fds as of the last pollSlots(). */
   private extra: readonly number[] = [];
+  /** The part of the configuration the driver writes (VirtioDevice.writableConfig), or null. */
+  private readonly writable: { offset: number; length: number } | null;
+  /** The configuration changed (onHostValue) while paused: signalled at resume. */
+  private configChangePending = false;
 
   constructor(
     private readonly d: VirtioWorkerDevice,
@@ -92,7 +96,10 @@ export class DeviceRunner {
     Atomics.store(words, Word.DeviceFeaturesHi, hi32(feats));
     Atomics.store(words, Word.QueueMax, dev.queueMaxSize);
     for (let q = 0; q < nq; q++) Atomics.store(words, queueWord(q, QueueWord.Size), dev.queueMaxSize);
-    this.publishConfig();
+    const cw = dev.writableConfig;
+    this.writable = cw !== undefined && cw.length > 0 && cw.offset >= 0 && cw.offset + cw.length <= CONFIG_BYTES ? cw : null;
+    Atomics.store(words, Word.ConfigWritable, this.writable === null ? 0 : this.writable.offset | (this.writable.length << 16));
+    this.publishConfig(true);
     // Counters: names once (snake_case, as Cloud Hypervisor's vm.counters), values mirrored into
     // shared Float64 slots after every round of work.
     this.counterKeys = dev.counters ? Object.keys(dev.counters).slice(0, MAX_COUNTERS) : [];
@@ -105,11 +112,47 @@ export class DeviceRunner {
     Atomics.notify(words, Word.Ready);
   }
 
-  private publishConfig(): void {
+  /**
+   * The model's configuration into the shared bytes the transport answers from. Not `full`: the
+   * bytes the driver writes (writableConfig) stay as the transport stored them, so that a write
+   * of the driver's that the worker has not applied yet is not lost.
+   */
+  private publishConfig(full = false): void {
     const tmp = this.configTmp;
     tmp.fill(0);
     try { this.dev.readConfig(0, tmp); } catch { /* shorter config space: the rest reads 0 */ }
-    this.config.set(tmp);
+    const w = this.writable;
+    if (full || w === null) { this.config.set(tmp); return; }
+    this.config.set(tmp.subarray(0, w.offset));
+    this.config.set(tmp.subarray(w.offset + w.length), w.offset + w.length);
+  }
+
+  /** Command.ConfigWrite: hand the driver's bytes of the writable configuration to the model. */
+  private configWritten(): void {
+    const w = this.writable;
+    if (w === null) return;
+    const bytes = this.configTmp.subarray(w.offset, w.offset + w.length);
+    bytes.set(this.config.subarray(w.offset, w.offset + w.length));
+    try { this.dev.writeConfig(w.offset, bytes); } catch (e) { this.guard(e); }
+  }
+
+  /**
+   * Command.HostValue: the VMM set a value for the device (virtio-balloon: a new target). The
+   * configuration is republished; an active device signals the change (4.1.4.3: config
+   * generation, then the configuration vector), a paused one at resume.
+   */
+  private hostValue(): void {
+    const v = Atomics.load(this.words, Word.HostValue) >>> 0;
+    try {
+      this.dev.onHostValue?.(v);
+    } catch (e) {
+      this.post({ type: 'error', id: this.id, message: `host value ${v}: ${(e as Error).message}` });
+      return;
+    }
+    if (this.active && !this.paused) { this.notifyConfig(); return; }
+    this.publishConfig();
+    Atomics.add(this.words, Word.ConfigGeneration, 1);
+    if (this.active) this.configChangePending = true;
   }
 
   mirrorCounters(): void {
@@ -249,6 +292,7 @@ export class DeviceRunner {
     this.paused = false;
     if (!this.active) return;
     try { this.dev.resume?.(); } catch (e) { this.guard(e); }
+    if (this.configChangePending) { this.configChangePending = false; this.notifyConfig(); }
     // A back-end's queues: their notify eventfds are its kicks (never read here, or the
     // back-end's read finds nothing: virtiofsd then drops the queue); its resume kicked them.
     if (this.external && this.dev.takenOver !== true) return;
@@ -326,7 +370,7 @@ export class DeviceRunner {
     t.queues.forEach((q, i) => { if (q.size > dev.queueMaxSize) no(`queue ${i} has size ${q.size}, more than this device's ${dev.queueMaxSize}`); });
     if (dev.restoreState === undefined) no('this device model cannot restore state');
     dev.restoreState!(s.device);
-    this.publishConfig();
+    this.publishConfig(true);
     const w = this.words;
     Atomics.store(w, Word.Status, t.deviceStatus);
     Atomics.store(w, Word.DriverFeaturesLo, lo32(t.driverFeatures));
@@ -393,7 +437,8 @@ export class DeviceRunner {
       this.enabled.fill(0);
       this.queues = [];
       try { this.dev.reset(); } catch (e) { this.post({ type: 'error', id: this.id, message: `reset: ${(e as Error).message}` }); }
-      this.publishConfig();
+      this.configChangePending = false;
+      this.publishConfig(true);
       // The registers read as after a reset from now on (captured state agrees with the model).
       clearTransportWords(words, this.nq, this.irq.length);
       Atomics.store(words, Word.ResetAck, seq);
@@ -401,6 +446,8 @@ export class DeviceRunner {
     } else if ((bits & Command.Activate) !== 0 && !this.active) {
       this.activate();
     }
+    if ((bits & Command.ConfigWrite) !== 0) this.configWritten();
+    if ((bits & Command.HostValue) !== 0) this.hostValue();
     if ((bits & Command.Stop) !== 0) this.stop();
   }
 

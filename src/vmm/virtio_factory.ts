@@ -66,6 +66,10 @@ export async function createDeviceModel(spec: VirtioDeviceSpec, id: string, log:
       const { PmemDevice } = await import('../virtio/pmem/device.js');
       return new PmemDevice({ fd: spec.fd, start: spec.start, size: spec.size, discardWrites: spec.discardWrites });
     }
+    case 'balloon': {
+      const { BalloonDevice } = await import('../virtio/balloon/device.js');
+      return new BalloonDevice({ numPages: spec.numPages, deflateOnOom: spec.deflateOnOom, freePageReporting: spec.freePageReporting });
+    }
     case 'vsock': {
       const { VsockDevice } = await import('../virtio/vsock/device.js');
       return new VsockDevice({ cid: spec.cid, listenFd: spec.listenFd, socketPath: spec.socketPath });

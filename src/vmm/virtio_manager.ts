@@ -12,7 +12,8 @@ import type { Vm } from '../hypervisor/hypervisor.js';
 import type { GuestMemory } from '../memory/guest_memory.js';
 import { Tap, parseMac } from '../net/tap.js';
 import { VirtioDeviceType } from '../virtio/device.js';
-import { createShared, Word, Command, postCommand } from '../virtio/pci/shared.js';
+import { createShared, sharedViews, Word, Command, postCommand } from '../virtio/pci/shared.js';
+import { BALLOON_PAGE_SIZE } from '../virtio/balloon/device.js';
 import { BAR_SIZE } from '../virtio/pci/transport.js';
 import { PCI_SLOTS } from '../pci/bus.js';
 import { placePciDevices, type PciPlacement } from '../pci/segment.js';
@@ -207,6 +208,7 @@ export class VirtioManager {
       (cfg.pmem ?? []).forEach((p, i) => this.openPmem(p, i));
       this.placeDeviceMemory(cfg.memory.size);
       if (cfg.vsock !== undefined) this.openVsock(cfg.vsock);
+      if (cfg.balloon !== undefined) this.openBalloon(cfg.balloon);
       if (this.devices.length > PCI_SLOTS - 1 && this.segments.length === 1) {
         throw new VirtioConfigError(`${this.devices.length} virtio devices do not fit on PCI bus 0 (at most ${PCI_SLOTS - 1})`);
       }
@@ -497,6 +499,52 @@ export class VirtioManager {
     this.devices.push(host);
     libc.listen(fd, 128);
     this.log(`${id}: vsock cid ${v.cid}, listening on ${v.socket}`);
+  }
+
+  /** virtio-balloon (virtio 1.2, 5.5): nothing to open on the host; the target in 4 KiB pages. */
+  private openBalloon(b: NonNullable<VmConfig['balloon']>): void {
+    const id = b.id ?? '_balloon0';
+    const numPages = Math.floor(b.size / BALLOON_PAGE_SIZE);
+    this.devices.push({
+      id, deviceType: VirtioDeviceType.Balloon, numQueues: b.free_page_reporting ? 3 : 2, segment: b.pci_segment ?? 0, fds: [], iothread: '',
+      spec: { kind: 'balloon', numPages, deflateOnOom: b.deflate_on_oom, freePageReporting: b.free_page_reporting },
+    });
+    this.log(`${id}: virtio-balloon, target ${numPages} pages${b.deflate_on_oom ? ', deflate on OOM' : ''}${b.free_page_reporting ? ', free page reporting' : ''}`);
+  }
+
+  /**
+   * vm.resize desired_balloon: the balloon's new target (bytes, whole 4 KiB pages). Kept for
+   * later guest runs; the running device gets it through Word.HostValue and tells the guest
+   * (a configuration change). False when the VM has no balloon.
+   */
+  setBalloonTarget(bytes: number): boolean {
+    const h = this.devices.find((d) => d.spec.kind === 'balloon');
+    if (h === undefined || h.spec.kind !== 'balloon') return false;
+    const pages = Math.floor(bytes / BALLOON_PAGE_SIZE);
+    h.spec.numPages = pages;
+    for (const t of this.threads) {
+      const r = t.devices.find((d) => d.host === h);
+      if (r === undefined) continue;
+      Atomics.store(r.words, Word.HostValue, pages | 0);
+      postCommand(r.words, Command.HostValue);
+      try { libc.write(t.controlFd, ONE); } catch { /* the thread is gone */ }
+    }
+    return true;
+  }
+
+  /**
+   * The balloon's size as the guest's driver last wrote it (`actual`, 5.5.4), in bytes; 0 without
+   * a balloon or a running guest. Read from the configuration bytes the transport keeps.
+   */
+  balloonActualBytes(): number {
+    for (const t of this.threads) {
+      for (const r of t.devices) {
+        if (r.host.spec.kind !== 'balloon') continue;
+        const { config } = sharedViews(r.shared, { numQueues: r.host.numQueues, vectors: r.irqFds.length });
+        return new DataView(config.buffer, config.byteOffset + 4, 4).getUint32(0, true) * BALLOON_PAGE_SIZE;
+      }
+    }
+    return 0;
   }
 
   /**

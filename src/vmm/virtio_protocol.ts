@@ -22,7 +22,9 @@ export type VirtioDeviceSpec =
   | { kind: 'fs'; socketFd: number; socketPath: string; tag: string; numRequestQueues: number; queueSize: number; connection: SharedArrayBuffer }
   | { kind: 'vsock'; cid: number; listenFd: number; socketPath: string }
   /** virtio-pmem: the backing file (mapped by the main thread) and where the guest sees it. */
-  | { kind: 'pmem'; fd: number; start: number; size: number; discardWrites: boolean };
+  | { kind: 'pmem'; fd: number; start: number; size: number; discardWrites: boolean }
+  /** virtio-balloon: the initial target in 4 KiB pages (later ones come through Word.HostValue). */
+  | { kind: 'balloon'; numPages: number; deflateOnOom: boolean; freePageReporting: boolean };
 
 /** One device served by an I/O thread. */
 export interface VirtioWorkerDevice {

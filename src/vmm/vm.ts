@@ -512,6 +512,19 @@ export class VirtualMachine extends EventEmitter {
     return c;
   }
 
+  /**
+   * vm.resize desired_balloon: the balloon's new target in bytes (whole 4 KiB pages); the guest's
+   * driver inflates or deflates towards it. Also the target of later guest runs.
+   */
+  resizeBalloon(bytes: number): void {
+    if (!this.virtio.setBalloonTarget(bytes)) throw new VmError('the VM has no balloon device (--balloon)');
+  }
+
+  /** Bytes in the balloon as the guest's driver reports them (`actual`); 0 without one or a running guest. */
+  balloonActualBytes(): number {
+    return this.virtio.balloonActualBytes();
+  }
+
   /** Feed host input (e.g. stdin) to the guest's serial port. Returns bytes accepted. */
   sendInput(bytes: Uint8Array): number {
     const n = this.input.push(bytes);

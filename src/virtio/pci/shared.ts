@@ -14,6 +14,13 @@
 // a round started has completed by then), then stores the same value in PauseAck. State capture
 // (while paused): the main thread bumps StateReq; the worker answers with a 'state' message
 // carrying that sequence number.
+//
+// Run-time configuration: the main thread stores Word.HostValue and posts Command.HostValue
+// (virtio-balloon's new target); the worker gives it to the model, republishes the configuration
+// and signals a configuration change. The driver's writes into the part of the device
+// configuration the worker publishes as writable (Word.ConfigWritable; the balloon's `actual`) are
+// stored by the transport in the shared bytes, followed by Command.ConfigWrite; the worker hands
+// them to the model and, when it republishes the configuration, leaves those bytes alone.
 
 export const Word = {
   /** Published by the worker once the device model exists: 1 ready, -1 failed. */
@@ -45,6 +52,13 @@ export const Word = {
   PauseAck: 20,
   /** Sequence number of the last state request. */
   StateReq: 21,
+  /** A value the VMM sets for the device at run time (Command.HostValue; VirtioDevice.onHostValue). */
+  HostValue: 22,
+  /**
+   * The device configuration bytes the driver may write, published by the worker:
+   * offset | (length << 16); 0 when the configuration is read-only (VirtioDevice.writableConfig).
+   */
+  ConfigWritable: 23,
   QueueBase: 24,
   QueueStride: 12,
 } as const;
@@ -54,7 +68,11 @@ export const QueueWord = {
   Size: 0, Enable: 1, Vector: 2, DescLo: 3, DescHi: 4, AvailLo: 5, AvailHi: 6, UsedLo: 7, UsedHi: 8,
 } as const;
 
-export const Command = { Activate: 1, Reset: 2, Stop: 4 } as const;
+/**
+ * HostValue: the VMM's main thread stored Word.HostValue. ConfigWrite: the driver wrote the
+ * writable part of the device configuration (the transport stored the bytes in the shared config).
+ */
+export const Command = { Activate: 1, Reset: 2, Stop: 4, HostValue: 8, ConfigWrite: 16 } as const;
 
 /** Post command bits to the worker (the caller then signals its control eventfd). Returns the reset sequence. */
 export function postCommand(words: Int32Array, bits: number): number {

@@ -206,9 +206,25 @@ export class VirtioPciTransport implements PciDevice, BusDevice {
       return;
     }
     if (offset >= MSIX_TABLE_OFFSET && offset < MSIX_TABLE_OFFSET + this.msix.tableSize) { this.msix.writeTable(offset - MSIX_TABLE_OFFSET, data); return; }
-    // Device configuration writes: no device we offer has writable configuration fields that
-    // we support (they are ignored, as are writes to ISR and the PBA).
+    if (offset >= DEVICE_CFG_OFFSET && offset < DEVICE_CFG_OFFSET + DEVICE_CFG_SIZE && this.writeDeviceConfig(offset - DEVICE_CFG_OFFSET, data)) return;
+    // Other device configuration writes (read-only fields) are ignored, as are writes to ISR and the PBA.
     this.badAccesses++;
+  }
+
+  /**
+   * A driver write into the device configuration (4.1.4.6): kept in the shared bytes when it lies
+   * inside the part the device lets the driver write (Word.ConfigWritable), and the worker told.
+   */
+  private writeDeviceConfig(o: number, data: Uint8Array): boolean {
+    if (!this.waitReady()) return false;
+    const w = Atomics.load(this.words, Word.ConfigWritable);
+    const start = w & 0xffff;
+    const len = w >>> 16;
+    if (len === 0 || o < start || o + data.length > start + len) return false;
+    this.cfgBytes.set(data, o);
+    postCommand(this.words, Command.ConfigWrite);
+    this.hooks.signalWorker();
+    return true;
   }
 
   /** The worker publishes features and config once its device model exists (it starts with the VM). */
