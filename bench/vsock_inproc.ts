@@ -16,8 +16,9 @@ import { GuestMemory } from '../src/memory/guest_memory.js';
 import { TestDriver } from '../src/virtio/testing/driver.js';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../src/virtio/queue.js';
 import { DeviceStatus, VirtioDeviceType, VIRTIO_F_VERSION_1, VIRTIO_F_EVENT_IDX } from '../src/virtio/device.js';
-import { createShared, Command, Word, postCommand } from '../src/virtio/pci/shared.js';
-import { VirtioPciTransport, NOTIFY_OFFSET, MSIX_TABLE_OFFSET } from '../src/virtio/pci/transport.js';
+import { Command, Word, postCommand } from '../src/virtio/pci/shared.js';
+import { NOTIFY_OFFSET, MSIX_TABLE_OFFSET } from '../src/virtio/pci/transport.js';
+import { ONE, le, transportRig } from '../src/vmm/testing/transport_rig.js';
 import { Hdr, Op } from '../src/virtio/vsock/packet.js';
 import { encodeHeader } from '../src/virtio/vsock/harness.fixture.js';
 import { THREAD_OPTIONS } from '../src/vmm/thread_options.js';
@@ -32,12 +33,6 @@ const RX_BUF = 4096; // payload bytes per receive buffer (Linux: 4 KiB)
 const TX_CHAINS = 32;
 const TX_PAYLOAD = 64 * 1024;
 
-const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
-const le = (n: number, len: number): Uint8Array => {
-  const b = new Uint8Array(len);
-  for (let i = 0; i < len; i++) b[i] = Math.floor(n / 2 ** (8 * i)) & 0xff;
-  return b;
-};
 const now = () => Number(process.hrtime.bigint()) / 1e6;
 
 const dir = mkdtempSync(join(tmpdir(), 'stv-vsock-bench-'));
@@ -48,21 +43,7 @@ libc.listen(listenFd, 64);
 const mem = GuestMemory.allocate([{ gpa: 0, size: 32 << 20 }]);
 const numQueues = 3;
 const vectors = 4;
-const shared = createShared({ numQueues, vectors });
-const ev = () => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
-const controlFd = ev();
-const queueFds = [ev(), ev(), ev()];
-const irqFds = [ev(), ev(), ev(), ev()];
-const t = new VirtioPciTransport({
-  deviceType: VirtioDeviceType.Vsock, numQueues, shared, barAddr: 0xc0000000,
-  hooks: {
-    signalWorker: () => { libc.write(controlFd, ONE); },
-    fireVector: (v) => { libc.write(irqFds[v]!, ONE); },
-    routeVector: () => {},
-    barMoved: () => true,
-    notifyQueue: (q) => { libc.write(queueFds[q]!, ONE); },
-  },
-});
+const { t, shared, controlFd, queueFds, irqFds } = transportRig(VirtioDeviceType.Vsock, numQueues, vectors);
 const wr = (off: number, v: number, len: number) => t.write(off, le(v, len));
 const rd = (off: number, len: number): number => {
   const b = new Uint8Array(len);

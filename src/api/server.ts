@@ -285,17 +285,20 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
         return (await c.addVsock(v)) ?? undefined;
       }),
     );
+    /** The created VM's configuration, which an added device is checked against (404 when none). */
+    const configFor = (what: string): VmConfig => {
+      try {
+        return c.info().config;
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 404) throw new ApiError(404, 'VmNotCreated', `cannot add ${what}: the VM is not created`);
+        throw e;
+      }
+    };
+    const issuesOf = (r: { issues: Array<{ path: string; message: string }> }) => r.issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`));
     this.handlers.set('PUT /vm.add-net', (body, fds) =>
       this.serialized(async () => {
-        let vm;
-        try {
-          vm = c.info().config;
-        } catch (e) {
-          if (e instanceof ApiError && e.status === 404) throw new ApiError(404, 'VmNotCreated', 'cannot add a network device: the VM is not created');
-          throw e;
-        }
-        const r = netConfigFromBody(body, fds.list, vm, this.validator);
-        if (!r.ok) throw new BodyError('vm.add-net: invalid network device configuration', r.issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)));
+        const r = netConfigFromBody(body, fds.list, configFor('a network device'), this.validator);
+        if (!r.ok) throw new BodyError('vm.add-net: invalid network device configuration', issuesOf(r));
         const info = await c.addNet(r.config);
         fds.claimed = true;
         return info;
@@ -304,30 +307,16 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     this.handlers.set('PUT /vm.add-disk', (body) =>
       this.serialized(async () => {
         if (c.addDisk === undefined) throw new NotImplementedError('vm.add-disk');
-        let vm;
-        try {
-          vm = c.info().config;
-        } catch (e) {
-          if (e instanceof ApiError && e.status === 404) throw new ApiError(404, 'VmNotCreated', 'cannot add a disk: the VM is not created');
-          throw e;
-        }
-        const r = deviceConfigFromBody('disks', body, vm, this.validator);
-        if (!r.ok) throw new BodyError('vm.add-disk: invalid disk configuration', r.issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)));
+        const r = deviceConfigFromBody('disks', body, configFor('a disk'), this.validator);
+        if (!r.ok) throw new BodyError('vm.add-disk: invalid disk configuration', issuesOf(r));
         return c.addDisk(r.config);
       }),
     );
     this.handlers.set('PUT /vm.add-pmem', (body) =>
       this.serialized(async () => {
         if (c.addPmem === undefined) throw new NotImplementedError('vm.add-pmem');
-        let vm;
-        try {
-          vm = c.info().config;
-        } catch (e) {
-          if (e instanceof ApiError && e.status === 404) throw new ApiError(404, 'VmNotCreated', 'cannot add a pmem device: the VM is not created');
-          throw e;
-        }
-        const r = deviceConfigFromBody('pmem', body, vm, this.validator);
-        if (!r.ok) throw new BodyError('vm.add-pmem: invalid pmem configuration', r.issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)));
+        const r = deviceConfigFromBody('pmem', body, configFor('a pmem device'), this.validator);
+        if (!r.ok) throw new BodyError('vm.add-pmem: invalid pmem configuration', issuesOf(r));
         return c.addPmem(r.config);
       }),
     );

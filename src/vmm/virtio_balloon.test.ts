@@ -11,32 +11,11 @@ import * as libc from '../sys/libc.js';
 import { GuestMemory } from '../memory/guest_memory.js';
 import { TestDriver } from '../virtio/testing/driver.js';
 import { DeviceStatus, VirtioDeviceType, VIRTIO_F_VERSION_1 } from '../virtio/device.js';
-import { createShared, Word, Command, postCommand } from '../virtio/pci/shared.js';
-import { VirtioPciTransport, NOTIFY_OFFSET, MSIX_TABLE_OFFSET, DEVICE_CFG_OFFSET } from '../virtio/pci/transport.js';
+import { Word, Command, postCommand } from '../virtio/pci/shared.js';
+import { NOTIFY_OFFSET, MSIX_TABLE_OFFSET, DEVICE_CFG_OFFSET } from '../virtio/pci/transport.js';
+import { ONE, le, rd, wr, waitEventfd, transportRig } from './testing/transport_rig.js';
 import type { VirtioWorkerData, VirtioWorkerEvent } from './virtio_protocol.js';
 
-const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
-const le = (n: number, len: number): Uint8Array => {
-  const b = new Uint8Array(len);
-  for (let i = 0; i < len; i++) b[i] = Math.floor(n / 2 ** (8 * i)) & 0xff;
-  return b;
-};
-function rd(t: VirtioPciTransport, off: number, len: number): number {
-  const b = new Uint8Array(len);
-  t.read(off, b);
-  let v = 0;
-  for (let i = len - 1; i >= 0; i--) v = v * 256 + b[i]!;
-  return v;
-}
-const wr = (t: VirtioPciTransport, off: number, v: number, len: number) => t.write(off, le(v, len));
-
-function waitEventfd(fd: number, ms: number): boolean {
-  const p = libc.pollFds(1);
-  libc.pollFdSet(p, 0, fd, libc.POLLIN);
-  if (libc.poll(p, ms) === 0) return false;
-  libc.read(fd, new Uint8Array(8));
-  return true;
-}
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 async function eventually(what: string, ok: () => boolean): Promise<void> {
@@ -48,21 +27,8 @@ test('virtio-balloon over virtio-pci in an I/O worker: target -> config interrup
   const mem = GuestMemory.allocate([{ gpa: 0, size: 8 << 20 }]);
   const numQueues = 2;
   const vectors = 3;
-  const shared = createShared({ numQueues, vectors });
-  const ev = () => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
-  const controlFd = ev();
-  const queueFds = [ev(), ev()];
-  const irqFds = [ev(), ev(), ev()];
-  const t = new VirtioPciTransport({
-    deviceType: VirtioDeviceType.Balloon, numQueues, shared, barAddr: 0xc0000000,
-    hooks: {
-      signalWorker: () => { libc.write(controlFd, ONE); },
-      fireVector: (v) => { libc.write(irqFds[v]!, ONE); },
-      routeVector: () => {},
-      barMoved: () => true,
-      notifyQueue: (q) => { libc.write(queueFds[q]!, ONE); },
-    },
-  });
+  const rig = transportRig(VirtioDeviceType.Balloon, numQueues, vectors);
+  const { t, shared, controlFd, queueFds, irqFds } = rig;
   const events: VirtioWorkerEvent[] = [];
   const worker = new Worker(new URL('./virtio_worker.js', import.meta.url));
   const exited = new Promise<number>((r) => worker.once('exit', r));
@@ -148,7 +114,7 @@ test('virtio-balloon over virtio-pci in an I/O worker: target -> config interrup
     postCommand(words, Command.Stop);
     libc.write(controlFd, ONE);
     await exited;
-    for (const fd of [controlFd, ...queueFds, ...irqFds]) libc.close(fd);
+    rig.close();
     mem.free();
   }
 });

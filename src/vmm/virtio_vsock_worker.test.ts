@@ -13,26 +13,12 @@ import * as libc from '../sys/libc.js';
 import { GuestMemory } from '../memory/guest_memory.js';
 import { TestDriver, type BuiltChain } from '../virtio/testing/driver.js';
 import { DeviceStatus, VirtioDeviceType, VIRTIO_F_VERSION_1, VIRTIO_F_EVENT_IDX } from '../virtio/device.js';
-import { createShared, Word, Command, postCommand } from '../virtio/pci/shared.js';
-import { VirtioPciTransport, NOTIFY_OFFSET, MSIX_TABLE_OFFSET } from '../virtio/pci/transport.js';
+import { Word, Command, postCommand } from '../virtio/pci/shared.js';
+import { type VirtioPciTransport, NOTIFY_OFFSET, MSIX_TABLE_OFFSET } from '../virtio/pci/transport.js';
+import { ONE, le, rd, wr, transportRig } from './testing/transport_rig.js';
 import { Hdr, Op } from '../virtio/vsock/packet.js';
 import { decodeHeader, encodeHeader, readNow, writeSome } from '../virtio/vsock/harness.fixture.js';
 import type { VirtioWorkerData } from './virtio_protocol.js';
-
-const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
-const le = (n: number, len: number): Uint8Array => {
-  const b = new Uint8Array(len);
-  for (let i = 0; i < len; i++) b[i] = Math.floor(n / 2 ** (8 * i)) & 0xff;
-  return b;
-};
-const wr = (t: VirtioPciTransport, off: number, v: number, len: number) => t.write(off, le(v, len));
-const rd = (t: VirtioPciTransport, off: number, len: number): number => {
-  const b = new Uint8Array(len);
-  t.read(off, b);
-  let v = 0;
-  for (let i = len - 1; i >= 0; i--) v = v * 256 + b[i]!;
-  return v;
-};
 
 function findCap(t: VirtioPciTransport, id: number): number {
   const b = new Uint8Array(1);
@@ -56,21 +42,8 @@ test('virtio-vsock worker: CONNECT through the real worker, 512 KiB host->guest 
   const mem = GuestMemory.allocate([{ gpa: 0, size: 8 << 20 }]);
   const numQueues = 3;
   const vectors = 4;
-  const shared = createShared({ numQueues, vectors });
-  const ev = () => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
-  const controlFd = ev();
-  const queueFds = [ev(), ev(), ev()];
-  const irqFds = [ev(), ev(), ev(), ev()];
-  const t = new VirtioPciTransport({
-    deviceType: VirtioDeviceType.Vsock, numQueues, shared, barAddr: 0xc0000000,
-    hooks: {
-      signalWorker: () => { libc.write(controlFd, ONE); },
-      fireVector: (v) => { libc.write(irqFds[v]!, ONE); },
-      routeVector: () => {},
-      barMoved: () => true,
-      notifyQueue: (q) => { libc.write(queueFds[q]!, ONE); },
-    },
-  });
+  const rig = transportRig(VirtioDeviceType.Vsock, numQueues, vectors);
+  const { t, shared, controlFd, queueFds, irqFds } = rig;
   const worker = new Worker(new URL('./virtio_worker.js', import.meta.url));
   const exited = new Promise<number>((r) => worker.once('exit', r));
   const errors: string[] = [];

@@ -6,7 +6,7 @@
 // the image is unlocked and the guest's write is in it. Then: add and remove several times in a
 // row, a hot-added disk kept across a guest reboot (and removed after it), and bad requests;
 // a NIC added by tap fd over SCM_RIGHTS; virtio-fs, vsock and virtio-pmem added to a running guest.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -71,6 +71,19 @@ function events(file: string): Array<{ source: string; event: string; properties
   return out;
 }
 
+/** A VMM with a 1-vCPU, 256 MiB guest at its shell prompt (extra args after the defaults). */
+async function bootShell(t: TestContext, name: string, dir: string, memory = 'size=256M', extra: string[] = []): Promise<Vmm> {
+  const vmm = new Vmm(name, join(dir, 'api.sock'), [
+    '--kernel', img.bzImage, '--initramfs', img.initramfs,
+    '--cmdline', 'console=ttyS0 quiet stv.scenario=shell',
+    '--cpus', 'boot=1', '--memory', memory, '--serial', 'tty', '--console', 'off', ...extra, '-v',
+  ]);
+  t.after(() => vmm.end());
+  await waitForPing(vmm.sock, vmm.child);
+  await vmm.waitFor(/stv# /, 0, 'the guest shell prompt');
+  return vmm;
+}
+
 test('PCI hotplug: vm.add-disk into a running guest, read it, vm.remove-device (guest ejects, event, image unlocked), repeated, across a reboot, bad requests', { timeout: TIMEOUT_MS }, async (t) => {
   const dir = scratchDir('hotplug');
   t.after(() => rmSync(dir, { recursive: true, force: true }));
@@ -79,15 +92,7 @@ test('PCI hotplug: vm.add-disk into a running guest, read it, vm.remove-device (
     return { path, marker: `stv-hot-${n}`, hash: image(path, `stv-hot-${n}`) };
   });
   const evFile = join(dir, 'events.json');
-  const vmm = new Vmm('hotplug', join(dir, 'api.sock'), [
-    '--kernel', img.bzImage, '--initramfs', img.initramfs,
-    '--cmdline', 'console=ttyS0 quiet stv.scenario=shell',
-    '--cpus', 'boot=1', '--memory', 'size=256M', '--serial', 'tty', '--console', 'off',
-    '--event-monitor', `path=${evFile}`, '-v',
-  ]);
-  t.after(() => vmm.end());
-  await waitForPing(vmm.sock, vmm.child);
-  await vmm.waitFor(/stv# /, 0, 'the guest shell prompt');
+  const vmm = await bootShell(t, 'hotplug', dir, 'size=256M', ['--event-monitor', `path=${evFile}`]);
   // stvw PATH SECONDS: wait for a device node (drivers probe asynchronously).
   const defineWait = () => vmm.shell('stvw() { i=0; while [ ! -e $1 ] && [ $i -lt $2 ]; do sleep 1; i=$((i+1)); done; [ -e $1 ]; }; echo DEF""INED', /\bDEFINED\b/, 'the wait helper');
   await defineWait();
@@ -190,14 +195,7 @@ test('PCI hotplug: a NIC added by tap fd (SCM_RIGHTS, as Kata sends it) into a r
 
   const dir = scratchDir('hotplug-net');
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const vmm = new Vmm('hotplug-net', join(dir, 'api.sock'), [
-    '--kernel', img.bzImage, '--initramfs', img.initramfs,
-    '--cmdline', 'console=ttyS0 quiet stv.scenario=shell',
-    '--cpus', 'boot=1', '--memory', 'size=256M', '--serial', 'tty', '--console', 'off', '-v',
-  ]);
-  t.after(() => vmm.end());
-  await waitForPing(vmm.sock, vmm.child);
-  await vmm.waitFor(/stv# /, 0, 'the guest shell prompt');
+  const vmm = await bootShell(t, 'hotplug-net', dir);
 
   const c = await FdClient.connect(vmm.sock);
   t.after(() => c.close());
@@ -242,14 +240,7 @@ test('PCI hotplug: virtio-fs (Debian virtiofsd), vsock and virtio-pmem added to 
     readyPath: fsSock,
   });
   t.after(() => vfsd.stop());
-  const vmm = new Vmm('hotplug-fs', join(dir, 'api.sock'), [
-    '--kernel', img.bzImage, '--initramfs', img.initramfs,
-    '--cmdline', 'console=ttyS0 quiet stv.scenario=shell',
-    '--cpus', 'boot=1', '--memory', 'size=256M,shared=on', '--serial', 'tty', '--console', 'off', '-v',
-  ]);
-  t.after(() => vmm.end());
-  await waitForPing(vmm.sock, vmm.child);
-  await vmm.waitFor(/stv# /, 0, 'the guest shell prompt');
+  const vmm = await bootShell(t, 'hotplug-fs', dir, 'size=256M,shared=on');
 
   // virtio-fs: mount the hot-added tag, read the host's file, write one the host reads.
   let r = await vmm.api('PUT', 'vm.add-fs', { tag: 'hotfs', socket: fsSock, num_queues: 1, queue_size: 512 });

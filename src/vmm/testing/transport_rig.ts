@@ -1,0 +1,70 @@
+// A virtio-pci transport with real eventfds, driven from a test as a guest driver would drive it
+// (register reads and writes, MSI-X programming), for tests that run a device in the real I/O
+// worker (src/vmm/virtio_worker.ts) without a VM.
+import * as libc from '../../sys/libc.js';
+import { createShared } from '../../virtio/pci/shared.js';
+import { VirtioPciTransport } from '../../virtio/pci/transport.js';
+
+/** An eventfd's counter increment of 1. */
+export const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
+
+/** `n` as `len` little-endian bytes. */
+export function le(n: number, len: number): Uint8Array {
+  const b = new Uint8Array(len);
+  for (let i = 0; i < len; i++) b[i] = Math.floor(n / 2 ** (8 * i)) & 0xff;
+  return b;
+}
+
+/** A little-endian read of `len` bytes at BAR offset `off`. */
+export function rd(t: VirtioPciTransport, off: number, len: number): number {
+  const b = new Uint8Array(len);
+  t.read(off, b);
+  let v = 0;
+  for (let i = len - 1; i >= 0; i--) v = v * 256 + b[i]!;
+  return v;
+}
+
+/** A little-endian write of `v` (`len` bytes) at BAR offset `off`. */
+export const wr = (t: VirtioPciTransport, off: number, v: number, len: number): void => t.write(off, le(v, len));
+
+/** Wait until `fd` (an eventfd) is readable, then consume it. False on timeout. */
+export function waitEventfd(fd: number, ms: number): boolean {
+  const p = libc.pollFds(1);
+  libc.pollFdSet(p, 0, fd, libc.POLLIN);
+  if (libc.poll(p, ms) === 0) return false;
+  libc.read(fd, new Uint8Array(8));
+  return true;
+}
+
+export interface TransportRig {
+  t: VirtioPciTransport;
+  shared: SharedArrayBuffer;
+  controlFd: number;
+  queueFds: number[];
+  irqFds: number[];
+  /** Close every eventfd. */
+  close(): void;
+}
+
+/** The transport of one device with `numQueues` queues and `vectors` MSI-X vectors, its eventfds wired as the device thread wires them. */
+export function transportRig(deviceType: number, numQueues: number, vectors: number): TransportRig {
+  const shared = createShared({ numQueues, vectors });
+  const ev = () => libc.eventfd(0, libc.EFD_CLOEXEC | libc.EFD_NONBLOCK);
+  const controlFd = ev();
+  const queueFds = Array.from({ length: numQueues }, ev);
+  const irqFds = Array.from({ length: vectors }, ev);
+  const t = new VirtioPciTransport({
+    deviceType, numQueues, shared, barAddr: 0xc0000000,
+    hooks: {
+      signalWorker: () => { libc.write(controlFd, ONE); },
+      fireVector: (v) => { libc.write(irqFds[v]!, ONE); },
+      routeVector: () => {},
+      barMoved: () => true,
+      notifyQueue: (q) => { libc.write(queueFds[q]!, ONE); },
+    },
+  });
+  return {
+    t, shared, controlFd, queueFds, irqFds,
+    close: () => { for (const fd of [controlFd, ...queueFds, ...irqFds]) { try { libc.close(fd); } catch { /* closed */ } } },
+  };
+}
