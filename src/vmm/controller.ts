@@ -357,7 +357,8 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
       at = await this.vm.addDevice(device);
     } catch (e) {
       if (e instanceof ApiError) throw e;
-      throw new ApiError(e instanceof VirtioConfigError ? 400 : 500, e instanceof VirtioConfigError ? 'BadRequest' : 'Internal', `cannot add ${what}: ${(e as Error).message}`);
+      const status = !(e instanceof VirtioConfigError) ? 500 : /already in use/.test(e.message) ? 409 : 400;
+      throw new ApiError(status, status === 500 ? 'Internal' : 'BadRequest', `cannot add ${what}: ${(e as Error).message}`);
     }
     this.config = this.vm.config;
     // Kata parses "bdf" as segment:bus:device.function (bus 00, function 0).
@@ -375,16 +376,19 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
       const disks = (cfg.disks ?? []).filter((d, i) => (d.id ?? `_disk${i}`) !== id);
       const net = (cfg.net ?? []).filter((n, i) => (n.id ?? `_net${i}`) !== id);
       if (disks.length === (cfg.disks ?? []).length && net.length === (cfg.net ?? []).length) throw new ApiError(404, 'BadRequest', `cannot remove device: no disk or network device '${id}'`);
+      // Tap fds sent with its vm.add-net / vm.create belong to the entry that goes.
+      for (const n of (cfg.net ?? []).filter((x) => !net.includes(x))) for (const fd of n.fds ?? []) { try { libc.close(fd); } catch { /* already closed */ } }
       this.config = { ...cfg, ...(cfg.disks ? { disks } : {}), ...(cfg.net ? { net } : {}) };
       return;
     }
     const vm = this.vm!;
-    if (vm.ejectPending(id)) throw new ApiError(409, 'BadRequest', `cannot remove device '${id}': its removal is already under way (the guest has not ejected it yet)`);
+    // A removal under way is asked for again (the guest is notified again), as CH answers 204.
+    if (vm.ejectPending(id)) this.log(`${id}: removal requested again (the guest has not ejected it yet)`);
     try {
       await vm.requestEject(id);
     } catch (e) {
       const m = (e as Error).message;
-      const status = /^no device/.test(m) ? 404 : /virtio-pmem device/.test(m) ? 400 : 500;
+      const status = /^no device/.test(m) ? 404 : /virtio-pmem device|cannot be removed/.test(m) ? 400 : 500;
       throw new ApiError(status, status === 500 ? 'Internal' : 'BadRequest', `cannot remove device: ${m}`);
     }
   }

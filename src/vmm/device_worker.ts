@@ -77,6 +77,7 @@ function start(data: DeviceWorkerData): void {
   const hotplug = new PciHotplugController((data.pciSegments ?? pciSegmentLayouts(1)).length, (segment, slot) => {
     const d = pci.at(segment, slot);
     if (d === null) { logPci(`PCI hotplug: eject of empty slot ${segment.toString(16).padStart(4, '0')}:00:${slot.toString(16).padStart(2, '0')}.0 ignored`); return; }
+    if (!d.removable) { process.stderr.write(`stratovisor: ${d.id}: the guest's eject refused (this device cannot be removed; it stays on the bus)\n`); return; }
     pci.remove(d.id);
     logPci(`${d.id}: ejected by the guest`);
     post({ type: 'ejected', id: d.id });
@@ -85,7 +86,10 @@ function start(data: DeviceWorkerData): void {
   function serveHotplug(): void {
     const m = data.hotplugPort ? receiveMessageOnPort(data.hotplugPort) : undefined;
     if (m === undefined) throw new Error('no hotplug request came with the doorbell');
-    const req = m.message as HotplugRequest;
+    let req = m.message as HotplugRequest;
+    // Requests whose answer the main thread stopped waiting for are dropped: this doorbell's is the last one.
+    for (let next = receiveMessageOnPort(data.hotplugPort!); next !== undefined; next = receiveMessageOnPort(data.hotplugPort!)) req = next.message as HotplugRequest;
+    if (req.seq !== controlSeq) throw new Error(`hotplug request ${req.seq} does not match the doorbell's ${controlSeq}`);
     if (req.type === 'add') {
       pci.add(req.device);
       hotplug.inserted(req.device.segment ?? 0, req.device.slot);

@@ -25,6 +25,11 @@ export interface VirtioPciInit {
   /** GSI of each MSI-X vector (irqFds[v] is registered on gsis[v]). */
   gsis: number[];
   controlFd: number;
+  /**
+   * Whether the guest may eject it (ACPI _EJ0): disks, NICs, virtio-fs and vsock. Others stay
+   * (a virtio-pmem file is mapped into guest memory; console, rng and balloon are part of the VM).
+   */
+  removable: boolean;
 }
 
 const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);

@@ -74,8 +74,8 @@ export interface DeviceWorkerData {
 
 /** The payload of DeviceControlOp.HotplugAdd / HotplugRemove. */
 export type HotplugRequest =
-  | { type: 'add'; device: VirtioPciInit }
-  | { type: 'remove'; id: string };
+  | { type: 'add'; seq: number; device: VirtioPciInit }
+  | { type: 'remove'; seq: number; id: string };
 
 /**
  * Requests to the device thread, which never waits for messages (it sleeps on the doorbell):

@@ -128,7 +128,11 @@ test('hotplug host side: the lowest free device number; a full bus, a missing im
     assert.equal(at.slot, base + 1, 'the next device number');
     assert.throws(() => m.openHotplug(c, { kind: 'disk', config: { ...c.disks![0]!, path: join(dir, 'hp-missing.img'), id: 'x' } }), /hp-missing\.img' does not exist/);
     assert.throws(() => m.openHotplug(c, { kind: 'disk', config: { ...c.disks![0]!, path: image('hp-1.img', 1 << 20), id: 'y' } }), /locked by another process/);
+    assert.throws(() => m.openHotplug(c, { kind: 'disk', config: { ...c.disks![0]!, path: image('hp-dup.img'), id: '_disk0' } }), /identifier '_disk0' is already in use/);
+    assert.throws(() => m.openHotplug(c, { kind: 'disk', config: { ...c.disks![0]!, path: image('hp-io.img'), id: 'io', iothread: 'fast' } }), /iothread: a hot-added device gets an I\/O thread of its own/);
+    assert.throws(() => m.openHotplug(c, { kind: 'disk', config: { ...c.disks![0]!, path: image('hp-g.img'), id: 'g', rate_limit_group: 'g0' } }), /rate_limit_group/);
     assert.equal(m.count, base + 1, 'refused devices leave nothing behind');
+    assert.equal(m.placement(first)!.removable, true);
     // Fill bus 0 (device numbers 1..31), then one more.
     const ids: string[] = [];
     const paths = new Map<string, string>();

@@ -74,6 +74,10 @@ interface HostDevice {
   segment?: number;
   /** Device number on the segment's bus 0, fixed once placed (a later boot keeps it). */
   slot?: number;
+  /** Opened for a hot-add that has not completed: a guest run started meanwhile leaves it out. */
+  pending?: boolean;
+  /** remove() is under way. */
+  removing?: boolean;
   spec: VirtioDeviceSpec;
   /** The I/O thread's name (config iothread=): "" is the VM's shared I/O thread. */
   iothread: string;
@@ -108,6 +112,8 @@ interface RunDevice {
   gsis: number[];
   counters: Float64Array;
   counterNames: string[];
+  /** Its eventfds are closed and its GSIs given back (release() ran). */
+  released?: boolean;
 }
 
 /** One I/O thread of a guest run and the devices it serves. */
@@ -139,6 +145,11 @@ export interface VirtioStopResult {
   stuck: string[];
   /** Resolves when every such thread has exited (at once when there is none). */
   allExited: Promise<void>;
+}
+
+/** Devices the guest may eject and vm.remove-device may take out (see VirtioPciInit.removable). */
+function removable(h: HostDevice): boolean {
+  return h.spec.kind === 'block' || h.spec.kind === 'net' || h.spec.kind === 'fs' || h.spec.kind === 'vsock';
 }
 
 function threadLabel(t: RunThread): string {
@@ -555,6 +566,8 @@ export class VirtioManager {
    */
   start(vm: Vm, mem: GuestMemory, onError: (m: string) => void, restore?: ReadonlyMap<string, VirtioDeviceState>): VirtioPciInit[] {
     const placements = this.place();
+    // A hot-add still under way belongs to the run it started in, not to this one.
+    const live = this.devices.map((h, i) => ({ h, p: placements[i]! })).filter(({ h }) => h.pending !== true);
     if (restore !== undefined) {
       const ids = new Set(this.devices.map((h) => h.id));
       for (const id of restore.keys()) if (!ids.has(id)) throw new VirtioConfigError(`the saved state has virtio device '${id}', which this VM does not have`);
@@ -567,14 +580,14 @@ export class VirtioManager {
     this.onError = onError;
     const byName = new Map<string, RunThread>();
     try {
-      this.devices.forEach((h, i) => {
+      for (const { h, p } of live) {
         let t = byName.get(h.iothread);
         if (t === undefined) {
           t = this.newThread(h.iothread);
           byName.set(h.iothread, t);
         }
-        inits.push(this.prepare(vm, h, t, placements[i]!));
-      });
+        inits.push(this.prepare(vm, h, t, p));
+      }
       for (const t of this.threads) this.spawn(t, restore);
     } catch (e) {
       this.abort(vm);
@@ -614,6 +627,7 @@ export class VirtioManager {
       id: h.id, deviceType: h.deviceType, numQueues: h.numQueues,
       segment: p.segment, slot: p.slot, barAddr: p.barAddr,
       shared, queueFds: r.queueFds, irqFds: r.irqFds, gsis: r.gsis, controlFd: t.controlFd,
+      removable: removable(h),
     };
   }
 
@@ -650,6 +664,11 @@ export class VirtioManager {
   openHotplug(cfg: VmConfig, device: HotplugDevice): string {
     const before = this.devices.length;
     const taken = new Set(this.devices.map((h) => h.id));
+    const asked = device.config.id;
+    if (asked !== undefined && taken.has(asked)) throw new VirtioConfigError(`identifier '${asked}' is already in use`);
+    // A hot-added device gets an I/O thread of its own (the running threads' device sets are fixed).
+    if (device.kind === 'disk' && device.config.rate_limit_group !== undefined) throw new VirtioConfigError('rate_limit_group: a hot-added disk cannot join a rate limit group yet (its limiter lives in the running I/O thread)');
+    if ('iothread' in device.config && device.config.iothread !== undefined) throw new VirtioConfigError('iothread: a hot-added device gets an I/O thread of its own');
     let index = 0;
     while (taken.has(`_${device.kind}${index}`)) index++;
     try {
@@ -677,13 +696,20 @@ export class VirtioManager {
       this.closeDevices(this.devices.splice(before));
       throw e;
     }
+    this.devices[before]!.pending = true;
     return this.devices[before]!.id;
   }
 
-  /** The device `id`'s PCI address, once placed (segment, slot), and whether it maps memory into the guest (virtio-pmem). */
-  placement(id: string): { segment: number; slot: number; mapsMemory: boolean } | undefined {
+  /** The hot-add of `id` completed: later guest runs start it with the others. */
+  commitHotplug(id: string): void {
     const h = this.devices.find((d) => d.id === id);
-    return h?.slot === undefined ? undefined : { segment: h.segment ?? 0, slot: h.slot, mapsMemory: h.memory !== undefined };
+    if (h !== undefined) delete h.pending;
+  }
+
+  /** The device `id`'s PCI address, once placed (segment, slot), whether it maps memory into the guest (virtio-pmem) and whether it may be removed. */
+  placement(id: string): { segment: number; slot: number; mapsMemory: boolean; removable: boolean } | undefined {
+    const h = this.devices.find((d) => d.id === id);
+    return h?.slot === undefined ? undefined : { segment: h.segment ?? 0, slot: h.slot, mapsMemory: h.memory !== undefined, removable: removable(h) };
   }
 
   /**
@@ -716,6 +742,8 @@ export class VirtioManager {
 
   private dropThread(vm: Vm, t: RunThread): void {
     if (t.worker && !t.done) void t.worker.terminate();
+    // A stop() since has taken the thread (and released what it had): nothing more to close.
+    if (!this.threads.includes(t)) return;
     for (const r of t.devices) this.release(vm, r);
     if (t.controlFd >= 0) { try { libc.close(t.controlFd); } catch { /* closed */ } }
     this.threads = this.threads.filter((x) => x !== t);
@@ -727,27 +755,45 @@ export class VirtioManager {
    * resources are closed (the image unlocked). False if there is no such device.
    */
   async remove(vm: Vm | null, id: string, timeoutMs = 5000): Promise<boolean> {
-    const i = this.devices.findIndex((h) => h.id === id);
-    if (i < 0) return false;
-    const h = this.devices[i]!;
+    const h = this.devices.find((d) => d.id === id);
+    if (h === undefined || h.removing === true) return false;
+    h.removing = true;
     const t = this.threads.find((x) => x.devices.some((r) => r.host === h));
+    let stuck = false;
     if (t !== undefined) {
       const r = t.devices.find((x) => x.host === h)!;
       if (!t.done) {
-        const stopped = new Promise<void>((res) => { t.stopWaiters.set(id, res); });
+        const st = { stopped: false };
+        const stop = new Promise<void>((res) => { t.stopWaiters.set(id, () => { st.stopped = true; res(); }); });
         postCommand(r.words, Command.Stop);
         try { libc.write(t.controlFd, ONE); } catch { /* the thread is gone */ }
-        await Promise.race([stopped, t.exited, sleep(timeoutMs)]);
+        await Promise.race([stop, t.exited, sleep(timeoutMs)]);
         t.stopWaiters.delete(id);
+        // (t.done is set by the exit handler meanwhile.)
+        stuck = !st.stopped && !(t as { done?: boolean }).done;
       }
-      t.devices = t.devices.filter((x) => x !== r);
-      if (vm !== null) this.release(vm, r);
-      if (t.devices.length === 0) {
-        await Promise.race([t.exited, sleep(timeoutMs)]);
-        if (vm !== null) this.dropThread(vm, t);
+      if (stuck) {
+        // Still inside a call on this device's fds (a read from a hung image): they are closed
+        // when the thread exits, never reused under it (as stop() does).
+        h.stuckCount = (h.stuckCount ?? 0) + 1;
+        (h.stuck ??= []).push(t.exited);
+        this.log(`${id}: its I/O thread did not stop serving it within ${timeoutMs} ms; its fds stay open until that thread exits`);
+        if (vm !== null) {
+          const gone = t.exited;
+          void gone.then(() => { if (this.threads.includes(t)) this.release(vm, r); });
+        }
+      } else {
+        t.devices = t.devices.filter((x) => x !== r);
+        if (vm !== null && this.threads.includes(t)) this.release(vm, r);
+        if (t.devices.length === 0) {
+          await Promise.race([t.exited, sleep(timeoutMs)]);
+          if (vm !== null && this.threads.includes(t)) this.dropThread(vm, t);
+        }
       }
     }
-    this.devices.splice(i, 1);
+    // The index after the awaits: another removal may have changed the list meanwhile.
+    const j = this.devices.indexOf(h);
+    if (j >= 0) this.devices.splice(j, 1);
     this.closeDevices([h]);
     return true;
   }
@@ -850,6 +896,8 @@ export class VirtioManager {
   }
 
   private release(vm: Vm, r: RunDevice): void {
+    if (r.released === true) return;
+    r.released = true;
     r.irqFds.forEach((fd, v) => {
       try { vm.unregisterIrqfd(fd, r.gsis[v]!); } catch { /* the VM goes away next */ }
       libc.close(fd);

@@ -92,6 +92,8 @@ interface Running {
   answerRestore: (e: DeviceEvent) => void;
   /** Hotplug requests to the device thread (protocol.ts HotplugRequest). */
   hotplugPort: MessagePort;
+  /** The DeviceControl request in flight: the next one waits for it. */
+  controlChain: Promise<void>;
   /** Devices whose eject the guest was asked for (vm.remove-device), not ejected yet. */
   ejectsPending: Set<string>;
 }
@@ -109,6 +111,9 @@ export interface GuestRestore {
 }
 
 type KernelKind = 'bzImage' | 'elf';
+
+/** A hotplug request without its sequence number (deviceControl adds it). */
+type HotplugPayload = { type: 'add'; device: VirtioPciInit } | { type: 'remove'; id: string };
 
 /**
  * Open a file the user named (kept open, read with pread into guest RAM at each boot), turning
@@ -438,7 +443,7 @@ export class VirtualMachine extends EventEmitter {
       vm, mem: mem!, vcpus, vcpuWorkers: [], deviceWorker, shared, runState: new Int32Array(runStateSab),
       serialIrqfd, gedIrqfd, serialFd, ownsSerialFd, stopping: false, vcpuExited, deviceExited, stopped: null,
       control: new Int32Array(controlSab), controlWaiters: new Map(), parked: new Map(), restored, answerRestore: onRestored,
-      hotplugPort: hotplug.port1, ejectsPending: new Set(),
+      hotplugPort: hotplug.port1, ejectsPending: new Set(), controlChain: Promise.resolve(),
     };
     runRef = run;
     this.run = run;
@@ -641,13 +646,22 @@ export class VirtualMachine extends EventEmitter {
       await this.virtio.remove(run.vm, id);
       throw e;
     }
-    run.hotplugPort.postMessage({ type: 'add', device: init } satisfies HotplugRequest);
-    const e = await this.deviceControl(run, DeviceControlOp.HotplugAdd).catch((err: Error) => ({ type: 'state-error' as const, seq: 0, message: err.message }));
-    if (e.type !== 'done') {
+    if (this.run !== run || run.stopping) {
+      // The guest stopped or rebooted meanwhile (its run released the device's thread).
       unmapMemory();
-      await this.virtio.remove(run.vm, id);
+      await this.virtio.remove(null, id);
+      throw new VmError(`cannot hot-plug ${id}: the guest stopped or rebooted meanwhile`);
+    }
+    const e = await this.deviceControl(run, DeviceControlOp.HotplugAdd, { type: 'add', device: init }).catch((err: Error) => ({ type: 'state-error' as const, seq: 0, message: err.message }));
+    if (e.type !== 'done') {
+      // A device thread that did not answer in time may still put the device on the bus: the
+      // VM cannot go on with a device half there.
+      if (e.type === 'state-error' && /did not answer/.test(e.message)) this.fail(run, `hot-plugging ${id}: ${e.message}`);
+      unmapMemory();
+      await this.virtio.remove(this.run === run ? run.vm : null, id);
       throw new VmError(`cannot put ${id} on its PCI bus: ${e.type === 'state-error' ? e.message : 'unexpected answer'}`);
     }
+    this.virtio.commitHotplug(id);
     return { segment: init.segment ?? 0, slot: init.slot };
   }
 
@@ -662,8 +676,8 @@ export class VirtualMachine extends EventEmitter {
     if (p === undefined) throw new VmError(`no device '${id}'`);
     // Its file stays mapped into guest physical memory (a memory slot) for the VM's life.
     if (p.mapsMemory) throw new VmError(`'${id}' is a virtio-pmem device: removing one from a running VM is not supported`);
-    run.hotplugPort.postMessage({ type: 'remove', id } satisfies HotplugRequest);
-    const e = await this.deviceControl(run, DeviceControlOp.HotplugRemove);
+    if (!p.removable) throw new VmError(`'${id}' cannot be removed from a running VM (only disks, network, virtio-fs and vsock devices can)`);
+    const e = await this.deviceControl(run, DeviceControlOp.HotplugRemove, { type: 'remove', id });
     if (e.type !== 'done') throw new VmError(`cannot remove ${id}: ${e.type === 'state-error' ? e.message : 'unexpected answer'}`);
     run.ejectsPending.add(id);
   }
@@ -675,8 +689,9 @@ export class VirtualMachine extends EventEmitter {
 
   /** The guest ejected `id` (it is off its bus): its I/O, eventfds and host files go, then 'device-removed'. */
   private async deviceEjected(run: Running, id: string): Promise<void> {
+    // Stopping: the stop removes it with the other pending ejects (doStopGuest).
+    if (run.stopping) { run.ejectsPending.add(id); return; }
     run.ejectsPending.delete(id);
-    if (run.stopping) return;
     try {
       await this.virtio.remove(run.vm, id);
     } catch (e) {
@@ -687,10 +702,21 @@ export class VirtualMachine extends EventEmitter {
     this.emit('device-removed', id);
   }
 
-  /** One DeviceControl request to the device thread; its answer, or a VmError after DEVICE_STOP_MS. */
-  private deviceControl(run: Running, op: number): Promise<DeviceEvent> {
+  /**
+   * One DeviceControl request to the device thread; its answer, or a VmError after DEVICE_STOP_MS.
+   * Requests go one at a time (one Op/Seq slot); `hotplug` is the request's message on the
+   * hotplug port, posted with its sequence number before the doorbell rings.
+   */
+  private deviceControl(run: Running, op: number, hotplug?: HotplugPayload): Promise<DeviceEvent> {
+    const next = run.controlChain.then(() => this.deviceControlNow(run, op, hotplug));
+    run.controlChain = next.then(() => undefined, () => undefined);
+    return next;
+  }
+
+  private deviceControlNow(run: Running, op: number, hotplug?: HotplugPayload): Promise<DeviceEvent> {
     return new Promise((resolve, reject) => {
       const seq = (Atomics.load(run.control, DeviceControl.Seq) + 1) | 0;
+      if (hotplug !== undefined) run.hotplugPort.postMessage({ ...hotplug, seq } as HotplugRequest);
       const timer = setTimeout(() => {
         run.controlWaiters.delete(seq);
         reject(new VmError(`the device thread did not answer within ${DEVICE_STOP_MS} ms`));

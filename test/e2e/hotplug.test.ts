@@ -165,6 +165,14 @@ test('PCI hotplug: vm.add-disk into a running guest, read it, vm.remove-device (
   assert.equal(r.status, 404, r.text);
   assert.equal(unlocked(disks[0]!.path), true, 'a refused add leaves its image unlocked');
 
+  // 3b. The guest ejects a disk on its own (the slot's power off in sysfs): it goes as if asked.
+  const own = await addAndRead(disks[0]!, 'own');
+  const sun = parseInt(own.slice(-4, -2), 16);
+  const before = removedCount();
+  await vmm.shell(`echo 0 > /sys/bus/pci/slots/${sun}/power; echo EJ""ECTED`, /\bEJECTED\b/, 'the guest ejecting its disk');
+  await waitRemoved(before + 1, 'the guest\'s own eject');
+  assert.equal(unlocked(disks[0]!.path), true, 'the image is unlocked after the guest\'s own eject');
+
   // 4. Across a guest reboot the hot-added disk is still there (it is in the configuration),
   //    then it is removed from the rebooted guest.
   const mark = vmm.out.length;
@@ -173,7 +181,7 @@ test('PCI hotplug: vm.add-disk into a running guest, read it, vm.remove-device (
   await defineWait();
   const o = await vmm.shellOutput('stvw /dev/vda 30 && echo "VDA $(head -c 16 /dev/vda)" || echo "NO""VDA"; echo BO""OTED', /\bBOOTED\b/, 'the disk after the reboot');
   assert.match(o.text, new RegExp(`VDA ${disks[2]!.marker}`), `the hot-added disk is there after the reboot\n${vmm.explain()}`);
-  await removeAndCheck(disks[2]!, 'keep', 4);
+  await removeAndCheck(disks[2]!, 'keep', 5);
 
   await vmm.shell('poweroff', /@@stv:poweroff@@/, 'the guest powered off');
   await vmm.api('PUT', 'vmm.shutdown').catch(() => undefined);
