@@ -134,10 +134,10 @@ async function main() {
     add(countRunnerFailure(c));
     if (kvmUnit.length) {
       log(`unit-kvm: ${kvmMode.reason}; ${kvmUnit.length} KVM unit test files run inside scripts/kvm-sandbox (its nested KVM)`);
-      // Its tests take seconds each (the longest ~6 s in the sandbox): a sandbox silent for 2
+      // Its tests take seconds each (the longest ~6 s in the sandbox): a sandbox silent for 3
       // minutes has locked up (seen in about every other first run, after the irqchip tests), so
       // it is retried sooner than an e2e file would be.
-      add(countRunnerFailure(await inSandbox('unit-kvm', kvmUnit, env, process.env.STV_SANDBOX_IDLE_TIMEOUT ?? '120')));
+      add(countRunnerFailure(await inSandbox('unit-kvm', kvmUnit, env, process.env.STV_SANDBOX_IDLE_TIMEOUT ?? '180')));
     }
   }
   if (only !== 'unit') {
