@@ -153,12 +153,13 @@ test('PCI hotplug: vm.add-disk into a running guest, read it, vm.remove-device (
   await removeAndCheck(disks[1]!, 'hot1', 3);
 
   // 2b. The guest ejects a disk on its own (the slot's power off in sysfs): it goes as if asked.
-  const own = await addAndRead(disks[0]!, 'own');
+  // (disks[1]: disks[0] holds the guest's write of step 1 now, so its first MiB changed.)
+  const own = await addAndRead(disks[1]!, 'own');
   const sun = parseInt(own.slice(-4, -2), 16);
   const before = removedCount();
   await vmm.shell(`echo 0 > /sys/bus/pci/slots/${sun}/power; echo EJ""ECTED`, /\bEJECTED\b/, 'the guest ejecting its disk');
   await waitRemoved(before + 1, 'the guest\'s own eject');
-  assert.equal(unlocked(disks[0]!.path), true, 'the image is unlocked after the guest\'s own eject');
+  assert.equal(unlocked(disks[1]!.path), true, 'the image is unlocked after the guest\'s own eject');
 
   // 3. Bad requests: a missing image, an id or image in use, an unknown id, a body without id.
   let r = await vmm.api('PUT', 'vm.add-disk', { path: join(dir, 'missing.raw') });
