@@ -15,32 +15,8 @@ import { createShared, Word, Command, postCommand } from '../virtio/pci/shared.j
 import { VirtioPciTransport, NOTIFY_OFFSET, MSIX_TABLE_OFFSET, DEVICE_CFG_OFFSET } from '../virtio/pci/transport.js';
 import { PciRoot, PciConfigIo } from '../pci/bus.js';
 import type { VirtioWorkerData, VirtioWorkerEvent } from './virtio_protocol.js';
+import { ONE, le, rd, wr, waitEventfd } from './testing/transport_rig.js';
 import { mulberry32, seedFromEnv } from '../testing/prng.js';
-
-const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
-
-function le(n: number, len: number): Uint8Array {
-  const b = new Uint8Array(len);
-  for (let i = 0; i < len; i++) b[i] = Number((BigInt(n) >> BigInt(8 * i)) & 0xffn);
-  return b;
-}
-function rd(t: VirtioPciTransport, off: number, len: number): number {
-  const b = new Uint8Array(len);
-  t.read(off, b);
-  let v = 0;
-  for (let i = len - 1; i >= 0; i--) v = v * 256 + b[i]!;
-  return v;
-}
-const wr = (t: VirtioPciTransport, off: number, v: number, len: number) => t.write(off, le(v, len));
-
-/** Wait until `fd` (an eventfd) is readable, then consume it. False on timeout. */
-function waitEventfd(fd: number, ms: number): boolean {
-  const p = libc.pollFds(1);
-  libc.pollFdSet(p, 0, fd, libc.POLLIN);
-  if (libc.poll(p, ms) === 0) return false;
-  libc.read(fd, new Uint8Array(8));
-  return true;
-}
 
 async function setup() {
   const mem = GuestMemory.allocate([{ gpa: 0, size: 4 << 20 }]);
