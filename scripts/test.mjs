@@ -15,6 +15,7 @@ import { ensureNodeModules, build, log } from './lib/setup.mjs';
 import { ensurePackages } from './lib/deps.mjs';
 import { spawnWait, hostFacts, chooseSandboxMode } from './lib/sandbox.mjs';
 import { tapCounts, tapFailures } from './lib/tap.mjs';
+import { runSandboxJobs } from './lib/run-files.mjs';
 
 /** Debian packages the browser tests need on the host (the sandbox runs this machine's /): the
  * console page's unit test (src/console/page.test.ts) and the console e2e file. */
@@ -85,32 +86,24 @@ async function main() {
   };
   const failures = [];
 
-  // One sandbox boot per file, one guest at a time (the sandbox has 2 vCPUs), so that a sandbox
-  // that dies (its L1 kernel has panicked under TCG's SVM emulation) costs one file. Limits per
-  // file: 20 minutes in all, and 6 minutes without any output (the reporter prints each test as it
-  // ends; the longest takes ~100 s): a sandbox whose CPUs are stuck in an inner guest prints
-  // nothing, and is then killed with its CPU state saved.
-  const fileTimeoutS = process.env.STV_SANDBOX_TIMEOUT ?? '1200';
-  const idleTimeoutS = process.env.STV_SANDBOX_IDLE_TIMEOUT ?? '360';
+  // Sandbox jobs (the KVM unit tests when the host has no hardware KVM, then each e2e file), one
+  // guest at a time (the sandbox has 2 vCPUs), all in ONE sandbox boot by default
+  // (scripts/lib/run-files.mjs runs them one after another; STV_E2E_BATCH=0: one boot per job, as
+  // before). When the sandbox dies (its L1 kernel panicked or locked up under TCG's SVM emulation)
+  // a fresh one goes on where it stopped, so a death costs the job it was in. Limits per job: 20
+  // minutes in all (STV_SANDBOX_TIMEOUT), and 6 minutes without any output (the reporter prints
+  // each test as it ends; the longest takes ~100 s): a sandbox whose CPUs are stuck in an inner
+  // guest prints nothing, and is then killed with its CPU state saved.
+  const fileTimeoutS = Number(process.env.STV_SANDBOX_TIMEOUT ?? 1200);
+  const idleTimeoutS = Number(process.env.STV_SANDBOX_IDLE_TIMEOUT ?? 360);
   const sandboxRetries = Number(process.env.STV_E2E_SANDBOX_RETRIES ?? 2);
-  const inSandbox = async (name, files, fileEnv, idleS = idleTimeoutS) => {
-    const run = () => runNodeTests(name, files, { sandbox: true, env: { ...fileEnv, STV_SANDBOX_TIMEOUT: fileTimeoutS, STV_SANDBOX_IDLE_TIMEOUT: idleS }, concurrency: 1 });
-    const t0 = Date.now();
-    let c = await run();
-    let attempts = 1;
-    for (let attempt = 1; attempt <= sandboxRetries && c.sandboxFailed && c.fail === 0; attempt++) {
-      // The sandbox itself failed (125) or was killed for time (124) and no test had failed:
-      // the infrastructure, not a test. Start the file again in a fresh sandbox; the failed
-      // sandbox's console stays where kvm-sandbox printed it. Failing every time counts.
-      log(`${name}: the sandbox failed (status ${c.status}) with no failing test reported; running this file again in a fresh sandbox (retry ${attempt} of ${sandboxRetries})`);
-      c = await run();
-      attempts++;
-    }
-    c.ms = Date.now() - t0;
-    c.attempts = attempts;
-    return c;
+  const batch = process.env.STV_E2E_BATCH !== '0';
+  const jobs = [];
+  const job = (label, files, jobEnv, idleS = idleTimeoutS) => {
+    const args = ['--test-concurrency=1'];
+    if (process.env.STV_TEST_NAME) args.push(`--test-name-pattern=${process.env.STV_TEST_NAME}`);
+    jobs.push({ label, files: files.map((f) => relative(REPO, f)), env: jobEnv, args, idleS });
   };
-
   if (only !== 'e2e') {
     const unit = [
       ...findTests(join(REPO, 'dist', 'src'), /\.test\.js$/),
@@ -137,7 +130,7 @@ async function main() {
       // Its tests take seconds each (the longest ~6 s in the sandbox): a sandbox silent for 3
       // minutes has locked up (seen in about every other first run, after the irqchip tests), so
       // it is retried sooner than an e2e file would be.
-      add(countRunnerFailure(await inSandbox('unit-kvm', kvmUnit, env, process.env.STV_SANDBOX_IDLE_TIMEOUT ?? '180')));
+      job('unit-kvm', kvmUnit, env, Number(process.env.STV_SANDBOX_IDLE_TIMEOUT ?? 180));
     }
   }
   if (only !== 'unit') {
@@ -145,15 +138,24 @@ async function main() {
     const e2e = findTests(join(REPO, 'dist', 'test', 'e2e'), /\.test\.js$/).filter((f) => !filter || filter.test(f));
     // The web console's e2e file drives the page in Debian's headless Chromium (never a downloaded browser).
     if (e2e.some((f) => basename(f) === 'console.test.js')) ensurePackages(E2E_PACKAGES, { log });
-    for (const file of e2e) add(countRunnerFailure(await inSandbox(`e2e-${basename(file, '.test.js')}`, [file], env)));
+    for (const file of e2e) job(`e2e-${basename(file, '.test.js')}`, [file], env);
     // The same boot and virtio files with each further guest kernel, their consoles under
     // .cache/e2e-logs/linux-<kernel>/.
     const again = new RegExp(process.env.STV_E2E_KERNEL_FILTER ?? '^(boot|virtio)\\.test\\.js$');
     for (const kernel of kernels.slice(1)) {
       const kenv = { ...imagesOf(kernel), STV_E2E_LOG_SUBDIR: `linux-${kernel}` };
       for (const file of e2e.filter((f) => again.test(basename(f)) && !/qemu/.test(basename(f)))) {
-        add(countRunnerFailure(await inSandbox(`e2e-${basename(file, '.test.js')}@linux-${kernel}`, [file], kenv)));
+        job(`e2e-${basename(file, '.test.js')}@linux-${kernel}`, [file], kenv);
       }
+    }
+  }
+  if (jobs.length) {
+    const groups = batch ? [jobs] : jobs.map((j) => [j]);
+    const results = join(CACHE, 'test-results', basename(REPO));
+    for (const g of groups) {
+      const run = (argv, runEnv) => spawnWait(join(REPO, 'scripts', 'kvm-sandbox'), argv, { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, ...runEnv } });
+      const done = await runSandboxJobs(g, { results, fileTimeoutS, idleTimeoutS, retries: sandboxRetries, run, tap: { counts: tapCounts, failures: tapFailures }, log });
+      for (const c of done) add(countRunnerFailure(c));
     }
   }
   const fmtS = (ms) => `${(ms / 1000).toFixed(0)} s`;

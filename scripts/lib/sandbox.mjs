@@ -225,12 +225,25 @@ async function runSandboxQemu(bin, args, { interactive, timeoutS, idleS, monitor
         }, 5000);
       }
       if (idleS > 0) {
+        // A command that runs several jobs (scripts/lib/run-files.mjs) announces each one's own
+        // limit on silence with a line "@@kvm-sandbox:idle=N@@"; the last one counts from then on.
+        let limitS = idleS;
+        let recent = '';
         const armIdle = () => {
           clearTimeout(idle);
-          if (!stopped) idle = setTimeout(() => stop('idle'), idleS * 1000);
+          if (!stopped) idle = setTimeout(() => stop('idle'), limitS * 1000);
         };
         armIdle();
-        child.stdout.on('data', (b) => { process.stdout.write(b); armIdle(); });
+        child.stdout.on('data', (b) => {
+          process.stdout.write(b);
+          recent = (recent + b.toString('latin1')).slice(-256);
+          const marks = [...recent.matchAll(IDLE_MARK)];
+          if (marks.length) {
+            limitS = Number(marks[marks.length - 1][1]) || idleS;
+            recent = recent.slice(recent.lastIndexOf('@@kvm-sandbox:idle=') + 1);
+          }
+          armIdle();
+        });
       }
     },
   });
@@ -239,6 +252,8 @@ async function runSandboxQemu(bin, args, { interactive, timeoutS, idleS, monitor
   clearInterval(watch);
   return { status, stopped };
 }
+
+const IDLE_MARK = /@@kvm-sandbox:idle=(\d+)@@/g;
 
 /**
  * Whether the sandbox kernel's console shows a CPU stuck for good: a soft lockup reported again

@@ -1,0 +1,170 @@
+#!/usr/bin/env node
+// Runs a list of node --test jobs one after another in one process tree: what scripts/test.mjs
+// starts inside one sandbox boot, instead of one boot per e2e file. Usage:
+//   node scripts/lib/run-files.mjs MANIFEST.json
+// The manifest ({ results, fileTimeoutS, jobs: [{ label, files, env, args, idleS }] }) names a
+// results folder where each job leaves `<label>.tap` (its TAP), `<label>.started` (one line per
+// attempt) and, once it has ended, `<label>.done` ({ status, ms, timedOut }). Jobs already done are
+// skipped, so the same manifest run again in a fresh sandbox (after the last one died) goes on
+// where it stopped. Each job gets its own TMPDIR, removed afterwards with whatever its tests left
+// there (the sandbox's TMPDIR is a tmpfs in its RAM), and its process group is killed when it ends,
+// so nothing one file started outlives it into the next.
+import { spawn } from 'node:child_process';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+/** Tells scripts/lib/sandbox.mjs (reading our stdout) how long this job may stay silent. */
+export const IDLE_MARKER = (s) => `@@kvm-sandbox:idle=${s}@@`;
+
+export function jobPaths(results, label) {
+  return {
+    tap: join(results, `${label}.tap`),
+    started: join(results, `${label}.started`),
+    done: join(results, `${label}.done`),
+  };
+}
+
+/** node --test's arguments for one job: spec on stdout, TAP into the job's file. */
+export function nodeTestArgs(job, tap) {
+  return [
+    '--test', '--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=tap', `--test-reporter-destination=${tap}`,
+    ...(job.args ?? []), ...job.files,
+  ];
+}
+
+function runJob(job, { results, fileTimeoutS, tmpRoot }) {
+  const p = jobPaths(results, job.label);
+  rmSync(p.tap, { force: true });
+  appendFileSync(p.started, `${new Date().toISOString()}\n`);
+  const tmp = join(tmpRoot, `job-${job.label.replace(/[^A-Za-z0-9_.@-]/g, '_')}`);
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  if (job.idleS) process.stdout.write(`${IDLE_MARKER(job.idleS)}\n`);
+  const t0 = Date.now();
+  return new Promise((resolve) => {
+    // NODE_TEST_CONTEXT: set when this driver itself runs under node --test (its own unit
+    // test); a nested node --test that inherits it would skip its files.
+    const env = { ...process.env, ...job.env, TMPDIR: tmp };
+    delete env.NODE_TEST_CONTEXT;
+    const child = spawn(process.execPath, nodeTestArgs(job, p.tap), { stdio: ['ignore', 'inherit', 'inherit'], detached: true, env });
+    let timedOut = false;
+    const killGroup = () => { try { process.kill(-child.pid, 'SIGKILL'); } catch { /* already gone */ } };
+    const timer = fileTimeoutS > 0 ? setTimeout(() => {
+      timedOut = true;
+      process.stderr.write(`run-files: ${job.label} ran past ${fileTimeoutS} s (STV_SANDBOX_TIMEOUT per file); killed\n`);
+      killGroup();
+    }, fileTimeoutS * 1000) : null;
+    const finish = (status) => {
+      clearTimeout(timer);
+      killGroup();
+      rmSync(tmp, { recursive: true, force: true });
+      writeFileSync(p.done, JSON.stringify({ status, ms: Date.now() - t0, timedOut }) + '\n');
+      resolve();
+    };
+    child.on('error', (e) => { process.stderr.write(`run-files: cannot start ${job.label}: ${e.message}\n`); finish(126); });
+    child.on('exit', (code, sig) => finish(code ?? (sig ? 128 + 9 : 1)));
+  });
+}
+
+function linesOf(path) {
+  return existsSync(path) ? readFileSync(path, 'utf8').split('\n').filter(Boolean).length : 0;
+}
+
+/**
+ * What became of each job after a sandbox boot: done (with its .done record) or pending, and for
+ * the first pending one whether it had started (the job the sandbox died in).
+ */
+export function jobStates(results, jobs) {
+  return jobs.map((j) => {
+    const p = jobPaths(results, j.label);
+    const done = existsSync(p.done) ? JSON.parse(readFileSync(p.done, 'utf8')) : null;
+    return { job: j, paths: p, done, attempts: linesOf(p.started) };
+  });
+}
+
+/**
+ * On the host: run `jobs` inside scripts/kvm-sandbox, all in one boot, booting a fresh sandbox
+ * to go on whenever one fails (status 124 killed for time or silence, 125 died) in the middle.
+ * The job a sandbox died in runs again unless one of its tests had already failed, or it has
+ * had retries + 1 attempts; a sandbox that dies before any job starts counts against the same
+ * limit. Resolves to one result per job: TAP counts and failures, status, ms, attempts.
+ * `run(argv, env)` starts the sandbox (injected by the tests); `tapCounts`/`tapFailures` read TAP.
+ */
+export async function runSandboxJobs(jobs, { results, fileTimeoutS, idleTimeoutS, retries, run, tap, log }) {
+  mkdirSync(results, { recursive: true });
+  for (const j of jobs) for (const f of Object.values(jobPaths(results, j.label))) rmSync(f, { force: true });
+  const manifest = join(results, `manifest-${process.pid}.json`);
+  writeFileSync(manifest, JSON.stringify({ results, fileTimeoutS, jobs }, null, 1));
+  let emptyBoots = 0;
+  for (;;) {
+    const before = jobStates(results, jobs).filter((s) => !s.done);
+    if (before.length === 0) break;
+    const idleS = Math.max(...before.map((s) => s.job.idleS ?? idleTimeoutS), idleTimeoutS);
+    const names = before.map((s) => s.job.label);
+    log(`${names.length} sandbox job${names.length > 1 ? 's' : ''} in one sandbox boot: ${names.join(', ')}`);
+    const status = await run([process.execPath, RUN_FILES, manifest], {
+      // The whole boot: every pending job's own limit, plus the boot itself.
+      STV_SANDBOX_TIMEOUT: String(fileTimeoutS > 0 ? fileTimeoutS * before.length + 600 : 0),
+      STV_SANDBOX_IDLE_TIMEOUT: String(idleS),
+    });
+    const pending = jobStates(results, jobs).filter((s) => !s.done);
+    if (pending.length === 0) break;
+    const cur = pending[0];
+    const sandboxFailed = status === 124 || status === 125;
+    const giveUp = (why, st) => {
+      log(`${cur.job.label}: ${why}`);
+      writeFileSync(cur.paths.done, JSON.stringify({ status: st, ms: 0, timedOut: false, sandbox: true }) + '\n');
+    };
+    if (!sandboxFailed) {
+      // The driver itself stopped (it cannot start, the sandbox could not boot the command…):
+      // every job left counts as failed by the runner.
+      for (const s of pending) {
+        writeFileSync(s.paths.done, JSON.stringify({ status: status || 1, ms: 0, timedOut: false, sandbox: true }) + '\n');
+      }
+      log(`the sandbox's job runner ended with status ${status} before ${pending.map((s) => s.job.label).join(', ')} ran`);
+      break;
+    }
+    if (pending.length < before.length) emptyBoots = 0;
+    if (cur.attempts === 0) {
+      emptyBoots++;
+      if (emptyBoots > retries) {
+        log(`the sandbox failed ${emptyBoots} times in a row before a job could start (status ${status}); giving up on ${pending.map((s) => s.job.label).join(', ')}`);
+        for (const s of pending) writeFileSync(s.paths.done, JSON.stringify({ status, ms: 0, timedOut: false, sandbox: true }) + '\n');
+        break;
+      }
+      log(`the sandbox failed (status ${status}) before ${cur.job.label} started; booting a fresh one (retry ${emptyBoots} of ${retries})`);
+      continue;
+    }
+    const c = tap.counts(cur.paths.tap);
+    if (c.fail > 0) { giveUp(`the sandbox failed (status ${status}) after a test of this job had failed; not run again`, status); continue; }
+    if (cur.attempts > retries) { giveUp(`the sandbox failed (status ${status}) in each of ${cur.attempts} attempts`, status); continue; }
+    log(`${cur.job.label}: the sandbox failed (status ${status}) with no failing test reported; running it again in a fresh sandbox (retry ${cur.attempts} of ${retries})`);
+  }
+  rmSync(manifest, { force: true });
+  return jobStates(results, jobs).map((s) => {
+    const c = tap.counts(s.paths.tap);
+    c.failures = tap.failures(s.paths.tap);
+    c.label = s.job.label;
+    c.status = s.done?.status ?? 1;
+    c.ms = s.done?.ms ?? 0;
+    c.attempts = Math.max(1, s.attempts);
+    return c;
+  });
+}
+
+const RUN_FILES = new URL(import.meta.url).pathname;
+
+async function main() {
+  const manifestPath = process.argv[2];
+  if (!manifestPath) throw new Error('usage: run-files.mjs MANIFEST.json');
+  const m = JSON.parse(readFileSync(manifestPath, 'utf8'));
+  const tmpRoot = process.env.TMPDIR || '/tmp';
+  for (const job of m.jobs) {
+    if (existsSync(jobPaths(m.results, job.label).done)) continue;
+    await runJob(job, { results: m.results, fileTimeoutS: m.fileTimeoutS ?? 0, tmpRoot });
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  main().catch((e) => { process.stderr.write(`run-files: ${e instanceof Error ? e.message : String(e)}\n`); process.exit(2); });
+}

@@ -1,0 +1,131 @@
+// Unit tests of the sandbox job runner (scripts/lib/run-files.mjs): several node --test jobs in
+// one boot, going on in a fresh boot after one died, retries and giving up. The "sandbox" here
+// runs the real driver on this host; its death is a SIGKILL of the driver's process tree at a
+// chosen point (a job's test file signals it), answered with kvm-sandbox's status 125.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, writeFileSync, existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runSandboxJobs, IDLE_MARKER } from '../lib/run-files.mjs';
+import { tapCounts, tapFailures } from '../lib/tap.mjs';
+
+const tap = { counts: tapCounts, failures: tapFailures };
+
+function fixture() {
+  const dir = mkdtempSync(join(tmpdir(), 'stv-runfiles-'));
+  const file = (name, body) => {
+    const p = join(dir, name);
+    writeFileSync(p, `import { test } from 'node:test';\nimport { writeFileSync, existsSync } from 'node:fs';\n${body}\n`);
+    return p;
+  };
+  return { dir, file, results: join(dir, 'results') };
+}
+
+/**
+ * A stand-in for scripts/kvm-sandbox that runs the driver here. A test file asks for the
+ * sandbox to die by creating `die` in the fixture folder: the driver's whole process group is
+ * killed and 125 returned, as kvm-sandbox does when the sandbox's kernel panicked.
+ */
+function fakeSandbox(dir, boots) {
+  return (argv, env) => new Promise((resolve) => {
+    boots.push(env);
+    // kvm-sandbox's TMPDIR is a tmpfs of the sandbox's own.
+    mkdirSync(join(dir, 'tmp'), { recursive: true });
+    const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'inherit'], detached: true, env: { ...process.env, ...env, TMPDIR: join(dir, 'tmp') } });
+    let out = '';
+    child.stdout.on('data', (b) => { out += b; });
+    const die = join(dir, 'die');
+    const poll = setInterval(() => {
+      if (!existsSync(die)) return;
+      try { process.kill(-child.pid, 'SIGKILL'); } catch { /* gone */ }
+    }, 20);
+    child.on('exit', (code) => {
+      clearInterval(poll);
+      boots[boots.length - 1].stdout = out;
+      if (existsSync(die)) {
+        rmSync(die, { force: true });
+        resolve(125);
+      } else resolve(code ?? 1);
+    });
+  });
+}
+
+const noLog = () => {};
+
+test('jobs run one after another in one boot, each with its own TMPDIR, results per job', async () => {
+  const f = fixture();
+  const a = f.file('a.test.mjs', `test('a1', () => { writeFileSync(process.env.TMPDIR + '/left', 'x'); });\ntest('a2', () => {});`);
+  const b = f.file('b.test.mjs', `test('b1', () => { if (existsSync(process.env.TMPDIR + '/left')) throw new Error('TMPDIR shared'); throw new Error('b fails'); });`);
+  const boots = [];
+  const r = await runSandboxJobs([
+    { label: 'a', files: [a], env: { X: '1' }, args: [], idleS: 100 },
+    { label: 'b', files: [b], env: {}, args: [] },
+  ], { results: f.results, fileTimeoutS: 60, idleTimeoutS: 300, retries: 2, run: fakeSandbox(f.dir, boots), tap, log: noLog });
+  assert.equal(boots.length, 1, 'one boot for both jobs');
+  assert.equal(boots[0].STV_SANDBOX_IDLE_TIMEOUT, '300');
+  assert.match(boots[0].stdout, new RegExp(IDLE_MARKER(100).replace(/[=]/g, '.')));
+  assert.deepEqual(r.map((c) => [c.label, c.pass, c.fail, c.attempts]), [['a', 2, 0, 1], ['b', 0, 1, 1]]);
+  assert.equal(r[0].status, 0);
+  assert.notEqual(r[1].status, 0);
+  assert.match(r[1].failures[0].error.join('\n'), /b fails/);
+  // The TMPDIRs the jobs got are gone.
+  assert.deepEqual(readdirSync(join(f.dir, 'tmp')), []);
+});
+
+test('a sandbox that dies in a job: a fresh boot reruns that job and goes on with the rest', async () => {
+  const f = fixture();
+  const a = f.file('a.test.mjs', `test('a', () => {});`);
+  // b dies the sandbox on its first attempt only (its marker survives in the fixture folder).
+  const once = join(f.dir, 'b-tried');
+  const b = f.file('b.test.mjs', `test('b', async () => { if (!existsSync(${JSON.stringify(once)})) { writeFileSync(${JSON.stringify(once)}, ''); writeFileSync(${JSON.stringify(join(f.dir, 'die'))}, ''); await new Promise((r) => setTimeout(r, 5000)); } });`);
+  const c = f.file('c.test.mjs', `test('c', () => {});`);
+  const boots = [];
+  const r = await runSandboxJobs([
+    { label: 'a', files: [a], env: {}, args: [] },
+    { label: 'b', files: [b], env: {}, args: [] },
+    { label: 'c', files: [c], env: {}, args: [] },
+  ], { results: f.results, fileTimeoutS: 60, idleTimeoutS: 300, retries: 2, run: fakeSandbox(f.dir, boots), tap, log: noLog });
+  assert.equal(boots.length, 2);
+  assert.deepEqual(r.map((x) => [x.label, x.pass, x.fail, x.attempts, x.status]), [['a', 1, 0, 1, 0], ['b', 1, 0, 2, 0], ['c', 1, 0, 1, 0]]);
+  // a ran once: the second boot did not repeat it.
+  assert.doesNotMatch(boots[1].stdout, /✔ a /);
+});
+
+test('a job the sandbox dies in every time fails after retries + 1 attempts; later jobs still run', async () => {
+  const f = fixture();
+  const a = f.file('a.test.mjs', `test('a', async () => { writeFileSync(${JSON.stringify(join(f.dir, 'die'))}, ''); await new Promise((r) => setTimeout(r, 5000)); });`);
+  const b = f.file('b.test.mjs', `test('b', () => {});`);
+  const boots = [];
+  const r = await runSandboxJobs([
+    { label: 'a', files: [a], env: {}, args: [] },
+    { label: 'b', files: [b], env: {}, args: [] },
+  ], { results: f.results, fileTimeoutS: 60, idleTimeoutS: 300, retries: 1, run: fakeSandbox(f.dir, boots), tap, log: noLog });
+  assert.equal(boots.length, 3, 'two attempts at a, then one boot for b');
+  assert.equal(r[0].attempts, 2);
+  assert.equal(r[0].status, 125);
+  assert.equal(r[0].pass, 0);
+  assert.deepEqual([r[1].pass, r[1].fail, r[1].status], [1, 0, 0]);
+});
+
+test('a job that ran past its time limit is killed with everything it started, and counts as failed', async () => {
+  const f = fixture();
+  const pidFile = join(f.dir, 'grandchild.pid');
+  const a = f.file('a.test.mjs', `import { spawn } from 'node:child_process';\ntest('hangs', async () => { const c = spawn('sleep', ['300'], { stdio: 'ignore' }); writeFileSync(${JSON.stringify(pidFile)}, String(c.pid)); await new Promise(() => {}); });`);
+  const b = f.file('b.test.mjs', `test('b', () => {});`);
+  const boots = [];
+  const r = await runSandboxJobs([
+    { label: 'a', files: [a], env: {}, args: [] },
+    { label: 'b', files: [b], env: {}, args: [] },
+  ], { results: f.results, fileTimeoutS: 3, idleTimeoutS: 300, retries: 2, run: fakeSandbox(f.dir, boots), tap, log: noLog });
+  assert.equal(boots.length, 1);
+  assert.notEqual(r[0].status, 0);
+  assert.equal(JSON.parse(readFileSync(join(f.results, 'a.done'), 'utf8')).timedOut, true);
+  const pid = Number(readFileSync(pidFile, 'utf8'));
+  await new Promise((res) => setTimeout(res, 200));
+  // Gone, or a zombie whose new parent (this container's init) has not reaped it yet.
+  const state = existsSync(`/proc/${pid}/stat`) ? readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '')[0] : 'gone';
+  assert.match(state, /^(gone|Z|X)$/, 'the sleep the job started is no longer running');
+  assert.equal(r[1].pass, 1);
+});
