@@ -266,17 +266,3 @@ export class PciConfigMmio implements BusDevice {
   }
 }
 
-/** A bump allocator for BARs inside a window (natural alignment). */
-export class BarAllocator {
-  private next: number;
-  constructor(readonly start: number, readonly size: number) {
-    this.next = start;
-  }
-
-  allocate(size: number): number {
-    const addr = Math.ceil(this.next / size) * size;
-    if (addr + size > this.start + this.size) throw new RangeError(`PCI BAR window 0x${this.start.toString(16)}+0x${this.size.toString(16)} is full`);
-    this.next = addr + size;
-    return addr;
-  }
-}

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PciConfiguration, PCI_COMMAND, PCI_COMMAND_MEMORY } from './config.js';
-import { PciRoot, PciConfigIo, PciConfigMmio, BarAllocator, type PciDevice } from './bus.js';
+import { PciRoot, PciConfigIo, PciConfigMmio, type PciDevice } from './bus.js';
 import { Msix } from './msix.js';
 
 const le32 = (v: number) => { const b = new Uint8Array(4); new DataView(b.buffer).setUint32(0, v >>> 0, true); return b; };
@@ -98,10 +98,3 @@ test('MSI-X: entries start masked; function mask and enable; only the mask bit o
   assert.throws(() => new Msix(0, { vectorChanged: () => {} }), /vector count/);
 });
 
-test('BAR allocator: natural alignment and a full window', () => {
-  const a = new BarAllocator(0xc0000000, 0x30000);
-  assert.equal(a.allocate(0x10000), 0xc0000000);
-  assert.equal(a.allocate(0x1000), 0xc0010000);
-  assert.equal(a.allocate(0x10000), 0xc0020000);
-  assert.throws(() => a.allocate(0x10000), /full/);
-});

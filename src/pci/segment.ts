@@ -74,13 +74,6 @@ export function placePciDevices(devices: ReadonlyArray<{ id: string; segment: nu
   });
 }
 
-/** Devices on each segment's bus 0, host bridge included (for PciType1 on segment 0). */
-export function slotsInUse(placements: readonly PciPlacement[], segment: number): number {
-  let max = 0;
-  for (const p of placements) if (p.segment === segment && p.slot > max) max = p.slot;
-  return max + 1;
-}
-
 /**
  * The PCI part of a VM's saved state: each segment's bus (by segment number) and the
  * CONFIG_ADDRESS latch of each 0xCF8 front end (one per vCPU, by vCPU id: a vCPU may be paused
