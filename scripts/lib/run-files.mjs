@@ -10,7 +10,7 @@
 // there (the sandbox's TMPDIR is a tmpfs in its RAM), and its process group is killed when it ends,
 // so nothing one file started outlives it into the next.
 import { spawn } from 'node:child_process';
-import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 
 /** Tells scripts/lib/sandbox.mjs (reading our stdout) how long this job may stay silent. */
@@ -32,10 +32,32 @@ export function nodeTestArgs(job, tap) {
   ];
 }
 
+/**
+ * Write (or append) and fsync: the results folder is the host's, over the sandbox's 9p mount
+ * with cache=loose, where a sandbox that dies later would otherwise lose what its page cache
+ * had not written back (seen: an empty .done after a lockup).
+ */
+function writeDurable(path, text, flags = 'w') {
+  const fd = openSync(path, flags);
+  try {
+    writeSync(fd, text);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** fsync a file another process wrote (the job's TAP), if it exists. */
+function syncFile(path) {
+  let fd;
+  try { fd = openSync(path, 'r+'); } catch { return; }
+  try { fsyncSync(fd); } catch { /* nothing to flush */ } finally { closeSync(fd); }
+}
+
 function runJob(job, { results, fileTimeoutS, tmpRoot }) {
   const p = jobPaths(results, job.label);
   rmSync(p.tap, { force: true });
-  appendFileSync(p.started, `${new Date().toISOString()}\n`);
+  writeDurable(p.started, `${new Date().toISOString()}\n`, 'a');
   const tmp = join(tmpRoot, `job-${job.label.replace(/[^A-Za-z0-9_.@-]/g, '_')}`);
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
@@ -58,12 +80,18 @@ function runJob(job, { results, fileTimeoutS, tmpRoot }) {
       clearTimeout(timer);
       killGroup();
       rmSync(tmp, { recursive: true, force: true });
-      writeFileSync(p.done, JSON.stringify({ status, ms: Date.now() - t0, timedOut }) + '\n');
+      syncFile(p.tap);
+      writeDurable(p.done, JSON.stringify({ status, ms: Date.now() - t0, timedOut }) + '\n');
       resolve();
     };
     child.on('error', (e) => { process.stderr.write(`run-files: cannot start ${job.label}: ${e.message}\n`); finish(126); });
     child.on('exit', (code, sig) => finish(code ?? (sig ? 128 + 9 : 1)));
   });
+}
+
+/** A job's .done record, or null when there is none or it is not whole. */
+function readDone(path) {
+  try { return existsSync(path) ? JSON.parse(readFileSync(path, 'utf8')) : null; } catch { return null; }
 }
 
 function linesOf(path) {
@@ -77,8 +105,11 @@ function linesOf(path) {
 export function jobStates(results, jobs) {
   return jobs.map((j) => {
     const p = jobPaths(results, j.label);
-    const done = existsSync(p.done) ? JSON.parse(readFileSync(p.done, 'utf8')) : null;
-    return { job: j, paths: p, done, attempts: linesOf(p.started) };
+    // A record the sandbox did not get written back before it died reads as not done: the job
+    // runs again (its TAP may be cut short as well).
+    const done = readDone(p.done);
+    const attempts = Math.max(linesOf(p.started), existsSync(p.started) ? 1 : 0);
+    return { job: j, paths: p, done, attempts };
   });
 }
 
@@ -160,7 +191,7 @@ async function main() {
   const m = JSON.parse(readFileSync(manifestPath, 'utf8'));
   const tmpRoot = process.env.TMPDIR || '/tmp';
   for (const job of m.jobs) {
-    if (existsSync(jobPaths(m.results, job.label).done)) continue;
+    if (readDone(jobPaths(m.results, job.label).done)) continue;
     await runJob(job, { results: m.results, fileTimeoutS: m.fileTimeoutS ?? 0, tmpRoot });
   }
 }

@@ -129,3 +129,18 @@ test('a job that ran past its time limit is killed with everything it started, a
   assert.match(state, /^(gone|Z|X)$/, 'the sleep the job started is no longer running');
   assert.equal(r[1].pass, 1);
 });
+
+test('a job whose record the dead sandbox did not write back (an empty .done) runs again', async () => {
+  const f = fixture();
+  const a = f.file('a.test.mjs', `test('a', () => {});`);
+  const once = join(f.dir, 'b-tried');
+  // b empties a's record (what a sandbox that dies before writing back leaves) and dies once.
+  const b = f.file('b.test.mjs', `test('b', async () => { if (!existsSync(${JSON.stringify(once)})) { writeFileSync(${JSON.stringify(once)}, ''); writeFileSync(${JSON.stringify(join(f.results, 'a.done'))}, ''); writeFileSync(${JSON.stringify(join(f.dir, 'die'))}, ''); await new Promise((r) => setTimeout(r, 5000)); } });`);
+  const boots = [];
+  const r = await runSandboxJobs([
+    { label: 'a', files: [a], env: {}, args: [] },
+    { label: 'b', files: [b], env: {}, args: [] },
+  ], { results: f.results, fileTimeoutS: 60, idleTimeoutS: 300, retries: 2, run: fakeSandbox(f.dir, boots), tap, log: noLog });
+  assert.equal(boots.length, 2);
+  assert.deepEqual(r.map((x) => [x.label, x.pass, x.fail, x.attempts, x.status]), [['a', 1, 0, 2, 0], ['b', 1, 0, 2, 0]]);
+});
