@@ -27,7 +27,7 @@ const GUEST_DIR = join(REPO, 'guest');
 export const GUEST_MODULES = [
   'virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_console', 'virtio_rng',
   'vmw_vsock_virtio_transport', 'virtiofs', 'crc32c_generic', 'ext4',
-  'virtio_pmem', 'nd_pmem', 'virtio_balloon',
+  'virtio_pmem', 'nd_pmem', 'virtio_balloon', 'virtio_mem',
   // The ACPI power button (PNP0C0C, vm.power-button) as an input device, for guest/init's acpid.
   'button', 'evdev',
 ];
