@@ -153,7 +153,7 @@ export async function runInSandbox(argv, opts = {}) {
   ];
   if (process.env.STV_SANDBOX_VERBOSE) log(`booting nested sandbox (${reason}; QEMU ${qemu.version}, kernel ${img.kernelVersion}): ${qemu.bin} ${qemuArgs.join(' ')}`);
   const registersFile = join(state, 'registers.txt');
-  const { status, stopped } = await runSandboxQemu(qemu.bin, qemuArgs, { interactive, timeoutS, idleS, monitorPath, consoleLog, registersFile });
+  const { status, stopped, idleLimitS } = await runSandboxQemu(qemu.bin, qemuArgs, { interactive, timeoutS, idleS, monitorPath, consoleLog, registersFile });
   rmSync(monitorPath, { force: true });
   const rcFile = join(state, 'rc');
   const consoleText = existsSync(consoleLog) ? readFileSync(consoleLog, 'utf8') : '';
@@ -167,7 +167,7 @@ export async function runInSandbox(argv, opts = {}) {
   const keep = () => log(`sandbox console log kept at ${consoleLog}`);
   if (stopped) {
     const why = stopped === 'timeout' ? `timed out after ${timeoutS} s (STV_SANDBOX_TIMEOUT)`
-      : stopped === 'idle' ? `the command printed nothing for ${idleS} s (STV_SANDBOX_IDLE_TIMEOUT)`
+      : stopped === 'idle' ? `the command printed nothing for ${idleLimitS} s (${idleLimitS === idleS ? 'STV_SANDBOX_IDLE_TIMEOUT' : 'the job\'s own limit, @@kvm-sandbox:idle@@'})`
         : `the sandbox kernel reported a CPU stuck for ${STUCK_CPU_S} s or more (soft lockup)`;
     log(`${why}; killed. Last console lines:\n${tail(consoleLog, 30)}`);
     if (existsSync(registersFile)) log(`where the sandbox's CPUs were (QEMU 'info registers -a', whole dump in ${registersFile}):\n${summarizeRegisters(readFileSync(registersFile, 'utf8'))}`);
@@ -198,13 +198,14 @@ function secondsFromEnv(name, dflt) {
  * Run the sandbox's QEMU; its stdout (the command's output over ttyS1) is passed through. Kill it
  * after timeoutS in all, after idleS without output, or when its kernel reports a CPU stuck for
  * good, first saving the CPU state from its monitor. Resolves to the exit status and why it was
- * stopped ('timeout', 'idle', 'stuck' or null).
+ * stopped ('timeout', 'idle', 'stuck' or null), and the idle limit in force at the end.
  */
 async function runSandboxQemu(bin, args, { interactive, timeoutS, idleS, monitorPath, consoleLog, registersFile }) {
   let stopped = null;
   let overall;
   let idle;
   let watch;
+  let idleLimitS = idleS;
   const status = await spawnWait(bin, args, {
     stdio: [interactive ? 'inherit' : 'ignore', idleS > 0 ? 'pipe' : 'inherit', 'inherit'],
     onChild: (child) => {
@@ -227,11 +228,10 @@ async function runSandboxQemu(bin, args, { interactive, timeoutS, idleS, monitor
       if (idleS > 0) {
         // A command that runs several jobs (scripts/lib/run-files.mjs) announces each one's own
         // limit on silence with a line "@@kvm-sandbox:idle=N@@"; the last one counts from then on.
-        let limitS = idleS;
         let recent = '';
         const armIdle = () => {
           clearTimeout(idle);
-          if (!stopped) idle = setTimeout(() => stop('idle'), limitS * 1000);
+          if (!stopped) idle = setTimeout(() => stop('idle'), idleLimitS * 1000);
         };
         armIdle();
         child.stdout.on('data', (b) => {
@@ -239,7 +239,7 @@ async function runSandboxQemu(bin, args, { interactive, timeoutS, idleS, monitor
           recent = (recent + b.toString('latin1')).slice(-256);
           const marks = [...recent.matchAll(IDLE_MARK)];
           if (marks.length) {
-            limitS = Number(marks[marks.length - 1][1]) || idleS;
+            idleLimitS = Number(marks[marks.length - 1][1]) || idleS;
             recent = recent.slice(recent.lastIndexOf('@@kvm-sandbox:idle=') + 1);
           }
           armIdle();
@@ -250,7 +250,7 @@ async function runSandboxQemu(bin, args, { interactive, timeoutS, idleS, monitor
   clearTimeout(overall);
   clearTimeout(idle);
   clearInterval(watch);
-  return { status, stopped };
+  return { status, stopped, idleLimitS };
 }
 
 const IDLE_MARK = /@@kvm-sandbox:idle=(\d+)@@/g;
