@@ -5,7 +5,7 @@
 //   the repo and node_modules are the very same files; the command's I/O rides on ttyS1.
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, openSync, closeSync, realpathSync, constants as fsc } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { connect as netConnect } from 'node:net';
 import { ensureSandboxImages, REPO, CACHE } from './images.mjs';
@@ -135,7 +135,9 @@ export async function runInSandbox(argv, opts = {}) {
   // socket paths are short (108 bytes): keep it in /tmp, not in the (maybe deep) state folder.
   const monitorPath = join(tmpdir(), `stv-sandbox-${process.pid}-${Date.now()}.mon`);
   const append = [
-    'console=ttyS0', 'loglevel=4', 'panic=-1', 'mitigations=off', 'tsc=reliable', 'no_timer_check',
+    // nokaslr: the kernel sits where its System.map says, so a dump of a stuck sandbox's CPUs
+    // (summarizeRegisters) names the functions they were in.
+    'console=ttyS0', 'loglevel=4', 'panic=-1', 'mitigations=off', 'tsc=reliable', 'no_timer_check', 'nokaslr',
     `stv.state=${state}`, `stv.interactive=${interactive ? 1 : 0}`,
   ];
   if (interactive) append.push(`stv.rows=${process.stdout.rows}`, `stv.cols=${process.stdout.columns}`);
@@ -170,7 +172,7 @@ export async function runInSandbox(argv, opts = {}) {
       : stopped === 'idle' ? `the command printed nothing for ${idleLimitS} s (${idleLimitS === idleS ? 'STV_SANDBOX_IDLE_TIMEOUT' : 'the job\'s own limit, @@kvm-sandbox:idle@@'})`
         : `the sandbox kernel reported a CPU stuck for ${STUCK_CPU_S} s or more (soft lockup)`;
     log(`${why}; killed. Last console lines:\n${tail(consoleLog, 30)}`);
-    if (existsSync(registersFile)) log(`where the sandbox's CPUs were (QEMU 'info registers -a', whole dump in ${registersFile}):\n${summarizeRegisters(readFileSync(registersFile, 'utf8'))}`);
+    if (existsSync(registersFile)) log(`where the sandbox's CPUs were (QEMU 'info registers -a', whole dump in ${registersFile}):\n${summarizeRegisters(readFileSync(registersFile, 'utf8'), systemMapOf(img))}`);
     keep();
     return stopped === 'stuck' ? 125 : 124;
   }
@@ -294,7 +296,7 @@ function dumpRegisters(monitorPath, file) {
  * One line per CPU from 'info registers -a': RIP, CPL, HLT, and whether it is in a nested guest
  * (TCG shows the inner guest's state while an SVM guest runs; EFER.SVME alone says little).
  */
-export function summarizeRegisters(dump) {
+export function summarizeRegisters(dump, symbols = null) {
   const out = [];
   for (const part of dump.split(/^CPU#/m).slice(1)) {
     const cpu = /^(\d+)/.exec(part)?.[1] ?? '?';
@@ -303,9 +305,42 @@ export function summarizeRegisters(dump) {
     const hlt = /HLT=(\d)/.exec(part)?.[1] ?? '?';
     const cr3 = /CR3=([0-9a-f]+)/.exec(part)?.[1] ?? '?';
     const efer = /EFER=([0-9a-f]+)/.exec(part)?.[1] ?? '?';
-    out.push(`CPU#${cpu}: RIP=${rip} CPL=${cpl} HLT=${hlt} CR3=${cr3} EFER=${efer}`);
+    const where = symbols && cpl === '0' && rip !== '?' ? symbolize(symbols, BigInt(`0x${rip}`)) : null;
+    out.push(`CPU#${cpu}: RIP=${rip}${where ? ` (${where})` : ''} CPL=${cpl} HLT=${hlt} CR3=${cr3} EFER=${efer}`);
   }
   return out.length > 0 ? out.join('\n') : '(no CPU state in the monitor output)';
+}
+
+/** The sandbox kernel's text symbols, [{addr: bigint, name}] sorted, from the System.map beside
+ * its bzImage (Debian ships /boot/System.map-VERSION), or null without one. */
+export function systemMapOf(img) {
+  const p = join(dirname(img.bzImage), `System.map-${img.kernelVersion}`);
+  if (!existsSync(p)) return null;
+  return parseSystemMap(readFileSync(p, 'utf8'));
+}
+
+export function parseSystemMap(text) {
+  const syms = [];
+  for (const line of text.split('\n')) {
+    const m = /^([0-9a-f]{16}) [tTwW] (\S+)/.exec(line);
+    if (m) syms.push({ addr: BigInt(`0x${m[1]}`), name: m[2] });
+  }
+  syms.sort((a, b) => (a.addr < b.addr ? -1 : a.addr > b.addr ? 1 : 0));
+  return syms;
+}
+
+/** "function+0xoff" for a kernel address (the sandbox boots with nokaslr), or null outside the text. */
+export function symbolize(syms, addr) {
+  let lo = 0;
+  let hi = syms.length - 1;
+  if (hi < 0 || addr < syms[0].addr) return null;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (syms[mid].addr <= addr) lo = mid; else hi = mid - 1;
+  }
+  const off = addr - syms[lo].addr;
+  // Past the last function by more than any function is long: not kernel text.
+  return off > 0x100000n ? null : `${syms[lo].name}+0x${off.toString(16)}`;
 }
 
 /**

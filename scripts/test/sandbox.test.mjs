@@ -6,7 +6,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chooseSandboxMode, commandScript, shq, summarizeRegisters, stuckCpu } from '../lib/sandbox.mjs';
+import { chooseSandboxMode, commandScript, parseSystemMap, shq, summarizeRegisters, stuckCpu, symbolize } from '../lib/sandbox.mjs';
 import { CpioWriter } from '../lib/cpio.mjs';
 import { parseModulesDep, resolveModules } from '../lib/modules.mjs';
 import { extractVmlinux, ImageError } from '../lib/images.mjs';
@@ -99,6 +99,16 @@ test('a killed sandbox is summarized one line per CPU from QEMU\'s "info registe
     'CPU#1: RIP=ffffffff86e592eb CPL=0 HLT=1 CR3=0000000004f77000 EFER=0000000000001d01',
   ].join('\n'));
   assert.equal(summarizeRegisters('(qemu) '), '(no CPU state in the monitor output)');
+  // With the kernel's System.map (the sandbox boots nokaslr): kernel-mode RIPs name their function.
+  const syms = parseSystemMap([
+    'ffffffff81000000 T _text',
+    'ffffffff86e59000 t svm_vcpu_run',
+    'ffffffff86e5a000 T next_fn',
+    'ffffffff86e5b000 D some_data',
+  ].join('\n'));
+  assert.equal(summarizeRegisters(dump, syms).split('\n')[1], 'CPU#1: RIP=ffffffff86e592eb (svm_vcpu_run+0x2eb) CPL=0 HLT=1 CR3=0000000004f77000 EFER=0000000000001d01');
+  assert.equal(symbolize(syms, 0xffffffff80000000n), null);
+  assert.equal(symbolize(syms, 0xffffffff86e5a010n), 'next_fn+0x10');
 });
 
 test('a sandbox CPU stuck for good is recognised from its kernel\'s console; short lockups and benign lines are not', () => {
