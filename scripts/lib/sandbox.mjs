@@ -4,7 +4,7 @@
 //   SVM CPU that loads kvm-amd, shares the host's / over virtio-9p and chroots into it, so node,
 //   the repo and node_modules are the very same files; the command's I/O rides on ttyS1.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, openSync, closeSync, realpathSync, constants as fsc } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync, openSync, closeSync, realpathSync, statSync, constants as fsc } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { connect as netConnect } from 'node:net';
@@ -137,8 +137,9 @@ export async function runInSandbox(argv, opts = {}) {
   const append = [
     // nokaslr: the kernel sits where its System.map says, so a dump of a stuck sandbox's CPUs
     // (summarizeRegisters) names the functions they were in.
-    'console=ttyS0', 'loglevel=4', 'panic=-1', 'mitigations=off', 'tsc=reliable', 'no_timer_check', 'nokaslr',
-    `stv.state=${state}`, `stv.interactive=${interactive ? 1 : 0}`,
+    // loglevel=5: warnings too, so a soft lockup or RCU stall comes with its backtrace.
+    'console=ttyS0', 'loglevel=5', 'panic=-1', 'mitigations=off', 'tsc=reliable', 'no_timer_check', 'nokaslr',
+    `stv.state=${state}`, `stv.kallsyms=${kallsymsOf(img)}`, `stv.interactive=${interactive ? 1 : 0}`,
   ];
   if (interactive) append.push(`stv.rows=${process.stdout.rows}`, `stv.cols=${process.stdout.columns}`);
   const qemuArgs = [
@@ -311,10 +312,18 @@ export function summarizeRegisters(dump, symbols = null) {
   return out.length > 0 ? out.join('\n') : '(no CPU state in the monitor output)';
 }
 
-/** The sandbox kernel's text symbols, [{addr: bigint, name}] sorted, from the System.map beside
- * its bzImage (Debian ships /boot/System.map-VERSION), or null without one. */
+/** Where the sandbox's init keeps its kernel's /proc/kallsyms text symbols (beside its initramfs,
+ * rebuilt with it; Debian's /boot/System.map is a stub). */
+function kallsymsOf(img) {
+  // The real path (a worktree's .cache may be an absolute symlink the init cannot follow), named
+  // after the initramfs's mtime so a rebuilt image (other modules, other addresses) gets a fresh one.
+  const initramfs = realpathSync(img.initramfs);
+  return join(dirname(initramfs), `kallsyms-${Math.floor(statSync(initramfs).mtimeMs)}`);
+}
+
+/** The sandbox kernel's text symbols, [{addr: bigint, name}] sorted, or null before a boot saved them. */
 export function systemMapOf(img) {
-  const p = join(dirname(img.bzImage), `System.map-${img.kernelVersion}`);
+  const p = kallsymsOf(img);
   if (!existsSync(p)) return null;
   return parseSystemMap(readFileSync(p, 'utf8'));
 }
