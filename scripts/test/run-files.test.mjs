@@ -109,6 +109,19 @@ test('a job the sandbox dies in every time fails after retries + 1 attempts; lat
   assert.deepEqual([r[1].pass, r[1].fail, r[1].status], [1, 0, 0]);
 });
 
+test('a job with its own retries gets that many more attempts than the rest', async () => {
+  const f = fixture();
+  // a dies the sandbox on its first three attempts, then passes: retries 1 would give up, its own 3 do not.
+  const tries = join(f.dir, 'a-tries');
+  const a = f.file('a.test.mjs', `import { readFileSync } from 'node:fs';\ntest('a', async () => { const n = existsSync(${JSON.stringify(tries)}) ? Number(readFileSync(${JSON.stringify(tries)}, 'utf8')) : 0; writeFileSync(${JSON.stringify(tries)}, String(n + 1)); if (n < 3) { writeFileSync(${JSON.stringify(join(f.dir, 'die'))}, ''); await new Promise((r) => setTimeout(r, 5000)); } });`);
+  const boots = [];
+  const r = await runSandboxJobs([
+    { label: 'a', files: [a], env: {}, args: [], retries: 3 },
+  ], { results: f.results, fileTimeoutS: 60, idleTimeoutS: 300, retries: 1, run: fakeSandbox(f.dir, boots), tap, log: noLog });
+  assert.equal(boots.length, 4);
+  assert.deepEqual([r[0].pass, r[0].fail, r[0].attempts, r[0].status], [1, 0, 4, 0]);
+});
+
 test('a job that ran past its time limit is killed with everything it started, and counts as failed', async () => {
   const f = fixture();
   const pidFile = join(f.dir, 'grandchild.pid');
