@@ -16,6 +16,8 @@ export class VmmProcess {
   readonly child;
   readonly exited: Promise<number | null>;
   private readonly waiters: Array<() => void> = [];
+  /** How long one console step may see nothing (the sandbox is ~10x slower than a host). */
+  stepTimeoutMs = 150_000;
   constructor(readonly name: string, readonly sock: string, readonly args: string[]) {
     this.child = spawn(process.execPath, [STRATOVISOR, '--api-socket', `path=${sock}`, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
     const wake = () => { for (const w of this.waiters.splice(0)) w(); };
@@ -32,12 +34,16 @@ export class VmmProcess {
     mkdirSync(LOG_DIR, { recursive: true });
     writeFileSync(join(LOG_DIR, `stv-${this.name}.log`), `$ stratovisor ${this.args.join(' ')}\n${this.out}\n--- stderr ---\n${this.err}\n`);
   }
-  /** Wait until the console output after `from` matches; its match. */
-  async waitFor(re: RegExp, from: number, what: string): Promise<RegExpExecArray> {
+  /** Wait until the console output after `from` matches; its match. A step that sees nothing for
+   * `stepTimeoutMs` fails naming itself, with the console and the VMM's log (a test's own timeout
+   * would say only that it ran out, and lose both). */
+  async waitFor(re: RegExp, from: number, what: string, stepTimeoutMs = this.stepTimeoutMs): Promise<RegExpExecArray> {
+    const deadline = performance.now() + stepTimeoutMs;
     for (;;) {
       const m = re.exec(this.out.slice(from));
       if (m) return m;
       if (this.done) assert.fail(`the VMM exited before ${what}\n${this.explain()}`);
+      if (performance.now() > deadline) assert.fail(`no ${what} within ${stepTimeoutMs / 1000} s\n${this.explain()}`);
       await new Promise<void>((r) => { this.waiters.push(r); setTimeout(r, 1000); });
     }
   }
