@@ -1,12 +1,26 @@
 // Shared first steps of npm start / test / bench: install npm dependencies when missing and
 // build the TypeScript. Plain JavaScript with no dependencies, so it runs on a fresh clone.
-import { existsSync, statSync, lstatSync, readdirSync } from 'node:fs';
+import { existsSync, statSync, lstatSync, readdirSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { REPO } from './images.mjs';
 
 export function log(msg) {
   process.stderr.write(`\x1b[36m[stratovisor]\x1b[0m ${msg}\n`);
+}
+
+/** What the build compiles (dist/ is made from these folders only). */
+const SOURCE_DIRS = ['src', 'test', 'bench', 'web'];
+
+/** Every file under `dir`, relative to the repository, sorted. */
+function filesUnder(dir, out = []) {
+  if (!existsSync(dir)) return out;
+  for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) filesUnder(p, out);
+    else out.push(p.slice(REPO.length + 1));
+  }
+  return out;
 }
 
 function newestMtime(dir) {
@@ -44,8 +58,13 @@ export function build({ force = false } = {}) {
   const srcT = Math.max(newestMtime(join(REPO, 'src')), newestMtime(join(REPO, 'test')), newestMtime(join(REPO, 'bench')), newestMtime(join(REPO, 'web')), statSync(join(REPO, 'tsconfig.json')).mtimeMs,
     statSync(join(REPO, 'scripts', 'lib', 'bundle.mjs')).mtimeMs);
   const bundled = existsSync(join(REPO, 'dist', 'bundle', 'main.cjs'));
-  if (!force && bundled && existsSync(out) && statSync(out).mtimeMs >= srcT) return true;
+  // The stamp lists the sources it was built from: a source deleted or renamed since then (no
+  // newer mtime) rebuilds too, into an emptied dist/ (tsc never removes the output of a deleted
+  // source, and npm test would go on running a deleted test's .js).
+  const sources = SOURCE_DIRS.flatMap((d) => filesUnder(join(REPO, d))).join('\n') + '\n';
+  if (!force && bundled && existsSync(out) && statSync(out).mtimeMs >= srcT && readFileSync(out, 'utf8') === sources) return true;
   log('building (tsc, the web console page, then esbuild bundles)');
+  rmSync(join(REPO, 'dist'), { recursive: true, force: true });
   try {
     execFileSync(join(REPO, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.json'], { cwd: REPO, stdio: 'inherit' });
     // The web console's page: type-checked with the DOM library, bundled with esbuild.
@@ -55,6 +74,6 @@ export function build({ force = false } = {}) {
   } catch {
     return false;
   }
-  execFileSync('touch', [out]);
+  writeFileSync(out, sources);
   return true;
 }
