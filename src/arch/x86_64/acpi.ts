@@ -11,6 +11,7 @@ import type { GuestMemory } from '../../memory/guest_memory.js';
 import * as aml from './aml.js';
 import { PCI_SLOTS } from '../../pci/bus.js';
 import { PCI_HOTPLUG_BLOCK_SIZE } from '../../pci/hotplug.js';
+import { CPU_HOTPLUG_BLOCK_SIZE, CPU_SELECT_OFFSET, CPU_STATUS_OFFSET } from '../../devices/cpu_hotplug.js';
 import {
   ACPI_TABLES_END, ACPI_TABLES_START, APIC_START, IOAPIC_START, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_BUS_END,
   PCI_ECAM_BUS_START, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START, RSDP_POINTER, VMGENID_ADDR, VMGENID_SIZE,
@@ -174,36 +175,42 @@ export function buildFadt(dsdtAddr: number, power: AcpiPowerRegisterSpec = DEFAU
 }
 
 export interface MadtOptions {
+  /** vCPUs enabled at boot (cpus.boot_vcpus). */
   cpus: number;
+  /**
+   * vCPUs that can be hot-plugged up to (cpus.max_vcpus, default `cpus`): entries cpus..max-1
+   * are not enabled and online capable.
+   */
+  maxCpus?: number;
   /** Use Processor Local x2APIC entries (automatic when an APIC ID would be >= 255). */
   x2apic?: boolean;
   /** Set MADT PCAT_COMPAT (dual 8259 present). Default false: hardware-reduced guests skip the PIC. */
   pcatCompat?: boolean;
 }
 
-/** MADT (5.2.12): one enabled local APIC per vCPU (APIC ID = index), the IOAPIC, IRQ0->GSI2, NMI on LINT1. */
+/** Local APIC flags (5.2.12.2 Table 5.47): Enabled, Online Capable (ACPI 6.3, MADT revision >= 5). */
+export const MADT_LAPIC_ENABLED = 0x1;
+export const MADT_LAPIC_ONLINE_CAPABLE = 0x2;
+
+/**
+ * MADT (5.2.12) revision 5: one local APIC per possible vCPU (APIC ID = ACPI processor UID =
+ * index), the IOAPIC, IRQ0->GSI2, NMI on LINT1. The boot vCPUs' entries are Enabled; the others
+ * (up to maxCpus, hot-pluggable) only Online Capable: Linux (6.1 acpi_is_processor_usable) counts
+ * an entry that is neither as unusable when the MADT revision is >= 5, and the usable disabled
+ * ones as possible CPUs (the hot-plug headroom).
+ */
 export function buildMadt(o: MadtOptions): Uint8Array {
   if (!Number.isInteger(o.cpus) || o.cpus < 1 || o.cpus > 4096) throw new AcpiError(`invalid vCPU count ${o.cpus}`);
-  const x2 = o.x2apic === true || o.cpus > 255;
+  const max = o.maxCpus ?? o.cpus;
+  if (!Number.isInteger(max) || max < o.cpus || max > 4096) throw new AcpiError(`invalid maximum vCPU count ${max} (boot vCPUs ${o.cpus})`);
+  const x2 = o.x2apic === true || max > 255;
   const parts: Uint8Array[] = [];
   const head = new Uint8Array(SDT_HEADER_SIZE + 8);
   const hdv = new DataView(head.buffer);
   hdv.setUint32(36, APIC_START, true);
   hdv.setUint32(40, o.pcatCompat === true ? MADT_PCAT_COMPAT : 0, true);
   parts.push(head);
-  for (let i = 0; i < o.cpus; i++) {
-    if (x2) {
-      const e = new Uint8Array(16);
-      const dv = new DataView(e.buffer);
-      e[0] = MADT_LOCAL_X2APIC; e[1] = 16;
-      dv.setUint32(4, i, true); // x2APIC ID
-      dv.setUint32(8, 1, true); // flags: enabled
-      dv.setUint32(12, i, true); // ACPI processor UID
-      parts.push(e);
-    } else {
-      parts.push(Uint8Array.of(MADT_LOCAL_APIC, 8, i, i, 1, 0, 0, 0));
-    }
-  }
+  for (let i = 0; i < max; i++) parts.push(madtLocalApic(i, i < o.cpus ? MADT_LAPIC_ENABLED : MADT_LAPIC_ONLINE_CAPABLE, x2));
   const ioapic = new Uint8Array(12);
   const idv = new DataView(ioapic.buffer);
   ioapic[0] = MADT_IO_APIC; ioapic[1] = 12; ioapic[2] = 0; // IOAPIC ID 0
@@ -229,6 +236,24 @@ export function buildMadt(o: MadtOptions): Uint8Array {
     parts.push(Uint8Array.of(MADT_LOCAL_APIC_NMI, 6, 0xff, 0, 0, 1)); // all processors, flags 0, LINT1
   }
   return finishSdt(aml.concat(parts), 'APIC', 5);
+}
+
+/**
+ * The MADT entry of vCPU `id` (APIC ID = ACPI processor UID = id): Processor Local APIC
+ * (5.2.12.2, 8 bytes) or Processor Local x2APIC (5.2.12.12, 16 bytes).
+ */
+export function madtLocalApic(id: number, flags: number, x2apic: boolean): Uint8Array {
+  if (x2apic) {
+    const e = new Uint8Array(16);
+    const dv = new DataView(e.buffer);
+    e[0] = MADT_LOCAL_X2APIC; e[1] = 16;
+    dv.setUint32(4, id, true); // x2APIC ID
+    dv.setUint32(8, flags, true);
+    dv.setUint32(12, id, true); // ACPI processor UID
+    return e;
+  }
+  if (id > 254) throw new AcpiError(`vCPU ${id} needs an x2APIC entry`);
+  return Uint8Array.of(MADT_LOCAL_APIC, 8, id, id, flags, 0, 0, 0);
 }
 
 /** MCFG (PCI Firmware spec 3.0, 4.1.2): one ECAM allocation. For the later PCI work. */
@@ -328,6 +353,100 @@ export function pciHotplugAml(blockBase: number): Uint8Array[] {
   ];
 }
 
+/** AML name of the processor device of vCPU `id` (C000 .. CFFF, hexadecimal as Cloud Hypervisor). */
+export function cpuDeviceName(id: number): string {
+  if (!Number.isInteger(id) || id < 0 || id > 0xfff) throw new AcpiError(`vCPU ${id} has no processor device name`);
+  return `C${id.toString(16).toUpperCase().padStart(3, '0')}`;
+}
+
+export interface CpuHotplugAmlOptions {
+  /** Guest-physical address of the CPU hotplug controller's registers (src/devices/cpu_hotplug.ts). */
+  mmioBase: number;
+  /** Processor devices to describe (cpus.max_vcpus). */
+  maxCpus: number;
+  /** Whether the MADT uses x2APIC entries (then so does _MAT). */
+  x2apic?: boolean;
+}
+
+/**
+ * \_SB_.CPUS, a processor container (ACPI0010, 8.4.2.1) with a processor device (ACPI0007,
+ * 8.4) per possible vCPU whose _UID is its MADT processor UID, and the methods that drive the CPU
+ * hotplug controller (src/devices/cpu_hotplug.ts) under the mutex CPLK (CSEL selects a vCPU):
+ *  - CSTA(uid): 0x0F (present, enabled, shown, functioning) if the vCPU is present, else 0 (_STA);
+ *  - CMAT(uid): its MADT entry with Enabled set while present (_MAT, 6.2.10: Linux maps a
+ *    hot-added CPU's APIC ID from _MAT and wants the Enabled flag there);
+ *  - CEJ0(uid): sets the status register's eject bit (field CEJF): the guest is done with it (_EJ0, 6.3.3);
+ *  - CSCN, called by the GED's _EVT on the CPU hotplug event: for each vCPU with CINS set,
+ *    Notify(Cxxx, 1) (device check: the OS adds the CPU) and clear CINS; with CRMV set,
+ *    Notify(Cxxx, 3) (eject request: the OS offlines the CPU, then runs _EJ0) and clear CRMV;
+ *  - CTFY(uid, value): Notify of the processor device `uid`.
+ */
+export function cpuHotplugAml(o: CpuHotplugAmlOptions): Uint8Array {
+  const n = o.maxCpus;
+  if (!Number.isInteger(n) || n < 1 || n > 0xfff) throw new AcpiError(`invalid maximum vCPU count ${n}`);
+  const x2 = o.x2apic === true || n > 255;
+  const one = aml.integer(1);
+  const eq = (a: Uint8Array, b: Uint8Array): Uint8Array => aml.lEqual(a, b);
+  const locked = (terms: Uint8Array[]): Uint8Array[] => [aml.acquire('CPLK'), ...terms, aml.release('CPLK')];
+  // The MADT entry with flags 0, then UID/APIC ID (and Enabled) filled in by CMAT.
+  const mat = madtLocalApic(0, 0, x2);
+  const idAt = x2 ? [4, 12] : [2, 3];
+  const flagsAt = x2 ? 8 : 4;
+  const cpus: Uint8Array[] = [];
+  for (let id = 0; id < n; id++) {
+    cpus.push(aml.device(cpuDeviceName(id), [
+      aml.name('_HID', aml.string('ACPI0007')),
+      aml.name('_UID', aml.integer(id)),
+      aml.method('_STA', 0, false, [aml.ret(aml.call('CSTA', [aml.integer(id)]))]),
+      aml.method('_MAT', 0, false, [aml.ret(aml.call('CMAT', [aml.integer(id)]))]),
+      aml.method('_EJ0', 1, false, [aml.call('CEJ0', [aml.integer(id)])]),
+    ]));
+  }
+  const tfy: Uint8Array[] = [];
+  for (let id = 0; id < n; id++) tfy.push(aml.ifThen(eq(aml.arg(0), aml.integer(id)), [aml.notify(cpuDeviceName(id), aml.arg(1))]));
+  return aml.device('CPUS', [
+    aml.name('_HID', aml.string('ACPI0010')),
+    aml.name('_CID', aml.eisaId('PNP0A05')),
+    aml.mutex('CPLK'),
+    aml.operationRegion('PRST', aml.REGION_SYSTEM_MEMORY, o.mmioBase, CPU_HOTPLUG_BLOCK_SIZE),
+    aml.field('PRST', [
+      { name: '', bits: 8 * CPU_STATUS_OFFSET },
+      { name: 'CPEN', bits: 1 }, { name: 'CINS', bits: 1 }, { name: 'CRMV', bits: 1 }, { name: 'CEJF', bits: 1 },
+    ], { access: aml.FIELD_ACCESS_BYTE, update: aml.FIELD_UPDATE_WRITE_AS_ZEROS }),
+    aml.field('PRST', [
+      ...(CPU_SELECT_OFFSET > 0 ? [{ name: '', bits: 8 * CPU_SELECT_OFFSET }] : []),
+      { name: 'CSEL', bits: 32 },
+    ], { access: aml.FIELD_ACCESS_DWORD, update: aml.FIELD_UPDATE_PRESERVE }),
+    aml.method('CSTA', 1, true, [
+      ...locked([
+        aml.store(aml.arg(0), aml.ref('CSEL')),
+        aml.store(aml.integer(0), aml.local(0)),
+        aml.ifThen(eq(aml.ref('CPEN'), one), [aml.store(aml.integer(0x0f), aml.local(0))]),
+      ]),
+      aml.ret(aml.local(0)),
+    ]),
+    aml.method('CMAT', 1, true, [
+      aml.store(aml.buffer(mat), aml.local(0)),
+      ...idAt.map((at) => aml.store(aml.arg(0), aml.index(aml.local(0), aml.integer(at)))),
+      aml.ifThen(eq(aml.call('CSTA', [aml.arg(0)]), aml.integer(0x0f)), [aml.store(one, aml.index(aml.local(0), aml.integer(flagsAt)))]),
+      aml.ret(aml.local(0)),
+    ]),
+    aml.method('CEJ0', 1, true, locked([aml.store(aml.arg(0), aml.ref('CSEL')), aml.store(one, aml.ref('CEJF'))])),
+    aml.method('CTFY', 2, false, tfy),
+    aml.method('CSCN', 0, true, locked([
+      aml.store(aml.integer(0), aml.local(0)),
+      aml.whileLoop(aml.lLess(aml.local(0), aml.integer(n)), [
+        aml.store(aml.local(0), aml.ref('CSEL')),
+        aml.ifElse(eq(aml.ref('CINS'), one), [aml.call('CTFY', [aml.local(0), aml.integer(NOTIFY_DEVICE_CHECK)]), aml.store(one, aml.ref('CINS'))], [
+          aml.ifThen(eq(aml.ref('CRMV'), one), [aml.call('CTFY', [aml.local(0), aml.integer(NOTIFY_EJECT_REQUEST)]), aml.store(one, aml.ref('CRMV'))]),
+        ]),
+        aml.increment(aml.local(0)),
+      ]),
+    ])),
+    ...cpus,
+  ]);
+}
+
 /** \_SB_.COM1: 16550 at 0x3f8, IRQ 4. */
 export function com1Aml(): Uint8Array {
   return aml.device('COM1', [
@@ -343,6 +462,7 @@ export function com1Aml(): Uint8Array {
  * GED event bits the DSDT's _EVT dispatches on; the same bits as the device side
  * (src/devices/acpi_power.ts GED_POWER_BUTTON, GED_VMGENID).
  */
+export const GED_EVENT_CPU_HOTPLUG = 0x01;
 export const GED_EVENT_PCI_HOTPLUG = 0x04;
 export const GED_EVENT_POWER_BUTTON = 0x08;
 export const GED_EVENT_VMGENID = 0x10;
@@ -361,6 +481,8 @@ export interface GedAmlOptions {
   vmGenIdAddr?: number;
   /** Host bridges (AML names) whose PCNT to call on "PCI devices changed"; omitted: no PCI hotplug. */
   pciHotplugBridges?: readonly string[];
+  /** Call \_SB_.CPUS.CSCN on "CPUs changed" (cpuHotplugAml); default false. */
+  cpuHotplug?: boolean;
 }
 
 /**
@@ -377,6 +499,9 @@ export function gedAml(o: GedAmlOptions): Uint8Array[] {
     aml.ifThen(aml.lEqual(aml.and(aml.local(0), aml.integer(mask)), aml.integer(mask)), [aml.notify(target, NOTIFY_DEVICE_SPECIFIC)]);
   const evt = [aml.store(aml.ref('GDAT'), aml.local(0)), bit(GED_EVENT_POWER_BUTTON, '\\_SB_.PWRB')];
   if (o.vmGenIdAddr !== undefined) evt.push(bit(GED_EVENT_VMGENID, '\\_SB_.VGEN'));
+  if (o.cpuHotplug === true) {
+    evt.push(aml.ifThen(aml.lEqual(aml.and(aml.local(0), aml.integer(GED_EVENT_CPU_HOTPLUG)), aml.integer(GED_EVENT_CPU_HOTPLUG)), [aml.call('\\_SB_.CPUS.CSCN')]));
+  }
   if (o.pciHotplugBridges !== undefined && o.pciHotplugBridges.length > 0) {
     evt.push(aml.ifThen(aml.lEqual(aml.and(aml.local(0), aml.integer(GED_EVENT_PCI_HOTPLUG)), aml.integer(GED_EVENT_PCI_HOTPLUG)),
       o.pciHotplugBridges.map((b) => aml.call(`\\_SB_.${b}.PCNT`))));
@@ -496,6 +621,8 @@ export function buildDsdt(o: DsdtOptions = {}): Uint8Array {
 
 export interface AcpiConfig extends DsdtOptions {
   cpus: number;
+  /** cpus.max_vcpus (default `cpus`): MADT entries for the hot-pluggable ones. */
+  maxCpus?: number;
   x2apic?: boolean;
   pcatCompat?: boolean;
   /** Complete extra tables (e.g. buildMcfg()) to list in the XSDT. */
@@ -532,6 +659,7 @@ export function buildAcpiTables(cfg: AcpiConfig, mem: GuestMemory): AcpiResult {
   const power = cfg.power ?? DEFAULT_POWER_REGISTERS;
   dsdtOpts.s5SleepType = power.s5SleepType;
   const madtOpts: MadtOptions = { cpus: cfg.cpus };
+  if (cfg.maxCpus !== undefined) madtOpts.maxCpus = cfg.maxCpus;
   if (cfg.x2apic !== undefined) madtOpts.x2apic = cfg.x2apic;
   if (cfg.pcatCompat !== undefined) madtOpts.pcatCompat = cfg.pcatCompat;
   const madt = buildMadt(madtOpts); // validates cpus before anything is written

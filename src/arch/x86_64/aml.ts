@@ -311,7 +311,10 @@ export function operationRegion(n: string, space: number, offset: number | bigin
   return concat([[EXT_OP_PREFIX, OP_REGION_OP], nameString(n), [space], integer(offset), integer(length)]);
 }
 
-/** One named field unit of a Field: its 4-character name and width in bits. */
+/**
+ * One field unit of a Field: its 4-character name and width in bits. An empty name is a
+ * ReservedField (20.2.5.2: 0x00 then the width), what ASL's Offset() and unnamed gaps become.
+ */
 export interface FieldUnit {
   name: string;
   bits: number;
@@ -329,7 +332,7 @@ export function field(region: string, units: readonly FieldUnit[], o: { access?:
   const list: Array<Uint8Array | number[]> = [];
   for (const u of units) {
     if (!Number.isInteger(u.bits) || u.bits < 1 || u.bits >= 1 << 28) throw new AmlError(`field ${u.name} width ${u.bits} bits out of range`);
-    list.push(nameSeg(u.name), rawPkgLength(u.bits));
+    list.push(u.name === '' ? [0x00] : nameSeg(u.name), rawPkgLength(u.bits));
   }
   const body = concat([nameString(region), [access | (update << 5)], ...list]);
   return concat([[EXT_OP_PREFIX, FIELD_OP], pkgLength(body.length), body]);
@@ -366,9 +369,62 @@ export function ifThen(predicate: Uint8Array, terms: ReadonlyArray<Uint8Array>):
   return concat([[IF_OP], pkgLength(body.length), body]);
 }
 
-/** Notify(object, value) (20.2.5.3 DefNotify). */
-export function notify(object: string, value: number): Uint8Array {
-  return concat([[NOTIFY_OP], nameString(object), integer(value)]);
+/** Notify(object, value) (20.2.5.3 DefNotify); `value` a constant or a TermArg (e.g. arg(1)). */
+export function notify(object: string, value: number | Uint8Array): Uint8Array {
+  return concat([[NOTIFY_OP], nameString(object), typeof value === 'number' ? integer(value) : value]);
+}
+
+export const ELSE_OP = 0xa1;
+export const WHILE_OP = 0xa2;
+export const LLESS_OP = 0x95;
+export const INCREMENT_OP = 0x75;
+export const INDEX_OP = 0x88;
+export const MUTEX_OP = 0x01; // after EXT_OP_PREFIX
+export const ACQUIRE_OP = 0x23; // after EXT_OP_PREFIX
+export const RELEASE_OP = 0x27; // after EXT_OP_PREFIX
+
+/** If(predicate){ then } Else { otherwise } (20.2.5.3 DefIfElse: DefElse right after the If). */
+export function ifElse(predicate: Uint8Array, then: ReadonlyArray<Uint8Array>, otherwise: ReadonlyArray<Uint8Array>): Uint8Array {
+  const body = concat(otherwise);
+  return concat([ifThen(predicate, then), [ELSE_OP], pkgLength(body.length), body]);
+}
+
+/** While(predicate){ terms } (20.2.5.3 DefWhile). */
+export function whileLoop(predicate: Uint8Array, terms: ReadonlyArray<Uint8Array>): Uint8Array {
+  const body = concat([predicate, ...terms]);
+  return concat([[WHILE_OP], pkgLength(body.length), body]);
+}
+
+/** LLess(a, b) (20.2.5.4 DefLLess). */
+export function lLess(a: Uint8Array, b: Uint8Array): Uint8Array {
+  return concat([[LLESS_OP], a, b]);
+}
+
+/** Increment(target) (20.2.5.4 DefIncrement). */
+export function increment(target: Uint8Array): Uint8Array {
+  return concat([[INCREMENT_OP], target]);
+}
+
+/** Index(source, index) with no target (20.2.5.4 DefIndex): a reference to one element, e.g. a Store target. */
+export function index(source: Uint8Array, i: Uint8Array): Uint8Array {
+  return concat([[INDEX_OP], source, i, [0x00]]);
+}
+
+/** Mutex(name, syncLevel) (20.2.5.2 DefMutex). */
+export function mutex(n: string, syncLevel = 0): Uint8Array {
+  if (!Number.isInteger(syncLevel) || syncLevel < 0 || syncLevel > 15) throw new AmlError(`mutex sync level ${syncLevel} outside 0-15`);
+  return concat([[EXT_OP_PREFIX, MUTEX_OP], nameString(n), [syncLevel]]);
+}
+
+/** Acquire(mutex, timeoutMs) (20.2.5.4 DefAcquire; the timeout a raw WordData, 0xFFFF = forever). */
+export function acquire(n: string, timeout = 0xffff): Uint8Array {
+  if (!Number.isInteger(timeout) || timeout < 0 || timeout > 0xffff) throw new AmlError(`acquire timeout ${timeout} outside 0-0xffff`);
+  return concat([[EXT_OP_PREFIX, ACQUIRE_OP], nameString(n), [timeout & 0xff, timeout >> 8]]);
+}
+
+/** Release(mutex) (20.2.5.3 DefRelease). */
+export function release(n: string): Uint8Array {
+  return concat([[EXT_OP_PREFIX, RELEASE_OP], nameString(n)]);
 }
 
 /** A call of the method `name` with `args` (20.2.5 MethodInvocation: NameString TermArg...). */

@@ -165,6 +165,11 @@ export const GED_MMIO_SIZE = 1;
  * the platform MMIO area's second page.
  */
 export const PCI_HOTPLUG_MMIO_START = PLATFORM_MMIO_START + 0x1000;
+/**
+ * The ACPI CPU hotplug controller (src/devices/cpu_hotplug.ts, a 12-byte register block read by
+ * the DSDT's \_SB_.CPUS methods): the platform MMIO area's third page.
+ */
+export const CPU_HOTPLUG_MMIO_START = PLATFORM_MMIO_START + 0x2000;
 
 /** IOAPIC (MADT), GSI base 0, 24 pins. */
 export const IOAPIC_START = 0xfec00000;
