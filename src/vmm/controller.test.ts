@@ -166,6 +166,19 @@ test('vm.add-fs: before boot it joins the configuration (validated: shared memor
   }
 });
 
+test('vm.resize desired_vcpus before boot: boot_vcpus of the configuration, within 1..max_vcpus', async () => {
+  const core = new VmmCore();
+  const c = cfg();
+  c.cpus = { ...c.cpus, boot_vcpus: 1, max_vcpus: 4 };
+  await core.createVm(c);
+  await core.resizeVm({ desired_vcpus: 3 });
+  assert.deepEqual([core.info().config.cpus.boot_vcpus, core.info().config.cpus.max_vcpus], [3, 4]);
+  await rejectsWith(core.resizeVm({ desired_vcpus: 5 }), 400, /desired_vcpus must be an integer in 1\.\.4 \(cpus\.max_vcpus\), got 5/);
+  await rejectsWith(core.resizeVm({ desired_vcpus: 0 }), 400, /got 0/);
+  assert.equal(core.info().config.cpus.boot_vcpus, 3, 'refused resizes change nothing');
+  await core.deleteVm();
+});
+
 test('vm.resize before boot: desired_balloon becomes the balloon size of the configuration; no balloon, too large, vCPUs/RAM refused; through the API', async () => {
   const core = new VmmCore();
   await rejectsWith(core.resizeVm({ desired_balloon: 0 }), 404, /not created/);
@@ -180,7 +193,7 @@ test('vm.resize before boot: desired_balloon becomes the balloon size of the con
   assert.equal(core.info().memory_actual_size, 64 << 20, 'not booted: nothing is in the balloon');
   await rejectsWith(core.resizeVm({ desired_balloon: 64 << 20 }), 400, /desired_balloon: 67108864 bytes is not smaller than guest RAM \(67108864 bytes\)/);
   await rejectsWith(core.resizeVm({ desired_balloon: -1 }), 400, /desired_balloon: must be an integer number of bytes >= 0/);
-  await rejectsWith(core.resizeVm({ desired_vcpus: 2, desired_balloon: 0 }), 500, /vm\.resize: not implemented yet in Stratovisor for desired_vcpus \(CPU hotplug\)/);
+  await rejectsWith(core.resizeVm({ desired_vcpus: 2, desired_balloon: 0 }), 400, /vm\.resize: desired_vcpus must be an integer in 1\.\.1 \(cpus\.max_vcpus\), got 2/);
   await rejectsWith(core.resizeVm({ desired_ram: 1 << 30 }), 500, /not implemented yet in Stratovisor for desired_ram \(memory hotplug\)/);
   assert.equal(core.info().config.balloon?.size, 16 << 20, 'refused resizes change nothing');
   await core.resizeVm({});

@@ -37,7 +37,7 @@ import type { EventMonitor } from '../api/events.js';
 import { assertValidVmConfig, balloonSizeIssue, validateVmConfig, type DiskConfig, type FsConfig, type NetConfig, type PmemConfig, type VmConfig, type VsockConfig } from './config.js';
 import { VirtioConfigError, type HotplugDevice } from './virtio_manager.js';
 import * as libc from '../sys/libc.js';
-import { VirtualMachine, type VirtualMachineOptions, type VmExitInfo } from './vm.js';
+import { VcpuRemovalPendingError, VirtualMachine, VmError, type VirtualMachineOptions, type VmExitInfo } from './vm.js';
 import { readSnapshot, SnapshotError, snapshotDirectory } from './snapshot.js';
 import { StateFormatError } from '../snapshot/codec.js';
 import { MigrationError, parseMigrationUrl, type MigrationAddress } from '../migration/protocol.js';
@@ -81,7 +81,7 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
   private shutDown = false;
   /** VMs being stopped by the host: their own 'shutdown' event is not a guest power-off. */
   private readonly hostStopping = new Set<VirtualMachine>();
-  private readonly vmListeners = new Map<VirtualMachine, { shutdown: (i: VmExitInfo) => void; rebooting: () => void; rebooted: () => void; deviceRemoved: (id: string) => void }>();
+  private readonly vmListeners = new Map<VirtualMachine, { shutdown: (i: VmExitInfo) => void; rebooting: () => void; rebooted: () => void; deviceRemoved: (id: string) => void; vcpuRemoved: () => void }>();
 
   constructor(opts: VmmCoreOptions = {}) {
     super();
@@ -430,15 +430,17 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
   /**
    * vm.resize (Cloud Hypervisor vm_resize): desired_balloon is the balloon's new target. A booted
    * VM's guest is told at once; either way the configuration keeps it (a reboot uses it, as CH
-   * does). CPU and memory hotplug (desired_vcpus, desired_ram) are not implemented.
+   * does). desired_vcpus: CPU hotplug up to cpus.max_vcpus (VirtualMachine.resizeVcpus; 429
+   * while a vCPU removal is pending, as CH); before boot, the boot_vcpus of the configuration.
+   * Memory hotplug (desired_ram) is not implemented.
    */
   async resizeVm(r: VmResize): Promise<void> {
     const state = nextVmState(this.state, 'info')!;
-    const config = this.config!;
-    const unsupported = (['desired_vcpus', 'desired_ram'] as const).filter((k) => r[k] !== undefined && r[k] !== null);
-    if (unsupported.length > 0) {
-      throw new ApiError(500, 'NotImplemented', `vm.resize: not implemented yet in Stratovisor for ${unsupported.join(' and ')} (${unsupported.map((k) => (k === 'desired_vcpus' ? 'CPU hotplug' : 'memory hotplug')).join(', ')}); desired_balloon is`);
+    if (r.desired_ram !== undefined && r.desired_ram !== null) {
+      throw new ApiError(500, 'NotImplemented', 'vm.resize: not implemented yet in Stratovisor for desired_ram (memory hotplug); desired_vcpus and desired_balloon are');
     }
+    if (r.desired_vcpus !== undefined && r.desired_vcpus !== null) await this.resizeVcpus(state, r.desired_vcpus);
+    const config = this.config!;
     const want = r.desired_balloon;
     if (want === undefined || want === null) return;
     if (config.balloon === undefined) throw new BadRequestError('vm.resize: the VM has no balloon device (create it with balloon: {size: 0} or --balloon size=0)');
@@ -454,6 +456,27 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     }
     config.balloon = { ...config.balloon, size: want };
     this.log(`balloon target ${want} bytes${booted ? '' : ' (for the next boot)'}`);
+  }
+
+  private async resizeVcpus(state: string, want: number): Promise<void> {
+    const cpus = this.config!.cpus;
+    if (!Number.isInteger(want) || want < 1 || want > cpus.max_vcpus) {
+      throw new BadRequestError(`vm.resize: desired_vcpus must be an integer in 1..${cpus.max_vcpus} (cpus.max_vcpus), got ${String(want)}`);
+    }
+    if (state === 'Running' || state === 'Paused') {
+      try {
+        await this.vm!.resizeVcpus(want);
+      } catch (e) {
+        if (e instanceof VcpuRemovalPendingError) throw new ApiError(429, 'BadRequest', `vm.resize: a vCPU removal is still pending: ${e.message}`);
+        if (!(e instanceof VmError)) throw new ApiError(500, 'Internal', `vm.resize: ${(e as Error).message}`);
+        // Paused: CPU hotplug needs the guest running (it onlines or offlines the vCPUs).
+        throw state === 'Paused' ? new ApiError(405, 'InvalidState', `vm.resize: ${e.message}`) : new BadRequestError(`vm.resize: ${e.message}`);
+      }
+      this.config = this.vm!.config;
+    } else {
+      this.config = { ...this.config!, cpus: { ...cpus, boot_vcpus: want } };
+    }
+    this.log(`vCPUs resized to ${want}${state === 'Running' || state === 'Paused' ? '' : ' (for the boot)'}`);
   }
 
   info(): VmInfo {
@@ -525,6 +548,10 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
         this.opts.monitor?.emitEvent('vm', 'rebooted');
         this.emit('guest-rebooted');
       },
+      // The guest ejected a vCPU (vm.resize down, or its own eject): boot_vcpus follows.
+      vcpuRemoved: () => {
+        if (this.vm === vm) this.config = vm.config;
+      },
       deviceRemoved: (id: string) => {
         if (this.vm !== vm) return;
         // Tap fds sent with a vm.add-net belong to the configuration entry that just went.
@@ -535,6 +562,7 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
       },
     };
     vm.on('device-removed', l.deviceRemoved);
+    vm.on('vcpu-removed', l.vcpuRemoved);
     vm.on('shutdown', l.shutdown);
     vm.on('rebooting', l.rebooting);
     vm.on('rebooted', l.rebooted);
@@ -548,6 +576,7 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     vm.off('rebooting', l.rebooting);
     vm.off('rebooted', l.rebooted);
     vm.off('device-removed', l.deviceRemoved);
+    vm.off('vcpu-removed', l.vcpuRemoved);
     this.vmListeners.delete(vm);
   }
 

@@ -6,7 +6,8 @@ import { createPioBus, createMmioBus } from '../devices/bus.js';
 import { Serial } from '../devices/serial.js';
 import { I8042 } from '../devices/i8042.js';
 import { Cmos } from '../devices/cmos.js';
-import { AcpiPowerDevice, AcpiGedDevice, GED_PCI_HOTPLUG } from '../devices/acpi_power.js';
+import { AcpiPowerDevice, AcpiGedDevice, GED_CPU_HOTPLUG, GED_PCI_HOTPLUG } from '../devices/acpi_power.js';
+import { CpuHotplugController, CPU_HOTPLUG_BLOCK_SIZE } from '../devices/cpu_hotplug.js';
 import { PciHotplugController } from '../pci/hotplug.js';
 import { NO_INTERRUPT } from '../devices/interrupt.js';
 import { EventFdInterrupt } from './interrupts.js';
@@ -16,7 +17,7 @@ import { saveLegacyDevices, restoreLegacyDevices } from '../devices/state_json.j
 import { underField } from '../devices/state.js';
 import { ByteRing } from './ring.js';
 import { PIO_COM1, PIO_I8042, PIO_CMOS, PIO_ACPI_POWER } from './layout_ports.js';
-import { GED_MMIO_SIZE, GED_MMIO_START, PCI_HOTPLUG_MMIO_START, pciSegmentLayouts } from '../arch/x86_64/layout.js';
+import { CPU_HOTPLUG_MMIO_START, GED_MMIO_SIZE, GED_MMIO_START, PCI_HOTPLUG_MMIO_START, pciSegmentLayouts } from '../arch/x86_64/layout.js';
 import { vmFromHandle } from '../hypervisor/handle.js';
 import { setupPci } from './pci_setup.js';
 import { OutputSink } from './sink.js';
@@ -83,6 +84,14 @@ function start(data: DeviceWorkerData): void {
     post({ type: 'ejected', id: d.id });
   });
   mmio.insert(hotplug, PCI_HOTPLUG_MMIO_START, hotplug.size);
+  // ACPI CPU hotplug (src/devices/cpu_hotplug.ts): the DSDT's \_SB_.CPUS methods read it; the
+  // guest's _EJ0 of a vCPU lands here and the main thread parks that vCPU's thread.
+  const cpus = data.cpus ?? { max: 1, present: 1 };
+  const cpuHotplug = new CpuHotplugController(cpus.max, cpus.present, (id) => {
+    logPci(`vCPU ${id}: ejected by the guest`);
+    post({ type: 'cpu-ejected', id });
+  });
+  mmio.insert(cpuHotplug, CPU_HOTPLUG_MMIO_START, CPU_HOTPLUG_BLOCK_SIZE);
   function serveHotplug(): void {
     const m = data.hotplugPort ? receiveMessageOnPort(data.hotplugPort) : undefined;
     if (m === undefined) throw new Error('no hotplug request came with the doorbell');
@@ -90,6 +99,12 @@ function start(data: DeviceWorkerData): void {
     // Requests whose answer the main thread stopped waiting for are dropped: this doorbell's is the last one.
     for (let next = receiveMessageOnPort(data.hotplugPort!); next !== undefined; next = receiveMessageOnPort(data.hotplugPort!)) req = next.message as HotplugRequest;
     if (req.seq !== controlSeq) throw new Error(`hotplug request ${req.seq} does not match the doorbell's ${controlSeq}`);
+    if (req.type === 'cpu-add' || req.type === 'cpu-remove') {
+      if (req.type === 'cpu-add') cpuHotplug.inserted(req.id);
+      else cpuHotplug.removeRequested(req.id);
+      ged.notify(GED_CPU_HOTPLUG);
+      return;
+    }
     if (req.type === 'add') {
       pci.add(req.device);
       hotplug.inserted(req.device.segment ?? 0, req.device.slot);

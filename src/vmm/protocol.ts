@@ -19,7 +19,15 @@ export interface VcpuWorkerData {
    * when it starts (a restore) parks before its first KVM_RUN and says 'paused'.
    */
   configAddress?: number;
+  /**
+   * CPU hotplug: Int32 word per possible vCPU (PlugState), this vCPU's at its id. Unplugged, the
+   * thread stops calling KVM_RUN (after a kick) and waits for Plugged again or Stop.
+   */
+  plug?: SharedArrayBuffer;
 }
+
+/** A vCPU thread's PlugState word: Plugged runs the guest, Unplugged parks (the guest ejected it), Stop ends. */
+export const PlugState = { Plugged: 0, Unplugged: 1, Stop: 2 } as const;
 
 export const RunState = { Run: 0, Pause: 1, Stop: 2 } as const;
 
@@ -27,6 +35,8 @@ export type VcpuEvent =
   | { type: 'started'; id: number }
   /** `configAddress`: the vCPU's 0xCF8 CONFIG_ADDRESS latch as it parked (saved state). */
   | { type: 'paused'; id: number; configAddress: number }
+  /** PlugState Unplugged: the thread has left KVM_RUN and waits (its vCPU fd stays open). */
+  | { type: 'unplugged'; id: number }
   | { type: 'shutdown'; id: number }
   | { type: 'reset'; id: number; reason: string }
   | { type: 'error'; id: number; message: string }
@@ -65,6 +75,8 @@ export interface DeviceWorkerData {
    * event and raises its interrupt once its state is restored (the guest sees it when it runs).
    */
   vmGenIdChanged?: boolean;
+  /** CPU hotplug controller (src/devices/cpu_hotplug.ts): cpus.max_vcpus and the vCPUs present now. */
+  cpus?: { max: number; present: number };
   /**
    * PCI hotplug requests (HotplugRequest), read with receiveMessageOnPort when a HotplugAdd or
    * HotplugRemove request rings (the message is posted before the doorbell).
@@ -75,7 +87,10 @@ export interface DeviceWorkerData {
 /** The payload of DeviceControlOp.HotplugAdd / HotplugRemove. */
 export type HotplugRequest =
   | { type: 'add'; seq: number; device: VirtioPciInit }
-  | { type: 'remove'; seq: number; id: string };
+  | { type: 'remove'; seq: number; id: string }
+  /** CPU hotplug: vCPU `id` is plugged in (it runs) / the guest is asked to eject it. */
+  | { type: 'cpu-add'; seq: number; id: number }
+  | { type: 'cpu-remove'; seq: number; id: number };
 
 /**
  * Requests to the device thread, which never waits for messages (it sleeps on the doorbell):
@@ -102,5 +117,7 @@ export type DeviceEvent =
   | { type: 'restored' }
   /** The guest ejected the device (its _EJ0 ran): it is off the bus. */
   | { type: 'ejected'; id: string }
+  /** The guest ejected vCPU `id` (its _EJ0 ran): the VMM parks its thread. */
+  | { type: 'cpu-ejected'; id: number }
   | { type: 'restore-error'; message: string };
 

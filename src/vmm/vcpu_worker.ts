@@ -6,7 +6,7 @@ import { parentPort } from 'node:worker_threads';
 import { VmExitKind, VmExitKindName } from '../hypervisor/hypervisor.js';
 import { vcpuFromHandle } from '../hypervisor/handle.js';
 import { MailboxClient, MailboxOp } from './mailbox.js';
-import { RunState, type VcpuWorkerData, type VcpuEvent } from './protocol.js';
+import { PlugState, RunState, type VcpuWorkerData, type VcpuEvent } from './protocol.js';
 import { DEVICE_PORTS, PIO_PCI_CONFIG } from './layout_ports.js';
 import { PciType1 } from '../pci/bus.js';
 import { PCI_ECAM_START } from '../arch/x86_64/layout.js';
@@ -101,6 +101,17 @@ function start(wd: VcpuWorkerData): void {
     return s;
   }
 
+  // CPU hotplug: the guest ejected this vCPU (it had offlined it): no KVM_RUN until it is
+  // plugged in again (its state is kept: the guest's INIT/SIPI wakes it then) or the VM stops.
+  const plug = wd.plug ? new Int32Array(wd.plug) : null;
+  function unplugged(): boolean {
+    if (plug === null || Atomics.load(plug, id) !== PlugState.Unplugged) return false;
+    post({ type: 'unplugged', id });
+    let p: number;
+    while ((p = Atomics.load(plug, id)) === PlugState.Unplugged) Atomics.wait(plug, id, PlugState.Unplugged);
+    return p === PlugState.Stop || Atomics.load(state, 0) === RunState.Stop;
+  }
+
   post({ type: 'started', id });
   const e = vcpu.exit;
   // A restored VM starts paused: no KVM_RUN before vm.resume.
@@ -126,6 +137,7 @@ function start(wd: VcpuWorkerData): void {
       case VmExitKind.Intr: {
         vcpu.takeKick();
         if (park() === RunState.Stop) break loop;
+        if (unplugged()) break loop;
         break;
       }
       case VmExitKind.Shutdown:

@@ -12,11 +12,11 @@ import { openHypervisor, type HypervisorKind } from '../hypervisor/select.js';
 import type { Hypervisor, Vm, Vcpu } from '../hypervisor/hypervisor.js';
 import type { CpuIdEntry } from '../hypervisor/regs.js';
 import { GuestMemory } from '../memory/guest_memory.js';
-import { ramRegions, lowRamEnd, GED_MMIO_START, PCI_HOTPLUG_MMIO_START, VMGENID_ADDR, VMGENID_SIZE } from '../arch/x86_64/layout.js';
+import { ramRegions, lowRamEnd, CPU_HOTPLUG_MMIO_START, GED_MMIO_START, PCI_HOTPLUG_MMIO_START, RSDP_POINTER, VMGENID_ADDR, VMGENID_SIZE } from '../arch/x86_64/layout.js';
 import { loadBzImage, parseBzImage } from '../arch/x86_64/bzimage.js';
 import { loadPvhKernel, parseElfKernel } from '../arch/x86_64/pvh.js';
 import { FileImage, readImage, type ImageSource } from '../arch/x86_64/image_source.js';
-import { buildAcpiTables, buildMcfgForSegments, gedAml, pciHostBridgeName, pciSegmentsAml, writeVmGenerationId } from '../arch/x86_64/acpi.js';
+import { buildAcpiTables, buildMcfgForSegments, cpuHotplugAml, gedAml, pciHostBridgeName, pciSegmentsAml, readAcpiTables, writeVmGenerationId } from '../arch/x86_64/acpi.js';
 import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
 import { HyperVCpuidError, hypervLeaves } from '../arch/x86_64/hyperv.js';
 import { writeResetVectorStub } from '../arch/x86_64/reset_vector.js';
@@ -31,7 +31,7 @@ import { THREAD_OPTIONS } from './thread_options.js';
 import type { VirtioPciInit } from './pci_setup.js';
 import type { VirtioDeviceState } from '../virtio/state.js';
 import {
-  DeviceControl, DeviceControlOp, RunState, type DeviceThreadState, type DeviceWorkerData, type DeviceEvent, type VcpuWorkerData, type VcpuEvent, type HotplugRequest,
+  DeviceControl, DeviceControlOp, PlugState, RunState, type DeviceThreadState, type DeviceWorkerData, type DeviceEvent, type VcpuWorkerData, type VcpuEvent, type HotplugRequest,
 } from './protocol.js';
 import { saveHypervisorState, restoreHypervisorState } from '../hypervisor/state.js';
 import { writeSnapshot, type SnapshotParts, type SnapshotState, type SnapshotWritten } from './snapshot.js';
@@ -96,6 +96,26 @@ interface Running {
   controlChain: Promise<void>;
   /** Devices whose eject the guest was asked for (vm.remove-device), not ejected yet. */
   ejectsPending: Set<string>;
+  /**
+   * CPU hotplug (vm.resize desired_vcpus): whether this guest's DSDT has the processor devices
+   * (cpuHotplugAml); `vcpus` and `vcpuWorkers` are indexed by vCPU id, every vCPU ever created
+   * (KVM cannot destroy one: an ejected vCPU keeps its fd and its parked thread for a re-plug).
+   */
+  cpuHotplug: boolean;
+  /** cpus.max_vcpus: mailboxes, PlugState words and the CPUID topology are sized for it. */
+  maxVcpus: number;
+  /** PlugState word per possible vCPU (protocol.ts), shared with the vCPU threads. */
+  plug: Int32Array;
+  plugSab: SharedArrayBuffer;
+  /** vCPUs the guest ejected (their threads parked, fds open). */
+  unplugged: Set<number>;
+  /** vCPUs the guest was asked to eject (vm.resize down) and has not yet. */
+  cpuRemovals: Set<number>;
+}
+
+/** vm.resize desired_vcpus while a vCPU removal is pending: Cloud Hypervisor answers 429. */
+export class VcpuRemovalPendingError extends Error {
+  override name = 'VcpuRemovalPendingError';
 }
 
 /** What a restore builds the guest from (src/vmm/snapshot.ts readSnapshot). */
@@ -113,7 +133,7 @@ export interface GuestRestore {
 type KernelKind = 'bzImage' | 'elf';
 
 /** A hotplug request without its sequence number (deviceControl adds it). */
-type HotplugPayload = { type: 'add'; device: VirtioPciInit } | { type: 'remove'; id: string };
+type HotplugPayload = { type: 'add'; device: VirtioPciInit } | { type: 'remove'; id: string } | { type: 'cpu-add'; id: number } | { type: 'cpu-remove'; id: number };
 
 /**
  * Open a file the user named (kept open, read with pread into guest RAM at each boot), turning
@@ -158,6 +178,11 @@ export class VirtualMachine extends EventEmitter {
   private kernelType: KernelKind = 'bzImage';
   private initramfs: FileImage | undefined;
   private supportedCpuid: CpuIdEntry[] | null = null;
+  /**
+   * The guests of this VM get the CPU hotplug AML: once cpus.max_vcpus was above boot_vcpus,
+   * for every later boot too (a reboot after a resize to max_vcpus can still resize down).
+   */
+  private cpuHotplugAml = false;
   /** Virtio devices' host side (images, taps, files): opened at boot, kept across guest resets. */
   private readonly virtio = new VirtioManager((m) => this.log(m), (id, why) => {
     // A device error is worth a line even without -v (where this.log already has it).
@@ -255,6 +280,7 @@ export class VirtualMachine extends EventEmitter {
     if (this.state !== 'Created') throw new VmError(`cannot restore into a VM in state ${this.state}`);
     const ncpu = this.config.cpus.boot_vcpus;
     const saved = from.state;
+    if (this.config.cpus.max_vcpus < ncpu) throw new VmError(`the snapshot's config has ${ncpu} boot vCPU(s) but max_vcpus ${this.config.cpus.max_vcpus}`);
     if (saved.hypervisor.vcpus.length !== ncpu) throw new VmError(`the snapshot has ${saved.hypervisor.vcpus.length} vCPU state(s), its config ${ncpu} boot vCPU(s)`);
     if (saved.pci.configAddress.length !== ncpu) throw new VmError(`the snapshot has ${saved.pci.configAddress.length} PCI CONFIG_ADDRESS latch(es), its config ${ncpu} vCPU(s)`);
     saved.pci.configAddress.forEach((a) => new PciType1(1).restoreState({ configAddress: a }));
@@ -295,6 +321,11 @@ export class VirtualMachine extends EventEmitter {
     const hv = this.hv!;
     const cfg = this.config;
     const ncpu = cfg.cpus.boot_vcpus;
+    const maxVcpus = Math.max(cfg.cpus.max_vcpus, ncpu);
+    if (!restore && maxVcpus > ncpu) this.cpuHotplugAml = true;
+    const cpuHotplug = !restore && this.cpuHotplugAml && maxVcpus > 1;
+    // The CPUID topology says max_vcpus where vCPUs can be hot-plugged (as Cloud Hypervisor).
+    const topologyCpus = cpuHotplug ? maxVcpus : ncpu;
     const memSize = cfg.memory.size;
     // Spawn the threads first: their start-up (a V8 isolate each) overlaps the VM's set-up below.
     const deviceWorker = new Worker(new URL('./device_worker.js', import.meta.url), THREAD_OPTIONS);
@@ -366,11 +397,18 @@ export class VirtualMachine extends EventEmitter {
       } else {
         const pciSegments = this.virtio.pciSegments;
         // ACPI PCI hotplug on every segment (src/pci/hotplug.ts): vm.add-* and vm.remove-device.
+        // CPU hotplug (vm.resize desired_vcpus): a processor device per possible vCPU.
         const sbDevices = [
           ...pciSegmentsAml(pciSegments, undefined, { mmioBase: PCI_HOTPLUG_MMIO_START }),
-          ...gedAml({ mmioBase: GED_MMIO_START, gsi: IRQ_GED, vmGenIdAddr: VMGENID_ADDR, pciHotplugBridges: pciSegments.map((p) => pciHostBridgeName(p.segment)) }),
+          ...(cpuHotplug ? [cpuHotplugAml({ mmioBase: CPU_HOTPLUG_MMIO_START, maxCpus: maxVcpus })] : []),
+          ...gedAml({ mmioBase: GED_MMIO_START, gsi: IRQ_GED, vmGenIdAddr: VMGENID_ADDR, pciHotplugBridges: pciSegments.map((p) => pciHostBridgeName(p.segment)), cpuHotplug }),
         ];
-        const acpi = buildAcpiTables({ cpus: ncpu, sbDevices, extraTables: [buildMcfgForSegments(pciSegments)] }, mem);
+        let acpi;
+        try {
+          acpi = buildAcpiTables({ cpus: ncpu, ...(cpuHotplug ? { maxCpus: maxVcpus } : {}), sbDevices, extraTables: [buildMcfgForSegments(pciSegments)] }, mem);
+        } catch (e) {
+          throw new VmError(`${(e as Error).message}${cpuHotplug ? ` (max_vcpus ${maxVcpus} and ${pciSegments.length} PCI segment(s): fewer of either fit)` : ''}`);
+        }
         writeResetVectorStub(mem);
         const cmdline = cfg.payload.cmdline ?? '';
         const kernel = this.kernel!;
@@ -385,14 +423,9 @@ export class VirtualMachine extends EventEmitter {
         }
         writeBootTables(mem, boot.writes);
 
-        this.supportedCpuid ??= hv.getSupportedCpuid();
         for (let id = 0; id < ncpu; id++) {
-          const vcpu = vm.createVcpu(id);
+          const vcpu = this.createVcpu(vm, id, topologyCpus);
           vcpus.push(vcpu);
-          vcpu.setCpuid2(vcpuCpuid(this.supportedCpuid, id, ncpu, { hyperv: cfg.cpus.kvm_hyperv === true ? this.hypervCpuid(vcpu, id) : null }));
-          vcpu.setMsrs(bootMsrEntries());
-          vcpu.setupLapicLints();
-          vcpu.setFpu(defaultFpu());
           if (id === 0) {
             vcpu.setSregs(boot.sregs);
             vcpu.setRegs(boot.regs);
@@ -421,7 +454,8 @@ export class VirtualMachine extends EventEmitter {
       throw e;
     }
 
-    const shared = createMailboxes(ncpu);
+    const shared = createMailboxes(maxVcpus);
+    const plugSab = new SharedArrayBuffer(4 * maxVcpus);
     const runStateSab = new SharedArrayBuffer(4);
     // A restored guest starts paused: every thread parks before the guest runs (protocol.ts).
     if (restore) Atomics.store(new Int32Array(runStateSab), 0, RunState.Pause);
@@ -432,7 +466,7 @@ export class VirtualMachine extends EventEmitter {
       memBelow4g: lowRamEnd(memSize), memAbove4g: memSize - lowRamEnd(memSize),
       vm: vm.handle(), virtio: virtioInits, verbose: this.opts.log !== undefined,
       pciSegments: this.virtio.pciSegments, serialCounters: this.serialCounters.buffer as SharedArrayBuffer,
-      control: controlSab, hotplugPort: hotplug.port2,
+      control: controlSab, hotplugPort: hotplug.port2, cpus: { max: maxVcpus, present: ncpu },
       ...(restore ? { restore: { legacy: restore.state.devices, pciRoots: restore.state.pci.segments }, vmGenIdChanged: true } : {}),
     };
     deviceWorker.off('error', early);
@@ -444,6 +478,8 @@ export class VirtualMachine extends EventEmitter {
       serialIrqfd, gedIrqfd, serialFd, ownsSerialFd, stopping: false, vcpuExited, deviceExited, stopped: null,
       control: new Int32Array(controlSab), controlWaiters: new Map(), parked: new Map(), restored, answerRestore: onRestored,
       hotplugPort: hotplug.port1, ejectsPending: new Set(), controlChain: Promise.resolve(),
+      cpuHotplug: restore ? dsdtHasCpuHotplug(mem!) : cpuHotplug, maxVcpus, plug: new Int32Array(plugSab), plugSab,
+      unplugged: new Set(), cpuRemovals: new Set(),
     };
     runRef = run;
     this.run = run;
@@ -452,21 +488,127 @@ export class VirtualMachine extends EventEmitter {
     deviceWorker.on('error', (e) => this.fail(run, `device thread failed: ${e.stack ?? e.message}`));
     deviceWorker.once('exit', (code) => { if (!run.stopping) this.fail(run, `the device thread exited unexpectedly (code ${code})`); });
     for (const [i, v] of vcpus.entries()) {
-      const wd: VcpuWorkerData = {
-        // Every device number of bus 0 goes to the device thread: a hot-plugged device may appear in any.
-        handle: v.handle(), shared, runState: runStateSab, pciSlots: PCI_SLOTS,
-        ...(restore ? { configAddress: restore.state.pci.configAddress[i]! } : {}),
-      };
       const w = vcpuWorkers[i]!;
       w.off('error', early);
-      w.postMessage(wd);
-      w.on('message', (m: VcpuEvent) => this.onVcpuEvent(run, m));
-      w.on('error', (e) => this.fail(run, `vCPU thread failed: ${e.message}`));
-      w.once('exit', (code) => { if (!run.stopping) this.fail(run, `vCPU ${i} thread exited unexpectedly (code ${code})`); });
-      run.vcpuWorkers.push(w);
+      this.startVcpuThread(run, w, v, restore ? restore.state.pci.configAddress[i]! : undefined);
     }
     if (earlyFailure !== null) this.fail(run, earlyFailure);
     this.log(restore ? `guest restored (paused): ${ncpu} vCPU(s), ${fmtBytes(memSize)}` : `guest started: ${ncpu} vCPU(s), ${fmtBytes(memSize)}, ${this.kernelType} kernel`);
+  }
+
+  /**
+   * A vCPU as the boot vCPUs and hot-plugged ones get it: CPUID (its APIC ID, a topology of
+   * `topologyCpus`), the boot MSRs, LAPIC LINT0/LINT1, FPU. An AP waits for INIT/SIPI.
+   */
+  private createVcpu(vm: Vm, id: number, topologyCpus: number): Vcpu {
+    this.supportedCpuid ??= this.hv!.getSupportedCpuid();
+    const vcpu = vm.createVcpu(id);
+    try {
+      vcpu.setCpuid2(vcpuCpuid(this.supportedCpuid, id, topologyCpus, { hyperv: this.config.cpus.kvm_hyperv === true ? this.hypervCpuid(vcpu, id) : null }));
+      vcpu.setMsrs(bootMsrEntries());
+      vcpu.setupLapicLints();
+      vcpu.setFpu(defaultFpu());
+    } catch (e) {
+      vcpu.close();
+      throw e;
+    }
+    return vcpu;
+  }
+
+  /** Give vCPU `v` its thread `w` (spawned already) and watch it; `vcpuWorkers[v.id] = w`. */
+  private startVcpuThread(run: Running, w: Worker, v: Vcpu, configAddress?: number): void {
+    const id = v.id;
+    const wd: VcpuWorkerData = {
+      // Every device number of bus 0 goes to the device thread: a hot-plugged device may appear in any.
+      handle: v.handle(), shared: run.shared, runState: run.runState.buffer as SharedArrayBuffer, pciSlots: PCI_SLOTS, plug: run.plugSab,
+      ...(configAddress !== undefined ? { configAddress } : {}),
+    };
+    w.postMessage(wd);
+    w.on('message', (m: VcpuEvent) => this.onVcpuEvent(run, m));
+    w.on('error', (e) => this.fail(run, `vCPU thread failed: ${e.message}`));
+    w.once('exit', (code) => { if (!run.stopping) this.fail(run, `vCPU ${id} thread exited unexpectedly (code ${code})`); });
+    run.vcpuWorkers[id] = w;
+  }
+
+  /** vCPUs of the running guest that are plugged in (not ejected). */
+  private activeVcpus(run: Running): Vcpu[] {
+    return run.vcpus.filter((v) => !run.unplugged.has(v.id));
+  }
+
+  /**
+   * vm.resize desired_vcpus (as Cloud Hypervisor on x86): up, the next vCPUs (a new vCPU and
+   * thread, or one ejected before, its thread woken) are plugged in and the guest told through
+   * the GED (CSCN: Notify(Cxxx, 1)); the guest onlines them itself (sysfs cpuN/online, or
+   * udev). Down, the guest is asked to eject the highest ones (Notify(Cxxx, 3)): it offlines each
+   * and runs _EJ0, then its thread parks ('vcpu-removed'). The configuration's boot_vcpus is the
+   * new count at once (a reboot boots that many). VcpuRemovalPendingError while an eject asked
+   * for has not come; VmError for a count outside 1..max_vcpus or a guest without CPU hotplug.
+   */
+  async resizeVcpus(desired: number): Promise<void> {
+    const run = this.run;
+    if (this.state !== 'Running' || !run || run.stopping) throw new VmError(`cannot resize the vCPUs of a VM in state ${this.state}`);
+    const max = run.maxVcpus;
+    if (!Number.isInteger(desired) || desired < 1 || desired > max) throw new VmError(`desired_vcpus must be an integer in 1..${max} (cpus.max_vcpus), got ${desired}`);
+    if (run.cpuRemovals.size > 0) throw new VcpuRemovalPendingError(`the guest has not yet ejected vCPU(s) ${[...run.cpuRemovals].join(', ')}`);
+    const active = this.activeVcpus(run).map((v) => v.id);
+    if (desired === active.length) return;
+    if (!run.cpuHotplug) throw new VmError('this guest has no CPU hotplug: boot it with cpus.max_vcpus above boot_vcpus');
+    if (desired > active.length) {
+      // The lowest ids not plugged in (the ones removed last come back first only by chance).
+      const add: number[] = [];
+      for (let id = 0; id < max && add.length < desired - active.length; id++) if (!active.includes(id)) add.push(id);
+      for (const id of add) {
+        await this.plugVcpu(run, id);
+        this.config = { ...this.config, cpus: { ...this.config.cpus, boot_vcpus: this.activeVcpus(run).length } };
+      }
+    } else {
+      const remove = active.filter((id) => id !== 0).slice(-(active.length - desired));
+      for (const id of remove.reverse()) {
+        const e = await this.deviceControl(run, DeviceControlOp.HotplugRemove, { type: 'cpu-remove', id });
+        if (e.type !== 'done') throw new VmError(`cannot remove vCPU ${id}: ${e.type === 'state-error' ? e.message : 'unexpected answer'}`);
+        run.cpuRemovals.add(id);
+      }
+      this.config = { ...this.config, cpus: { ...this.config.cpus, boot_vcpus: desired } };
+    }
+    this.log(`vCPUs resized to ${desired}${run.cpuRemovals.size > 0 ? ` (the guest is asked to eject ${[...run.cpuRemovals].join(', ')})` : ''}`);
+  }
+
+  /** Whether a vCPU removal asked of the guest is pending. */
+  vcpuRemovalPending(): boolean {
+    return (this.run?.cpuRemovals.size ?? 0) > 0;
+  }
+
+  /** Plug vCPU `id` into the running guest: its thread runs, the controller says present, the GED tells the guest. */
+  private async plugVcpu(run: Running, id: number): Promise<void> {
+    if (run.unplugged.has(id)) {
+      run.unplugged.delete(id);
+      Atomics.store(run.plug, id, PlugState.Plugged);
+      Atomics.notify(run.plug, id);
+    } else {
+      if (run.vcpus[id] !== undefined) throw new VmError(`vCPU ${id} is already plugged in`);
+      const vcpu = this.createVcpu(run.vm, id, run.maxVcpus);
+      const w = new Worker(new URL('./vcpu_worker.js', import.meta.url), THREAD_OPTIONS);
+      run.vcpuExited[id] = new Promise<void>((r) => w.once('exit', () => r()));
+      run.vcpus[id] = vcpu;
+      this.startVcpuThread(run, w, vcpu);
+    }
+    const e = await this.deviceControl(run, DeviceControlOp.HotplugAdd, { type: 'cpu-add', id });
+    if (e.type !== 'done') throw new VmError(`cannot plug in vCPU ${id}: ${e.type === 'state-error' ? e.message : 'unexpected answer'}`);
+    this.log(`vCPU ${id}: plugged in`);
+  }
+
+  /** The guest ejected vCPU `id` (its _EJ0 ran; it had offlined it): park its thread, keep its fd. */
+  private vcpuEjected(run: Running, id: number): void {
+    run.cpuRemovals.delete(id);
+    if (run.stopping || run.vcpus[id] === undefined || run.unplugged.has(id)) return;
+    run.unplugged.add(id);
+    Atomics.store(run.plug, id, PlugState.Unplugged);
+    run.vcpus[id]!.kick();
+    const active = this.activeVcpus(run).length;
+    // A guest may eject a vCPU nobody asked it to (sysfs eject): the count follows.
+    if (this.config.cpus.boot_vcpus > active) this.config = { ...this.config, cpus: { ...this.config.cpus, boot_vcpus: active } };
+    this.log(`vCPU ${id}: removed (ejected by the guest)`);
+    this.emit('vcpu-removed', id);
   }
 
   /**
@@ -542,6 +684,7 @@ export class VirtualMachine extends EventEmitter {
     else if (m.type === 'reset') void this.guestReset(run, m.reason);
     else if (m.type === 'restored' || m.type === 'restore-error') run.answerRestore(m);
     else if (m.type === 'ejected') void this.deviceEjected(run, m.id);
+    else if (m.type === 'cpu-ejected') this.vcpuEjected(run, m.id);
     else if (m.type === 'state' || m.type === 'state-error' || m.type === 'done') {
       const w = run.controlWaiters.get(m.seq);
       run.controlWaiters.delete(m.seq);
@@ -739,13 +882,17 @@ export class VirtualMachine extends EventEmitter {
     const run = this.run;
     if (this.state !== 'Paused' || !run) throw new VmError(`cannot ${what} a VM in state ${this.state}: pause it first`);
     if (run.stopping) throw new VmError(`cannot ${what}: the VM is stopping`);
-    const ncpu = run.vcpus.length;
+    const active = this.activeVcpus(run);
+    const ncpu = active.length;
     if (run.parked.size < ncpu) throw new VmError(`cannot ${what}: ${ncpu - run.parked.size} of ${ncpu} vCPU(s) have not stopped yet`);
+    // A restore builds vCPUs 0..boot_vcpus-1 from the saved ones.
+    if (run.cpuRemovals.size > 0) throw new VmError(`cannot ${what}: the guest has not yet ejected vCPU(s) ${[...run.cpuRemovals].join(', ')} (vm.resize)`);
+    if (active.some((v, i) => v.id !== i) || ncpu !== this.config.cpus.boot_vcpus) throw new VmError(`cannot ${what}: the plugged-in vCPUs (${active.map((v) => v.id).join(', ')}) are not vCPUs 0..${this.config.cpus.boot_vcpus - 1}`);
     const devices = await this.deviceThreadState(run);
     const virtio = await this.virtio.getState();
     if (this.state !== 'Paused' || this.run !== run || run.stopping) throw new VmError(`cannot ${what}: the VM stopped meanwhile`);
-    const hypervisor = saveHypervisorState(run.vm, run.vcpus);
-    const configAddress = run.vcpus.map((v) => run.parked.get(v.id) ?? 0);
+    const hypervisor = saveHypervisorState(run.vm, active);
+    const configAddress = active.map((v) => run.parked.get(v.id) ?? 0);
     return { config: this.config, hypervisor, devices: devices.legacy, pci: { segments: devices.pciRoots, configAddress }, virtio, mem: run.mem };
   }
 
@@ -768,6 +915,7 @@ export class VirtualMachine extends EventEmitter {
         break;
       case 'stopped': this.log(`vCPU ${m.id} stopped after ${m.exits} exits (${m.deviceExits} to devices): ${JSON.stringify(m.kinds)}`); break;
       case 'started': this.log(`vCPU ${m.id} thread running`); break;
+      case 'unplugged': this.log(`vCPU ${m.id} thread parked (ejected)`); break;
       default: break;
     }
   }
@@ -827,7 +975,9 @@ export class VirtualMachine extends EventEmitter {
     run.stopping = true;
     Atomics.store(run.runState, 0, RunState.Stop);
     Atomics.notify(run.runState, 0);
-    for (const v of run.vcpus) v.kick();
+    // Ejected vCPUs' threads wait on their PlugState word.
+    for (let id = 0; id < run.plug.length; id++) { Atomics.store(run.plug, id, PlugState.Stop); Atomics.notify(run.plug, id); }
+    for (const v of run.vcpus) v?.kick();
     await Promise.all(run.vcpuExited);
     ringDoorbell(run.shared.doorbell, true);
     // Bounded: the device thread never blocks on a sink (sink.ts), but a stop must end whatever
@@ -843,7 +993,7 @@ export class VirtualMachine extends EventEmitter {
       this.emit('device-removed', id);
     }
     run.ejectsPending.clear();
-    for (const v of run.vcpus) v.close();
+    for (const v of run.vcpus) v?.close();
     try { run.vm.unregisterIrqfd(run.serialIrqfd, IRQ_COM1); } catch { /* the VM goes away next */ }
     try { run.vm.unregisterIrqfd(run.gedIrqfd, IRQ_GED); } catch { /* the VM goes away next */ }
     const releaseDeviceFds = () => {
@@ -887,7 +1037,8 @@ export class VirtualMachine extends EventEmitter {
     if (this.transition) throw new VmError('cannot pause: a pause or resume is already in progress');
     this.transition = true;
     try {
-      const ncpu = run.vcpus.length;
+      const active = this.activeVcpus(run);
+      const ncpu = active.length;
       const acked = new Set<number>();
       let onPaused: ((id: number) => void) | undefined;
       let timer: NodeJS.Timeout | undefined;
@@ -898,7 +1049,7 @@ export class VirtualMachine extends EventEmitter {
       });
       try {
         Atomics.store(run.runState, 0, RunState.Pause);
-        for (const v of run.vcpus) v.kick();
+        for (const v of active) v.kick();
         // CH waits for its vCPU threads to park too; one that does not answer is logged (its
         // KVM_RUN returns on the kick; only a thread busy in the device thread could be late).
         if (!(await parked)) this.log(`pause: only ${acked.size} of ${ncpu} vCPU(s) acknowledged in time`);
@@ -974,6 +1125,16 @@ export class VirtualMachine extends EventEmitter {
   close(): void {
     this.hv?.close();
     this.hv = null;
+  }
+}
+
+/** Whether the guest's DSDT (in its RAM, e.g. a restored one) has the CPU hotplug methods (cpuHotplugAml). */
+function dsdtHasCpuHotplug(mem: GuestMemory): boolean {
+  try {
+    const dsdt = readAcpiTables(mem, RSDP_POINTER).get('DSDT');
+    return dsdt !== undefined && Buffer.from(dsdt).includes('CSCN', 0, 'latin1');
+  } catch {
+    return false;
   }
 }
 
