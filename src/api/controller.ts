@@ -134,7 +134,8 @@ export interface VmmController {
   /**
    * vm.resize: desired_balloon sets the balloon's target (a booted VM: at once; otherwise the
    * configuration, for the next boot). 404 if not created, 400 without a balloon or for a size
-   * not below guest RAM, 500 "not implemented" for desired_vcpus / desired_ram. Optional.
+   * not below guest RAM; desired_vcpus plugs vCPUs in or asks the guest to eject them (1..max_vcpus,
+   * else 400; 429 while a removal is pending; 405 paused); 500 "not implemented" for desired_ram. Optional.
    */
   resizeVm?(resize: VmResize): Promise<void>;
   /** vm.info: 404 if not created. */

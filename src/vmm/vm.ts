@@ -481,6 +481,8 @@ export class VirtualMachine extends EventEmitter {
       cpuHotplug: restore ? dsdtHasCpuHotplug(mem!) : cpuHotplug, maxVcpus, plug: new Int32Array(plugSab), plugSab,
       unplugged: new Set(), cpuRemovals: new Set(),
     };
+    // A restored guest's DSDT decides; its later reboots keep CPU hotplug.
+    if (run.cpuHotplug) this.cpuHotplugAml = true;
     runRef = run;
     this.run = run;
     this.boots++;
