@@ -189,7 +189,7 @@ function start(data: DeviceWorkerData): void {
       // The VM is paused: no vCPU is inside a device access, so the state is consistent. The
       // virtio functions' config space and MSI-X table are saved here with the bus; their
       // transport registers, queues and pending vectors by the I/O threads (virtio state).
-      post({ type: 'state', seq: controlSeq, state: { legacy: saveLegacyDevices(legacy), pciRoots: pci.roots.map((r) => r.saveState()) } });
+      post({ type: 'state', seq: controlSeq, state: { legacy: saveLegacyDevices(legacy), pciRoots: pci.roots.map((r) => r.saveState()), cpuHotplug: cpuHotplug.saveState() } });
     } catch (e) {
       post({ type: 'state-error', seq: controlSeq, message: (e as Error).message });
     }

@@ -6,6 +6,7 @@ import type { MailboxShared } from './mailbox.js';
 import type { PciSegmentLayout } from '../arch/x86_64/layout.js';
 import type { LegacyDeviceState } from '../devices/state_json.js';
 import type { PciRootState } from '../pci/bus.js';
+import type { CpuHotplugState } from '../devices/cpu_hotplug.js';
 
 export interface VcpuWorkerData {
   handle: VcpuHandle;
@@ -104,6 +105,11 @@ export interface DeviceThreadState {
   legacy: LegacyDeviceState;
   /** Each PCI segment's bus, by segment number. */
   pciRoots: PciRootState[];
+  /**
+   * The CPU hotplug controller (saved answers only; not in a snapshot file: a restore rebuilds it
+   * as "vCPUs 0..boot_vcpus-1 present", so a snapshot waits until the guest has seen every change).
+   */
+  cpuHotplug?: CpuHotplugState;
 }
 
 export type DeviceEvent =

@@ -37,6 +37,7 @@ import { saveHypervisorState, restoreHypervisorState } from '../hypervisor/state
 import { writeSnapshot, type SnapshotParts, type SnapshotState, type SnapshotWritten } from './snapshot.js';
 import { mapGuestMemory, restoreGuestMemory } from '../memory/snapshot.js';
 import { PciType1, PCI_SLOTS } from '../pci/bus.js';
+import { CPU_STATUS_INSERTING, CPU_STATUS_REMOVING } from '../devices/cpu_hotplug.js';
 
 /** Addresses KVM needs for its real-mode TSS and identity map on Intel (below the 4 GiB top). */
 const KVM_IDENTITY_MAP_ADDR = 0xfffbc000;
@@ -891,6 +892,9 @@ export class VirtualMachine extends EventEmitter {
     if (run.cpuRemovals.size > 0) throw new VmError(`cannot ${what}: the guest has not yet ejected vCPU(s) ${[...run.cpuRemovals].join(', ')} (vm.resize)`);
     if (active.some((v, i) => v.id !== i) || ncpu !== this.config.cpus.boot_vcpus) throw new VmError(`cannot ${what}: the plugged-in vCPUs (${active.map((v) => v.id).join(', ')}) are not vCPUs 0..${this.config.cpus.boot_vcpus - 1}`);
     const devices = await this.deviceThreadState(run);
+    // The controller is rebuilt at restore from boot_vcpus: every change must have reached the guest.
+    const unseen = (devices.cpuHotplug?.status ?? []).flatMap((s, id) => ((s & (CPU_STATUS_INSERTING | CPU_STATUS_REMOVING)) !== 0 ? [id] : []));
+    if (unseen.length > 0) throw new VmError(`cannot ${what}: the guest has not yet taken the CPU hotplug event of vCPU(s) ${unseen.join(', ')} (resume it a moment first)`);
     const virtio = await this.virtio.getState();
     if (this.state !== 'Paused' || this.run !== run || run.stopping) throw new VmError(`cannot ${what}: the VM stopped meanwhile`);
     const hypervisor = saveHypervisorState(run.vm, active);
