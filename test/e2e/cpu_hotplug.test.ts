@@ -67,7 +67,7 @@ test('vm.resize desired_vcpus: hot-add, online in the guest, eject, re-plug, sna
   await waitCpu(vmm, 2, false, 'cpu2 gone from the guest');
   assert.deepEqual(await cpus(vmm, 'the CPUs after the eject'), { possible: '0-3', present: '0-1', online: '0-1', cpuinfo: 2 });
   assert.equal((await bootVcpus(vmm)).boot_vcpus, 2);
-  assert.match(vmm.err, /vCPU 2 thread parked \(ejected\)/);
+  await waitLog(vmm, /vCPU 2 thread parked \(ejected\)/, 'vCPU 2\'s thread parked');
 
   // 4. Up to 3 again: the same vCPU (its fd kept) comes back and runs.
   r = await vmm.api('PUT', 'vm.resize', { desired_vcpus: 3 });
@@ -77,6 +77,11 @@ test('vm.resize desired_vcpus: hot-add, online in the guest, eject, re-plug, sna
   assert.deepEqual(await cpus(vmm, 'the CPUs after the re-plug'), { possible: '0-3', present: '0-2', online: '0-2', cpuinfo: 3 });
   r = await vmm.api('PUT', 'vm.resize', { desired_vcpus: 5 });
   assert.equal(r.status, 400, `above max_vcpus: ${r.text}`);
+
+  // The guest's ACPI interpreter had nothing to say about the CPU hotplug AML.
+  const dm = await vmm.shellOutput('dmesg | grep -i -E "acpi (error|warning|exception)|_SB.CPUS|smpboot" | tail -20; echo DM""END', /\bDMEND\b/, 'the guest\'s kernel log');
+  t.diagnostic(dm.text);
+  assert.doesNotMatch(dm.text, /ACPI (Error|Exception|Warning)[^\n]*(CPUS|C00\d|CSCN|CSTA|CMAT|CEJ0)/i, 'no ACPI error about the CPU hotplug methods');
 
   // 5. A snapshot with hot-added vCPUs, restored in a second VMM.
   const snap = join(dir, 'snap');
