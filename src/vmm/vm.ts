@@ -583,6 +583,8 @@ export class VirtualMachine extends EventEmitter {
 
   /** Plug vCPU `id` into the running guest: its thread runs, the controller says present, the GED tells the guest. */
   private async plugVcpu(run: Running, id: number): Promise<void> {
+    // A stop (or reboot) under way waits for the threads it knows of: none may start now.
+    if (run.stopping || this.run !== run) throw new VmError(`cannot plug in vCPU ${id}: the VM is stopping`);
     if (run.unplugged.has(id)) {
       run.unplugged.delete(id);
       Atomics.store(run.plug, id, PlugState.Plugged);
