@@ -1,8 +1,8 @@
 // CPU hotplug (ACPI, src/devices/cpu_hotplug.ts, as Cloud Hypervisor on x86) on a running Debian
-// guest: booted with 1 of max 4 vCPUs the guest sees 4 possible CPUs; vm.resize desired_vcpus 3
-// plugs vCPUs 1 and 2 in (the guest gets Notify(Cxxx, 1), adds the CPUs and onlines them when
-// told to through sysfs); resize to 2 asks it to eject vCPU 2: it offlines the CPU and runs
-// _EJ0, the VMM parks that vCPU's thread; resize to 3 plugs the same vCPU in again. vm.info's
+// guest: booted with 1 of max 4 vCPUs the guest sees 4 possible CPUs; vm.resize desired_vcpus 4
+// plugs vCPUs 1-3 in (the guest gets Notify(Cxxx, 1), adds the CPUs and onlines them when told
+// to through sysfs: nproc 4); resize to 2 asks it to eject vCPUs 3 and 2: it offlines each and
+// runs _EJ0, the VMM parks their threads; resize to 3 plugs vCPU 2 in again. vm.info's
 // boot_vcpus follows. Then pause, snapshot and restore in a second VMM: the restored guest has its
 // 3 CPUs online and takes a fourth. Last, a guest that refuses ejects (processor hotplug disabled
 // in sysfs) leaves the removal pending: the next vm.resize answers 429, as CH does.
@@ -51,23 +51,26 @@ test('vm.resize desired_vcpus: hot-add, online in the guest, eject, re-plug, sna
   // 1. The MADT's online-capable entries are the guest's hot-plug headroom.
   assert.deepEqual(await cpus(vmm, 'the CPUs at boot'), { possible: '0-3', present: '0', online: '0', cpuinfo: 1 });
 
-  // 2. Up to 3: the guest adds CPUs 1 and 2 (device check), onlines them when told.
-  let r = await vmm.api('PUT', 'vm.resize', { desired_vcpus: 3 });
-  assert.equal(r.status, 204, `vm.resize 3: ${r.text}`);
-  assert.equal((await bootVcpus(vmm)).boot_vcpus, 3);
-  await waitCpu(vmm, 2, true, 'cpu2 added by the guest');
-  await waitCpu(vmm, 1, true, 'cpu1 added by the guest');
-  await online(vmm, [1, 2]);
-  assert.deepEqual(await cpus(vmm, 'the CPUs after the hot-add'), { possible: '0-3', present: '0-2', online: '0-2', cpuinfo: 3 });
+  // 2. Up to 4: the guest adds CPUs 1-3 (device check), onlines them when told.
+  let r = await vmm.api('PUT', 'vm.resize', { desired_vcpus: 4 });
+  assert.equal(r.status, 204, `vm.resize 4: ${r.text}`);
+  assert.equal((await bootVcpus(vmm)).boot_vcpus, 4);
+  for (const n of [3, 2, 1]) await waitCpu(vmm, n, true, `cpu${n} added by the guest`);
+  await online(vmm, [1, 2, 3]);
+  assert.deepEqual(await cpus(vmm, 'the CPUs after the hot-add'), { possible: '0-3', present: '0-3', online: '0-3', cpuinfo: 4 });
+  const nproc = await vmm.shell('echo "NPROC $(nproc) END"', /NPROC (\d+) END/, 'nproc');
+  assert.equal(nproc[1], '4', 'the guest\'s nproc after the hot-add');
 
-  // 3. Down to 2: the guest offlines CPU 2 and ejects it; its thread parks.
+  // 3. Back to 2: the guest offlines CPUs 3 and 2 and ejects them; their threads park.
   r = await vmm.api('PUT', 'vm.resize', { desired_vcpus: 2 });
   assert.equal(r.status, 204, `vm.resize 2: ${r.text}`);
-  await waitLog(vmm, /vCPU 2: removed \(ejected by the guest\)/, 'the guest ejected vCPU 2');
-  await waitCpu(vmm, 2, false, 'cpu2 gone from the guest');
+  for (const n of [3, 2]) {
+    await waitLog(vmm, new RegExp(`vCPU ${n}: removed \\(ejected by the guest\\)`), `the guest ejected vCPU ${n}`);
+    await waitCpu(vmm, n, false, `cpu${n} gone from the guest`);
+  }
   assert.deepEqual(await cpus(vmm, 'the CPUs after the eject'), { possible: '0-3', present: '0-1', online: '0-1', cpuinfo: 2 });
   assert.equal((await bootVcpus(vmm)).boot_vcpus, 2);
-  await waitLog(vmm, /vCPU 2 thread parked \(ejected\)/, 'vCPU 2\'s thread parked');
+  for (const n of [3, 2]) await waitLog(vmm, new RegExp(`vCPU ${n} thread parked \\(ejected\\)`), `vCPU ${n}'s thread parked`);
 
   // 4. Up to 3 again: the same vCPU (its fd kept) comes back and runs.
   r = await vmm.api('PUT', 'vm.resize', { desired_vcpus: 3 });
