@@ -34,6 +34,16 @@ test('createVm fills in defaults; info, state, events, delete, close', async () 
   assert.deepEqual(events, ['vm:created', 'vm:booting', 'vm:deleted', 'vmm:shutdown']);
 });
 
+test('resize() before boot: desired_vcpus becomes boot_vcpus, up to max_vcpus; above it a 400 naming the limit', async () => {
+  const vmm = new Stratovisor();
+  await vmm.create({ ...input, cpus: { boot_vcpus: 1, max_vcpus: 4 } });
+  await vmm.resize({ desired_vcpus: 3 });
+  assert.deepEqual([vmm.info().config.cpus.boot_vcpus, vmm.info().config.cpus.max_vcpus], [3, 4]);
+  await assert.rejects(vmm.resize({ desired_vcpus: 5 }), (e: unknown) => e instanceof ApiError && e.status === 400 && /1\.\.4/.test(e.message));
+  assert.equal(vmm.info().config.cpus.boot_vcpus, 3);
+  await vmm.close();
+});
+
 test('events() is an async iterator of lifecycle events', async () => {
   const vmm = await createVm(input);
   const ac = new AbortController();

@@ -18,6 +18,7 @@ import {
   type VmState,
   type RestoreConfig,
   type PciDeviceInfo,
+  type VmResize,
 } from './api/controller.js';
 import { EventMonitor, withLifecycleEvents, type EventMonitorTarget, type LifecycleEvent } from './api/events.js';
 import { ApiServer, parseApiSocketArg, type ApiSocketTarget } from './api/server.js';
@@ -27,7 +28,7 @@ import type { VmExitInfo } from './vmm/vm.js';
 
 export type { VmConfig, VmConfigInput } from './vmm/config.js';
 export { createVmConfig, validateVmConfig, VmConfigError } from './vmm/config.js';
-export type { VmCounters, VmInfo, VmmController, VmmPingResponse, VmState, ApiErrorKind, RestoreConfig } from './api/controller.js';
+export type { VmCounters, VmInfo, VmmController, VmmPingResponse, VmState, ApiErrorKind, RestoreConfig, VmResize } from './api/controller.js';
 export { ApiError, VmNotCreatedError, VmStateError, VmAlreadyCreatedError, NotImplementedError } from './api/controller.js';
 export type { LifecycleEvent, EventMonitorTarget } from './api/events.js';
 export { EventMonitor } from './api/events.js';
@@ -149,6 +150,16 @@ export class Stratovisor extends EventEmitter<StratovisorEvents> {
    */
   removeDevice(id: string): Promise<void> {
     return this.core.removeDevice(id);
+  }
+
+  /**
+   * vm.resize: `desired_vcpus` plugs vCPUs in or asks the guest to eject them (up to
+   * cpus.max_vcpus; an ApiError 429 while a removal is pending), `desired_balloon` is the
+   * balloon's target; before boot both only change the configuration.
+   */
+  async resize(r: VmResize): Promise<void> {
+    if (this.controller.resizeVm === undefined) throw new Error('vm.resize is not available on this controller');
+    await this.controller.resizeVm(r);
   }
 
   delete(): Promise<void> {
