@@ -15,6 +15,7 @@ export const VirtioDeviceType = {
   Fs: 26,
   Vsock: 19,
   Pmem: 27,
+  Mem: 24,
 } as const;
 
 /** Device status bits (virtio 1.2, 2.1). */
@@ -48,6 +49,13 @@ export interface VirtioActivation {
   notifyQueue(index: number): void;
   /** Signal a configuration change. */
   notifyConfig(): void;
+  /**
+   * Republish the configuration without an interrupt: a field the device changes in-band, that
+   * the driver reads when it wants to and must then see current (virtio-mem plugged_size, 5.15.4:
+   * "SHOULD NOT send a configuration update notification"). The transport bumps config_generation
+   * (4.1.4.3). Absent: the driver of the device reads the configuration live.
+   */
+  publishConfig?(): void;
 }
 
 /** A queue as the driver set it up, for a device whose rings another process serves (vhost-user). */

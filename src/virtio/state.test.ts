@@ -41,6 +41,7 @@ function sample(seed: number): VirtioDeviceState[] {
     device('_fs0', 26, 2, { kind: 'fs', tag: 'myfs', numRequestQueues: 1 }, seed + 5),
     device('_pmem0', 27, 1, { kind: 'pmem', start: 0x1_0000_0000n, size: 0x20_0000n }, seed + 6),
     device('_balloon0', 5, 3, { kind: 'balloon', numPages: 65536, actual: 0xffffffff }, seed + 7),
+    device('_mem0', 24, 1, { kind: 'mem', addr: 0x1_4000_0000n, regionSize: 0x4000_0000n, blockSize: 0x20_0000n, requestedSize: 0x1000_0000n, plugged: bytes(64, seed) }, seed + 8),
   ];
 }
 
@@ -74,6 +75,8 @@ test('virtio state JSON: malformed documents name the bad field', () => {
     [['devices', 4, 'device', 'cid'], { set: '3' }, 'devices[4].device.cid', /64-bit hex/],
     [['devices', 5, 'device', 'tag'], { set: 'x'.repeat(37) }, 'devices[5].device.tag', /at most 36/],
     [['devices', 5, 'id'], { set: '_disk0' }, 'devices[5].id', /names more than one device/],
+    [['devices', 8, 'device', 'plugged'], { set: Buffer.alloc(0).toString('base64') }, 'devices[8].device.plugged', /base64 of 1\.\.8388608 bytes, got 0 bytes/],
+    [['devices', 8, 'device', 'requestedSize'], { del: true }, 'devices[8].device.requestedSize', /missing/],
     [['devices', 0, 'transport', 'queues'], { set: [] }, 'devices[0].transport.queues', /array of 1\.\.4096/],
     [['version'], { set: VIRTIO_STATE_VERSION + 1 }, 'version', /newer Stratovisor/],
     [['version'], { set: 0 }, 'version', /older than any/],

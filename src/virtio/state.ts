@@ -76,7 +76,13 @@ export type VirtioDeviceSpecificState =
   /** virtio-pmem: its configuration (5.19.4); the memory itself is the backing file. */
   | { kind: 'pmem'; start: bigint; size: bigint }
   /** virtio-balloon: its configuration (5.5.4), the target and the driver's `actual`, in 4 KiB pages. */
-  | { kind: 'balloon'; numPages: number; actual: number };
+  | { kind: 'balloon'; numPages: number; actual: number }
+  /**
+   * virtio-mem: the region as configured (5.15.4: addr, region_size, block_size, checked on
+   * restore), the host's requested_size, and the plugged blocks: a bitmap, bit i (LSB first) of
+   * byte i/8 set when block i is plugged; plugged_size follows from it.
+   */
+  | { kind: 'mem'; addr: bigint; regionSize: bigint; blockSize: bigint; requestedSize: bigint; plugged: Uint8Array };
 
 export type VirtioDeviceKind = VirtioDeviceSpecificState['kind'];
 
@@ -113,6 +119,9 @@ function str(max: number): Codec<string> {
   };
 }
 
+/** The largest virtio-mem bitmap (mem/device.ts MAX_BLOCKS blocks, one bit each). */
+export const MEM_MAX_BITMAP_BYTES = (1 << 26) / 8;
+
 /** The largest queue count of one virtio-pci device here (transport.ts MAX_QUEUES is below it). */
 const MAX_QUEUES = 4096;
 
@@ -140,6 +149,7 @@ const deviceCodecs: { [K in VirtioDeviceKind]: Codec<Variant<K>> } = {
   fs: struct<Variant<'fs'>>({ kind: literal('fs'), tag: str(36), numRequestQueues: u16 }),
   pmem: struct<Variant<'pmem'>>({ kind: literal('pmem'), start: u64, size: u64 }),
   balloon: struct<Variant<'balloon'>>({ kind: literal('balloon'), numPages: u32, actual: u32 }),
+  mem: struct<Variant<'mem'>>({ kind: literal('mem'), addr: u64, regionSize: u64, blockSize: u64, requestedSize: u64, plugged: bytes(1, MEM_MAX_BITMAP_BYTES) }),
 };
 const KINDS = Object.keys(deviceCodecs) as VirtioDeviceKind[];
 
