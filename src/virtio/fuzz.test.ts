@@ -13,12 +13,14 @@
 //     every request it completes with a 4-byte response of OK or EIO and never writes its file;
 //     virtio-balloon writes nothing into its buffers (used length 0) and gives back to the host
 //     only whole, page-aligned ranges inside one RAM region (those pages may change: they read
-//     zero afterwards).
+//     zero afterwards); virtio-mem answers every request it completes with a 10-byte response of
+//     ACK, NACK, BUSY or ERROR (or completes a chain without room for it with used length 0),
+//     gives back only whole blocks of its region, and its plugged_size matches its bitmap.
 // Afterwards, reset() and a well-formed request on a fresh queue still work.
 //
 // STV_FUZZ_SEED=<n> replays a run (the seed is printed); STV_FUZZ_CASES=<n> changes the count of
 // cases, STV_FUZZ_OPS=<n> runs each device until it was called n times (npm run soak: 10^6), and
-// STV_FUZZ_DEVICES=blk,blk-ro,rng,console,pmem,balloon picks devices (src/testing/prng.ts).
+// STV_FUZZ_DEVICES=blk,blk-ro,rng,console,pmem,balloon,mem picks devices (src/testing/prng.ts).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -57,6 +59,10 @@ import { RngDevice } from './rng/device.js';
 import { ConsoleDevice } from './console/device.js';
 import { PmemDevice, VIRTIO_PMEM_REQ_TYPE_FLUSH, VIRTIO_PMEM_RESP_TYPE_EIO, VIRTIO_PMEM_RESP_TYPE_OK } from './pmem/device.js';
 import { BalloonDevice, INFLATEQ, REPORTINGQ } from './balloon/device.js';
+import {
+  MEM_RESP_BYTES, MemDevice, VIRTIO_MEM_REQ_PLUG, VIRTIO_MEM_REQ_STATE, VIRTIO_MEM_REQ_UNPLUG, VIRTIO_MEM_REQ_UNPLUG_ALL,
+  VIRTIO_MEM_RESP_ACK, VIRTIO_MEM_RESP_ERROR, VIRTIO_MEM_STATE_PLUGGED,
+} from './mem/device.js';
 import { Prng as Rng, fuzzBudget, fuzzDeviceWanted, seedFromEnv } from '../testing/prng.js';
 
 const SEED = seedFromEnv('STV_FUZZ_SEED');
@@ -78,12 +84,17 @@ const CAPACITY = IMAGE_BYTES / 512;
 const dir = mkdtempSync(join(tmpdir(), 'stv-fuzz-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-type Kind = 'blk' | 'blk-ro' | 'rng' | 'console' | 'pmem' | 'balloon';
+type Kind = 'blk' | 'blk-ro' | 'rng' | 'console' | 'pmem' | 'balloon' | 'mem';
 
 /** Ranges [gpa, len, ...] the balloon gave back to the host in the current case (allowed to change). */
 const discarded: number[] = [];
 /** Queue count of the device under test (the balloon has inflateq, deflateq, reporting_vq). */
-const QUEUES: Record<Kind, number> = { blk: 1, 'blk-ro': 1, rng: 1, console: 2, pmem: 1, balloon: 3 };
+const QUEUES: Record<Kind, number> = { blk: 1, 'blk-ro': 1, rng: 1, console: 2, pmem: 1, balloon: 3, mem: 1 };
+
+// virtio-mem: a region of 20 blocks of 2 MiB at 1 GiB (not RAM here: the device never touches it).
+const MEM_ADDR = 0x4000_0000;
+const MEM_BS = 2 << 20;
+const MEM_BLOCKS = 20;
 
 interface Seg { addr: number | bigint; len: number; write: boolean }
 
@@ -206,6 +217,26 @@ class CaseGen {
         const a = r.chance(0.5) ? B_START + 4096 * r.int(8) : this.data(len, r.chance(0.8) ? 4096 : 8);
         segs.push({ addr: a, len, write: r.chance(0.9) });
       }
+    } else if (kind === 'mem') {
+      // struct virtio_mem_req: le16 type, padding, le64 addr, le16 nb_blocks, padding (5.15.6).
+      const b = new Uint8Array(24);
+      const dv = new DataView(b.buffer);
+      dv.setUint16(0, r.chance(0.9) ? r.pick([VIRTIO_MEM_REQ_PLUG, VIRTIO_MEM_REQ_PLUG, VIRTIO_MEM_REQ_UNPLUG, VIRTIO_MEM_REQ_UNPLUG, VIRTIO_MEM_REQ_UNPLUG_ALL, VIRTIO_MEM_REQ_STATE]) : r.u32() & 0xffff, true);
+      const addr = r.pick<bigint>([
+        BigInt(MEM_ADDR + MEM_BS * r.int(MEM_BLOCKS)), BigInt(MEM_ADDR + MEM_BS * r.int(MEM_BLOCKS)), BigInt(MEM_ADDR + MEM_BS * (r.int(MEM_BLOCKS + 4) - 2)),
+        BigInt(MEM_ADDR + r.int(MEM_BLOCKS * MEM_BS)), 0n, BigInt(r.u32()), 2n ** 53n + BigInt(MEM_ADDR), 2n ** 64n - BigInt(MEM_BS), BigInt.asUintN(64, BigInt(r.u32()) << 32n),
+      ]);
+      dv.setBigUint64(8, addr, true);
+      dv.setUint16(16, r.pick([1, 1, 2, 3, r.int(MEM_BLOCKS + 2), 0, 0xffff, r.u32() & 0xffff]), true);
+      if (r.chance(0.1)) for (const o of [2, 4, 6, 18, 20, 22]) b[o] = r.u32() & 0xff; // padding: ignored
+      const len = r.chance(0.9) ? 24 : r.pick([0, 1, 2, 17, 18, 23]);
+      if (len > 0) {
+        if (r.chance(0.2) && len > 2) { const cut = 1 + r.int(len - 1); readable(cut, b.subarray(0, cut)); readable(len - cut, b.subarray(cut, len)); } else readable(len, b.subarray(0, len));
+      }
+      if (r.chance(0.95)) {
+        const w = r.chance(0.85) ? MEM_RESP_BYTES : r.pick([0, 1, 9, 64]);
+        if (w >= 2 && r.chance(0.2)) { const cut = 1 + r.int(w - 1); writable(cut); writable(w - cut); } else writable(w);
+      }
     } else if (kind === 'rng' || (kind === 'console' && qi === 0)) {
       if (r.chance(0.1)) readable(r.int(100));
       const parts = 1 + r.int(3);
@@ -281,6 +312,17 @@ class CheckingQueue extends SplitQueue {
     if (this.kind === 'console' && this.qi === 1 && len !== 0) this.problems.push(`console transmit used length ${len}`);
     if (this.kind === 'rng' && len > 65536) this.problems.push(`rng used length ${len} above the cap`);
     if (this.kind === 'balloon' && len !== 0) this.problems.push(`balloon used length ${len} (it writes nothing)`);
+    if (this.kind === 'mem') {
+      if (len === 0) {
+        if (this.lastWritable >= MEM_RESP_BYTES) this.problems.push(`mem used length 0 with room for the response (head ${head})`);
+      } else if (len !== MEM_RESP_BYTES) this.problems.push(`mem used length ${len}, not the ${MEM_RESP_BYTES}-byte response`);
+      else {
+        // The response's first byte is at the chain's first writable byte: ACK 0 .. ERROR 3.
+        const first = this.firstWritable();
+        const t = first >= 0 ? this.m.readU8(first) : -1;
+        if (t < VIRTIO_MEM_RESP_ACK || t > VIRTIO_MEM_RESP_ERROR) this.problems.push(`mem response ${t} for head ${head}`);
+      }
+    }
     if (this.kind === 'pmem') {
       if (len !== 4) this.problems.push(`pmem used length ${len}, not the 4-byte response`);
       else if (this.lastStatusAddr >= 0) {
@@ -328,6 +370,39 @@ function makeDevice(kind: Kind, r: Rng): { dev: VirtioDevice; check: () => void;
       },
     });
     return { dev, inputFd: -1, check: () => assert.deepEqual(problems, [], 'the balloon gave back a range that is not whole pages of one RAM region'), finish: () => {} };
+  }
+  if (kind === 'mem') {
+    const problems: string[] = [];
+    const dev = new MemDevice({
+      addr: MEM_ADDR, regionSize: MEM_BLOCKS * MEM_BS, requestedSize: MEM_BS * r.int(MEM_BLOCKS + 1),
+      discard: (gpa, len) => {
+        if ((gpa - MEM_ADDR) % MEM_BS !== 0 || len % MEM_BS !== 0 || len === 0 || gpa < MEM_ADDR || gpa + len > MEM_ADDR + MEM_BLOCKS * MEM_BS) problems.push(`discard of 0x${gpa.toString(16)}+0x${len.toString(16)}`);
+        return r.chance(0.95);
+      },
+      populate: (gpa, len) => {
+        if ((gpa - MEM_ADDR) % MEM_BS !== 0 || len % MEM_BS !== 0 || len === 0 || gpa < MEM_ADDR || gpa + len > MEM_ADDR + MEM_BLOCKS * MEM_BS) problems.push(`populate of 0x${gpa.toString(16)}+0x${len.toString(16)}`);
+        if (r.chance(0.02)) throw new Error('ENOMEM');
+        return r.chance(0.95);
+      },
+    });
+    const check = (): void => {
+      let n = 0;
+      for (let i = 0; i < MEM_BLOCKS; i++) if (dev.isPlugged(i)) n++;
+      const cfg = new Uint8Array(56);
+      dev.readConfig(0, cfg);
+      const plugged = Number(new DataView(cfg.buffer).getBigUint64(40, true));
+      if (plugged !== n * MEM_BS || dev.pluggedSize !== plugged) problems.push(`plugged_size ${plugged} with ${n} blocks plugged`);
+      assert.deepEqual(problems, [], 'virtio-mem: a host range that is not whole blocks of the region, or plugged_size off the bitmap');
+      if (r.chance(0.2)) dev.setRequestedSize(MEM_BS * r.int(MEM_BLOCKS + 1)); // the host resizes between cases
+    };
+    const finish = (): void => {
+      // The generator must reach every answer, not only fail early.
+      const c = dev.counters;
+      for (const k of ['acks', 'nacks', 'busy', 'errors', 'invalid_requests', 'bad_chains', 'plug_requests', 'unplug_requests', 'unplug_all_requests', 'state_requests']) {
+        assert.ok(c[k]! > 0, `virtio-mem counter ${k} stayed 0 (${JSON.stringify(c)})`);
+      }
+    };
+    return { dev, inputFd: -1, check, finish };
   }
   if (kind === 'pmem') {
     const path = join(dir, 'pmem.raw');
@@ -572,6 +647,40 @@ function wellFormedAfterwards(kind: Kind, dev: VirtioDevice, mem: GuestMemory, u
     assert.deepEqual(drv.used().map((u) => u.len), [0]);
     assert.ok(u8B.subarray(2 * 4096, 4 * 4096).every((x) => x === 0), 'the inflated pages were given back');
     assert.ok(u8B.subarray(4 * 4096, 5 * 4096).every((x) => x === 0x5a), 'the next page was not');
+  } else if (kind === 'mem') {
+    const m = dev as MemDevice;
+    const rq = (type: number, addr: number, nb: number): Uint8Array => {
+      const b = new Uint8Array(24);
+      const dv = new DataView(b.buffer);
+      dv.setUint16(0, type, true);
+      dv.setBigUint64(8, BigInt(addr), true);
+      dv.setUint16(16, nb, true);
+      return b;
+    };
+    m.setRequestedSize(4 * MEM_BS);
+    // UNPLUG_ALL until it is through (the fuzz discard fails now and then: BUSY), then a plug.
+    let all = -1;
+    for (let i = 0; i < 20 && all !== VIRTIO_MEM_RESP_ACK; i++) {
+      const c = drv.addChain([rq(VIRTIO_MEM_REQ_UNPLUG_ALL, 0, 0)], [MEM_RESP_BYTES]);
+      dev.processQueue(qi);
+      all = mem.readU16(c.writable[0]!);
+    }
+    assert.equal(all, VIRTIO_MEM_RESP_ACK);
+    assert.equal(m.pluggedSize, 0);
+    let plug = -1;
+    for (let i = 0; i < 20 && plug !== VIRTIO_MEM_RESP_ACK; i++) {
+      const c = drv.addChain([rq(VIRTIO_MEM_REQ_PLUG, MEM_ADDR + MEM_BS, 2)], [MEM_RESP_BYTES], { indirect: true });
+      dev.processQueue(qi);
+      plug = mem.readU16(c.writable[0]!);
+    }
+    assert.equal(plug, VIRTIO_MEM_RESP_ACK);
+    const st = drv.addChain([rq(VIRTIO_MEM_REQ_STATE, MEM_ADDR + MEM_BS, 2)], [MEM_RESP_BYTES]);
+    const bad = drv.addChain([rq(VIRTIO_MEM_REQ_STATE, MEM_ADDR + 4096, 1)], [MEM_RESP_BYTES]);
+    dev.processQueue(qi);
+    assert.deepEqual([mem.readU16(st.writable[0]!), mem.readU16(st.writable[0]! + 8)], [VIRTIO_MEM_RESP_ACK, VIRTIO_MEM_STATE_PLUGGED]);
+    assert.equal(mem.readU16(bad.writable[0]!), VIRTIO_MEM_RESP_ERROR);
+    assert.ok(drv.used().every((u) => u.len === MEM_RESP_BYTES));
+    assert.equal(m.pluggedSize, 2 * MEM_BS);
   } else if (kind === 'rng') {
     drv.addChain([], [256]);
     dev.processQueue(qi);
@@ -584,9 +693,9 @@ function wellFormedAfterwards(kind: Kind, dev: VirtioDevice, mem: GuestMemory, u
   assert.ok(notified > 0);
 }
 
-for (const kind of ['blk', 'blk-ro', 'rng', 'console', 'pmem', 'balloon'] as const) {
+for (const kind of ['blk', 'blk-ro', 'rng', 'console', 'pmem', 'balloon', 'mem'] as const) {
   test(`fuzz ${kind}: ${BUDGET.label} of random malformed virtqueues end in a defined state`, { skip: fuzzDeviceWanted(kind) ? false : `not in STV_FUZZ_DEVICES=${process.env.STV_FUZZ_DEVICES}` }, (t) => {
-    const seed = (SEED ^ { blk: 0x1111, 'blk-ro': 0x2222, rng: 0x3333, console: 0x4444, pmem: 0x5555, balloon: 0x6666 }[kind]) >>> 0;
+    const seed = (SEED ^ { blk: 0x1111, 'blk-ro': 0x2222, rng: 0x3333, console: 0x4444, pmem: 0x5555, balloon: 0x6666, mem: 0x7777 }[kind]) >>> 0;
     t.diagnostic(`STV_FUZZ_SEED=${SEED} (${kind} stream seed ${seed})`);
     const s = fuzzDevice(kind, seed);
     const errs = [...s.errors].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k}:${v}`).join(' ');
