@@ -47,6 +47,7 @@ export const SUPPORTED_VM_CONFIG_FIELDS: Shape<VmConfig> = {
     size: true,
     hotplug_size: true,
     hotplugged_size: true,
+    hotplug_method: true,
     mergeable: true,
     shared: true,
     hugepages: true,

@@ -25,6 +25,7 @@ import {
   type DiskConfig,
   type FsConfig,
   type MemoryConfig,
+  type HotplugMethod,
   type NetConfig,
   type PmemConfig,
   type RateLimitGroupConfig,
@@ -183,7 +184,7 @@ const FLAGS: readonly FlagSpec[] = [
     name: 'memory',
     value: true,
     syntax:
-      'size=<size>[,shared=on|off][,hugepages=on|off][,hugepage_size=<size>][,mergeable=on|off][,prefault=on|off][,thp=on|off][,hotplug_size=<size>]',
+      'size=<size>[,shared=on|off][,hugepages=on|off][,hugepage_size=<size>][,mergeable=on|off][,prefault=on|off][,thp=on|off][,hotplug_size=<size>][,hotplugged_size=<size>][,hotplug_method=acpi|virtio-mem]',
     help: 'Guest RAM; sizes take K/M/G/T suffixes (default: size=512M)',
   },
   {
@@ -488,11 +489,22 @@ function parseMemory(v: string): DeepPartial<MemoryConfig> {
     'prefault',
     'thp',
     'hotplug_size',
+    'hotplugged_size',
+    'hotplug_method',
   ]);
   const m: DeepPartial<MemoryConfig> = {};
   setIf(m, 'size', sizeOpt(f, 'size', o.get('size')));
   setIf(m, 'hugepage_size', sizeOpt(f, 'hugepage_size', o.get('hugepage_size')));
   setIf(m, 'hotplug_size', sizeOpt(f, 'hotplug_size', o.get('hotplug_size')));
+  setIf(m, 'hotplugged_size', sizeOpt(f, 'hotplugged_size', o.get('hotplugged_size')));
+  const method = o.get('hotplug_method');
+  if (method !== undefined) {
+    // Cloud Hypervisor's spellings (hotplug_method=acpi|virtio-mem).
+    const methods: Record<string, HotplugMethod> = { acpi: 'Acpi', 'virtio-mem': 'VirtioMem' };
+    const hm = methods[method];
+    if (hm === undefined) throw new CliError(`${f}: hotplug_method "${method}" is not one of: acpi, virtio-mem`, f);
+    m.hotplug_method = hm;
+  }
   for (const k of ['shared', 'hugepages', 'mergeable', 'prefault', 'thp'] as const) {
     setIf(m, k, toggleOpt(f, k, o.get(k)));
   }

@@ -41,11 +41,26 @@ export interface CpusConfig {
   nested?: boolean;
 }
 
+/**
+ * How memory is added at run time (Cloud Hypervisor's HotplugMethod): "Acpi" (CH's default; not
+ * implemented here: hotplug_size is accepted and unused) or "VirtioMem", a virtio-mem device
+ * (virtio 1.2, 5.15) whose region of hotplug_size bytes vm.resize desired_ram plugs into.
+ */
+export type HotplugMethod = 'Acpi' | 'VirtioMem';
+export const HOTPLUG_METHODS: readonly HotplugMethod[] = ['Acpi', 'VirtioMem'];
+
+/** virtio-mem block size (its block_size, 5.15.4): 2 MiB, as Cloud Hypervisor's. */
+export const VIRTIO_MEM_BLOCK_SIZE = 2 * 1024 * 1024;
+
 export interface MemoryConfig {
   /** Bytes. */
   size: number;
+  /** Bytes that may be added at run time (hotplug_method VirtioMem: the virtio-mem region). */
   hotplug_size?: number;
+  /** Bytes added so far (VirtioMem: the device's requested_size at boot; vm.resize before boot sets it). */
   hotplugged_size?: number;
+  /** Default "Acpi". A string as the document has it (a client may send anything; validation names other values). */
+  hotplug_method?: string;
   mergeable: boolean;
   shared: boolean;
   hugepages: boolean;
@@ -611,6 +626,22 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
     if (m.hotplug_size !== undefined && (!isInt(m.hotplug_size) || m.hotplug_size < 0 || m.hotplug_size % PAGE_SIZE)) {
       bad('memory.hotplug_size', 'must be a non-negative multiple of 4 KiB');
     }
+    if (m.hotplug_method !== undefined && !(HOTPLUG_METHODS as readonly string[]).includes(m.hotplug_method)) {
+      bad('memory.hotplug_method', `must be one of ${HOTPLUG_METHODS.map((x) => `"${x}"`).join(', ')}, got ${JSON.stringify(m.hotplug_method)}`);
+    } else if (m.hotplug_method === 'VirtioMem') {
+      // Cloud Hypervisor's rules (vmm/src/config.rs, memory_manager.rs): the region is hotplug_size
+      // bytes of whole virtio-mem blocks; hotplugged_size is what is plugged at boot.
+      const hs = m.hotplug_size;
+      if (hs === undefined || hs === 0) bad('memory.hotplug_size', 'is required with hotplug_method "VirtioMem" (the size of the virtio-mem region, e.g. hotplug_size=1G)');
+      else if (isInt(hs) && hs % VIRTIO_MEM_BLOCK_SIZE !== 0) bad('memory.hotplug_size', `${hs} is not a multiple of 2 MiB (the virtio-mem block size)`);
+      else if (isInt(hs) && isInt(m.size) && m.size + hs > MAX_VIRTIO_MEM_TOTAL) bad('memory.hotplug_size', `${hs} bytes beside ${m.size} of RAM do not fit in the guest physical address space`);
+      const hp = m.hotplugged_size;
+      if (hp !== undefined) {
+        if (!isInt(hp) || hp < 0 || hp % VIRTIO_MEM_BLOCK_SIZE !== 0) bad('memory.hotplugged_size', `must be a non-negative multiple of 2 MiB (the virtio-mem block size), got ${String(hp)}`);
+        else if (isInt(hs) && hp > hs) bad('memory.hotplugged_size', `${hp} bytes is more than hotplug_size (${hs})`);
+      }
+      if (m.hugepages === true) bad('memory.hotplug_method', '"VirtioMem" with hugepages=on is not supported yet');
+    }
     if (m.hugepage_size !== undefined) {
       if (!m.hugepages) bad('memory.hugepage_size', 'requires hugepages');
       if (!isInt(m.hugepage_size) || !isPowerOfTwo(m.hugepage_size) || m.hugepage_size < PAGE_SIZE) {
@@ -877,6 +908,28 @@ export function balloonSizeIssue(size: unknown, ramSize: unknown): string | unde
   if (size === undefined) return 'is required (size=<bytes>)';
   if (!isInt(size) || size < 0) return `must be an integer number of bytes >= 0, got ${String(size)}`;
   if (isInt(ramSize) && size >= ramSize) return `${size} bytes is not smaller than guest RAM (${ramSize} bytes)`;
+  return undefined;
+}
+
+/** RAM and a virtio-mem region together stay far below the 52-bit guest physical space (1 PiB). */
+const MAX_VIRTIO_MEM_TOTAL = 2 ** 50;
+
+/** The virtio-mem region's size: hotplug_size with hotplug_method "VirtioMem", else 0 (no device). */
+export function virtioMemRegionSize(m: Pick<MemoryConfig, 'hotplug_method' | 'hotplug_size'>): number {
+  return m.hotplug_method === 'VirtioMem' && m.hotplug_size !== undefined && m.hotplug_size > 0 ? m.hotplug_size : 0;
+}
+
+/**
+ * The rule for vm.resize desired_ram with a virtio-mem device (Cloud Hypervisor's): the guest's
+ * new memory, boot RAM (memory.size) plus whole 2 MiB blocks of the region, at most
+ * size + hotplug_size. Returns the problem, or undefined.
+ */
+export function desiredRamIssue(desired: unknown, m: Pick<MemoryConfig, 'size' | 'hotplug_method' | 'hotplug_size'>): string | undefined {
+  const region = virtioMemRegionSize(m);
+  if (!isInt(desired) || desired < 0) return `must be an integer number of bytes, got ${String(desired)}`;
+  if (desired < m.size) return `${desired} bytes is less than the boot memory (memory.size ${m.size}): virtio-mem only unplugs what it plugged`;
+  if (desired > m.size + region) return `${desired} bytes is more than memory.size + memory.hotplug_size (${m.size + region})`;
+  if ((desired - m.size) % VIRTIO_MEM_BLOCK_SIZE !== 0) return `${desired} bytes is not memory.size (${m.size}) plus a multiple of 2 MiB (the virtio-mem block size)`;
   return undefined;
 }
 

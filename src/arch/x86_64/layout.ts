@@ -231,23 +231,49 @@ export function pciMmio64Window(memSize: number, physAddrBits = 40): { start: nu
   return { start, size: top - start };
 }
 
-// --- Device memory (virtio-pmem) ---------------------------------------------------------------
+// --- Device memory (virtio-mem, virtio-pmem) ----------------------------------------------------
 //
-// Guest-physical ranges that are memory but not RAM: a virtio-pmem device's file, which the guest
-// finds through the device's configuration (virtio 1.2, 5.19.4), never through e820. Cloud
-// Hypervisor takes them from its device area above RAM; here they start at the first 1 GiB
-// boundary above RAM (the start of pciMmio64Window, which nothing else uses: no host bridge
-// advertises a 64-bit window), one after the other, each 2 MiB aligned (Linux maps a pmem region
-// in 2 MiB subsections, mm/memremap.c). A 64-bit PCI window, once there is one, must begin above
-// deviceMemoryEnd().
+// Guest-physical ranges that are memory but not RAM in e820: a virtio-mem device's region (virtio
+// 1.2, 5.15.4 addr/region_size: the guest plugs blocks of it through the device) and virtio-pmem
+// devices' files (5.19.4), which the guest finds through the devices' configuration, never through
+// e820. Cloud Hypervisor takes them from its device area above RAM; here they start at the first
+// 1 GiB boundary above RAM (the start of pciMmio64Window, which nothing else uses: no host bridge
+// advertises a 64-bit window). The virtio-mem region comes first: its place then depends on the
+// RAM size alone (a restore or a migration's receiver computes it from the configuration), and it
+// is aligned to 1 GiB, so to any Linux memory block size (128 MiB on x86 up to 64 GiB of RAM,
+// drivers/base/memory.c), which virtio-mem plugs memory in. The pmem ranges follow, one after the
+// other, each 2 MiB aligned (Linux maps a pmem region in 2 MiB subsections, mm/memremap.c). A
+// 64-bit PCI window, once there is one, must begin above them.
 
 /** Alignment of every device memory range (start and size). */
 export const DEVICE_MEMORY_ALIGN = 2 * MiB;
 
-/** Where device memory ranges of these sizes go (each a positive multiple of 2 MiB), in order. */
-export function deviceMemoryRanges(memSize: number, sizes: readonly number[], physAddrBits = 52): Array<{ gpa: number; size: number }> {
+function deviceMemoryBase(memSize: number): number {
+  return Math.ceil(Math.max(ramEnd(memSize), RAM_64BIT_START) / GiB) * GiB;
+}
+
+/**
+ * The virtio-mem region of `size` bytes (a positive multiple of 2 MiB) beside `memSize` bytes of
+ * RAM: the first device memory range.
+ */
+export function virtioMemRegion(memSize: number, size: number, physAddrBits = 52): { gpa: number; size: number } {
   assertMemSize(memSize);
-  let at = Math.ceil(Math.max(ramEnd(memSize), RAM_64BIT_START) / GiB) * GiB;
+  if (!Number.isSafeInteger(size) || size <= 0 || size % DEVICE_MEMORY_ALIGN !== 0) {
+    throw new RangeError(`virtio-mem region size ${size} is not a positive multiple of 2 MiB`);
+  }
+  const gpa = deviceMemoryBase(memSize);
+  if (gpa + size > 2 ** physAddrBits) throw new RangeError(`a virtio-mem region of ${size} bytes at 0x${gpa.toString(16)} does not fit below 2^${physAddrBits}`);
+  return { gpa, size };
+}
+
+/**
+ * Where device memory ranges of these sizes go (each a positive multiple of 2 MiB), in order,
+ * after a virtio-mem region of `virtioMemSize` bytes (0: none).
+ */
+export function deviceMemoryRanges(memSize: number, sizes: readonly number[], physAddrBits = 52, virtioMemSize = 0): Array<{ gpa: number; size: number }> {
+  assertMemSize(memSize);
+  let at = deviceMemoryBase(memSize);
+  if (virtioMemSize > 0) at += virtioMemRegion(memSize, virtioMemSize, physAddrBits).size;
   const out: Array<{ gpa: number; size: number }> = [];
   for (const size of sizes) {
     if (!Number.isSafeInteger(size) || size <= 0 || size % DEVICE_MEMORY_ALIGN !== 0) {
@@ -260,6 +286,18 @@ export function deviceMemoryRanges(memSize: number, sizes: readonly number[], ph
     at += size;
   }
   return out;
+}
+
+/**
+ * The regions of guest memory (GuestMemory.allocate): RAM (ramRegions), then the virtio-mem
+ * region when `virtioMemSize` > 0. The region is guest memory like RAM (virtqueue buffers and
+ * DMA may lie in plugged blocks, a snapshot saves it) but not in e820; its host pages exist only
+ * where the guest touched plugged blocks (MAP_NORESERVE; unplugged ones are discarded).
+ */
+export function guestMemoryRegions(memSize: number, virtioMemSize = 0): RegionSpec[] {
+  const regs = ramRegions(memSize);
+  if (virtioMemSize > 0) regs.push(virtioMemRegion(memSize, virtioMemSize));
+  return regs;
 }
 
 // --- e820 ------------------------------------------------------------------------------------
