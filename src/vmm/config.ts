@@ -640,7 +640,6 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
         if (!isInt(hp) || hp < 0 || hp % VIRTIO_MEM_BLOCK_SIZE !== 0) bad('memory.hotplugged_size', `must be a non-negative multiple of 2 MiB (the virtio-mem block size), got ${String(hp)}`);
         else if (isInt(hs) && hp > hs) bad('memory.hotplugged_size', `${hp} bytes is more than hotplug_size (${hs})`);
       }
-      if (m.hugepages === true) bad('memory.hotplug_method', '"VirtioMem" with hugepages=on is not supported yet');
     }
     if (m.hugepage_size !== undefined) {
       if (!m.hugepages) bad('memory.hugepage_size', 'requires hugepages');

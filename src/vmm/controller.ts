@@ -34,7 +34,7 @@ import {
   type VmState,
 } from '../api/controller.js';
 import type { EventMonitor } from '../api/events.js';
-import { assertValidVmConfig, balloonSizeIssue, validateVmConfig, type DiskConfig, type FsConfig, type NetConfig, type PmemConfig, type VmConfig, type VsockConfig } from './config.js';
+import { assertValidVmConfig, balloonSizeIssue, desiredRamIssue, validateVmConfig, virtioMemRegionSize, type DiskConfig, type FsConfig, type NetConfig, type PmemConfig, type VmConfig, type VsockConfig } from './config.js';
 import { VirtioConfigError, type HotplugDevice } from './virtio_manager.js';
 import * as libc from '../sys/libc.js';
 import { VcpuRemovalPendingError, VirtualMachine, VmError, type VirtualMachineOptions, type VmExitInfo } from './vm.js';
@@ -432,14 +432,23 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
    * VM's guest is told at once; either way the configuration keeps it (a reboot uses it, as CH
    * does). desired_vcpus: CPU hotplug up to cpus.max_vcpus (VirtualMachine.resizeVcpus; 429
    * while a vCPU removal is pending, as CH); before boot, the boot_vcpus of the configuration.
-   * Memory hotplug (desired_ram) is not implemented.
+   * desired_ram: with memory.hotplug_method "VirtioMem", the virtio-mem device's requested_size
+   * becomes desired_ram - memory.size (CH's rules: whole 2 MiB blocks, in size..size+hotplug_size);
+   * the configuration keeps it as hotplugged_size (a reboot requests it again, as CH does). ACPI
+   * memory hotplug (CH's default method) is not implemented.
    */
   async resizeVm(r: VmResize): Promise<void> {
     const state = nextVmState(this.state, 'info')!;
     if (r.desired_ram !== undefined && r.desired_ram !== null) {
-      throw new ApiError(500, 'NotImplemented', 'vm.resize: not implemented yet in Stratovisor for desired_ram (memory hotplug); desired_vcpus and desired_balloon are');
+      const memory = this.config!.memory;
+      if (virtioMemRegionSize(memory) === 0) {
+        throw new ApiError(500, 'NotImplemented', 'vm.resize: not implemented yet in Stratovisor for desired_ram with ACPI memory hotplug; create the VM with memory hotplug_method "VirtioMem" and a hotplug_size (--memory hotplug_method=virtio-mem,hotplug_size=...)');
+      }
+      const issue = desiredRamIssue(r.desired_ram, memory);
+      if (issue !== undefined) throw new BadRequestError(`vm.resize: desired_ram: ${issue}`);
     }
     if (r.desired_vcpus !== undefined && r.desired_vcpus !== null) await this.resizeVcpus(state, r.desired_vcpus);
+    if (r.desired_ram !== undefined && r.desired_ram !== null) this.resizeRam(state, r.desired_ram);
     const config = this.config!;
     const want = r.desired_balloon;
     if (want === undefined || want === null) return;
@@ -456,6 +465,22 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     }
     config.balloon = { ...config.balloon, size: want };
     this.log(`balloon target ${want} bytes${booted ? '' : ' (for the next boot)'}`);
+  }
+
+  /** desired_ram (checked by resizeVm): virtio-mem's requested_size, now or for the boot. */
+  private resizeRam(state: string, desired: number): void {
+    const config = this.config!;
+    const plug = desired - config.memory.size;
+    const booted = state === 'Running' || state === 'Paused';
+    if (booted) {
+      try {
+        this.vm!.resizeVirtioMem(plug);
+      } catch (e) {
+        throw new ApiError(500, 'Internal', `vm.resize: ${(e as Error).message}`);
+      }
+    }
+    config.memory = { ...config.memory, hotplugged_size: plug };
+    this.log(`virtio-mem requested size ${plug} bytes (guest memory ${desired} bytes)${booted ? '' : ' (for the boot)'}`);
   }
 
   private async resizeVcpus(state: string, want: number): Promise<void> {
@@ -485,7 +510,9 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     // CH: RAM less what the guest has put in the balloon (its driver's `actual`).
     const booted = state === 'Running' || state === 'Paused';
     const ballooned = booted && config.balloon !== undefined ? (this.vm?.balloonActualBytes() ?? 0) : 0;
-    return { config, state, memory_actual_size: config.memory.size - ballooned };
+    // CH: plus what the guest plugged of the virtio-mem region (its plugged_size).
+    const plugged = booted && virtioMemRegionSize(config.memory) > 0 ? (this.vm?.virtioMemPluggedBytes() ?? 0) : 0;
+    return { config, state, memory_actual_size: config.memory.size + plugged - ballooned };
   }
 
   counters(): VmCounters {

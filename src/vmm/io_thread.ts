@@ -187,6 +187,11 @@ export class DeviceRunner {
   }
 
   private readonly notifyQueue = (i: number): void => this.raise(this.queueVector[i]!);
+  /** VirtioActivation.publishConfig: the configuration changed in-band (4.1.4.3: a new config_generation, no interrupt). */
+  private readonly publishConfigInBand = (): void => {
+    this.publishConfig();
+    Atomics.add(this.words, Word.ConfigGeneration, 1);
+  };
   private readonly notifyConfig = (): void => {
     this.publishConfig();
     Atomics.add(this.words, Word.ConfigGeneration, 1);
@@ -270,7 +275,7 @@ export class DeviceRunner {
     if (!this.active) return;
     this.queues = queues;
     try {
-      this.dev.activate({ mem: this.mem, queues, features, notifyQueue: this.notifyQueue, notifyConfig: this.notifyConfig });
+      this.dev.activate({ mem: this.mem, queues, features, notifyQueue: this.notifyQueue, notifyConfig: this.notifyConfig, publishConfig: this.publishConfigInBand });
     } catch (e) {
       this.needsReset(`activation failed: ${(e as Error).message}`);
       return;

@@ -1,6 +1,7 @@
 // Build a device model from its structured-cloneable spec, inside the device's I/O worker.
 import * as libc from '../sys/libc.js';
 import type { VirtioDevice } from '../virtio/device.js';
+import type { GuestMemory } from '../memory/guest_memory.js';
 import { RateLimiter } from '../virtio/rate_limiter.js';
 import type { VirtioDeviceSpec } from './virtio_protocol.js';
 import { OutputSink } from './sink.js';
@@ -8,9 +9,10 @@ import { OutputSink } from './sink.js';
 /**
  * Each I/O thread loads only its own device's module (a thread's start-up is mostly module
  * loading, and it overlaps the guest's boot). `groups` holds the thread's rate_limit_group
- * limiters: the disks of a group share one (config validation puts them on one thread).
+ * limiters: the disks of a group share one (config validation puts them on one thread). `mem`
+ * is the thread's guest memory (virtio-mem gives the host pages of unplugged blocks back there).
  */
-export async function createDeviceModel(spec: VirtioDeviceSpec, id: string, log: (m: string, warn?: boolean) => void = () => {}, groups: Map<string, RateLimiter> = new Map()): Promise<VirtioDevice> {
+export async function createDeviceModel(spec: VirtioDeviceSpec, id: string, log: (m: string, warn?: boolean) => void = () => {}, groups: Map<string, RateLimiter> = new Map(), mem?: GuestMemory): Promise<VirtioDevice> {
   switch (spec.kind) {
     case 'block': {
       const { BlockDevice } = await import('../virtio/block/device.js');
@@ -69,6 +71,17 @@ export async function createDeviceModel(spec: VirtioDeviceSpec, id: string, log:
     case 'balloon': {
       const { BalloonDevice } = await import('../virtio/balloon/device.js');
       return new BalloonDevice({ numPages: spec.numPages, deflateOnOom: spec.deflateOnOom, freePageReporting: spec.freePageReporting });
+    }
+    case 'mem': {
+      const { MemDevice } = await import('../virtio/mem/device.js');
+      if (mem === undefined) throw new Error(`${id}: virtio-mem needs the guest memory its region is part of`);
+      const m = mem;
+      return new MemDevice({
+        addr: spec.addr, regionSize: spec.regionSize, blockSize: spec.blockSize, requestedSize: spec.requestedSize,
+        // Unplugged blocks: their host pages go back (MADV_DONTNEED, or a hole punched in the
+        // memfd of shared memory); the guest reads zeroes there (5.15: nothing else is promised).
+        discard: (gpa, len) => m.discard(gpa, len),
+      });
     }
     case 'vsock': {
       const { VsockDevice } = await import('../virtio/vsock/device.js');

@@ -17,9 +17,10 @@ import { BALLOON_PAGE_SIZE } from '../virtio/balloon/device.js';
 import { BAR_SIZE } from '../virtio/pci/transport.js';
 import { PCI_SLOTS } from '../pci/bus.js';
 import { placePciDevices, type PciPlacement } from '../pci/segment.js';
-import { deviceMemoryRanges, pciSegmentLayouts, type PciSegmentLayout } from '../arch/x86_64/layout.js';
+import { deviceMemoryRanges, pciSegmentLayouts, virtioMemRegion, type PciSegmentLayout } from '../arch/x86_64/layout.js';
 import { MSI_GSI_BASE } from './interrupts.js';
-import { FS_NEEDS_SHARED, PMEM_ALIGNMENT, type VmConfig } from './config.js';
+import { FS_NEEDS_SHARED, PMEM_ALIGNMENT, VIRTIO_MEM_BLOCK_SIZE, virtioMemRegionSize, type VmConfig } from './config.js';
+import { MemConfig } from '../virtio/mem/device.js';
 import { FS_CONNECTION_STATE_BYTES } from '../virtio/fs/device.js';
 import type { VirtioPciInit } from './pci_setup.js';
 import type { RateLimiterConfig } from '../virtio/rate_limiter.js';
@@ -191,6 +192,8 @@ export class VirtioManager {
   private pauseSeq = 0;
   private stateSeq = 0;
   private segments: PciSegmentLayout[] = pciSegmentLayouts(1);
+  /** Bytes of the virtio-mem region of the configuration opened last (0: none): device memory starts after it. */
+  private virtioMemSize = 0;
   /** The next never-used GSI for MSI-X vectors in this run, and those a removed device gave back. */
   private nextGsi = MSI_GSI_BASE;
   private freeGsis: number[] = [];
@@ -217,9 +220,11 @@ export class VirtioManager {
       this.openRng(cfg);
       (cfg.fs ?? []).forEach((f, i) => this.openFs(cfg, f, i));
       (cfg.pmem ?? []).forEach((p, i) => this.openPmem(p, i));
+      this.virtioMemSize = virtioMemRegionSize(cfg.memory);
       this.placeDeviceMemory(cfg.memory.size);
       if (cfg.vsock !== undefined) this.openVsock(cfg.vsock);
       if (cfg.balloon !== undefined) this.openBalloon(cfg.balloon);
+      if (this.virtioMemSize > 0) this.openMem(cfg);
       if (this.devices.length > PCI_SLOTS - 1 && this.segments.length === 1) {
         throw new VirtioConfigError(`${this.devices.length} virtio devices do not fit on PCI bus 0 (at most ${PCI_SLOTS - 1})`);
       }
@@ -431,7 +436,7 @@ export class VirtioManager {
     if (withMemory.length === 0) return;
     let ranges: Array<{ gpa: number; size: number }>;
     try {
-      ranges = deviceMemoryRanges(memSize, withMemory.map((h) => h.memory!.size));
+      ranges = deviceMemoryRanges(memSize, withMemory.map((h) => h.memory!.size), 52, this.virtioMemSize);
     } catch (e) {
       throw new VirtioConfigError(`virtio-pmem: ${(e as Error).message}`);
     }
@@ -541,6 +546,69 @@ export class VirtioManager {
       try { libc.write(t.controlFd, ONE); } catch { /* the thread is gone */ }
     }
     return true;
+  }
+
+  /**
+   * virtio-mem (virtio 1.2, 5.15): its region is part of guest memory (layout.ts
+   * guestMemoryRegions: allocated with RAM at every guest run, so a new run starts with every
+   * block unplugged and nothing populated, 5.15.6 "SHOULD unplug all memory blocks during system
+   * resets"); requested_size starts at memory.hotplugged_size.
+   */
+  private openMem(cfg: VmConfig): void {
+    const id = '_mem0';
+    let region: { gpa: number; size: number };
+    try {
+      region = virtioMemRegion(cfg.memory.size, this.virtioMemSize);
+    } catch (e) {
+      throw new VirtioConfigError(`${id}: ${(e as Error).message}`);
+    }
+    const requestedSize = cfg.memory.hotplugged_size ?? 0;
+    this.devices.push({
+      id, deviceType: VirtioDeviceType.Mem, numQueues: 1, segment: 0, fds: [], iothread: '',
+      spec: { kind: 'mem', addr: region.gpa, regionSize: region.size, blockSize: VIRTIO_MEM_BLOCK_SIZE, requestedSize },
+    });
+    const MiB = 1024 * 1024;
+    this.log(`${id}: virtio-mem region of ${region.size / MiB} MiB at guest physical 0x${region.gpa.toString(16)}, ${requestedSize / MiB} MiB requested`);
+  }
+
+  /**
+   * vm.resize desired_ram with virtio-mem: the device's new requested_size (bytes, whole blocks,
+   * at most the region; the caller checked). Kept for later guest runs; the running device gets
+   * it through Word.HostValue in MiB and tells the guest (a configuration change, 5.15.4). False
+   * when the VM has no virtio-mem device.
+   */
+  setMemRequestedSize(bytes: number): boolean {
+    const h = this.devices.find((d) => d.spec.kind === 'mem');
+    if (h === undefined || h.spec.kind !== 'mem') return false;
+    if (!Number.isSafeInteger(bytes) || bytes < 0 || bytes % h.spec.blockSize !== 0 || bytes > h.spec.regionSize) {
+      throw new VirtioConfigError(`${h.id}: requested size ${bytes} is not a multiple of ${h.spec.blockSize} in 0..${h.spec.regionSize}`);
+    }
+    h.spec.requestedSize = bytes;
+    const mib = bytes / (1024 * 1024);
+    for (const t of this.threads) {
+      const r = t.devices.find((d) => d.host === h);
+      if (r === undefined) continue;
+      Atomics.store(r.words, Word.HostValue, mib | 0);
+      postCommand(r.words, Command.HostValue);
+      try { libc.write(t.controlFd, ONE); } catch { /* the thread is gone */ }
+    }
+    return true;
+  }
+
+  /**
+   * virtio-mem's plugged_size (5.15.4) as the device last published it, in bytes; 0 without the
+   * device or a running guest. Read from the configuration bytes the transport answers from.
+   */
+  memPluggedBytes(): number {
+    for (const t of this.threads) {
+      for (const r of t.devices) {
+        if (r.host.spec.kind !== 'mem') continue;
+        const { config } = sharedViews(r.shared, { numQueues: r.host.numQueues, vectors: r.irqFds.length });
+        const v = new DataView(config.buffer, config.byteOffset + MemConfig.pluggedSize, 8);
+        return v.getUint32(0, true) + v.getUint32(4, true) * 2 ** 32;
+      }
+    }
+    return 0;
   }
 
   /**
@@ -682,7 +750,7 @@ export class VirtioManager {
         const h = this.devices[this.devices.length - 1]!;
         const others = this.devices.filter((d) => d.memory !== undefined && d !== h).map((d) => d.memory!);
         const end = others.reduce((e, m) => Math.max(e, m.gpa + m.size), 0);
-        const first = deviceMemoryRanges(cfg.memory.size, [h.memory!.size])[0]!;
+        const first = deviceMemoryRanges(cfg.memory.size, [h.memory!.size], 52, this.virtioMemSize)[0]!;
         const gpa = Math.max(first.gpa, end);
         if (gpa + h.memory!.size > 2 ** 52) throw new VirtioConfigError(`${h.id}: no guest physical space left for ${h.memory!.size} bytes`);
         h.memory!.gpa = gpa;

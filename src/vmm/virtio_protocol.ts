@@ -24,7 +24,12 @@ export type VirtioDeviceSpec =
   /** virtio-pmem: the backing file (mapped by the main thread) and where the guest sees it. */
   | { kind: 'pmem'; fd: number; start: number; size: number; discardWrites: boolean }
   /** virtio-balloon: the initial target in 4 KiB pages (later ones come through Word.HostValue). */
-  | { kind: 'balloon'; numPages: number; deflateOnOom: boolean; freePageReporting: boolean };
+  | { kind: 'balloon'; numPages: number; deflateOnOom: boolean; freePageReporting: boolean }
+  /**
+   * virtio-mem: its region (a region of guest memory, layout.ts guestMemoryRegions) and the
+   * initial requested_size in bytes (later ones come through Word.HostValue, in MiB).
+   */
+  | { kind: 'mem'; addr: number; regionSize: number; blockSize: number; requestedSize: number };
 
 /** One device served by an I/O thread. */
 export interface VirtioWorkerDevice {

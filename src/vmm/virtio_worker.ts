@@ -24,7 +24,7 @@ async function start(data: VirtioWorkerData): Promise<void> {
   // be built fails alone, the others are served.
   for (const d of data.devices) {
     try {
-      const dev = await createDeviceModel(d.spec, d.id, (message, warn) => post({ type: 'log', id: d.id, message, ...(warn ? { warn } : {}) }), groups);
+      const dev = await createDeviceModel(d.spec, d.id, (message, warn) => post({ type: 'log', id: d.id, message, ...(warn ? { warn } : {}) }), groups, mem);
       runners.push(new DeviceRunner(d, dev, mem, post, onRaise));
     } catch (e) {
       failReady(d.shared);

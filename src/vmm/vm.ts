@@ -12,7 +12,7 @@ import { openHypervisor, type HypervisorKind } from '../hypervisor/select.js';
 import type { Hypervisor, Vm, Vcpu } from '../hypervisor/hypervisor.js';
 import type { CpuIdEntry } from '../hypervisor/regs.js';
 import { GuestMemory } from '../memory/guest_memory.js';
-import { ramRegions, lowRamEnd, CPU_HOTPLUG_MMIO_START, GED_MMIO_START, PCI_HOTPLUG_MMIO_START, RSDP_POINTER, VMGENID_ADDR, VMGENID_SIZE } from '../arch/x86_64/layout.js';
+import { guestMemoryRegions, lowRamEnd, CPU_HOTPLUG_MMIO_START, GED_MMIO_START, PCI_HOTPLUG_MMIO_START, RSDP_POINTER, VMGENID_ADDR, VMGENID_SIZE } from '../arch/x86_64/layout.js';
 import { loadBzImage, parseBzImage } from '../arch/x86_64/bzimage.js';
 import { loadPvhKernel, parseElfKernel } from '../arch/x86_64/pvh.js';
 import { FileImage, readImage, type ImageSource } from '../arch/x86_64/image_source.js';
@@ -21,7 +21,7 @@ import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
 import { HyperVCpuidError, hypervLeaves } from '../arch/x86_64/hyperv.js';
 import { writeResetVectorStub } from '../arch/x86_64/reset_vector.js';
 import { linux64BootState, pvhBootState, writeBootTables, defaultFpu, bootMsrEntries } from '../arch/x86_64/regs.js';
-import type { VmConfig } from './config.js';
+import { virtioMemRegionSize, type VmConfig } from './config.js';
 import { createMailboxes, ringDoorbell, type MailboxShared } from './mailbox.js';
 import { ByteRing } from './ring.js';
 import { IRQ_COM1, IRQ_GED } from './layout_ports.js';
@@ -363,7 +363,8 @@ export class VirtualMachine extends EventEmitter {
       vm.createIrqChip();
       vm.createPit();
       try {
-        mem = GuestMemory.allocate(ramRegions(memSize), { shared: cfg.memory.shared, thp: cfg.memory.thp });
+        // RAM, then the virtio-mem region (hotplug_method VirtioMem): each its own memory slot.
+        mem = GuestMemory.allocate(guestMemoryRegions(memSize, virtioMemRegionSize(cfg.memory)), { shared: cfg.memory.shared, thp: cfg.memory.thp });
       } catch (e) {
         throw new VmError(`cannot allocate ${fmtBytes(memSize)} of guest memory: ${(e as Error).message}`);
       }
@@ -670,6 +671,20 @@ export class VirtualMachine extends EventEmitter {
    */
   resizeBalloon(bytes: number): void {
     if (!this.virtio.setBalloonTarget(bytes)) throw new VmError('the VM has no balloon device (--balloon)');
+  }
+
+  /**
+   * vm.resize desired_ram with hotplug_method VirtioMem: the virtio-mem device's new
+   * requested_size (bytes beyond memory.size, whole 2 MiB blocks; checked by the caller). The
+   * guest's driver plugs or unplugs blocks towards it. Also what later guest runs request.
+   */
+  resizeVirtioMem(bytes: number): void {
+    if (!this.virtio.setMemRequestedSize(bytes)) throw new VmError('the VM has no virtio-mem device (--memory hotplug_method=virtio-mem,hotplug_size=...)');
+  }
+
+  /** virtio-mem's plugged_size (bytes the guest plugged); 0 without the device or a running guest. */
+  virtioMemPluggedBytes(): number {
+    return this.virtio.memPluggedBytes();
   }
 
   /** Bytes in the balloon as the guest's driver reports them (`actual`); 0 without one or a running guest. */
