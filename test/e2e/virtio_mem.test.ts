@@ -1,0 +1,134 @@
+// virtio-mem (virtio 1.2, 5.15) on a real guest (Debian's kernel: virtio_mem, loaded by the
+// initramfs's init), as Cloud Hypervisor's --memory hotplug_method=virtio-mem and vm.resize
+// desired_ram:
+//   - 512 MiB of RAM and a 512 MiB virtio-mem region, nothing plugged at boot: MemTotal is the
+//     boot RAM's, vm.info memory_actual_size 512 MiB. The guest onlines hot-added memory movable
+//     (auto_online_blocks: Debian's default leaves it offline; ZONE_MOVABLE is what lets Linux
+//     unplug it again).
+//   - vm.resize desired_ram=1 GiB: the driver plugs 512 MiB (requested_size) and the guest's
+//     MemTotal grows by at least 400 MiB; memory_actual_size becomes 1 GiB; the guest fills a
+//     tmpfs file of 560 MiB (more than the boot RAM has free: some of it must lie in the plugged
+//     blocks) and removes it.
+//   - vm.resize desired_ram=512 MiB: the driver unplugs (its memory is movable and free):
+//     memory_actual_size and MemTotal drop. Linux unplugs what it can at once and retries the
+//     rest after a back-off of 50 s and more (drivers/virtio/virtio_mem.c, its retry timer), so
+//     only a drop is asserted; how far it got is reported.
+//   - desired_ram below memory.size, above size + hotplug_size, or not whole 2 MiB blocks: 400.
+// Nothing is timed: the test polls until the guest's driver has done what it was asked (the
+// test's timeout bounds it).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { guestImages } from './lib/guest.js';
+import { VmmProcess as Vmm } from './lib/vmm_process.js';
+import { scratchDir } from './lib/virtio.js';
+import { waitForPing } from '../../src/api/testing/spawn_vmm.js';
+
+const img = guestImages();
+const TIMEOUT_MS = 600_000;
+const MiB = 1024 * 1024;
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+async function memTotal(vmm: Vmm): Promise<number> {
+  const r = await vmm.shellOutput('echo "MEM""TOTAL $(grep MemTotal /proc/meminfo | tr -s " " | cut -d" " -f2) E""ND"', /MEMTOTAL (\d+) END/, 'MemTotal');
+  return Number(r.m[1]) * 1024;
+}
+
+interface Info { memory_actual_size: number; config: { memory: { size: number; hotplug_size?: number; hotplugged_size?: number; hotplug_method?: string } } }
+
+async function info(vmm: Vmm): Promise<Info> {
+  const r = await vmm.api('GET', 'vm.info');
+  assert.equal(r.status, 200, r.text);
+  return JSON.parse(r.text) as Info;
+}
+
+async function counters(vmm: Vmm): Promise<Record<string, number>> {
+  const r = await vmm.api('GET', 'vm.counters');
+  assert.equal(r.status, 200, r.text);
+  return (JSON.parse(r.text) as Record<string, Record<string, number>>)['_mem0'] ?? {};
+}
+
+/** Poll until `ok`; the test's timeout bounds it. */
+async function until<T>(what: string, get: () => Promise<T>, ok: (v: T) => boolean, vmm: Vmm): Promise<T> {
+  for (;;) {
+    const v = await get();
+    if (ok(v)) return v;
+    if (vmm.done) assert.fail(`the VMM exited while waiting for ${what}\n${vmm.explain()}`);
+    await sleep(1000);
+  }
+}
+
+test('virtio-mem: vm.resize desired_ram plugs memory into the guest (MemTotal, memory_actual_size) and unplugs it again', { timeout: TIMEOUT_MS }, async (t) => {
+  const name = 'virtio-mem';
+  const dir = scratchDir(name);
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const vmm = new Vmm(name, join(dir, 'api.sock'), [
+    '--kernel', img.bzImage, '--initramfs', img.initramfs,
+    '--cmdline', 'console=ttyS0 quiet stv.scenario=shell',
+    '--cpus', 'boot=1', '--memory', 'size=512M,hotplug_method=virtio-mem,hotplug_size=512M', '--serial', 'tty', '--console', 'off', '-v',
+  ]);
+  t.after(() => vmm.end());
+  await waitForPing(vmm.sock, vmm.child);
+  await vmm.waitFor(/stv# /, 0, 'the guest shell prompt');
+  // Hot-added memory onlined into ZONE_MOVABLE (Documentation/admin-guide/mm/memory-hotplug.rst),
+  // before the driver adds any; then wait for the driver to bind the device.
+  const b = await vmm.shellOutput(
+    'echo online_movable > /sys/devices/system/memory/auto_online_blocks; ' +
+    'for i in 1 2 3 4 5 6 7 8 9 10; do ls /sys/bus/virtio/drivers/virtio_mem 2>/dev/null | grep -q virtio && break; sleep 1; done; ' +
+    'echo "BOUND $(ls /sys/bus/virtio/drivers/virtio_mem 2>/dev/null | grep -c virtio) $(cat /sys/devices/system/memory/auto_online_blocks) E""ND"',
+    /BOUND (\d+) (\S+) END/, 'the virtio_mem driver');
+  assert.equal(b.m[1], '1', `the guest's virtio_mem driver bound the device\n${vmm.explain()}`);
+  assert.equal(b.m[2], 'online_movable', `auto_online_blocks\n${vmm.explain()}`);
+
+  const i0 = await info(vmm);
+  assert.equal(i0.memory_actual_size, 512 * MiB, 'nothing plugged at boot');
+  assert.equal(i0.config.memory.hotplug_method, 'VirtioMem');
+  assert.equal(i0.config.memory.hotplug_size, 512 * MiB);
+  const total0 = await memTotal(vmm);
+
+  // Refused, nothing changes (CH's rules).
+  for (const bad of [256 * MiB, 1024 * MiB + 2 * MiB, 600 * MiB + 4096]) {
+    const r = await vmm.api('PUT', 'vm.resize', { desired_ram: bad });
+    assert.equal(r.status, 400, `desired_ram ${bad}: ${r.text}`);
+  }
+
+  // Plug 512 MiB.
+  let r = await vmm.api('PUT', 'vm.resize', { desired_ram: 1024 * MiB });
+  assert.equal(r.status, 204, r.text);
+  const plugged = await until('the guest to plug 512 MiB', () => info(vmm), (i) => i.memory_actual_size === 1024 * MiB, vmm);
+  assert.equal(plugged.config.memory.hotplugged_size, 512 * MiB, 'vm.info config keeps the plugged size (hotplugged_size)');
+  const total1 = await until('MemTotal to grow', () => memTotal(vmm), (v) => v - total0 >= 400 * MiB, vmm);
+  t.diagnostic(`plug 512 MiB: MemTotal ${(total0 / MiB).toFixed(1)} -> ${(total1 / MiB).toFixed(1)} MiB`);
+  const online = await vmm.shellOutput(
+    'echo "ONLINE $(cat /sys/devices/system/memory/memory*/state | grep -c online) E""ND"', /ONLINE (\d+) END/, 'online memory blocks');
+  t.diagnostic(`online memory blocks: ${online.m[1]}`);
+
+  // Use the new memory: 560 MiB of tmpfs cannot fit into the boot RAM alone.
+  const f = await vmm.shellOutput(
+    'mkdir -p /mnt/t; mount -t tmpfs -o size=800m tmpfs /mnt/t; dd if=/dev/zero of=/mnt/t/f bs=1M count=560 2>/dev/null && echo "DD ""OK"; rm -f /mnt/t/f; umount /mnt/t; echo FIL""LED',
+    /FILLED/, 'the guest filling 560 MiB of tmpfs');
+  assert.match(f.text, /DD OK/, `dd of 560 MiB into tmpfs with 1 GiB of memory\n${vmm.explain()}`);
+
+  // Unplug it again: free movable memory, so the driver can.
+  r = await vmm.api('PUT', 'vm.resize', { desired_ram: 512 * MiB });
+  assert.equal(r.status, 204, r.text);
+  assert.equal((await info(vmm)).config.memory.hotplugged_size, 0, 'vm.info config: hotplugged_size 0');
+  const unplugged = await until('the guest to unplug', () => info(vmm), (i) => i.memory_actual_size < 1024 * MiB, vmm);
+  const total2 = await until('MemTotal to shrink', () => memTotal(vmm), (v) => v < total1, vmm);
+  t.diagnostic(`unplug: memory_actual_size ${unplugged.memory_actual_size / MiB} MiB; MemTotal ${(total1 / MiB).toFixed(1)} -> ${(total2 / MiB).toFixed(1)} MiB (at boot ${(total0 / MiB).toFixed(1)})`);
+  assert.ok(unplugged.memory_actual_size >= 512 * MiB, `memory_actual_size ${unplugged.memory_actual_size} below the boot RAM`);
+
+  const c = await counters(vmm);
+  t.diagnostic(`vm.counters _mem0: ${JSON.stringify(c)}`);
+  assert.ok((c['plug_requests'] ?? 0) >= 1, `plug_requests ${c['plug_requests']}`);
+  assert.ok((c['unplug_requests'] ?? 0) + (c['unplug_all_requests'] ?? 0) >= 1, 'unplug requests');
+  assert.equal(c['errors'], 0);
+  assert.equal(c['discard_errors'], 0);
+  assert.equal(c['bad_chains'], 0);
+  assert.equal(c['malformed_requests'], 0);
+
+  await vmm.shell('poweroff', /@@stv:poweroff@@/, 'the guest powered off');
+  await vmm.api('PUT', 'vmm.shutdown').catch(() => undefined);
+  await vmm.exited;
+});
