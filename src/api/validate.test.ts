@@ -243,3 +243,16 @@ test('vm.create pmem: PmemConfig fields and defaults; pci_device_id refused by p
   const bad = vmConfigFromBody({ payload: { kernel: '/k' }, pmem: [{ file: '/img', size: 3 << 20 }] }, v);
   assert.deepEqual(bad, { ok: false, issues: [{ path: 'pmem[0].size', message: '3145728 is not a multiple of 2 MiB (virtio-pmem regions are mapped in 2 MiB units)' }] });
 });
+
+test('vm.create memory.hotplug_method: VirtioMem and Acpi taken, anything else named', () => {
+  const v = getValidator();
+  const ok = vmConfigFromBody({ payload: { kernel: '/k' }, memory: { size: 512 << 20, hotplug_size: 512 << 20, hotplug_method: 'VirtioMem' } }, v);
+  assert.ok(ok.ok, JSON.stringify(ok));
+  if (ok.ok) assert.deepEqual([ok.config.memory.hotplug_method, ok.config.memory.hotplug_size], ['VirtioMem', 512 << 20]);
+  const acpi = vmConfigFromBody({ payload: { kernel: '/k' }, memory: { size: 512 << 20, hotplug_size: 512 << 20, hotplug_method: 'Acpi' } }, v);
+  assert.ok(acpi.ok, JSON.stringify(acpi));
+  const bad = vmConfigFromBody({ payload: { kernel: '/k' }, memory: { size: 512 << 20, hotplug_method: 'VirtioMem' } }, v);
+  assert.deepEqual(bad, { ok: false, issues: [{ path: 'memory.hotplug_size', message: 'is required with hotplug_method "VirtioMem" (the size of the virtio-mem region, e.g. hotplug_size=1G)' }] });
+  const unknown = vmConfigFromBody({ payload: { kernel: '/k' }, memory: { size: 512 << 20, hotplug_method: 'Dimm' } }, v);
+  assert.deepEqual(unknown, { ok: false, issues: [{ path: 'memory.hotplug_method', message: 'must be one of "Acpi", "VirtioMem", got "Dimm"' }] });
+});

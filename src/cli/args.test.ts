@@ -130,6 +130,17 @@ test('cpus topology and memory options', () => {
   assert.equal(c.memory.thp, false);
 });
 
+test('--memory hotplug_method=acpi|virtio-mem, hotplugged_size: as Cloud Hypervisor; bad values and VirtioMem rules named', () => {
+  const c = run('--kernel', 'k', '--memory', 'size=512M,hotplug_method=virtio-mem,hotplug_size=512M,hotplugged_size=128M').config!;
+  assert.deepEqual([c.memory.size, c.memory.hotplug_method, c.memory.hotplug_size, c.memory.hotplugged_size], [512 * MIB, 'VirtioMem', 512 * MIB, 128 * MIB]);
+  assert.equal(run('--kernel', 'k', '--memory', 'size=1G,hotplug_method=acpi,hotplug_size=1G').config!.memory.hotplug_method, 'Acpi');
+  assert.equal(run('--kernel', 'k', '--memory', 'size=1G').config!.memory.hotplug_method, undefined, 'absent: CH\'s default (Acpi)');
+  fails(['--kernel', 'k', '--memory', 'size=1G,hotplug_method=dimm'], /--memory: hotplug_method "dimm" is not one of: acpi, virtio-mem/, '--memory');
+  fails(['--kernel', 'k', '--memory', 'size=1G,hotplug_method=virtio-mem'], /--memory: hotplug_size is required with hotplug_method "VirtioMem"/);
+  fails(['--kernel', 'k', '--memory', 'size=1G,hotplug_method=virtio-mem,hotplug_size=3M'], /--memory: hotplug_size 3145728 is not a multiple of 2 MiB \(the virtio-mem block size\)/);
+  fails(['--kernel', 'k', '--memory', 'size=1G,hotplug_method=virtio-mem,hotplug_size=64M,hotplugged_size=128M'], /--memory: hotplugged_size 134217728 bytes is more than hotplug_size/);
+});
+
 test('--cpus kvm_hyperv=on|off turns Hyper-V enlightenments on or off; absent is off; a bad value is named', () => {
   assert.equal(run('--kernel', 'k', '--cpus', 'boot=2,kvm_hyperv=on').config!.cpus.kvm_hyperv, true);
   assert.equal(run('--kernel', 'k', '--cpus', 'kvm_hyperv=off,boot=2').config!.cpus.kvm_hyperv, false);

@@ -8,6 +8,8 @@ import {
   isValidMac,
   parseIpv4,
   validateVmConfig,
+  desiredRamIssue,
+  virtioMemRegionSize,
   type VmConfig,
 } from './config.js';
 
@@ -245,4 +247,35 @@ test('pmem: defaults, and every bad field named by path', () => {
   ]);
   assert.throws(() => createVmConfig({ payload: { kernel: '/k' }, pmem: {} as unknown as [] }), /pmem: must be an array/);
   assert.throws(() => createVmConfig({ payload: { kernel: '/k' }, pmem: [7 as unknown as { file: string }] }), /pmem\[0\]: must be an object/);
+});
+
+test('memory.hotplug_method: Acpi (CH\'s default; hotplug_size accepted as before) or VirtioMem (hotplug_size required, 2 MiB blocks; hotplugged_size within it)', () => {
+  const c = valid();
+  const m = (memory: Partial<VmConfig['memory']>): string[] => messages({ ...c, memory: { ...c.memory, ...memory } });
+  assert.deepEqual(m({ hotplug_method: 'VirtioMem', hotplug_size: 512 * MIB }), []);
+  assert.deepEqual(m({ hotplug_method: 'VirtioMem', hotplug_size: 512 * MIB, hotplugged_size: 256 * MIB }), []);
+  assert.deepEqual(m({ hotplug_method: 'Acpi', hotplug_size: 3 * MIB + 4096 }), [], 'Acpi: only the 4 KiB rule, as before');
+  assert.deepEqual(m({ hotplug_size: 1024 * MIB, hotplugged_size: 3 }), [], 'Acpi (default): hotplugged_size unused, unchecked as before');
+  assert.deepEqual(m({ hotplug_method: 'Dimm' }), ['memory.hotplug_method: must be one of "Acpi", "VirtioMem", got "Dimm"']);
+  assert.deepEqual(m({ hotplug_method: 'VirtioMem' }), ['memory.hotplug_size: is required with hotplug_method "VirtioMem" (the size of the virtio-mem region, e.g. hotplug_size=1G)']);
+  assert.deepEqual(m({ hotplug_method: 'VirtioMem', hotplug_size: 0 }), ['memory.hotplug_size: is required with hotplug_method "VirtioMem" (the size of the virtio-mem region, e.g. hotplug_size=1G)']);
+  assert.deepEqual(m({ hotplug_method: 'VirtioMem', hotplug_size: 3 * MIB }), ['memory.hotplug_size: 3145728 is not a multiple of 2 MiB (the virtio-mem block size)']);
+  assert.deepEqual(m({ hotplug_method: 'VirtioMem', hotplug_size: 2 ** 51 }), [`memory.hotplug_size: ${2 ** 51} bytes beside ${512 * MIB} of RAM do not fit in the guest physical address space`]);
+  assert.deepEqual(m({ hotplug_method: 'VirtioMem', hotplug_size: 64 * MIB, hotplugged_size: 128 * MIB }), [`memory.hotplugged_size: ${128 * MIB} bytes is more than hotplug_size (${64 * MIB})`]);
+  assert.deepEqual(m({ hotplug_method: 'VirtioMem', hotplug_size: 64 * MIB, hotplugged_size: MIB }), ['memory.hotplugged_size: must be a non-negative multiple of 2 MiB (the virtio-mem block size), got 1048576']);
+  // Untrusted shapes: named, never a crash.
+  assert.deepEqual(m({ hotplug_method: 7 as unknown as string }), ['memory.hotplug_method: must be one of "Acpi", "VirtioMem", got 7']);
+});
+
+test('desiredRamIssue and virtioMemRegionSize: Cloud Hypervisor\'s desired_ram rules for virtio-mem', () => {
+  const mem = { size: 512 * MIB, hotplug_method: 'VirtioMem', hotplug_size: 512 * MIB };
+  assert.equal(virtioMemRegionSize(mem), 512 * MIB);
+  assert.equal(virtioMemRegionSize({ hotplug_size: 512 * MIB }), 0, 'Acpi: no virtio-mem region');
+  assert.equal(virtioMemRegionSize({ hotplug_method: 'VirtioMem' }), 0);
+  for (const ok of [512 * MIB, 514 * MIB, 1024 * MIB]) assert.equal(desiredRamIssue(ok, mem), undefined, String(ok));
+  assert.match(desiredRamIssue(510 * MIB, mem)!, /is less than the boot memory/);
+  assert.match(desiredRamIssue(1026 * MIB, mem)!, /is more than memory\.size \+ memory\.hotplug_size \(1073741824\)/);
+  assert.match(desiredRamIssue(513 * MIB, mem)!, /not memory\.size \(536870912\) plus a multiple of 2 MiB/);
+  assert.match(desiredRamIssue('1G', mem)!, /must be an integer number of bytes, got 1G/);
+  assert.match(desiredRamIssue(-1, mem)!, /must be an integer/);
 });

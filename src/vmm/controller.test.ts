@@ -217,6 +217,53 @@ test('vm.resize before boot: desired_balloon becomes the balloon size of the con
   }
 });
 
+test('vm.resize desired_ram before boot, hotplug_method VirtioMem: hotplugged_size of the configuration (CH\'s rules: size..size+hotplug_size, 2 MiB blocks); Acpi stays 500; through the API', async () => {
+  const MiB = 1 << 20;
+  const core = new VmmCore();
+  const c = cfg();
+  c.memory = { ...c.memory, hotplug_method: 'VirtioMem', hotplug_size: 128 * MiB };
+  await core.createVm(c);
+  assert.equal(core.info().memory_actual_size, 64 * MiB, 'nothing plugged before boot');
+  await core.resizeVm({ desired_ram: 96 * MiB });
+  assert.equal(core.info().config.memory.hotplugged_size, 32 * MiB);
+  assert.equal(core.info().memory_actual_size, 64 * MiB, 'not booted: nothing plugged yet');
+  await core.resizeVm({ desired_ram: 192 * MiB });
+  assert.equal(core.info().config.memory.hotplugged_size, 128 * MiB, 'the whole region');
+  await core.resizeVm({ desired_ram: 64 * MiB });
+  assert.equal(core.info().config.memory.hotplugged_size, 0, 'back to the boot memory');
+  await rejectsWith(core.resizeVm({ desired_ram: 32 * MiB }), 400, /desired_ram: 33554432 bytes is less than the boot memory \(memory\.size 67108864\)/);
+  await rejectsWith(core.resizeVm({ desired_ram: 192 * MiB + 2 * MiB }), 400, /desired_ram: 203423744 bytes is more than memory\.size \+ memory\.hotplug_size \(201326592\)/);
+  await rejectsWith(core.resizeVm({ desired_ram: 65 * MiB }), 400, /desired_ram: 68157440 bytes is not memory\.size \(67108864\) plus a multiple of 2 MiB/);
+  await rejectsWith(core.resizeVm({ desired_ram: 1.5 }), 400, /desired_ram: must be an integer number of bytes, got 1\.5/);
+  // desired_ram is checked before desired_vcpus is applied: a refused request changes nothing.
+  await rejectsWith(core.resizeVm({ desired_ram: 65 * MiB, desired_vcpus: 1 }), 400, /desired_ram/);
+  assert.equal(core.info().config.memory.hotplugged_size, 0, 'refused resizes change nothing');
+  const dir = mkdtempSync(join(tmpdir(), 'stv-core-'));
+  const sock = join(dir, 'api.sock');
+  const server = await ApiServer.listen({ controller: core, socket: { path: sock } });
+  try {
+    const r = await request(sock, 'PUT', 'vm.resize', JSON.stringify({ desired_ram: 128 * MiB }));
+    assert.equal(r.status, 204, r.text);
+    assert.equal(core.info().config.memory.hotplugged_size, 64 * MiB);
+    const bad = await request(sock, 'PUT', 'vm.resize', JSON.stringify({ desired_ram: 1 << 30 }));
+    assert.equal(bad.status, 400, bad.text);
+    const info = await request(sock, 'GET', 'vm.info');
+    assert.equal(info.status, 200, info.text);
+    const body = JSON.parse(info.text) as { memory_actual_size: number; config: { memory: { hotplug_method?: string; hotplug_size?: number } } };
+    assert.deepEqual([body.memory_actual_size, body.config.memory.hotplug_method, body.config.memory.hotplug_size], [64 * MiB, 'VirtioMem', 128 * MiB]);
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  await core.deleteVm();
+  // hotplug_size with Acpi (CH's default method): accepted, and desired_ram is not implemented.
+  const a = cfg();
+  a.memory = { ...a.memory, hotplug_size: 128 * MiB };
+  await core.createVm(a);
+  await rejectsWith(core.resizeVm({ desired_ram: 96 * MiB }), 500, /not implemented yet in Stratovisor for desired_ram \(memory hotplug\) with hotplug_method "Acpi"/);
+  await core.deleteVm();
+});
+
 test('vm.add-vsock: before boot it joins the configuration; one per VM; bad bodies named (API and core)', async () => {
   const core = new VmmCore();
   await rejectsWith(core.addVsock({ cid: 3, socket: '/tmp/v.sock' }), 404, /cannot add a vsock device: the VM is not created/);

@@ -442,7 +442,7 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     if (r.desired_ram !== undefined && r.desired_ram !== null) {
       const memory = this.config!.memory;
       if (virtioMemRegionSize(memory) === 0) {
-        throw new ApiError(500, 'NotImplemented', 'vm.resize: not implemented yet in Stratovisor for desired_ram with ACPI memory hotplug; create the VM with memory hotplug_method "VirtioMem" and a hotplug_size (--memory hotplug_method=virtio-mem,hotplug_size=...)');
+        throw new ApiError(500, 'NotImplemented', 'vm.resize: not implemented yet in Stratovisor for desired_ram (memory hotplug) with hotplug_method "Acpi"; it is with memory hotplug_method "VirtioMem" and a hotplug_size (--memory hotplug_method=virtio-mem,hotplug_size=...)');
       }
       const issue = desiredRamIssue(r.desired_ram, memory);
       if (issue !== undefined) throw new BadRequestError(`vm.resize: desired_ram: ${issue}`);
