@@ -115,6 +115,36 @@ test('virtio-pmem: the file is mapped above RAM (shared, or private with discard
   assert.deepEqual(m.deviceMemory, []);
 });
 
+test('virtio-mem: hotplug_method VirtioMem opens _mem0 (no host memory of its own: its region is guest memory), pmem goes after the region; requested size kept, bad sizes named', () => {
+  const MiB = 1 << 20;
+  const GiB = 1024 * MiB;
+  const vm = (memory: VmConfigInput['memory'], pmem?: VmConfigInput['pmem']) => createVmConfig({ payload: { kernel: '/nonexistent' }, console: { mode: 'Off' }, memory, ...(pmem ? { pmem } : {}) } as VmConfigInput);
+  const m = new VirtioManager(() => {});
+  m.open(vm({ size: 256 * MiB, hotplug_method: 'VirtioMem', hotplug_size: 512 * MiB, hotplugged_size: 64 * MiB }, [{ file: image('pmem-vmem.raw', 4 * MiB) }]), 1);
+  try {
+    const at = m.placement('_mem0');
+    assert.ok(at !== undefined, 'the virtio-mem device is placed on the PCI bus');
+    assert.deepEqual([at.segment, at.mapsMemory, at.removable], [0, false, false]);
+    // The region is [4 GiB, 4.5 GiB): pmem starts after it.
+    assert.deepEqual(m.deviceMemory.map((d) => [d.id, d.gpa, d.size]), [['_pmem0', 4 * GiB + 512 * MiB, 4 * MiB]]);
+    assert.equal(m.setMemRequestedSize(128 * MiB), true, 'kept for the guest runs (none running)');
+    assert.equal(m.memPluggedBytes(), 0, 'no guest running: nothing plugged');
+    assert.throws(() => m.setMemRequestedSize(513 * MiB), /_mem0: requested size 537919488 is not a multiple of 2097152 in 0\.\.536870912/);
+    assert.throws(() => m.setMemRequestedSize(3 * MiB), /is not a multiple of 2097152/);
+  } finally {
+    m.close();
+  }
+  // Acpi (the default) with hotplug_size: no device.
+  const a = new VirtioManager(() => {});
+  a.open(vm({ size: 256 * MiB, hotplug_size: 512 * MiB }), 1);
+  try {
+    assert.equal(a.placement('_mem0'), undefined);
+    assert.equal(a.setMemRequestedSize(0), false, 'no virtio-mem device');
+  } finally {
+    a.close();
+  }
+});
+
 test('hotplug host side: the lowest free device number; a full bus, a missing image or a locked one refused with nothing left open; remove() unlocks', async () => {
   const m = new VirtioManager(() => {});
   const c = cfg([{ path: image('hp-root.img') }]);
