@@ -135,7 +135,10 @@ export interface VmmController {
    * vm.resize: desired_balloon sets the balloon's target (a booted VM: at once; otherwise the
    * configuration, for the next boot). 404 if not created, 400 without a balloon or for a size
    * not below guest RAM; desired_vcpus plugs vCPUs in or asks the guest to eject them (1..max_vcpus,
-   * else 400; 429 while a removal is pending; 405 paused); 500 "not implemented" for desired_ram. Optional.
+   * else 400; 429 while a removal is pending; 405 paused); desired_ram with memory hotplug_method
+   * "VirtioMem" sets the virtio-mem device's requested size (desired_ram - memory.size; 400 outside
+   * size..size+hotplug_size or not whole 2 MiB blocks; before boot memory.hotplugged_size), 500 "not
+   * implemented" with the Acpi method. Optional.
    */
   resizeVm?(resize: VmResize): Promise<void>;
   /** vm.info: 404 if not created. */
