@@ -9,6 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { GuestMemory, PAGE_SIZE } from './guest_memory.js';
 import { MemorySnapshotError, mapGuestMemory, restoreGuestMemory, saveGuestMemory, touchedRuns, unionRuns } from './snapshot.js';
 import { Prng } from '../testing/prng.js';
+import { guestMemoryRegions } from '../arch/x86_64/layout.js';
 
 const MiB = 1 << 20;
 const dir = mkdtempSync(join(tmpdir(), 'stv-memsnap-'));
@@ -163,4 +164,26 @@ test('mapGuestMemory refuses shared memory, unaligned offsets and a short file, 
 test('unionRuns merges overlapping and touching runs', () => {
   assert.deepEqual(unionRuns([[0, 4096], [16384, 20480]], [[4096, 8192], [12288, 17000], [40960, 45056]]), [[0, 8192], [12288, 20480], [40960, 45056]]);
   assert.deepEqual(unionRuns([], []), []);
+});
+
+test('a virtio-mem region (a guest memory region at 4 GiB, layout.ts guestMemoryRegions) is saved sparsely and restored with RAM', () => {
+  const layout = guestMemoryRegions(16 * MiB, 64 * MiB);
+  assert.deepEqual(layout.map((r) => Number(r.gpa)), [0, 4096 * MiB]);
+  const mem = GuestMemory.allocate(layout);
+  const back = GuestMemory.allocate(layout);
+  try {
+    mem.fill(0x1000, 4096, 0x11);
+    // One plugged block the guest wrote to; the rest of the region was never touched.
+    mem.fill(4096 * MiB + 2 * MiB, 8192, 0x77);
+    const path = join(dir, 'vmem-ranges');
+    const saved = saveGuestMemory(mem, path);
+    assert.deepEqual(saved.ranges.map((r) => [r.gpa, r.length]), [[0, 16 * MiB], [4096 * MiB, 64 * MiB]]);
+    assert.ok(saved.dataBytes <= 4 * MiB, `only touched pages are written (${saved.dataBytes} bytes)`);
+    restoreGuestMemory(back, path, saved.ranges);
+    assert.equal(digest(back), digest(mem));
+    assert.ok(back.slice(4096 * MiB + 2 * MiB, 8192).every((x) => x === 0x77));
+  } finally {
+    mem.free();
+    back.free();
+  }
 });
