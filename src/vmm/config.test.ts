@@ -263,6 +263,8 @@ test('memory.hotplug_method: Acpi (CH\'s default; hotplug_size accepted as befor
   assert.deepEqual(m({ hotplug_method: 'VirtioMem', hotplug_size: 2 ** 51 }), [`memory.hotplug_size: ${2 ** 51} bytes beside ${512 * MIB} of RAM do not fit in the guest physical address space`]);
   assert.deepEqual(m({ hotplug_method: 'VirtioMem', hotplug_size: 64 * MIB, hotplugged_size: 128 * MIB }), [`memory.hotplugged_size: ${128 * MIB} bytes is more than hotplug_size (${64 * MIB})`]);
   assert.deepEqual(m({ hotplug_method: 'VirtioMem', hotplug_size: 64 * MIB, hotplugged_size: MIB }), ['memory.hotplugged_size: must be a non-negative multiple of 2 MiB (the virtio-mem block size), got 1048576']);
+  assert.deepEqual(messages({ ...c, cpus: { ...c.cpus, max_phys_bits: 32 }, memory: { ...c.memory, hotplug_method: 'VirtioMem', hotplug_size: 512 * MIB } }),
+    ['memory.hotplug_size: the virtio-mem region [0x100000000, 0x120000000) lies above the guest\'s 32 physical address bits (cpus.max_phys_bits)']);
   // Untrusted shapes: named, never a crash.
   assert.deepEqual(m({ hotplug_method: 7 as unknown as string }), ['memory.hotplug_method: must be one of "Acpi", "VirtioMem", got 7']);
 });

@@ -5,6 +5,7 @@
 // `createVmConfig` fills in Cloud Hypervisor's defaults; `validateVmConfig`
 // checks types and ranges only (whether files exist is checked at load time).
 import { tokenBucketIssue, type RateLimiterConfig } from '../virtio/rate_limiter.js';
+import { virtioMemRegion } from '../arch/x86_64/layout.js';
 
 export type { RateLimiterConfig, TokenBucketConfig } from '../virtio/rate_limiter.js';
 
@@ -635,6 +636,14 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
       if (hs === undefined || hs === 0) bad('memory.hotplug_size', 'is required with hotplug_method "VirtioMem" (the size of the virtio-mem region, e.g. hotplug_size=1G)');
       else if (isInt(hs) && hs % VIRTIO_MEM_BLOCK_SIZE !== 0) bad('memory.hotplug_size', `${hs} is not a multiple of 2 MiB (the virtio-mem block size)`);
       else if (isInt(hs) && isInt(m.size) && m.size + hs > MAX_VIRTIO_MEM_TOTAL) bad('memory.hotplug_size', `${hs} bytes beside ${m.size} of RAM do not fit in the guest physical address space`);
+      else if (isInt(hs) && isInt(m.size) && m.size % PAGE_SIZE === 0 && m.size >= MIN_MEMORY_SIZE) {
+        // The region must be addressable by the guest's CPUs (CPUID 0x80000008 physical address bits).
+        const bits = isPlainObject(config.cpus) && isInt(config.cpus.max_phys_bits) ? config.cpus.max_phys_bits : DEFAULT_MAX_PHYS_BITS;
+        const r = virtioMemRegion(m.size, hs);
+        if (bits >= 32 && bits <= 52 && r.gpa + r.size > 2 ** bits) {
+          bad('memory.hotplug_size', `the virtio-mem region [0x${r.gpa.toString(16)}, 0x${(r.gpa + r.size).toString(16)}) lies above the guest's ${bits} physical address bits (cpus.max_phys_bits)`);
+        }
+      }
       const hp = m.hotplugged_size;
       if (hp !== undefined) {
         if (!isInt(hp) || hp < 0 || hp % VIRTIO_MEM_BLOCK_SIZE !== 0) bad('memory.hotplugged_size', `must be a non-negative multiple of 2 MiB (the virtio-mem block size), got ${String(hp)}`);
