@@ -193,8 +193,7 @@ export class DeviceRunner {
     Atomics.add(this.words, Word.ConfigGeneration, 1);
   };
   private readonly notifyConfig = (): void => {
-    this.publishConfig();
-    Atomics.add(this.words, Word.ConfigGeneration, 1);
+    this.publishConfigInBand();
     this.raise(Atomics.load(this.words, Word.ConfigVector));
   };
 
