@@ -12,8 +12,8 @@ import { GuestMemory } from '../memory/guest_memory.js';
 import { TestDriver } from '../virtio/testing/driver.js';
 import { DeviceStatus, VirtioDeviceType, VIRTIO_F_VERSION_1 } from '../virtio/device.js';
 import { Word, Command, postCommand } from '../virtio/pci/shared.js';
-import { NOTIFY_OFFSET, MSIX_TABLE_OFFSET, DEVICE_CFG_OFFSET } from '../virtio/pci/transport.js';
-import { ONE, le, rd, wr, waitEventfd, transportRig } from './testing/transport_rig.js';
+import { NOTIFY_OFFSET, DEVICE_CFG_OFFSET } from '../virtio/pci/transport.js';
+import { ONE, rd, wr, waitEventfd, transportRig, probeLikeLinux } from './testing/transport_rig.js';
 import type { VirtioWorkerData, VirtioWorkerEvent } from './virtio_protocol.js';
 
 
@@ -47,20 +47,7 @@ test('virtio-balloon over virtio-pci in an I/O worker: target -> config interrup
   try {
     assert.equal(rd(t, DEVICE_CFG_OFFSET, 4), 100, 'num_pages: the initial target');
     // Linux's probe (3.1.1) with MSI-X: vector 0 config, 1 inflateq, 2 deflateq.
-    wr(t, 0x14, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER, 1);
-    wr(t, 0x08, 1, 4); wr(t, 0x0c, Number((1n << VIRTIO_F_VERSION_1) >> 32n), 4);
-    wr(t, 0x14, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK, 1);
-    const b = new Uint8Array(1);
-    t.readConfig(0x34, b);
-    let cap = b[0]!;
-    for (;;) { t.readConfig(cap, b); if (b[0] === 0x11) break; t.readConfig(cap + 1, b); cap = b[0]!; }
-    t.writeConfig(cap + 2, le(0x8000, 2));
-    for (let v = 0; v < vectors; v++) {
-      wr(t, MSIX_TABLE_OFFSET + v * 16, 0xfee00000, 4);
-      wr(t, MSIX_TABLE_OFFSET + v * 16 + 8, 0x30 + v, 4);
-      wr(t, MSIX_TABLE_OFFSET + v * 16 + 12, 0, 4);
-    }
-    wr(t, 0x10, 0, 2);
+    probeLikeLinux(t, 1n << VIRTIO_F_VERSION_1, vectors);
     const drivers = [0, 1].map((q) => new TestDriver(mem, { size: 16, base: 0x1000 * (q + 1), dataStart: 0x10000 + q * 0x10000, dataEnd: 0x20000 + q * 0x10000 }));
     drivers.forEach((d, q) => {
       d.reset();

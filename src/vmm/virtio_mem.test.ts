@@ -19,8 +19,8 @@ import {
   VIRTIO_MEM_RESP_ACK, VIRTIO_MEM_RESP_ERROR, VIRTIO_MEM_STATE_MIXED,
 } from '../virtio/mem/device.js';
 import { Word, Command, postCommand } from '../virtio/pci/shared.js';
-import { NOTIFY_OFFSET, MSIX_TABLE_OFFSET, DEVICE_CFG_OFFSET } from '../virtio/pci/transport.js';
-import { ONE, le, rd, wr, waitEventfd, transportRig } from './testing/transport_rig.js';
+import { NOTIFY_OFFSET, DEVICE_CFG_OFFSET } from '../virtio/pci/transport.js';
+import { ONE, rd, wr, waitEventfd, transportRig, probeLikeLinux } from './testing/transport_rig.js';
 import type { VirtioWorkerData, VirtioWorkerEvent } from './virtio_protocol.js';
 
 const MiB = 1 << 20;
@@ -70,21 +70,7 @@ test('virtio-mem over virtio-pci in an I/O worker: requested_size -> config inte
       [cfg64(MemConfig.blockSize), cfg64(MemConfig.addr), cfg64(MemConfig.regionSize), cfg64(MemConfig.usableRegionSize), cfg64(MemConfig.pluggedSize), cfg64(MemConfig.requestedSize)],
       [2 * MiB, region.gpa, 8 * MiB, 8 * MiB, 0, 0]);
     // Linux's probe (3.1.1) with MSI-X: vector 0 config, 1 guestq; features VERSION_1 and UNPLUGGED_INACCESSIBLE.
-    wr(t, 0x14, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER, 1);
-    wr(t, 0x08, 0, 4); wr(t, 0x0c, Number(1n << VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE), 4);
-    wr(t, 0x08, 1, 4); wr(t, 0x0c, Number((1n << VIRTIO_F_VERSION_1) >> 32n), 4);
-    wr(t, 0x14, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK, 1);
-    const b = new Uint8Array(1);
-    t.readConfig(0x34, b);
-    let cap = b[0]!;
-    for (;;) { t.readConfig(cap, b); if (b[0] === 0x11) break; t.readConfig(cap + 1, b); cap = b[0]!; }
-    t.writeConfig(cap + 2, le(0x8000, 2));
-    for (let v = 0; v < vectors; v++) {
-      wr(t, MSIX_TABLE_OFFSET + v * 16, 0xfee00000, 4);
-      wr(t, MSIX_TABLE_OFFSET + v * 16 + 8, 0x30 + v, 4);
-      wr(t, MSIX_TABLE_OFFSET + v * 16 + 12, 0, 4);
-    }
-    wr(t, 0x10, 0, 2);
+    probeLikeLinux(t, (1n << VIRTIO_F_VERSION_1) | (1n << VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE), vectors);
     // The rings in RAM; the request buffers in the region's last block (guest memory like RAM:
     // a guest puts virtqueue buffers into plugged memory).
     const bufs = region.gpa + 6 * MiB;

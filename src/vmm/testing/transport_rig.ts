@@ -3,7 +3,8 @@
 // worker (src/vmm/virtio_worker.ts) without a VM.
 import * as libc from '../../sys/libc.js';
 import { createShared } from '../../virtio/pci/shared.js';
-import { VirtioPciTransport } from '../../virtio/pci/transport.js';
+import { MSIX_TABLE_OFFSET, VirtioPciTransport } from '../../virtio/pci/transport.js';
+import { DeviceStatus } from '../../virtio/device.js';
 
 /** An eventfd's counter increment of 1. */
 export const ONE = new Uint8Array(new BigUint64Array([1n]).buffer);
@@ -67,4 +68,27 @@ export function transportRig(deviceType: number, numQueues: number, vectors: num
     t, shared, controlFd, queueFds, irqFds,
     close: () => { for (const fd of [controlFd, ...queueFds, ...irqFds]) { try { libc.close(fd); } catch { /* closed */ } } },
   };
+}
+
+/**
+ * Linux's probe of a virtio-pci function (virtio 1.2, 3.1.1) with MSI-X: ACKNOWLEDGE | DRIVER,
+ * the driver features `features` (both 32-bit words), FEATURES_OK; MSI-X enabled with `vectors`
+ * vectors (0xfee00000, data 0x30 + vector), vector 0 for configuration changes.
+ */
+export function probeLikeLinux(t: VirtioPciTransport, features: bigint, vectors: number): void {
+  wr(t, 0x14, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER, 1);
+  wr(t, 0x08, 0, 4); wr(t, 0x0c, Number(features & 0xffffffffn), 4);
+  wr(t, 0x08, 1, 4); wr(t, 0x0c, Number(features >> 32n), 4);
+  wr(t, 0x14, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK, 1);
+  const b = new Uint8Array(1);
+  t.readConfig(0x34, b);
+  let cap = b[0]!;
+  for (;;) { t.readConfig(cap, b); if (b[0] === 0x11) break; t.readConfig(cap + 1, b); cap = b[0]!; }
+  t.writeConfig(cap + 2, le(0x8000, 2));
+  for (let v = 0; v < vectors; v++) {
+    wr(t, MSIX_TABLE_OFFSET + v * 16, 0xfee00000, 4);
+    wr(t, MSIX_TABLE_OFFSET + v * 16 + 8, 0x30 + v, 4);
+    wr(t, MSIX_TABLE_OFFSET + v * 16 + 12, 0, 4);
+  }
+  wr(t, 0x10, 0, 2);
 }
