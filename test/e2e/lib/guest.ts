@@ -135,10 +135,20 @@ function runGuestOnce(cmd: string, args: string[], opts: RunGuestOptions, initDe
   });
 }
 
+/**
+ * Where the VMM's output says the guest triple-faulted (Stratovisor's warning, or its -v log's
+ * reset line), the first line of a failure's explanation says so: scripts/lib/run-files.mjs
+ * (TRIPLE_FAULT_TAG, the same text) runs a job again once when each of its failures carries it.
+ */
+export const TRIPLE_FAULT_TAG = '[the VMM reported a guest triple fault]';
+export function tripleFaultLine(output: string): string {
+  return /guest reset (by a |\()triple fault/.test(output) ? `${TRIPLE_FAULT_TAG}\n` : '';
+}
+
 /** A compact explanation of a run for assertion messages: the log path and the console's tail. */
 export function explain(run: GuestRun, lines = 25): string {
   const tail = run.output.split('\n').slice(-lines).join('\n');
-  return `exit=${run.exitCode ?? run.signal}${run.timedOut ? ' (timed out)' : ''}; console log: ${run.logFile}\n--- last ${lines} lines ---\n${tail}`;
+  return `${tripleFaultLine(run.output)}exit=${run.exitCode ?? run.signal}${run.timedOut ? ' (timed out)' : ''}; console log: ${run.logFile}\n--- last ${lines} lines ---\n${tail}`;
 }
 
 export function marker(run: GuestRun, event: string): Marker | undefined {
