@@ -9,7 +9,7 @@ import {
   parseIpv4,
   validateVmConfig,
   desiredRamIssue,
-  virtioMemRegionSize,
+  virtioMemRegionSize, acpiHotplugAreaSize, hotplugRegionSize,
   type VmConfig,
 } from './config.js';
 
@@ -249,13 +249,19 @@ test('pmem: defaults, and every bad field named by path', () => {
   assert.throws(() => createVmConfig({ payload: { kernel: '/k' }, pmem: [7 as unknown as { file: string }] }), /pmem\[0\]: must be an object/);
 });
 
-test('memory.hotplug_method: Acpi (CH\'s default; hotplug_size accepted as before) or VirtioMem (hotplug_size required, 2 MiB blocks; hotplugged_size within it)', () => {
+test('memory.hotplug_method: Acpi (CH\'s default; the area in 128 MiB blocks) or VirtioMem (hotplug_size required, 2 MiB blocks; hotplugged_size within it)', () => {
   const c = valid();
   const m = (memory: Partial<VmConfig['memory']>): string[] => messages({ ...c, memory: { ...c.memory, ...memory } });
   assert.deepEqual(m({ hotplug_method: 'VirtioMem', hotplug_size: 512 * MIB }), []);
   assert.deepEqual(m({ hotplug_method: 'VirtioMem', hotplug_size: 512 * MIB, hotplugged_size: 256 * MIB }), []);
   assert.deepEqual(m({ hotplug_method: 'Acpi', hotplug_size: 3 * MIB + 4096 }), [], 'Acpi: only the 4 KiB rule, as before');
-  assert.deepEqual(m({ hotplug_size: 1024 * MIB, hotplugged_size: 3 }), [], 'Acpi (default): hotplugged_size unused, unchecked as before');
+  // Acpi (the default): the area is hotplug_size in whole 128 MiB blocks; hotplugged_size (what is plugged) in the same blocks, within it.
+  assert.deepEqual(m({ hotplug_size: 1024 * MIB, hotplugged_size: 256 * MIB }), []);
+  assert.deepEqual(m({ hotplug_size: 1024 * MIB, hotplugged_size: 3 }), ['memory.hotplugged_size: must be a non-negative multiple of 128 MiB (the memory block ACPI hotplug adds), got 3']);
+  assert.deepEqual(m({ hotplug_size: 200 * MIB, hotplugged_size: 256 * MIB }), [`memory.hotplugged_size: ${256 * MIB} bytes is more than the ACPI memory hotplug area (${128 * MIB} bytes: hotplug_size ${200 * MIB} in whole 128 MiB blocks)`]);
+  assert.deepEqual(m({ hotplugged_size: 128 * MIB }), [`memory.hotplugged_size: ${128 * MIB} bytes is more than the ACPI memory hotplug area (0 bytes: hotplug_size 0 in whole 128 MiB blocks)`]);
+  assert.deepEqual(messages({ ...c, cpus: { ...c.cpus, max_phys_bits: 32 }, memory: { ...c.memory, hotplug_size: 512 * MIB } }),
+    ['memory.hotplug_size: the ACPI memory hotplug area [0x100000000, 0x120000000) lies above the guest\'s 32 physical address bits (cpus.max_phys_bits)']);
   assert.deepEqual(m({ hotplug_method: 'Dimm' }), ['memory.hotplug_method: must be one of "Acpi", "VirtioMem", got "Dimm"']);
   assert.deepEqual(m({ hotplug_method: 'VirtioMem' }), ['memory.hotplug_size: is required with hotplug_method "VirtioMem" (the size of the virtio-mem region, e.g. hotplug_size=1G)']);
   assert.deepEqual(m({ hotplug_method: 'VirtioMem', hotplug_size: 0 }), ['memory.hotplug_size: is required with hotplug_method "VirtioMem" (the size of the virtio-mem region, e.g. hotplug_size=1G)']);
@@ -267,6 +273,19 @@ test('memory.hotplug_method: Acpi (CH\'s default; hotplug_size accepted as befor
     ['memory.hotplug_size: the virtio-mem region [0x100000000, 0x120000000) lies above the guest\'s 32 physical address bits (cpus.max_phys_bits)']);
   // Untrusted shapes: named, never a crash.
   assert.deepEqual(m({ hotplug_method: 7 as unknown as string }), ['memory.hotplug_method: must be one of "Acpi", "VirtioMem", got 7']);
+});
+
+test('desiredRamIssue and acpiHotplugAreaSize: desired_ram with ACPI memory hotplug only adds, whole 128 MiB blocks, within the area', () => {
+  const mem = { size: 512 * MIB, hotplug_size: 600 * MIB, hotplugged_size: 128 * MIB };
+  assert.equal(acpiHotplugAreaSize(mem), 512 * MIB, 'hotplug_size in whole 128 MiB blocks');
+  assert.equal(acpiHotplugAreaSize({ hotplug_size: 100 * MIB }), 0);
+  assert.equal(acpiHotplugAreaSize({ hotplug_size: 512 * MIB, hotplug_method: 'VirtioMem' }), 0);
+  assert.equal(hotplugRegionSize(mem), 512 * MIB);
+  assert.equal(hotplugRegionSize({ hotplug_size: 6 * MIB, hotplug_method: 'VirtioMem' }), 6 * MIB);
+  for (const ok of [640 * MIB, 768 * MIB, 1024 * MIB]) assert.equal(desiredRamIssue(ok, mem), undefined, String(ok));
+  assert.match(desiredRamIssue(512 * MIB, mem)!, /is less than the guest's memory now \(671088640: memory\.size \+ hotplugged_size\): ACPI memory hotplug only adds memory/);
+  assert.match(desiredRamIssue(1152 * MIB, mem)!, /is more than memory\.size \+ memory\.hotplug_size \(1073741824, the hotplug area in whole 128 MiB blocks\)/);
+  assert.match(desiredRamIssue(704 * MIB, mem)!, /plus a multiple of 128 MiB/);
 });
 
 test('desiredRamIssue and virtioMemRegionSize: Cloud Hypervisor\'s desired_ram rules for virtio-mem', () => {

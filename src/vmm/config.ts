@@ -5,7 +5,7 @@
 // `createVmConfig` fills in Cloud Hypervisor's defaults; `validateVmConfig`
 // checks types and ranges only (whether files exist is checked at load time).
 import { tokenBucketIssue, type RateLimiterConfig } from '../virtio/rate_limiter.js';
-import { virtioMemRegion } from '../arch/x86_64/layout.js';
+import { hotplugRegion } from '../arch/x86_64/layout.js';
 
 export type { RateLimiterConfig, TokenBucketConfig } from '../virtio/rate_limiter.js';
 
@@ -43,22 +43,31 @@ export interface CpusConfig {
 }
 
 /**
- * How memory is added at run time (Cloud Hypervisor's HotplugMethod): "Acpi" (CH's default; not
- * implemented here: hotplug_size is accepted and unused) or "VirtioMem", a virtio-mem device
- * (virtio 1.2, 5.15) whose region of hotplug_size bytes vm.resize desired_ram plugs into.
+ * How memory is added at run time (Cloud Hypervisor's HotplugMethod): "Acpi" (CH's default: ACPI
+ * memory devices, src/devices/memory_hotplug.ts, each vm.resize desired_ram adds one range of the
+ * hotplug area; memory is only added) or "VirtioMem", a virtio-mem device (virtio 1.2, 5.15)
+ * whose region of hotplug_size bytes vm.resize desired_ram plugs blocks of and unplugs.
  */
 export type HotplugMethod = 'Acpi' | 'VirtioMem';
 export const HOTPLUG_METHODS: readonly HotplugMethod[] = ['Acpi', 'VirtioMem'];
 
 /** virtio-mem block size (its block_size, 5.15.4): 2 MiB, as Cloud Hypervisor's. */
 export const VIRTIO_MEM_BLOCK_SIZE = 2 * 1024 * 1024;
+/**
+ * ACPI memory hotplug adds whole Linux memory blocks (128 MiB on x86 up to 64 GiB of RAM,
+ * drivers/base/memory.c): the hotplug area is hotplug_size rounded down to them.
+ */
+export const ACPI_MEMORY_BLOCK_SIZE = 128 * 1024 * 1024;
 
 export interface MemoryConfig {
   /** Bytes. */
   size: number;
-  /** Bytes that may be added at run time (hotplug_method VirtioMem: the virtio-mem region). */
+  /** Bytes that may be added at run time (the virtio-mem region, or the ACPI hotplug area). */
   hotplug_size?: number;
-  /** Bytes added so far (VirtioMem: the device's requested_size at boot; vm.resize before boot sets it). */
+  /**
+   * Bytes added so far (VirtioMem: the device's requested_size at boot; Acpi: the memory devices
+   * plugged, present again at a reboot; vm.resize before boot sets it).
+   */
   hotplugged_size?: number;
   /** Default "Acpi". A string as the document has it (a client may send anything; validation names other values). */
   hotplug_method?: string;
@@ -629,25 +638,32 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
     }
     if (m.hotplug_method !== undefined && !(HOTPLUG_METHODS as readonly string[]).includes(m.hotplug_method)) {
       bad('memory.hotplug_method', `must be one of ${HOTPLUG_METHODS.map((x) => `"${x}"`).join(', ')}, got ${JSON.stringify(m.hotplug_method)}`);
-    } else if (m.hotplug_method === 'VirtioMem') {
-      // Cloud Hypervisor's rules (vmm/src/config.rs, memory_manager.rs): the region is hotplug_size
-      // bytes of whole virtio-mem blocks; hotplugged_size is what is plugged at boot.
+    } else if (m.hotplug_method === 'VirtioMem' || (m.hotplug_size !== undefined && m.hotplug_size !== 0) || m.hotplugged_size !== undefined) {
+      // VirtioMem, Cloud Hypervisor's rules (vmm/src/config.rs, memory_manager.rs): the region is
+      // hotplug_size bytes of whole virtio-mem blocks; hotplugged_size is what is plugged at boot.
+      // Acpi: the hotplug area is hotplug_size in whole 128 MiB memory blocks; hotplugged_size is
+      // what is plugged (in the same blocks).
+      const virtioMem = m.hotplug_method === 'VirtioMem';
+      const unit = virtioMem ? VIRTIO_MEM_BLOCK_SIZE : ACPI_MEMORY_BLOCK_SIZE;
+      const unitName = virtioMem ? '2 MiB (the virtio-mem block size)' : '128 MiB (the memory block ACPI hotplug adds)';
       const hs = m.hotplug_size;
-      if (hs === undefined || hs === 0) bad('memory.hotplug_size', 'is required with hotplug_method "VirtioMem" (the size of the virtio-mem region, e.g. hotplug_size=1G)');
-      else if (isInt(hs) && hs % VIRTIO_MEM_BLOCK_SIZE !== 0) bad('memory.hotplug_size', `${hs} is not a multiple of 2 MiB (the virtio-mem block size)`);
+      const what = virtioMem ? 'virtio-mem region' : 'ACPI memory hotplug area';
+      if (virtioMem && (hs === undefined || hs === 0)) bad('memory.hotplug_size', 'is required with hotplug_method "VirtioMem" (the size of the virtio-mem region, e.g. hotplug_size=1G)');
+      else if (virtioMem && isInt(hs) && hs % VIRTIO_MEM_BLOCK_SIZE !== 0) bad('memory.hotplug_size', `${hs} is not a multiple of 2 MiB (the virtio-mem block size)`);
       else if (isInt(hs) && isInt(m.size) && m.size + hs > MAX_VIRTIO_MEM_TOTAL) bad('memory.hotplug_size', `${hs} bytes beside ${m.size} of RAM do not fit in the guest physical address space`);
-      else if (isInt(hs) && isInt(m.size) && m.size % PAGE_SIZE === 0 && m.size >= MIN_MEMORY_SIZE) {
+      else if (isInt(hs) && isInt(m.size) && m.size % PAGE_SIZE === 0 && m.size >= MIN_MEMORY_SIZE && hotplugRegionSize(m as MemoryConfig) > 0) {
         // The region must be addressable by the guest's CPUs (CPUID 0x80000008 physical address bits).
         const bits = isPlainObject(config.cpus) && isInt(config.cpus.max_phys_bits) ? config.cpus.max_phys_bits : DEFAULT_MAX_PHYS_BITS;
-        const r = virtioMemRegion(m.size, hs);
+        const r = hotplugRegion(m.size, hotplugRegionSize(m as MemoryConfig));
         if (bits >= 32 && bits <= 52 && r.gpa + r.size > 2 ** bits) {
-          bad('memory.hotplug_size', `the virtio-mem region [0x${r.gpa.toString(16)}, 0x${(r.gpa + r.size).toString(16)}) lies above the guest's ${bits} physical address bits (cpus.max_phys_bits)`);
+          bad('memory.hotplug_size', `the ${what} [0x${r.gpa.toString(16)}, 0x${(r.gpa + r.size).toString(16)}) lies above the guest's ${bits} physical address bits (cpus.max_phys_bits)`);
         }
       }
       const hp = m.hotplugged_size;
       if (hp !== undefined) {
-        if (!isInt(hp) || hp < 0 || hp % VIRTIO_MEM_BLOCK_SIZE !== 0) bad('memory.hotplugged_size', `must be a non-negative multiple of 2 MiB (the virtio-mem block size), got ${String(hp)}`);
-        else if (isInt(hs) && hp > hs) bad('memory.hotplugged_size', `${hp} bytes is more than hotplug_size (${hs})`);
+        const room = isInt(hs) ? (virtioMem ? hs : Math.floor(hs / ACPI_MEMORY_BLOCK_SIZE) * ACPI_MEMORY_BLOCK_SIZE) : 0;
+        if (!isInt(hp) || hp < 0 || hp % unit !== 0) bad('memory.hotplugged_size', `must be a non-negative multiple of ${unitName}, got ${String(hp)}`);
+        else if (hp > room) bad('memory.hotplugged_size', virtioMem ? `${hp} bytes is more than hotplug_size (${String(hs)})` : `${hp} bytes is more than the ACPI memory hotplug area (${room} bytes: hotplug_size ${String(hs ?? 0)} in whole 128 MiB blocks)`);
       }
     }
     if (m.hugepage_size !== undefined) {
@@ -928,13 +944,36 @@ export function virtioMemRegionSize(m: Pick<MemoryConfig, 'hotplug_method' | 'ho
 }
 
 /**
- * The rule for vm.resize desired_ram with a virtio-mem device (Cloud Hypervisor's): the guest's
- * new memory, boot RAM (memory.size) plus whole 2 MiB blocks of the region, at most
- * size + hotplug_size. Returns the problem, or undefined.
+ * The ACPI memory hotplug area's size: with hotplug_method "Acpi" (the default), hotplug_size in
+ * whole 128 MiB blocks; 0: no area, no memory devices in the DSDT.
  */
-export function desiredRamIssue(desired: unknown, m: Pick<MemoryConfig, 'size' | 'hotplug_method' | 'hotplug_size'>): string | undefined {
-  const region = virtioMemRegionSize(m);
+export function acpiHotplugAreaSize(m: Pick<MemoryConfig, 'hotplug_method' | 'hotplug_size'>): number {
+  if ((m.hotplug_method ?? 'Acpi') !== 'Acpi' || m.hotplug_size === undefined || !(m.hotplug_size > 0)) return 0;
+  return Math.floor(m.hotplug_size / ACPI_MEMORY_BLOCK_SIZE) * ACPI_MEMORY_BLOCK_SIZE;
+}
+
+/** The first device memory range (layout.ts hotplugRegion): the virtio-mem region or the ACPI hotplug area. */
+export function hotplugRegionSize(m: Pick<MemoryConfig, 'hotplug_method' | 'hotplug_size'>): number {
+  return virtioMemRegionSize(m) || acpiHotplugAreaSize(m);
+}
+
+/**
+ * The rule for vm.resize desired_ram (Cloud Hypervisor's). virtio-mem: the guest's new memory,
+ * boot RAM (memory.size) plus whole 2 MiB blocks of the region, at most size + hotplug_size.
+ * Acpi: memory is only added, in whole 128 MiB blocks, up to size + the hotplug area. Returns
+ * the problem, or undefined.
+ */
+export function desiredRamIssue(desired: unknown, m: Pick<MemoryConfig, 'size' | 'hotplug_method' | 'hotplug_size' | 'hotplugged_size'>): string | undefined {
   if (!isInt(desired) || desired < 0) return `must be an integer number of bytes, got ${String(desired)}`;
+  const area = acpiHotplugAreaSize(m);
+  if (area > 0) {
+    const now = m.size + (m.hotplugged_size ?? 0);
+    if (desired < now) return `${desired} bytes is less than the guest's memory now (${now}: memory.size + hotplugged_size): ACPI memory hotplug only adds memory`;
+    if (desired > m.size + area) return `${desired} bytes is more than memory.size + memory.hotplug_size (${m.size + area}, the hotplug area in whole 128 MiB blocks)`;
+    if ((desired - now) % ACPI_MEMORY_BLOCK_SIZE !== 0) return `${desired} bytes is not the guest's memory now (${now}) plus a multiple of 128 MiB (the memory block ACPI hotplug adds)`;
+    return undefined;
+  }
+  const region = virtioMemRegionSize(m);
   if (desired < m.size) return `${desired} bytes is less than the boot memory (memory.size ${m.size}): virtio-mem only unplugs what it plugged`;
   if (desired > m.size + region) return `${desired} bytes is more than memory.size + memory.hotplug_size (${m.size + region})`;
   if ((desired - m.size) % VIRTIO_MEM_BLOCK_SIZE !== 0) return `${desired} bytes is not memory.size (${m.size}) plus a multiple of 2 MiB (the virtio-mem block size)`;

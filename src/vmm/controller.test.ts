@@ -194,7 +194,7 @@ test('vm.resize before boot: desired_balloon becomes the balloon size of the con
   await rejectsWith(core.resizeVm({ desired_balloon: 64 << 20 }), 400, /desired_balloon: 67108864 bytes is not smaller than guest RAM \(67108864 bytes\)/);
   await rejectsWith(core.resizeVm({ desired_balloon: -1 }), 400, /desired_balloon: must be an integer number of bytes >= 0/);
   await rejectsWith(core.resizeVm({ desired_vcpus: 2, desired_balloon: 0 }), 400, /vm\.resize: desired_vcpus must be an integer in 1\.\.1 \(cpus\.max_vcpus\), got 2/);
-  await rejectsWith(core.resizeVm({ desired_ram: 1 << 30 }), 500, /not implemented yet in Stratovisor for desired_ram \(memory hotplug\)/);
+  await rejectsWith(core.resizeVm({ desired_ram: 1 << 30 }), 400, /desired_ram: the VM has no memory to add: create it with memory\.hotplug_size/);
   assert.equal(core.info().config.balloon?.size, 16 << 20, 'refused resizes change nothing');
   await core.resizeVm({});
 
@@ -217,7 +217,7 @@ test('vm.resize before boot: desired_balloon becomes the balloon size of the con
   }
 });
 
-test('vm.resize desired_ram before boot, hotplug_method VirtioMem: hotplugged_size of the configuration (CH\'s rules: size..size+hotplug_size, 2 MiB blocks); Acpi stays 500; through the API', async () => {
+test('vm.resize desired_ram before boot, hotplug_method VirtioMem: hotplugged_size of the configuration (CH\'s rules: size..size+hotplug_size, 2 MiB blocks); Acpi adds in 128 MiB blocks; through the API', async () => {
   const MiB = 1 << 20;
   const core = new VmmCore();
   const c = cfg();
@@ -256,11 +256,19 @@ test('vm.resize desired_ram before boot, hotplug_method VirtioMem: hotplugged_si
     rmSync(dir, { recursive: true, force: true });
   }
   await core.deleteVm();
-  // hotplug_size with Acpi (CH's default method): accepted, and desired_ram is not implemented.
+  // hotplug_size with Acpi (CH's default method): before boot, desired_ram is what the boot plugs
+  // (hotplugged_size), only more and in whole 128 MiB blocks; vm.info says the total in memory.size, as CH.
   const a = cfg();
-  a.memory = { ...a.memory, hotplug_size: 128 * MiB };
+  a.memory = { ...a.memory, hotplug_size: 300 * MiB };
   await core.createVm(a);
-  await rejectsWith(core.resizeVm({ desired_ram: 96 * MiB }), 500, /not implemented yet in Stratovisor for desired_ram \(memory hotplug\) with hotplug_method "Acpi"/);
+  const base = a.memory.size;
+  await core.resizeVm({ desired_ram: base + 256 * MiB });
+  assert.equal(core.info().memory_actual_size, base + 256 * MiB);
+  assert.equal(core.info().config.memory.size, base + 256 * MiB);
+  assert.equal(core.info().config.memory.hotplugged_size, undefined);
+  await rejectsWith(core.resizeVm({ desired_ram: base + 128 * MiB }), 400, /ACPI memory hotplug only adds memory/);
+  await rejectsWith(core.resizeVm({ desired_ram: base + 384 * MiB }), 400, /is more than memory\.size \+ memory\.hotplug_size \(\d+, the hotplug area in whole 128 MiB blocks\)/);
+  await rejectsWith(core.resizeVm({ desired_ram: base + 320 * MiB }), 400, /is more than memory\.size \+ memory\.hotplug_size/);
   await core.deleteVm();
 });
 

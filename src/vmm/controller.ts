@@ -34,7 +34,7 @@ import {
   type VmState,
 } from '../api/controller.js';
 import type { EventMonitor } from '../api/events.js';
-import { assertValidVmConfig, balloonSizeIssue, desiredRamIssue, validateVmConfig, virtioMemRegionSize, type DiskConfig, type FsConfig, type NetConfig, type PmemConfig, type VmConfig, type VsockConfig } from './config.js';
+import { acpiHotplugAreaSize, assertValidVmConfig, balloonSizeIssue, desiredRamIssue, hotplugRegionSize, validateVmConfig, virtioMemRegionSize, type DiskConfig, type FsConfig, type NetConfig, type PmemConfig, type VmConfig, type VsockConfig } from './config.js';
 import { VirtioConfigError, type HotplugDevice } from './virtio_manager.js';
 import * as libc from '../sys/libc.js';
 import { VcpuRemovalPendingError, VirtualMachine, VmError, type VirtualMachineOptions, type VmExitInfo } from './vm.js';
@@ -434,21 +434,24 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
    * while a vCPU removal is pending, as CH); before boot, the boot_vcpus of the configuration.
    * desired_ram: with memory.hotplug_method "VirtioMem", the virtio-mem device's requested_size
    * becomes desired_ram - memory.size (CH's rules: whole 2 MiB blocks, in size..size+hotplug_size);
-   * the configuration keeps it as hotplugged_size (a reboot requests it again, as CH does). ACPI
-   * memory hotplug (CH's default method) is not implemented.
+   * the configuration keeps it as hotplugged_size (a reboot requests it again, as CH does). With
+   * "Acpi" (CH's default) and a hotplug area, memory is only added, in whole 128 MiB blocks: a new
+   * ACPI memory device in the running guest (VirtualMachine.resizeAcpiMemory; 405 when paused),
+   * the configuration's hotplugged_size (a reboot boots with it), and vm.info's memory.size says
+   * the new total, as CH's does.
    */
   async resizeVm(r: VmResize): Promise<void> {
     const state = nextVmState(this.state, 'info')!;
     if (r.desired_ram !== undefined && r.desired_ram !== null) {
       const memory = this.config!.memory;
-      if (virtioMemRegionSize(memory) === 0) {
-        throw new ApiError(500, 'NotImplemented', 'vm.resize: not implemented yet in Stratovisor for desired_ram (memory hotplug) with hotplug_method "Acpi"; it is with memory hotplug_method "VirtioMem" and a hotplug_size (--memory hotplug_method=virtio-mem,hotplug_size=...)');
+      if (hotplugRegionSize(memory) === 0) {
+        throw new BadRequestError(`vm.resize: desired_ram: the VM has no memory to add: create it with memory.hotplug_size (at least 128 MiB with hotplug_method "Acpi", or with hotplug_method "VirtioMem"; --memory hotplug_size=...)`);
       }
       const issue = desiredRamIssue(r.desired_ram, memory);
       if (issue !== undefined) throw new BadRequestError(`vm.resize: desired_ram: ${issue}`);
     }
     if (r.desired_vcpus !== undefined && r.desired_vcpus !== null) await this.resizeVcpus(state, r.desired_vcpus);
-    if (r.desired_ram !== undefined && r.desired_ram !== null) this.resizeRam(state, r.desired_ram);
+    if (r.desired_ram !== undefined && r.desired_ram !== null) await this.resizeRam(state, r.desired_ram);
     const config = this.config!;
     const want = r.desired_balloon;
     if (want === undefined || want === null) return;
@@ -467,11 +470,24 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     this.log(`balloon target ${want} bytes${booted ? '' : ' (for the next boot)'}`);
   }
 
-  /** desired_ram (checked by resizeVm): virtio-mem's requested_size, now or for the boot. */
-  private resizeRam(state: string, desired: number): void {
+  /** desired_ram (checked by resizeVm): virtio-mem's requested_size or ACPI memory devices, now or for the boot. */
+  private async resizeRam(state: string, desired: number): Promise<void> {
     const config = this.config!;
     const plug = desired - config.memory.size;
     const booted = state === 'Running' || state === 'Paused';
+    if (acpiHotplugAreaSize(config.memory) > 0) {
+      if (booted) {
+        if (state === 'Paused') throw new ApiError(405, 'InvalidState', 'vm.resize: desired_ram: ACPI memory hotplug needs the guest running (it adds the memory); resume the VM first');
+        try {
+          await this.vm!.resizeAcpiMemory(plug);
+        } catch (e) {
+          throw new ApiError(500, 'Internal', `vm.resize: ${(e as Error).message}`);
+        }
+      }
+      config.memory = { ...config.memory, hotplugged_size: plug };
+      this.log(`ACPI memory hotplug: ${plug} bytes beyond memory.size (guest memory ${desired} bytes)${booted ? '' : ' (for the boot)'}`);
+      return;
+    }
     if (booted) {
       try {
         this.vm!.resizeVirtioMem(plug);
@@ -512,6 +528,13 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
     const ballooned = booted && config.balloon !== undefined ? (this.vm?.balloonActualBytes() ?? 0) : 0;
     // CH: plus what the guest plugged of the virtio-mem region (its plugged_size).
     const plugged = booted && virtioMemRegionSize(config.memory) > 0 ? (this.vm?.virtioMemPluggedBytes() ?? 0) : 0;
+    // ACPI memory hotplug: CH counts added memory in memory.size (it sets size = desired_ram); the
+    // configuration here keeps the boot layout (size) and what was added (hotplugged_size).
+    const acpiAdded = acpiHotplugAreaSize(config.memory) > 0 ? (config.memory.hotplugged_size ?? 0) : 0;
+    if (acpiAdded > 0) {
+      const { hotplugged_size: _added, ...memory } = config.memory;
+      return { config: { ...config, memory: { ...memory, size: config.memory.size + acpiAdded } }, state, memory_actual_size: config.memory.size + acpiAdded - ballooned };
+    }
     return { config, state, memory_actual_size: config.memory.size + plugged - ballooned };
   }
 

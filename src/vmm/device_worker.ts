@@ -6,7 +6,8 @@ import { createPioBus, createMmioBus } from '../devices/bus.js';
 import { Serial } from '../devices/serial.js';
 import { I8042 } from '../devices/i8042.js';
 import { Cmos } from '../devices/cmos.js';
-import { AcpiPowerDevice, AcpiGedDevice, GED_CPU_HOTPLUG, GED_PCI_HOTPLUG } from '../devices/acpi_power.js';
+import { AcpiPowerDevice, AcpiGedDevice, GED_CPU_HOTPLUG, GED_MEMORY_HOTPLUG, GED_PCI_HOTPLUG } from '../devices/acpi_power.js';
+import { MemoryHotplugController, MEMORY_HOTPLUG_BLOCK_SIZE } from '../devices/memory_hotplug.js';
 import { CpuHotplugController, CPU_HOTPLUG_BLOCK_SIZE } from '../devices/cpu_hotplug.js';
 import { PciHotplugController } from '../pci/hotplug.js';
 import { NO_INTERRUPT } from '../devices/interrupt.js';
@@ -17,7 +18,7 @@ import { saveLegacyDevices, restoreLegacyDevices } from '../devices/state_json.j
 import { underField } from '../devices/state.js';
 import { ByteRing } from './ring.js';
 import { PIO_COM1, PIO_I8042, PIO_CMOS, PIO_ACPI_POWER } from './layout_ports.js';
-import { CPU_HOTPLUG_MMIO_START, GED_MMIO_SIZE, GED_MMIO_START, PCI_HOTPLUG_MMIO_START, pciSegmentLayouts } from '../arch/x86_64/layout.js';
+import { CPU_HOTPLUG_MMIO_START, GED_MMIO_SIZE, GED_MMIO_START, MEMORY_HOTPLUG_MMIO_START, PCI_HOTPLUG_MMIO_START, pciSegmentLayouts } from '../arch/x86_64/layout.js';
 import { vmFromHandle } from '../hypervisor/handle.js';
 import { setupPci } from './pci_setup.js';
 import { OutputSink } from './sink.js';
@@ -92,6 +93,9 @@ function start(data: DeviceWorkerData): void {
     post({ type: 'cpu-ejected', id });
   });
   mmio.insert(cpuHotplug, CPU_HOTPLUG_MMIO_START, CPU_HOTPLUG_BLOCK_SIZE);
+  // ACPI memory hotplug (src/devices/memory_hotplug.ts): the DSDT's \_SB_.MHPC methods read it.
+  const memHotplug = data.memoryHotplug !== undefined ? new MemoryHotplugController(data.memoryHotplug.area, data.memoryHotplug.boot) : null;
+  if (memHotplug !== null) mmio.insert(memHotplug, MEMORY_HOTPLUG_MMIO_START, MEMORY_HOTPLUG_BLOCK_SIZE);
   function serveHotplug(): void {
     const m = data.hotplugPort ? receiveMessageOnPort(data.hotplugPort) : undefined;
     if (m === undefined) throw new Error('no hotplug request came with the doorbell');
@@ -99,6 +103,13 @@ function start(data: DeviceWorkerData): void {
     // Requests whose answer the main thread stopped waiting for are dropped: this doorbell's is the last one.
     for (let next = receiveMessageOnPort(data.hotplugPort!); next !== undefined; next = receiveMessageOnPort(data.hotplugPort!)) req = next.message as HotplugRequest;
     if (req.seq !== controlSeq) throw new Error(`hotplug request ${req.seq} does not match the doorbell's ${controlSeq}`);
+    if (req.type === 'mem-add') {
+      if (memHotplug === null) throw new Error('this guest has no ACPI memory hotplug controller');
+      const slot = memHotplug.plug(req.gpa, req.size);
+      logPci(`memory: [0x${req.gpa.toString(16)}, 0x${(req.gpa + req.size).toString(16)}) plugged into memory device ${slot}`);
+      ged.notify(GED_MEMORY_HOTPLUG);
+      return;
+    }
     if (req.type === 'cpu-add' || req.type === 'cpu-remove') {
       if (req.type === 'cpu-add') cpuHotplug.inserted(req.id);
       else cpuHotplug.removeRequested(req.id);

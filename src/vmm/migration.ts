@@ -19,7 +19,7 @@ import { dataRuns, type MemoryRange } from '../memory/snapshot.js';
 import { guestMemoryRegions } from '../arch/x86_64/layout.js';
 import { parseJsonText, StateFormatError } from '../snapshot/codec.js';
 import { MEMORY_FILE, parseSnapshotState, snapshotStateToJson, type SnapshotState } from './snapshot.js';
-import { validateVmConfig, virtioMemRegionSize, type VmConfig } from './config.js';
+import { hotplugRegionSize, validateVmConfig, type VmConfig } from './config.js';
 import type { VirtualMachine } from './vm.js';
 
 const CONFIG_FORMAT = 'stratovisor-migration-config';
@@ -215,7 +215,7 @@ async function serveReceiver(ch: MigrationChannel, hooks: ReceiveHooks, ownFd: (
         if ((config.net ?? []).some((n) => (n.fds ?? []).length > 0)) await refuse('the VM has a NIC on tap fds of the source VMM; migrating it needs net_fds, which are not supported yet');
         // Guest RAM arrives into a memfd laid out as a snapshot's memory-ranges (region after region).
         let offset = 0;
-        regions = guestMemoryRegions(config.memory.size, virtioMemRegionSize(config.memory)).map((r) => { const x = { gpa: Number(r.gpa), size: r.size, offset }; offset += r.size; return x; });
+        regions = guestMemoryRegions(config.memory.size, hotplugRegionSize(config.memory)).map((r) => { const x = { gpa: Number(r.gpa), size: r.size, offset }; offset += r.size; return x; });
         memfd = libc.memfdCreate('stratovisor-migration-ram', libc.MFD_CLOEXEC);
         ownFd(memfd);
         libc.ftruncate(memfd, offset);

@@ -79,6 +79,11 @@ export interface DeviceWorkerData {
   /** CPU hotplug controller (src/devices/cpu_hotplug.ts): cpus.max_vcpus and the vCPUs present now. */
   cpus?: { max: number; present: number };
   /**
+   * ACPI memory hotplug (src/devices/memory_hotplug.ts): the hotplug area and the ranges plugged
+   * at boot; absent: no controller (the DSDT has no memory devices).
+   */
+  memoryHotplug?: { area: { gpa: number; size: number }; boot: Array<{ gpa: number; size: number }> };
+  /**
    * PCI hotplug requests (HotplugRequest), read with receiveMessageOnPort when a HotplugAdd or
    * HotplugRemove request rings (the message is posted before the doorbell).
    */
@@ -91,7 +96,9 @@ export type HotplugRequest =
   | { type: 'remove'; seq: number; id: string }
   /** CPU hotplug: vCPU `id` is plugged in (it runs) / the guest is asked to eject it. */
   | { type: 'cpu-add'; seq: number; id: number }
-  | { type: 'cpu-remove'; seq: number; id: number };
+  | { type: 'cpu-remove'; seq: number; id: number }
+  /** ACPI memory hotplug: [gpa, gpa + size) has a memory slot; a memory device is to say so. */
+  | { type: 'mem-add'; seq: number; gpa: number; size: number };
 
 /**
  * Requests to the device thread, which never waits for messages (it sleeps on the doorbell):

@@ -17,9 +17,9 @@ import { BALLOON_PAGE_SIZE } from '../virtio/balloon/device.js';
 import { BAR_SIZE } from '../virtio/pci/transport.js';
 import { PCI_SLOTS } from '../pci/bus.js';
 import { placePciDevices, type PciPlacement } from '../pci/segment.js';
-import { deviceMemoryRanges, pciSegmentLayouts, virtioMemRegion, type PciSegmentLayout } from '../arch/x86_64/layout.js';
+import { deviceMemoryRanges, pciSegmentLayouts, hotplugRegion, type PciSegmentLayout } from '../arch/x86_64/layout.js';
 import { MSI_GSI_BASE } from './interrupts.js';
-import { FS_NEEDS_SHARED, PMEM_ALIGNMENT, VIRTIO_MEM_BLOCK_SIZE, virtioMemRegionSize, type VmConfig } from './config.js';
+import { FS_NEEDS_SHARED, hotplugRegionSize, PMEM_ALIGNMENT, VIRTIO_MEM_BLOCK_SIZE, virtioMemRegionSize, type VmConfig } from './config.js';
 import { MemConfig } from '../virtio/mem/device.js';
 import { FS_CONNECTION_STATE_BYTES } from '../virtio/fs/device.js';
 import type { VirtioPciInit } from './pci_setup.js';
@@ -192,8 +192,10 @@ export class VirtioManager {
   private pauseSeq = 0;
   private stateSeq = 0;
   private segments: PciSegmentLayout[] = pciSegmentLayouts(1);
-  /** Bytes of the virtio-mem region of the configuration opened last (0: none): device memory starts after it. */
+  /** Bytes of the virtio-mem region of the configuration opened last (0: none). */
   private virtioMemSize = 0;
+  /** Bytes of its hotplug region (virtio-mem's or the ACPI hotplug area; 0: none): device memory starts after it. */
+  private hotplugSize = 0;
   /** The next never-used GSI for MSI-X vectors in this run, and those a removed device gave back. */
   private nextGsi = MSI_GSI_BASE;
   private freeGsis: number[] = [];
@@ -221,6 +223,7 @@ export class VirtioManager {
       (cfg.fs ?? []).forEach((f, i) => this.openFs(cfg, f, i));
       (cfg.pmem ?? []).forEach((p, i) => this.openPmem(p, i));
       this.virtioMemSize = virtioMemRegionSize(cfg.memory);
+      this.hotplugSize = hotplugRegionSize(cfg.memory);
       this.placeDeviceMemory(cfg.memory.size);
       if (cfg.vsock !== undefined) this.openVsock(cfg.vsock);
       if (cfg.balloon !== undefined) this.openBalloon(cfg.balloon);
@@ -436,7 +439,7 @@ export class VirtioManager {
     if (withMemory.length === 0) return;
     let ranges: Array<{ gpa: number; size: number }>;
     try {
-      ranges = deviceMemoryRanges(memSize, withMemory.map((h) => h.memory!.size), 52, this.virtioMemSize);
+      ranges = deviceMemoryRanges(memSize, withMemory.map((h) => h.memory!.size), 52, this.hotplugSize);
     } catch (e) {
       throw new VirtioConfigError(`virtio-pmem: ${(e as Error).message}`);
     }
@@ -558,7 +561,7 @@ export class VirtioManager {
     const id = '_mem0';
     let region: { gpa: number; size: number };
     try {
-      region = virtioMemRegion(cfg.memory.size, this.virtioMemSize);
+      region = hotplugRegion(cfg.memory.size, this.virtioMemSize);
     } catch (e) {
       throw new VirtioConfigError(`${id}: ${(e as Error).message}`);
     }
@@ -750,7 +753,7 @@ export class VirtioManager {
         const h = this.devices[this.devices.length - 1]!;
         const others = this.devices.filter((d) => d.memory !== undefined && d !== h).map((d) => d.memory!);
         const end = others.reduce((e, m) => Math.max(e, m.gpa + m.size), 0);
-        const first = deviceMemoryRanges(cfg.memory.size, [h.memory!.size], 52, this.virtioMemSize)[0]!;
+        const first = deviceMemoryRanges(cfg.memory.size, [h.memory!.size], 52, this.hotplugSize)[0]!;
         const gpa = Math.max(first.gpa, end);
         if (gpa + h.memory!.size > 2 ** 52) throw new VirtioConfigError(`${h.id}: no guest physical space left for ${h.memory!.size} bytes`);
         h.memory!.gpa = gpa;

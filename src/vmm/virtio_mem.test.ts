@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
 import * as libc from '../sys/libc.js';
 import { GuestMemory } from '../memory/guest_memory.js';
-import { guestMemoryRegions, virtioMemRegion } from '../arch/x86_64/layout.js';
+import { guestMemoryRegions, hotplugRegion } from '../arch/x86_64/layout.js';
 import { TestDriver } from '../virtio/testing/driver.js';
 import { DeviceStatus, VirtioDeviceType, VIRTIO_F_VERSION_1 } from '../virtio/device.js';
 import {
@@ -41,7 +41,7 @@ function req(type: number, addr = 0, nbBlocks = 0): Uint8Array {
 
 test('virtio-mem over virtio-pci in an I/O worker: requested_size -> config interrupt; plug/unplug publish plugged_size without one; unplugged blocks discarded', async () => {
   const ram = 16 * MiB;
-  const region = virtioMemRegion(ram, 8 * MiB);
+  const region = hotplugRegion(ram, 8 * MiB);
   assert.equal(region.gpa, 4 * 1024 * MiB);
   const mem = GuestMemory.allocate(guestMemoryRegions(ram, region.size));
   const numQueues = 1;

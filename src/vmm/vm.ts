@@ -12,16 +12,16 @@ import { openHypervisor, type HypervisorKind } from '../hypervisor/select.js';
 import type { Hypervisor, Vm, Vcpu } from '../hypervisor/hypervisor.js';
 import type { CpuIdEntry } from '../hypervisor/regs.js';
 import { GuestMemory } from '../memory/guest_memory.js';
-import { guestMemoryRegions, lowRamEnd, CPU_HOTPLUG_MMIO_START, GED_MMIO_START, PCI_HOTPLUG_MMIO_START, RSDP_POINTER, VMGENID_ADDR, VMGENID_SIZE } from '../arch/x86_64/layout.js';
+import { guestMemoryRegions, hotplugRegion, lowRamEnd, CPU_HOTPLUG_MMIO_START, GED_MMIO_START, MEMORY_HOTPLUG_MMIO_START, PCI_HOTPLUG_MMIO_START, RSDP_POINTER, VMGENID_ADDR, VMGENID_SIZE } from '../arch/x86_64/layout.js';
 import { loadBzImage, parseBzImage } from '../arch/x86_64/bzimage.js';
 import { loadPvhKernel, parseElfKernel } from '../arch/x86_64/pvh.js';
 import { FileImage, readImage, type ImageSource } from '../arch/x86_64/image_source.js';
-import { buildAcpiTables, buildMcfgForSegments, cpuHotplugAml, gedAml, pciHostBridgeName, pciSegmentsAml, readAcpiTables, writeVmGenerationId } from '../arch/x86_64/acpi.js';
+import { buildAcpiTables, buildMcfgForSegments, cpuHotplugAml, gedAml, memoryHotplugAml, pciHostBridgeName, pciSegmentsAml, readAcpiTables, writeVmGenerationId } from '../arch/x86_64/acpi.js';
 import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
 import { HyperVCpuidError, hypervLeaves } from '../arch/x86_64/hyperv.js';
 import { writeResetVectorStub } from '../arch/x86_64/reset_vector.js';
 import { linux64BootState, pvhBootState, writeBootTables, defaultFpu, bootMsrEntries } from '../arch/x86_64/regs.js';
-import { virtioMemRegionSize, type VmConfig } from './config.js';
+import { acpiHotplugAreaSize, hotplugRegionSize, type VmConfig } from './config.js';
 import { createMailboxes, ringDoorbell, type MailboxShared } from './mailbox.js';
 import { ByteRing } from './ring.js';
 import { IRQ_COM1, IRQ_GED } from './layout_ports.js';
@@ -112,7 +112,19 @@ interface Running {
   unplugged: Set<number>;
   /** vCPUs the guest was asked to eject (vm.resize down) and has not yet. */
   cpuRemovals: Set<number>;
+  /**
+   * ACPI memory hotplug (memory.hotplug_method Acpi with a hotplug area): the area, the bytes
+   * plugged from its start (the memory devices' ranges lie one after the other), its host
+   * address, and the next KVM memory slot for a range. null: no area.
+   */
+  acpiMemory: { gpa: number; size: number; hostAddress: bigint; plugged: number; nextSlot: number } | null;
 }
+
+/**
+ * KVM memory slots of the ACPI hotplug area's ranges: one for what is plugged at boot, then one
+ * per vm.resize, far above RAM's and the device memory's slots (regions, then virtio-pmem files).
+ */
+const ACPI_MEMORY_SLOT_BASE = 1024;
 
 /** vm.resize desired_vcpus while a vCPU removal is pending: Cloud Hypervisor answers 429. */
 export class VcpuRemovalPendingError extends Error {
@@ -134,7 +146,7 @@ export interface GuestRestore {
 type KernelKind = 'bzImage' | 'elf';
 
 /** A hotplug request without its sequence number (deviceControl adds it). */
-type HotplugPayload = { type: 'add'; device: VirtioPciInit } | { type: 'remove'; id: string } | { type: 'cpu-add'; id: number } | { type: 'cpu-remove'; id: number };
+type HotplugPayload = { type: 'add'; device: VirtioPciInit } | { type: 'remove'; id: string } | { type: 'cpu-add'; id: number } | { type: 'cpu-remove'; id: number } | { type: 'mem-add'; gpa: number; size: number };
 
 /**
  * Open a file the user named (kept open, read with pread into guest RAM at each boot), turning
@@ -328,6 +340,12 @@ export class VirtualMachine extends EventEmitter {
     // The CPUID topology says max_vcpus where vCPUs can be hot-plugged (as Cloud Hypervisor).
     const topologyCpus = cpuHotplug ? maxVcpus : ncpu;
     const memSize = cfg.memory.size;
+    // ACPI memory hotplug: the area, and what is plugged from its start (a reboot's guest finds
+    // the memory vm.resize added in its boot-time ACPI scan; hotplugged_size).
+    const acpiAreaSize = acpiHotplugAreaSize(cfg.memory);
+    const acpiArea = acpiAreaSize > 0 ? hotplugRegion(memSize, acpiAreaSize) : null;
+    const acpiPlugged = acpiArea !== null ? Math.min(cfg.memory.hotplugged_size ?? 0, acpiArea.size) : 0;
+    let acpiHost = 0n;
     // Spawn the threads first: their start-up (a V8 isolate each) overlaps the VM's set-up below.
     const deviceWorker = new Worker(new URL('./device_worker.js', import.meta.url), THREAD_OPTIONS);
     const vcpuWorkers = Array.from({ length: ncpu }, () => new Worker(new URL('./vcpu_worker.js', import.meta.url), THREAD_OPTIONS));
@@ -363,12 +381,19 @@ export class VirtualMachine extends EventEmitter {
       vm.createIrqChip();
       vm.createPit();
       try {
-        // RAM, then the virtio-mem region (hotplug_method VirtioMem): each its own memory slot.
-        mem = GuestMemory.allocate(guestMemoryRegions(memSize, virtioMemRegionSize(cfg.memory)), { shared: cfg.memory.shared, thp: cfg.memory.thp });
+        // RAM, then the hotplug region (virtio-mem's or the ACPI hotplug area).
+        mem = GuestMemory.allocate(guestMemoryRegions(memSize, hotplugRegionSize(cfg.memory)), { shared: cfg.memory.shared, thp: cfg.memory.thp });
       } catch (e) {
         throw new VmError(`cannot allocate ${fmtBytes(memSize)} of guest memory: ${(e as Error).message}`);
       }
+      // Each region its own memory slot; of the ACPI hotplug area only what is plugged (the rest
+      // has no slot: a vCPU touching it exits to the VMM as MMIO, and gets nothing).
       mem.regions.forEach((r, slot) => {
+        if (acpiArea !== null && r.gpa === acpiArea.gpa) {
+          acpiHost = r.hostAddress;
+          if (acpiPlugged > 0) vm.setUserMemoryRegion({ slot: ACPI_MEMORY_SLOT_BASE, guestPhysAddr: BigInt(r.gpa), memorySize: acpiPlugged, userspaceAddr: r.hostAddress });
+          return;
+        }
         vm.setUserMemoryRegion({ slot, guestPhysAddr: BigInt(r.gpa), memorySize: r.size, userspaceAddr: r.hostAddress });
       });
       // Device memory (virtio-pmem files, mapped by the virtio manager) in the slots after RAM's.
@@ -403,7 +428,9 @@ export class VirtualMachine extends EventEmitter {
         const sbDevices = [
           ...pciSegmentsAml(pciSegments, undefined, { mmioBase: PCI_HOTPLUG_MMIO_START }),
           ...(cpuHotplug ? [cpuHotplugAml({ mmioBase: CPU_HOTPLUG_MMIO_START, maxCpus: maxVcpus })] : []),
-          ...gedAml({ mmioBase: GED_MMIO_START, gsi: IRQ_GED, vmGenIdAddr: VMGENID_ADDR, pciHotplugBridges: pciSegments.map((p) => pciHostBridgeName(p.segment)), cpuHotplug }),
+          // ACPI memory hotplug (vm.resize desired_ram, hotplug_method Acpi): the memory devices.
+          ...(acpiArea !== null ? memoryHotplugAml({ mmioBase: MEMORY_HOTPLUG_MMIO_START }) : []),
+          ...gedAml({ mmioBase: GED_MMIO_START, gsi: IRQ_GED, vmGenIdAddr: VMGENID_ADDR, pciHotplugBridges: pciSegments.map((p) => pciHostBridgeName(p.segment)), cpuHotplug, memoryHotplug: acpiArea !== null }),
         ];
         let acpi;
         try {
@@ -469,6 +496,7 @@ export class VirtualMachine extends EventEmitter {
       vm: vm.handle(), virtio: virtioInits, verbose: this.opts.log !== undefined,
       pciSegments: this.virtio.pciSegments, serialCounters: this.serialCounters.buffer as SharedArrayBuffer,
       control: controlSab, hotplugPort: hotplug.port2, cpus: { max: maxVcpus, present: ncpu },
+      ...(acpiArea !== null ? { memoryHotplug: { area: acpiArea, boot: acpiPlugged > 0 ? [{ gpa: acpiArea.gpa, size: acpiPlugged }] : [] } } : {}),
       ...(restore ? { restore: { legacy: restore.state.devices, pciRoots: restore.state.pci.segments }, vmGenIdChanged: true } : {}),
     };
     deviceWorker.off('error', early);
@@ -482,6 +510,7 @@ export class VirtualMachine extends EventEmitter {
       hotplugPort: hotplug.port1, ejectsPending: new Set(), controlChain: Promise.resolve(),
       cpuHotplug: restore ? dsdtHasCpuHotplug(mem!) : cpuHotplug, maxVcpus, plug: new Int32Array(plugSab), plugSab,
       unplugged: new Set(), cpuRemovals: new Set(),
+      acpiMemory: acpiArea !== null ? { ...acpiArea, hostAddress: acpiHost, plugged: acpiPlugged, nextSlot: ACPI_MEMORY_SLOT_BASE + 1 } : null,
     };
     // A restored guest's DSDT decides; its later reboots keep CPU hotplug.
     if (run.cpuHotplug) this.cpuHotplugAml = true;
@@ -680,6 +709,41 @@ export class VirtualMachine extends EventEmitter {
    */
   resizeVirtioMem(bytes: number): void {
     if (!this.virtio.setMemRequestedSize(bytes)) throw new VmError('the VM has no virtio-mem device (--memory hotplug_method=virtio-mem,hotplug_size=...)');
+  }
+
+  /**
+   * vm.resize desired_ram with hotplug_method Acpi: `bytes` beyond memory.size in all (more than
+   * now, whole 128 MiB blocks; checked by the caller). The next range of the hotplug area gets a
+   * KVM memory slot and a memory device, and the GED tells the guest (its MSCN notifies the
+   * device; Linux's acpi_memhotplug adds the memory, onlined as memhp_default_state says). Also
+   * what later guest runs boot with (hotplugged_size).
+   */
+  async resizeAcpiMemory(bytes: number): Promise<void> {
+    const run = this.run;
+    if (this.state !== 'Running' || !run || run.stopping) throw new VmError(`cannot add memory to a VM in state ${this.state}`);
+    const a = run.acpiMemory;
+    if (a === null) throw new VmError('this guest has no ACPI memory hotplug area (--memory hotplug_size=...)');
+    const add = bytes - a.plugged;
+    if (add === 0) return;
+    if (add < 0) throw new VmError(`ACPI memory hotplug only adds memory: ${bytes} bytes is less than the ${a.plugged} plugged`);
+    if (bytes > a.size) throw new VmError(`${bytes} bytes is more than the hotplug area (${a.size})`);
+    const gpa = a.gpa + a.plugged;
+    const slot = a.nextSlot;
+    run.vm.setUserMemoryRegion({ slot, guestPhysAddr: BigInt(gpa), memorySize: add, userspaceAddr: a.hostAddress + BigInt(a.plugged) });
+    a.nextSlot++;
+    const e = await this.deviceControl(run, DeviceControlOp.HotplugAdd, { type: 'mem-add', gpa, size: add }).catch((err: Error) => ({ type: 'state-error' as const, seq: 0, message: err.message }));
+    if (e.type !== 'done') {
+      if (this.run === run && !run.stopping) { try { run.vm.setUserMemoryRegion({ slot, guestPhysAddr: BigInt(gpa), memorySize: 0, userspaceAddr: a.hostAddress + BigInt(a.plugged) }); } catch { /* gone with the VM */ } }
+      throw new VmError(`cannot add ${fmtBytes(add)} of memory: ${e.type === 'state-error' ? e.message : 'unexpected answer'}`);
+    }
+    a.plugged = bytes;
+    this.config = { ...this.config, memory: { ...this.config.memory, hotplugged_size: bytes } };
+    this.log(`memory: ${fmtBytes(add)} added at 0x${gpa.toString(16)} (ACPI memory device; ${fmtBytes(this.config.memory.size + bytes)} in all)`);
+  }
+
+  /** Bytes of the ACPI hotplug area plugged in the running guest; 0 without one. */
+  acpiMemoryPluggedBytes(): number {
+    return this.run?.acpiMemory?.plugged ?? 0;
   }
 
   /** virtio-mem's plugged_size (bytes the guest plugged); 0 without the device or a running guest. */
@@ -908,6 +972,11 @@ export class VirtualMachine extends EventEmitter {
     // A restore builds vCPUs 0..boot_vcpus-1 from the saved ones.
     if (run.cpuRemovals.size > 0) throw new VmError(`cannot ${what}: the guest has not yet ejected vCPU(s) ${[...run.cpuRemovals].join(', ')} (vm.resize)`);
     if (active.some((v, i) => v.id !== i) || ncpu !== this.config.cpus.boot_vcpus) throw new VmError(`cannot ${what}: the plugged-in vCPUs (${active.map((v) => v.id).join(', ')}) are not vCPUs 0..${this.config.cpus.boot_vcpus - 1}`);
+    // The memory hotplug controller is rebuilt at restore from hotplugged_size as one range, which
+    // the guest would not match where vm.resize added several; not supported yet.
+    if ((run.acpiMemory?.plugged ?? 0) > 0) {
+      throw new VmError(`cannot ${what}: the guest has ${fmtBytes(run.acpiMemory!.plugged)} of ACPI-hotplugged memory, which snapshots do not hold yet (memory added with hotplug_method VirtioMem they do)`);
+    }
     const devices = await this.deviceThreadState(run);
     // The controller is rebuilt at restore from boot_vcpus: every change must have reached the guest.
     const unseen = (devices.cpuHotplug?.status ?? []).flatMap((s, id) => ((s & (CPU_STATUS_INSERTING | CPU_STATUS_REMOVING)) !== 0 ? [id] : []));

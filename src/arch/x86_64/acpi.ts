@@ -13,6 +13,9 @@ import { PCI_SLOTS } from '../../pci/bus.js';
 import { PCI_HOTPLUG_BLOCK_SIZE } from '../../pci/hotplug.js';
 import { CPU_HOTPLUG_BLOCK_SIZE, CPU_SELECT_OFFSET, CPU_STATUS_OFFSET } from '../../devices/cpu_hotplug.js';
 import {
+  MEMORY_HOTPLUG_BLOCK_SIZE, MEMORY_HOTPLUG_SLOTS, MEM_BASE_OFFSET, MEM_END_OFFSET, MEM_LENGTH_OFFSET, MEM_SELECT_OFFSET, MEM_STATUS_OFFSET,
+} from '../../devices/memory_hotplug.js';
+import {
   ACPI_TABLES_END, ACPI_TABLES_START, APIC_START, IOAPIC_START, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_BUS_END,
   PCI_ECAM_BUS_START, PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START, RSDP_POINTER, VMGENID_ADDR, VMGENID_SIZE,
   type PciSegmentLayout,
@@ -447,6 +450,101 @@ export function cpuHotplugAml(o: CpuHotplugAmlOptions): Uint8Array {
   ]);
 }
 
+/** AML name of memory device `slot` (M000 .., hexadecimal as Cloud Hypervisor). */
+export function memoryDeviceName(slot: number): string {
+  if (!Number.isInteger(slot) || slot < 0 || slot > 0xfff) throw new AcpiError(`memory slot ${slot} has no device name`);
+  return `M${slot.toString(16).toUpperCase().padStart(3, '0')}`;
+}
+
+export interface MemoryHotplugAmlOptions {
+  /** Guest-physical address of the memory hotplug controller's registers (src/devices/memory_hotplug.ts). */
+  mmioBase: number;
+  /** Memory devices to describe (default MEMORY_HOTPLUG_SLOTS). */
+  slots?: number;
+}
+
+/**
+ * \_SB_.MHPC, the memory hotplug controller (PNP0A06, a generic container, as QEMU and Cloud
+ * Hypervisor name theirs), with the methods that drive its registers under the mutex MLCK (MSEL
+ * selects a slot), and a memory device (PNP0C80, ACPI 6.x 9.13) per slot, \_SB_.M000 ..:
+ *  - MSTA(slot): 0x0F (present, enabled, shown, functioning) if memory is plugged there, else 0 (_STA);
+ *  - MCRS(slot): its range as a QWordMemory descriptor (_CRS; _MIN, _MAX, _LEN from MBAS, MEND, MLEN);
+ *  - MSCN, called by the GED's _EVT on the memory hotplug event: for each slot with MINS set,
+ *    Notify(Mxxx, 1) (device check: the OS adds the memory; Linux's acpi_memhotplug) and clear MINS;
+ *  - MTFY(slot, value): Notify of memory device `slot`.
+ */
+export function memoryHotplugAml(o: MemoryHotplugAmlOptions): Uint8Array[] {
+  const n = o.slots ?? MEMORY_HOTPLUG_SLOTS;
+  if (!Number.isInteger(n) || n < 1 || n > MEMORY_HOTPLUG_SLOTS) throw new AcpiError(`invalid memory slot count ${n}`);
+  const one = aml.integer(1);
+  const c = (name: string): string => `\\_SB_.MHPC.${name}`;
+  const locked = (terms: Uint8Array[]): Uint8Array[] => [aml.acquire('MLCK'), ...terms, aml.release('MLCK')];
+  // QWord Address Space Descriptor (6.4.3.5.1): _MIN at byte 14, _MAX at 22, _LEN at 38.
+  const template = aml.resourceTemplate([aml.qwordMemory(0, 0, true)]);
+  const devices: Uint8Array[] = [];
+  for (let slot = 0; slot < n; slot++) {
+    devices.push(aml.device(memoryDeviceName(slot), [
+      aml.name('_HID', aml.eisaId('PNP0C80')),
+      aml.name('_UID', aml.integer(slot)),
+      aml.method('_STA', 0, false, [aml.ret(aml.call(c('MSTA'), [aml.integer(slot)]))]),
+      aml.method('_CRS', 0, false, [aml.ret(aml.call(c('MCRS'), [aml.integer(slot)]))]),
+    ]));
+  }
+  const tfy: Uint8Array[] = [];
+  for (let slot = 0; slot < n; slot++) tfy.push(aml.ifThen(aml.lEqual(aml.arg(0), aml.integer(slot)), [aml.notify(`\\_SB_.${memoryDeviceName(slot)}`, aml.arg(1))]));
+  const mhpc = aml.device('MHPC', [
+    aml.name('_HID', aml.eisaId('PNP0A06')),
+    aml.name('_UID', aml.string('Memory Hotplug Controller')),
+    aml.mutex('MLCK'),
+    aml.operationRegion('MHPR', aml.REGION_SYSTEM_MEMORY, o.mmioBase, MEMORY_HOTPLUG_BLOCK_SIZE),
+    aml.field('MHPR', [
+      ...(MEM_SELECT_OFFSET > 0 ? [{ name: '', bits: 8 * MEM_SELECT_OFFSET }] : []),
+      { name: 'MSEL', bits: 32 },
+      { name: '', bits: 8 * (MEM_BASE_OFFSET - MEM_SELECT_OFFSET - 4) },
+      { name: 'MBAS', bits: 64 },
+      { name: '', bits: 8 * (MEM_END_OFFSET - MEM_BASE_OFFSET - 8) },
+      { name: 'MEND', bits: 64 },
+      { name: '', bits: 8 * (MEM_LENGTH_OFFSET - MEM_END_OFFSET - 8) },
+      { name: 'MLEN', bits: 64 },
+    ].filter((u) => u.bits > 0), { access: aml.FIELD_ACCESS_DWORD, update: aml.FIELD_UPDATE_PRESERVE }),
+    aml.field('MHPR', [
+      { name: '', bits: 8 * MEM_STATUS_OFFSET },
+      { name: 'MEN_', bits: 1 }, { name: 'MINS', bits: 1 }, { name: '', bits: 1 }, { name: 'MEJ0', bits: 1 },
+    ], { access: aml.FIELD_ACCESS_BYTE, update: aml.FIELD_UPDATE_WRITE_AS_ZEROS }),
+    aml.method('MSTA', 1, true, [
+      ...locked([
+        aml.store(aml.arg(0), aml.ref('MSEL')),
+        aml.store(aml.integer(0), aml.local(0)),
+        aml.ifThen(aml.lEqual(aml.ref('MEN_'), one), [aml.store(aml.integer(0x0f), aml.local(0))]),
+      ]),
+      aml.ret(aml.local(0)),
+    ]),
+    aml.method('MCRS', 1, true, [
+      aml.name('MR64', template),
+      aml.createQWordField(aml.ref('MR64'), 14, 'MINL'),
+      aml.createQWordField(aml.ref('MR64'), 22, 'MAXL'),
+      aml.createQWordField(aml.ref('MR64'), 38, 'LENL'),
+      ...locked([
+        aml.store(aml.arg(0), aml.ref('MSEL')),
+        aml.store(aml.ref('MBAS'), aml.ref('MINL')),
+        aml.store(aml.ref('MEND'), aml.ref('MAXL')),
+        aml.store(aml.ref('MLEN'), aml.ref('LENL')),
+      ]),
+      aml.ret(aml.ref('MR64')),
+    ]),
+    aml.method('MTFY', 2, false, tfy),
+    aml.method('MSCN', 0, true, locked([
+      aml.store(aml.integer(0), aml.local(0)),
+      aml.whileLoop(aml.lLess(aml.local(0), aml.integer(n)), [
+        aml.store(aml.local(0), aml.ref('MSEL')),
+        aml.ifThen(aml.lEqual(aml.ref('MINS'), one), [aml.call('MTFY', [aml.local(0), aml.integer(NOTIFY_DEVICE_CHECK)]), aml.store(one, aml.ref('MINS'))]),
+        aml.increment(aml.local(0)),
+      ]),
+    ])),
+  ]);
+  return [mhpc, ...devices];
+}
+
 /** \_SB_.COM1: 16550 at 0x3f8, IRQ 4. */
 export function com1Aml(): Uint8Array {
   return aml.device('COM1', [
@@ -463,6 +561,7 @@ export function com1Aml(): Uint8Array {
  * (src/devices/acpi_power.ts GED_POWER_BUTTON, GED_VMGENID).
  */
 export const GED_EVENT_CPU_HOTPLUG = 0x01;
+export const GED_EVENT_MEMORY_HOTPLUG = 0x02;
 export const GED_EVENT_PCI_HOTPLUG = 0x04;
 export const GED_EVENT_POWER_BUTTON = 0x08;
 export const GED_EVENT_VMGENID = 0x10;
@@ -483,6 +582,8 @@ export interface GedAmlOptions {
   pciHotplugBridges?: readonly string[];
   /** Call \_SB_.CPUS.CSCN on "CPUs changed" (cpuHotplugAml); default false. */
   cpuHotplug?: boolean;
+  /** Call \_SB_.MHPC.MSCN on "memory devices changed" (memoryHotplugAml); default false. */
+  memoryHotplug?: boolean;
 }
 
 /**
@@ -501,6 +602,9 @@ export function gedAml(o: GedAmlOptions): Uint8Array[] {
   if (o.vmGenIdAddr !== undefined) evt.push(bit(GED_EVENT_VMGENID, '\\_SB_.VGEN'));
   if (o.cpuHotplug === true) {
     evt.push(aml.ifThen(aml.lEqual(aml.and(aml.local(0), aml.integer(GED_EVENT_CPU_HOTPLUG)), aml.integer(GED_EVENT_CPU_HOTPLUG)), [aml.call('\\_SB_.CPUS.CSCN')]));
+  }
+  if (o.memoryHotplug === true) {
+    evt.push(aml.ifThen(aml.lEqual(aml.and(aml.local(0), aml.integer(GED_EVENT_MEMORY_HOTPLUG)), aml.integer(GED_EVENT_MEMORY_HOTPLUG)), [aml.call('\\_SB_.MHPC.MSCN')]));
   }
   if (o.pciHotplugBridges !== undefined && o.pciHotplugBridges.length > 0) {
     evt.push(aml.ifThen(aml.lEqual(aml.and(aml.local(0), aml.integer(GED_EVENT_PCI_HOTPLUG)), aml.integer(GED_EVENT_PCI_HOTPLUG)),

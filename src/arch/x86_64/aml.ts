@@ -431,3 +431,14 @@ export function release(n: string): Uint8Array {
 export function call(name: string, args: ReadonlyArray<Uint8Array> = []): Uint8Array {
   return concat([nameString(name), ...args]);
 }
+
+export const CREATE_QWORD_FIELD_OP = 0x8f;
+
+/**
+ * CreateQWordField(source, byteIndex, name) (20.2.5.2 DefCreateQWordField): `name` is the 8 bytes
+ * of the buffer `source` at `byteIndex` (e.g. a resource template's _MIN, filled in at run time).
+ */
+export function createQWordField(source: Uint8Array, byteIndex: number, n: string): Uint8Array {
+  if (!Number.isInteger(byteIndex) || byteIndex < 0) throw new AmlError(`CreateQWordField index ${byteIndex} is not a byte offset`);
+  return concat([[CREATE_QWORD_FIELD_OP], source, integer(byteIndex), nameString(n)]);
+}

@@ -3,11 +3,8 @@
 // then the whole DSDT disassembled by ACPICA's iasl (Debian's acpica-tools) where installed.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import * as aml from './aml.js';
+import { iaslOrWhy, iaslRoundTrip } from './iasl.fixture.js';
 import { buildAcpiTables, buildDsdt, gedAml, GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, GED_EVENT_VMGENID, pciSegmentsAml, readAcpiTables, writeVmGenerationId } from './acpi.js';
 import { ACPI_TABLES_END, E820_RESERVED, e820Map, GED_MMIO_START, PCI_HOTPLUG_MMIO_START, PLATFORM_MMIO_START, pciSegmentLayouts, VMGENID_ADDR, VMGENID_SIZE } from './layout.js';
 import { GED_PCI_HOTPLUG, GED_POWER_BUTTON, GED_VMGENID } from '../../devices/acpi_power.js';
@@ -93,16 +90,6 @@ test('VM Generation ID page: reserved in e820, after the ACPI tables, below the 
   }
 });
 
-/** `iasl` from acpica-tools, or why there is none. */
-function iaslOrWhy(): string | null {
-  try {
-    execFileSync('iasl', ['-v'], { stdio: 'pipe' });
-    return null;
-  } catch (e) {
-    return `iasl (Debian package acpica-tools) is not installed: ${(e as Error).message.split('\n')[0]}`;
-  }
-}
-
 test('the DSDT with GED, PWRB and VGEN disassembles with ACPICA iasl to the ASL we mean', (t) => {
   const why = iaslOrWhy();
   if (why !== null) { t.skip(why); return; }
@@ -116,14 +103,9 @@ test('the DSDT with GED, PWRB and VGEN disassembles with ACPICA iasl to the ASL 
   } finally {
     mem.free();
   }
-  const dir = mkdtempSync(join(tmpdir(), 'stv-iasl-'));
-  try {
-    writeFileSync(join(dir, 'dsdt.aml'), dsdt);
-    const log = execFileSync('iasl', ['-d', join(dir, 'dsdt.aml')], { stdio: 'pipe', cwd: dir }).toString();
-    const asl = readFileSync(join(dir, 'dsdt.dsl'), 'utf8');
-    t.diagnostic(log.split('\n').filter((l) => /error|warning/i.test(l)).join('\n') || 'iasl -d: no errors or warnings');
-    // Comments out (iasl annotates names and values), whitespace squeezed.
-    const squeeze = asl.replace(/\/\*[\s\S]*?\*\//g, '').replace(/\/\/[^\n]*/g, '').replace(/\s+/g, ' ');
+  const { asl, squeezed: squeeze, warnings } = iaslRoundTrip(dsdt);
+  t.diagnostic(warnings.join('\n') || 'iasl -d: no errors or warnings');
+  {
     const want = [
       /Device \(GED\) \{ Name \(_HID, "ACPI0013" ?\)/,
       /Interrupt \(ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, \) \{ 0x00000005, \}/,
@@ -136,10 +118,6 @@ test('the DSDT with GED, PWRB and VGEN disassembles with ACPICA iasl to the ASL 
       /Method \(ADDR, 0, NotSerialized\) \{ Return \(Package \(0x02\) \{ 0x000EF000, Zero \}\)/,
     ];
     for (const re of want) assert.match(squeeze, re, `iasl -d output:\n${asl}`);
-    // Compile the disassembly back: no errors (iasl exits non-zero on an error).
-    execFileSync('iasl', ['-p', join(dir, 'again'), join(dir, 'dsdt.dsl')], { stdio: 'pipe', cwd: dir });
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
   }
 });
 
@@ -164,12 +142,8 @@ test('PCI hotplug AML: slots S01..S31 with _ADR/_SUN/_EJ0 and PCNT in each host 
   assert.equal(GED_EVENT_PCI_HOTPLUG, GED_PCI_HOTPLUG, 'the DSDT and the GED device agree on the bit');
   const why = iaslOrWhy();
   if (why !== null) { t.skip(why); return; }
-  const dir = mkdtempSync(join(tmpdir(), 'stv-iasl-'));
-  try {
-    writeFileSync(join(dir, 'dsdt.aml'), dsdt);
-    execFileSync('iasl', ['-d', join(dir, 'dsdt.aml')], { stdio: 'pipe', cwd: dir });
-    const asl = readFileSync(join(dir, 'dsdt.dsl'), 'utf8');
-    const squeeze = asl.replace(/\/\*[\s\S]*?\*\//g, '').replace(/\/\/[^\n]*/g, '').replace(/\s+/g, ' ');
+  const { asl, squeezed: squeeze } = iaslRoundTrip(dsdt);
+  {
     const base = PCI_HOTPLUG_MMIO_START.toString(16).toUpperCase().padStart(8, '0');
     const base1 = (PCI_HOTPLUG_MMIO_START + 16).toString(16).toUpperCase().padStart(8, '0');
     const want = [
@@ -183,8 +157,5 @@ test('PCI hotplug AML: slots S01..S31 with _ADR/_SUN/_EJ0 and PCNT in each host 
       /If \(\(\(Local0 & 0x04\) == 0x04\)\) \{ \\_SB\.PCI0\.PCNT \(\) \\_SB\.PC01\.PCNT \(\) \}/,
     ];
     for (const re of want) assert.match(squeeze, re, `iasl -d output:\n${asl}`);
-    execFileSync('iasl', ['-p', join(dir, 'again'), join(dir, 'dsdt.dsl')], { stdio: 'pipe', cwd: dir });
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -4,7 +4,7 @@ import {
   ACPI_TABLES_END, APIC_START, BOOT_GDT_START, BOOT_IDT_START, CMDLINE_MAX_SIZE, CMDLINE_START, E820_RAM, E820_RESERVED,
   DEVICE_MEMORY_ALIGN, deviceMemoryRanges, e820Map, EBDA_START, GiB, HIGH_RAM_START, initramfsAddress, IOAPIC_START, MiB, PCI_ECAM_SIZE, PCI_ECAM_START,
   PCI_MMIO32_SIZE, PCI_MMIO32_START, pciMmio64Window, PDE_PAGES, PDE_START, PDPTE_START, PLATFORM_MMIO_START, PML4_START,
-  PVH_INFO_START, PVH_MEMMAP_START, ramEnd, ramRegions, RSDP_POINTER, ZERO_PAGE_START, guestMemoryRegions, virtioMemRegion,
+  PVH_INFO_START, PVH_MEMMAP_START, ramEnd, ramRegions, RSDP_POINTER, ZERO_PAGE_START, guestMemoryRegions, hotplugRegion,
 } from './layout.js';
 
 test('ramRegions splits around the 3-4 GiB hole', () => {
@@ -93,10 +93,10 @@ test('device memory (virtio-pmem) goes above RAM, 2 MiB aligned, outside e820 RA
 });
 
 test('the virtio-mem region: first in device memory (1 GiB boundary above RAM), outside e820 RAM; pmem after it; a guest memory region of its own', () => {
-  assert.deepEqual(virtioMemRegion(512 * MiB, 512 * MiB), { gpa: 4 * GiB, size: 512 * MiB });
+  assert.deepEqual(hotplugRegion(512 * MiB, 512 * MiB), { gpa: 4 * GiB, size: 512 * MiB });
   // RAM above 4 GiB: the next 1 GiB boundary past its end.
   const mem = 5 * GiB + 4 * MiB;
-  const r = virtioMemRegion(mem, 2 * GiB);
+  const r = hotplugRegion(mem, 2 * GiB);
   assert.equal(r.gpa, 7 * GiB);
   assert.equal(r.gpa % GiB, 0);
   for (const e of e820Map(mem)) assert.ok(e.addr + e.size <= r.gpa, `e820 entry at 0x${e.addr.toString(16)} overlaps the virtio-mem region`);
@@ -107,7 +107,7 @@ test('the virtio-mem region: first in device memory (1 GiB boundary above RAM), 
   assert.deepEqual(guestMemoryRegions(512 * MiB, 512 * MiB), [{ gpa: 0, size: 512 * MiB }, { gpa: 4 * GiB, size: 512 * MiB }]);
   assert.deepEqual(guestMemoryRegions(4 * GiB, 1 * GiB), [{ gpa: 0, size: 3 * GiB }, { gpa: 4 * GiB, size: 1 * GiB }, { gpa: 5 * GiB, size: 1 * GiB }]);
   assert.deepEqual(guestMemoryRegions(512 * MiB), ramRegions(512 * MiB));
-  assert.throws(() => virtioMemRegion(512 * MiB, 3 * MiB), /virtio-mem region size 3145728 is not a positive multiple of 2 MiB/);
-  assert.throws(() => virtioMemRegion(512 * MiB, 0), /not a positive multiple/);
-  assert.throws(() => virtioMemRegion(512 * MiB, 2 ** 40, 40), /does not fit below 2\^40/);
+  assert.throws(() => hotplugRegion(512 * MiB, 3 * MiB), /hotplug region size 3145728 is not a positive multiple of 2 MiB/);
+  assert.throws(() => hotplugRegion(512 * MiB, 0), /not a positive multiple/);
+  assert.throws(() => hotplugRegion(512 * MiB, 2 ** 40, 40), /does not fit below 2\^40/);
 });

@@ -170,6 +170,11 @@ export const PCI_HOTPLUG_MMIO_START = PLATFORM_MMIO_START + 0x1000;
  * the DSDT's \_SB_.CPUS methods): the platform MMIO area's third page.
  */
 export const CPU_HOTPLUG_MMIO_START = PLATFORM_MMIO_START + 0x2000;
+/**
+ * The ACPI memory hotplug controller (src/devices/memory_hotplug.ts, a 32-byte register block read
+ * by the DSDT's \_SB_.MHPC methods): the platform MMIO area's fourth page.
+ */
+export const MEMORY_HOTPLUG_MMIO_START = PLATFORM_MMIO_START + 0x3000;
 
 /** IOAPIC (MADT), GSI base 0, 24 pins. */
 export const IOAPIC_START = 0xfec00000;
@@ -231,14 +236,16 @@ export function pciMmio64Window(memSize: number, physAddrBits = 40): { start: nu
   return { start, size: top - start };
 }
 
-// --- Device memory (virtio-mem, virtio-pmem) ----------------------------------------------------
+// --- Device memory (virtio-mem, ACPI memory hotplug, virtio-pmem) --------------------------------
 //
 // Guest-physical ranges that are memory but not RAM in e820: a virtio-mem device's region (virtio
-// 1.2, 5.15.4 addr/region_size: the guest plugs blocks of it through the device) and virtio-pmem
+// 1.2, 5.15.4 addr/region_size: the guest plugs blocks of it through the device) or the ACPI
+// memory hotplug area (the ranges its memory devices' _CRS give, src/devices/memory_hotplug.ts:
+// the hotplug region, one or the other), and virtio-pmem
 // devices' files (5.19.4), which the guest finds through the devices' configuration, never through
 // e820. Cloud Hypervisor takes them from its device area above RAM; here they start at the first
 // 1 GiB boundary above RAM (the start of pciMmio64Window, which nothing else uses: no host bridge
-// advertises a 64-bit window). The virtio-mem region comes first: its place then depends on the
+// advertises a 64-bit window). The hotplug region comes first: its place then depends on the
 // RAM size alone (a restore or a migration's receiver computes it from the configuration), and it
 // is aligned to 1 GiB, so to any Linux memory block size (128 MiB on x86 up to 64 GiB of RAM,
 // drivers/base/memory.c), which virtio-mem plugs memory in. The pmem ranges follow, one after the
@@ -253,27 +260,27 @@ function deviceMemoryBase(memSize: number): number {
 }
 
 /**
- * The virtio-mem region of `size` bytes (a positive multiple of 2 MiB) beside `memSize` bytes of
- * RAM: the first device memory range.
+ * The hotplug region of `size` bytes (a positive multiple of 2 MiB; the virtio-mem region or the
+ * ACPI hotplug area) beside `memSize` bytes of RAM: the first device memory range.
  */
-export function virtioMemRegion(memSize: number, size: number, physAddrBits = 52): { gpa: number; size: number } {
+export function hotplugRegion(memSize: number, size: number, physAddrBits = 52): { gpa: number; size: number } {
   assertMemSize(memSize);
   if (!Number.isSafeInteger(size) || size <= 0 || size % DEVICE_MEMORY_ALIGN !== 0) {
-    throw new RangeError(`virtio-mem region size ${size} is not a positive multiple of 2 MiB`);
+    throw new RangeError(`hotplug region size ${size} is not a positive multiple of 2 MiB`);
   }
   const gpa = deviceMemoryBase(memSize);
-  if (gpa + size > 2 ** physAddrBits) throw new RangeError(`a virtio-mem region of ${size} bytes at 0x${gpa.toString(16)} does not fit below 2^${physAddrBits}`);
+  if (gpa + size > 2 ** physAddrBits) throw new RangeError(`a hotplug region of ${size} bytes at 0x${gpa.toString(16)} does not fit below 2^${physAddrBits}`);
   return { gpa, size };
 }
 
 /**
  * Where device memory ranges of these sizes go (each a positive multiple of 2 MiB), in order,
- * after a virtio-mem region of `virtioMemSize` bytes (0: none).
+ * after a hotplug region of `hotplugSize` bytes (0: none).
  */
-export function deviceMemoryRanges(memSize: number, sizes: readonly number[], physAddrBits = 52, virtioMemSize = 0): Array<{ gpa: number; size: number }> {
+export function deviceMemoryRanges(memSize: number, sizes: readonly number[], physAddrBits = 52, hotplugSize = 0): Array<{ gpa: number; size: number }> {
   assertMemSize(memSize);
   let at = deviceMemoryBase(memSize);
-  if (virtioMemSize > 0) at += virtioMemRegion(memSize, virtioMemSize, physAddrBits).size;
+  if (hotplugSize > 0) at += hotplugRegion(memSize, hotplugSize, physAddrBits).size;
   const out: Array<{ gpa: number; size: number }> = [];
   for (const size of sizes) {
     if (!Number.isSafeInteger(size) || size <= 0 || size % DEVICE_MEMORY_ALIGN !== 0) {
@@ -289,14 +296,15 @@ export function deviceMemoryRanges(memSize: number, sizes: readonly number[], ph
 }
 
 /**
- * The regions of guest memory (GuestMemory.allocate): RAM (ramRegions), then the virtio-mem
- * region when `virtioMemSize` > 0. The region is guest memory like RAM (virtqueue buffers and
- * DMA may lie in plugged blocks, a snapshot saves it) but not in e820; its host pages exist only
- * where the guest touched plugged blocks (MAP_NORESERVE; unplugged ones are discarded).
+ * The regions of guest memory (GuestMemory.allocate): RAM (ramRegions), then the hotplug region
+ * when `hotplugSize` > 0. The region is guest memory like RAM (virtqueue buffers and DMA may lie
+ * in plugged memory, a snapshot saves it) but not in e820; its host pages exist only where the
+ * guest touched plugged memory (MAP_NORESERVE; virtio-mem's unplugged blocks are discarded, and
+ * the ACPI area's unplugged rest has no KVM memory slot, so no vCPU reaches it).
  */
-export function guestMemoryRegions(memSize: number, virtioMemSize = 0): RegionSpec[] {
+export function guestMemoryRegions(memSize: number, hotplugSize = 0): RegionSpec[] {
   const regs = ramRegions(memSize);
-  if (virtioMemSize > 0) regs.push(virtioMemRegion(memSize, virtioMemSize));
+  if (hotplugSize > 0) regs.push(hotplugRegion(memSize, hotplugSize));
   return regs;
 }
 

@@ -1,3 +1,6 @@
+// Memory resize on a real guest: ACPI memory hotplug (CH's default hotplug_method; the second
+// test below) and virtio-mem.
+//
 // virtio-mem (virtio 1.2, 5.15) on a real guest (Debian's kernel: virtio_mem, loaded by the
 // initramfs's init), as Cloud Hypervisor's --memory hotplug_method=virtio-mem and vm.resize
 // desired_ram:
@@ -127,6 +130,88 @@ test('virtio-mem: vm.resize desired_ram plugs memory into the guest (MemTotal, m
   assert.equal(c['discard_errors'], 0);
   assert.equal(c['bad_chains'], 0);
   assert.equal(c['malformed_requests'], 0);
+
+  await vmm.shell('poweroff', /@@stv:poweroff@@/, 'the guest powered off');
+  await vmm.api('PUT', 'vmm.shutdown').catch(() => undefined);
+  await vmm.exited;
+});
+
+// ACPI memory hotplug (src/devices/memory_hotplug.ts; Debian's kernel: acpi_memhotplug built in),
+// as Cloud Hypervisor's --memory size=512M,hotplug_size=1G (hotplug_method Acpi, the default):
+//   - at boot the DSDT's 32 memory devices (PNP0C80) are all absent; MemTotal is the boot RAM's.
+//     memhp_default_state=online onlines hot-added memory (Debian's default leaves it offline).
+//   - vm.resize desired_ram=1 GiB: a memory device appears with 512 MiB, the guest adds and
+//     onlines it (MemTotal grows by at least 480 MiB) and fills 560 MiB of tmpfs; vm.info says
+//     memory.size 1 GiB (CH's form) and memory_actual_size 1 GiB.
+//   - again to 1280 MiB: a second memory device, MemTotal grows by at least 240 MiB.
+//   - refused with 400: less than now (ACPI memory hotplug only adds), not whole 128 MiB blocks,
+//     above size + hotplug_size; a snapshot is refused naming the hotplugged memory.
+//   - a guest reboot: the new guest finds the added memory in its boot-time ACPI scan (MemTotal
+//     as before the reboot, within 16 MiB).
+test('ACPI memory hotplug: vm.resize desired_ram adds memory devices the guest onlines (MemTotal, vm.info), kept across a reboot', { timeout: TIMEOUT_MS }, async (t) => {
+  const name = 'acpi-memory';
+  const dir = scratchDir(name);
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const vmm = new Vmm(name, join(dir, 'api.sock'), [
+    '--kernel', img.bzImage, '--initramfs', img.initramfs,
+    '--cmdline', 'console=ttyS0 quiet memhp_default_state=online stv.scenario=shell',
+    '--cpus', 'boot=1', '--memory', 'size=512M,hotplug_size=1G', '--serial', 'tty', '--console', 'off', '-v',
+  ]);
+  t.after(() => vmm.end());
+  await waitForPing(vmm.sock, vmm.child);
+  await vmm.waitFor(/stv# /, 0, 'the guest shell prompt');
+  const devices = 'echo "MEMDEV $(ls /sys/bus/acpi/devices | grep -c PNP0C80) $(cat /sys/bus/acpi/devices/PNP0C80:*/status 2>/dev/null | grep -c 15) E""ND"';
+  const d0 = await vmm.shellOutput(devices, /MEMDEV (\d+) (\d+) END/, 'the ACPI memory devices');
+  t.diagnostic(`ACPI memory devices at boot: ${d0.m[1]} enumerated, ${d0.m[2]} present`);
+  assert.equal(d0.m[2], '0', `no memory device present at boot\n${vmm.explain()}`);
+
+  const i0 = await info(vmm);
+  assert.equal(i0.memory_actual_size, 512 * MiB);
+  assert.equal(i0.config.memory.hotplug_size, 1024 * MiB);
+  const total0 = await memTotal(vmm);
+
+  for (const bad of [256 * MiB, 512 * MiB + 64 * MiB, 1536 * MiB + 128 * MiB]) {
+    const r = await vmm.api('PUT', 'vm.resize', { desired_ram: bad });
+    assert.equal(r.status, 400, `desired_ram ${bad}: ${r.text}`);
+  }
+
+  let r = await vmm.api('PUT', 'vm.resize', { desired_ram: 1024 * MiB });
+  assert.equal(r.status, 204, r.text);
+  const i1 = await info(vmm);
+  assert.deepEqual([i1.memory_actual_size, i1.config.memory.size], [1024 * MiB, 1024 * MiB], 'vm.info: the new total, in memory.size as Cloud Hypervisor');
+  const total1 = await until('MemTotal to grow by 480 MiB', () => memTotal(vmm), (v) => v - total0 >= 480 * MiB, vmm);
+  t.diagnostic(`add 512 MiB: MemTotal ${(total0 / MiB).toFixed(1)} -> ${(total1 / MiB).toFixed(1)} MiB`);
+  const f = await vmm.shellOutput(
+    'mkdir -p /mnt/t; mount -t tmpfs -o size=800m tmpfs /mnt/t; dd if=/dev/zero of=/mnt/t/f bs=1M count=560 2>/dev/null && echo "DD ""OK"; rm -f /mnt/t/f; umount /mnt/t; echo FIL""LED',
+    /FILLED/, 'the guest filling 560 MiB of tmpfs');
+  assert.match(f.text, /DD OK/, `dd of 560 MiB into tmpfs with 1 GiB of memory\n${vmm.explain()}`);
+
+  r = await vmm.api('PUT', 'vm.resize', { desired_ram: 1280 * MiB });
+  assert.equal(r.status, 204, r.text);
+  const total2 = await until('MemTotal to grow by 240 MiB more', () => memTotal(vmm), (v) => v - total1 >= 240 * MiB, vmm);
+  const d2 = await vmm.shellOutput(devices, /MEMDEV (\d+) (\d+) END/, 'the ACPI memory devices');
+  t.diagnostic(`add 256 MiB: MemTotal ${(total1 / MiB).toFixed(1)} -> ${(total2 / MiB).toFixed(1)} MiB; memory devices present: ${d2.m[2]}`);
+  assert.equal(d2.m[2], '2', `two memory devices present\n${vmm.explain()}`);
+
+  r = await vmm.api('PUT', 'vm.resize', { desired_ram: 1024 * MiB });
+  assert.equal(r.status, 400, `ACPI memory is only added: ${r.text}`);
+  assert.match(r.text, /only adds memory/);
+  assert.equal((await info(vmm)).memory_actual_size, 1280 * MiB, 'refused: nothing changed');
+
+  // A snapshot cannot hold hot-added ACPI memory yet: refused, the VM goes on.
+  assert.equal((await vmm.api('PUT', 'vm.pause')).status, 204);
+  r = await vmm.api('PUT', 'vm.snapshot', { destination_url: `file://${dir}` });
+  assert.ok(r.status >= 400 && /ACPI-hotplugged memory/.test(r.text), `snapshot refused: ${r.status} ${r.text}`);
+  assert.equal((await vmm.api('PUT', 'vm.resume')).status, 204);
+
+  // Reboot: the guest boots with the added memory (memory devices present at boot).
+  const mark = vmm.out.length;
+  vmm.child.stdin.write('reboot\n');
+  await vmm.waitFor(/stv# /, mark, 'the shell prompt after the reboot');
+  const total3 = await memTotal(vmm);
+  t.diagnostic(`after the reboot: MemTotal ${(total3 / MiB).toFixed(1)} MiB (before ${(total2 / MiB).toFixed(1)})`);
+  assert.ok(Math.abs(total3 - total2) <= 16 * MiB, `MemTotal after the reboot ${total3} vs ${total2} before\n${vmm.explain()}`);
+  assert.equal((await info(vmm)).memory_actual_size, 1280 * MiB);
 
   await vmm.shell('poweroff', /@@stv:poweroff@@/, 'the guest powered off');
   await vmm.api('PUT', 'vmm.shutdown').catch(() => undefined);
