@@ -26,17 +26,6 @@ const img = guestImages();
 
 interface Sample { addMs: number; onlineMs: number; removeMs: number }
 
-/** Type a shell loop that prints `ready` and then waits for `cond`; run `request` once it waits; ms from the request to `done`. */
-async function timed(p: Proc, cond: string, request: () => Promise<void>): Promise<number> {
-  const mark = p.out.length;
-  p.child.stdin.write(`echo WAIT""ING; until ${cond}; do sleep 0.05; done; echo DO""NE\n`);
-  await p.waitFor(/WAITING/, mark);
-  const t = performance.now();
-  await request();
-  await p.waitFor(/DONE/, mark);
-  return performance.now() - t;
-}
-
 const allThere = ADDED.map((n) => `[ -e ${CPU}/cpu${n} ]`).join(' && ');
 const allGone = ADDED.map((n) => `[ ! -e ${CPU}/cpu${n} ]`).join(' && ');
 
@@ -60,11 +49,11 @@ async function qemuRun(dir: string): Promise<Sample> {
     await p.waitFor(/stv# /, 0);
     const q = await Qmp.connect(qmpPath);
     try {
-      const addMs = await timed(p, allThere, async () => {
+      const addMs = await p.timed(allThere, async () => {
         for (const n of ADDED) await q.cmd('device_add', { driver: 'host-x86_64-cpu', id: `cpu${n}`, 'socket-id': n, 'core-id': 0, 'thread-id': 0 });
       });
       const onlineMs = await online(p);
-      const removeMs = await timed(p, allGone, async () => {
+      const removeMs = await p.timed(allGone, async () => {
         for (const n of [...ADDED].reverse()) await q.cmd('device_del', { id: `cpu${n}` });
       });
       return { addMs, onlineMs, removeMs };
@@ -87,9 +76,9 @@ async function stratovisorRun(dir: string): Promise<Sample> {
   try {
     await waitForPing(sock, p.child);
     await p.waitFor(/stv# /, 0);
-    const addMs = await timed(p, allThere, () => resize(MAX));
+    const addMs = await p.timed(allThere, () => resize(MAX));
     const onlineMs = await online(p);
-    const removeMs = await timed(p, allGone, () => resize(1));
+    const removeMs = await p.timed(allGone, () => resize(1));
     return { addMs, onlineMs, removeMs };
   } finally {
     await p.kill();

@@ -1,5 +1,5 @@
-// Processes the sandbox benchmarks drive (bench/snapshot.ts, bench/cpuhp.ts): a VMM with its
-// serial console on stdin/stdout, and a QMP client for QEMU.
+// Processes the sandbox benchmarks drive (bench/snapshot.ts, bench/cpuhp.ts, bench/memhp.ts): a
+// VMM with its serial console on stdin/stdout, and a QMP client for QEMU.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import net from 'node:net';
 
@@ -28,6 +28,19 @@ export class Proc {
     const mark = this.out.length;
     this.child.stdin.write('echo restored-$((6*7))\n');
     await this.waitFor(/restored-42/, mark);
+  }
+  /**
+   * Type a shell loop that prints WAITING and then polls `cond` every 50 ms; run `request` once
+   * it waits; ms from the request to the loop's DONE (the guest saw the change).
+   */
+  async timed(cond: string, request: () => Promise<void>): Promise<number> {
+    const mark = this.out.length;
+    this.child.stdin.write(`echo WAIT""ING; until ${cond}; do sleep 0.05; done; echo DO""NE\n`);
+    await this.waitFor(/WAITING/, mark);
+    const t = performance.now();
+    await request();
+    await this.waitFor(/DONE/, mark);
+    return performance.now() - t;
   }
   async kill(): Promise<void> {
     if (this.child.exitCode !== null || this.child.signalCode !== null) return;

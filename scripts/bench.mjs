@@ -19,8 +19,11 @@
 //  8. in the same sandbox boot: CPU hotplug, 1 -> 4 vCPUs and back: request to the guest's sysfs
 //     for add and remove, and onlining, QEMU q35 QMP device_add/device_del vs Stratovisor
 //     vm.resize desired_vcpus (bench/cpuhp.ts).
+//  9. in the same sandbox boot: memory hotplug, +512 MiB by ACPI and by virtio-mem: request to the
+//     guest's MemTotal, QEMU q35 pc-dimm / virtio-mem-pci vs Stratovisor vm.resize desired_ram
+//     (bench/memhp.ts).
 // Env: STV_BENCH_RUNS (5), STV_BENCH_VMMS (comma list: qemu-microvm, qemu-q35, stratovisor),
-// STV_BENCH_ONLY=pio|api|boot|io|fs|vsock|snapshot|cpuhp (a comma list runs several), and for io: STV_BENCH_IO_MIB (64),
+// STV_BENCH_ONLY=pio|api|boot|io|fs|vsock|snapshot|cpuhp|memhp (a comma list runs several), and for io: STV_BENCH_IO_MIB (64),
 // STV_BENCH_RAND_S (5), STV_BENCH_NET_MIB (32).
 import { join } from 'node:path';
 import { ensureGuestImages, REPO } from './lib/images.mjs';
@@ -31,7 +34,7 @@ ensureNodeModules();
 if (!build()) process.exit(1);
 const images = ensureGuestImages({ log });
 const runs = Number(process.env.STV_BENCH_RUNS ?? 5);
-const KINDS = ['pio', 'api', 'boot', 'io', 'fs', 'vsock', 'snapshot', 'cpuhp'];
+const KINDS = ['pio', 'api', 'boot', 'io', 'fs', 'vsock', 'snapshot', 'cpuhp', 'memhp'];
 const only = process.env.STV_BENCH_ONLY ? process.env.STV_BENCH_ONLY.split(',') : null;
 for (const k of only ?? []) {
   if (!KINDS.includes(k)) {
@@ -59,7 +62,7 @@ if (want('api')) {
   ]));
 }
 // The boot and I/O benchmarks share one sandbox boot, one after the other.
-const inSandbox = [...(hostKvm ? [] : ['pio']), 'boot', 'io', 'fs', 'vsock', 'snapshot', 'cpuhp'].filter(want).map((k) => join(REPO, 'dist', 'bench', `${k}.js`));
+const inSandbox = [...(hostKvm ? [] : ['pio']), 'boot', 'io', 'fs', 'vsock', 'snapshot', 'cpuhp', 'memhp'].filter(want).map((k) => join(REPO, 'dist', 'bench', `${k}.js`));
 if (inSandbox.length) {
   process.env.STV_GUEST_BZIMAGE = images.bzImage;
   process.env.STV_GUEST_VMLINUX = images.vmlinux;
