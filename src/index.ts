@@ -155,9 +155,10 @@ export class Stratovisor extends EventEmitter<StratovisorEvents> {
   /**
    * vm.resize: `desired_vcpus` plugs vCPUs in or asks the guest to eject them (up to
    * cpus.max_vcpus; an ApiError 429 while a removal is pending), `desired_balloon` is the
-   * balloon's target, `desired_ram` the guest's memory with a virtio-mem device (memory
-   * hotplug_method "VirtioMem": boot memory plus what it plugs); before boot they only change the
-   * configuration.
+   * balloon's target, `desired_ram` the guest's memory: with a virtio-mem device (memory
+   * hotplug_method "VirtioMem") boot memory plus what it plugs, with ACPI memory hotplug (the
+   * default method, a hotplug_size) a new memory device (only more, whole 128 MiB blocks);
+   * before boot they only change the configuration.
    */
   async resize(r: VmResize): Promise<void> {
     if (this.controller.resizeVm === undefined) throw new Error('vm.resize is not available on this controller');

@@ -6,15 +6,13 @@
 // the pages of mmapped guest RAM back (they read zero afterwards).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Worker } from 'node:worker_threads';
 import * as libc from '../sys/libc.js';
 import { GuestMemory } from '../memory/guest_memory.js';
 import { TestDriver } from '../virtio/testing/driver.js';
 import { DeviceStatus, VirtioDeviceType, VIRTIO_F_VERSION_1 } from '../virtio/device.js';
 import { Word, Command, postCommand } from '../virtio/pci/shared.js';
 import { NOTIFY_OFFSET, DEVICE_CFG_OFFSET } from '../virtio/pci/transport.js';
-import { ONE, rd, wr, waitEventfd, transportRig, probeLikeLinux } from './testing/transport_rig.js';
-import type { VirtioWorkerData, VirtioWorkerEvent } from './virtio_protocol.js';
+import { ONE, rd, wr, waitEventfd, transportRig, probeLikeLinux, startIoWorker } from './testing/transport_rig.js';
 
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -28,17 +26,9 @@ test('virtio-balloon over virtio-pci in an I/O worker: target -> config interrup
   const numQueues = 2;
   const vectors = 3;
   const rig = transportRig(VirtioDeviceType.Balloon, numQueues, vectors);
-  const { t, shared, controlFd, queueFds, irqFds } = rig;
-  const events: VirtioWorkerEvent[] = [];
-  const worker = new Worker(new URL('./virtio_worker.js', import.meta.url));
-  const exited = new Promise<number>((r) => worker.once('exit', r));
-  worker.on('message', (m: VirtioWorkerEvent) => events.push(m));
-  const data: VirtioWorkerData = {
-    name: '', mem: mem.describe(), controlFd,
-    devices: [{ id: '_balloon0', spec: { kind: 'balloon', numPages: 100, deflateOnOom: false, freePageReporting: false }, numQueues, shared, queueFds, irqFds, counters: new SharedArrayBuffer(128) }],
-  };
-  worker.postMessage(data);
-  const words = new Int32Array(shared, 0, Word.QueueBase);
+  const { t, controlFd, irqFds } = rig;
+  const io = startIoWorker(rig, mem, '_balloon0', { kind: 'balloon', numPages: 100, deflateOnOom: false, freePageReporting: false }, numQueues);
+  const { events, words } = io;
   const setTarget = (pages: number) => {
     Atomics.store(words, Word.HostValue, pages);
     postCommand(words, Command.HostValue);
@@ -98,9 +88,7 @@ test('virtio-balloon over virtio-pci in an I/O worker: target -> config interrup
     assert.equal(waitEventfd(irqFds[0]!, 100), false, 'no interrupt for a device the driver has not set up');
     assert.deepEqual(events.filter((e) => e.type === 'error' || e.type === 'needs-reset'), []);
   } finally {
-    postCommand(words, Command.Stop);
-    libc.write(controlFd, ONE);
-    await exited;
+    await io.stop();
     rig.close();
     mem.free();
   }

@@ -8,7 +8,6 @@
 // (it is guest memory); bad requests are answered ERROR, nothing thrown.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Worker } from 'node:worker_threads';
 import * as libc from '../sys/libc.js';
 import { GuestMemory } from '../memory/guest_memory.js';
 import { guestMemoryRegions, hotplugRegion } from '../arch/x86_64/layout.js';
@@ -20,8 +19,7 @@ import {
 } from '../virtio/mem/device.js';
 import { Word, Command, postCommand } from '../virtio/pci/shared.js';
 import { NOTIFY_OFFSET, DEVICE_CFG_OFFSET } from '../virtio/pci/transport.js';
-import { ONE, rd, wr, waitEventfd, transportRig, probeLikeLinux } from './testing/transport_rig.js';
-import type { VirtioWorkerData, VirtioWorkerEvent } from './virtio_protocol.js';
+import { ONE, rd, wr, waitEventfd, transportRig, probeLikeLinux, startIoWorker } from './testing/transport_rig.js';
 
 const MiB = 1 << 20;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -47,17 +45,9 @@ test('virtio-mem over virtio-pci in an I/O worker: requested_size -> config inte
   const numQueues = 1;
   const vectors = 2;
   const rig = transportRig(VirtioDeviceType.Mem, numQueues, vectors);
-  const { t, shared, controlFd, irqFds } = rig;
-  const events: VirtioWorkerEvent[] = [];
-  const worker = new Worker(new URL('./virtio_worker.js', import.meta.url));
-  const exited = new Promise<number>((r) => worker.once('exit', r));
-  worker.on('message', (m: VirtioWorkerEvent) => events.push(m));
-  const data: VirtioWorkerData = {
-    name: '', mem: mem.describe(), controlFd,
-    devices: [{ id: '_mem0', spec: { kind: 'mem', addr: region.gpa, regionSize: region.size, blockSize: 2 * MiB, requestedSize: 0 }, numQueues, shared, queueFds: rig.queueFds, irqFds, counters: new SharedArrayBuffer(128) }],
-  };
-  worker.postMessage(data);
-  const words = new Int32Array(shared, 0, Word.QueueBase);
+  const { t, controlFd, irqFds } = rig;
+  const io = startIoWorker(rig, mem, '_mem0', { kind: 'mem', addr: region.gpa, regionSize: region.size, blockSize: 2 * MiB, requestedSize: 0 }, numQueues);
+  const { events, words } = io;
   const setRequested = (mib: number) => {
     Atomics.store(words, Word.HostValue, mib);
     postCommand(words, Command.HostValue);
@@ -138,9 +128,7 @@ test('virtio-mem over virtio-pci in an I/O worker: requested_size -> config inte
     assert.equal(cfg64(MemConfig.requestedSize), 8 * MiB);
     assert.deepEqual(events.filter((e) => e.type === 'needs-reset'), []);
   } finally {
-    postCommand(words, Command.Stop);
-    libc.write(controlFd, ONE);
-    await exited;
+    await io.stop();
     rig.close();
     mem.free();
   }

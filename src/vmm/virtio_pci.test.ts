@@ -5,17 +5,15 @@
 // is virtio-rng over /dev/urandom in a real worker thread over mmapped guest memory.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Worker } from 'node:worker_threads';
 import { openSync, closeSync } from 'node:fs';
 import * as libc from '../sys/libc.js';
 import { GuestMemory } from '../memory/guest_memory.js';
 import { TestDriver } from '../virtio/testing/driver.js';
 import { DeviceStatus, VirtioDeviceType, VIRTIO_F_VERSION_1, VIRTIO_F_EVENT_IDX } from '../virtio/device.js';
-import { createShared, Word, Command, postCommand } from '../virtio/pci/shared.js';
+import { createShared, Word } from '../virtio/pci/shared.js';
 import { VirtioPciTransport, NOTIFY_OFFSET, MSIX_TABLE_OFFSET, DEVICE_CFG_OFFSET } from '../virtio/pci/transport.js';
 import { PciRoot, PciConfigIo } from '../pci/bus.js';
-import type { VirtioWorkerData, VirtioWorkerEvent } from './virtio_protocol.js';
-import { ONE, le, rd, wr, waitEventfd } from './testing/transport_rig.js';
+import { ONE, le, rd, wr, waitEventfd, startIoWorker } from './testing/transport_rig.js';
 import { mulberry32, seedFromEnv } from '../testing/prng.js';
 
 async function setup() {
@@ -39,20 +37,10 @@ async function setup() {
       notifyQueue: (q) => { libc.write(queueFds[q]!, ONE); },
     },
   });
-  const events: VirtioWorkerEvent[] = [];
-  const worker = new Worker(new URL('./virtio_worker.js', import.meta.url));
-  const exited = new Promise<number>((r) => worker.once('exit', r));
-  worker.on('message', (m: VirtioWorkerEvent) => events.push(m));
-  const data: VirtioWorkerData = {
-    name: '', mem: mem.describe(), controlFd,
-    devices: [{ id: 'rng-test', spec: { kind: 'rng', fd: rngFd }, numQueues, shared, queueFds, irqFds, counters: new SharedArrayBuffer(128) }],
-  };
-  worker.postMessage(data);
-  const words = new Int32Array(shared, 0, Word.QueueBase);
+  const io = startIoWorker({ shared, controlFd, queueFds, irqFds }, mem, 'rng-test', { kind: 'rng', fd: rngFd }, numQueues);
+  const { events, words } = io;
   const cleanup = async () => {
-    postCommand(words, Command.Stop);
-    libc.write(controlFd, ONE);
-    await exited;
+    await io.stop();
     for (const fd of [controlFd, ...queueFds, ...irqFds]) libc.close(fd);
     closeSync(rngFd);
     mem.free();

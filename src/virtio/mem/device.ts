@@ -452,27 +452,22 @@ export class MemDevice implements VirtioDevice {
   /** How many of blocks [first, first+n) are plugged (inside the bitmap). */
   private countPlugged(first: number, n: number): number {
     let count = 0;
-    let i = first;
-    const end = first + n;
-    while (i < end) {
-      const w = i >>> 5;
-      const lo = i & 31;
-      const hi = Math.min(32, lo + (end - i));
-      count += popcount32((this.bitmap[w]! & mask(lo, hi)) >>> 0);
-      i += hi - lo;
-    }
+    this.eachWord(first, n, (w, m) => { count += popcount32((this.bitmap[w]! & m) >>> 0); });
     return count;
   }
 
   private setRange(first: number, n: number, plugged: boolean): void {
+    this.eachWord(first, n, (w, m) => { this.bitmap[w] = plugged ? this.bitmap[w]! | m : this.bitmap[w]! & ~m; });
+  }
+
+  /** Blocks [first, first+n) as (bitmap word, mask of its bits in the range), word by word. */
+  private eachWord(first: number, n: number, fn: (w: number, m: number) => void): void {
     let i = first;
     const end = first + n;
     while (i < end) {
-      const w = i >>> 5;
       const lo = i & 31;
       const hi = Math.min(32, lo + (end - i));
-      const m = mask(lo, hi);
-      this.bitmap[w] = plugged ? this.bitmap[w]! | m : this.bitmap[w]! & ~m;
+      fn(i >>> 5, mask(lo, hi));
       i += hi - lo;
     }
   }

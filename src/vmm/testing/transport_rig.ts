@@ -1,8 +1,11 @@
 // A virtio-pci transport with real eventfds, driven from a test as a guest driver would drive it
 // (register reads and writes, MSI-X programming), for tests that run a device in the real I/O
 // worker (src/vmm/virtio_worker.ts) without a VM.
+import { Worker } from 'node:worker_threads';
 import * as libc from '../../sys/libc.js';
-import { createShared } from '../../virtio/pci/shared.js';
+import type { GuestMemory } from '../../memory/guest_memory.js';
+import { Command, createShared, postCommand, Word } from '../../virtio/pci/shared.js';
+import type { VirtioWorkerData, VirtioWorkerEvent } from '../virtio_protocol.js';
 import { MSIX_TABLE_OFFSET, VirtioPciTransport } from '../../virtio/pci/transport.js';
 import { DeviceStatus } from '../../virtio/device.js';
 
@@ -91,4 +94,38 @@ export function probeLikeLinux(t: VirtioPciTransport, features: bigint, vectors:
     wr(t, MSIX_TABLE_OFFSET + v * 16 + 12, 0, 4);
   }
   wr(t, 0x10, 0, 2);
+}
+
+/** The real I/O worker (src/vmm/virtio_worker.ts) running one device over a rig's eventfds. */
+export interface IoWorker {
+  /** What the worker posted, in order. */
+  events: VirtioWorkerEvent[];
+  /** The shared words (Word.*) of the device. */
+  words: Int32Array;
+  /** Command.Stop, then wait for the thread to exit. */
+  stop(): Promise<void>;
+}
+
+type WorkerDevice = VirtioWorkerData['devices'][number];
+
+/** Start the I/O worker with the device `id` (`spec`) on `fds`' eventfds and shared words, over `mem`. */
+export function startIoWorker(fds: Pick<TransportRig, 'shared' | 'controlFd' | 'queueFds' | 'irqFds'>, mem: GuestMemory, id: string, spec: WorkerDevice['spec'], numQueues: number): IoWorker {
+  const events: VirtioWorkerEvent[] = [];
+  const worker = new Worker(new URL('../virtio_worker.js', import.meta.url));
+  const exited = new Promise<number>((r) => worker.once('exit', r));
+  worker.on('message', (m: VirtioWorkerEvent) => events.push(m));
+  const data: VirtioWorkerData = {
+    name: '', mem: mem.describe(), controlFd: fds.controlFd,
+    devices: [{ id, spec, numQueues, shared: fds.shared, queueFds: fds.queueFds, irqFds: fds.irqFds, counters: new SharedArrayBuffer(128) }],
+  };
+  worker.postMessage(data);
+  const words = new Int32Array(fds.shared, 0, Word.QueueBase);
+  return {
+    events, words,
+    stop: async () => {
+      postCommand(words, Command.Stop);
+      libc.write(fds.controlFd, ONE);
+      await exited;
+    },
+  };
 }
