@@ -134,6 +134,10 @@ function start(data: DeviceWorkerData): void {
     const r = data.restore;
     try {
       restoreLegacyDevices(legacy, r.legacy);
+      if (r.memoryHotplug !== undefined) {
+        if (memHotplug === null) throw new Error('the state has an ACPI memory hotplug controller, this VM none (memory.hotplug_size)');
+        underField('memoryHotplug', 'memory hotplug state', () => memHotplug.restoreState(r.memoryHotplug!));
+      }
       if (r.pciRoots.length !== pci.roots.length) throw new Error(`the state has ${r.pciRoots.length} PCI segment(s), this VM ${pci.roots.length}`);
       r.pciRoots.forEach((root, i) => underField(`segments[${i}]`, 'PCI state', () => pci.roots[i]!.checkState(root)));
       r.pciRoots.forEach((root, i) => underField(`segments[${i}]`, 'PCI state', () => pci.roots[i]!.restoreState(root)));
@@ -200,7 +204,7 @@ function start(data: DeviceWorkerData): void {
       // The VM is paused: no vCPU is inside a device access, so the state is consistent. The
       // virtio functions' config space and MSI-X table are saved here with the bus; their
       // transport registers, queues and pending vectors by the I/O threads (virtio state).
-      post({ type: 'state', seq: controlSeq, state: { legacy: saveLegacyDevices(legacy), pciRoots: pci.roots.map((r) => r.saveState()), cpuHotplug: cpuHotplug.saveState() } });
+      post({ type: 'state', seq: controlSeq, state: { legacy: saveLegacyDevices(legacy), pciRoots: pci.roots.map((r) => r.saveState()), cpuHotplug: cpuHotplug.saveState(), ...(memHotplug !== null ? { memoryHotplug: memHotplug.saveState() } : {}) } });
     } catch (e) {
       post({ type: 'state-error', seq: controlSeq, message: (e as Error).message });
     }

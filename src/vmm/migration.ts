@@ -113,7 +113,7 @@ export async function sendMigration(vm: VirtualMachine, to: MigrationAddress, lo
     await response(ch, 'Memory');
     const state: SnapshotState = {
       arch: 'x86_64', hypervisor: parts.hypervisor, devices: parts.devices, pci: parts.pci, virtio: parts.virtio,
-      memory: { file: MEMORY_FILE, ranges: fileRanges },
+      memory: { file: MEMORY_FILE, ranges: fileRanges }, memoryHotplug: parts.memoryHotplug,
     };
     const stateBytes = new TextEncoder().encode(JSON.stringify(snapshotStateToJson(state)));
     await request(ch, Command.State, stateBytes);

@@ -7,6 +7,7 @@ import type { PciSegmentLayout } from '../arch/x86_64/layout.js';
 import type { LegacyDeviceState } from '../devices/state_json.js';
 import type { PciRootState } from '../pci/bus.js';
 import type { CpuHotplugState } from '../devices/cpu_hotplug.js';
+import type { MemoryHotplugState } from '../devices/memory_hotplug.js';
 
 export interface VcpuWorkerData {
   handle: VcpuHandle;
@@ -117,6 +118,8 @@ export interface DeviceThreadState {
    * as "vCPUs 0..boot_vcpus-1 present", so a snapshot waits until the guest has seen every change).
    */
   cpuHotplug?: CpuHotplugState;
+  /** The ACPI memory hotplug controller; absent: the VM has none. */
+  memoryHotplug?: MemoryHotplugState;
 }
 
 export type DeviceEvent =

@@ -95,7 +95,19 @@ test('state.json errors name the field, through the embedded documents', () => {
       }
       assert.fail('accepted');
     };
-    assert.equal(field(edit(['version'], 2)), 'version');
+    assert.equal(field(edit(['version'], 3)), 'version');
+    assert.equal(field(edit(['memoryHotplug'], { selected: 0, slots: [{ gpa: 1, size: -4096, inserting: false }] })), 'memoryHotplug.slots[0].size');
+    assert.equal(field(edit(['memoryHotplug'], undefined)), 'memoryHotplug');
+    // Version 1 (before memoryHotplug) converts: read as a VM without ACPI-hotplugged memory.
+    const v1 = JSON.parse(text) as Record<string, Json>;
+    delete v1['memoryHotplug'];
+    v1['version'] = 1;
+    assert.equal(parseSnapshotState(JSON.stringify(v1)).memoryHotplug, null);
+    v1['memoryHotplug'] = null;
+    assert.equal(field(JSON.stringify(v1)), 'version', 'a version 1 document with the new field is neither');
+    // Saved ranges come back as saved.
+    const withMem = edit(['memoryHotplug'], { selected: 1, slots: [{ gpa: 2 ** 32, size: 2 ** 29, inserting: false }, null] });
+    assert.deepEqual(parseSnapshotState(withMem).memoryHotplug, { selected: 1, slots: [{ gpa: 2 ** 32, size: 2 ** 29, inserting: false }, null] });
     assert.equal(field(edit(['hypervisor', 'vcpus', 1, 'regs', 'rip'], 7)), 'hypervisor.vcpus[1].regs.rip');
     assert.equal(field(edit(['devices', 'serial'], undefined)), 'devices.serial');
     assert.equal(field(edit(['pci', 'configAddress'], 'x')), 'pci.configAddress');

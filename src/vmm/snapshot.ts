@@ -12,8 +12,9 @@ import { closeSync, readFileSync, statSync, unlinkSync, writeSync, fsyncSync } f
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  array, decodeVersioned, literal, parseJsonText, struct, StateFormatError, type Codec, type Json,
+  array, bool, decodeVersioned, literal, nullable, parseJsonText, struct, StateFormatError, u32, type Codec, type Json,
 } from '../snapshot/codec.js';
+import type { MemoryHotplugState } from '../devices/memory_hotplug.js';
 import { hypervisorStateFromJson, hypervisorStateToJson, type HypervisorState } from '../hypervisor/state_json.js';
 import { legacyDeviceStateFromJson, legacyDeviceStateToJson, type LegacyDeviceState } from '../devices/state_json.js';
 import { pciStateFromJson, pciStateToJson } from '../pci/state_json.js';
@@ -23,8 +24,12 @@ import { createExclusive, saveGuestMemory, type MemoryRange } from '../memory/sn
 import type { GuestMemory } from '../memory/guest_memory.js';
 
 export const SNAPSHOT_STATE_FORMAT = 'stratovisor-snapshot-state';
-/** Bump when the meaning or shape of a field changes; readers refuse other versions by name. */
-export const SNAPSHOT_STATE_VERSION = 1;
+/**
+ * Bump when the meaning or shape of a field changes; readers refuse other versions by name, or
+ * convert them. 2: memoryHotplug (the ACPI memory hotplug controller); a version 1 document is
+ * read as one without ACPI-hotplugged memory (version 1 snapshots could not hold any).
+ */
+export const SNAPSHOT_STATE_VERSION = 2;
 export const CONFIG_FILE = 'config.json';
 export const STATE_FILE = 'state.json';
 export const MEMORY_FILE = 'memory-ranges';
@@ -40,6 +45,8 @@ export interface SnapshotState {
   /** Each virtio-pci device: transport registers, queues, device-specific part. */
   virtio: VirtioDeviceState[];
   memory: { file: typeof MEMORY_FILE; ranges: MemoryRange[] };
+  /** The ACPI memory hotplug controller (src/devices/memory_hotplug.ts); null: the VM has none. */
+  memoryHotplug: MemoryHotplugState | null;
 }
 
 export class SnapshotError extends Error {
@@ -71,6 +78,13 @@ const safeUint: Codec<number> = {
 
 const rangeCodec = struct<MemoryRange>({ gpa: safeUint, length: safeUint, fileOffset: safeUint });
 
+type MemorySlotState = MemoryHotplugState['slots'][number];
+/** The controller's own restoreState checks the slots against the VM (count, area, overlaps). */
+const memoryHotplugCodec = struct<MemoryHotplugState>({
+  selected: u32,
+  slots: array(nullable(struct<NonNullable<MemorySlotState>>({ gpa: safeUint, size: safeUint, inserting: bool })), 0, 1024),
+});
+
 interface Document extends SnapshotState {
   format: typeof SNAPSHOT_STATE_FORMAT;
   version: typeof SNAPSHOT_STATE_VERSION;
@@ -85,6 +99,7 @@ const documentCodec = struct<Document>({
   pci: embedded(pciStateToJson, pciStateFromJson),
   virtio: embedded(virtioStateToJson, virtioStateFromJson),
   memory: struct<SnapshotState['memory']>({ file: literal(MEMORY_FILE), ranges: array(rangeCodec, 1, 64) }),
+  memoryHotplug: nullable(memoryHotplugCodec),
 });
 
 export function snapshotStateToJson(s: SnapshotState): Json {
@@ -92,8 +107,14 @@ export function snapshotStateToJson(s: SnapshotState): Json {
 }
 
 export function parseSnapshotState(text: string): SnapshotState {
-  const d = decodeVersioned(parseJsonText(text, DOCUMENT), DOCUMENT, SNAPSHOT_STATE_FORMAT, SNAPSHOT_STATE_VERSION, documentCodec);
-  return { arch: d.arch, hypervisor: d.hypervisor, devices: d.devices, pci: d.pci, virtio: d.virtio, memory: d.memory };
+  const j = parseJsonText(text, DOCUMENT);
+  // Version 1 converts: it is version 2 without ACPI-hotplugged memory.
+  const o = j as Record<string, unknown> | null;
+  const doc = typeof o === 'object' && o !== null && !Array.isArray(o) && o['format'] === SNAPSHOT_STATE_FORMAT && o['version'] === 1 && !('memoryHotplug' in o)
+    ? { ...o, version: SNAPSHOT_STATE_VERSION, memoryHotplug: null }
+    : j;
+  const d = decodeVersioned(doc, DOCUMENT, SNAPSHOT_STATE_FORMAT, SNAPSHOT_STATE_VERSION, documentCodec);
+  return { arch: d.arch, hypervisor: d.hypervisor, devices: d.devices, pci: d.pci, virtio: d.virtio, memory: d.memory, memoryHotplug: d.memoryHotplug };
 }
 
 /** The directory of a `destination_url` / `source_url` (Cloud Hypervisor: file:// only). */
@@ -128,6 +149,7 @@ export interface SnapshotParts {
   devices: LegacyDeviceState;
   pci: PciState;
   virtio: VirtioDeviceState[];
+  memoryHotplug: MemoryHotplugState | null;
   mem: GuestMemory;
 }
 
@@ -155,7 +177,7 @@ export function writeSnapshot(dir: string, p: SnapshotParts): SnapshotWritten {
     make(CONFIG_FILE, (path) => writeNewFile(path, `${JSON.stringify(p.config, null, 2)}\n`));
     let mem = { ranges: [] as MemoryRange[], dataBytes: 0, fileSize: 0 };
     make(MEMORY_FILE, (path) => { mem = saveGuestMemory(p.mem, path); });
-    const state: SnapshotState = { arch: 'x86_64', hypervisor: p.hypervisor, devices: p.devices, pci: p.pci, virtio: p.virtio, memory: { file: MEMORY_FILE, ranges: mem.ranges } };
+    const state: SnapshotState = { arch: 'x86_64', hypervisor: p.hypervisor, devices: p.devices, pci: p.pci, virtio: p.virtio, memory: { file: MEMORY_FILE, ranges: mem.ranges }, memoryHotplug: p.memoryHotplug };
     make(STATE_FILE, (path) => writeNewFile(path, JSON.stringify(snapshotStateToJson(state))));
     return { dir, memoryDataBytes: mem.dataBytes, memoryFileSize: mem.fileSize };
   } catch (e) {

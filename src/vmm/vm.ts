@@ -344,7 +344,16 @@ export class VirtualMachine extends EventEmitter {
     // the memory vm.resize added in its boot-time ACPI scan; hotplugged_size).
     const acpiAreaSize = acpiHotplugAreaSize(cfg.memory);
     const acpiArea = acpiAreaSize > 0 ? hotplugRegion(memSize, acpiAreaSize) : null;
-    const acpiPlugged = acpiArea !== null ? Math.min(cfg.memory.hotplugged_size ?? 0, acpiArea.size) : 0;
+    // A restore: the ranges the saved controller has (each a memory device the guest knows).
+    const acpiBoot = acpiArea === null ? [] : restore ? (restore.state.memoryHotplug?.slots ?? []).flatMap((x) => (x ? [{ gpa: x.gpa, size: x.size }] : []))
+      : (cfg.memory.hotplugged_size ?? 0) > 0 ? [{ gpa: acpiArea.gpa, size: Math.min(cfg.memory.hotplugged_size!, acpiArea.size) }] : [];
+    if (restore?.state.memoryHotplug && acpiArea === null) throw new VmError('restore: the snapshot has ACPI-hotplugged memory, the configuration no hotplug area (memory.hotplug_size)');
+    for (const r of acpiBoot) {
+      if (!Number.isSafeInteger(r.gpa) || !Number.isSafeInteger(r.size) || r.size <= 0 || r.gpa % 4096 !== 0 || r.size % 4096 !== 0 || r.gpa < acpiArea!.gpa || r.gpa + r.size > acpiArea!.gpa + acpiArea!.size) {
+        throw new VmError(`restore: memoryHotplug: range 0x${r.gpa.toString(16)}+0x${r.size.toString(16)} is not whole pages inside the hotplug area`);
+      }
+    }
+    const acpiPlugged = acpiBoot.reduce((n, r) => n + r.size, 0);
     let acpiHost = 0n;
     // Spawn the threads first: their start-up (a V8 isolate each) overlaps the VM's set-up below.
     const deviceWorker = new Worker(new URL('./device_worker.js', import.meta.url), THREAD_OPTIONS);
@@ -391,7 +400,7 @@ export class VirtualMachine extends EventEmitter {
       mem.regions.forEach((r, slot) => {
         if (acpiArea !== null && r.gpa === acpiArea.gpa) {
           acpiHost = r.hostAddress;
-          if (acpiPlugged > 0) vm.setUserMemoryRegion({ slot: ACPI_MEMORY_SLOT_BASE, guestPhysAddr: BigInt(r.gpa), memorySize: acpiPlugged, userspaceAddr: r.hostAddress });
+          acpiBoot.forEach((d, k) => vm.setUserMemoryRegion({ slot: ACPI_MEMORY_SLOT_BASE + k, guestPhysAddr: BigInt(d.gpa), memorySize: d.size, userspaceAddr: r.hostAddress + BigInt(d.gpa - r.gpa) }));
           return;
         }
         vm.setUserMemoryRegion({ slot, guestPhysAddr: BigInt(r.gpa), memorySize: r.size, userspaceAddr: r.hostAddress });
@@ -496,8 +505,9 @@ export class VirtualMachine extends EventEmitter {
       vm: vm.handle(), virtio: virtioInits, verbose: this.opts.log !== undefined,
       pciSegments: this.virtio.pciSegments, serialCounters: this.serialCounters.buffer as SharedArrayBuffer,
       control: controlSab, hotplugPort: hotplug.port2, cpus: { max: maxVcpus, present: ncpu },
-      ...(acpiArea !== null ? { memoryHotplug: { area: acpiArea, boot: acpiPlugged > 0 ? [{ gpa: acpiArea.gpa, size: acpiPlugged }] : [] } } : {}),
-      ...(restore ? { restore: { legacy: restore.state.devices, pciRoots: restore.state.pci.segments }, vmGenIdChanged: true } : {}),
+      // A restore's controller takes the saved state (its ranges, MINS bits) instead.
+      ...(acpiArea !== null ? { memoryHotplug: { area: acpiArea, boot: restore ? [] : acpiBoot } } : {}),
+      ...(restore ? { restore: { legacy: restore.state.devices, pciRoots: restore.state.pci.segments, ...(restore.state.memoryHotplug ? { memoryHotplug: restore.state.memoryHotplug } : {}) }, vmGenIdChanged: true } : {}),
     };
     deviceWorker.off('error', early);
     deviceWorker.postMessage(deviceData, [hotplug.port2]);
@@ -510,7 +520,7 @@ export class VirtualMachine extends EventEmitter {
       hotplugPort: hotplug.port1, ejectsPending: new Set(), controlChain: Promise.resolve(),
       cpuHotplug: restore ? dsdtHasCpuHotplug(mem!) : cpuHotplug, maxVcpus, plug: new Int32Array(plugSab), plugSab,
       unplugged: new Set(), cpuRemovals: new Set(),
-      acpiMemory: acpiArea !== null ? { ...acpiArea, hostAddress: acpiHost, plugged: acpiPlugged, nextSlot: ACPI_MEMORY_SLOT_BASE + 1 } : null,
+      acpiMemory: acpiArea !== null ? { ...acpiArea, hostAddress: acpiHost, plugged: acpiPlugged, nextSlot: ACPI_MEMORY_SLOT_BASE + Math.max(acpiBoot.length, 1) } : null,
     };
     // A restored guest's DSDT decides; its later reboots keep CPU hotplug.
     if (run.cpuHotplug) this.cpuHotplugAml = true;
@@ -972,11 +982,6 @@ export class VirtualMachine extends EventEmitter {
     // A restore builds vCPUs 0..boot_vcpus-1 from the saved ones.
     if (run.cpuRemovals.size > 0) throw new VmError(`cannot ${what}: the guest has not yet ejected vCPU(s) ${[...run.cpuRemovals].join(', ')} (vm.resize)`);
     if (active.some((v, i) => v.id !== i) || ncpu !== this.config.cpus.boot_vcpus) throw new VmError(`cannot ${what}: the plugged-in vCPUs (${active.map((v) => v.id).join(', ')}) are not vCPUs 0..${this.config.cpus.boot_vcpus - 1}`);
-    // The memory hotplug controller is rebuilt at restore from hotplugged_size as one range, which
-    // the guest would not match where vm.resize added several; not supported yet.
-    if ((run.acpiMemory?.plugged ?? 0) > 0) {
-      throw new VmError(`cannot ${what}: the guest has ${fmtBytes(run.acpiMemory!.plugged)} of ACPI-hotplugged memory, which snapshots do not hold yet (memory added with hotplug_method VirtioMem they do)`);
-    }
     const devices = await this.deviceThreadState(run);
     // The controller is rebuilt at restore from boot_vcpus: every change must have reached the guest.
     const unseen = (devices.cpuHotplug?.status ?? []).flatMap((s, id) => ((s & (CPU_STATUS_INSERTING | CPU_STATUS_REMOVING)) !== 0 ? [id] : []));
@@ -985,7 +990,7 @@ export class VirtualMachine extends EventEmitter {
     if (this.state !== 'Paused' || this.run !== run || run.stopping) throw new VmError(`cannot ${what}: the VM stopped meanwhile`);
     const hypervisor = saveHypervisorState(run.vm, active);
     const configAddress = active.map((v) => run.parked.get(v.id) ?? 0);
-    return { config: this.config, hypervisor, devices: devices.legacy, pci: { segments: devices.pciRoots, configAddress }, virtio, mem: run.mem };
+    return { config: this.config, hypervisor, devices: devices.legacy, pci: { segments: devices.pciRoots, configAddress }, virtio, memoryHotplug: devices.memoryHotplug ?? null, mem: run.mem };
   }
 
   /**

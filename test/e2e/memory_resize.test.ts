@@ -21,7 +21,8 @@
 // test's timeout bounds it).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { rmSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
 import { join } from 'node:path';
 import { guestImages } from './lib/guest.js';
 import { VmmProcess as Vmm } from './lib/vmm_process.js';
@@ -145,9 +146,11 @@ test('virtio-mem: vm.resize desired_ram plugs memory into the guest (MemTotal, m
 //     memory.size 1 GiB (CH's form) and memory_actual_size 1 GiB.
 //   - again to 1280 MiB: a second memory device, MemTotal grows by at least 240 MiB.
 //   - refused with 400: less than now (ACPI memory hotplug only adds), not whole 128 MiB blocks,
-//     above size + hotplug_size; a snapshot is refused naming the hotplugged memory.
+//     above size + hotplug_size.
 //   - a guest reboot: the new guest finds the added memory in its boot-time ACPI scan (MemTotal
 //     as before the reboot, within 16 MiB).
+//   - another 128 MiB, then pause, snapshot, and restore in a second VMM: the restored guest has
+//     the same MemTotal and its tmpfs file; one more resize there adds a memory device again.
 test('ACPI memory hotplug: vm.resize desired_ram adds memory devices the guest onlines (MemTotal, vm.info), kept across a reboot', { timeout: TIMEOUT_MS }, async (t) => {
   const name = 'acpi-memory';
   const dir = scratchDir(name);
@@ -198,12 +201,6 @@ test('ACPI memory hotplug: vm.resize desired_ram adds memory devices the guest o
   assert.match(r.text, /only adds memory/);
   assert.equal((await info(vmm)).memory_actual_size, 1280 * MiB, 'refused: nothing changed');
 
-  // A snapshot cannot hold hot-added ACPI memory yet: refused, the VM goes on.
-  assert.equal((await vmm.api('PUT', 'vm.pause')).status, 204);
-  r = await vmm.api('PUT', 'vm.snapshot', { destination_url: `file://${dir}` });
-  assert.ok(r.status >= 400 && /ACPI-hotplugged memory/.test(r.text), `snapshot refused: ${r.status} ${r.text}`);
-  assert.equal((await vmm.api('PUT', 'vm.resume')).status, 204);
-
   // Reboot: the guest boots with the added memory (memory devices present at boot).
   const mark = vmm.out.length;
   vmm.child.stdin.write('reboot\n');
@@ -213,7 +210,37 @@ test('ACPI memory hotplug: vm.resize desired_ram adds memory devices the guest o
   assert.ok(Math.abs(total3 - total2) <= 16 * MiB, `MemTotal after the reboot ${total3} vs ${total2} before\n${vmm.explain()}`);
   assert.equal((await info(vmm)).memory_actual_size, 1280 * MiB);
 
-  await vmm.shell('poweroff', /@@stv:poweroff@@/, 'the guest powered off');
+  // After the reboot (one memory device of 768 MiB from boot), 128 MiB more: a second device.
+  r = await vmm.api('PUT', 'vm.resize', { desired_ram: 1408 * MiB });
+  assert.equal(r.status, 204, r.text);
+  const total4 = await until('MemTotal to grow by 112 MiB', () => memTotal(vmm), (v) => v - total3 >= 112 * MiB, vmm);
+  // Snapshot with the added memory in use (a tmpfs file across it), restore in a second VMM.
+  const tok = await vmm.shell('X=$RANDOM$RANDOM; mkdir -p /mnt/t; mount -t tmpfs -o size=1200m tmpfs /mnt/t; dd if=/dev/urandom of=/mnt/t/f bs=1M count=256 2>/dev/null; echo "TOK$X $(md5sum < /mnt/t/f | cut -c1-32) K"', /TOK(\d+) ([0-9a-f]{32}) K/, 'a 256 MiB tmpfs file and its md5');
+  const snap = join(dir, 'snap');
+  mkdirSync(snap);
+  assert.equal((await vmm.api('PUT', 'vm.pause')).status, 204);
+  r = await vmm.api('PUT', 'vm.snapshot', { destination_url: pathToFileURL(snap).href });
+  assert.equal(r.status, 204, `vm.snapshot: ${r.text}\n${vmm.explain()}`);
   await vmm.api('PUT', 'vmm.shutdown').catch(() => undefined);
   await vmm.exited;
+  const vmm2 = new Vmm(`${name}-restored`, join(dir, 'api2.sock'), ['-v']);
+  t.after(() => vmm2.end());
+  await waitForPing(vmm2.sock, vmm2.child);
+  r = await vmm2.api('PUT', 'vm.restore', { source_url: pathToFileURL(snap).href });
+  assert.equal(r.status, 204, `vm.restore: ${r.text}\n${vmm2.explain()}`);
+  assert.equal((await info(vmm2)).memory_actual_size, 1408 * MiB);
+  assert.equal((await vmm2.api('PUT', 'vm.resume')).status, 204);
+  const total5 = await memTotal(vmm2);
+  const sum = await vmm2.shell('echo "SUM $(md5sum < /mnt/t/f | cut -c1-32) M"', /SUM ([0-9a-f]{32}) M/, 'the tmpfs file after the restore');
+  t.diagnostic(`snapshot/restore: MemTotal ${(total4 / MiB).toFixed(1)} -> ${(total5 / MiB).toFixed(1)} MiB; tmpfs file md5 ${tok[2] === sum[1] ? 'the same' : 'DIFFERENT'}`);
+  assert.equal(total5, total4, 'MemTotal after the restore');
+  assert.equal(sum[1], tok[2], 'the 256 MiB tmpfs file (page cache prefers ZONE_NORMAL: the hot-added memory) after the restore');
+  r = await vmm2.api('PUT', 'vm.resize', { desired_ram: 1536 * MiB });
+  assert.equal(r.status, 204, `vm.resize after the restore: ${r.text}`);
+  const total6 = await until('MemTotal to grow by 112 MiB in the restored guest', () => memTotal(vmm2), (v) => v - total5 >= 112 * MiB, vmm2);
+  t.diagnostic(`after the restore, +128 MiB: MemTotal ${(total5 / MiB).toFixed(1)} -> ${(total6 / MiB).toFixed(1)} MiB`);
+
+  await vmm2.shell('umount /mnt/t; poweroff', /@@stv:poweroff@@/, 'the restored guest powered off');
+  await vmm2.api('PUT', 'vmm.shutdown').catch(() => undefined);
+  await vmm2.exited;
 });

@@ -30,6 +30,7 @@ export function sampleSnapshotParts(mem: GuestMemory, config: unknown = { cpus: 
     devices: saveLegacyDevices({ serial, i8042, cmos, acpiPower }),
     pci: savePciState(segments, [new PciType1(1), new PciType1(1)]),
     virtio: [],
+    memoryHotplug: null,
     mem,
   };
 }
