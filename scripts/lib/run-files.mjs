@@ -21,11 +21,18 @@ import { tapFailures } from './tap.mjs';
  * carries it runs once more in the same sandbox; a second failure stands.
  */
 export const TRIPLE_FAULT_TAG = '[the VMM reported a guest triple fault]';
+/**
+ * The same for a guest that printed nothing at all on its console while the test waited (the
+ * sandbox loses a guest now and then, QEMU's as well as ours: runGuest retries such a boot once
+ * itself; a test driving one VMM through its steps cannot, so its job runs once more).
+ */
+export const SILENT_GUEST_TAG = '[the guest printed nothing on its console]';
+const RERUN_TAGS = [TRIPLE_FAULT_TAG, SILENT_GUEST_TAG];
 
-/** True when the TAP has failures and each one's error names a guest triple fault. */
-export function failedOnlyByTripleFaults(tap) {
+/** True when the TAP has failures and each one's error carries one of the tags above. */
+export function failedOnlyBySandboxFaults(tap) {
   const f = tapFailures(tap, 1e6);
-  return f.length > 0 && f.every((x) => x.error.some((l) => l.includes(TRIPLE_FAULT_TAG)));
+  return f.length > 0 && f.every((x) => x.error.some((l) => RERUN_TAGS.some((t) => l.includes(t))));
 }
 
 /** Tells scripts/lib/sandbox.mjs (reading our stdout) how long this job may stay silent. */
@@ -216,11 +223,11 @@ async function main() {
     for (let reruns = 0; ; reruns++) {
       await runJob(job, opts, reruns);
       const d = readDone(p.done);
-      if (!d || d.status === 0 || d.timedOut || reruns >= (job.faultReruns ?? 1) || !failedOnlyByTripleFaults(p.tap)) break;
-      const kept = join(m.results, `${job.label}.triple-fault-${reruns + 1}.tap`);
+      if (!d || d.status === 0 || d.timedOut || reruns >= (job.faultReruns ?? 1) || !failedOnlyBySandboxFaults(p.tap)) break;
+      const kept = join(m.results, `${job.label}.sandbox-fault-${reruns + 1}.tap`);
       renameSync(p.tap, kept);
       rmSync(p.done, { force: true });
-      process.stdout.write(`run-files: ${job.label}: every failing test saw a guest triple fault (${TRIPLE_FAULT_TAG}); running the job once more (its TAP kept as ${kept})\n`);
+      process.stdout.write(`run-files: ${job.label}: every failing test saw a guest triple fault or a silent guest (${RERUN_TAGS.join(' or ')}); running the job once more (its TAP kept as ${kept})\n`);
     }
   }
 }

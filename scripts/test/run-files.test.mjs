@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync, existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runSandboxJobs, IDLE_MARKER, TRIPLE_FAULT_TAG } from '../lib/run-files.mjs';
+import { runSandboxJobs, IDLE_MARKER, SILENT_GUEST_TAG, TRIPLE_FAULT_TAG } from '../lib/run-files.mjs';
 import { tapCounts, tapFailures } from '../lib/tap.mjs';
 
 const tap = { counts: tapCounts, failures: tapFailures };
@@ -54,6 +54,12 @@ function fakeSandbox(dir, boots) {
 
 const noLog = () => {};
 
+/** Jobs a, b and c (one file each) through the fake sandbox, retries 2. */
+function threeJobs(f, files, boots) {
+  const jobs = files.map((file, i) => ({ label: 'abc'[i], files: [file], env: {}, args: [] }));
+  return runSandboxJobs(jobs, { results: f.results, fileTimeoutS: 60, idleTimeoutS: 300, retries: 2, run: fakeSandbox(f.dir, boots), tap, log: noLog });
+}
+
 test('jobs run one after another in one boot, each with its own TMPDIR, results per job', async () => {
   const f = fixture();
   const a = f.file('a.test.mjs', `test('a1', () => { writeFileSync(process.env.TMPDIR + '/left', 'x'); });\ntest('a2', () => {});`);
@@ -82,11 +88,7 @@ test('a sandbox that dies in a job: a fresh boot reruns that job and goes on wit
   const b = f.file('b.test.mjs', `test('b', async () => { if (!existsSync(${JSON.stringify(once)})) { writeFileSync(${JSON.stringify(once)}, ''); writeFileSync(${JSON.stringify(join(f.dir, 'die'))}, ''); await new Promise((r) => setTimeout(r, 5000)); } });`);
   const c = f.file('c.test.mjs', `test('c', () => {});`);
   const boots = [];
-  const r = await runSandboxJobs([
-    { label: 'a', files: [a], env: {}, args: [] },
-    { label: 'b', files: [b], env: {}, args: [] },
-    { label: 'c', files: [c], env: {}, args: [] },
-  ], { results: f.results, fileTimeoutS: 60, idleTimeoutS: 300, retries: 2, run: fakeSandbox(f.dir, boots), tap, log: noLog });
+  const r = await threeJobs(f, [a, b, c], boots);
   assert.equal(boots.length, 2);
   assert.deepEqual(r.map((x) => [x.label, x.pass, x.fail, x.attempts, x.status]), [['a', 1, 0, 1, 0], ['b', 1, 0, 2, 0], ['c', 1, 0, 1, 0]]);
   // a ran once: the second boot did not repeat it.
@@ -158,32 +160,29 @@ test('a job whose record the dead sandbox did not write back (an empty .done) ru
   assert.deepEqual(r.map((x) => [x.label, x.pass, x.fail, x.attempts, x.status]), [['a', 1, 0, 2, 0], ['b', 1, 0, 2, 0]]);
 });
 
-test('a job whose every failing test saw a guest triple fault runs once more in the same boot; a second failure stands', async () => {
+test('a job whose every failing test saw a guest triple fault or a silent guest runs once more in the same boot; a second failure stands', async () => {
   const f = fixture();
   const tag = JSON.stringify(TRIPLE_FAULT_TAG);
   // a: fails tagged on its first run only; b: fails tagged every time; c: one tagged and one plain failure.
   const once = join(f.dir, 'a-tried');
   const a = f.file('a.test.mjs', `test('a', () => { if (!existsSync(${JSON.stringify(once)})) { writeFileSync(${JSON.stringify(once)}, ''); throw new Error('no shell prompt\\n' + ${tag}); } });`);
-  const b = f.file('b.test.mjs', `test('b', () => { throw new Error('no shell prompt\\n' + ${tag}); });`);
+  const b = f.file('b.test.mjs', `test('b', () => { throw new Error('no shell prompt\\n' + ${JSON.stringify(SILENT_GUEST_TAG)}); });`);
   const c = f.file('c.test.mjs', `test('c1', () => { throw new Error(${tag}); });\ntest('c2', () => { throw new Error('plain'); });`);
   const boots = [];
-  const r = await runSandboxJobs([
-    { label: 'a', files: [a], env: {}, args: [] },
-    { label: 'b', files: [b], env: {}, args: [] },
-    { label: 'c', files: [c], env: {}, args: [] },
-  ], { results: f.results, fileTimeoutS: 60, idleTimeoutS: 300, retries: 2, run: fakeSandbox(f.dir, boots), tap, log: noLog });
+  const r = await threeJobs(f, [a, b, c], boots);
   assert.equal(boots.length, 1);
   assert.deepEqual(r.map((x) => [x.label, x.pass, x.fail, x.attempts, x.faultReruns, x.status === 0]),
     [['a', 1, 0, 2, 1, true], ['b', 0, 1, 2, 1, false], ['c', 0, 2, 1, 0, false]]);
   // The first run's TAP is kept beside the job's.
-  assert.ok(existsSync(join(f.results, 'a.triple-fault-1.tap')));
-  assert.match(boots[0].stdout, /a: every failing test saw a guest triple fault/);
+  assert.ok(existsSync(join(f.results, 'a.sandbox-fault-1.tap')));
+  assert.match(boots[0].stdout, /a: every failing test saw a guest triple fault or a silent guest/);
 });
 
 test('the e2e helpers tag failures with the same text, on the reset lines the VMM writes', () => {
   const repo = new URL('../../', import.meta.url).pathname;
   const guest = readFileSync(join(repo, 'test/e2e/lib/guest.ts'), 'utf8');
   assert.ok(guest.includes(`export const TRIPLE_FAULT_TAG = '${TRIPLE_FAULT_TAG}';`), 'guest.ts and run-files.mjs name the same tag');
+  assert.ok(guest.includes(`export const SILENT_GUEST_TAG = '${SILENT_GUEST_TAG}';`), 'and the same silent-guest tag');
   // The lines src/vmm/vm.ts writes on a triple fault (its warning, and its -v log line).
   const vm = readFileSync(join(repo, 'src/vmm/vm.ts'), 'utf8');
   assert.ok(vm.includes('warning: guest reset by a ${reason}') && vm.includes('guest reset (${reason}): rebooting'), 'vm.ts still writes the lines the helpers look for');

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   MemoryHotplugController, MEMORY_HOTPLUG_BLOCK_SIZE, MEMORY_HOTPLUG_SLOTS, MEM_BASE_OFFSET, MEM_END_OFFSET, MEM_LENGTH_OFFSET,
-  MEM_SELECT_OFFSET, MEM_STATUS_EJECT, MEM_STATUS_ENABLED, MEM_STATUS_INSERTING, MEM_STATUS_OFFSET,
+  MEM_SELECT_OFFSET, MEM_STATUS_EJECT, MEM_STATUS_ENABLED, MEM_STATUS_INSERTING, MEM_STATUS_OFFSET, MEM_ENABLED_BITMAP_OFFSET, MEM_INSERTING_BITMAP_OFFSET,
 } from './memory_hotplug.js';
 import { StateFormatError } from './state.js';
 
@@ -32,7 +32,8 @@ function rd64(c: MemoryHotplugController, off: number): number {
 
 test('memory hotplug registers: a plugged range reads back base, end and length; MINS until the guest clears it', () => {
   const c = new MemoryHotplugController(area);
-  assert.equal(MEMORY_HOTPLUG_BLOCK_SIZE, 0x20);
+  assert.equal(MEMORY_HOTPLUG_BLOCK_SIZE, 0x28);
+  assert.deepEqual([rd(c, MEM_INSERTING_BITMAP_OFFSET, 4), rd(c, MEM_ENABLED_BITMAP_OFFSET, 4)], [0, 0]);
   wr(c, MEM_SELECT_OFFSET, 4, 0);
   assert.equal(rd(c, MEM_STATUS_OFFSET, 1), 0, 'nothing plugged: slot 0 empty');
   assert.equal(rd64(c, MEM_BASE_OFFSET), 0);
@@ -44,9 +45,11 @@ test('memory hotplug registers: a plugged range reads back base, end and length;
   assert.equal(rd64(c, MEM_END_OFFSET), 4 * GiB + 512 * MiB - 1);
   assert.equal(rd64(c, MEM_LENGTH_OFFSET), 512 * MiB);
   assert.equal(rd(c, MEM_LENGTH_OFFSET, 8), 512 * MiB, 'a whole qword read too');
+  assert.deepEqual([rd(c, MEM_INSERTING_BITMAP_OFFSET, 4), rd(c, MEM_ENABLED_BITMAP_OFFSET, 4)], [1, 1], 'MINB and MENB: slot 0');
   // MSCN: Notify, then MINS = One (WriteAsZeros: the byte 0x02).
   wr(c, MEM_STATUS_OFFSET, 1, MEM_STATUS_INSERTING);
   assert.equal(rd(c, MEM_STATUS_OFFSET, 1), MEM_STATUS_ENABLED);
+  assert.deepEqual([rd(c, MEM_INSERTING_BITMAP_OFFSET, 4), rd(c, MEM_ENABLED_BITMAP_OFFSET, 4)], [0, 1], 'told: MINB clear, MENB set');
   // An eject is refused: the memory stays.
   wr(c, MEM_STATUS_OFFSET, 1, MEM_STATUS_EJECT);
   assert.equal(c.refusedEjects, 1);
@@ -56,6 +59,7 @@ test('memory hotplug registers: a plugged range reads back base, end and length;
   wr(c, MEM_SELECT_OFFSET, 4, 1);
   assert.equal(rd64(c, MEM_BASE_OFFSET), 4 * GiB + 512 * MiB);
   assert.equal(c.pluggedBytes(), 768 * MiB);
+  assert.deepEqual([rd(c, MEM_INSERTING_BITMAP_OFFSET, 4), rd(c, MEM_ENABLED_BITMAP_OFFSET, 4)], [2, 3]);
   assert.deepEqual(c.plugged(), [{ gpa: 4 * GiB, size: 512 * MiB }, { gpa: 4 * GiB + 512 * MiB, size: 256 * MiB }]);
   // A selector past the last slot selects nothing.
   wr(c, MEM_SELECT_OFFSET, 4, 0xffffffff);
@@ -72,6 +76,9 @@ test('memory hotplug ranges: inside the area, whole pages, no overlap, at most M
   assert.throws(() => c.plug(4 * GiB + 128 * MiB + 1, 4096), /whole 4 KiB pages/);
   assert.throws(() => c.plug(4 * GiB + 128 * MiB, 0), /whole 4 KiB pages/);
   for (let i = 1; i < MEMORY_HOTPLUG_SLOTS; i++) c.plug(4 * GiB + 128 * MiB + (i - 1) * 4096, 4096);
+  const b = new Uint8Array(4);
+  c.read(0x24, b);
+  assert.equal(new DataView(b.buffer).getUint32(0, true), 0xffffffff, 'MENB: all 32 slots, bit 31 too');
   assert.throws(() => c.plug(5 * GiB, 4096), new RegExp(`all ${MEMORY_HOTPLUG_SLOTS} memory slots are in use`));
 });
 

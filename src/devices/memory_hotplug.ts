@@ -12,7 +12,10 @@
 //   0x08 MBAS  64-bit (two dwords), read-only: guest-physical base of the selected slot's memory
 //   0x10 MEND  64-bit, read-only: its last byte (base + length - 1), for _CRS's _MAX
 //   0x18 MLEN  64-bit, read-only: its length
-//   A slot that is not enabled, or a selector past the last slot, reads 0 everywhere.
+//   0x20 MINB  32-bit, read-only: bit k set while slot k has MINS (one read tells MSCN which
+//              slots to notify, instead of two MMIO exits per slot)
+//   0x24 MENB  32-bit, read-only: bit k set while slot k is enabled (each device's _STA reads it)
+//   A slot that is not enabled, or a selector past the last slot, reads 0 in 0x04..0x1f.
 //
 // The VMM plugs a range (plug) and raises the GED's memory hotplug event (GED_MEMORY_HOTPLUG);
 // _EVT calls MSCN, which walks the slots. ACPI 6.x 9.13 (memory devices), 5.6.6 (device object
@@ -24,15 +27,17 @@
 import type { BusDevice } from './bus.js';
 import { StateCheck } from './state.js';
 
-/** Memory devices the DSDT describes: the most ranges a VM can be given through ACPI. */
+/** Memory devices the DSDT describes: the most ranges a VM can be given through ACPI (at most 32: one bitmap dword). */
 export const MEMORY_HOTPLUG_SLOTS = 32;
 /** Bytes of the register block. */
-export const MEMORY_HOTPLUG_BLOCK_SIZE = 0x20;
+export const MEMORY_HOTPLUG_BLOCK_SIZE = 0x28;
 export const MEM_SELECT_OFFSET = 0x00;
 export const MEM_STATUS_OFFSET = 0x04;
 export const MEM_BASE_OFFSET = 0x08;
 export const MEM_END_OFFSET = 0x10;
 export const MEM_LENGTH_OFFSET = 0x18;
+export const MEM_INSERTING_BITMAP_OFFSET = 0x20;
+export const MEM_ENABLED_BITMAP_OFFSET = 0x24;
 /** Status register bits. */
 export const MEM_STATUS_ENABLED = 0x01;
 export const MEM_STATUS_INSERTING = 0x02;
@@ -141,8 +146,14 @@ export class MemoryHotplugController implements BusDevice {
       data[0] = this.selected < MEMORY_HOTPLUG_SLOTS ? this.statusOf(this.selected) : 0;
       return;
     }
+    if ((offset === MEM_INSERTING_BITMAP_OFFSET || offset === MEM_ENABLED_BITMAP_OFFSET) && data.length === 4) {
+      let bits = 0;
+      this.slots.forEach((s, k) => { if (s !== null && (offset === MEM_ENABLED_BITMAP_OFFSET || s.inserting)) bits |= 1 << k; });
+      dv.setUint32(0, bits >>> 0, true);
+      return;
+    }
     // The 64-bit registers, a dword at a time (the DSDT's fields are DWordAcc) or whole.
-    if (offset >= MEM_BASE_OFFSET && offset < MEMORY_HOTPLUG_BLOCK_SIZE && offset % 4 === 0 && (data.length === 4 || (data.length === 8 && offset % 8 === 0))) {
+    if (offset >= MEM_BASE_OFFSET && offset < MEM_INSERTING_BITMAP_OFFSET && offset % 4 === 0 && (data.length === 4 || (data.length === 8 && offset % 8 === 0))) {
       const s = this.selected < MEMORY_HOTPLUG_SLOTS ? this.slots[this.selected] : null;
       if (!s) return;
       const reg = offset & ~7;

@@ -728,7 +728,16 @@ export class VirtualMachine extends EventEmitter {
    * device; Linux's acpi_memhotplug adds the memory, onlined as memhp_default_state says). Also
    * what later guest runs boot with (hotplugged_size).
    */
-  async resizeAcpiMemory(bytes: number): Promise<void> {
+  resizeAcpiMemory(bytes: number): Promise<void> {
+    // One at a time: each range starts where the last one ended.
+    const next = this.acpiMemoryChain.then(() => this.addAcpiMemory(bytes));
+    this.acpiMemoryChain = next.catch(() => undefined);
+    return next;
+  }
+
+  private acpiMemoryChain: Promise<void> = Promise.resolve();
+
+  private async addAcpiMemory(bytes: number): Promise<void> {
     const run = this.run;
     if (this.state !== 'Running' || !run || run.stopping) throw new VmError(`cannot add memory to a VM in state ${this.state}`);
     const a = run.acpiMemory;
@@ -1027,8 +1036,12 @@ export class VirtualMachine extends EventEmitter {
   private async guestReset(run: Running, reason: string): Promise<void> {
     if (run.stopping || this.run !== run) return;
     this.log(`guest reset (${reason}): rebooting`);
-    // A triple fault is a crash of the guest (or of a hypervisor under it): worth a line always.
-    if (!this.opts.log && reason.startsWith('triple fault')) process.stderr.write(`stratovisor: warning: guest reset by a ${reason}\n`);
+    // A triple fault is a crash of the guest (or of a hypervisor under it): a warning. Any other
+    // reset (i8042, ACPI reset register) is the guest's own reboot: a line too, so that a reboot
+    // nobody asked for shows in the VMM's output (with -v the log has both).
+    if (!this.opts.log) {
+      process.stderr.write(reason.startsWith('triple fault') ? `stratovisor: warning: guest reset by a ${reason}\n` : `stratovisor: guest reset (${reason}): rebooting\n`);
+    }
     this.emit('rebooting');
     await this.stopGuest(run);
     if (this.shutdownRequested) {

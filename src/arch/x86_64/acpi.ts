@@ -13,7 +13,8 @@ import { PCI_SLOTS } from '../../pci/bus.js';
 import { PCI_HOTPLUG_BLOCK_SIZE } from '../../pci/hotplug.js';
 import { CPU_HOTPLUG_BLOCK_SIZE, CPU_SELECT_OFFSET, CPU_STATUS_OFFSET } from '../../devices/cpu_hotplug.js';
 import {
-  MEMORY_HOTPLUG_BLOCK_SIZE, MEMORY_HOTPLUG_SLOTS, MEM_BASE_OFFSET, MEM_END_OFFSET, MEM_LENGTH_OFFSET, MEM_SELECT_OFFSET, MEM_STATUS_OFFSET,
+  MEMORY_HOTPLUG_BLOCK_SIZE, MEMORY_HOTPLUG_SLOTS, MEM_BASE_OFFSET, MEM_ENABLED_BITMAP_OFFSET, MEM_END_OFFSET, MEM_INSERTING_BITMAP_OFFSET,
+  MEM_LENGTH_OFFSET, MEM_SELECT_OFFSET, MEM_STATUS_OFFSET,
 } from '../../devices/memory_hotplug.js';
 import {
   ACPI_TABLES_END, ACPI_TABLES_START, APIC_START, IOAPIC_START, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_BUS_END,
@@ -467,17 +468,19 @@ export interface MemoryHotplugAmlOptions {
  * \_SB_.MHPC, the memory hotplug controller (PNP0A06, a generic container, as QEMU and Cloud
  * Hypervisor name theirs), with the methods that drive its registers under the mutex MLCK (MSEL
  * selects a slot), and a memory device (PNP0C80, ACPI 6.x 9.13) per slot, \_SB_.M000 ..:
- *  - MSTA(slot): 0x0F (present, enabled, shown, functioning) if memory is plugged there, else 0 (_STA);
+ *  - each device's _STA: 0x0F (present, enabled, shown, functioning) if its bit in MENB is set
+ *    (memory is plugged there), else 0: one MMIO read;
  *  - MCRS(slot): its range as a QWordMemory descriptor (_CRS; _MIN, _MAX, _LEN from MBAS, MEND, MLEN);
- *  - MSCN, called by the GED's _EVT on the memory hotplug event: for each slot with MINS set,
- *    Notify(Mxxx, 1) (device check: the OS adds the memory; Linux's acpi_memhotplug) and clear MINS;
- *  - MTFY(slot, value): Notify of memory device `slot`.
+ *  - MSCN, called by the GED's _EVT on the memory hotplug event: one read of MINB, then for each
+ *    slot whose bit is set Notify(Mxxx, 1) (device check: the OS adds the memory; Linux's
+ *    acpi_memhotplug) and clear its MINS. The OS serialises _EVT; MLCK keeps MSCN and MCRS apart.
  */
 export function memoryHotplugAml(o: MemoryHotplugAmlOptions): Uint8Array[] {
   const n = o.slots ?? MEMORY_HOTPLUG_SLOTS;
   if (!Number.isInteger(n) || n < 1 || n > MEMORY_HOTPLUG_SLOTS) throw new AcpiError(`invalid memory slot count ${n}`);
   const one = aml.integer(1);
   const c = (name: string): string => `\\_SB_.MHPC.${name}`;
+  const bitSet = (value: Uint8Array, slot: number): Uint8Array => aml.lEqual(aml.and(value, aml.integer(2 ** slot)), aml.integer(2 ** slot));
   const locked = (terms: Uint8Array[]): Uint8Array[] => [aml.acquire('MLCK'), ...terms, aml.release('MLCK')];
   // QWord Address Space Descriptor (6.4.3.5.1): _MIN at byte 14, _MAX at 22, _LEN at 38.
   const template = aml.resourceTemplate([aml.qwordMemory(0, 0, true)]);
@@ -486,12 +489,18 @@ export function memoryHotplugAml(o: MemoryHotplugAmlOptions): Uint8Array[] {
     devices.push(aml.device(memoryDeviceName(slot), [
       aml.name('_HID', aml.eisaId('PNP0C80')),
       aml.name('_UID', aml.integer(slot)),
-      aml.method('_STA', 0, false, [aml.ret(aml.call(c('MSTA'), [aml.integer(slot)]))]),
+      aml.method('_STA', 0, false, [aml.ifThen(bitSet(aml.ref(c('MENB')), slot), [aml.ret(aml.integer(0x0f))]), aml.ret(aml.integer(0))]),
       aml.method('_CRS', 0, false, [aml.ret(aml.call(c('MCRS'), [aml.integer(slot)]))]),
     ]));
   }
-  const tfy: Uint8Array[] = [];
-  for (let slot = 0; slot < n; slot++) tfy.push(aml.ifThen(aml.lEqual(aml.arg(0), aml.integer(slot)), [aml.notify(`\\_SB_.${memoryDeviceName(slot)}`, aml.arg(1))]));
+  const scan: Uint8Array[] = [];
+  for (let slot = 0; slot < n; slot++) {
+    scan.push(aml.ifThen(bitSet(aml.local(1), slot), [
+      aml.store(aml.integer(slot), aml.ref('MSEL')),
+      aml.notify(`\\_SB_.${memoryDeviceName(slot)}`, aml.integer(NOTIFY_DEVICE_CHECK)),
+      aml.store(one, aml.ref('MINS')),
+    ]));
+  }
   const mhpc = aml.device('MHPC', [
     aml.name('_HID', aml.eisaId('PNP0A06')),
     aml.name('_UID', aml.string('Memory Hotplug Controller')),
@@ -506,19 +515,15 @@ export function memoryHotplugAml(o: MemoryHotplugAmlOptions): Uint8Array[] {
       { name: 'MEND', bits: 64 },
       { name: '', bits: 8 * (MEM_LENGTH_OFFSET - MEM_END_OFFSET - 8) },
       { name: 'MLEN', bits: 64 },
+      { name: '', bits: 8 * (MEM_INSERTING_BITMAP_OFFSET - MEM_LENGTH_OFFSET - 8) },
+      { name: 'MINB', bits: 32 },
+      { name: '', bits: 8 * (MEM_ENABLED_BITMAP_OFFSET - MEM_INSERTING_BITMAP_OFFSET - 4) },
+      { name: 'MENB', bits: 32 },
     ].filter((u) => u.bits > 0), { access: aml.FIELD_ACCESS_DWORD, update: aml.FIELD_UPDATE_PRESERVE }),
     aml.field('MHPR', [
       { name: '', bits: 8 * MEM_STATUS_OFFSET },
       { name: 'MEN_', bits: 1 }, { name: 'MINS', bits: 1 }, { name: '', bits: 1 }, { name: 'MEJ0', bits: 1 },
     ], { access: aml.FIELD_ACCESS_BYTE, update: aml.FIELD_UPDATE_WRITE_AS_ZEROS }),
-    aml.method('MSTA', 1, true, [
-      ...locked([
-        aml.store(aml.arg(0), aml.ref('MSEL')),
-        aml.store(aml.integer(0), aml.local(0)),
-        aml.ifThen(aml.lEqual(aml.ref('MEN_'), one), [aml.store(aml.integer(0x0f), aml.local(0))]),
-      ]),
-      aml.ret(aml.local(0)),
-    ]),
     aml.method('MCRS', 1, true, [
       aml.name('MR64', template),
       aml.createQWordField(aml.ref('MR64'), 14, 'MINL'),
@@ -532,15 +537,7 @@ export function memoryHotplugAml(o: MemoryHotplugAmlOptions): Uint8Array[] {
       ]),
       aml.ret(aml.ref('MR64')),
     ]),
-    aml.method('MTFY', 2, false, tfy),
-    aml.method('MSCN', 0, true, locked([
-      aml.store(aml.integer(0), aml.local(0)),
-      aml.whileLoop(aml.lLess(aml.local(0), aml.integer(n)), [
-        aml.store(aml.local(0), aml.ref('MSEL')),
-        aml.ifThen(aml.lEqual(aml.ref('MINS'), one), [aml.call('MTFY', [aml.local(0), aml.integer(NOTIFY_DEVICE_CHECK)]), aml.store(one, aml.ref('MINS'))]),
-        aml.increment(aml.local(0)),
-      ]),
-    ])),
+    aml.method('MSCN', 0, true, locked([aml.store(aml.ref('MINB'), aml.local(1)), ...scan])),
   ]);
   return [mhpc, ...devices];
 }

@@ -24,7 +24,7 @@ test('memory hotplug AML: MHPC and one PNP0C80 device per slot, MSCN called by t
   assert.equal(MEMORY_HOTPLUG_MMIO_START, PLATFORM_MMIO_START + 0x3000);
   assert.equal(memoryDeviceName(0x1f), 'M01F');
   const ascii = Buffer.from(aml.concat(memoryHotplugAml({ mmioBase: MEMORY_HOTPLUG_MMIO_START }))).toString('latin1');
-  for (const n of ['MHPC', 'MLCK', 'MHPR', 'MSEL', 'MBAS', 'MEND', 'MLEN', 'MEN_', 'MINS', 'MSTA', 'MCRS', 'MSCN', 'MTFY', 'M000', 'M01F']) assert.ok(ascii.includes(n), n);
+  for (const n of ['MHPC', 'MLCK', 'MHPR', 'MSEL', 'MBAS', 'MEND', 'MLEN', 'MINB', 'MENB', 'MEN_', 'MINS', 'MCRS', 'MSCN', 'M000', 'M01F']) assert.ok(ascii.includes(n), n);
   assert.ok(!ascii.includes('M020'), `${MEMORY_HOTPLUG_SLOTS} slots`);
   const [ged] = gedAml({ mmioBase: GED_MMIO_START, gsi: 5, memoryHotplug: true });
   assert.ok(hex(ged!).includes(hex(aml.ifThen(aml.lEqual(aml.and(aml.local(0), aml.integer(2)), aml.integer(2)), [aml.call('\\_SB_.MHPC.MSCN')]))));
@@ -58,16 +58,14 @@ test('the memory hotplug DSDT disassembles with ACPICA iasl to the ASL we mean a
   const base = MEMORY_HOTPLUG_MMIO_START.toString(16).toUpperCase().padStart(8, '0');
   const want = [
     /Device \(MHPC\) \{ Name \(_HID, EisaId \("PNP0A06"\) ?\) Name \(_UID, "Memory Hotplug Controller"\) Mutex \(MLCK, 0x00\)/,
-    new RegExp(`OperationRegion \\(MHPR, SystemMemory, 0x${base}, 0x20\\)`),
-    /Field \(MHPR, DWordAcc, NoLock, Preserve\) \{ MSEL, 32, Offset \(0x08\), MBAS, 64, MEND, 64, MLEN, 64 \}/,
+    new RegExp(`OperationRegion \\(MHPR, SystemMemory, 0x${base}, 0x28\\)`),
+    /Field \(MHPR, DWordAcc, NoLock, Preserve\) \{ MSEL, 32, Offset \(0x08\), MBAS, 64, MEND, 64, MLEN, 64, MINB, 32, MENB, 32 \}/,
     /Field \(MHPR, ByteAcc, NoLock, WriteAsZeros\) \{ Offset \(0x04\), MEN_?, 1, MINS, 1, , 1, MEJ0, 1 \}/,
-    /Method \(MSTA, 1, Serialized\) \{ Acquire \(MLCK, 0xFFFF\) MSEL = Arg0 Local0 = Zero If \(\(MEN_? == One\)\) \{ Local0 = 0x0F \} Release \(MLCK\) Return \(Local0\) \}/,
     /Method \(MCRS, 1, Serialized\) \{ Name \(MR64, ResourceTemplate \(\) \{ QWordMemory \(ResourceProducer, PosDecode, MinFixed, MaxFixed, Cacheable, ReadWrite,/,
     // iasl names the descriptor's fields (_MIN at 0x0E, _MAX at 0x16, _LEN at 0x26) by their resource tags.
     /CreateQWordField \(MR64, \\_SB\.MHPC\.MCRS\._Y00\._MIN, MINL\) CreateQWordField \(MR64, \\_SB\.MHPC\.MCRS\._Y00\._MAX, MAXL\) CreateQWordField \(MR64, \\_SB\.MHPC\.MCRS\._Y00\._LEN, LENL\) Acquire \(MLCK, 0xFFFF\) MSEL = Arg0 MINL = MBAS MAXL = MEND LENL = MLEN Release \(MLCK\) Return \(MR64\) \}/,
-    /Method \(MSCN, 0, Serialized\) \{ Acquire \(MLCK, 0xFFFF\) Local0 = Zero While \(\(Local0 < 0x02\)\) \{ MSEL = Local0 If \(\(MINS == One\)\) \{ MTFY \(Local0, One\) MINS = One \} Local0\+\+ \} Release \(MLCK\) \}/,
-    /Method \(MTFY, 2, NotSerialized\) \{ If \(\(Arg0 == Zero\)\) \{ Notify \(\\_SB\.M000, Arg1\) \} If \(\(Arg0 == One\)\) \{ Notify \(\\_SB\.M001, Arg1\) \} \}/,
-    /Device \(M001\) \{ Name \(_HID, EisaId \("PNP0C80"\) ?\) Name \(_UID, One\) Method \(_STA, 0, NotSerialized\) \{ Return \(\\_SB\.MHPC\.MSTA \(One\)\) \} Method \(_CRS, 0, NotSerialized\) \{ Return \(\\_SB\.MHPC\.MCRS \(One\)\) \} \}/,
+    /Method \(MSCN, 0, Serialized\) \{ Acquire \(MLCK, 0xFFFF\) Local1 = MINB If \(\(\(Local1 & One\) == One\)\) \{ MSEL = Zero Notify \(\\_SB\.M000, One\) MINS = One \} If \(\(\(Local1 & 0x02\) == 0x02\)\) \{ MSEL = One Notify \(\\_SB\.M001, One\) MINS = One \} Release \(MLCK\) \}/,
+    /Device \(M001\) \{ Name \(_HID, EisaId \("PNP0C80"\) ?\) Name \(_UID, One\) Method \(_STA, 0, NotSerialized\) \{ If \(\(\(\\_SB\.MHPC\.MENB & 0x02\) == 0x02\)\) \{ Return \(0x0F\) \} Return \(Zero\) \} Method \(_CRS, 0, NotSerialized\) \{ Return \(\\_SB\.MHPC\.MCRS \(One\)\) \} \}/,
     /If \(\(\(Local0 & 0x02\) == 0x02\)\) \{ \\_SB\.MHPC\.MSCN \(\) \}/,
   ];
   for (const re of want) assert.match(squeezed, re, `iasl -d output:\n${asl}`);

@@ -138,11 +138,17 @@ function runGuestOnce(cmd: string, args: string[], opts: RunGuestOptions, initDe
 /**
  * Where the VMM's output says the guest triple-faulted (Stratovisor's warning, or its -v log's
  * reset line), the first line of a failure's explanation says so: scripts/lib/run-files.mjs
- * (TRIPLE_FAULT_TAG, the same text) runs a job again once when each of its failures carries it.
+ * (TRIPLE_FAULT_TAG, the same text) runs a job again once when each of its failures carries it
+ * or SILENT_GUEST_TAG.
  */
 export const TRIPLE_FAULT_TAG = '[the VMM reported a guest triple fault]';
+/** A VmmProcess step that timed out while the guest had printed nothing at all (run-files.mjs SILENT_GUEST_TAG). */
+export const SILENT_GUEST_TAG = '[the guest printed nothing on its console]';
 export function tripleFaultLine(output: string): string {
-  return /guest reset (by a |\()triple fault/.test(output) ? `${TRIPLE_FAULT_TAG}\n` : '';
+  const tag = /guest reset (by a |\()triple fault/.test(output) ? `${TRIPLE_FAULT_TAG}\n` : '';
+  // Every reset the VMM reported (a guest that rebooted under a test explains many failures).
+  const resets = output.match(/guest reset [^\n]*/g) ?? [];
+  return `${tag}${resets.length > 0 ? `[the guest was reset ${resets.length} time(s): ${resets.slice(0, 3).join('; ').slice(0, 400)}]\n` : ''}`;
 }
 
 /** A compact explanation of a run for assertion messages: the log path and the console's tail. */

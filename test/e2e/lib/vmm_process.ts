@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { LOG_DIR, tripleFaultLine } from './guest.js';
+import { LOG_DIR, SILENT_GUEST_TAG, tripleFaultLine } from './guest.js';
 import { STRATOVISOR } from './stratovisor.js';
 import { apiRequest } from '../../../src/cli/remote.js';
 
@@ -43,7 +43,8 @@ export class VmmProcess {
       const m = re.exec(this.out.slice(from));
       if (m) return m;
       if (this.done) assert.fail(`the VMM exited before ${what}\n${this.explain()}`);
-      if (performance.now() > deadline) assert.fail(`no ${what} within ${stepTimeoutMs / 1000} s\n${this.explain()}`);
+      // A guest that never printed a byte (the sandbox loses one now and then): say so first.
+      if (performance.now() > deadline) assert.fail(`no ${what} within ${stepTimeoutMs / 1000} s${this.out.trim() === '' ? `\n${SILENT_GUEST_TAG}` : ''}\n${this.explain()}`);
       await new Promise<void>((r) => { this.waiters.push(r); setTimeout(r, 1000); });
     }
   }
