@@ -661,7 +661,7 @@ export function validateVmConfig(config: VmConfig): VmConfigIssue[] {
       }
       const hp = m.hotplugged_size;
       if (hp !== undefined) {
-        const room = isInt(hs) ? (virtioMem ? hs : Math.floor(hs / ACPI_MEMORY_BLOCK_SIZE) * ACPI_MEMORY_BLOCK_SIZE) : 0;
+        const room = isInt(hs) ? hotplugRegionSize(m as MemoryConfig) : 0;
         if (!isInt(hp) || hp < 0 || hp % unit !== 0) bad('memory.hotplugged_size', `must be a non-negative multiple of ${unitName}, got ${String(hp)}`);
         else if (hp > room) bad('memory.hotplugged_size', virtioMem ? `${hp} bytes is more than hotplug_size (${String(hs)})` : `${hp} bytes is more than the ACPI memory hotplug area (${room} bytes: hotplug_size ${String(hs ?? 0)} in whole 128 MiB blocks)`);
       }

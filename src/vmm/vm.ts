@@ -38,6 +38,7 @@ import { writeSnapshot, type SnapshotParts, type SnapshotState, type SnapshotWri
 import { mapGuestMemory, restoreGuestMemory } from '../memory/snapshot.js';
 import { PciType1, PCI_SLOTS } from '../pci/bus.js';
 import { CPU_STATUS_INSERTING, CPU_STATUS_REMOVING } from '../devices/cpu_hotplug.js';
+import { MemoryHotplugController } from '../devices/memory_hotplug.js';
 
 /** Addresses KVM needs for its real-mode TSS and identity map on Intel (below the 4 GiB top). */
 const KVM_IDENTITY_MAP_ADDR = 0xfffbc000;
@@ -344,14 +345,22 @@ export class VirtualMachine extends EventEmitter {
     // the memory vm.resize added in its boot-time ACPI scan; hotplugged_size).
     const acpiAreaSize = acpiHotplugAreaSize(cfg.memory);
     const acpiArea = acpiAreaSize > 0 ? hotplugRegion(memSize, acpiAreaSize) : null;
-    // A restore: the ranges the saved controller has (each a memory device the guest knows).
-    const acpiBoot = acpiArea === null ? [] : restore ? (restore.state.memoryHotplug?.slots ?? []).flatMap((x) => (x ? [{ gpa: x.gpa, size: x.size }] : []))
-      : (cfg.memory.hotplugged_size ?? 0) > 0 ? [{ gpa: acpiArea.gpa, size: Math.min(cfg.memory.hotplugged_size!, acpiArea.size) }] : [];
-    if (restore?.state.memoryHotplug && acpiArea === null) throw new VmError('restore: the snapshot has ACPI-hotplugged memory, the configuration no hotplug area (memory.hotplug_size)');
-    for (const r of acpiBoot) {
-      if (!Number.isSafeInteger(r.gpa) || !Number.isSafeInteger(r.size) || r.size <= 0 || r.gpa % 4096 !== 0 || r.size % 4096 !== 0 || r.gpa < acpiArea!.gpa || r.gpa + r.size > acpiArea!.gpa + acpiArea!.size) {
-        throw new VmError(`restore: memoryHotplug: range 0x${r.gpa.toString(16)}+0x${r.size.toString(16)} is not whole pages inside the hotplug area`);
+    // A restore: the ranges the saved controller has (each a memory device the guest knows),
+    // checked by the controller's own restoreState (slots, whole pages, inside the area, no
+    // overlap) before any of them gets a memory slot.
+    const saved = restore?.state.memoryHotplug ?? null;
+    if (saved !== null && acpiArea === null) throw new VmError('restore: the snapshot has ACPI-hotplugged memory, the configuration no hotplug area (memory.hotplug_size)');
+    let acpiBoot: Array<{ gpa: number; size: number }> = [];
+    if (acpiArea !== null && saved !== null) {
+      const check = new MemoryHotplugController(acpiArea);
+      try {
+        check.restoreState(saved);
+      } catch (e) {
+        throw new VmError(`restore: ${(e as Error).message}`);
       }
+      acpiBoot = check.plugged();
+    } else if (acpiArea !== null && !restore && (cfg.memory.hotplugged_size ?? 0) > 0) {
+      acpiBoot = [{ gpa: acpiArea.gpa, size: Math.min(cfg.memory.hotplugged_size!, acpiArea.size) }];
     }
     const acpiPlugged = acpiBoot.reduce((n, r) => n + r.size, 0);
     let acpiHost = 0n;
@@ -758,11 +767,6 @@ export class VirtualMachine extends EventEmitter {
     a.plugged = bytes;
     this.config = { ...this.config, memory: { ...this.config.memory, hotplugged_size: bytes } };
     this.log(`memory: ${fmtBytes(add)} added at 0x${gpa.toString(16)} (ACPI memory device; ${fmtBytes(this.config.memory.size + bytes)} in all)`);
-  }
-
-  /** Bytes of the ACPI hotplug area plugged in the running guest; 0 without one. */
-  acpiMemoryPluggedBytes(): number {
-    return this.run?.acpiMemory?.plugged ?? 0;
   }
 
   /** virtio-mem's plugged_size (bytes the guest plugged); 0 without the device or a running guest. */

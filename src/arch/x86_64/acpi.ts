@@ -339,7 +339,7 @@ export function pciHotplugAml(blockBase: number): Uint8Array[] {
   const slots: number[] = [];
   for (let s = 1; s < PCI_SLOTS; s++) slots.push(s);
   const bit = (local: number, slot: number, value: number): Uint8Array =>
-    aml.ifThen(aml.lEqual(aml.and(aml.local(local), aml.integer(2 ** slot)), aml.integer(2 ** slot)), [aml.notify(pciSlotName(slot), value)]);
+    aml.ifThen(aml.bitsSet(aml.local(local), 2 ** slot), [aml.notify(pciSlotName(slot), value)]);
   return [
     aml.operationRegion('PCST', aml.REGION_SYSTEM_MEMORY, blockBase, PCI_HOTPLUG_BLOCK_SIZE),
     aml.field('PCST', [{ name: 'PCIU', bits: 32 }, { name: 'PCID', bits: 32 }, { name: 'B0EJ', bits: 32 }], { access: aml.FIELD_ACCESS_DWORD, update: aml.FIELD_UPDATE_WRITE_AS_ZEROS }),
@@ -480,7 +480,6 @@ export function memoryHotplugAml(o: MemoryHotplugAmlOptions): Uint8Array[] {
   if (!Number.isInteger(n) || n < 1 || n > MEMORY_HOTPLUG_SLOTS) throw new AcpiError(`invalid memory slot count ${n}`);
   const one = aml.integer(1);
   const c = (name: string): string => `\\_SB_.MHPC.${name}`;
-  const bitSet = (value: Uint8Array, slot: number): Uint8Array => aml.lEqual(aml.and(value, aml.integer(2 ** slot)), aml.integer(2 ** slot));
   const locked = (terms: Uint8Array[]): Uint8Array[] => [aml.acquire('MLCK'), ...terms, aml.release('MLCK')];
   // QWord Address Space Descriptor (6.4.3.5.1): _MIN at byte 14, _MAX at 22, _LEN at 38.
   const template = aml.resourceTemplate([aml.qwordMemory(0, 0, true)]);
@@ -489,13 +488,13 @@ export function memoryHotplugAml(o: MemoryHotplugAmlOptions): Uint8Array[] {
     devices.push(aml.device(memoryDeviceName(slot), [
       aml.name('_HID', aml.eisaId('PNP0C80')),
       aml.name('_UID', aml.integer(slot)),
-      aml.method('_STA', 0, false, [aml.ifThen(bitSet(aml.ref(c('MENB')), slot), [aml.ret(aml.integer(0x0f))]), aml.ret(aml.integer(0))]),
+      aml.method('_STA', 0, false, [aml.ifThen(aml.bitsSet(aml.ref(c('MENB')), 2 ** slot), [aml.ret(aml.integer(0x0f))]), aml.ret(aml.integer(0))]),
       aml.method('_CRS', 0, false, [aml.ret(aml.call(c('MCRS'), [aml.integer(slot)]))]),
     ]));
   }
   const scan: Uint8Array[] = [];
   for (let slot = 0; slot < n; slot++) {
-    scan.push(aml.ifThen(bitSet(aml.local(1), slot), [
+    scan.push(aml.ifThen(aml.bitsSet(aml.local(1), 2 ** slot), [
       aml.store(aml.integer(slot), aml.ref('MSEL')),
       aml.notify(`\\_SB_.${memoryDeviceName(slot)}`, aml.integer(NOTIFY_DEVICE_CHECK)),
       aml.store(one, aml.ref('MINS')),
@@ -594,17 +593,17 @@ export interface GedAmlOptions {
  */
 export function gedAml(o: GedAmlOptions): Uint8Array[] {
   const bit = (mask: number, target: string): Uint8Array =>
-    aml.ifThen(aml.lEqual(aml.and(aml.local(0), aml.integer(mask)), aml.integer(mask)), [aml.notify(target, NOTIFY_DEVICE_SPECIFIC)]);
+    aml.ifThen(aml.bitsSet(aml.local(0), mask), [aml.notify(target, NOTIFY_DEVICE_SPECIFIC)]);
   const evt = [aml.store(aml.ref('GDAT'), aml.local(0)), bit(GED_EVENT_POWER_BUTTON, '\\_SB_.PWRB')];
   if (o.vmGenIdAddr !== undefined) evt.push(bit(GED_EVENT_VMGENID, '\\_SB_.VGEN'));
   if (o.cpuHotplug === true) {
-    evt.push(aml.ifThen(aml.lEqual(aml.and(aml.local(0), aml.integer(GED_EVENT_CPU_HOTPLUG)), aml.integer(GED_EVENT_CPU_HOTPLUG)), [aml.call('\\_SB_.CPUS.CSCN')]));
+    evt.push(aml.ifThen(aml.bitsSet(aml.local(0), GED_EVENT_CPU_HOTPLUG), [aml.call('\\_SB_.CPUS.CSCN')]));
   }
   if (o.memoryHotplug === true) {
-    evt.push(aml.ifThen(aml.lEqual(aml.and(aml.local(0), aml.integer(GED_EVENT_MEMORY_HOTPLUG)), aml.integer(GED_EVENT_MEMORY_HOTPLUG)), [aml.call('\\_SB_.MHPC.MSCN')]));
+    evt.push(aml.ifThen(aml.bitsSet(aml.local(0), GED_EVENT_MEMORY_HOTPLUG), [aml.call('\\_SB_.MHPC.MSCN')]));
   }
   if (o.pciHotplugBridges !== undefined && o.pciHotplugBridges.length > 0) {
-    evt.push(aml.ifThen(aml.lEqual(aml.and(aml.local(0), aml.integer(GED_EVENT_PCI_HOTPLUG)), aml.integer(GED_EVENT_PCI_HOTPLUG)),
+    evt.push(aml.ifThen(aml.bitsSet(aml.local(0), GED_EVENT_PCI_HOTPLUG),
       o.pciHotplugBridges.map((b) => aml.call(`\\_SB_.${b}.PCNT`))));
   }
   const out = [

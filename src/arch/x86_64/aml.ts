@@ -348,6 +348,11 @@ function rawPkgLength(value: number): Uint8Array {
   return out;
 }
 
+/** LEqual(And(value, mask), mask): every bit of `mask` is set in `value` (an event or slot bit test). */
+export function bitsSet(value: Uint8Array, mask: number): Uint8Array {
+  return lEqual(and(value, integer(mask)), integer(mask));
+}
+
 /** Store(source, target) (20.2.5.4 DefStore). */
 export function store(source: Uint8Array, target: Uint8Array): Uint8Array {
   return concat([[STORE_OP], source, target]);

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { guestImages, parseMarkers, REPO, tripleFaultLine, type Marker } from './guest.js';
+import { guestImages, parseMarkers, REPO, guestResetLines, type Marker } from './guest.js';
 import { STRATOVISOR } from './stratovisor.js';
 import type { components } from './cloud-hypervisor-api.js';
 import { apiRequest } from '../../../src/cli/remote.js';
@@ -98,7 +98,7 @@ export class VmmProcess {
   }
 
   explain(lines = 25): string {
-    return `${tripleFaultLine(this.stderr + this.stdout)}log: ${this.logFile}\n--- last ${lines} console lines ---\n${this.stdout.split('\n').slice(-lines).join('\n')}\n--- stderr ---\n${this.stderr.slice(-3000)}`;
+    return `${guestResetLines(this.stderr + this.stdout)}log: ${this.logFile}\n--- last ${lines} console lines ---\n${this.stdout.split('\n').slice(-lines).join('\n')}\n--- stderr ---\n${this.stderr.slice(-3000)}`;
   }
 
   kill(): void {

@@ -144,7 +144,8 @@ function runGuestOnce(cmd: string, args: string[], opts: RunGuestOptions, initDe
 export const TRIPLE_FAULT_TAG = '[the VMM reported a guest triple fault]';
 /** A VmmProcess step that timed out while the guest had printed nothing at all (run-files.mjs SILENT_GUEST_TAG). */
 export const SILENT_GUEST_TAG = '[the guest printed nothing on its console]';
-export function tripleFaultLine(output: string): string {
+/** The lines a failure's explanation starts with: the triple-fault tag, and every reset the VMM reported. */
+export function guestResetLines(output: string): string {
   const tag = /guest reset (by a |\()triple fault/.test(output) ? `${TRIPLE_FAULT_TAG}\n` : '';
   // Every reset the VMM reported (a guest that rebooted under a test explains many failures).
   const resets = output.match(/guest reset [^\n]*/g) ?? [];
@@ -154,7 +155,7 @@ export function tripleFaultLine(output: string): string {
 /** A compact explanation of a run for assertion messages: the log path and the console's tail. */
 export function explain(run: GuestRun, lines = 25): string {
   const tail = run.output.split('\n').slice(-lines).join('\n');
-  return `${tripleFaultLine(run.output)}exit=${run.exitCode ?? run.signal}${run.timedOut ? ' (timed out)' : ''}; console log: ${run.logFile}\n--- last ${lines} lines ---\n${tail}`;
+  return `${guestResetLines(run.output)}exit=${run.exitCode ?? run.signal}${run.timedOut ? ' (timed out)' : ''}; console log: ${run.logFile}\n--- last ${lines} lines ---\n${tail}`;
 }
 
 export function marker(run: GuestRun, event: string): Marker | undefined {

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { LOG_DIR, SILENT_GUEST_TAG, tripleFaultLine } from './guest.js';
+import { LOG_DIR, SILENT_GUEST_TAG, guestResetLines } from './guest.js';
 import { STRATOVISOR } from './stratovisor.js';
 import { apiRequest } from '../../../src/cli/remote.js';
 
@@ -26,7 +26,7 @@ export class VmmProcess {
     this.exited = new Promise((r) => this.child.on('close', (c) => { this.done = true; wake(); r(c); }));
   }
   explain(): string {
-    return `${tripleFaultLine(this.err + this.out)}--- ${this.name} console (last 3000) ---\n${this.out.slice(-3000)}\n--- stderr ---\n${this.err.slice(-3000)}`;
+    return `${guestResetLines(this.err + this.out)}--- ${this.name} console (last 3000) ---\n${this.out.slice(-3000)}\n--- stderr ---\n${this.err.slice(-3000)}`;
   }
   /** Kill it if still running, and keep its log. */
   end(): void {
