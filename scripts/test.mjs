@@ -173,7 +173,7 @@ async function main() {
   if (failures.length) {
     process.stdout.write(`\nfailed (${failures.length}):\n${failures.map((f) => `  [${f.label}] ${f.name}\n${f.error.map((l) => `      ${l}`).join('\n')}`).join('\n')}\n`);
   }
-  process.stdout.write(`\ntime per file:\n${times.map(([l, ms, p, f, sk, a, tf]) => `  ${l.padEnd(40)} ${fmtS(ms).padStart(7)}  ${p} passed, ${f} failed, ${sk} skipped${a > 1 ? `, ${a} attempts` : ''}${tf > 0 ? ` (${tf} rerun after a guest triple fault or a silent guest)` : ''}`).join('\n')}\n`);
+  process.stdout.write(`\ntime per file:\n${times.map(([l, ms, p, f, sk, a, tf]) => `  ${l.padEnd(40)} ${fmtS(ms).padStart(7)}  ${p} passed, ${f} failed, ${sk} skipped${a > 1 ? `, ${a} attempts` : ''}${tf > 0 ? ` (${tf} rerun after a guest triple fault, a silent guest or a sandbox clock jump)` : ''}`).join('\n')}\n`);
   process.stdout.write(`\ntests: ${total.pass} passed, ${total.fail} failed, ${total.skipped} skipped\n`);
   process.exit(total.fail ? 1 : 0);
 }

@@ -29,6 +29,52 @@ export const TRIPLE_FAULT_TAG = '[the VMM reported a guest triple fault]';
 export const SILENT_GUEST_TAG = '[the guest printed nothing on its console]';
 const RERUN_TAGS = [TRIPLE_FAULT_TAG, SILENT_GUEST_TAG];
 
+/**
+ * The sandbox's clocks jump now and then. QEMU's TCG gives the sandbox the host's own TSC
+ * (rdtsc), and this host is itself a VM that is paused and resumed (snapshots: its kernel logs
+ * "crng reseeded due to virtual machine fork"): its TSC then moves on by the hours it stood still
+ * while its own clock (kvm-clock) does not, and the sandbox's kernel (tsc=reliable) follows the
+ * TSC. Seen in CI: a job "ran past 1200 s" a few minutes after it started, its time 23676 s in a
+ * 2945 s run. A gap longer than this between two ticks of a 1 s interval is such a jump.
+ */
+export const CLOCK_JUMP_S = 60;
+
+/**
+ * Time that does not jump: the ticks of a 1 s interval, each counted for what it measured unless
+ * that was more than CLOCK_JUMP_S (a jump: counted as 1 s and recorded). `now` is in ms.
+ */
+export function steadyClock(now = () => performance.now()) {
+  let last = now();
+  let elapsedMs = 0;
+  const jumps = [];
+  return {
+    tick() {
+      const t = now();
+      const d = t - last;
+      last = t;
+      if (d > CLOCK_JUMP_S * 1000 || d < 0) {
+        jumps.push({ atMs: Math.round(elapsedMs), s: Math.round(d / 1000) });
+        elapsedMs += 1000;
+      } else elapsedMs += d;
+      return elapsedMs;
+    },
+    get elapsedMs() { return elapsedMs; },
+    jumps,
+  };
+}
+
+/**
+ * Why a failed job runs once more in the same sandbox, or null: every failure is tagged as a
+ * sandbox fault (above), or the sandbox's clock jumped while it ran (its tests' own timers fired
+ * early). A job killed for its time limit is not rerun unless its clock jumped.
+ */
+export function rerunReason(done, tapPath) {
+  if (!done || done.status === 0) return null;
+  if ((done.clockJumps ?? []).length > 0) return `the sandbox's clock jumped ${done.clockJumps.map((j) => `${j.s} s`).join(', ')} while it ran`;
+  if (!done.timedOut && failedOnlyBySandboxFaults(tapPath)) return `every failing test saw a guest triple fault or a silent guest (${RERUN_TAGS.join(' or ')})`;
+  return null;
+}
+
 /** True when the TAP has failures and each one's error carries one of the tags above. */
 export function failedOnlyBySandboxFaults(tap) {
   const f = tapFailures(tap, 1e6);
@@ -84,7 +130,7 @@ function runJob(job, { results, fileTimeoutS, tmpRoot }, faultReruns = 0) {
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
   if (job.idleS) process.stdout.write(`${IDLE_MARKER(job.idleS)}\n`);
-  const t0 = Date.now();
+  const clock = steadyClock();
   return new Promise((resolve) => {
     // NODE_TEST_CONTEXT: set when this driver itself runs under node --test (its own unit
     // test); a nested node --test that inherits it would skip its files.
@@ -93,17 +139,27 @@ function runJob(job, { results, fileTimeoutS, tmpRoot }, faultReruns = 0) {
     const child = spawn(process.execPath, nodeTestArgs(job, p.tap), { stdio: ['ignore', 'inherit', 'inherit'], detached: true, env });
     let timedOut = false;
     const killGroup = () => { try { process.kill(-child.pid, 'SIGKILL'); } catch { /* already gone */ } };
-    const timer = fileTimeoutS > 0 ? setTimeout(() => {
-      timedOut = true;
-      process.stderr.write(`run-files: ${job.label} ran past ${fileTimeoutS} s (STV_SANDBOX_TIMEOUT per file); killed\n`);
-      killGroup();
-    }, fileTimeoutS * 1000) : null;
+    // The time limit counts steady time (a clock jump does not use it up).
+    const timer = setInterval(() => {
+      const jumps = clock.jumps.length;
+      const ms = clock.tick();
+      if (clock.jumps.length > jumps) {
+        const j = clock.jumps[jumps];
+        process.stderr.write(`run-files: ${job.label}: the sandbox's clock jumped ${j.s} s after ${Math.round(j.atMs / 1000)} s of the job (the host was paused?)\n`);
+      }
+      if (fileTimeoutS > 0 && ms > fileTimeoutS * 1000 && !timedOut) {
+        timedOut = true;
+        process.stderr.write(`run-files: ${job.label} ran past ${fileTimeoutS} s (STV_SANDBOX_TIMEOUT per file); killed\n`);
+        killGroup();
+      }
+    }, 1000);
     const finish = (status) => {
-      clearTimeout(timer);
+      clearInterval(timer);
+      clock.tick();
       killGroup();
       rmSync(tmp, { recursive: true, force: true });
       syncFile(p.tap);
-      writeDurable(p.done, JSON.stringify({ status, ms: Date.now() - t0, timedOut, faultReruns }) + '\n');
+      writeDurable(p.done, JSON.stringify({ status, ms: Math.round(clock.elapsedMs), timedOut, faultReruns, clockJumps: clock.jumps }) + '\n');
       resolve();
     };
     child.on('error', (e) => { process.stderr.write(`run-files: cannot start ${job.label}: ${e.message}\n`); finish(126); });
@@ -222,12 +278,12 @@ async function main() {
     const opts = { results: m.results, fileTimeoutS: m.fileTimeoutS ?? 0, tmpRoot };
     for (let reruns = 0; ; reruns++) {
       await runJob(job, opts, reruns);
-      const d = readDone(p.done);
-      if (!d || d.status === 0 || d.timedOut || reruns >= (job.faultReruns ?? 1) || !failedOnlyBySandboxFaults(p.tap)) break;
+      const why = rerunReason(readDone(p.done), p.tap);
+      if (!why || reruns >= (job.faultReruns ?? 1)) break;
       const kept = join(m.results, `${job.label}.sandbox-fault-${reruns + 1}.tap`);
-      renameSync(p.tap, kept);
+      if (existsSync(p.tap)) renameSync(p.tap, kept);
       rmSync(p.done, { force: true });
-      process.stdout.write(`run-files: ${job.label}: every failing test saw a guest triple fault or a silent guest (${RERUN_TAGS.join(' or ')}); running the job once more (its TAP kept as ${kept})\n`);
+      process.stdout.write(`run-files: ${job.label}: ${why}; running the job once more (its TAP kept as ${kept})\n`);
     }
   }
 }

@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync, existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runSandboxJobs, IDLE_MARKER, SILENT_GUEST_TAG, TRIPLE_FAULT_TAG } from '../lib/run-files.mjs';
+import { runSandboxJobs, rerunReason, steadyClock, CLOCK_JUMP_S, IDLE_MARKER, SILENT_GUEST_TAG, TRIPLE_FAULT_TAG } from '../lib/run-files.mjs';
 import { tapCounts, tapFailures } from '../lib/tap.mjs';
 
 const tap = { counts: tapCounts, failures: tapFailures };
@@ -176,6 +176,35 @@ test('a job whose every failing test saw a guest triple fault or a silent guest 
   // The first run's TAP is kept beside the job's.
   assert.ok(existsSync(join(f.results, 'a.sandbox-fault-1.tap')));
   assert.match(boots[0].stdout, /a: every failing test saw a guest triple fault or a silent guest/);
+});
+
+test('steady time: a clock jump between two ticks counts as 1 s and is recorded; ordinary gaps count in full', () => {
+  let t = 5000;
+  const c = steadyClock(() => t);
+  t += 1000; c.tick();
+  t += 30_000; c.tick(); // a slow tick (the sandbox was busy): counted
+  t += 23_400_000; c.tick(); // the host was paused for 6.5 h: its TSC moved on
+  t += 1000; c.tick();
+  t -= 2000; c.tick(); // backwards: a jump too
+  assert.equal(c.elapsedMs, 1000 + 30_000 + 1000 + 1000 + 1000);
+  assert.deepEqual(c.jumps, [{ atMs: 31_000, s: 23_400 }, { atMs: 33_000, s: -2 }]);
+  assert.ok(CLOCK_JUMP_S > 30 && CLOCK_JUMP_S < 600);
+});
+
+test('a failed job reruns after a clock jump (timed out or not) or when every failure is a tagged sandbox fault; not otherwise', () => {
+  const f = fixture();
+  const plain = join(f.dir, 'plain.tap');
+  writeFileSync(plain, 'TAP version 13\nnot ok 1 - t\n  ---\n  error: |-\n    plain\n  ...\n');
+  const tagged = join(f.dir, 'tagged.tap');
+  writeFileSync(tagged, `TAP version 13\nnot ok 1 - t\n  ---\n  error: |-\n    x\n    ${TRIPLE_FAULT_TAG}\n  ...\n`);
+  const jump = [{ atMs: 100_000, s: 23_400 }];
+  assert.equal(rerunReason({ status: 0, clockJumps: jump }, plain), null, 'a job that passed is not rerun');
+  assert.match(rerunReason({ status: 137, timedOut: true, clockJumps: jump }, plain), /clock jumped 23400 s/);
+  assert.match(rerunReason({ status: 1, clockJumps: jump }, plain), /clock jumped/);
+  assert.match(rerunReason({ status: 1, clockJumps: [] }, tagged), /triple fault/);
+  assert.equal(rerunReason({ status: 1, clockJumps: [] }, plain), null);
+  assert.equal(rerunReason({ status: 137, timedOut: true }, tagged), null, 'killed for its time without a jump: not rerun');
+  assert.equal(rerunReason(null, tagged), null);
 });
 
 test('the e2e helpers tag failures with the same text, on the reset lines the VMM writes', () => {

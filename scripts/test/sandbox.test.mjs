@@ -117,4 +117,7 @@ test('a sandbox CPU stuck for good is recognised from its kernel\'s console; sho
   assert.equal(stuckCpu(lockup(1, 26, 'khugepaged:36')), false);
   assert.equal(stuckCpu('[   16.554211] kvm [128]: vcpu0, guest rIP: 0xffffffffa187e744 Unhandled WRMSR(0xc0010007) = 0xffff'), false);
   assert.equal(stuckCpu('@@sandbox:init@@\n@@sandbox:run@@\n'), false);
+  // Stuck for longer than the sandbox has been running: its clock jumped (the host was paused).
+  assert.equal(stuckCpu(lockup(0, 23455, 'node:655'), 900), false);
+  assert.equal(stuckCpu(lockup(0, 105, 'node:655'), 900), true);
 });
