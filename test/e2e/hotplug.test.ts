@@ -71,11 +71,14 @@ function events(file: string): Array<{ source: string; event: string; properties
   return out;
 }
 
+/** Waits until the guest's device node exists: `stvw PATH SECONDS` (drivers probe asynchronously). */
+const WAIT_HELPER = 'stvw() { i=0; while [ ! -e $1 ] && [ $i -lt $2 ]; do sleep 1; i=$((i+1)); done; [ -e $1 ]; }; echo DEF""INED';
+
 /** A VMM with a 1-vCPU, 256 MiB guest at its shell prompt (extra args after the defaults). */
-async function bootShell(t: TestContext, name: string, dir: string, memory = 'size=256M', extra: string[] = []): Promise<Vmm> {
+async function bootShell(t: TestContext, name: string, dir: string, memory = 'size=256M', extra: string[] = [], cmdline = ''): Promise<Vmm> {
   const vmm = new Vmm(name, join(dir, 'api.sock'), [
     '--kernel', img.bzImage, '--initramfs', img.initramfs,
-    '--cmdline', 'console=ttyS0 quiet stv.scenario=shell',
+    '--cmdline', `console=ttyS0 quiet stv.scenario=shell${cmdline ? ` ${cmdline}` : ''}`,
     '--cpus', 'boot=1', '--memory', memory, '--serial', 'tty', '--console', 'off', ...extra, '-v',
   ]);
   t.after(() => vmm.end());
@@ -93,8 +96,7 @@ test('PCI hotplug: vm.add-disk into a running guest, read it, vm.remove-device (
   });
   const evFile = join(dir, 'events.json');
   const vmm = await bootShell(t, 'hotplug', dir, 'size=256M', ['--event-monitor', `path=${evFile}`]);
-  // stvw PATH SECONDS: wait for a device node (drivers probe asynchronously).
-  const defineWait = () => vmm.shell('stvw() { i=0; while [ ! -e $1 ] && [ $i -lt $2 ]; do sleep 1; i=$((i+1)); done; [ -e $1 ]; }; echo DEF""INED', /\bDEFINED\b/, 'the wait helper');
+  const defineWait = () => vmm.shell(WAIT_HELPER, /\bDEFINED\b/, 'the wait helper');
   await defineWait();
 
   const removedCount = () => events(evFile).filter((e) => e.source === 'vm' && e.event === 'device-removed').length;
@@ -329,4 +331,117 @@ ${vmm.explain()}`);
   await vmm.shell('poweroff', /@@stv:poweroff@@/, 'the guest powered off');
   await vmm.api('PUT', 'vmm.shutdown').catch(() => undefined);
   await vmm.exited;
+});
+
+test('PCI hotplug, bad input: a disk removed while the guest writes to it: the guest ejects it, its writes fail from then on, every write it saw complete is on the image', { timeout: TIMEOUT_MS }, async (t) => {
+  const dir = scratchDir('hotplug-busy');
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'busy.raw');
+  const BLOCKS = 256;
+  writeFileSync(path, '');
+  execFileSync('truncate', ['-s', `${BLOCKS}M`, path]);
+  const evFile = join(dir, 'events.json');
+  const vmm = await bootShell(t, 'hotplug-busy', dir, 'size=256M', ['--event-monitor', `path=${evFile}`]);
+  await vmm.shell(WAIT_HELPER, /\bDEFINED\b/, 'the wait helper');
+  const r = await vmm.api('PUT', 'vm.add-disk', { path, id: 'busy' });
+  assert.equal(r.status, 200, `vm.add-disk: ${r.text}`);
+  await vmm.shell('stvw /dev/vda 30 && echo VDA""UP || echo NO""VDA', /VDAUP|NOVDA/, 'the hot-added disk');
+  assert.doesNotMatch(vmm.out, /NOVDA/, `no /dev/vda\n${vmm.explain()}`);
+  // MiB i gets 'stv-blk-NNNN' and zeros (conv=sync pads the block), written and flushed (fsync)
+  // before its marker; the loop stops at the first write that fails. Once the guest removed the
+  // node, `dd of=/dev/vda` would create a regular file in devtmpfs (guest RAM): a write counts only
+  // while /dev/vda is a block device before and after it.
+  const mark = vmm.out.length;
+  vmm.child.stdin.write(`(i=0; while [ $i -lt ${BLOCKS} ] && [ -b /dev/vda ]; do printf 'stv-blk-%04d' $i > /tmp/b; dd if=/tmp/b of=/dev/vda bs=1M seek=$i count=1 conv=sync,notrunc,fsync 2>/dev/null && [ -b /dev/vda ] || break; echo "@@stvw:$i@@"; i=$((i+1)); done; [ -f /dev/vda ] && rm -f /dev/vda; echo "@@stvwend:$i@@") &\n`);
+  await vmm.waitFor(/@@stvw:7@@/, mark, 'the guest\'s first 8 MiB written');
+  const asked = await vmm.api('PUT', 'vm.remove-device', { id: 'busy' });
+  assert.equal(asked.status, 204, `vm.remove-device: ${asked.text}`);
+  for (let i = 0; i < 120 && !events(evFile).some((e) => e.event === 'device-removed'); i++) await new Promise((res) => setTimeout(res, 500));
+  assert.ok(events(evFile).some((e) => e.event === 'device-removed' && e.properties?.['id'] === 'busy'), `device-removed for busy\n${vmm.explain()}`);
+  const end = await vmm.waitFor(/@@stvwend:(\d+)@@/, mark, 'the guest\'s writer stopping');
+  const written = [...vmm.out.slice(mark).matchAll(/@@stvw:(\d+)@@/g)].map((m) => Number(m[1]));
+  const last = Math.max(...written);
+  t.diagnostic(`the guest saw ${last + 1} of ${BLOCKS} MiB written before the disk went (its loop stopped at ${end[1]})`);
+  assert.ok(Number(end[1]) < BLOCKS, `the guest's writes fail once the disk is gone (it wrote all ${BLOCKS} MiB first: the removal came too late to test)\n${vmm.explain()}`);
+  assert.equal(unlocked(path), true, 'the image is unlocked');
+  const missing = [];
+  for (let i = 0; i <= last; i++) if (readAt(path, i * MiB).slice(0, 12) !== `stv-blk-${String(i).padStart(4, '0')}`) missing.push(i);
+  assert.deepEqual(missing, [], `every MiB the guest saw written is on the image\n${vmm.explain()}`);
+  // The VMM and the guest go on.
+  const o = await vmm.shellOutput('ls /dev/vda 2>&1; echo ST""ILL', /\bSTILL\b/, 'the guest after the removal');
+  assert.match(o.text, /No such file/, `/dev/vda is gone\n${vmm.explain()}`);
+  assert.equal((await vmm.api('GET', 'vm.info')).status, 200);
+  await vmm.shell('poweroff', /@@stv:poweroff@@/, 'the guest powered off');
+  await vmm.exited;
+  assert.doesNotMatch(vmm.err, /device error|TypeError|RangeError/, `no device errors in the log\n${vmm.explain()}`);
+});
+
+test('PCI hotplug, bad input: a guest that never ejects (no acpiphp): the removal waits, asked again is logged, the id stays taken, the disk works; the next reboot removes it; an add past the free slots is refused', { timeout: TIMEOUT_MS }, async (t) => {
+  const dir = scratchDir('hotplug-lazy');
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'lazy.raw');
+  const hash = image(path, 'stv-lazy');
+  const other = join(dir, 'other.raw');
+  image(other, 'stv-other');
+  const evFile = join(dir, 'events.json');
+  // acpiphp.disable=1: a guest without the ACPI PCI hotplug driver ignores the GED's slot
+  // notifications (no _EJ0 will run); a rescan finds the added disk.
+  const vmm = await bootShell(t, 'hotplug-lazy', dir, 'size=256M', ['--event-monitor', `path=${evFile}`], 'acpiphp.disable=1');
+  await vmm.shell(WAIT_HELPER, /\bDEFINED\b/, 'the wait helper');
+  const r = await vmm.api('PUT', 'vm.add-disk', { path, id: 'lazy' });
+  assert.equal(r.status, 200, `vm.add-disk: ${r.text}`);
+  let o = await vmm.shellOutput('echo 1 > /sys/bus/pci/rescan; stvw /dev/vda 30 && echo "VDA $(dd if=/dev/vda bs=1M count=1 2>/dev/null | sha256sum | head -c 64)" || echo NO""VDA; printf stv-before-asked | dd of=/dev/vda bs=4096 seek=1 conv=notrunc,fsync 2>/dev/null; echo WR""OTE', /\bWROTE\b/, 'the disk found by a rescan');
+  assert.match(o.text, new RegExp(`VDA ${hash}`), `the guest reads the disk\n${vmm.explain()}`);
+
+  let asked = await vmm.api('PUT', 'vm.remove-device', { id: 'lazy' });
+  assert.equal(asked.status, 204, `vm.remove-device: ${asked.text}`);
+  await new Promise((res) => setTimeout(res, 8000));
+  assert.equal(events(evFile).filter((e) => e.event === 'device-removed').length, 0, 'no device-removed while the guest has not ejected it');
+  let info = JSON.parse((await vmm.api('GET', 'vm.info')).text) as { config: { disks?: Array<{ id?: string }> } };
+  assert.ok((info.config.disks ?? []).some((x) => x.id === 'lazy'), 'vm.info still lists the disk');
+  assert.equal(unlocked(path), false, 'the VMM still holds its image');
+  o = await vmm.shellOutput('printf stv-after-asked. | dd of=/dev/vda bs=4096 seek=2 conv=notrunc,fsync 2>/dev/null && echo "OK""WRITE"; head -c 8 /dev/vda; echo; echo DO""NE', /\bDONE\b/, 'the disk after the removal was asked');
+  assert.match(o.text, /OKWRITE[\s\S]*stv-lazy/, `the disk still works in the guest\n${vmm.explain()}`);
+  asked = await vmm.api('PUT', 'vm.remove-device', { id: 'lazy' });
+  assert.equal(asked.status, 204, `asked again: ${asked.text}`);
+  assert.match(vmm.err, /lazy: removal requested again \(the guest has not ejected it yet\)/, 'the second request is logged');
+  const taken = await vmm.api('PUT', 'vm.add-disk', { path: other, id: 'lazy' });
+  assert.equal(taken.status, 409, `the id stays taken: ${taken.text}`);
+  assert.equal(unlocked(other), true, 'the refused add leaves its image unlocked');
+
+  // A reboot ends the guest's run: the removal it never answered happens then.
+  const mark = vmm.out.length;
+  vmm.child.stdin.write('reboot -f\n');
+  await vmm.waitFor(/@@stv:init@@[\s\S]*stv# /, mark, 'the shell after the guest rebooted');
+  assert.ok(events(evFile).some((e) => e.event === 'device-removed' && e.properties?.['id'] === 'lazy'), `device-removed after the reboot\n${vmm.explain()}`);
+  assert.match(vmm.err, /lazy: removed \(the guest stopped before it ejected the device\)/);
+  assert.equal(unlocked(path), true, 'the image is unlocked');
+  info = JSON.parse((await vmm.api('GET', 'vm.info')).text) as { config: { disks?: Array<{ id?: string }> } };
+  assert.ok(!(info.config.disks ?? []).some((x) => x.id === 'lazy'), 'vm.info no longer lists it');
+  o = await vmm.shellOutput('echo 1 > /sys/bus/pci/rescan; sleep 2; ls /dev/vda 2>&1; echo GO""NE', /\bGONE\b/, 'the rebooted guest');
+  assert.match(o.text, /No such file/, `the rebooted guest has no disk\n${vmm.explain()}`);
+  assert.equal(readAt(path, 4096), 'stv-before-asked', 'the write before the removal was asked is on the image');
+  assert.equal(readAt(path, 8192), 'stv-after-asked.', 'and the one after it');
+
+  // Hot-adding past the free slots: bus 0 has 31 device numbers; the add after the last answers
+  // 400 naming it, and the VM goes on.
+  let added = 0;
+  let refused: { status: number; text: string } | undefined;
+  for (let n = 0; n < 40 && !refused; n++) {
+    const p = join(dir, `fill${n}.raw`);
+    image(p, `stv-fill${n}`);
+    const a = await vmm.api('PUT', 'vm.add-disk', { path: p, id: `fill${n}` });
+    if (a.status === 200) added++;
+    else refused = a;
+  }
+  assert.ok(refused, `an add past the free slots is refused (${added} added)`);
+  assert.equal(refused.status, 400, `past the free slots: ${refused.text}`);
+  assert.match(refused.text, /PCI segment 0 is full \(at most 31 devices/, 'the error names the full segment');
+  assert.ok(added >= 20, `the free slots were usable first (${added} added)`);
+  assert.equal(unlocked(join(dir, `fill${added}.raw`)), true, 'the refused add leaves its image unlocked');
+  o = await vmm.shellOutput('echo ST""ILL', /\bSTILL\b/, 'the guest after the refused add');
+  assert.equal((await vmm.api('GET', 'vm.info')).status, 200);
+  await vmm.api('PUT', 'vmm.shutdown').catch(() => undefined);
+  await vmm.exited;
+  assert.doesNotMatch(vmm.err, /device error|TypeError|RangeError/, `no device errors in the log\n${vmm.explain()}`);
 });
