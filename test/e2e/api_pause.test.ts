@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { parseMarkers } from './lib/guest.js';
+import { guestResetLines, parseMarkers } from './lib/guest.js';
 import { apiRequest } from '../../src/cli/remote.js';
 import { Stratovisor, type LifecycleEvent, type VmExitInfo } from '../../src/index.js';
 import { img, LOG_DIR, GUEST_TIMEOUT_MS, kataLikeConfig, sockDir, waitForPing, state, put, startVmm } from './lib/api_vmm.js';
@@ -122,12 +122,15 @@ test('a VM given on the command line with --api-socket is served by the API and 
 test('the Node library boots a guest in-process: events, pause/resume, input, and the guest power-off', { timeout: GUEST_TIMEOUT_MS }, async () => {
   const dir = sockDir();
   const serialFile = join(dir, 'serial.log');
-  const vmm = new Stratovisor();
+  // The VMM's log, kept: a guest reset it reports (the sandbox's triple faults) heads a failure
+  // (guestResetLines), so the runner can tell a sandbox fault from ours.
+  const log: string[] = [];
+  const vmm = new Stratovisor({ log: (m) => log.push(m) });
   const events: string[] = [];
   vmm.on('event', (e: LifecycleEvent) => events.push(`${e.source}:${e.event}${e.properties?.reason ? `(${e.properties.reason})` : ''}`));
   const exited = new Promise<VmExitInfo>((r) => vmm.once('exit', r));
   const serial = () => { try { return readFileSync(serialFile, 'latin1'); } catch { return ''; } };
-  const explainLib = () => `events: ${events.join(' ')}\n--- serial (${serialFile}) ---\n${serial().split('\n').slice(-25).join('\n')}`;
+  const explainLib = () => `${guestResetLines(log.join('\n'))}events: ${events.join(' ')}\n--- serial (${serialFile}) ---\n${serial().split('\n').slice(-25).join('\n')}`;
   const waitSerial = async (event: string) => {
     while (!parseMarkers(serial()).some((m) => m.event === event)) {
       assert.notEqual(vmm.state, 'Shutdown', `guest stopped before ${event}\n${explainLib()}`);
@@ -151,11 +154,11 @@ test('the Node library boots a guest in-process: events, pause/resume, input, an
   } finally {
     await vmm.close();
     mkdirSync(LOG_DIR, { recursive: true });
-    writeFileSync(join(LOG_DIR, 'stv-api-library.log'), `${serial()}\n--- events ---\n${events.join('\n')}\n`);
+    writeFileSync(join(LOG_DIR, 'stv-api-library.log'), `${serial()}\n--- events ---\n${events.join('\n')}\n--- VMM log ---\n${log.join('\n')}\n`);
   }
   // ('vmm:starting' is emitted by the constructor, before anyone can subscribe.)
   assert.deepEqual(events, [
     'vm:created', 'vm:booting', 'vm:booted', 'vm:pausing', 'vm:paused', 'vm:resuming', 'vm:resumed',
     'vm:shutdown(poweroff)', 'vm:deleted', 'vmm:shutdown',
-  ]);
+  ], explainLib());
 });
