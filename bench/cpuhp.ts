@@ -24,7 +24,11 @@ const CPU = '/sys/devices/system/cpu';
 const ADDED = [1, 2, 3];
 const img = guestImages();
 
-interface Sample { addMs: number; onlineMs: number; removeMs: number }
+interface Sample {
+  addMs: number; onlineMs: number; removeMs: number;
+  /** Stratovisor only (its -v log): from the add request to the last new vCPU thread running, and to the online request. */
+  threadsMs?: number; onlineAtMs?: number;
+}
 
 const allThere = ADDED.map((n) => `[ -e ${CPU}/cpu${n} ]`).join(' && ');
 const allGone = ADDED.map((n) => `[ ! -e ${CPU}/cpu${n} ]`).join(' && ');
@@ -68,7 +72,18 @@ async function qemuRun(dir: string): Promise<Sample> {
 async function stratovisorRun(dir: string): Promise<Sample> {
   const sock = join(dir, 'api.sock');
   const p = new Proc(process.execPath, [STRATOVISOR, '--api-socket', `path=${sock}`, '--kernel', img.bzImage, '--initramfs', img.initramfs,
-    '--cmdline', 'console=ttyS0 quiet stv.scenario=shell', '--cpus', `boot=1,max=${MAX}`, '--memory', 'size=256M', '--serial', 'tty', '--console', 'off']);
+    '--cmdline', 'console=ttyS0 quiet stv.scenario=shell', '--cpus', `boot=1,max=${MAX}`, '--memory', 'size=256M', '--serial', 'tty', '--console', 'off', '-v']);
+  // When each hot-added vCPU's thread starts running (its worker's 'started'), host time.
+  const running = new Map<number, number>();
+  let err = '';
+  p.child.stderr.on('data', (b: Buffer) => {
+    err += b.toString('latin1');
+    for (let i; (i = err.indexOf('\n')) >= 0; err = err.slice(i + 1)) {
+      const m = /vCPU (\d+) thread running/.exec(err.slice(0, i));
+      if (m && Number(m[1]) > 0) running.set(Number(m[1]), performance.now());
+    }
+  });
+  let addAt = NaN;
   const resize = async (n: number) => {
     const r = await apiRequest(sock, 'PUT', 'vm.resize', JSON.stringify({ desired_vcpus: n }));
     if (r.status !== 204) throw new Error(`vm.resize ${n}: ${r.status} ${r.text}`);
@@ -76,10 +91,12 @@ async function stratovisorRun(dir: string): Promise<Sample> {
   try {
     await waitForPing(sock, p.child);
     await p.waitFor(/stv# /, 0);
-    const addMs = await p.timed(allThere, () => resize(MAX));
+    const addMs = await p.timed(allThere, () => { addAt = performance.now(); return resize(MAX); });
+    const onlineAt = performance.now();
     const onlineMs = await online(p);
+    const threadsMs = running.size === ADDED.length ? Math.max(...running.values()) - addAt : NaN;
     const removeMs = await p.timed(allGone, () => resize(1));
-    return { addMs, onlineMs, removeMs };
+    return { addMs, onlineMs, removeMs, threadsMs, onlineAtMs: onlineAt - addAt };
   } finally {
     await p.kill();
   }
@@ -97,7 +114,7 @@ async function main(): Promise<void> {
       try {
         const s = await run(dir);
         (results[name] ??= []).push(s);
-        process.stderr.write(`bench: cpuhp ${name} run ${i + 1}/${runs}: add ${fmt(s.addMs)} ms, online ${fmt(s.onlineMs)} ms, remove ${fmt(s.removeMs)} ms\n`);
+        process.stderr.write(`bench: cpuhp ${name} run ${i + 1}/${runs}: add ${fmt(s.addMs)} ms, online ${fmt(s.onlineMs)} ms, remove ${fmt(s.removeMs)} ms${s.threadsMs !== undefined ? ` (new vCPU threads all running ${fmt(s.threadsMs)} ms after the add request; online asked at ${fmt(s.onlineAtMs!)} ms)` : ''}\n`);
       } catch (e) {
         process.stderr.write(`bench: cpuhp ${name} run ${i + 1} failed: ${(e as Error).message}\n`);
       } finally {
@@ -105,7 +122,7 @@ async function main(): Promise<void> {
       }
     }
   }
-  const med = (k: string, f: keyof Sample) => median((results[k] ?? []).map((s) => s[f]));
+  const med = (k: string, f: 'addMs' | 'onlineMs' | 'removeMs') => median((results[k] ?? []).map((s) => s[f]));
   const rows = vmms.map(([name]) => [name, `${(results[name] ?? []).length}/${runs}`,
     fmt(med(name, 'addMs')), ratio(med(name, 'addMs'), med('qemu-q35', 'addMs')),
     fmt(med(name, 'onlineMs')), ratio(med(name, 'onlineMs'), med('qemu-q35', 'onlineMs')),

@@ -27,6 +27,32 @@ test('PCIU and PCID: bits per segment, cleared by reading; an insert cancels a p
   assert.deepEqual(ejected, []);
 });
 
+test('saveState/restoreState: bits the guest has not read survive a snapshot; bad saved bits are refused naming the field, nothing changed', () => {
+  const a = new PciHotplugController(2, () => {});
+  a.inserted(0, 4);
+  a.ejectRequested(1, 9);
+  const s = a.saveState();
+  assert.deepEqual(s, { up: [1 << 4, 0], down: [0, 1 << 9] });
+  const b = new PciHotplugController(2, () => {});
+  b.restoreState(JSON.parse(JSON.stringify(s)) as typeof s);
+  assert.equal(read32(b, PCIU_OFFSET), 1 << 4);
+  assert.equal(read32(b, PCI_HOTPLUG_BLOCK_SIZE + PCID_OFFSET), 1 << 9);
+  assert.equal(read32(b, PCI_HOTPLUG_BLOCK_SIZE + PCID_OFFSET), 0, 'read clears, as before the snapshot');
+  const c = new PciHotplugController(2, () => {});
+  c.inserted(0, 2);
+  for (const [bad, why] of [
+    [{ up: [0], down: [0, 0] }, /up has 1 entries, this VM 2/],
+    [{ up: [0, 0], down: [0, -1] }, /down\[1\] is -1/],
+    [{ up: [0, 2 ** 32], down: [0, 0] }, /up\[1\] is 4294967296/],
+    [{ up: [1, 0], down: [0, 0] }, /slot 0 \(the host bridge\)/],
+    [{ up: [8, 0], down: [8, 0] }, /segment 0 has slot\(s\) both inserted and to be ejected \(mask 0x8\)/],
+    [{ up: null, down: [0, 0] }, /up has no entries/],
+  ] as const) {
+    assert.throws(() => c.restoreState(bad as never), why);
+    assert.deepEqual(c.pending(0), { up: 1 << 2, down: 0 }, 'a refused state changes nothing');
+  }
+});
+
 test('B0EJ: each bit set is one eject of that slot; slot 0 (the host bridge) never', () => {
   const ejected: Array<[number, number]> = [];
   const c = new PciHotplugController(2, (seg, slot) => ejected.push([seg, slot]));

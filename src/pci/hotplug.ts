@@ -25,6 +25,14 @@ export const PCIU_OFFSET = 0x0;
 export const PCID_OFFSET = 0x4;
 export const B0EJ_OFFSET = 0x8;
 
+/** The controller's saved bits (saveState), one entry per PCI segment. */
+export interface PciHotplugState {
+  /** PCIU: slots whose insertion the guest has not read yet. */
+  up: number[];
+  /** PCID: slots whose eject request the guest has not read yet. */
+  down: number[];
+}
+
 export class PciHotplugController implements BusDevice {
   private readonly up: Uint32Array;
   private readonly down: Uint32Array;
@@ -63,6 +71,34 @@ export class PciHotplugController implements BusDevice {
     this.check(segment, slot);
     this.down[segment] = (this.down[segment]! | (1 << slot)) >>> 0;
     this.up[segment] = (this.up[segment]! & ~(1 << slot)) >>> 0;
+  }
+
+  /**
+   * What the guest has not read yet (a snapshot between vm.add-disk / vm.remove-device and the
+   * guest's PCNT): PCIU and PCID of each segment. B0EJ holds nothing (a write acts at once).
+   */
+  saveState(): PciHotplugState {
+    return { up: [...this.up], down: [...this.down] };
+  }
+
+  /** Take over saved bits (checked whole first: one entry per segment, no bit for slot 0). */
+  restoreState(s: PciHotplugState): void {
+    const bits = (name: 'up' | 'down'): number[] => {
+      const a = s[name];
+      if (!Array.isArray(a) || a.length !== this.segments) throw new RangeError(`PCI hotplug state: ${name} has ${Array.isArray(a) ? a.length : 'no'} entries, this VM ${this.segments} PCI segment(s)`);
+      a.forEach((v, i) => {
+        if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) throw new RangeError(`PCI hotplug state: ${name}[${i}] is ${JSON.stringify(v)}, not a 32-bit slot mask`);
+        if ((v & 1) !== 0) throw new RangeError(`PCI hotplug state: ${name}[${i}] has slot 0 (the host bridge) set`);
+      });
+      return a;
+    };
+    const up = bits('up');
+    const down = bits('down');
+    up.forEach((v, i) => {
+      if ((v & down[i]!) !== 0) throw new RangeError(`PCI hotplug state: segment ${i} has slot(s) both inserted and to be ejected (mask 0x${((v & down[i]!) >>> 0).toString(16)})`);
+    });
+    this.up.set(up);
+    this.down.set(down);
   }
 
   /** Pending bits, for tests and logs. */

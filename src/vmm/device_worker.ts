@@ -141,6 +141,9 @@ function start(data: DeviceWorkerData): void {
       if (r.pciRoots.length !== pci.roots.length) throw new Error(`the state has ${r.pciRoots.length} PCI segment(s), this VM ${pci.roots.length}`);
       r.pciRoots.forEach((root, i) => underField(`segments[${i}]`, 'PCI state', () => pci.roots[i]!.checkState(root)));
       r.pciRoots.forEach((root, i) => underField(`segments[${i}]`, 'PCI state', () => pci.roots[i]!.restoreState(root)));
+      // Insertions and eject requests the guest had not read: its PCNT reads them on the GED
+      // event still latched in the restored GED (and its interrupt in the restored irqchip).
+      if (r.pciHotplug !== undefined) hotplug.restoreState(r.pciHotplug);
       // A clone or restore: the guest's VMGenID driver reads the new ID on this event (the
       // interrupt waits in the restored irqchip until the vCPUs run).
       if (data.vmGenIdChanged === true) ged.vmGenIdChanged();
@@ -204,7 +207,7 @@ function start(data: DeviceWorkerData): void {
       // The VM is paused: no vCPU is inside a device access, so the state is consistent. The
       // virtio functions' config space and MSI-X table are saved here with the bus; their
       // transport registers, queues and pending vectors by the I/O threads (virtio state).
-      post({ type: 'state', seq: controlSeq, state: { legacy: saveLegacyDevices(legacy), pciRoots: pci.roots.map((r) => r.saveState()), cpuHotplug: cpuHotplug.saveState(), ...(memHotplug !== null ? { memoryHotplug: memHotplug.saveState() } : {}) } });
+      post({ type: 'state', seq: controlSeq, state: { legacy: saveLegacyDevices(legacy), pciRoots: pci.roots.map((r) => r.saveState()), cpuHotplug: cpuHotplug.saveState(), pciHotplug: hotplug.saveState(), ...(memHotplug !== null ? { memoryHotplug: memHotplug.saveState() } : {}) } });
     } catch (e) {
       post({ type: 'state-error', seq: controlSeq, message: (e as Error).message });
     }

@@ -18,7 +18,7 @@ import {
 import { dataRuns, type MemoryRange } from '../memory/snapshot.js';
 import { guestMemoryRegions } from '../arch/x86_64/layout.js';
 import { parseJsonText, StateFormatError } from '../snapshot/codec.js';
-import { MEMORY_FILE, parseSnapshotState, snapshotStateToJson, type SnapshotState } from './snapshot.js';
+import { parseSnapshotState, snapshotStateOf, snapshotStateToJson, type SnapshotState } from './snapshot.js';
 import { hotplugRegionSize, validateVmConfig, type VmConfig } from './config.js';
 import type { VirtualMachine } from './vm.js';
 
@@ -111,11 +111,7 @@ export async function sendMigration(vm: VirtualMachine, to: MigrationAddress, lo
       }
     }
     await response(ch, 'Memory');
-    const state: SnapshotState = {
-      arch: 'x86_64', hypervisor: parts.hypervisor, devices: parts.devices, pci: parts.pci, virtio: parts.virtio,
-      memory: { file: MEMORY_FILE, ranges: fileRanges }, memoryHotplug: parts.memoryHotplug,
-    };
-    const stateBytes = new TextEncoder().encode(JSON.stringify(snapshotStateToJson(state)));
+    const stateBytes = new TextEncoder().encode(JSON.stringify(snapshotStateToJson(snapshotStateOf(parts, fileRanges))));
     await request(ch, Command.State, stateBytes);
     await request(ch, wasRunning ? Command.Complete : Command.CompletePaused, null);
     completed = true;

@@ -8,6 +8,7 @@ import type { LegacyDeviceState } from '../devices/state_json.js';
 import type { PciRootState } from '../pci/bus.js';
 import type { CpuHotplugState } from '../devices/cpu_hotplug.js';
 import type { MemoryHotplugState } from '../devices/memory_hotplug.js';
+import type { PciHotplugState } from '../pci/hotplug.js';
 
 export interface VcpuWorkerData {
   handle: VcpuHandle;
@@ -120,6 +121,8 @@ export interface DeviceThreadState {
   cpuHotplug?: CpuHotplugState;
   /** The ACPI memory hotplug controller; absent: the VM has none. */
   memoryHotplug?: MemoryHotplugState;
+  /** The ACPI PCI hotplug controller's unread bits; absent in a restore: nothing pending (an older snapshot). */
+  pciHotplug?: PciHotplugState;
 }
 
 export type DeviceEvent =

@@ -40,6 +40,8 @@ test('writeSnapshot then readSnapshot: config, every part of the state and guest
     assert.deepEqual(r.state.devices, p.devices);
     assert.deepEqual(r.state.pci, p.pci);
     assert.deepEqual(r.state.virtio, p.virtio);
+    assert.deepEqual(r.state.pciPlacement, p.pciPlacement);
+    assert.deepEqual(r.state.pciHotplug, p.pciHotplug);
     assert.deepEqual(r.state.memory.ranges, [{ gpa: 0, length: 8 * MiB, fileOffset: 0 }]);
     restoreGuestMemory(fresh, r.memoryFile, r.state.memory.ranges);
     assert.equal(new TextDecoder().decode(fresh.slice(0x10_0000, 11)), 'kernel text');
@@ -95,16 +97,38 @@ test('state.json errors name the field, through the embedded documents', () => {
       }
       assert.fail('accepted');
     };
-    assert.equal(field(edit(['version'], 3)), 'version');
+    assert.equal(field(edit(['version'], 4)), 'version');
     assert.equal(field(edit(['memoryHotplug'], { selected: 0, slots: [{ gpa: 1, size: -4096, inserting: false }] })), 'memoryHotplug.slots[0].size');
     assert.equal(field(edit(['memoryHotplug'], undefined)), 'memoryHotplug');
     // Version 1 (before memoryHotplug) converts: read as a VM without ACPI-hotplugged memory.
     const v1 = JSON.parse(text) as Record<string, Json>;
-    delete v1['memoryHotplug'];
+    for (const k of ['memoryHotplug', 'pciPlacement', 'pciHotplug']) delete v1[k];
     v1['version'] = 1;
     assert.equal(parseSnapshotState(JSON.stringify(v1)).memoryHotplug, null);
     v1['memoryHotplug'] = null;
     assert.equal(field(JSON.stringify(v1)), 'version', 'a version 1 document with the new field is neither');
+    // Version 2 (before pciPlacement and pciHotplug) converts: placed by the configuration, nothing pending.
+    const v2 = JSON.parse(text) as Record<string, Json>;
+    delete v2['pciPlacement'];
+    delete v2['pciHotplug'];
+    v2['version'] = 2;
+    const r2 = parseSnapshotState(JSON.stringify(v2));
+    assert.equal(r2.pciPlacement, null);
+    assert.equal(r2.pciHotplug, null);
+    assert.deepEqual(r2.memoryHotplug, parseSnapshotState(text).memoryHotplug, 'the rest as saved');
+    v2['pciHotplug'] = null;
+    assert.equal(field(JSON.stringify(v2)), 'version', 'a version 2 document with a version 3 field is neither');
+    // Placements and hotplug bits: shapes checked here, meaning by the VM at restore.
+    const placed = [{ id: '_disk1', segment: 0, slot: 3 }, { id: '_rng', segment: 1, slot: 1 }];
+    assert.deepEqual(parseSnapshotState(edit(['pciPlacement'], placed)).pciPlacement, placed);
+    assert.equal(field(edit(['pciPlacement'], [{ id: '_disk1', segment: 0, slot: 32 }])), 'pciPlacement[0].slot');
+    assert.equal(field(edit(['pciPlacement'], [{ id: '_disk1', segment: 0, slot: 0 }])), 'pciPlacement[0].slot', 'slot 0 is the host bridge');
+    assert.equal(field(edit(['pciPlacement'], [{ id: '', segment: 0, slot: 2 }])), 'pciPlacement[0].id');
+    assert.equal(field(edit(['pciPlacement'], [{ id: 'a', slot: 2 }])), 'pciPlacement[0].segment');
+    assert.deepEqual(parseSnapshotState(edit(['pciHotplug'], { up: [8], down: [2 ** 31] })).pciHotplug, { up: [8], down: [2 ** 31] });
+    assert.equal(field(edit(['pciHotplug'], { up: [8], down: [-1] })), 'pciHotplug.down[0]');
+    assert.equal(field(edit(['pciHotplug'], { up: [], down: [0] })), 'pciHotplug.up');
+    assert.equal(field(edit(['pciHotplug'], undefined)), 'pciHotplug');
     // Saved ranges come back as saved.
     const withMem = edit(['memoryHotplug'], { selected: 1, slots: [{ gpa: 2 ** 32, size: 2 ** 29, inserting: false }, null] });
     assert.deepEqual(parseSnapshotState(withMem).memoryHotplug, { selected: 1, slots: [{ gpa: 2 ** 32, size: 2 ** 29, inserting: false }, null] });

@@ -12,9 +12,10 @@ import { closeSync, readFileSync, statSync, unlinkSync, writeSync, fsyncSync } f
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  array, bool, decodeVersioned, literal, nullable, parseJsonText, struct, StateFormatError, u32, type Codec, type Json,
+  array, bool, decodeVersioned, fail, int, literal, nullable, parseJsonText, struct, StateFormatError, u16, u32, type Codec, type Json,
 } from '../snapshot/codec.js';
 import type { MemoryHotplugState } from '../devices/memory_hotplug.js';
+import type { PciHotplugState } from '../pci/hotplug.js';
 import { hypervisorStateFromJson, hypervisorStateToJson, type HypervisorState } from '../hypervisor/state_json.js';
 import { legacyDeviceStateFromJson, legacyDeviceStateToJson, type LegacyDeviceState } from '../devices/state_json.js';
 import { pciStateFromJson, pciStateToJson } from '../pci/state_json.js';
@@ -28,8 +29,11 @@ export const SNAPSHOT_STATE_FORMAT = 'stratovisor-snapshot-state';
  * Bump when the meaning or shape of a field changes; readers refuse other versions by name, or
  * convert them. 2: memoryHotplug (the ACPI memory hotplug controller); a version 1 document is
  * read as one without ACPI-hotplugged memory (version 1 snapshots could not hold any).
+ * 3: pciPlacement (each virtio device's PCI address) and pciHotplug (the PCI hotplug
+ * controller's unread bits); an older document is read with both null: devices placed by the
+ * configuration, nothing pending (what those versions restored).
  */
-export const SNAPSHOT_STATE_VERSION = 2;
+export const SNAPSHOT_STATE_VERSION = 3;
 export const CONFIG_FILE = 'config.json';
 export const STATE_FILE = 'state.json';
 export const MEMORY_FILE = 'memory-ranges';
@@ -47,6 +51,21 @@ export interface SnapshotState {
   memory: { file: typeof MEMORY_FILE; ranges: MemoryRange[] };
   /** The ACPI memory hotplug controller (src/devices/memory_hotplug.ts); null: the VM has none. */
   memoryHotplug: MemoryHotplugState | null;
+  /**
+   * Where each virtio device sat (segment, device number on its bus 0), as Cloud Hypervisor's
+   * device tree keeps each node's pci_bdf: a restore puts every device back there, whatever was
+   * hot-added or removed before it. null (version < 3): placed by the configuration.
+   */
+  pciPlacement: PciPlacementState[] | null;
+  /** The ACPI PCI hotplug controller's bits the guest had not read (src/pci/hotplug.ts); null: none. */
+  pciHotplug: PciHotplugState | null;
+}
+
+/** One virtio device's PCI address in a snapshot. */
+export interface PciPlacementState {
+  id: string;
+  segment: number;
+  slot: number;
 }
 
 export class SnapshotError extends Error {
@@ -85,6 +104,19 @@ const memoryHotplugCodec = struct<MemoryHotplugState>({
   slots: array(nullable(struct<NonNullable<MemorySlotState>>({ gpa: safeUint, size: safeUint, inserting: bool })), 0, 1024),
 });
 
+const idCodec: Codec<string> = {
+  enc: (v) => v,
+  dec(j, path) {
+    if (typeof j !== 'string' || j.length === 0 || j.length > 256) fail(path, 'a device id (1..256 characters)', j);
+    return j;
+  },
+};
+
+/** The VM's own checks (PciPlacement in virtio_manager.ts) match ids and slots at restore. */
+const pciPlacementCodec = struct<PciPlacementState>({ id: idCodec, segment: u16, slot: int(1, 31) });
+/** One 32-bit slot mask per segment; the controller's restoreState checks the count and bits. */
+const pciHotplugCodec = struct<PciHotplugState>({ up: array(u32, 1, 16), down: array(u32, 1, 16) });
+
 interface Document extends SnapshotState {
   format: typeof SNAPSHOT_STATE_FORMAT;
   version: typeof SNAPSHOT_STATE_VERSION;
@@ -100,6 +132,8 @@ const documentCodec = struct<Document>({
   virtio: embedded(virtioStateToJson, virtioStateFromJson),
   memory: struct<SnapshotState['memory']>({ file: literal(MEMORY_FILE), ranges: array(rangeCodec, 1, 64) }),
   memoryHotplug: nullable(memoryHotplugCodec),
+  pciPlacement: nullable(array(pciPlacementCodec, 0, 1024)),
+  pciHotplug: nullable(pciHotplugCodec),
 });
 
 export function snapshotStateToJson(s: SnapshotState): Json {
@@ -108,13 +142,18 @@ export function snapshotStateToJson(s: SnapshotState): Json {
 
 export function parseSnapshotState(text: string): SnapshotState {
   const j = parseJsonText(text, DOCUMENT);
-  // Version 1 converts: it is version 2 without ACPI-hotplugged memory.
+  // Older versions convert: version 1 is version 2 without ACPI-hotplugged memory, version 2 is
+  // version 3 without placements (placed by the configuration) or pending PCI hotplug bits.
   const o = j as Record<string, unknown> | null;
-  const doc = typeof o === 'object' && o !== null && !Array.isArray(o) && o['format'] === SNAPSHOT_STATE_FORMAT && o['version'] === 1 && !('memoryHotplug' in o)
-    ? { ...o, version: SNAPSHOT_STATE_VERSION, memoryHotplug: null }
-    : j;
+  let doc: unknown = j;
+  if (typeof o === 'object' && o !== null && !Array.isArray(o) && o['format'] === SNAPSHOT_STATE_FORMAT && (o['version'] === 1 || o['version'] === 2)) {
+    const added = ['pciPlacement', 'pciHotplug', ...(o['version'] === 1 ? ['memoryHotplug'] : [])];
+    // A field an older version never had is not converted over: it is refused as unknown.
+    if (!added.some((k) => k in o)) doc = { ...o, version: SNAPSHOT_STATE_VERSION, ...Object.fromEntries(added.map((k) => [k, null])) };
+  }
   const d = decodeVersioned(doc, DOCUMENT, SNAPSHOT_STATE_FORMAT, SNAPSHOT_STATE_VERSION, documentCodec);
-  return { arch: d.arch, hypervisor: d.hypervisor, devices: d.devices, pci: d.pci, virtio: d.virtio, memory: d.memory, memoryHotplug: d.memoryHotplug };
+  const { format: _f, version: _v, ...state } = d;
+  return state;
 }
 
 /** The directory of a `destination_url` / `source_url` (Cloud Hypervisor: file:// only). */
@@ -143,14 +182,18 @@ function writeNewFile(path: string, text: string): void {
   }
 }
 
-export interface SnapshotParts {
+/** What a snapshot or migration takes of a paused VM: the state but for guest RAM's ranges, and RAM. */
+export interface SnapshotParts extends Omit<SnapshotState, 'arch' | 'memory'> {
   config: unknown;
-  hypervisor: HypervisorState;
-  devices: LegacyDeviceState;
-  pci: PciState;
-  virtio: VirtioDeviceState[];
-  memoryHotplug: MemoryHotplugState | null;
   mem: GuestMemory;
+}
+
+/** state.json's document for `p` with guest RAM at `ranges` of the memory file. */
+export function snapshotStateOf(p: SnapshotParts, ranges: MemoryRange[]): SnapshotState {
+  return {
+    arch: 'x86_64', hypervisor: p.hypervisor, devices: p.devices, pci: p.pci, virtio: p.virtio,
+    memory: { file: MEMORY_FILE, ranges }, memoryHotplug: p.memoryHotplug, pciPlacement: p.pciPlacement, pciHotplug: p.pciHotplug,
+  };
 }
 
 export interface SnapshotWritten {
@@ -177,8 +220,7 @@ export function writeSnapshot(dir: string, p: SnapshotParts): SnapshotWritten {
     make(CONFIG_FILE, (path) => writeNewFile(path, `${JSON.stringify(p.config, null, 2)}\n`));
     let mem = { ranges: [] as MemoryRange[], dataBytes: 0, fileSize: 0 };
     make(MEMORY_FILE, (path) => { mem = saveGuestMemory(p.mem, path); });
-    const state: SnapshotState = { arch: 'x86_64', hypervisor: p.hypervisor, devices: p.devices, pci: p.pci, virtio: p.virtio, memory: { file: MEMORY_FILE, ranges: mem.ranges }, memoryHotplug: p.memoryHotplug };
-    make(STATE_FILE, (path) => writeNewFile(path, JSON.stringify(snapshotStateToJson(state))));
+    make(STATE_FILE, (path) => writeNewFile(path, JSON.stringify(snapshotStateToJson(snapshotStateOf(p, mem.ranges)))));
     return { dir, memoryDataBytes: mem.dataBytes, memoryFileSize: mem.fileSize };
   } catch (e) {
     for (const f of created) { try { unlinkSync(f); } catch { /* gone */ } }

@@ -187,3 +187,40 @@ test('hotplug host side: the lowest free device number; a full bus, a missing im
     m.close();
   }
 });
+
+test('a restore pins each device to its saved PCI address (a removed device\'s hole stays); a saved placement that does not fit this VM is refused whole, naming the device', () => {
+  const m = new VirtioManager(() => {});
+  m.open(cfg([{ path: image('pin-a.img') }, { path: image('pin-b.img') }]), 1);
+  try {
+    // open() places by the configuration: the lowest free numbers in configuration order.
+    const opened = [{ id: '_disk0', segment: 0, slot: 1 }, { id: '_disk1', segment: 0, slot: 2 }, { id: '_rng0', segment: 0, slot: 3 }];
+    assert.deepEqual(m.placements(), opened);
+    for (const [saved, why] of [
+      [[{ id: '_disk0', segment: 0, slot: 4 }, { id: '_disk1', segment: 0, slot: 2 }, { id: '_rng0', segment: 0, slot: 3 }, { id: '_disk9', segment: 0, slot: 5 }], /places virtio device '_disk9', which this VM does not have/],
+      [[{ id: '_disk0', segment: 0, slot: 4 }, { id: '_rng0', segment: 0, slot: 3 }], /no PCI address for virtio device '_disk1'/],
+      [[{ id: '_disk0', segment: 0, slot: 4 }, { id: '_disk0', segment: 0, slot: 5 }, { id: '_disk1', segment: 0, slot: 2 }, { id: '_rng0', segment: 0, slot: 3 }], /places virtio device '_disk0' twice/],
+      [[{ id: '_disk0', segment: 1, slot: 4 }, { id: '_disk1', segment: 0, slot: 2 }, { id: '_rng0', segment: 0, slot: 3 }], /_disk0: the saved state has it on PCI segment 1, the configuration on 0/],
+      [[{ id: '_disk0', segment: 0, slot: 2 }, { id: '_disk1', segment: 0, slot: 2 }, { id: '_rng0', segment: 0, slot: 3 }], /the saved PCI addresses: _disk1: PCI slot 2 of segment 0 is taken twice/],
+      [[{ id: '_disk0', segment: 0, slot: 32 }, { id: '_disk1', segment: 0, slot: 2 }, { id: '_rng0', segment: 0, slot: 3 }], /PCI slot 32 outside 1\.\.31/],
+    ] as const) {
+      assert.throws(() => m.pinPlacements(saved), (e: Error) => e instanceof VirtioConfigError && why.test(e.message), JSON.stringify(saved));
+      assert.deepEqual(m.placements(), opened, 'a refused placement changes nothing');
+    }
+    // The boot disk that sat at 00:01.0 was removed before the snapshot: its slot stays empty.
+    m.pinPlacements([{ id: '_disk1', segment: 0, slot: 2 }, { id: '_rng0', segment: 0, slot: 3 }, { id: '_disk0', segment: 0, slot: 4 }]);
+    assert.deepEqual(m.placements(), [{ id: '_disk0', segment: 0, slot: 4 }, { id: '_disk1', segment: 0, slot: 2 }, { id: '_rng0', segment: 0, slot: 3 }]);
+    assert.equal(m.placement('_rng0')?.slot, 3);
+  } finally {
+    m.close();
+  }
+  // A device number the configuration fixes (pci_device_id) must be the saved one.
+  const f = new VirtioManager(() => {});
+  f.open(cfg([], { disks: [{ path: image('pin-c.img'), pci_device_id: 7 } as NonNullable<VmConfig['disks']>[number]] }), 1);
+  try {
+    assert.throws(() => f.pinPlacements([{ id: '_disk0', segment: 0, slot: 6 }, { id: '_rng0', segment: 0, slot: 1 }]), /_disk0: the saved state has it at device number 6, the configuration \(pci_device_id\) at 7/);
+    f.pinPlacements([{ id: '_disk0', segment: 0, slot: 7 }, { id: '_rng0', segment: 0, slot: 1 }]);
+    assert.deepEqual(f.placements().map((p) => p.slot), [7, 1]);
+  } finally {
+    f.close();
+  }
+});

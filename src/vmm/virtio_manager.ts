@@ -212,6 +212,9 @@ export class VirtioManager {
     return this.devices.length;
   }
 
+  /** Device numbers the configuration opened last fixes (pci_device_id), by device id. */
+  private configuredSlots = new Map<string, number>();
+
   /** Open every host resource the configuration names; on error nothing stays open. */
   open(cfg: VmConfig, ttyFd: number): void {
     try {
@@ -231,6 +234,7 @@ export class VirtioManager {
       if (this.devices.length > PCI_SLOTS - 1 && this.segments.length === 1) {
         throw new VirtioConfigError(`${this.devices.length} virtio devices do not fit on PCI bus 0 (at most ${PCI_SLOTS - 1})`);
       }
+      this.configuredSlots = new Map(this.devices.flatMap((h) => (h.slot !== undefined ? [[h.id, h.slot] as const] : [])));
       this.place();
     } catch (e) {
       this.close();
@@ -775,6 +779,38 @@ export class VirtioManager {
   commitHotplug(id: string): void {
     const h = this.devices.find((d) => d.id === id);
     if (h !== undefined) delete h.pending;
+  }
+
+  /** Every placed device's PCI address, in configuration order (a snapshot's pciPlacement). */
+  placements(): Array<{ id: string; segment: number; slot: number }> {
+    return this.devices.flatMap((h) => (h.slot === undefined || h.pending === true ? [] : [{ id: h.id, segment: h.segment ?? 0, slot: h.slot }]));
+  }
+
+  /**
+   * A restore: each device goes back to the PCI address it had when the snapshot was taken (so a
+   * device removed before the others leaves its slot empty, as the guest saw it). Checked whole
+   * before anything changes: the same devices, each on its configured segment, at its configured
+   * device number if it has one. VirtioConfigError naming the device otherwise.
+   */
+  pinPlacements(saved: ReadonlyArray<{ id: string; segment: number; slot: number }>): void {
+    const byId = new Map(this.devices.map((h) => [h.id, h]));
+    const seen = new Set<string>();
+    for (const p of saved) {
+      const h = byId.get(p.id);
+      if (h === undefined) throw new VirtioConfigError(`the saved state places virtio device '${p.id}', which this VM does not have`);
+      if (seen.has(p.id)) throw new VirtioConfigError(`the saved state places virtio device '${p.id}' twice`);
+      seen.add(p.id);
+      if ((h.segment ?? 0) !== p.segment) throw new VirtioConfigError(`${p.id}: the saved state has it on PCI segment ${p.segment}, the configuration on ${h.segment ?? 0}`);
+      const fixed = this.configuredSlots.get(p.id);
+      if (fixed !== undefined && fixed !== p.slot) throw new VirtioConfigError(`${p.id}: the saved state has it at device number ${p.slot}, the configuration (pci_device_id) at ${fixed}`);
+    }
+    for (const h of this.devices) if (!seen.has(h.id)) throw new VirtioConfigError(`the saved state has no PCI address for virtio device '${h.id}'`);
+    try {
+      placePciDevices(saved.map((p) => ({ id: p.id, segment: p.segment, slot: p.slot })), this.segments, BAR_SIZE);
+    } catch (e) {
+      throw new VirtioConfigError(`the saved PCI addresses: ${(e as Error).message}`);
+    }
+    for (const p of saved) byId.get(p.id)!.slot = p.slot;
   }
 
   /** The device `id`'s PCI address, once placed (segment, slot), whether it maps memory into the guest (virtio-pmem) and whether it may be removed. */

@@ -489,6 +489,7 @@ export class VirtualMachine extends EventEmitter {
       vm.registerIrqfd(gedIrqfd, IRQ_GED);
       ({ fd: serialFd, owned: ownsSerialFd } = this.openSerialSink());
       const virtioRestore = restore ? new Map(restore.state.virtio.map((d) => [d.id, d])) : undefined;
+      if (restore?.state.pciPlacement) this.virtio.pinPlacements(restore.state.pciPlacement);
       virtioInits = this.virtio.start(vm, mem, (m) => { if (runRef) this.fail(runRef, m); else this.log(`error: ${m}`); }, virtioRestore);
     } catch (e) {
       for (const w of [deviceWorker, ...vcpuWorkers]) void w.terminate();
@@ -516,7 +517,7 @@ export class VirtualMachine extends EventEmitter {
       control: controlSab, hotplugPort: hotplug.port2, cpus: { max: maxVcpus, present: ncpu },
       // A restore's controller takes the saved state (its ranges, MINS bits) instead.
       ...(acpiArea !== null ? { memoryHotplug: { area: acpiArea, boot: restore ? [] : acpiBoot } } : {}),
-      ...(restore ? { restore: { legacy: restore.state.devices, pciRoots: restore.state.pci.segments, ...(restore.state.memoryHotplug ? { memoryHotplug: restore.state.memoryHotplug } : {}) }, vmGenIdChanged: true } : {}),
+      ...(restore ? { restore: { legacy: restore.state.devices, pciRoots: restore.state.pci.segments, ...(restore.state.memoryHotplug ? { memoryHotplug: restore.state.memoryHotplug } : {}), ...(restore.state.pciHotplug ? { pciHotplug: restore.state.pciHotplug } : {}) }, vmGenIdChanged: true } : {}),
     };
     deviceWorker.off('error', early);
     deviceWorker.postMessage(deviceData, [hotplug.port2]);
@@ -1003,7 +1004,10 @@ export class VirtualMachine extends EventEmitter {
     if (this.state !== 'Paused' || this.run !== run || run.stopping) throw new VmError(`cannot ${what}: the VM stopped meanwhile`);
     const hypervisor = saveHypervisorState(run.vm, active);
     const configAddress = active.map((v) => run.parked.get(v.id) ?? 0);
-    return { config: this.config, hypervisor, devices: devices.legacy, pci: { segments: devices.pciRoots, configAddress }, virtio, memoryHotplug: devices.memoryHotplug ?? null, mem: run.mem };
+    return {
+      config: this.config, hypervisor, devices: devices.legacy, pci: { segments: devices.pciRoots, configAddress }, virtio,
+      memoryHotplug: devices.memoryHotplug ?? null, pciPlacement: this.virtio.placements(), pciHotplug: devices.pciHotplug ?? null, mem: run.mem,
+    };
   }
 
   /**

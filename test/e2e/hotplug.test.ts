@@ -14,6 +14,7 @@ import { existsSync, mkdirSync, openSync, readFileSync, readSync, closeSync, rmS
 import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { guestImages } from './lib/guest.js';
 import { VmmProcess as Vmm } from './lib/vmm_process.js';
 import { NET, deleteTap, listenWhenAddressExists, scratchDir, sha256 } from './lib/virtio.js';
@@ -444,4 +445,61 @@ test('PCI hotplug, bad input: a guest that never ejects (no acpiphp): the remova
   await vmm.api('PUT', 'vmm.shutdown').catch(() => undefined);
   await vmm.exited;
   assert.doesNotMatch(vmm.err, /device error|TypeError|RangeError/, `no device errors in the log\n${vmm.explain()}`);
+});
+
+test('PCI hotplug and snapshot: a boot disk removed before the others, then vm.snapshot; vm.restore in a new VMM puts every device back where the guest saw it (the hole stays), the devices answer, a hot-add takes the hole', { timeout: TIMEOUT_MS }, async (t) => {
+  const dir = scratchDir('hotplug-snap');
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const first = join(dir, 'first.raw');
+  image(first, 'stv-first');
+  const second = join(dir, 'second.raw');
+  const secondHash = image(second, 'stv-second');
+  const later = join(dir, 'later.raw');
+  const laterHash = image(later, 'stv-later');
+  const snap = join(dir, 'snap');
+  mkdirSync(snap);
+  const evFile = join(dir, 'events.json');
+  // disk0 at 00:01.0, disk1 at 00:02.0, the virtio-rng after them (00:03.0).
+  const vmm = await bootShell(t, 'hotplug-snap', dir, 'size=256M', ['--event-monitor', `path=${evFile}`, '--disk', `path=${first},id=disk0`, '--disk', `path=${second},id=disk1`]);
+  await vmm.shell(WAIT_HELPER, /\bDEFINED\b/, 'the wait helper');
+  const bdfs = await vmm.shellOutput('for d in /sys/bus/pci/devices/*; do echo "DEV $(basename $d) $(cat $d/device)"; done; echo LI""STED', /\bLISTED\b/, 'the guest\'s PCI devices');
+  assert.match(bdfs.text, /DEV 0000:00:03\.0 0x1044/, `the virtio-rng (1af4:1044) is at 00:03.0\n${bdfs.text}`);
+  assert.equal((await vmm.api('PUT', 'vm.remove-device', { id: 'disk0' })).status, 204);
+  for (let i = 0; i < 120 && !events(evFile).some((e) => e.event === 'device-removed'); i++) await new Promise((res) => setTimeout(res, 500));
+  assert.ok(events(evFile).some((e) => e.event === 'device-removed' && e.properties?.['id'] === 'disk0'), `device-removed for disk0\n${vmm.explain()}`);
+  await vmm.shell('i=0; while [ -e /dev/vda ] && [ $i -lt 20 ]; do sleep 1; i=$((i+1)); done; [ -e /dev/vda ] || echo VDA""GONE', /\bVDAGONE\b/, 'the guest without disk0');
+  assert.equal((await vmm.api('PUT', 'vm.pause')).status, 204);
+  const s = await vmm.api('PUT', 'vm.snapshot', { destination_url: pathToFileURL(snap).href });
+  assert.equal(s.status, 204, `vm.snapshot: ${s.text}\n${vmm.explain()}`);
+  const saved = JSON.parse(readFileSync(join(snap, 'state.json'), 'utf8')) as { version: number; pciPlacement: Array<{ id: string; segment: number; slot: number }> };
+  t.diagnostic(`state.json version ${saved.version}, pciPlacement ${JSON.stringify(saved.pciPlacement)}`);
+  assert.deepEqual(saved.pciPlacement.map((p) => `${p.id}@${p.slot}`), ['disk1@2', '_rng0@3'], 'each device where the guest saw it');
+  await vmm.api('PUT', 'vmm.shutdown').catch(() => undefined);
+  await vmm.exitCode('vmm.shutdown of the paused VM');
+
+  const evFile2 = join(dir, 'events2.json');
+  const back = new Vmm('hotplug-snap-restore', join(dir, 'api2.sock'), ['--event-monitor', `path=${evFile2}`, '-v']);
+  t.after(() => back.end());
+  await waitForPing(back.sock, back.child);
+  const r = await back.api('PUT', 'vm.restore', { source_url: pathToFileURL(snap).href });
+  assert.equal(r.status, 204, `vm.restore after a boot device was removed: ${r.status} ${r.text}\n${back.explain()}`);
+  assert.equal((await back.api('PUT', 'vm.resume')).status, 204);
+  let o = await back.shellOutput(`echo "VDB $(head -c 16 /dev/vdb) $(dd if=/dev/vdb bs=1M count=1 2>/dev/null | sha256sum | head -c 64)"; echo "RNG $(head -c 8 /dev/hwrng | od -An -tx1 | wc -w)"; echo CHE""CKED`, /\bCHECKED\b/, 'the restored guest\'s disk and rng');
+  assert.match(o.text, new RegExp(`VDB stv-second\\.+ ${secondHash}`), `disk1 reads its image in the restored guest\n${back.explain()}`);
+  assert.match(o.text, /RNG 8\b/, `the virtio-rng answers in the restored guest\n${back.explain()}`);
+  // The hole disk0 left is the lowest free device number: a hot-add takes it.
+  const a = await back.api('PUT', 'vm.add-disk', { path: later, id: 'later' });
+  assert.equal(a.status, 200, `vm.add-disk after the restore: ${a.text}\n${back.explain()}`);
+  assert.equal((JSON.parse(a.text) as { bdf: string }).bdf, '0000:00:01.0');
+  o = await back.shellOutput(`stvw /dev/vda 30 && echo "VDA $(dd if=/dev/vda bs=1M count=1 2>/dev/null | sha256sum | head -c 64)" || echo NO""VDA; echo AD""DED`, /\bADDED\b/, 'the disk hot-added after the restore');
+  assert.match(o.text, new RegExp(`VDA ${laterHash}`), `the guest reads the disk added after the restore\n${back.explain()}`);
+  assert.equal((await back.api('PUT', 'vm.remove-device', { id: 'disk1' })).status, 204);
+  for (let i = 0; i < 120 && !events(evFile2).some((e) => e.event === 'device-removed'); i++) await new Promise((res) => setTimeout(res, 500));
+  assert.ok(events(evFile2).some((e) => e.event === 'device-removed' && e.properties?.['id'] === 'disk1'), `a device of the snapshot is removed from the restored VM\n${back.explain()}`);
+  assert.equal(unlocked(second), true, 'and its image unlocked');
+  await back.shell('poweroff', /@@stv:poweroff@@/, 'the restored guest powered off');
+  // An API-mode VMM stays after its guest powered off (as CH): vmm.shutdown ends it.
+  await back.api('PUT', 'vmm.shutdown').catch(() => undefined);
+  assert.equal(await back.exitCode('vmm.shutdown after the restored guest powered off'), 0, back.explain());
+  assert.doesNotMatch(back.err, /device error|TypeError|RangeError/, `no device errors in the log\n${back.explain()}`);
 });

@@ -21,7 +21,7 @@
 // test's timeout bounds it).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { join } from 'node:path';
 import { guestImages } from './lib/guest.js';
@@ -150,7 +150,9 @@ test('virtio-mem: vm.resize desired_ram plugs memory into the guest (MemTotal, m
 //   - a guest reboot: the new guest finds the added memory in its boot-time ACPI scan (MemTotal
 //     as before the reboot, within 16 MiB).
 //   - another 128 MiB, then pause, snapshot, and restore in a second VMM: the restored guest has
-//     the same MemTotal and its tmpfs file; one more resize there adds a memory device again.
+//     the same MemTotal and its tmpfs file; one more resize there adds a memory device again;
+//   - then a live migration of it to a third VMM: the same MemTotal, tmpfs file and
+//     memory_actual_size there.
 test('ACPI memory hotplug: vm.resize desired_ram adds memory devices the guest onlines (MemTotal, vm.info), kept across a reboot', { timeout: TIMEOUT_MS }, async (t) => {
   const name = 'acpi-memory';
   const dir = scratchDir(name);
@@ -240,7 +242,28 @@ test('ACPI memory hotplug: vm.resize desired_ram adds memory devices the guest o
   const total6 = await until('MemTotal to grow by 112 MiB in the restored guest', () => memTotal(vmm2), (v) => v - total5 >= 112 * MiB, vmm2);
   t.diagnostic(`after the restore, +128 MiB: MemTotal ${(total5 / MiB).toFixed(1)} -> ${(total6 / MiB).toFixed(1)} MiB`);
 
-  await vmm2.shell('umount /mnt/t; poweroff', /@@stv:poweroff@@/, 'the restored guest powered off');
-  await vmm2.api('PUT', 'vmm.shutdown').catch(() => undefined);
-  await vmm2.exited;
+  // Live migration of that guest (three memory devices, two of them from the snapshot) to a third
+  // VMM over a Unix socket: MemTotal, the tmpfs file and memory_actual_size arrive with it.
+  const vmm3 = new Vmm(`${name}-migrated`, join(dir, 'api3.sock'), ['-v']);
+  t.after(() => vmm3.end());
+  await waitForPing(vmm3.sock, vmm3.child);
+  const usock = join(dir, 'migrate.sock');
+  const received = vmm3.api('PUT', 'vm.receive-migration', { receiver_url: `unix:${usock}` });
+  for (let i = 0; i < 300 && !existsSync(usock); i++) await new Promise((res) => setTimeout(res, 100));
+  r = await vmm2.api('PUT', 'vm.send-migration', { destination_url: `unix:${usock}` });
+  assert.equal(r.status, 204, `send-migration with ACPI-hotplugged memory: ${r.status} ${r.text}\n${vmm2.explain()}\n${vmm3.explain()}`);
+  const got = await received;
+  assert.equal(got.status, 204, `receive-migration: ${got.status} ${got.text}\n${vmm3.explain()}`);
+  assert.equal(await vmm2.exited, 0, `the source exits 0 after the migration\n${vmm2.explain()}`);
+  t.diagnostic(vmm2.err.split('\n').find((l) => /migration to/.test(l)) ?? '');
+  assert.equal((await info(vmm3)).memory_actual_size, 1536 * MiB, 'memory_actual_size in the destination');
+  const total7 = await memTotal(vmm3);
+  const sum3 = await vmm3.shell('echo "SUM $(md5sum < /mnt/t/f | cut -c1-32) M"', /SUM ([0-9a-f]{32}) M/, 'the tmpfs file after the migration');
+  t.diagnostic(`migrated: MemTotal ${(total6 / MiB).toFixed(1)} -> ${(total7 / MiB).toFixed(1)} MiB; tmpfs file md5 ${sum3[1] === tok[2] ? 'the same' : 'DIFFERENT'}`);
+  assert.equal(total7, total6, 'MemTotal after the migration');
+  assert.equal(sum3[1], tok[2], 'the 256 MiB tmpfs file after the migration');
+
+  await vmm3.shell('umount /mnt/t; poweroff', /@@stv:poweroff@@/, 'the migrated guest powered off');
+  await vmm3.api('PUT', 'vmm.shutdown').catch(() => undefined);
+  await vmm3.exited;
 });

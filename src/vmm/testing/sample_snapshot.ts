@@ -31,6 +31,8 @@ export function sampleSnapshotParts(mem: GuestMemory, config: unknown = { cpus: 
     pci: savePciState(segments, [new PciType1(1), new PciType1(1)]),
     virtio: [],
     memoryHotplug: null,
+    pciPlacement: [],
+    pciHotplug: { up: [0], down: [0] },
     mem,
   };
 }

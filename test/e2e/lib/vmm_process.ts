@@ -59,8 +59,30 @@ export class VmmProcess {
     const m = await this.waitFor(re, mark, what);
     return { m, text: this.out.slice(mark) };
   }
-  api(method: string, ep: string, body?: unknown) {
-    return apiRequest(this.sock, method, ep, body === undefined ? undefined : JSON.stringify(body));
+  /** Its exit code, once it exited; a VMM still running after `stepTimeoutMs` fails naming `what`, with the log. */
+  async exitCode(what: string): Promise<number | null> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${this.name}: still running ${this.stepTimeoutMs / 1000} s after ${what}\n${this.explain()}`)), this.stepTimeoutMs);
+    });
+    try {
+      return await Promise.race([this.exited, late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** One API request; one that gets no answer within `stepTimeoutMs` fails naming itself, with the log. */
+  async api(method: string, ep: string, body?: unknown): Promise<Awaited<ReturnType<typeof apiRequest>>> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${this.name}: ${method} ${ep} got no answer in ${this.stepTimeoutMs / 1000} s\n${this.explain()}`)), this.stepTimeoutMs);
+    });
+    try {
+      return await Promise.race([apiRequest(this.sock, method, ep, body === undefined ? undefined : JSON.stringify(body)), late]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 }
 
