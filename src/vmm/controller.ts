@@ -119,9 +119,9 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
   async addVsock(vsock: VsockConfig): Promise<PciDeviceInfo | undefined> {
     const config = this.config;
     if (config === undefined) throw new VmNotCreatedError('add a vsock device');
-    if (this.state === 'Running') return this.addDevice({ kind: 'vsock', config: vsock });
+    if (this.state === 'Running' || this.state === 'Paused') return this.addDevice({ kind: 'vsock', config: vsock });
     if (this.state !== 'Created') {
-      throw new ApiError(500, 'InvalidState', `cannot add a vsock device: the VM is ${(this.state ?? 'not created').toLowerCase()}; add it before vm.boot or while it runs`);
+      throw new ApiError(500, 'InvalidState', `cannot add a vsock device: the VM is ${(this.state ?? 'not created').toLowerCase()}; add it before vm.boot or while it runs or is paused`);
     }
     if (config.vsock !== undefined) throw new BadRequestError('cannot add a vsock device: the VM already has one (at most one per VM)');
     const next: VmConfig = { ...config, vsock };
@@ -351,7 +351,7 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
       this.config = next;
       return undefined;
     }
-    if (this.state !== 'Running' || this.vm === undefined) throw new VmStateError(`add ${what}`, this.state, 'devices are hot-plugged into a running VM');
+    if ((this.state !== 'Running' && this.state !== 'Paused') || this.vm === undefined) throw new VmStateError(`add ${what}`, this.state, 'devices are hot-plugged into a running or paused VM');
     let at;
     try {
       at = await this.vm.addDevice(device);
@@ -418,8 +418,8 @@ export class VmmCore extends EventEmitter<VmmCoreEvents> implements VmmControlle
 
   async addFs(fs: FsConfig): Promise<PciDeviceInfo | undefined> {
     const state = nextVmState(this.state, 'info');
-    if (state === 'Running') return this.addDevice({ kind: 'fs', config: fs });
-    if (state !== 'Created') throw new VmStateError('add a virtio-fs device', state!, 'devices are added before vm.boot or hot-plugged while it runs');
+    if (state === 'Running' || state === 'Paused') return this.addDevice({ kind: 'fs', config: fs });
+    if (state !== 'Created') throw new VmStateError('add a virtio-fs device', state!, 'devices are added before vm.boot or hot-plugged while it runs or is paused');
     const config: VmConfig = { ...this.config!, fs: [...(this.config!.fs ?? []), fs] };
     const issues = validateVmConfig(config);
     if (issues.length > 0) throw new BadRequestError(`vm.add-fs: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);

@@ -826,9 +826,22 @@ export class VirtualMachine extends EventEmitter {
    * VirtioConfigError naming the problem otherwise, with nothing left open.
    */
   async addDevice(device: HotplugDevice): Promise<{ id: string; segment: number; slot: number }> {
-    if (this.state !== 'Running' || !this.run || this.run.stopping) throw new VmError(`cannot hot-plug a device into a VM in state ${this.state}`);
-    const id = this.virtio.openHotplug(this.config, device);
-    const at = await this.hotplug(id);
+    if ((this.state !== 'Running' && this.state !== 'Paused') || !this.run || this.run.stopping) throw new VmError(`cannot hot-plug a device into a VM in state ${this.state}`);
+    // Paused (as CH, which adds to a paused VM too): the device is put on the bus and the GED's
+    // interrupt waits in the irqchip; its I/O thread is paused with the others before the answer,
+    // and no resume, pause or snapshot runs meanwhile.
+    const paused = this.state === 'Paused';
+    if (paused && this.transition) throw new VmError('cannot hot-plug a device: a pause or resume is in progress');
+    if (paused) this.transition = true;
+    let at: { segment: number; slot: number };
+    let id: string;
+    try {
+      id = this.virtio.openHotplug(this.config, device);
+      at = await this.hotplug(id);
+      if (paused && this.state === 'Paused') await this.virtio.pause();
+    } finally {
+      if (paused) this.transition = false;
+    }
     const c = this.configWithIds();
     // Disks and NICs keep their device number in the configuration (pci_device_id); virtio-fs
     // and vsock have no such field here.
@@ -878,7 +891,7 @@ export class VirtualMachine extends EventEmitter {
    */
   private async hotplug(id: string): Promise<{ segment: number; slot: number }> {
     const run = this.run;
-    if (this.state !== 'Running' || !run || run.stopping) {
+    if ((this.state !== 'Running' && this.state !== 'Paused') || !run || run.stopping) {
       await this.virtio.remove(null, id);
       throw new VmError(`cannot hot-plug a device into a VM in state ${this.state}`);
     }
@@ -990,6 +1003,7 @@ export class VirtualMachine extends EventEmitter {
     const run = this.run;
     if (this.state !== 'Paused' || !run) throw new VmError(`cannot ${what} a VM in state ${this.state}: pause it first`);
     if (run.stopping) throw new VmError(`cannot ${what}: the VM is stopping`);
+    if (this.transition) throw new VmError(`cannot ${what}: a device is being hot-plugged into the paused VM, or a resume is in progress`);
     const active = this.activeVcpus(run);
     const ncpu = active.length;
     if (run.parked.size < ncpu) throw new VmError(`cannot ${what}: ${ncpu - run.parked.size} of ${ncpu} vCPU(s) have not stopped yet`);

@@ -447,7 +447,7 @@ test('PCI hotplug, bad input: a guest that never ejects (no acpiphp): the remova
   assert.doesNotMatch(vmm.err, /device error|TypeError|RangeError/, `no device errors in the log\n${vmm.explain()}`);
 });
 
-test('PCI hotplug and snapshot: a boot disk removed before the others, then vm.snapshot; vm.restore in a new VMM puts every device back where the guest saw it (the hole stays), the devices answer, a hot-add takes the hole', { timeout: TIMEOUT_MS }, async (t) => {
+test('PCI hotplug and snapshot: a boot disk removed before the others, then vm.snapshot; vm.restore in a new VMM puts every device back where the guest saw it (the hole stays), the devices answer; a disk added while paused takes the hole, is snapshotted before the guest heard of it and appears in a third VMM restored from that', { timeout: TIMEOUT_MS }, async (t) => {
   const dir = scratchDir('hotplug-snap');
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const first = join(dir, 'first.raw');
@@ -478,8 +478,9 @@ test('PCI hotplug and snapshot: a boot disk removed before the others, then vm.s
   await vmm.exitCode('vmm.shutdown of the paused VM');
 
   const evFile2 = join(dir, 'events2.json');
-  const back = new Vmm('hotplug-snap-restore', join(dir, 'api2.sock'), ['--event-monitor', `path=${evFile2}`, '-v']);
-  t.after(() => back.end());
+  const restored = new Vmm('hotplug-snap-restore', join(dir, 'api2.sock'), ['--event-monitor', `path=${evFile2}`, '-v']);
+  t.after(() => restored.end());
+  let back = restored;
   await waitForPing(back.sock, back.child);
   const r = await back.api('PUT', 'vm.restore', { source_url: pathToFileURL(snap).href });
   assert.equal(r.status, 204, `vm.restore after a boot device was removed: ${r.status} ${r.text}\n${back.explain()}`);
@@ -487,15 +488,39 @@ test('PCI hotplug and snapshot: a boot disk removed before the others, then vm.s
   let o = await back.shellOutput(`echo "VDB $(head -c 16 /dev/vdb) $(dd if=/dev/vdb bs=1M count=1 2>/dev/null | sha256sum | head -c 64)"; echo "RNG $(head -c 8 /dev/hwrng | od -An -tx1 | wc -w)"; echo CHE""CKED`, /\bCHECKED\b/, 'the restored guest\'s disk and rng');
   assert.match(o.text, new RegExp(`VDB stv-second\\.+ ${secondHash}`), `disk1 reads its image in the restored guest\n${back.explain()}`);
   assert.match(o.text, /RNG 8\b/, `the virtio-rng answers in the restored guest\n${back.explain()}`);
-  // The hole disk0 left is the lowest free device number: a hot-add takes it.
+  // The hole disk0 left is the lowest free device number: a hot-add takes it. Added to the
+  // paused VM (as CH allows) and snapshotted before the guest heard of it: the hotplug
+  // controller's pending bit and the GED's interrupt go with the snapshot, and the guest of a
+  // third VMM, restored from it, scans the slot when it resumes.
+  assert.equal((await back.api('PUT', 'vm.pause')).status, 204);
   const a = await back.api('PUT', 'vm.add-disk', { path: later, id: 'later' });
-  assert.equal(a.status, 200, `vm.add-disk after the restore: ${a.text}\n${back.explain()}`);
+  assert.equal(a.status, 200, `vm.add-disk into the paused, restored VM: ${a.text}\n${back.explain()}`);
   assert.equal((JSON.parse(a.text) as { bdf: string }).bdf, '0000:00:01.0');
+  assert.equal(JSON.parse((await back.api('GET', 'vm.info')).text).state, 'Paused', 'the VM stays paused');
+  const snap2 = join(dir, 'snap2');
+  mkdirSync(snap2);
+  const s2 = await back.api('PUT', 'vm.snapshot', { destination_url: pathToFileURL(snap2).href });
+  assert.equal(s2.status, 204, `vm.snapshot with a device added while paused: ${s2.text}\n${back.explain()}`);
+  const saved2 = JSON.parse(readFileSync(join(snap2, 'state.json'), 'utf8')) as { pciPlacement: Array<{ id: string; slot: number }>; pciHotplug: { up: number[] } };
+  t.diagnostic(`second snapshot: pciPlacement ${JSON.stringify(saved2.pciPlacement)}, pciHotplug ${JSON.stringify(saved2.pciHotplug)}`);
+  assert.ok((saved2.pciHotplug.up[0]! & 0b10) !== 0, `device 1's insertion is pending in the snapshot (PCIU)\n${JSON.stringify(saved2.pciHotplug)}`);
+  await back.api('PUT', 'vmm.shutdown').catch(() => undefined);
+  await back.exitCode('vmm.shutdown of the paused VM with the added disk');
+  assert.equal(unlocked(later), true, 'the first restored VMM let go of the added image');
+
+  const evFile3 = join(dir, 'events3.json');
+  const third = new Vmm('hotplug-snap-restore2', join(dir, 'api3.sock'), ['--event-monitor', `path=${evFile3}`, '-v']);
+  t.after(() => third.end());
+  await waitForPing(third.sock, third.child);
+  const r2 = await third.api('PUT', 'vm.restore', { source_url: pathToFileURL(snap2).href });
+  assert.equal(r2.status, 204, `vm.restore of the snapshot with a pending insertion: ${r2.status} ${r2.text}\n${third.explain()}`);
+  assert.equal((await third.api('PUT', 'vm.resume')).status, 204);
+  back = third;
   o = await back.shellOutput(`stvw /dev/vda 30 && echo "VDA $(dd if=/dev/vda bs=1M count=1 2>/dev/null | sha256sum | head -c 64)" || echo NO""VDA; echo AD""DED`, /\bADDED\b/, 'the disk hot-added after the restore');
-  assert.match(o.text, new RegExp(`VDA ${laterHash}`), `the guest reads the disk added after the restore\n${back.explain()}`);
+  assert.match(o.text, new RegExp(`VDA ${laterHash}`), `the guest reads the disk added while paused, after the second restore\n${back.explain()}`);
   assert.equal((await back.api('PUT', 'vm.remove-device', { id: 'disk1' })).status, 204);
-  for (let i = 0; i < 120 && !events(evFile2).some((e) => e.event === 'device-removed'); i++) await new Promise((res) => setTimeout(res, 500));
-  assert.ok(events(evFile2).some((e) => e.event === 'device-removed' && e.properties?.['id'] === 'disk1'), `a device of the snapshot is removed from the restored VM\n${back.explain()}`);
+  for (let i = 0; i < 120 && !events(evFile3).some((e) => e.event === 'device-removed'); i++) await new Promise((res) => setTimeout(res, 500));
+  assert.ok(events(evFile3).some((e) => e.event === 'device-removed' && e.properties?.['id'] === 'disk1'), `a device of the snapshot is removed from the restored VM\n${back.explain()}`);
   assert.equal(unlocked(second), true, 'and its image unlocked');
   await back.shell('poweroff', /@@stv:poweroff@@/, 'the restored guest powered off');
   // An API-mode VMM stays after its guest powered off (as CH): vmm.shutdown ends it.
