@@ -66,6 +66,18 @@ export function int(min: number, max: number): Codec<number> {
   };
 }
 
+/** A JSON string of min..max characters. */
+export function string(min: number, max: number): Codec<string> {
+  const expected = min === 0 ? `a string of at most ${max} characters` : `a string of ${min}..${max} characters`;
+  return {
+    enc: (v) => v,
+    dec(j, path) {
+      if (typeof j !== 'string' || j.length < min || j.length > max) fail(path, expected, j);
+      return j;
+    },
+  };
+}
+
 export const bool: Codec<boolean> = {
   enc: (v) => v,
   dec(j, path) {

@@ -8,7 +8,7 @@
 // Not here, on purpose: the PCI configuration space and the MSI-X table (src/pci, saved with the
 // PCI devices); the vhost-user back-end's own state (virtiofsd's open files; see fs/device.ts).
 import {
-  array, bytes, decodeVersioned, fail, literal, parseJsonText, struct, u16, u32, u64, u8, StateFormatError,
+  array, bytes, decodeVersioned, fail, literal, parseJsonText, string, struct, u16, u32, u64, u8, StateFormatError,
   type Codec, type Json,
 } from '../snapshot/codec.js';
 
@@ -109,16 +109,6 @@ const bool: Codec<boolean> = {
   },
 };
 
-function str(max: number): Codec<string> {
-  return {
-    enc: (v) => v,
-    dec(j, path) {
-      if (typeof j !== 'string' || j.length > max) fail(path, `a string of at most ${max} characters`, j);
-      return j;
-    },
-  };
-}
-
 /** The largest virtio-mem bitmap (mem/device.ts MAX_BLOCKS blocks, one bit each). */
 export const MEM_MAX_BITMAP_BYTES = (1 << 26) / 8;
 
@@ -146,7 +136,7 @@ const deviceCodecs: { [K in VirtioDeviceKind]: Codec<Variant<K>> } = {
   console: struct<Variant<'console'>>({ kind: literal('console'), cols: u16, rows: u16 }),
   rng: struct<Variant<'rng'>>({ kind: literal('rng') }),
   vsock: struct<Variant<'vsock'>>({ kind: literal('vsock'), cid: u64 }),
-  fs: struct<Variant<'fs'>>({ kind: literal('fs'), tag: str(36), numRequestQueues: u16 }),
+  fs: struct<Variant<'fs'>>({ kind: literal('fs'), tag: string(0, 36), numRequestQueues: u16 }),
   pmem: struct<Variant<'pmem'>>({ kind: literal('pmem'), start: u64, size: u64 }),
   balloon: struct<Variant<'balloon'>>({ kind: literal('balloon'), numPages: u32, actual: u32 }),
   mem: struct<Variant<'mem'>>({ kind: literal('mem'), addr: u64, regionSize: u64, blockSize: u64, requestedSize: u64, plugged: bytes(1, MEM_MAX_BITMAP_BYTES) }),
@@ -167,7 +157,7 @@ const deviceSpecificCodec: Codec<VirtioDeviceSpecificState> = {
 
 /** One device's state (embeddable in a larger document). Decoding also checks it is consistent. */
 export const virtioDeviceStateCodec: Codec<VirtioDeviceState> = (() => {
-  const base = struct<VirtioDeviceState>({ id: str(256), transport: transportCodec, device: deviceSpecificCodec });
+  const base = struct<VirtioDeviceState>({ id: string(0, 256), transport: transportCodec, device: deviceSpecificCodec });
   return {
     enc: (v) => base.enc(v),
     dec(j, path) {

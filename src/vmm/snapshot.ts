@@ -12,7 +12,7 @@ import { closeSync, readFileSync, statSync, unlinkSync, writeSync, fsyncSync } f
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  array, bool, decodeVersioned, fail, int, literal, nullable, parseJsonText, struct, StateFormatError, u16, u32, type Codec, type Json,
+  array, bool, decodeVersioned, int, literal, nullable, parseJsonText, string, struct, StateFormatError, u16, u32, type Codec, type Json,
 } from '../snapshot/codec.js';
 import type { MemoryHotplugState } from '../devices/memory_hotplug.js';
 import type { PciHotplugState } from '../pci/hotplug.js';
@@ -104,16 +104,8 @@ const memoryHotplugCodec = struct<MemoryHotplugState>({
   slots: array(nullable(struct<NonNullable<MemorySlotState>>({ gpa: safeUint, size: safeUint, inserting: bool })), 0, 1024),
 });
 
-const idCodec: Codec<string> = {
-  enc: (v) => v,
-  dec(j, path) {
-    if (typeof j !== 'string' || j.length === 0 || j.length > 256) fail(path, 'a device id (1..256 characters)', j);
-    return j;
-  },
-};
-
-/** The VM's own checks (PciPlacement in virtio_manager.ts) match ids and slots at restore. */
-const pciPlacementCodec = struct<PciPlacementState>({ id: idCodec, segment: u16, slot: int(1, 31) });
+/** VirtioManager.pinPlacements matches the ids and slots to the VM's devices at restore. */
+const pciPlacementCodec = struct<PciPlacementState>({ id: string(1, 256), segment: u16, slot: int(1, 31) });
 /** One 32-bit slot mask per segment; the controller's restoreState checks the count and bits. */
 const pciHotplugCodec = struct<PciHotplugState>({ up: array(u32, 1, 16), down: array(u32, 1, 16) });
 

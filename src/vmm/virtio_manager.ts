@@ -806,7 +806,7 @@ export class VirtioManager {
     }
     for (const h of this.devices) if (!seen.has(h.id)) throw new VirtioConfigError(`the saved state has no PCI address for virtio device '${h.id}'`);
     try {
-      placePciDevices(saved.map((p) => ({ id: p.id, segment: p.segment, slot: p.slot })), this.segments, BAR_SIZE);
+      placePciDevices(saved, this.segments, BAR_SIZE);
     } catch (e) {
       throw new VirtioConfigError(`the saved PCI addresses: ${(e as Error).message}`);
     }

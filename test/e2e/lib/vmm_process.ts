@@ -60,26 +60,23 @@ export class VmmProcess {
     return { m, text: this.out.slice(mark) };
   }
   /** Its exit code, once it exited; a VMM still running after `stepTimeoutMs` fails naming `what`, with the log. */
-  async exitCode(what: string): Promise<number | null> {
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${this.name}: still running ${this.stepTimeoutMs / 1000} s after ${what}\n${this.explain()}`)), this.stepTimeoutMs);
-    });
-    try {
-      return await Promise.race([this.exited, late]);
-    } finally {
-      clearTimeout(timer);
-    }
+  exitCode(what: string): Promise<number | null> {
+    return this.bounded(this.exited, `still running ${this.stepTimeoutMs / 1000} s after ${what}`);
   }
 
   /** One API request; one that gets no answer within `stepTimeoutMs` fails naming itself, with the log. */
-  async api(method: string, ep: string, body?: unknown): Promise<Awaited<ReturnType<typeof apiRequest>>> {
+  api(method: string, ep: string, body?: unknown): Promise<Awaited<ReturnType<typeof apiRequest>>> {
+    return this.bounded(apiRequest(this.sock, method, ep, body === undefined ? undefined : JSON.stringify(body)), `${method} ${ep} got no answer in ${this.stepTimeoutMs / 1000} s`);
+  }
+
+  /** `p`, or an error naming this VMM and `late` (with its log) if it has not settled within `stepTimeoutMs`. */
+  private async bounded<T>(p: Promise<T>, late: string): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${this.name}: ${method} ${ep} got no answer in ${this.stepTimeoutMs / 1000} s\n${this.explain()}`)), this.stepTimeoutMs);
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${this.name}: ${late}\n${this.explain()}`)), this.stepTimeoutMs);
     });
     try {
-      return await Promise.race([apiRequest(this.sock, method, ep, body === undefined ? undefined : JSON.stringify(body)), late]);
+      return await Promise.race([p, timeout]);
     } finally {
       clearTimeout(timer);
     }
